@@ -1,0 +1,348 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+)
+
+// Config is the whole configuration of spool.
+type Config struct {
+	Database  Database                `mapstructure:"database"`
+	Kafka     Kafka                   `mapstructure:"kafka"`
+	HTTP      HTTP                    `mapstructure:"http"`
+	Metrics   Metrics                 `mapstructure:"metrics"`
+	Processor Processor               `mapstructure:"processor"`
+	Dedupe    Dedupe                  `mapstructure:"dedupe"`
+	Ingress   Ingress                 `mapstructure:"ingress"`
+	Auth      Auth                    `mapstructure:"auth"`
+	Log       Log                     `mapstructure:"log"`
+	Entities  map[string]EntityConfig `mapstructure:"entities"`
+}
+
+// Database configures the PostgreSQL connection.
+type Database struct {
+	URL      string `mapstructure:"url"`
+	MaxConns int    `mapstructure:"max_conns"`
+}
+
+// LogValue keeps the password out of logs.
+func (d Database) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("url", RedactURL(d.URL)), slog.Int("max_conns", d.MaxConns))
+}
+
+// Kafka configures brokers and topics.
+type Kafka struct {
+	Brokers           []string `mapstructure:"brokers"`
+	Topic             string   `mapstructure:"topic"`
+	DLQTopic          string   `mapstructure:"dlq_topic"`
+	Partitions        int      `mapstructure:"partitions"`
+	ReplicationFactor int      `mapstructure:"replication_factor"`
+	Group             string   `mapstructure:"group"`
+}
+
+// HTTP configures ingress.
+type HTTP struct {
+	Addr string `mapstructure:"addr"`
+}
+
+// Metrics configures the processor's metrics and health listener.
+type Metrics struct {
+	Addr string `mapstructure:"addr"`
+}
+
+// Processor configures batching and pacing.
+type Processor struct {
+	RateLimit     float64       `mapstructure:"rate_limit"`
+	BatchSize     int           `mapstructure:"batch_size"`
+	BatchMaxWait  time.Duration `mapstructure:"batch_max_wait"`
+	FlushTimeout  time.Duration `mapstructure:"flush_timeout"`
+	Queue         int           `mapstructure:"queue"`
+	FetchMaxBytes int32         `mapstructure:"fetch_max_bytes"`
+}
+
+// Dedupe configures the command-id ledger.
+type Dedupe struct {
+	Window time.Duration `mapstructure:"window"`
+}
+
+// Ingress configures upload limits.
+type Ingress struct {
+	MaxBodyBytes   int64 `mapstructure:"max_body_bytes"`
+	MaxRecordBytes int   `mapstructure:"max_record_bytes"`
+	MaxRecords     int64 `mapstructure:"max_records"`
+	MaxRejections  int   `mapstructure:"max_rejections"`
+}
+
+// Auth maps API keys to tenants.
+type Auth struct {
+	Disabled bool      `mapstructure:"disabled"`
+	Keys     []AuthKey `mapstructure:"keys"`
+}
+
+// AuthKey is one tenant's key, stored as the hex SHA-256 of the key.
+type AuthKey struct {
+	Tenant    string `mapstructure:"tenant"`
+	KeySHA256 string `mapstructure:"key_sha256"`
+}
+
+// Log configures log/slog.
+type Log struct {
+	Level  string `mapstructure:"level"`
+	Format string `mapstructure:"format"`
+}
+
+// EntityConfig names an entity's table and keys; columns and types come from
+// the database catalog at start-up.
+type EntityConfig struct {
+	Table         string   `mapstructure:"table"`
+	Key           []string `mapstructure:"key"`
+	VersionColumn string   `mapstructure:"version_column"`
+}
+
+// Options tell Load where to look.
+type Options struct {
+	// Flags, when set, override file and environment for each flag that was
+	// set on the command line. A flag binds to the key whose name equals
+	// the flag's name with "-" turned into "." after the first dash group
+	// (see FlagName).
+	Flags *pflag.FlagSet
+	// File is an explicit config file (the --config flag); empty means
+	// SPOOL_CONFIG, else ./spool.yaml when present.
+	File string
+}
+
+// FlagName is the command-line flag of a key: "processor.batch_size" →
+// "processor-batch-size".
+func FlagName(key string) string {
+	return strings.NewReplacer(".", "-", "_", "-").Replace(key)
+}
+
+// AddFlags registers a flag for each named key, with its default and usage.
+func AddFlags(fs *pflag.FlagSet, keys ...string) {
+	for _, name := range keys {
+		k, ok := lookup(name)
+		if !ok {
+			panic("config: no key " + name)
+		}
+		switch d := k.Default.(type) {
+		case string:
+			fs.String(FlagName(name), d, k.Usage)
+		case int:
+			fs.Int(FlagName(name), d, k.Usage)
+		case float64:
+			fs.Float64(FlagName(name), d, k.Usage)
+		case bool:
+			fs.Bool(FlagName(name), d, k.Usage)
+		case time.Duration:
+			fs.Duration(FlagName(name), d, k.Usage)
+		case []string:
+			fs.StringSlice(FlagName(name), d, k.Usage)
+		default:
+			panic(fmt.Sprintf("config: no flag type for key %s", name))
+		}
+	}
+}
+
+func lookup(name string) (Key, bool) {
+	for _, k := range Keys {
+		if k.Name == name {
+			return k, true
+		}
+	}
+	return Key{}, false
+}
+
+// Load reads, merges and validates the configuration.
+func Load(opts Options) (*Config, error) {
+	v := viper.New()
+	for _, k := range Keys {
+		v.SetDefault(k.Name, k.Default)
+	}
+	v.SetDefault("auth.keys", []AuthKey{})
+	v.SetDefault("entities", map[string]EntityConfig{})
+	v.SetEnvPrefix("SPOOL")
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+
+	file := opts.File
+	if file == "" {
+		file = os.Getenv("SPOOL_CONFIG")
+	}
+	if file == "" {
+		if _, err := os.Stat("spool.yaml"); err == nil {
+			file = "spool.yaml"
+		}
+	}
+	if file != "" {
+		v.SetConfigFile(file)
+		if err := v.ReadInConfig(); err != nil {
+			return nil, fmt.Errorf("reading config file %s: %w", file, err)
+		}
+	}
+	if opts.Flags != nil {
+		var bindErr error
+		opts.Flags.VisitAll(func(f *pflag.Flag) {
+			for _, k := range Keys {
+				if FlagName(k.Name) == f.Name {
+					bindErr = errors.Join(bindErr, v.BindPFlag(k.Name, f))
+				}
+			}
+		})
+		if bindErr != nil {
+			return nil, bindErr
+		}
+	}
+
+	var c Config
+	err := v.UnmarshalExact(&c, func(dc *mapstructure.DecoderConfig) {
+		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
+			mapstructure.StringToTimeDurationHookFunc(),
+			mapstructure.StringToSliceHookFunc(","),
+		)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+var (
+	identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
+	hexRe   = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
+// Validate checks every key once; the error names each offending key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config %s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if _, err := url.Parse(c.Database.URL); err != nil || c.Database.URL == "" {
+		bad("database.url", "must be a PostgreSQL connection URL")
+	}
+	if c.Database.MaxConns < 2 {
+		bad("database.max_conns", "must be at least 2, got %d", c.Database.MaxConns)
+	}
+	if len(c.Kafka.Brokers) == 0 {
+		bad("kafka.brokers", "must name at least one broker")
+	}
+	for _, b := range c.Kafka.Brokers {
+		if _, _, err := net.SplitHostPort(b); err != nil {
+			bad("kafka.brokers", "%q is not host:port", b)
+		}
+	}
+	if c.Kafka.Topic == "" || c.Kafka.DLQTopic == "" || c.Kafka.Topic == c.Kafka.DLQTopic {
+		bad("kafka.topic", "topic and dlq_topic must be set and differ")
+	}
+	if c.Kafka.Partitions < 1 {
+		bad("kafka.partitions", "must be at least 1, got %d", c.Kafka.Partitions)
+	}
+	if c.Kafka.Group == "" {
+		bad("kafka.group", "must be set")
+	}
+	for key, addr := range map[string]string{"http.addr": c.HTTP.Addr, "metrics.addr": c.Metrics.Addr} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad(key, "%q is not host:port", addr)
+		}
+	}
+	if c.Processor.RateLimit < 0 {
+		bad("processor.rate_limit", "must be 0 (unlimited) or positive, got %v", c.Processor.RateLimit)
+	}
+	if c.Processor.BatchSize < 1 {
+		bad("processor.batch_size", "must be at least 1, got %d", c.Processor.BatchSize)
+	}
+	if c.Processor.BatchMaxWait <= 0 {
+		bad("processor.batch_max_wait", "must be positive, got %s", c.Processor.BatchMaxWait)
+	}
+	if c.Processor.FlushTimeout <= 0 {
+		bad("processor.flush_timeout", "must be positive, got %s", c.Processor.FlushTimeout)
+	}
+	if c.Processor.Queue < 1 {
+		bad("processor.queue", "must be at least 1, got %d", c.Processor.Queue)
+	}
+	if c.Processor.FetchMaxBytes < 1<<16 {
+		bad("processor.fetch_max_bytes", "must be at least 65536, got %d", c.Processor.FetchMaxBytes)
+	}
+	if c.Dedupe.Window < time.Minute {
+		bad("dedupe.window", "must be at least 1m, got %s", c.Dedupe.Window)
+	}
+	if c.Ingress.MaxBodyBytes < 1 || c.Ingress.MaxRecordBytes < 64 || c.Ingress.MaxRecords < 1 || c.Ingress.MaxRejections < 0 {
+		bad("ingress", "max_body_bytes, max_records must be positive, max_record_bytes at least 64")
+	}
+	if len(c.Auth.Keys) == 0 && !c.Auth.Disabled {
+		bad("auth.keys", "no API keys configured: add {tenant, key_sha256} entries or set auth.disabled: true")
+	}
+	for i, k := range c.Auth.Keys {
+		if k.Tenant == "" {
+			bad(fmt.Sprintf("auth.keys[%d].tenant", i), "must be set")
+		}
+		if !hexRe.MatchString(k.KeySHA256) {
+			bad(fmt.Sprintf("auth.keys[%d].key_sha256", i), "must be 64 lower-case hex digits (sha256sum of the key)")
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format", "must be text or json, got %q", c.Log.Format)
+	}
+	for name, e := range c.Entities {
+		key := "entities." + name
+		if !identRe.MatchString(name) {
+			bad(key, "entity names are letters, digits and _")
+		}
+		if _, _, err := e.SplitTable(); err != nil {
+			bad(key+".table", "%v", err)
+		}
+		if len(e.Key) == 0 {
+			bad(key+".key", "must list the key columns")
+		}
+		for _, col := range append(append([]string{}, e.Key...), e.VersionColumn) {
+			if col != "" && !identRe.MatchString(col) {
+				bad(key, "column %q is not a plain identifier", col)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SplitTable splits "schema.table" (schema defaults to public). Names are
+// plain identifiers; anything else is refused rather than quoted, so that a
+// config cannot smuggle SQL.
+func (e EntityConfig) SplitTable() (schema, table string, err error) {
+	schema, table = "public", e.Table
+	if s, t, ok := strings.Cut(e.Table, "."); ok {
+		schema, table = s, t
+	}
+	if !identRe.MatchString(schema) || !identRe.MatchString(table) {
+		return "", "", fmt.Errorf("%q is not schema.table of plain identifiers", e.Table)
+	}
+	return schema, table, nil
+}
+
+// RedactURL hides the password of a connection URL.
+func RedactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	return u.Redacted()
+}

@@ -1,0 +1,39 @@
+package config
+
+import "time"
+
+// Key documents one configuration key. Keys is the single list from which
+// defaults, flags and docs/configuration.md are made.
+type Key struct {
+	Name    string
+	Default any
+	Usage   string
+}
+
+// Keys lists every scalar key with its default.
+var Keys = []Key{
+	{"database.url", "postgres://postgres@127.0.0.1:5432/spool?sslmode=disable", "PostgreSQL connection string"},
+	{"database.max_conns", 8, "most connections a binary opens to PostgreSQL"},
+	{"kafka.brokers", []string{"127.0.0.1:9092"}, "seed brokers (comma-separated in env)"},
+	{"kafka.topic", "spool.commands", "topic that carries commands"},
+	{"kafka.dlq_topic", "spool.commands.dlq", "dead-letter topic"},
+	{"kafka.partitions", 12, "partitions when spool creates its topics"},
+	{"kafka.replication_factor", -1, "replication factor when spool creates its topics (-1: broker default)"},
+	{"kafka.group", "spool-processor", "consumer group of the processors"},
+	{"http.addr", ":8080", "ingress listen address"},
+	{"metrics.addr", ":9090", "processor metrics and health listen address"},
+	{"processor.rate_limit", 0.0, "rows/s per processor, 0 = unlimited"},
+	{"processor.batch_size", 5000, "flush a partition's batch at this many records"},
+	{"processor.batch_max_wait", 200 * time.Millisecond, "flush a partition's batch when its oldest record is this old"},
+	{"processor.flush_timeout", 30 * time.Second, "how long the last flush on shutdown may take"},
+	{"processor.queue", 4, "fetched slices that may wait per partition before fetching blocks"},
+	{"processor.fetch_max_bytes", 16 << 20, "most bytes one fetch may return"},
+	{"dedupe.window", 168 * time.Hour, "how long a command id is remembered"},
+	{"ingress.max_body_bytes", int64(10 << 30), "largest upload body in bytes (413 past it)"},
+	{"ingress.max_record_bytes", 1 << 20, "largest single record in bytes"},
+	{"ingress.max_records", 10_000_000, "most records in one upload"},
+	{"ingress.max_rejections", 100, "rejections listed in an upload's answer (all are in the failures listing)"},
+	{"auth.disabled", false, "serve without API keys (only for local use)"},
+	{"log.level", "info", "debug, info, warn or error"},
+	{"log.format", "text", "text or json"},
+}

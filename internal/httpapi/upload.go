@@ -1,0 +1,265 @@
+package httpapi
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// uploadView is the JSON answer to POST /v1/jobs.
+type uploadView struct {
+	JobID      pipeline.JobID    `json:"job_id"`
+	State      pipeline.JobState `json:"state"`
+	Received   int64             `json:"received"`
+	Accepted   int64             `json:"accepted"`
+	Rejected   int64             `json:"rejected"`
+	Rejections []rejection       `json:"rejections"`
+	StatusURL  string            `json:"status_url"`
+}
+
+type rejection struct {
+	Index int64               `json:"index"`
+	ID    pipeline.CommandID  `json:"id"`
+	Class pipeline.ErrorClass `json:"error_class"`
+	Error string              `json:"error"`
+}
+
+// failureFlush is how many rejections are written to the job store at once.
+const failureFlush = 1000
+
+// errUploadTooLarge marks an upload over a configured bound.
+var errUploadTooLarge = errors.New("upload too large")
+
+// createJob streams an upload: each record is validated on its own, good
+// ones are produced as they come, and the answer waits until Kafka has
+// acknowledged every accepted record. Memory stays bounded: records are not
+// kept once produced, and the producer blocks when its buffer is full.
+func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	tenant := tenantOf(ctx)
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	switch mt {
+	case "application/x-ndjson", "application/ndjson", "application/jsonl":
+	default:
+		writeProblem(w, http.StatusUnsupportedMediaType,
+			fmt.Sprintf("Content-Type %q is not supported; send application/x-ndjson", r.Header.Get("Content-Type")))
+		return
+	}
+	body := io.Reader(http.MaxBytesReader(w, r.Body, s.cfg.Limits.MaxBodyBytes))
+	switch r.Header.Get("Content-Encoding") {
+	case "", "identity":
+	case "gzip":
+		gz, err := gzip.NewReader(body)
+		if err != nil {
+			writeProblem(w, http.StatusBadRequest, "body is not valid gzip: "+err.Error())
+			return
+		}
+		body = gz
+	default:
+		writeProblem(w, http.StatusUnsupportedMediaType, "Content-Encoding must be gzip or absent")
+		return
+	}
+	defaultEntity := r.URL.Query().Get("entity")
+	if defaultEntity != "" && s.cfg.Entities[defaultEntity] == nil {
+		writeProblem(w, http.StatusBadRequest, fmt.Sprintf("entity %q is not configured", defaultEntity))
+		return
+	}
+
+	job := s.cfg.NewJobID()
+	if err := s.cfg.Jobs.CreateJob(ctx, job, tenant); err != nil {
+		s.cfg.Logger.Error("creating job", "error", err)
+		writeUnavailable(w, 2*time.Second, "the job store is unavailable", "")
+		return
+	}
+	u := &upload{s: s, job: job, tenant: tenant, defaultEntity: defaultEntity}
+	readErr := u.read(ctx, body)
+	u.acks.Wait()
+
+	res := pipeline.UploadResult{Received: u.received, Accepted: u.accepted.Load(), Rejected: u.rejected}
+	produceErr := u.produceErr()
+	res.Err = errors.Join(readErr, produceErr)
+	// The job record must outlive a client that hung up.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	storeErr := errors.Join(s.cfg.Jobs.AddFailures(fctx, job, u.pending), s.cfg.Jobs.FinishUpload(fctx, job, res))
+	if storeErr != nil {
+		s.cfg.Logger.Error("finishing upload", "job_id", job, "error", storeErr)
+	}
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(readErr, &tooLarge) || errors.Is(readErr, errUploadTooLarge):
+		writeProblemFor(w, http.StatusRequestEntityTooLarge, readErr.Error(), string(job))
+	case produceErr != nil:
+		writeUnavailable(w, 5*time.Second, fmt.Sprintf("Kafka did not acknowledge the upload (%v); %d records were accepted before that and will be applied; retrying the whole upload is safe", produceErr, res.Accepted), string(job))
+	case readErr != nil:
+		writeProblemFor(w, http.StatusBadRequest, "reading the upload: "+readErr.Error(), string(job))
+	case storeErr != nil:
+		writeUnavailable(w, 2*time.Second, "every record is in Kafka, but recording the job failed; retrying the upload is safe", string(job))
+	default:
+		loc := "/v1/jobs/" + string(job)
+		w.Header().Set("Location", loc)
+		writeJSON(w, http.StatusAccepted, uploadView{
+			JobID: job, State: pipeline.JobQueued, Received: res.Received, Accepted: res.Accepted,
+			Rejected: res.Rejected, Rejections: u.shown, StatusURL: loc,
+		})
+	}
+}
+
+// upload is the state of one streaming upload.
+type upload struct {
+	s             *Server
+	job           pipeline.JobID
+	tenant        string
+	defaultEntity string
+
+	received, rejected int64
+	shown              []rejection
+	pending            []pipeline.Failure
+
+	acks     sync.WaitGroup
+	accepted atomic.Int64
+	errMu    sync.Mutex
+	err      error
+}
+
+func (u *upload) produceErr() error {
+	u.errMu.Lock()
+	defer u.errMu.Unlock()
+	return u.err
+}
+
+// read consumes the body line by line until it ends, breaks, or Kafka fails.
+func (u *upload) read(ctx context.Context, body io.Reader) error {
+	lines := newLineReader(body, u.s.cfg.Limits.MaxRecordBytes)
+	for {
+		line, err := lines.next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if errors.Is(err, errLineTooLong) {
+			u.reject(u.received, "", pipeline.Errorf(pipeline.ClassInvalidCommand,
+				"record is longer than %d bytes", u.s.cfg.Limits.MaxRecordBytes))
+			u.received++
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		if u.received >= u.s.cfg.Limits.MaxRecords {
+			return fmt.Errorf("%w: more than %d records", errUploadTooLarge, u.s.cfg.Limits.MaxRecords)
+		}
+		if u.produceErr() != nil {
+			return nil
+		}
+		u.add(ctx, line)
+		if len(u.pending) >= failureFlush {
+			if err := u.s.cfg.Jobs.AddFailures(ctx, u.job, u.pending); err != nil {
+				return fmt.Errorf("recording rejections: %w", err)
+			}
+			u.pending = u.pending[:0]
+		}
+	}
+}
+
+// add validates one record and produces it, or rejects it.
+func (u *upload) add(ctx context.Context, line []byte) {
+	index := u.received
+	u.received++
+	cmd, err := pipeline.DecodeCommand(line)
+	if err == nil {
+		err = u.s.cfg.Entities.Validate(&cmd, u.defaultEntity)
+	}
+	var rec pipeline.Record
+	if err == nil {
+		rec, err = pipeline.NewRecord(&cmd, u.job, u.tenant, index)
+	}
+	if err != nil {
+		u.reject(index, cmd.ID, err)
+		return
+	}
+	u.acks.Add(1)
+	u.s.cfg.Producer.Produce(ctx, u.s.cfg.Topic, &rec, func(err error) {
+		defer u.acks.Done()
+		if err != nil {
+			u.errMu.Lock()
+			if u.err == nil {
+				u.err = err
+			}
+			u.errMu.Unlock()
+			return
+		}
+		u.accepted.Add(1)
+	})
+}
+
+func (u *upload) reject(index int64, id pipeline.CommandID, err error) {
+	u.rejected++
+	class := pipeline.ClassOf(err)
+	if len(u.shown) < u.s.cfg.Limits.MaxRejections {
+		u.shown = append(u.shown, rejection{Index: index, ID: id, Class: class, Error: err.Error()})
+	}
+	u.pending = append(u.pending, pipeline.Failure{Index: index, ID: id, Stage: pipeline.StageIngress, Class: class, Error: err.Error()})
+}
+
+var errLineTooLong = errors.New("line too long")
+
+// lineReader yields lines of at most max bytes; a longer line is skipped
+// whole and reported as errLineTooLong, so that one oversize record is
+// rejected without ending the upload.
+type lineReader struct {
+	r   *bufio.Reader
+	max int
+	buf []byte
+}
+
+func newLineReader(r io.Reader, max int) *lineReader {
+	return &lineReader{r: bufio.NewReaderSize(r, 64<<10), max: max}
+}
+
+func (l *lineReader) next() ([]byte, error) {
+	l.buf = l.buf[:0]
+	tooLong := false
+	for {
+		chunk, err := l.r.ReadSlice('\n')
+		if !tooLong {
+			if len(l.buf)+len(chunk) > l.max+1 { // +1: the newline itself
+				tooLong = true
+				l.buf = l.buf[:0]
+			} else {
+				l.buf = append(l.buf, chunk...)
+			}
+		}
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case errors.Is(err, io.EOF):
+			if tooLong {
+				return nil, errLineTooLong
+			}
+			if len(l.buf) == 0 {
+				return nil, io.EOF
+			}
+			return l.buf, nil
+		case err != nil:
+			return nil, err
+		case tooLong:
+			return nil, errLineTooLong
+		default:
+			return l.buf, nil
+		}
+	}
+}

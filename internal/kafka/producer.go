@@ -1,0 +1,108 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// ProducerConfig configures a Producer.
+type ProducerConfig struct {
+	Brokers []string
+	// MaxBufferedBytes bounds what may wait for acknowledgement; Produce
+	// blocks past it, which is how a slow broker slows an upload down.
+	MaxBufferedBytes int
+	// Linger lets records gather into bigger batches.
+	Linger time.Duration
+	Logger *slog.Logger
+}
+
+// Producer produces with the idempotent producer and acks=all, so that an
+// acknowledged record is durably in Kafka and a retried send is not written
+// twice.
+type Producer struct {
+	cl *kgo.Client
+}
+
+// NewProducer connects a producer.
+func NewProducer(cfg ProducerConfig) (*Producer, error) {
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(cfg.Linger),
+		kgo.RecordDeliveryTimeout(30 * time.Second),
+		kgo.WithLogger(slogLogger{cfg.Logger}),
+	}
+	if cfg.MaxBufferedBytes > 0 {
+		opts = append(opts, kgo.MaxBufferedBytes(cfg.MaxBufferedBytes))
+	}
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("creating kafka producer: %w", err)
+	}
+	return &Producer{cl: cl}, nil
+}
+
+// Produce sends r to topic; done is called once with the broker's verdict.
+// It blocks while the producer's buffer is full.
+func (p *Producer) Produce(ctx context.Context, topic string, r *pipeline.Record, done func(error)) {
+	p.cl.Produce(ctx, toKgo(r, topic), func(_ *kgo.Record, err error) { done(classify(err)) })
+}
+
+// ProduceSync sends records to topic and returns once all are acknowledged.
+func (p *Producer) ProduceSync(ctx context.Context, topic string, recs ...pipeline.Record) error {
+	ks := make([]*kgo.Record, len(recs))
+	for i := range recs {
+		ks[i] = toKgo(&recs[i], topic)
+	}
+	return classify(p.cl.ProduceSync(ctx, ks...).FirstErr())
+}
+
+// Ping checks that a broker answers.
+func (p *Producer) Ping(ctx context.Context) error { return classify(p.cl.Ping(ctx)) }
+
+// Close flushes nothing: callers wait for their own records. It closes the
+// client.
+func (p *Producer) Close() { p.cl.Close() }
+
+// EnsureTopics creates the topics that do not exist yet.
+func EnsureTopics(ctx context.Context, brokers []string, partitions int32, replication int16, topics ...string) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		return fmt.Errorf("creating kafka admin client: %w", err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	resps, err := adm.CreateTopics(ctx, partitions, replication, nil, topics...)
+	if err != nil {
+		return classify(fmt.Errorf("creating topics: %w", err))
+	}
+	for _, r := range resps.Sorted() {
+		if r.Err != nil && !errors.Is(r.Err, kerr.TopicAlreadyExists) {
+			return classify(fmt.Errorf("creating topic %s: %w", r.Topic, r.Err))
+		}
+	}
+	return nil
+}
+
+// classify marks Kafka errors: retriable protocol errors, timeouts and
+// connection failures are transient; the rest is internal (never permanent
+// for a command, since a broker problem is never the command's fault).
+func classify(err error) error {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return err
+	}
+	if kerr.IsRetriable(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, kgo.ErrRecordTimeout) ||
+		errors.Is(err, kgo.ErrRecordRetries) || isNetErr(err) {
+		return pipeline.Classify(pipeline.ClassTransient, err)
+	}
+	return pipeline.Classify(pipeline.ClassInternal, err)
+}

@@ -1,0 +1,141 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// EntitySpec is what the configuration says of an entity; LoadEntities adds
+// what the catalog says.
+type EntitySpec struct {
+	Name          string
+	Schema        string
+	Table         string
+	Key           []string
+	VersionColumn string
+}
+
+// LoadEntities reads each entity's columns and types from the catalog and
+// checks that the table, the key columns (backed by a unique index, which
+// ON CONFLICT needs) and the version column exist.
+func LoadEntities(ctx context.Context, pool *pgxpool.Pool, specs []EntitySpec) (pipeline.Entities, error) {
+	es := make(pipeline.Entities, len(specs))
+	for _, s := range specs {
+		e, err := loadEntity(ctx, pool, s)
+		if err != nil {
+			return nil, fmt.Errorf("entity %s: %w", s.Name, err)
+		}
+		es[s.Name] = e
+	}
+	return es, nil
+}
+
+func loadEntity(ctx context.Context, pool *pgxpool.Pool, s EntitySpec) (*pipeline.Entity, error) {
+	rows, err := pool.Query(ctx, `
+		SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname, t.typcategory, a.attnotnull
+		FROM pg_attribute a
+		JOIN pg_class c ON c.oid = a.attrelid
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_type t ON t.oid = a.atttypid
+		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+		  AND a.attnum > 0 AND NOT a.attisdropped`, s.Schema, s.Table)
+	if err != nil {
+		return nil, fmt.Errorf("reading columns of %s.%s: %w", s.Schema, s.Table, err)
+	}
+	cols := make(map[string]pipeline.Column)
+	for rows.Next() {
+		var c pipeline.Column
+		var typname string
+		var category byte
+		if err := rows.Scan(&c.Name, &c.Type, &typname, &category, &c.NotNull); err != nil {
+			return nil, err
+		}
+		c.Kind = kindOf(typname, category)
+		cols[c.Name] = c
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading columns of %s.%s: %w", s.Schema, s.Table, err)
+	}
+	if len(cols) == 0 {
+		return nil, fmt.Errorf("table %s.%s does not exist", s.Schema, s.Table)
+	}
+	for _, k := range s.Key {
+		if _, ok := cols[k]; !ok {
+			return nil, fmt.Errorf("key column %q does not exist in %s.%s", k, s.Schema, s.Table)
+		}
+	}
+	if s.VersionColumn != "" {
+		c, ok := cols[s.VersionColumn]
+		if !ok {
+			return nil, fmt.Errorf("version column %q does not exist in %s.%s", s.VersionColumn, s.Schema, s.Table)
+		}
+		if c.Kind != pipeline.KindInteger {
+			return nil, fmt.Errorf("version column %q is %s; it must be an integer type", s.VersionColumn, c.Type)
+		}
+		if slices.Contains(s.Key, s.VersionColumn) {
+			return nil, fmt.Errorf("version column %q cannot be a key column", s.VersionColumn)
+		}
+	}
+	if err := checkUniqueKey(ctx, pool, s); err != nil {
+		return nil, err
+	}
+	return &pipeline.Entity{
+		Name: s.Name, Schema: s.Schema, Table: s.Table,
+		Key: s.Key, VersionColumn: s.VersionColumn, Columns: cols,
+	}, nil
+}
+
+func checkUniqueKey(ctx context.Context, pool *pgxpool.Pool, s EntitySpec) error {
+	rows, err := pool.Query(ctx, `
+		SELECT array_agg(a.attname ORDER BY a.attname)
+		FROM pg_index i
+		JOIN pg_class c ON c.oid = i.indrelid
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
+		WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+		GROUP BY i.indexrelid`, s.Schema, s.Table)
+	if err != nil {
+		return fmt.Errorf("reading unique indexes of %s.%s: %w", s.Schema, s.Table, err)
+	}
+	sets, err := pgx.CollectRows(rows, pgx.RowTo[[]string])
+	if err != nil {
+		return fmt.Errorf("reading unique indexes of %s.%s: %w", s.Schema, s.Table, err)
+	}
+	want := slices.Clone(s.Key)
+	slices.Sort(want)
+	for _, set := range sets {
+		if slices.Equal(set, want) {
+			return nil
+		}
+	}
+	return fmt.Errorf("no primary key or unique index on (%s) in %s.%s: upserts need one", strings.Join(s.Key, ", "), s.Schema, s.Table)
+}
+
+func kindOf(typname string, category byte) pipeline.ColumnKind {
+	switch typname {
+	case "int2", "int4", "int8":
+		return pipeline.KindInteger
+	case "json", "jsonb":
+		return pipeline.KindJSON
+	}
+	switch category {
+	case 'S':
+		return pipeline.KindText
+	case 'N':
+		return pipeline.KindNumeric
+	case 'B':
+		return pipeline.KindBoolean
+	default:
+		return pipeline.KindOther
+	}
+}
+
+// quoteIdent quotes an identifier for SQL text.
+func quoteIdent(s string) string { return pgx.Identifier{s}.Sanitize() }

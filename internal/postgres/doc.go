@@ -1,0 +1,8 @@
+// Package postgres is spool's only pgx importer: the embedded migrations,
+// the entity catalog read at start-up, the batch writer that applies a
+// partition's batch in one transaction (dedupe claim, set-based upserts and
+// deletes under the version guard, job counters, failures and the offset
+// compare-and-set), and the job records ingress and the API read and write.
+//
+// SQLSTATEs are classified here, once, into pipeline error classes.
+package postgres

@@ -1,0 +1,463 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// Store applies batches and keeps jobs. It is safe for concurrent use by
+// every partition's worker.
+type Store struct {
+	logger   *slog.Logger
+	pool     *pgxpool.Pool
+	entities pipeline.Entities
+	group    string
+	sqlCache sync.Map // group signature → string
+}
+
+// NewStore returns a store writing the given entities; group names the
+// consumer group whose offsets it keeps.
+func NewStore(pool *pgxpool.Pool, entities pipeline.Entities, group string, logger *slog.Logger) *Store {
+	return &Store{pool: pool, entities: entities, group: group, logger: logger}
+}
+
+// Pool is the store's connection pool.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// LoadOffset returns the partition's next offset as stored, or -1.
+func (s *Store) LoadOffset(ctx context.Context, topic string, partition int32) (int64, error) {
+	var next int64
+	err := s.pool.QueryRow(ctx, `SELECT next_offset FROM spool_offsets
+		WHERE consumer_group = $1 AND topic = $2 AND partition = $3`, s.group, topic, partition).Scan(&next)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return -1, nil
+	}
+	if err != nil {
+		return 0, classify(fmt.Errorf("loading offset of %s/%d: %w", topic, partition, err))
+	}
+	return next, nil
+}
+
+// WriteBatch applies b in one transaction: it claims the command ids in the
+// ledger (ids already claimed are duplicates, or conflicts when their
+// payload differs), collapses the fresh commands per row, writes each group
+// with one set-based statement under the version guard, adds the job
+// counters, records failures and moves the stored offset from b.PrevOffset
+// to b.NextOffset. Nothing of it is visible unless all of it commits.
+func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.Outcome, error) {
+	outcomes := make([]pipeline.Outcome, len(b.Messages))
+	candidates := b.Dedupe(outcomes)
+	index := make(map[*pipeline.Message]int, len(b.Messages))
+	for i, m := range b.Messages {
+		index[m] = i
+	}
+
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, classify(fmt.Errorf("beginning batch transaction: %w", err))
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+
+	fresh, err := claim(ctx, tx, candidates, func(m *pipeline.Message, o pipeline.Outcome) { outcomes[index[m]] = o })
+	if err != nil {
+		return nil, err
+	}
+	groups, superseded, err := pipeline.Plan(fresh, s.entities)
+	if err != nil {
+		return nil, err
+	}
+	for m, o := range superseded {
+		outcomes[index[m]] = o
+	}
+	for _, g := range groups {
+		for _, m := range g.Messages {
+			outcomes[index[m]] = pipeline.OutcomeApplied
+		}
+		stale, err := s.writeGroup(ctx, tx, &g)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range stale {
+			outcomes[index[m]] = pipeline.OutcomeStale
+		}
+	}
+
+	var q pgx.Batch
+	queueCounts(&q, b, outcomes)
+	queueFailures(&q, b, outcomes)
+	q.Queue(`INSERT INTO spool_offsets AS o (consumer_group, topic, partition, next_offset)
+		VALUES ($1, $2, $3, $5)
+		ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+		SET next_offset = EXCLUDED.next_offset, updated_at = now()
+		WHERE o.next_offset = $4`,
+		s.group, b.Topic, b.Partition, b.PrevOffset, b.NextOffset).Exec(func(tag pgconn.CommandTag) error {
+		if tag.RowsAffected() != 1 {
+			return pipeline.ErrFenced
+		}
+		return nil
+	})
+	if err := tx.SendBatch(ctx, &q).Close(); err != nil {
+		if errors.Is(err, pipeline.ErrFenced) {
+			return nil, err
+		}
+		return nil, classify(fmt.Errorf("recording batch of %d: %w", len(b.Messages), err))
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, classify(fmt.Errorf("committing batch of %d: %w", len(b.Messages), err))
+	}
+	// After the commit, so that the last batch of a job sees all counters.
+	// A failure here is not the batch's: the periodic settle catches it.
+	if err := s.SettleJobs(ctx, jobsOf(b)); err != nil {
+		s.logger.Warn("settling jobs after batch", "partition", b.Partition, "error", err)
+	}
+	return outcomes, nil
+}
+
+// claim inserts the candidates' ids into the ledger and returns those that
+// were not there, in offset order. For the others it sets duplicate or
+// conflict.
+func claim(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Message, set func(*pipeline.Message, pipeline.Outcome)) ([]*pipeline.Message, error) {
+	if len(candidates) == 0 {
+		return nil, nil
+	}
+	tenants := make([]string, len(candidates))
+	ids := make([]string, len(candidates))
+	hashes := make([][]byte, len(candidates))
+	byKey := make(map[pipeline.Key]*pipeline.Message, len(candidates))
+	for i, m := range candidates {
+		tenants[i], ids[i], hashes[i] = m.Tenant, string(m.Command.ID), m.Hash[:]
+		byKey[pipeline.Key{Tenant: m.Tenant, ID: m.Command.ID}] = m
+	}
+	// Sorted inserts take index locks in one order, so that two batches
+	// claiming overlapping ids wait for each other instead of deadlocking.
+	rows, err := tx.Query(ctx, `
+		INSERT INTO spool_ledger (tenant, command_id, payload_hash)
+		SELECT t, id, h FROM unnest($1::text[], $2::text[], $3::bytea[]) AS u(t, id, h) ORDER BY t, id
+		ON CONFLICT DO NOTHING
+		RETURNING tenant, command_id`, tenants, ids, hashes)
+	if err != nil {
+		return nil, classify(fmt.Errorf("claiming %d command ids: %w", len(candidates), err))
+	}
+	claimed := make(map[*pipeline.Message]bool, len(candidates))
+	var k pipeline.Key
+	_, err = pgx.ForEachRow(rows, []any{&k.Tenant, &k.ID}, func() error {
+		claimed[byKey[k]] = true
+		return nil
+	})
+	if err != nil {
+		return nil, classify(fmt.Errorf("claiming %d command ids: %w", len(candidates), err))
+	}
+	if len(claimed) < len(candidates) {
+		if err := settleRepeats(ctx, tx, candidates, claimed, byKey, set); err != nil {
+			return nil, err
+		}
+	}
+	fresh := make([]*pipeline.Message, 0, len(claimed))
+	for _, m := range candidates {
+		if claimed[m] {
+			fresh = append(fresh, m)
+		}
+	}
+	return fresh, nil
+}
+
+func settleRepeats(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Message, claimed map[*pipeline.Message]bool,
+	byKey map[pipeline.Key]*pipeline.Message, set func(*pipeline.Message, pipeline.Outcome)) error {
+	var tenants, ids []string
+	for _, m := range candidates {
+		if !claimed[m] {
+			tenants = append(tenants, m.Tenant)
+			ids = append(ids, string(m.Command.ID))
+		}
+	}
+	rows, err := tx.Query(ctx, `
+		SELECT l.tenant, l.command_id, l.payload_hash
+		FROM spool_ledger l JOIN unnest($1::text[], $2::text[]) AS u(t, id) ON l.tenant = u.t AND l.command_id = u.id`,
+		tenants, ids)
+	if err != nil {
+		return classify(fmt.Errorf("reading %d repeated command ids: %w", len(ids), err))
+	}
+	var k pipeline.Key
+	var hash []byte
+	_, err = pgx.ForEachRow(rows, []any{&k.Tenant, &k.ID, &hash}, func() error {
+		m := byKey[k]
+		if string(hash) == string(m.Hash[:]) {
+			set(m, pipeline.OutcomeDuplicate)
+		} else {
+			set(m, pipeline.OutcomeConflict)
+		}
+		return nil
+	})
+	if err != nil {
+		return classify(fmt.Errorf("reading %d repeated command ids: %w", len(ids), err))
+	}
+	return nil
+}
+
+// writeGroup runs one group's statement and returns the commands the
+// version guard skipped.
+func (s *Store) writeGroup(ctx context.Context, tx pgx.Tx, g *pipeline.Group) ([]*pipeline.Message, error) {
+	e := g.Entity
+	cols := append(append([]string{}, e.Key...), g.Columns...)
+	args := make([]any, 0, len(cols)+1)
+	for _, c := range cols {
+		col := e.Columns[c]
+		vals := make([]*string, len(g.Messages))
+		for i, m := range g.Messages {
+			v, err := col.Text(m.Command.Data[c])
+			if err != nil {
+				return nil, err
+			}
+			vals[i] = v
+		}
+		args = append(args, vals)
+	}
+	if e.Versioned() {
+		vers := make([]int64, len(g.Messages))
+		for i, m := range g.Messages {
+			vers[i] = *m.Command.Version
+		}
+		args = append(args, vers)
+	}
+	sql := s.groupSQL(g, cols)
+	if !e.Versioned() {
+		if _, err := tx.Exec(ctx, sql, args...); err != nil {
+			return nil, classify(fmt.Errorf("%s %d rows of %s: %w", gerund(g.Op), len(g.Messages), e.Name, err))
+		}
+		return nil, nil
+	}
+	rows, err := tx.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, classify(fmt.Errorf("%s %d rows of %s: %w", gerund(g.Op), len(g.Messages), e.Name, err))
+	}
+	ords, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, classify(fmt.Errorf("%s %d rows of %s: %w", gerund(g.Op), len(g.Messages), e.Name, err))
+	}
+	if g.Op == pipeline.OpDelete {
+		stale := make([]*pipeline.Message, len(ords))
+		for i, o := range ords {
+			stale[i] = g.Messages[o-1]
+		}
+		return stale, nil
+	}
+	written := make([]bool, len(g.Messages))
+	for _, o := range ords {
+		written[o-1] = true
+	}
+	var stale []*pipeline.Message
+	for i, m := range g.Messages {
+		if !written[i] {
+			stale = append(stale, m)
+		}
+	}
+	return stale, nil
+}
+
+// groupSQL builds (once per shape) the statement for a group. Values travel
+// as text arrays and are cast to the column types, so one statement of any
+// size is one round trip. For versioned entities it returns the 1-based
+// ordinals of the written rows (upsert) or of the stale ones (delete).
+func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
+	sig := g.Entity.Name + "\x00" + string(g.Op) + "\x00" + strings.Join(g.Columns, "\x00")
+	if v, ok := s.sqlCache.Load(sig); ok {
+		return v.(string)
+	}
+	e := g.Entity
+	table := quoteIdent(e.Schema) + "." + quoteIdent(e.Table)
+	var aliases, params, casts, keyJoin, keyOrder []string
+	for i, c := range cols {
+		a := fmt.Sprintf("a%d", i)
+		aliases = append(aliases, a)
+		params = append(params, fmt.Sprintf("$%d::text[]", i+1))
+		casts = append(casts, fmt.Sprintf("u.%s::%s AS %s", a, e.Columns[c].Type, a))
+		if i < len(e.Key) {
+			keyJoin = append(keyJoin, fmt.Sprintf("t.%s = v.%s", quoteIdent(c), a))
+			keyOrder = append(keyOrder, "v."+a)
+		}
+	}
+	targetCols := quoteAll(cols)
+	values := make([]string, len(aliases))
+	for i, a := range aliases {
+		values[i] = "v." + a
+	}
+	if e.Versioned() {
+		aliases = append(aliases, "ver")
+		params = append(params, fmt.Sprintf("$%d::bigint[]", len(cols)+1))
+		casts = append(casts, "u.ver")
+		targetCols = append(targetCols, quoteIdent(e.VersionColumn))
+		values = append(values, "v.ver")
+	}
+	input := fmt.Sprintf(`SELECT u.spool_ord, %s FROM unnest(%s) WITH ORDINALITY AS u(%s, spool_ord)`,
+		strings.Join(casts, ", "), strings.Join(params, ", "), strings.Join(aliases, ", "))
+	keyCols := strings.Join(quoteAll(e.Key), ", ")
+
+	var sql string
+	switch {
+	case g.Op == pipeline.OpDelete && e.Versioned():
+		ver := quoteIdent(e.VersionColumn)
+		sql = fmt.Sprintf(`WITH v AS (%s),
+			d AS (DELETE FROM %s t USING v WHERE %s AND t.%s < v.ver)
+			SELECT v.spool_ord FROM v JOIN %s t ON %s WHERE t.%s >= v.ver`,
+			input, table, strings.Join(keyJoin, " AND "), ver, table, strings.Join(keyJoin, " AND "), ver)
+	case g.Op == pipeline.OpDelete:
+		sql = fmt.Sprintf(`WITH v AS (%s) DELETE FROM %s t USING v WHERE %s`,
+			input, table, strings.Join(keyJoin, " AND "))
+	default:
+		var set []string
+		for _, c := range targetCols[len(e.Key):] {
+			set = append(set, fmt.Sprintf("%s = EXCLUDED.%s", c, c))
+		}
+		onConflict := "DO NOTHING"
+		if len(set) > 0 {
+			onConflict = "DO UPDATE SET " + strings.Join(set, ", ")
+			if e.Versioned() {
+				onConflict += fmt.Sprintf(" WHERE t.%s < EXCLUDED.%s", quoteIdent(e.VersionColumn), quoteIdent(e.VersionColumn))
+			}
+		}
+		// ORDER BY key takes row locks in one order across workers.
+		insert := fmt.Sprintf(`INSERT INTO %s AS t (%s) SELECT %s FROM v ORDER BY %s ON CONFLICT (%s) %s`,
+			table, strings.Join(targetCols, ", "), strings.Join(values, ", "), strings.Join(keyOrder, ", "), keyCols, onConflict)
+		if !e.Versioned() {
+			sql = fmt.Sprintf(`WITH v AS (%s) %s`, input, insert)
+			break
+		}
+		var retJoin []string
+		for i, k := range e.Key {
+			retJoin = append(retJoin, fmt.Sprintf("w.%s = v.a%d", quoteIdent(k), i))
+		}
+		sql = fmt.Sprintf(`WITH v AS (%s), w AS (%s RETURNING %s)
+			SELECT v.spool_ord FROM v JOIN w ON %s`,
+			input, insert, strings.Join(prefixAll("t.", quoteAll(e.Key)), ", "), strings.Join(retJoin, " AND "))
+	}
+	s.sqlCache.Store(sig, sql)
+	return sql
+}
+
+func jobsOf(b *pipeline.Batch) []pipeline.JobID {
+	seen := make(map[pipeline.JobID]bool)
+	var ids []pipeline.JobID
+	for _, m := range b.Messages {
+		if m.JobID != "" && !seen[m.JobID] {
+			seen[m.JobID] = true
+			ids = append(ids, m.JobID)
+		}
+	}
+	return ids
+}
+
+func quoteAll(names []string) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = quoteIdent(n)
+	}
+	return out
+}
+
+func prefixAll(prefix string, names []string) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = prefix + n
+	}
+	return out
+}
+
+func queueCounts(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
+	counts := pipeline.JobCounts(b.Messages, outcomes)
+	var jobs []string
+	var applied, duplicate, stale, conflict, dead []int64
+	for job, c := range counts {
+		if job == "" {
+			continue // a record without a job (produced by another tool) has no counters
+		}
+		jobs = append(jobs, string(job))
+		applied = append(applied, c.Applied)
+		duplicate = append(duplicate, c.Duplicate)
+		stale = append(stale, c.Stale)
+		conflict = append(conflict, c.Conflict)
+		dead = append(dead, c.DeadLettered)
+	}
+	if len(jobs) == 0 {
+		return
+	}
+	q.Queue(`INSERT INTO spool_job_counts AS c (job_id, partition, applied, duplicate, stale, conflict, dead_lettered)
+		SELECT j, $2, a, du, s, co, de FROM unnest($1::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[]) AS u(j, a, du, s, co, de)
+		ORDER BY j
+		ON CONFLICT (job_id, partition) DO UPDATE SET
+			applied = c.applied + EXCLUDED.applied,
+			duplicate = c.duplicate + EXCLUDED.duplicate,
+			stale = c.stale + EXCLUDED.stale,
+			conflict = c.conflict + EXCLUDED.conflict,
+			dead_lettered = c.dead_lettered + EXCLUDED.dead_lettered`,
+		jobs, b.Partition, applied, duplicate, stale, conflict, dead)
+}
+
+func queueFailures(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
+	var fs []pipeline.Failure
+	var jobs []string
+	for i, m := range b.Messages {
+		if m.JobID == "" || m.Index < 0 {
+			continue
+		}
+		switch outcomes[i] {
+		case pipeline.OutcomeConflict:
+			fs = append(fs, pipeline.Failure{Index: m.Index, ID: m.Command.ID, Stage: pipeline.StageProcessor,
+				Class: pipeline.ClassConflict, Error: "id was seen before with a different payload"})
+		case pipeline.OutcomeDeadLettered:
+			id := m.Command.ID
+			if id == "" {
+				id = pipeline.CommandID(m.Record.Key)
+			}
+			fs = append(fs, pipeline.Failure{Index: m.Index, ID: id, Stage: pipeline.StageProcessor,
+				Class: pipeline.ClassOf(m.Err), Error: m.Err.Error()})
+		default:
+			continue
+		}
+		jobs = append(jobs, string(m.JobID))
+	}
+	if len(fs) > 0 {
+		queueFailureRows(q, jobs, fs)
+	}
+}
+
+// queueFailureRows records failures; a later failure of the same input
+// record replaces the earlier one.
+func queueFailureRows(q *pgx.Batch, jobs []string, fs []pipeline.Failure) {
+	idx := make([]int64, len(fs))
+	ids, stages, classes, msgs := make([]string, len(fs)), make([]string, len(fs)), make([]string, len(fs)), make([]string, len(fs))
+	for i, f := range fs {
+		idx[i], ids[i], stages[i], classes[i], msgs[i] = f.Index, clean(string(f.ID)), f.Stage, string(f.Class), clean(f.Error)
+		jobs[i] = clean(jobs[i])
+	}
+	q.Queue(`INSERT INTO spool_job_failures AS f (job_id, idx, command_id, stage, error_class, error)
+		SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
+		ON CONFLICT (job_id, idx) DO UPDATE SET command_id = EXCLUDED.command_id, stage = EXCLUDED.stage,
+			error_class = EXCLUDED.error_class, error = EXCLUDED.error, created_at = now()`,
+		jobs, idx, ids, stages, classes, msgs)
+}
+
+// clean makes a string storable as PostgreSQL text, which refuses NUL and
+// invalid UTF-8: a failure must be recordable whatever the bad input held.
+func clean(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	return strings.ReplaceAll(s, "\x00", "\uFFFD")
+}
+
+
+
+func gerund(op pipeline.Op) string {
+	if op == pipeline.OpDelete {
+		return "deleting"
+	}
+	return "upserting"
+}

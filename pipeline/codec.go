@@ -1,0 +1,164 @@
+package pipeline
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Record is a Kafka record as the pipeline sees it, free of any client
+// library's types.
+type Record struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+	Key       []byte
+	Value     []byte
+	Headers   []Header
+	Timestamp time.Time
+}
+
+// Header is one Kafka record header.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// Header names ingress sets on every command record. Values are plain UTF-8.
+const (
+	HeaderJobID  = "spool-job-id"
+	HeaderTenant = "spool-tenant"
+	HeaderIndex  = "spool-index"
+)
+
+// Header returns the value of the first header named key.
+func (r *Record) Header(key string) (string, bool) {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value), true
+		}
+	}
+	return "", false
+}
+
+// DecodeCommand parses one uploaded JSON object into a Command. Unknown
+// fields are refused so that a typo ("verison") is reported, not ignored.
+func DecodeCommand(line []byte) (Command, error) {
+	var cmd Command
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cmd); err != nil {
+		return Command{}, Errorf(ClassInvalidCommand, "decoding command: %s", describeJSONError(err))
+	}
+	if dec.More() {
+		return Command{}, Errorf(ClassInvalidCommand, "decoding command: trailing data after the object")
+	}
+	return cmd, nil
+}
+
+func describeJSONError(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		if te.Field != "" {
+			return fmt.Sprintf("field %q must be %s, got %s", te.Field, jsonKind(te.Type.Kind().String()), te.Value)
+		}
+		return fmt.Sprintf("expected a JSON object, got %s", te.Value)
+	}
+	return err.Error()
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "int64", "ptr":
+		return "an integer"
+	case "map":
+		return "an object"
+	default:
+		return "a string"
+	}
+}
+
+// NewRecord encodes a validated command for the commands topic: the key is
+// the command id, the value the command's canonical JSON (map keys sorted,
+// whitespace removed), and the headers carry the job context.
+func NewRecord(cmd *Command, job JobID, tenant string, index int64) (Record, error) {
+	value, err := json.Marshal(cmd)
+	if err != nil {
+		return Record{}, Errorf(ClassInvalidCommand, "encoding command %q: %w", cmd.ID, err)
+	}
+	return Record{
+		Key:   []byte(cmd.ID),
+		Value: value,
+		Headers: []Header{
+			{Key: HeaderJobID, Value: []byte(job)},
+			{Key: HeaderTenant, Value: []byte(tenant)},
+			{Key: HeaderIndex, Value: strconv.AppendInt(nil, index, 10)},
+		},
+	}, nil
+}
+
+// PayloadHash identifies a command's content: the same id with a different
+// hash is a conflict.
+type PayloadHash [16]byte
+
+// Message is a decoded command record with its job context.
+type Message struct {
+	Record  Record
+	Command Command
+	JobID   JobID
+	Tenant  string
+	Index   int64
+	Hash    PayloadHash
+	// Err is set when the record could not be decoded or validated; such a
+	// message is dead-lettered without touching the database.
+	Err error
+}
+
+// DecodeRecord turns a commands-topic record into a Message, validating it
+// against the entities this processor knows. It never fails: a bad record
+// comes back with Err set, so that it is dead-lettered on its own.
+func DecodeRecord(r Record, es Entities) Message {
+	m := Message{Record: r, Hash: hashPayload(r.Value)}
+	m.JobID = JobID(headerOr(&r, HeaderJobID))
+	m.Tenant = headerOr(&r, HeaderTenant)
+	if s, ok := r.Header(HeaderIndex); ok {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			m.Err = Errorf(ClassInvalidCommand, "header %s=%q is not an integer", HeaderIndex, s)
+			return m
+		}
+		m.Index = n
+	} else {
+		m.Index = -1
+	}
+	cmd, err := DecodeCommand(r.Value)
+	if err != nil {
+		m.Err = err
+		return m
+	}
+	if string(cmd.ID) != string(r.Key) {
+		m.Err = Errorf(ClassInvalidCommand, "record key %q differs from command id %q", r.Key, cmd.ID)
+		return m
+	}
+	if err := es.Validate(&cmd, ""); err != nil {
+		m.Err = err
+	}
+	m.Command = cmd
+	return m
+}
+
+func headerOr(r *Record, key string) string {
+	v, _ := r.Header(key)
+	return v
+}
+
+func hashPayload(b []byte) PayloadHash {
+	sum := sha256.Sum256(b)
+	var h PayloadHash
+	copy(h[:], sum[:])
+	return h
+}

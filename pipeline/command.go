@@ -1,0 +1,159 @@
+package pipeline
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// CommandID is a command's idempotency key and its Kafka record key.
+type CommandID string
+
+// JobID names one upload. Jobs are created by ingress and counted by the
+// processor.
+type JobID string
+
+// Op is what a command does to its row.
+type Op string
+
+const (
+	// OpUpsert inserts the row or updates the columns named in Data.
+	OpUpsert Op = "upsert"
+	// OpDelete removes the row named by the key columns in Data.
+	OpDelete Op = "delete"
+)
+
+// Command is one write, as uploaded and as carried in a Kafka record value.
+//
+// Data holds the column values as raw JSON so that a command is decoded once
+// and never re-interpreted: the processor converts each value to its column's
+// type at write time.
+type Command struct {
+	ID      CommandID                  `json:"id"`
+	Entity  string                     `json:"entity,omitempty"`
+	Op      Op                         `json:"op,omitempty"`
+	Version *int64                     `json:"version,omitempty"`
+	Data    map[string]json.RawMessage `json:"data"`
+}
+
+// Outcome is how a command ended. Every accepted command ends in exactly one
+// of these; counts per job add up to the accepted total.
+type Outcome string
+
+const (
+	// OutcomeApplied: the command changed (or, for a delete, cleared) its row.
+	OutcomeApplied Outcome = "applied"
+	// OutcomeDuplicate: the id was applied before within the dedupe window.
+	OutcomeDuplicate Outcome = "duplicate"
+	// OutcomeStale: the stored row (or a command in the same batch) carries
+	// a version at least as new.
+	OutcomeStale Outcome = "stale"
+	// OutcomeConflict: the id was seen before with a different payload.
+	OutcomeConflict Outcome = "conflict"
+	// OutcomeDeadLettered: the command failed permanently and was parked in
+	// the dead-letter topic.
+	OutcomeDeadLettered Outcome = "dead_lettered"
+	// OutcomeRejected: ingress refused the record; it never reached Kafka.
+	OutcomeRejected Outcome = "rejected"
+)
+
+// Counts tallies outcomes. The processor adds one Counts per job and batch.
+type Counts struct {
+	Applied      int64 `json:"applied"`
+	Duplicate    int64 `json:"duplicate"`
+	Stale        int64 `json:"stale"`
+	Conflict     int64 `json:"conflict"`
+	DeadLettered int64 `json:"dead_lettered"`
+}
+
+// Add counts one outcome.
+func (c *Counts) Add(o Outcome) {
+	switch o {
+	case OutcomeApplied:
+		c.Applied++
+	case OutcomeDuplicate:
+		c.Duplicate++
+	case OutcomeStale:
+		c.Stale++
+	case OutcomeConflict:
+		c.Conflict++
+	case OutcomeDeadLettered:
+		c.DeadLettered++
+	default:
+		panic(fmt.Sprintf("pipeline: outcome %q is not counted by the processor", o))
+	}
+}
+
+// Done is the number of commands that reached an outcome.
+func (c Counts) Done() int64 {
+	return c.Applied + c.Duplicate + c.Stale + c.Conflict + c.DeadLettered
+}
+
+// JobState is where a job stands.
+type JobState string
+
+const (
+	// JobReceiving: the upload is still streaming in.
+	JobReceiving JobState = "receiving"
+	// JobQueued: every accepted command is in Kafka; none has an outcome yet.
+	JobQueued JobState = "queued"
+	// JobProcessing: some accepted commands have an outcome.
+	JobProcessing JobState = "processing"
+	// JobCompleted: every accepted command has an outcome and none failed.
+	JobCompleted JobState = "completed"
+	// JobCompletedWithErrors: done, and some commands were rejected,
+	// conflicting or dead-lettered.
+	JobCompletedWithErrors JobState = "completed_with_errors"
+	// JobFailed: the upload broke off. What was accepted before is still
+	// applied and counted.
+	JobFailed JobState = "failed"
+)
+
+// Job is a job's status as the API shows it.
+type Job struct {
+	ID          JobID
+	Tenant      string
+	State       JobState
+	Received    int64
+	Accepted    int64
+	Rejected    int64
+	Counts      Counts
+	Error       string
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+	CompletedAt *time.Time
+}
+
+// Progress is the share of accepted commands that have an outcome, 0 to 1.
+func (j *Job) Progress() float64 {
+	if j.Accepted == 0 {
+		if j.State == JobCompleted || j.State == JobCompletedWithErrors {
+			return 1
+		}
+		return 0
+	}
+	return min(1, float64(j.Counts.Done())/float64(j.Accepted))
+}
+
+// Failure is one command of a job that did not apply: rejected at ingress,
+// conflicting, or dead-lettered by the processor.
+type Failure struct {
+	Index int64      `json:"index"`
+	ID    CommandID  `json:"id"`
+	Stage string     `json:"stage"`
+	Class ErrorClass `json:"error_class"`
+	Error string     `json:"error"`
+}
+
+// Failure stages.
+const (
+	StageIngress   = "ingress"
+	StageProcessor = "processor"
+)
+
+// UploadResult is what ingress knows once an upload has ended.
+type UploadResult struct {
+	Received, Accepted, Rejected int64
+	// Err is why the upload broke off; nil when it ended normally.
+	Err error
+}

@@ -1,0 +1,228 @@
+package pipeline
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math/big"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// ColumnKind groups PostgreSQL types by how a JSON value must look to fit
+// them. It drives the cheap checks at ingress and the text conversion at
+// write time; the database remains the final judge.
+type ColumnKind int
+
+const (
+	// KindText accepts strings, numbers and booleans (written as their text).
+	KindText ColumnKind = iota
+	// KindInteger accepts integral numbers or strings holding one.
+	KindInteger
+	// KindNumeric accepts numbers or strings holding one.
+	KindNumeric
+	// KindBoolean accepts true/false or the strings "true"/"false".
+	KindBoolean
+	// KindJSON accepts any JSON value and stores it as JSON.
+	KindJSON
+	// KindOther (timestamps, uuid, date, …) accepts strings and numbers and
+	// lets the database parse them.
+	KindOther
+)
+
+// Column is one column of an entity's table, as read from the catalog.
+type Column struct {
+	Name    string
+	Type    string // as format_type prints it, e.g. "numeric(18,2)"
+	Kind    ColumnKind
+	NotNull bool
+}
+
+// Entity is a configured target table with its catalog columns.
+type Entity struct {
+	Name          string
+	Schema        string
+	Table         string
+	Key           []string
+	VersionColumn string
+	Columns       map[string]Column
+}
+
+// Versioned reports whether the entity guards writes by version.
+func (e *Entity) Versioned() bool { return e.VersionColumn != "" }
+
+// Entities maps entity names to their definitions.
+type Entities map[string]*Entity
+
+// Names lists the configured entities, sorted.
+func (es Entities) Names() []string {
+	names := make([]string, 0, len(es))
+	for n := range es {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// MaxIDLength bounds a command id, in characters.
+const MaxIDLength = 128
+
+// Validate fills a command's defaults (entity from defaultEntity, op upsert)
+// and checks it against the configured entities. The error is classified and
+// names the problem so that a client can fix the record.
+func (es Entities) Validate(cmd *Command, defaultEntity string) error {
+	if err := validateID(cmd.ID); err != nil {
+		return err
+	}
+	if cmd.Entity == "" {
+		cmd.Entity = defaultEntity
+	}
+	if cmd.Entity == "" {
+		return Errorf(ClassUnknownEntity, "entity is missing and the upload names no default (?entity=)")
+	}
+	e, ok := es[cmd.Entity]
+	if !ok {
+		return Errorf(ClassUnknownEntity, "entity %q is not configured (known: %s)", cmd.Entity, strings.Join(es.Names(), ", "))
+	}
+	switch cmd.Op {
+	case "":
+		cmd.Op = OpUpsert
+	case OpUpsert, OpDelete:
+	default:
+		return Errorf(ClassInvalidCommand, "op %q is not one of upsert, delete", cmd.Op)
+	}
+	if e.Versioned() && cmd.Version == nil {
+		return Errorf(ClassMissingKey, "version is required: entity %q is guarded by column %q", e.Name, e.VersionColumn)
+	}
+	for _, k := range e.Key {
+		v, ok := cmd.Data[k]
+		if !ok || isNull(v) {
+			return Errorf(ClassMissingKey, "data lacks key column %q of entity %q", k, e.Name)
+		}
+	}
+	for name, v := range cmd.Data {
+		col, ok := e.Columns[name]
+		if !ok {
+			return Errorf(ClassUnknownColumn, "column %q does not exist in %s", name, e.QualifiedName())
+		}
+		if name == e.VersionColumn {
+			return Errorf(ClassInvalidCommand, "column %q is the version column: set it with the command's version field", name)
+		}
+		if _, err := col.Text(v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// QualifiedName is schema.table for messages (not SQL: quoting is the
+// writer's job).
+func (e *Entity) QualifiedName() string { return e.Schema + "." + e.Table }
+
+func validateID(id CommandID) error {
+	if id == "" {
+		return Errorf(ClassInvalidCommand, "id is missing")
+	}
+	n := 0
+	for _, r := range string(id) {
+		n++
+		if r == '\uFFFD' || !strconv.IsPrint(r) {
+			return Errorf(ClassInvalidCommand, "id %q holds a non-printable character", id)
+		}
+	}
+	if n > MaxIDLength {
+		return Errorf(ClassInvalidCommand, "id is %d characters long; the limit is %d", n, MaxIDLength)
+	}
+	return nil
+}
+
+func isNull(v json.RawMessage) bool { return len(v) == 0 || string(v) == "null" }
+
+// Text converts a JSON value to the text PostgreSQL parses for this column,
+// or nil for SQL NULL. It is the one place that decides whether a value fits
+// its column.
+func (c Column) Text(v json.RawMessage) (*string, error) {
+	v = bytes.TrimSpace(v)
+	if isNull(v) {
+		if c.NotNull {
+			return nil, Errorf(ClassTypeMismatch, "column %q is NOT NULL; got null", c.Name)
+		}
+		return nil, nil
+	}
+	if c.Kind == KindJSON {
+		s := string(v)
+		return &s, nil
+	}
+	var s string
+	switch v[0] {
+	case '"':
+		if err := json.Unmarshal(v, &s); err != nil {
+			return nil, Errorf(ClassInvalidCommand, "column %q: %v", c.Name, err)
+		}
+	case '{', '[':
+		return nil, c.mismatch("an object or array")
+	case 't', 'f':
+		if c.Kind != KindBoolean && c.Kind != KindText {
+			return nil, c.mismatch("a boolean")
+		}
+		s = string(v)
+	default:
+		if c.Kind == KindBoolean {
+			return nil, c.mismatch("a number")
+		}
+		s = string(v)
+	}
+	switch c.Kind {
+	case KindInteger:
+		n, ok := new(big.Int).SetString(strings.TrimSpace(s), 10)
+		if !ok {
+			return nil, c.mismatch(fmt.Sprintf("%q", s))
+		}
+		s = n.String()
+	case KindNumeric:
+		if _, ok := new(big.Rat).SetString(strings.TrimSpace(s)); !ok && !isSpecialNumeric(s) {
+			return nil, c.mismatch(fmt.Sprintf("%q", s))
+		}
+	case KindBoolean:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return nil, c.mismatch(fmt.Sprintf("%q", s))
+		}
+		s = strconv.FormatBool(b)
+	}
+	return &s, nil
+}
+
+func isSpecialNumeric(s string) bool {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "nan", "infinity", "-infinity":
+		return true
+	}
+	return false
+}
+
+func (c Column) mismatch(got string) error {
+	return Errorf(ClassTypeMismatch, "column %q has type %s; got %s", c.Name, c.Type, got)
+}
+
+// KeyOf returns the canonical text of a command's key: equal keys give equal
+// strings, so commands touching one row can be collapsed before a set-based
+// write (PostgreSQL refuses an upsert that touches one row twice).
+func (e *Entity) KeyOf(cmd *Command) (string, error) {
+	var b strings.Builder
+	for i, k := range e.Key {
+		t, err := e.Columns[k].Text(cmd.Data[k])
+		if err != nil {
+			return "", err
+		}
+		if t == nil {
+			return "", Errorf(ClassMissingKey, "data lacks key column %q of entity %q", k, e.Name)
+		}
+		if i > 0 {
+			b.WriteByte(0)
+		}
+		b.WriteString(*t)
+	}
+	return b.String(), nil
+}

@@ -1,0 +1,86 @@
+package pipeline
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrorClass names why a command failed. Classes are stable strings: they
+// appear in rejections, job failures, DLQ headers and metric labels, so the
+// set is small and bounded.
+type ErrorClass string
+
+const (
+	// ClassInvalidCommand: the record is not a well-formed command.
+	ClassInvalidCommand ErrorClass = "invalid_command"
+	// ClassUnknownEntity: the entity is not configured.
+	ClassUnknownEntity ErrorClass = "unknown_entity"
+	// ClassUnknownColumn: data names a column the table does not have.
+	ClassUnknownColumn ErrorClass = "unknown_column"
+	// ClassMissingKey: data lacks a key column (or a versioned entity's
+	// command lacks its version).
+	ClassMissingKey ErrorClass = "missing_key"
+	// ClassTypeMismatch: a value does not fit its column's type.
+	ClassTypeMismatch ErrorClass = "type_mismatch"
+	// ClassConstraint: the database refused the row (SQLSTATE class 23).
+	ClassConstraint ErrorClass = "constraint_violation"
+	// ClassDataException: the database could not convert or store a value
+	// (SQLSTATE class 22).
+	ClassDataException ErrorClass = "data_exception"
+	// ClassConflict: the id was seen before with a different payload.
+	ClassConflict ErrorClass = "conflict"
+	// ClassTransient: connection loss, timeout, serialization failure,
+	// deadlock, broker unavailable. Retried, never dead-lettered.
+	ClassTransient ErrorClass = "transient"
+	// ClassInternal: anything unclassified. Treated as transient by the
+	// processor, since retrying is safe and dead-lettering is not reversible
+	// without an operator.
+	ClassInternal ErrorClass = "internal"
+)
+
+// Error is an error with its class. Permanent errors (every class but
+// transient and internal) belong to one command, or to a batch that must be
+// split until the offending command is found.
+type Error struct {
+	Class ErrorClass
+	Err   error
+}
+
+func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Errorf returns a classified error with a formatted message.
+func Errorf(class ErrorClass, format string, args ...any) error {
+	return &Error{Class: class, Err: fmt.Errorf(format, args...)}
+}
+
+// Classify wraps err with class, keeping an existing classification.
+func Classify(class ErrorClass, err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	return &Error{Class: class, Err: err}
+}
+
+// ClassOf returns err's class, or ClassInternal when it has none.
+func ClassOf(err error) ErrorClass {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Class
+	}
+	return ClassInternal
+}
+
+// IsPermanent reports whether retrying err cannot help.
+func IsPermanent(err error) bool {
+	switch ClassOf(err) {
+	case ClassTransient, ClassInternal:
+		return false
+	default:
+		return true
+	}
+}

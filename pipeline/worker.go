@@ -1,0 +1,221 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+)
+
+// DeadLetterer parks messages that failed permanently. DeadLetter returns
+// only once the dead-letter topic has acknowledged every message: the
+// worker moves the source offset past them only after that.
+type DeadLetterer interface {
+	DeadLetter(ctx context.Context, msgs []*Message) error
+}
+
+// WorkerConfig wires one partition's worker.
+type WorkerConfig struct {
+	Topic     string
+	Partition int32
+	// NextOffset is the partition's offset as stored in the database when
+	// the worker starts (-1 when nothing is stored).
+	NextOffset   int64
+	BatchSize    int
+	BatchMaxWait time.Duration
+	// FlushTimeout bounds the last flush on shutdown, which runs even though
+	// the worker's context is done so that a nearly done batch is kept.
+	FlushTimeout time.Duration
+	Entities     Entities
+	Store        Store
+	DeadLetters  DeadLetterer
+	// Committed is called after each database commit with the new next
+	// offset, so that the Kafka group offset can follow the database.
+	Committed func(next int64)
+	// Backoff makes the retry policy for transient errors.
+	Backoff func() backoff.BackOff
+	Logger  *slog.Logger
+}
+
+// Worker applies one partition's records in batches, in offset order.
+// Records come in through Feed; Run flushes on size or age.
+type Worker struct {
+	cfg  WorkerConfig
+	in   chan []Record
+	next int64
+	buf  []Record
+}
+
+// NewWorker returns a worker; queue bounds how many fetched slices may wait.
+func NewWorker(cfg WorkerConfig, queue int) *Worker {
+	return &Worker{cfg: cfg, in: make(chan []Record, queue), next: cfg.NextOffset}
+}
+
+// Feed hands fetched records to the worker, blocking while its queue is full
+// so that a slow database slows fetching instead of growing memory.
+func (w *Worker) Feed(ctx context.Context, recs []Record) error {
+	select {
+	case w.in <- recs:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Run batches until ctx is done, then flushes what it holds under a fresh
+// timeout. It returns ErrFenced when another processor took the partition.
+func (w *Worker) Run(ctx context.Context) error {
+	timer := time.NewTimer(w.cfg.BatchMaxWait)
+	defer timer.Stop()
+	for {
+		select {
+		case recs := <-w.in:
+			if len(w.buf) == 0 {
+				timer.Reset(w.cfg.BatchMaxWait)
+			}
+			w.buf = append(w.buf, recs...)
+			for len(w.buf) >= w.cfg.BatchSize {
+				if err := w.flush(ctx, w.cfg.BatchSize); err != nil {
+					return w.stopped(ctx, err)
+				}
+			}
+		case <-timer.C:
+			if err := w.flush(ctx, len(w.buf)); err != nil {
+				return w.stopped(ctx, err)
+			}
+		case <-ctx.Done():
+			return w.drain()
+		}
+	}
+}
+
+func (w *Worker) stopped(ctx context.Context, err error) error {
+	if ctx.Err() != nil && !errors.Is(err, ErrFenced) {
+		return w.drain()
+	}
+	return err
+}
+
+// drain flushes what is buffered, including records still queued, under
+// context.WithoutCancel plus a timeout.
+func (w *Worker) drain() error {
+	for {
+		select {
+		case recs := <-w.in:
+			w.buf = append(w.buf, recs...)
+			continue
+		default:
+		}
+		break
+	}
+	if len(w.buf) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(context.Background()), w.cfg.FlushTimeout)
+	defer cancel()
+	for len(w.buf) > 0 {
+		if err := w.flush(ctx, min(len(w.buf), w.cfg.BatchSize)); err != nil {
+			return fmt.Errorf("flushing partition %d on shutdown: %w", w.cfg.Partition, err)
+		}
+	}
+	return nil
+}
+
+// flush applies the first n buffered records. Records below the committed
+// offset are skipped: after a split batch was interrupted half way, its first
+// half is already in the database.
+func (w *Worker) flush(ctx context.Context, n int) error {
+	skip := 0
+	for skip < n && w.buf[skip].Offset < w.next {
+		skip++
+	}
+	if skip == n {
+		w.buf = append(w.buf[:0], w.buf[n:]...)
+		return nil
+	}
+	recs := w.buf[skip:n]
+	msgs := make([]*Message, len(recs))
+	for i := range recs {
+		m := DecodeRecord(recs[i], w.cfg.Entities)
+		msgs[i] = &m
+	}
+	if err := w.apply(ctx, msgs); err != nil {
+		return err
+	}
+	w.buf = append(w.buf[:0], w.buf[n:]...)
+	return nil
+}
+
+// apply writes msgs as one batch; when the database refuses it for a
+// permanent reason it splits the batch in halves until the offending command
+// stands alone, and dead-letters only that command.
+func (w *Worker) apply(ctx context.Context, msgs []*Message) error {
+	err := w.write(ctx, msgs)
+	if err == nil || !IsPermanent(err) || errors.Is(err, ErrFenced) {
+		return err
+	}
+	if len(msgs) == 1 {
+		msgs[0].Err = err
+		return w.write(ctx, msgs)
+	}
+	half := len(msgs) / 2
+	if err := w.apply(ctx, msgs[:half]); err != nil {
+		return err
+	}
+	return w.apply(ctx, msgs[half:])
+}
+
+// write dead-letters what is already known to be bad, then commits the
+// batch, retrying transient failures with backoff for as long as ctx lives.
+func (w *Worker) write(ctx context.Context, msgs []*Message) error {
+	b := &Batch{
+		Topic:      w.cfg.Topic,
+		Partition:  w.cfg.Partition,
+		PrevOffset: w.next,
+		NextOffset: msgs[len(msgs)-1].Record.Offset + 1,
+		Messages:   msgs,
+	}
+	var dead []*Message
+	for _, m := range msgs {
+		if m.Err != nil {
+			dead = append(dead, m)
+		}
+	}
+	op := func() error {
+		if len(dead) > 0 {
+			if err := w.cfg.DeadLetters.DeadLetter(ctx, dead); err != nil {
+				return err
+			}
+			dead = nil
+		}
+		_, err := w.cfg.Store.WriteBatch(ctx, b)
+		if err != nil && (IsPermanent(err) || errors.Is(err, ErrFenced)) {
+			return backoff.Permanent(err)
+		}
+		if err != nil {
+			w.cfg.Logger.Warn("retrying batch", "partition", b.Partition, "records", len(msgs), "error", err)
+		}
+		return err
+	}
+	if err := backoff.Retry(op, backoff.WithContext(w.cfg.Backoff(), ctx)); err != nil {
+		return err
+	}
+	w.next = b.NextOffset
+	if w.cfg.Committed != nil {
+		w.cfg.Committed(w.next)
+	}
+	return nil
+}
+
+// TryFeed hands records to the worker if its queue has room.
+func (w *Worker) TryFeed(recs []Record) bool {
+	select {
+	case w.in <- recs:
+		return true
+	default:
+		return false
+	}
+}
