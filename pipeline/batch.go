@@ -22,7 +22,6 @@ type Batch struct {
 	Messages   []*Message
 }
 
-
 // ErrFenced is returned by a Store when the partition's stored offset is not
 // the batch's PrevOffset: another processor owns the partition now.
 var ErrFenced = errors.New("partition offset was moved by another processor")
@@ -81,6 +80,8 @@ type Group struct {
 	// deletes.
 	Columns  []string
 	Messages []*Message
+	// Keys holds each message's canonical key text (Entity.KeyOf).
+	Keys []string
 }
 
 // Plan collapses fresh commands per row and groups the survivors into
@@ -92,6 +93,7 @@ type Group struct {
 // for each superseded command.
 func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) {
 	type rowKey struct{ entity, key string }
+	keys := make(map[*Message]string, len(fresh))
 	winners := make(map[rowKey]*Message, len(fresh))
 	superseded := make(map[*Message]Outcome)
 	order := make([]rowKey, 0, len(fresh))
@@ -104,6 +106,7 @@ func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) 
 		if err != nil {
 			return nil, nil, err
 		}
+		keys[m] = key
 		rk := rowKey{e.Name, key}
 		w, ok := winners[rk]
 		switch {
@@ -140,6 +143,7 @@ func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) 
 			sigs = append(sigs, sig)
 		}
 		g.Messages = append(g.Messages, m)
+		g.Keys = append(g.Keys, keys[m])
 	}
 	sort.Strings(sigs)
 	out := make([]Group, 0, len(sigs))

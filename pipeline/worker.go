@@ -196,7 +196,7 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 			return backoff.Permanent(err)
 		}
 		if err != nil {
-			w.cfg.Logger.Warn("retrying batch", "partition", b.Partition, "records", len(msgs), "error", err)
+			w.cfg.Logger.Warn("retrying batch", "records", len(msgs), "error", err)
 		}
 		return err
 	}

@@ -120,6 +120,11 @@ type Options struct {
 	// File is an explicit config file (the --config flag); empty means
 	// SPOOL_CONFIG, else ./spool.yaml when present.
 	File string
+	// Defaults replace keys' defaults (spoolctl dev binds to loopback, say).
+	Defaults map[string]any
+	// Overrides win over everything (spoolctl dev points kafka.brokers at
+	// its embedded broker whatever the environment says).
+	Overrides map[string]any
 }
 
 // FlagName is the command-line flag of a key: "processor.batch_size" →
@@ -128,14 +133,21 @@ func FlagName(key string) string {
 	return strings.NewReplacer(".", "-", "_", "-").Replace(key)
 }
 
-// AddFlags registers a flag for each named key, with its default and usage.
-func AddFlags(fs *pflag.FlagSet, keys ...string) {
+// AddFlags registers a flag for each named key, with its usage and its
+// default, or the default given in defaults (pass the same map as
+// Options.Defaults). A flag set on the command line ranks above the config
+// file and the environment.
+func AddFlags(fs *pflag.FlagSet, defaults map[string]any, keys ...string) {
 	for _, name := range keys {
 		k, ok := lookup(name)
 		if !ok {
 			panic("config: no key " + name)
 		}
-		switch d := k.Default.(type) {
+		def := k.Default
+		if d, ok := defaults[name]; ok {
+			def = d
+		}
+		switch d := def.(type) {
 		case string:
 			fs.String(FlagName(name), d, k.Usage)
 		case int:
@@ -171,6 +183,9 @@ func Load(opts Options) (*Config, error) {
 	}
 	v.SetDefault("auth.keys", []AuthKey{})
 	v.SetDefault("entities", map[string]EntityConfig{})
+	for k, d := range opts.Defaults {
+		v.SetDefault(k, d)
+	}
 	v.SetEnvPrefix("SPOOL")
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
@@ -192,7 +207,10 @@ func Load(opts Options) (*Config, error) {
 	}
 	if opts.Flags != nil {
 		var bindErr error
-		opts.Flags.VisitAll(func(f *pflag.Flag) {
+		// Only flags set on the command line bind: viper ranks a bound flag's
+		// default below the keys' defaults, so flag defaults are documentation
+		// and Options.Defaults carries a command's own defaults.
+		opts.Flags.Visit(func(f *pflag.Flag) {
 			for _, k := range Keys {
 				if FlagName(k.Name) == f.Name {
 					bindErr = errors.Join(bindErr, v.BindPFlag(k.Name, f))
@@ -202,6 +220,10 @@ func Load(opts Options) (*Config, error) {
 		if bindErr != nil {
 			return nil, bindErr
 		}
+	}
+
+	for k, o := range opts.Overrides {
+		v.Set(k, o)
 	}
 
 	var c Config
@@ -345,4 +367,28 @@ func RedactURL(s string) string {
 		return "(unparseable URL)"
 	}
 	return u.Redacted()
+}
+
+// Client is how spoolctl reaches a running ingress.
+type Client struct {
+	Server string
+	APIKey string
+}
+
+// LoadClient reads --server/SPOOL_SERVER and --api-key/SPOOL_API_KEY.
+func LoadClient(fs *pflag.FlagSet) (Client, error) {
+	v := viper.New()
+	v.SetDefault("server", "http://127.0.0.1:8080")
+	v.SetDefault("api_key", "")
+	v.SetEnvPrefix("SPOOL")
+	v.AutomaticEnv()
+	err := errors.Join(v.BindPFlag("server", fs.Lookup("server")), v.BindPFlag("api_key", fs.Lookup("api-key")))
+	if err != nil {
+		return Client{}, err
+	}
+	c := Client{Server: v.GetString("server"), APIKey: v.GetString("api_key")}
+	if u, err := url.Parse(c.Server); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return Client{}, fmt.Errorf("config server: %q is not an http(s) URL", c.Server)
+	}
+	return c, nil
 }

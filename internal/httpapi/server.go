@@ -82,29 +82,30 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
-// jobView is the JSON of GET /v1/jobs/{job_id}.
-type jobView struct {
+// JobView is the JSON of GET /v1/jobs/{job_id}.
+type JobView struct {
 	JobID       pipeline.JobID    `json:"job_id"`
 	State       pipeline.JobState `json:"state"`
 	CreatedAt   time.Time         `json:"created_at"`
 	UpdatedAt   time.Time         `json:"updated_at"`
 	CompletedAt *time.Time        `json:"completed_at"`
-	Counts      countsView        `json:"counts"`
+	Counts      CountsView        `json:"counts"`
 	Progress    float64           `json:"progress"`
 	Error       string            `json:"error,omitempty"`
 }
 
-type countsView struct {
+// CountsView is the counts object of a JobView.
+type CountsView struct {
 	Received int64 `json:"received"`
 	Rejected int64 `json:"rejected"`
 	Accepted int64 `json:"accepted"`
 	pipeline.Counts
 }
 
-func viewOf(j *pipeline.Job) jobView {
-	return jobView{
+func viewOf(j *pipeline.Job) JobView {
+	return JobView{
 		JobID: j.ID, State: j.State, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt, CompletedAt: j.CompletedAt,
-		Counts:   countsView{Received: j.Received, Rejected: j.Rejected, Accepted: j.Accepted, Counts: j.Counts},
+		Counts:   CountsView{Received: j.Received, Rejected: j.Rejected, Accepted: j.Accepted, Counts: j.Counts},
 		Progress: j.Progress(), Error: j.Error,
 	}
 }

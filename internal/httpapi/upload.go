@@ -17,18 +17,19 @@ import (
 	"github.com/spoolhq/spool/pipeline"
 )
 
-// uploadView is the JSON answer to POST /v1/jobs.
-type uploadView struct {
+// UploadView is the JSON answer to POST /v1/jobs.
+type UploadView struct {
 	JobID      pipeline.JobID    `json:"job_id"`
 	State      pipeline.JobState `json:"state"`
 	Received   int64             `json:"received"`
 	Accepted   int64             `json:"accepted"`
 	Rejected   int64             `json:"rejected"`
-	Rejections []rejection       `json:"rejections"`
+	Rejections []Rejection       `json:"rejections"`
 	StatusURL  string            `json:"status_url"`
 }
 
-type rejection struct {
+// Rejection is one refused record of an upload.
+type Rejection struct {
 	Index int64               `json:"index"`
 	ID    pipeline.CommandID  `json:"id"`
 	Class pipeline.ErrorClass `json:"error_class"`
@@ -109,7 +110,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	default:
 		loc := "/v1/jobs/" + string(job)
 		w.Header().Set("Location", loc)
-		writeJSON(w, http.StatusAccepted, uploadView{
+		writeJSON(w, http.StatusAccepted, UploadView{
 			JobID: job, State: pipeline.JobQueued, Received: res.Received, Accepted: res.Accepted,
 			Rejected: res.Rejected, Rejections: u.shown, StatusURL: loc,
 		})
@@ -124,7 +125,7 @@ type upload struct {
 	defaultEntity string
 
 	received, rejected int64
-	shown              []rejection
+	shown              []Rejection
 	pending            []pipeline.Failure
 
 	acks     sync.WaitGroup
@@ -210,7 +211,7 @@ func (u *upload) reject(index int64, id pipeline.CommandID, err error) {
 	u.rejected++
 	class := pipeline.ClassOf(err)
 	if len(u.shown) < u.s.cfg.Limits.MaxRejections {
-		u.shown = append(u.shown, rejection{Index: index, ID: id, Class: class, Error: err.Error()})
+		u.shown = append(u.shown, Rejection{Index: index, ID: id, Class: class, Error: err.Error()})
 	}
 	u.pending = append(u.pending, pipeline.Failure{Index: index, ID: id, Stage: pipeline.StageIngress, Class: class, Error: err.Error()})
 }

@@ -99,3 +99,19 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
 	}
 	return names, nil
 }
+
+// EnsureDemoCustomers creates the demo entity's table of spoolctl dev when
+// it is missing.
+func EnsureDemoCustomers(ctx context.Context, pool *pgxpool.Pool) error {
+	_, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS customers (
+		customer_id text PRIMARY KEY,
+		name        text,
+		email       text,
+		balance     numeric(18,2),
+		version     bigint NOT NULL,
+		updated_at  timestamptz)`)
+	if err != nil {
+		return fmt.Errorf("creating demo table customers: %w", err)
+	}
+	return nil
+}

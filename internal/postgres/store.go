@@ -227,7 +227,7 @@ func (s *Store) writeGroup(ctx context.Context, tx pgx.Tx, g *pipeline.Group) ([
 		for i, m := range g.Messages {
 			vers[i] = *m.Command.Version
 		}
-		args = append(args, vers)
+		args = append(args, vers, g.Keys, e.QualifiedName())
 	}
 	sql := s.groupSQL(g, cols)
 	if !e.Versioned() {
@@ -291,12 +291,18 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 	for i, a := range aliases {
 		values[i] = "v." + a
 	}
+	// Versioned groups also pass the canonical key text and the target
+	// name, to consult and keep tombstones.
+	target, tombstoned := "", "false"
 	if e.Versioned() {
-		aliases = append(aliases, "ver")
-		params = append(params, fmt.Sprintf("$%d::bigint[]", len(cols)+1))
-		casts = append(casts, "u.ver")
+		aliases = append(aliases, "ver", "spool_key")
+		params = append(params, fmt.Sprintf("$%d::bigint[]", len(cols)+1), fmt.Sprintf("$%d::text[]", len(cols)+2))
+		casts = append(casts, "u.ver", "u.spool_key")
 		targetCols = append(targetCols, quoteIdent(e.VersionColumn))
 		values = append(values, "v.ver")
+		target = fmt.Sprintf("$%d::text", len(cols)+3)
+		tombstoned = fmt.Sprintf(`EXISTS (SELECT 1 FROM spool_tombstones x
+			WHERE x.target = %s AND x.key = v.spool_key AND x.version >= v.ver)`, target)
 	}
 	input := fmt.Sprintf(`SELECT u.spool_ord, %s FROM unnest(%s) WITH ORDINALITY AS u(%s, spool_ord)`,
 		strings.Join(casts, ", "), strings.Join(params, ", "), strings.Join(aliases, ", "))
@@ -306,10 +312,19 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 	switch {
 	case g.Op == pipeline.OpDelete && e.Versioned():
 		ver := quoteIdent(e.VersionColumn)
+		// Every sub-statement sees the snapshot from before the statement,
+		// so the final SELECT finds what was stale going in: a row or a
+		// tombstone at least as new.
 		sql = fmt.Sprintf(`WITH v AS (%s),
-			d AS (DELETE FROM %s t USING v WHERE %s AND t.%s < v.ver)
-			SELECT v.spool_ord FROM v JOIN %s t ON %s WHERE t.%s >= v.ver`,
-			input, table, strings.Join(keyJoin, " AND "), ver, table, strings.Join(keyJoin, " AND "), ver)
+			d AS (DELETE FROM %s t USING v WHERE %s AND t.%s < v.ver),
+			ts AS (INSERT INTO spool_tombstones AS x (target, key, version)
+				SELECT %s, v.spool_key, v.ver FROM v ORDER BY v.spool_key
+				ON CONFLICT (target, key) DO UPDATE SET version = EXCLUDED.version, deleted_at = now()
+				WHERE x.version < EXCLUDED.version)
+			SELECT v.spool_ord FROM v
+			WHERE EXISTS (SELECT 1 FROM %s t WHERE %s AND t.%s >= v.ver) OR %s`,
+			input, table, strings.Join(keyJoin, " AND "), ver, target,
+			table, strings.Join(keyJoin, " AND "), ver, tombstoned)
 	case g.Op == pipeline.OpDelete:
 		sql = fmt.Sprintf(`WITH v AS (%s) DELETE FROM %s t USING v WHERE %s`,
 			input, table, strings.Join(keyJoin, " AND "))
@@ -326,8 +341,9 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 			}
 		}
 		// ORDER BY key takes row locks in one order across workers.
-		insert := fmt.Sprintf(`INSERT INTO %s AS t (%s) SELECT %s FROM v ORDER BY %s ON CONFLICT (%s) %s`,
-			table, strings.Join(targetCols, ", "), strings.Join(values, ", "), strings.Join(keyOrder, ", "), keyCols, onConflict)
+		insert := fmt.Sprintf(`INSERT INTO %s AS t (%s) SELECT %s FROM v WHERE NOT %s ORDER BY %s ON CONFLICT (%s) %s`,
+			table, strings.Join(targetCols, ", "), strings.Join(values, ", "), tombstoned,
+			strings.Join(keyOrder, ", "), keyCols, onConflict)
 		if !e.Versioned() {
 			sql = fmt.Sprintf(`WITH v AS (%s) %s`, input, insert)
 			break
@@ -452,8 +468,6 @@ func clean(s string) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
 	return strings.ReplaceAll(s, "\x00", "\uFFFD")
 }
-
-
 
 func gerund(op pipeline.Op) string {
 	if op == pipeline.OpDelete {

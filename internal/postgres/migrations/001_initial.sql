@@ -60,3 +60,15 @@ CREATE TABLE spool_offsets (
     updated_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer_group, topic, partition)
 );
+
+-- Tombstones of versioned deletes: without them an older upsert arriving
+-- after a delete (on another partition, or replayed) would bring the row
+-- back. An upsert is applied only if its version is newer than the row's
+-- and the key's tombstone's.
+CREATE TABLE spool_tombstones (
+    target     text NOT NULL,   -- schema.table
+    key        text NOT NULL,   -- canonical key text, see pipeline.Entity.KeyOf
+    version    bigint NOT NULL,
+    deleted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target, key)
+);

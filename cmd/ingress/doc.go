@@ -1,0 +1,2 @@
+// Command ingress is spool's upload API server.
+package main

@@ -1,0 +1,13 @@
+package main
+
+import (
+	"log/slog"
+
+	"github.com/spoolhq/spool/internal/app"
+	"github.com/spoolhq/spool/internal/config"
+)
+
+func main() {
+	app.Main("ingress", []string{"http.addr", "database.url", "kafka.brokers"},
+		func(c *config.Config, l *slog.Logger) (app.Runner, error) { return app.NewIngress(c, l) })
+}

@@ -1,0 +1,2 @@
+// Command processor is spool's Kafka-to-PostgreSQL applier.
+package main

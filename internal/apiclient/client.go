@@ -1,0 +1,155 @@
+package apiclient
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/spoolhq/spool/internal/httpapi"
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// Client talks to one ingress.
+type Client struct {
+	Server string // base URL, e.g. http://127.0.0.1:8080
+	APIKey string
+	HTTP   *http.Client
+}
+
+// Error is a non-2xx answer.
+type Error struct {
+	Status int
+	Detail string
+	// RetryAfter is the server's Retry-After, when it sent one.
+	RetryAfter time.Duration
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("server answered %d %s: %s", e.Status, http.StatusText(e.Status), e.Detail)
+}
+
+// UploadOptions qualify an upload.
+type UploadOptions struct {
+	ContentType     string
+	Gzip            bool
+	Entity          string
+	IdempotencyKey  string
+	ExtraParameters url.Values
+}
+
+// Upload streams body to POST /v1/jobs.
+func (c *Client) Upload(ctx context.Context, body io.Reader, o UploadOptions) (*httpapi.UploadView, error) {
+	q := url.Values{}
+	for k, v := range o.ExtraParameters {
+		q[k] = v
+	}
+	if o.Entity != "" {
+		q.Set("entity", o.Entity)
+	}
+	u := c.url("/v1/jobs")
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, body)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", o.ContentType)
+	if o.Gzip {
+		req.Header.Set("Content-Encoding", "gzip")
+	}
+	if o.IdempotencyKey != "" {
+		req.Header.Set("Idempotency-Key", o.IdempotencyKey)
+	}
+	var v httpapi.UploadView
+	if err := c.do(req, &v); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// Job returns a job's status.
+func (c *Client) Job(ctx context.Context, id pipeline.JobID) (*httpapi.JobView, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/v1/jobs/"+url.PathEscape(string(id))), nil)
+	if err != nil {
+		return nil, err
+	}
+	var v httpapi.JobView
+	if err := c.do(req, &v); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// Finished reports whether a job state is final.
+func Finished(s pipeline.JobState) bool {
+	switch s {
+	case pipeline.JobCompleted, pipeline.JobCompletedWithErrors, pipeline.JobFailed:
+		return true
+	}
+	return false
+}
+
+// WaitJob polls a job until it is finished, calling progress after each
+// poll.
+func (c *Client) WaitJob(ctx context.Context, id pipeline.JobID, every time.Duration, progress func(*httpapi.JobView)) (*httpapi.JobView, error) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		j, err := c.Job(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if progress != nil {
+			progress(j)
+		}
+		if Finished(j.State) && (j.State != pipeline.JobFailed || j.Progress >= 1) {
+			return j, nil
+		}
+		select {
+		case <-ctx.Done():
+			return j, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Client) url(path string) string { return strings.TrimRight(c.Server, "/") + path }
+
+func (c *Client) do(req *http.Request, out any) error {
+	if c.APIKey != "" {
+		req.Header.Set("Authorization", "Bearer "+c.APIKey)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		var p struct {
+			Detail string `json:"detail"`
+		}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, &p) != nil || p.Detail == "" {
+			p.Detail = strings.TrimSpace(string(b))
+		}
+		e := &Error{Status: resp.StatusCode, Detail: p.Detail}
+		if s, err := time.ParseDuration(resp.Header.Get("Retry-After") + "s"); err == nil {
+			e.RetryAfter = s
+		}
+		return e
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decoding %s answer: %w", req.URL.Path, err)
+	}
+	return nil
+}

@@ -1,0 +1,98 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/spoolhq/spool/internal/config"
+	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// NewLogger builds the process logger from config.
+func NewLogger(c config.Log) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// openDatabase connects, waiting with backoff while PostgreSQL is starting,
+// and loads the configured entities from the catalog.
+func openDatabase(ctx context.Context, c *config.Config, logger *slog.Logger) (*pgxpool.Pool, pipeline.Entities, error) {
+	pool, err := postgres.Open(ctx, c.Database.URL, c.Database.MaxConns)
+	if err != nil {
+		return nil, nil, err
+	}
+	err = backoff.Retry(func() error {
+		err := pool.Ping(ctx)
+		if err != nil {
+			logger.Warn("waiting for PostgreSQL", "database", c.Database, "error", err)
+		}
+		return err
+	}, backoff.WithContext(startupBackoff(), ctx))
+	if err != nil {
+		pool.Close()
+		return nil, nil, fmt.Errorf("connecting to PostgreSQL: %w", err)
+	}
+	specs, err := entitySpecs(c.Entities)
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	es, err := postgres.LoadEntities(ctx, pool, specs)
+	if err != nil {
+		pool.Close()
+		return nil, nil, fmt.Errorf("loading entities: %w", err)
+	}
+	if len(es) == 0 {
+		logger.Warn("no entities configured: every command will be rejected; add an entities: section to spool.yaml")
+	}
+	return pool, es, nil
+}
+
+func entitySpecs(m map[string]config.EntityConfig) ([]postgres.EntitySpec, error) {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	specs := make([]postgres.EntitySpec, 0, len(m))
+	for _, n := range names {
+		e := m[n]
+		schema, table, err := e.SplitTable()
+		if err != nil {
+			return nil, fmt.Errorf("config entities.%s.table: %w", n, err)
+		}
+		specs = append(specs, postgres.EntitySpec{Name: n, Schema: schema, Table: table, Key: e.Key, VersionColumn: e.VersionColumn})
+	}
+	return specs, nil
+}
+
+func startupBackoff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 200 * time.Millisecond
+	b.MaxInterval = 5 * time.Second
+	b.MaxElapsedTime = 2 * time.Minute
+	return b
+}
+
+// retryBackoff is the policy for transient errors while processing: it
+// never gives up on its own; the context ends it.
+func retryBackoff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 100 * time.Millisecond
+	b.MaxInterval = 10 * time.Second
+	b.MaxElapsedTime = 0
+	return b
+}

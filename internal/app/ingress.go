@@ -1,0 +1,106 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/spoolhq/spool/internal/config"
+	"github.com/spoolhq/spool/internal/httpapi"
+	"github.com/spoolhq/spool/internal/kafka"
+	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// Ingress is the HTTP upload service.
+type Ingress struct {
+	cfg    *config.Config
+	logger *slog.Logger
+	ln     net.Listener
+}
+
+// NewIngress listens on http.addr at once, so that the caller knows the
+// address (":0" picks a free port) before Run.
+func NewIngress(c *config.Config, logger *slog.Logger) (*Ingress, error) {
+	ln, err := net.Listen("tcp", c.HTTP.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listening on http.addr %s: %w", c.HTTP.Addr, err)
+	}
+	return &Ingress{cfg: c, logger: logger, ln: ln}, nil
+}
+
+// Addr is the address ingress listens on.
+func (in *Ingress) Addr() net.Addr { return in.ln.Addr() }
+
+// Run serves until ctx is done, then shuts down gracefully: uploads in
+// flight finish and get their answers.
+func (in *Ingress) Run(ctx context.Context) error {
+	defer in.ln.Close()
+	c := in.cfg
+	pool, entities, err := openDatabase(ctx, c, in.logger)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	producer, err := kafka.NewProducer(kafka.ProducerConfig{
+		Brokers: c.Kafka.Brokers, MaxBufferedBytes: 64 << 20, Linger: 5 * time.Millisecond, Logger: in.logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer producer.Close()
+	if err := ensureTopics(ctx, c); err != nil {
+		return err
+	}
+	keys := httpapi.Keys{}
+	for _, k := range c.Auth.Keys {
+		keys[k.KeySHA256] = k.Tenant
+	}
+	if len(keys) == 0 {
+		in.logger.Warn("auth is disabled: every request acts as tenant " + httpapi.DefaultTenant)
+	}
+	api := httpapi.New(httpapi.Config{
+		Jobs:     postgres.NewStore(pool, entities, c.Kafka.Group, in.logger),
+		Producer: producer,
+		Entities: entities,
+		Topic:    c.Kafka.Topic,
+		Keys:     keys,
+		Limits: httpapi.Limits{
+			MaxBodyBytes: c.Ingress.MaxBodyBytes, MaxRecordBytes: c.Ingress.MaxRecordBytes,
+			MaxRecords: c.Ingress.MaxRecords, MaxRejections: c.Ingress.MaxRejections,
+		},
+		NewJobID: func() pipeline.JobID { return pipeline.JobID(uuid.Must(uuid.NewV7()).String()) },
+		Logger:   in.logger,
+	})
+	srv := &http.Server{
+		Handler:           api,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(in.logger.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(in.ln) }()
+	in.logger.Info("ingress listening", "addr", in.ln.Addr().String(), "topic", c.Kafka.Topic)
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serving http: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("shutting down http: %w", err)
+	}
+	return nil
+}
+
+func ensureTopics(ctx context.Context, c *config.Config) error {
+	return kafka.EnsureTopics(ctx, c.Kafka.Brokers, int32(c.Kafka.Partitions), int16(c.Kafka.ReplicationFactor),
+		c.Kafka.Topic, c.Kafka.DLQTopic)
+}

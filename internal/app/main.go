@@ -1,0 +1,46 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/pflag"
+
+	"github.com/spoolhq/spool/internal/config"
+)
+
+// Runner is a long-lived part.
+type Runner interface {
+	Run(ctx context.Context) error
+}
+
+// Main is the whole main function of a server binary: flags, config, logger,
+// then build and run under SIGINT/SIGTERM. It exits non-zero on failure.
+func Main(name string, flagKeys []string, build func(*config.Config, *slog.Logger) (Runner, error)) {
+	fs := pflag.NewFlagSet(name, pflag.ExitOnError)
+	file := fs.String("config", "", "config file (default: $SPOOL_CONFIG, else ./spool.yaml if present)")
+	config.AddFlags(fs, nil, flagKeys...)
+	_ = fs.Parse(os.Args[1:])
+	c, err := config.Load(config.Options{Flags: fs, File: *file})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(2)
+	}
+	logger := NewLogger(c.Log).With("service", name)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	r, err := build(c, logger)
+	if err == nil {
+		err = r.Run(ctx)
+	}
+	if err != nil {
+		logger.Error("stopped", "error", err)
+		stop()
+		os.Exit(1)
+	}
+	logger.Info("stopped cleanly")
+}

@@ -1,0 +1,125 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+
+	"github.com/spoolhq/spool/dlq"
+	"github.com/spoolhq/spool/internal/config"
+	"github.com/spoolhq/spool/internal/kafka"
+	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// settleInterval is how often the processor settles every open job, to
+// catch a job whose last batch's processor died before settling it.
+const settleInterval = 5 * time.Second
+
+// Processor consumes the commands topic and applies it to PostgreSQL.
+type Processor struct {
+	cfg    *config.Config
+	logger *slog.Logger
+	ln     net.Listener
+}
+
+// NewProcessor listens on metrics.addr at once for health checks.
+func NewProcessor(c *config.Config, logger *slog.Logger) (*Processor, error) {
+	ln, err := net.Listen("tcp", c.Metrics.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listening on metrics.addr %s: %w", c.Metrics.Addr, err)
+	}
+	return &Processor{cfg: c, logger: logger, ln: ln}, nil
+}
+
+// Run consumes until ctx is done, then flushes, commits and leaves the
+// group.
+func (p *Processor) Run(ctx context.Context) error {
+	defer p.ln.Close()
+	c := p.cfg
+	pool, entities, err := openDatabase(ctx, c, p.logger)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	store := postgres.NewStore(pool, entities, c.Kafka.Group, p.logger)
+	if err := ensureTopics(ctx, c); err != nil {
+		return err
+	}
+	producer, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: c.Kafka.Brokers, Logger: p.logger})
+	if err != nil {
+		return err
+	}
+	defer producer.Close()
+	host, _ := os.Hostname()
+	instance := fmt.Sprintf("%s/%d", host, os.Getpid())
+	deadLetters := dlq.NewPublisher(producer, c.Kafka.DLQTopic, instance)
+
+	consumer, err := kafka.NewConsumer(kafka.ConsumerConfig{
+		Brokers: c.Kafka.Brokers, Topic: c.Kafka.Topic, Group: c.Kafka.Group,
+		FetchMaxBytes: c.Processor.FetchMaxBytes, Offsets: store, Logger: p.logger,
+		NewWorker: func(partition int32, next int64, committed func(int64)) *pipeline.Worker {
+			return pipeline.NewWorker(pipeline.WorkerConfig{
+				Topic: c.Kafka.Topic, Partition: partition, NextOffset: next,
+				BatchSize: c.Processor.BatchSize, BatchMaxWait: c.Processor.BatchMaxWait,
+				FlushTimeout: c.Processor.FlushTimeout,
+				Entities:     entities, Store: store, DeadLetters: deadLetters, Committed: committed,
+				Backoff: retryBackoff, Logger: p.logger.With("partition", partition),
+			}, c.Processor.Queue)
+		},
+	})
+	if err != nil {
+		return err
+	}
+
+	health := &http.Server{Handler: healthHandler(store, producer), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = health.Serve(p.ln) }()
+	defer health.Close()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go p.settleLoop(ctx, store)
+	p.logger.Info("processor consuming", "topic", c.Kafka.Topic, "group", c.Kafka.Group, "instance", instance)
+	return consumer.Run(ctx)
+}
+
+func (p *Processor) settleLoop(ctx context.Context, store *postgres.Store) {
+	t := time.NewTicker(settleInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := store.SettleOpenJobs(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				p.logger.Warn("settling open jobs", "error", err)
+			}
+		}
+	}
+}
+
+type pinger interface{ Ping(context.Context) error }
+
+func healthHandler(db, kafka pinger) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		for name, dep := range map[string]pinger{"PostgreSQL": db, "Kafka": kafka} {
+			if err := dep.Ping(ctx); err != nil {
+				http.Error(w, name+" unreachable: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	return mux
+}
+

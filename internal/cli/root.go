@@ -1,0 +1,42 @@
+package cli
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/spoolhq/spool/internal/apiclient"
+	"github.com/spoolhq/spool/internal/config"
+)
+
+// New returns the spoolctl root command.
+func New() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "spoolctl",
+		Short:         "Operate spool: run it locally, migrate, upload, follow jobs",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().String("config", "", "config file (default: $SPOOL_CONFIG, else ./spool.yaml if present)")
+	root.AddCommand(newDevCmd(), newBrokerCmd(), newMigrateCmd(), newUploadCmd(), newJobsCmd())
+	return root
+}
+
+// loadConfig reads the server configuration with the command's flags.
+func loadConfig(cmd *cobra.Command, opts config.Options) (*config.Config, error) {
+	opts.Flags = cmd.Flags()
+	opts.File, _ = cmd.Flags().GetString("config")
+	return config.Load(opts)
+}
+
+// addClientFlags adds --server and --api-key to a command that calls the API.
+func addClientFlags(cmd *cobra.Command) {
+	cmd.Flags().String("server", "http://127.0.0.1:8080", "ingress base URL (env SPOOL_SERVER)")
+	cmd.Flags().String("api-key", "", "API key (env SPOOL_API_KEY)")
+}
+
+func newClient(cmd *cobra.Command) (*apiclient.Client, error) {
+	c, err := config.LoadClient(cmd.Flags())
+	if err != nil {
+		return nil, err
+	}
+	return &apiclient.Client{Server: c.Server, APIKey: c.APIKey}, nil
+}

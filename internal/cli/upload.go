@@ -1,0 +1,128 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/spoolhq/spool/internal/apiclient"
+	"github.com/spoolhq/spool/internal/httpapi"
+	"github.com/spoolhq/spool/pipeline"
+)
+
+func newUploadCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "upload FILE",
+		Short: "Stream a file of commands to POST /v1/jobs",
+		Long: `upload streams FILE to ingress and prints the job. The format follows the
+extension (.ndjson/.jsonl, .json, .csv; .gz is sent gzip-encoded) or --format.
+--wait follows the job to its end and exits non-zero if anything failed.`,
+		Args: cobra.ExactArgs(1),
+		RunE: runUpload,
+	}
+	addClientFlags(cmd)
+	f := cmd.Flags()
+	f.String("entity", "", "default entity of the records")
+	f.String("format", "", "ndjson, json or csv (default: from the extension)")
+	f.String("idempotency-key", "", "Idempotency-Key header")
+	f.Bool("wait", false, "follow the job to its end; exit non-zero if anything failed")
+	f.StringP("output", "o", "text", "text or json")
+	return cmd
+}
+
+var contentTypes = map[string]string{"ndjson": "application/x-ndjson", "json": "application/json", "csv": "text/csv"}
+
+func runUpload(cmd *cobra.Command, args []string) error {
+	f := cmd.Flags()
+	client, err := newClient(cmd)
+	if err != nil {
+		return err
+	}
+	path := args[0]
+	format, _ := f.GetString("format")
+	gz := strings.HasSuffix(path, ".gz")
+	if format == "" {
+		format = strings.TrimPrefix(filepath.Ext(strings.TrimSuffix(path, ".gz")), ".")
+		if format == "jsonl" {
+			format = "ndjson"
+		}
+	}
+	ct, ok := contentTypes[format]
+	if !ok {
+		return fmt.Errorf("cannot tell the format of %s: use --format ndjson|json|csv", path)
+	}
+	file, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer file.Close()
+	st, err := file.Stat()
+	if err != nil {
+		return err
+	}
+	body := io.Reader(file)
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		bar := progressbar.DefaultBytes(st.Size(), "uploading "+filepath.Base(path))
+		body = io.TeeReader(file, bar)
+		defer bar.Finish() //nolint:errcheck // cosmetic
+	}
+	entity, _ := f.GetString("entity")
+	key, _ := f.GetString("idempotency-key")
+	out, _ := f.GetString("output")
+	res, err := client.Upload(cmd.Context(), body, apiclient.UploadOptions{ContentType: ct, Gzip: gz, Entity: entity, IdempotencyKey: key})
+	if err != nil {
+		return err
+	}
+	w := cmd.OutOrStdout()
+	if out == "json" {
+		if err := writeJSONOut(w, res); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(w, "job %s %s: received %d, accepted %d, rejected %d\n", res.JobID, res.State, res.Received, res.Accepted, res.Rejected)
+		for _, r := range res.Rejections {
+			fmt.Fprintf(w, "  rejected #%d %q: %s\n", r.Index, r.ID, r.Error)
+		}
+	}
+	if wait, _ := f.GetBool("wait"); wait {
+		return waitJob(cmd, client, res.JobID, out)
+	}
+	if res.Rejected > 0 {
+		return fmt.Errorf("%d records rejected", res.Rejected)
+	}
+	return nil
+}
+
+// waitJob follows a job to its end and fails unless it completed cleanly.
+func waitJob(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error {
+	var bar *progressbar.ProgressBar
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		bar = progressbar.NewOptions(1000, progressbar.OptionSetDescription("job "+string(id)),
+			progressbar.OptionSetWriter(os.Stderr), progressbar.OptionClearOnFinish())
+	}
+	j, err := client.WaitJob(cmd.Context(), id, 300*time.Millisecond, func(j *httpapi.JobView) {
+		if bar != nil {
+			_ = bar.Set(int(j.Progress * 1000))
+		}
+	})
+	if bar != nil {
+		_ = bar.Finish()
+	}
+	if err != nil {
+		return err
+	}
+	if err := printJob(cmd.OutOrStdout(), j, out); err != nil {
+		return err
+	}
+	if j.State != pipeline.JobCompleted {
+		return fmt.Errorf("job %s ended %s", j.JobID, j.State)
+	}
+	return nil
+}
