@@ -116,6 +116,9 @@ type Message struct {
 	// Err is set when the record could not be decoded or validated; such a
 	// message is dead-lettered without touching the database.
 	Err error
+	// parked is set once the dead-letter topic acknowledged the message, so
+	// that retrying or splitting its batch does not publish it again.
+	parked bool
 }
 
 // DecodeRecord turns a commands-topic record into a Message, validating it

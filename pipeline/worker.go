@@ -180,7 +180,7 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 	}
 	var dead []*Message
 	for _, m := range msgs {
-		if m.Err != nil {
+		if m.Err != nil && !m.parked {
 			dead = append(dead, m)
 		}
 	}
@@ -188,6 +188,9 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 		if len(dead) > 0 {
 			if err := w.cfg.DeadLetters.DeadLetter(ctx, dead); err != nil {
 				return err
+			}
+			for _, m := range dead {
+				m.parked = true
 			}
 			dead = nil
 		}

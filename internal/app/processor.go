@@ -10,7 +10,6 @@ import (
 	"os"
 	"time"
 
-
 	"github.com/spoolhq/spool/dlq"
 	"github.com/spoolhq/spool/internal/config"
 	"github.com/spoolhq/spool/internal/kafka"
@@ -122,4 +121,3 @@ func healthHandler(db, kafka pinger) http.Handler {
 	})
 	return mux
 }
-

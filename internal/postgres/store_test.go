@@ -1,0 +1,214 @@
+package postgres_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/spoolhq/spool/internal/pgtest"
+	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/pipeline"
+)
+
+type testBundle struct {
+	db    *pgtest.DB
+	store *postgres.Store
+	next  map[int32]int64
+	es    pipeline.Entities
+}
+
+func setup(t *testing.T) *testBundle {
+	t.Helper()
+	db := pgtest.New(t)
+	db.Exec(t, `CREATE TABLE customers (
+		customer_id text PRIMARY KEY, name text, balance numeric(18,2) CHECK (balance >= 0),
+		version bigint NOT NULL)`)
+	db.Exec(t, `CREATE TABLE lines (order_id text, line int, qty int, PRIMARY KEY (order_id, line))`)
+	es, err := postgres.LoadEntities(context.Background(), db.Pool, []postgres.EntitySpec{
+		{Name: "customers", Schema: db.Schema, Table: "customers", Key: []string{"customer_id"}, VersionColumn: "version"},
+		{Name: "lines", Schema: db.Schema, Table: "lines", Key: []string{"order_id", "line"}},
+	})
+	require.NoError(t, err)
+	return &testBundle{db: db, es: es, next: map[int32]int64{},
+		store: postgres.NewStore(db.Pool, es, "g", slog.New(slog.NewTextHandler(io.Discard, nil)))}
+}
+
+// write applies lines as one batch of partition p, continuing its offsets.
+func (b *testBundle) write(t *testing.T, p int32, lines ...string) ([]pipeline.Outcome, error) {
+	t.Helper()
+	prev, ok := b.next[p]
+	if !ok {
+		prev = -1
+	}
+	start := max(prev, 0)
+	batch := &pipeline.Batch{Topic: "spool.commands", Partition: p, PrevOffset: prev, NextOffset: start + int64(len(lines))}
+	for i, l := range lines {
+		cmd, err := pipeline.DecodeCommand([]byte(l))
+		require.NoError(t, err)
+		require.NoError(t, b.es.Validate(&cmd, ""))
+		rec, err := pipeline.NewRecord(&cmd, "job-1", "tenant", start+int64(i))
+		require.NoError(t, err)
+		rec.Offset = start + int64(i)
+		m := pipeline.DecodeRecord(rec, b.es)
+		batch.Messages = append(batch.Messages, &m)
+	}
+	out, err := b.store.WriteBatch(context.Background(), batch)
+	if err == nil {
+		b.next[p] = batch.NextOffset
+	}
+	return out, err
+}
+
+func (b *testBundle) rows(t *testing.T) map[string]string {
+	t.Helper()
+	rows, err := b.db.Pool.Query(context.Background(), `SELECT customer_id, coalesce(name, '') || '@' || version FROM customers`)
+	require.NoError(t, err)
+	got := map[string]string{}
+	for rows.Next() {
+		var k, v string
+		require.NoError(t, rows.Scan(&k, &v))
+		got[k] = v
+	}
+	return got
+}
+
+func cust(id, key string, version int, name string) string {
+	return fmt.Sprintf(`{"id":%q,"entity":"customers","version":%d,"data":{"customer_id":%q,"name":%q}}`, id, version, key, name)
+}
+
+func del(id, key string, version int) string {
+	return fmt.Sprintf(`{"id":%q,"entity":"customers","op":"delete","version":%d,"data":{"customer_id":%q}}`, id, version, key)
+}
+
+const (
+	applied   = pipeline.OutcomeApplied
+	duplicate = pipeline.OutcomeDuplicate
+	stale     = pipeline.OutcomeStale
+	conflict  = pipeline.OutcomeConflict
+)
+
+func TestWriteBatchOutcomes(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	out, err := b.write(t, 0, cust("c1", "a", 2, "a2"), cust("c2", "b", 1, "b1"), cust("c3", "a", 1, "a1"))
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{applied, applied, stale}, out)
+
+	out, err = b.write(t, 0,
+		cust("c1", "a", 2, "a2"),      // same id, same payload: duplicate
+		cust("c2", "b", 9, "changed"), // same id, other payload: conflict
+		cust("c4", "a", 1, "older"),   // older than the stored row: stale
+		cust("c5", "b", 3, "b3"),      // newer: applied
+		cust("c6", "c", 1, "c1"),      // new row
+		cust("c6", "c", 1, "c1"),      // repeated inside the batch
+		del("c7", "c", 1),             // same version as the row: stale
+		cust("c8", "zz", 1, "zz"),     //
+		del("c9", "zz", 2))            // collapsed with c8 in the batch: the delete wins
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{duplicate, conflict, stale, applied, applied, duplicate, stale, stale, applied}, out)
+	require.Equal(t, map[string]string{"a": "a2@2", "b": "b3@3", "c": "c1@1"}, b.rows(t))
+
+	var counts pipeline.Counts
+	require.NoError(t, b.db.Pool.QueryRow(context.Background(), `SELECT sum(applied), sum(duplicate), sum(stale), sum(conflict)
+		FROM spool_job_counts WHERE job_id = 'job-1'`).Scan(&counts.Applied, &counts.Duplicate, &counts.Stale, &counts.Conflict))
+	require.Equal(t, pipeline.Counts{Applied: 5, Duplicate: 2, Stale: 4, Conflict: 1}, counts)
+
+	var failures int
+	require.NoError(t, b.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM spool_job_failures WHERE error_class = 'conflict'`).Scan(&failures))
+	require.Equal(t, 1, failures)
+}
+
+func TestDeleteLeavesTombstone(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	// The delete (v3) arrives on one partition before the older upserts on
+	// another: the row must not come back.
+	out, err := b.write(t, 0, del("d", "k", 3))
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{applied}, out)
+	out, err = b.write(t, 1, cust("u1", "k", 1, "v1"), cust("u2", "k2", 1, "other"))
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{stale, applied}, out)
+	out, err = b.write(t, 1, del("d-old", "k", 2), cust("u4", "k", 4, "v4"))
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{stale, applied}, out, "a newer upsert revives the row")
+	require.Equal(t, map[string]string{"k": "v4@4", "k2": "other@1"}, b.rows(t))
+}
+
+func TestWriteBatchUnversionedCompositeKey(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	out, err := b.write(t, 0,
+		`{"id":"l1","entity":"lines","data":{"order_id":"o","line":1,"qty":1}}`,
+		`{"id":"l2","entity":"lines","data":{"order_id":"o","line":"01","qty":2}}`,
+		`{"id":"l3","entity":"lines","data":{"order_id":"o","line":2,"qty":3}}`,
+		`{"id":"l4","entity":"lines","op":"delete","data":{"order_id":"o","line":2}}`)
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{applied, applied, applied, applied}, out)
+	var qty int
+	var n int
+	require.NoError(t, b.db.Pool.QueryRow(context.Background(), `SELECT qty, (SELECT count(*) FROM lines) FROM lines WHERE order_id = 'o' AND line = 1`).Scan(&qty, &n))
+	require.Equal(t, 2, qty, "the later command in offset order wins")
+	require.Equal(t, 1, n)
+}
+
+func TestFailedBatchLeavesNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	_, err := b.write(t, 0,
+		cust("ok", "a", 1, "a"),
+		`{"id":"poison","entity":"customers","version":1,"data":{"customer_id":"b","balance":-5}}`)
+	require.Error(t, err)
+	require.Equal(t, pipeline.ClassConstraint, pipeline.ClassOf(err))
+	var claims, offsets, counts int
+	require.NoError(t, b.db.Pool.QueryRow(context.Background(), `SELECT
+		(SELECT count(*) FROM spool_ledger), (SELECT count(*) FROM spool_offsets), (SELECT count(*) FROM spool_job_counts)`).
+		Scan(&claims, &offsets, &counts))
+	require.Zero(t, claims+offsets+counts, "a rolled-back batch must leave no claim, offset or counter behind")
+	require.Empty(t, b.rows(t))
+
+	// The same ids go through once the poison is gone.
+	out, err := b.write(t, 0, cust("ok", "a", 1, "a"))
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{applied}, out)
+}
+
+func TestOffsetFencing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	_, err := b.write(t, 0, cust("c1", "a", 1, "a"))
+	require.NoError(t, err)
+	next, err := b.store.LoadOffset(context.Background(), "spool.commands", 0)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), next)
+
+	// A processor that still believes the partition is at -1 (it lost the
+	// partition before our commit) must not write.
+	b.next[0] = -1
+	_, err = b.write(t, 0, cust("c2", "b", 1, "b"))
+	require.ErrorIs(t, err, pipeline.ErrFenced)
+	require.Equal(t, map[string]string{"a": "a@1"}, b.rows(t))
+}
+
+func TestLoadEntitiesRefusesBadConfig(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	for _, tt := range []struct {
+		spec postgres.EntitySpec
+		want string
+	}{
+		{postgres.EntitySpec{Name: "x", Schema: b.db.Schema, Table: "nope", Key: []string{"id"}}, "table " + b.db.Schema + ".nope does not exist"},
+		{postgres.EntitySpec{Name: "x", Schema: b.db.Schema, Table: "customers", Key: []string{"id"}}, `key column "id" does not exist`},
+		{postgres.EntitySpec{Name: "x", Schema: b.db.Schema, Table: "customers", Key: []string{"name"}}, "no primary key or unique index on (name)"},
+		{postgres.EntitySpec{Name: "x", Schema: b.db.Schema, Table: "customers", Key: []string{"customer_id"}, VersionColumn: "ver"}, `version column "ver" does not exist`},
+		{postgres.EntitySpec{Name: "x", Schema: b.db.Schema, Table: "customers", Key: []string{"customer_id"}, VersionColumn: "name"}, `version column "name" is text`},
+	} {
+		_, err := postgres.LoadEntities(ctx, b.db.Pool, []postgres.EntitySpec{tt.spec})
+		require.ErrorContains(t, err, tt.want)
+	}
+}

@@ -1,0 +1,231 @@
+package pipeline
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func testEntities() Entities {
+	return Entities{
+		"customers": {
+			Name: "customers", Schema: "public", Table: "customers",
+			Key: []string{"customer_id"}, VersionColumn: "version",
+			Columns: map[string]Column{
+				"customer_id": {Name: "customer_id", Type: "text", Kind: KindText, NotNull: true},
+				"name":        {Name: "name", Type: "text", Kind: KindText},
+				"balance":     {Name: "balance", Type: "numeric(18,2)", Kind: KindNumeric},
+				"visits":      {Name: "visits", Type: "integer", Kind: KindInteger},
+				"vip":         {Name: "vip", Type: "boolean", Kind: KindBoolean},
+				"attrs":       {Name: "attrs", Type: "jsonb", Kind: KindJSON},
+				"version":     {Name: "version", Type: "bigint", Kind: KindInteger, NotNull: true},
+			},
+		},
+		"lines": {
+			Name: "lines", Schema: "public", Table: "order_lines",
+			Key: []string{"order_id", "line"},
+			Columns: map[string]Column{
+				"order_id": {Name: "order_id", Type: "text", Kind: KindText, NotNull: true},
+				"line":     {Name: "line", Type: "integer", Kind: KindInteger, NotNull: true},
+				"qty":      {Name: "qty", Type: "integer", Kind: KindInteger},
+			},
+		},
+	}
+}
+
+func TestDecodeCommand(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, line, wantErr string
+	}{
+		{"valid", `{"id":"c-1","entity":"customers","op":"upsert","version":7,"data":{"customer_id":"a"}}`, ""},
+		{"unknown field", `{"id":"c-1","verison":7,"data":{}}`, `unknown field "verison"`},
+		{"fractional version", `{"id":"c-1","version":7.5,"data":{}}`, `field "version" must be an integer`},
+		{"string id", `{"id":5,"data":{}}`, `field "id" must be a string`},
+		{"not an object", `[1,2]`, "expected a JSON object"},
+		{"trailing data", `{"id":"c-1","data":{}} {}`, "trailing data"},
+		{"broken", `{"id":`, "unexpected EOF"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := DecodeCommand([]byte(tt.line))
+			if tt.wantErr == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorContains(t, err, tt.wantErr)
+			require.Equal(t, ClassInvalidCommand, ClassOf(err))
+		})
+	}
+}
+
+func TestValidate(t *testing.T) {
+	t.Parallel()
+	es := testEntities()
+	tests := []struct {
+		name      string
+		line      string
+		dflt      string
+		wantClass ErrorClass
+		wantErr   string
+	}{
+		{"valid", `{"id":"c-1","entity":"customers","version":1,"data":{"customer_id":"a","balance":"10.50","visits":3,"vip":true,"attrs":{"x":1}}}`, "", "", ""},
+		{"default entity", `{"id":"c-1","version":1,"data":{"customer_id":"a"}}`, "customers", "", ""},
+		{"composite key", `{"id":"c-1","entity":"lines","data":{"order_id":"o","line":2,"qty":"5"}}`, "", "", ""},
+		{"missing id", `{"entity":"customers","version":1,"data":{"customer_id":"a"}}`, "", ClassInvalidCommand, "id is missing"},
+		{"long id", `{"id":"` + strings.Repeat("x", 129) + `","entity":"customers","version":1,"data":{"customer_id":"a"}}`, "", ClassInvalidCommand, "129 characters"},
+		{"control char in id", `{"id":"a\r\nb","entity":"customers","version":1,"data":{"customer_id":"a"}}`, "", ClassInvalidCommand, "non-printable"},
+		{"no entity", `{"id":"c-1","data":{}}`, "", ClassUnknownEntity, "entity is missing"},
+		{"unknown entity", `{"id":"c-1","entity":"orders","data":{}}`, "", ClassUnknownEntity, `"orders" is not configured`},
+		{"bad op", `{"id":"c-1","entity":"customers","op":"merge","version":1,"data":{"customer_id":"a"}}`, "", ClassInvalidCommand, `op "merge"`},
+		{"missing version", `{"id":"c-1","entity":"customers","data":{"customer_id":"a"}}`, "", ClassMissingKey, "version is required"},
+		{"missing key", `{"id":"c-1","entity":"customers","version":1,"data":{"name":"x"}}`, "", ClassMissingKey, `key column "customer_id"`},
+		{"missing composite key part", `{"id":"c-1","entity":"lines","data":{"order_id":"o"}}`, "", ClassMissingKey, `key column "line"`},
+		{"null key", `{"id":"c-1","entity":"customers","version":1,"data":{"customer_id":null}}`, "", ClassMissingKey, `key column "customer_id"`},
+		{"unknown column", `{"id":"c-1","entity":"customers","version":1,"data":{"customer_id":"a","nmae":"x"}}`, "", ClassUnknownColumn, `column "nmae" does not exist in public.customers`},
+		{"version in data", `{"id":"c-1","entity":"customers","version":1,"data":{"customer_id":"a","version":3}}`, "", ClassInvalidCommand, "version column"},
+		{"not numeric", `{"id":"c-1","entity":"customers","version":1,"data":{"customer_id":"a","balance":"ten"}}`, "", ClassTypeMismatch, `column "balance" has type numeric(18,2); got "ten"`},
+		{"not integer", `{"id":"c-1","entity":"customers","version":1,"data":{"customer_id":"a","visits":1.5}}`, "", ClassTypeMismatch, `column "visits" has type integer`},
+		{"not boolean", `{"id":"c-1","entity":"customers","version":1,"data":{"customer_id":"a","vip":"maybe"}}`, "", ClassTypeMismatch, `column "vip"`},
+		{"object into text", `{"id":"c-1","entity":"customers","version":1,"data":{"customer_id":"a","name":{"first":"x"}}}`, "", ClassTypeMismatch, "an object or array"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cmd, err := DecodeCommand([]byte(tt.line))
+			require.NoError(t, err)
+			err = es.Validate(&cmd, tt.dflt)
+			if tt.wantErr == "" {
+				require.NoError(t, err)
+				require.NotEmpty(t, cmd.Entity)
+				require.Equal(t, OpUpsert, cmd.Op)
+				return
+			}
+			require.ErrorContains(t, err, tt.wantErr)
+			require.Equal(t, tt.wantClass, ClassOf(err))
+			require.True(t, IsPermanent(err))
+		})
+	}
+}
+
+func TestColumnText(t *testing.T) {
+	t.Parallel()
+	str := func(s string) *string { return &s }
+	tests := []struct {
+		kind ColumnKind
+		in   string
+		want *string
+	}{
+		{KindText, `"Ada"`, str("Ada")},
+		{KindText, `42`, str("42")},
+		{KindText, `null`, nil},
+		{KindInteger, `"007"`, str("7")},
+		{KindInteger, `12345678901234567890`, str("12345678901234567890")},
+		{KindNumeric, `"10.50"`, str("10.50")},
+		{KindNumeric, `1e3`, str("1e3")},
+		{KindBoolean, `"TRUE"`, str("true")},
+		{KindJSON, `{"a": [1, 2]}`, str(`{"a": [1, 2]}`)},
+		{KindJSON, `"x"`, str(`"x"`)},
+		{KindOther, `"2026-01-02T03:04:05Z"`, str("2026-01-02T03:04:05Z")},
+	}
+	for _, tt := range tests {
+		got, err := Column{Name: "c", Kind: tt.kind}.Text(json.RawMessage(tt.in))
+		require.NoError(t, err, tt.in)
+		require.Equal(t, tt.want, got, tt.in)
+	}
+}
+
+func TestNewRecordIsCanonical(t *testing.T) {
+	t.Parallel()
+	a, err := DecodeCommand([]byte(`{"data":{"name":"x","customer_id":"a"},"id":"c-1","entity":"customers","version":2}`))
+	require.NoError(t, err)
+	b, err := DecodeCommand([]byte(`{"id":"c-1","entity":"customers","version":2,"data":{"customer_id":"a", "name":"x"}}`))
+	require.NoError(t, err)
+	require.NoError(t, testEntities().Validate(&a, ""))
+	require.NoError(t, testEntities().Validate(&b, ""))
+	ra, err := NewRecord(&a, "job-1", "t1", 0)
+	require.NoError(t, err)
+	rb, err := NewRecord(&b, "job-2", "t1", 9)
+	require.NoError(t, err)
+	require.Equal(t, string(ra.Value), string(rb.Value), "the same command must encode to the same bytes, or repeats look like conflicts")
+	require.Equal(t, `{"id":"c-1","entity":"customers","op":"upsert","version":2,"data":{"customer_id":"a","name":"x"}}`, string(ra.Value))
+	require.Equal(t, "c-1", string(ra.Key))
+
+	m := DecodeRecord(rb, testEntities())
+	require.NoError(t, m.Err)
+	require.Equal(t, JobID("job-2"), m.JobID)
+	require.Equal(t, "t1", m.Tenant)
+	require.Equal(t, int64(9), m.Index)
+	require.Equal(t, hashPayload(ra.Value), m.Hash)
+}
+
+func TestDecodeRecordKeepsBadRecords(t *testing.T) {
+	t.Parallel()
+	es := testEntities()
+	for name, r := range map[string]Record{
+		"garbage":        {Key: []byte("x"), Value: []byte("not json")},
+		"key differs":    {Key: []byte("other"), Value: []byte(`{"id":"c-1","entity":"customers","version":1,"data":{"customer_id":"a"}}`)},
+		"unknown entity": {Key: []byte("c-1"), Value: []byte(`{"id":"c-1","entity":"nope","data":{}}`)},
+		"bad index":      {Key: []byte("c-1"), Value: []byte(`{}`), Headers: []Header{{Key: HeaderIndex, Value: []byte("x")}}},
+	} {
+		m := DecodeRecord(r, es)
+		require.Error(t, m.Err, name)
+		require.True(t, IsPermanent(m.Err), name)
+	}
+}
+
+func msg(t *testing.T, offset int64, tenant, line string) *Message {
+	t.Helper()
+	cmd, err := DecodeCommand([]byte(line))
+	require.NoError(t, err)
+	require.NoError(t, testEntities().Validate(&cmd, ""))
+	rec, err := NewRecord(&cmd, "job", tenant, offset)
+	require.NoError(t, err)
+	rec.Offset = offset
+	m := DecodeRecord(rec, testEntities())
+	require.NoError(t, m.Err)
+	return &m
+}
+
+func TestDedupeWithinBatch(t *testing.T) {
+	t.Parallel()
+	a := msg(t, 0, "t1", `{"id":"c-1","entity":"customers","version":1,"data":{"customer_id":"a"}}`)
+	again := msg(t, 1, "t1", `{"id":"c-1","entity":"customers","version":1,"data":{"customer_id":"a"}}`)
+	changed := msg(t, 2, "t1", `{"id":"c-1","entity":"customers","version":2,"data":{"customer_id":"a"}}`)
+	otherTenant := msg(t, 3, "t2", `{"id":"c-1","entity":"customers","version":1,"data":{"customer_id":"a"}}`)
+	bad := &Message{Err: Errorf(ClassInvalidCommand, "bad")}
+	b := &Batch{Messages: []*Message{a, again, changed, otherTenant, bad}}
+	outcomes := make([]Outcome, 5)
+	cands := b.Dedupe(outcomes)
+	require.Equal(t, []*Message{a, otherTenant}, cands)
+	require.Equal(t, []Outcome{"", OutcomeDuplicate, OutcomeConflict, "", OutcomeDeadLettered}, outcomes)
+}
+
+func TestPlanCollapsesPerRow(t *testing.T) {
+	t.Parallel()
+	es := testEntities()
+	v3 := msg(t, 0, "t", `{"id":"1","entity":"customers","version":3,"data":{"customer_id":"a","name":"x"}}`)
+	v5 := msg(t, 1, "t", `{"id":"2","entity":"customers","version":5,"data":{"customer_id":"a","name":"y"}}`)
+	v4 := msg(t, 2, "t", `{"id":"3","entity":"customers","version":4,"data":{"customer_id":"a","name":"z"}}`)
+	v5again := msg(t, 3, "t", `{"id":"4","entity":"customers","version":5,"data":{"customer_id":"a","name":"w"}}`)
+	other := msg(t, 4, "t", `{"id":"5","entity":"customers","version":1,"data":{"customer_id":"b","name":"q"}}`)
+	del := msg(t, 5, "t", `{"id":"6","entity":"customers","op":"delete","version":9,"data":{"customer_id":"c"}}`)
+	l1 := msg(t, 6, "t", `{"id":"7","entity":"lines","data":{"order_id":"o","line":"01","qty":1}}`)
+	l2 := msg(t, 7, "t", `{"id":"8","entity":"lines","data":{"order_id":"o","line":1,"qty":2}}`)
+
+	groups, superseded, err := Plan([]*Message{v3, v5, v4, v5again, other, del, l1, l2}, es)
+	require.NoError(t, err)
+	require.Equal(t, map[*Message]Outcome{v3: OutcomeStale, v4: OutcomeStale, v5again: OutcomeStale, l1: OutcomeApplied}, superseded)
+	require.Len(t, groups, 3)
+	require.Equal(t, OpDelete, groups[0].Op)
+	require.Equal(t, []*Message{del}, groups[0].Messages)
+	require.Equal(t, []string{"name"}, groups[1].Columns)
+	require.Equal(t, []*Message{v5, other}, groups[1].Messages)
+	require.Equal(t, []string{"a", "b"}, groups[1].Keys)
+	require.Equal(t, "lines", groups[2].Entity.Name)
+	require.Equal(t, []*Message{l2}, groups[2].Messages, "without versions the last in offset order wins; integer keys compare canonically")
+	require.Equal(t, []string{"o\x001"}, groups[2].Keys)
+}

@@ -1,0 +1,149 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/stretchr/testify/require"
+)
+
+// fakeStore is a pure stand-in for the database: it refuses any batch that
+// holds a poison id (as a CHECK constraint would), fails transiently a set
+// number of times, and enforces the offset compare-and-set.
+type fakeStore struct {
+	mu        sync.Mutex
+	poison    map[CommandID]bool
+	transient int
+	next      int64
+	applied   []CommandID
+	dead      []CommandID
+}
+
+func (s *fakeStore) WriteBatch(_ context.Context, b *Batch) ([]Outcome, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.transient > 0 {
+		s.transient--
+		return nil, Errorf(ClassTransient, "connection reset")
+	}
+	if b.PrevOffset != s.next {
+		return nil, ErrFenced
+	}
+	for _, m := range b.Messages {
+		if m.Err == nil && s.poison[m.Command.ID] {
+			return nil, Errorf(ClassConstraint, "check constraint violated by %s", m.Command.ID)
+		}
+	}
+	for _, m := range b.Messages {
+		if m.Err != nil {
+			s.dead = append(s.dead, CommandID(m.Record.Key))
+		} else {
+			s.applied = append(s.applied, m.Command.ID)
+		}
+	}
+	s.next = b.NextOffset
+	return make([]Outcome, len(b.Messages)), nil
+}
+
+type fakeDLQ struct {
+	mu   sync.Mutex
+	fail int
+	got  []CommandID
+}
+
+func (d *fakeDLQ) DeadLetter(_ context.Context, msgs []*Message) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.fail > 0 {
+		d.fail--
+		return Errorf(ClassTransient, "broker unavailable")
+	}
+	for _, m := range msgs {
+		d.got = append(d.got, CommandID(m.Record.Key))
+	}
+	return nil
+}
+
+func records(n int, next int64) []Record {
+	recs := make([]Record, n)
+	for i := range recs {
+		id := fmt.Sprintf("c-%d", i)
+		line := fmt.Sprintf(`{"id":%q,"entity":"customers","version":1,"data":{"customer_id":"k%d"}}`, id, i)
+		recs[i] = Record{Offset: next + int64(i), Key: []byte(id), Value: []byte(line)}
+	}
+	return recs
+}
+
+func runWorker(t *testing.T, store *fakeStore, dl *fakeDLQ, recs []Record) error {
+	t.Helper()
+	var committed []int64
+	w := NewWorker(WorkerConfig{
+		Partition: 0, NextOffset: store.next, BatchSize: 100, BatchMaxWait: 10 * time.Millisecond,
+		FlushTimeout: time.Second, Entities: testEntities(), Store: store, DeadLetters: dl,
+		Committed: func(n int64) { committed = append(committed, n) },
+		Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) },
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+	require.NoError(t, w.Feed(ctx, recs))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		store.mu.Lock()
+		n := store.next
+		store.mu.Unlock()
+		if n == recs[len(recs)-1].Offset+1 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	err := <-done
+	if len(committed) > 0 {
+		require.Equal(t, store.next, committed[len(committed)-1])
+	}
+	return err
+}
+
+func TestWorkerIsolatesPoison(t *testing.T) {
+	t.Parallel()
+	store := &fakeStore{poison: map[CommandID]bool{"c-17": true, "c-63": true}, transient: 3, next: 0}
+	dl := &fakeDLQ{fail: 2}
+	recs := records(100, 0)
+	recs[40].Value = []byte("garbage") // undecodable: dead-lettered without touching the store
+	require.NoError(t, runWorker(t, store, dl, recs))
+	require.ElementsMatch(t, []CommandID{"c-17", "c-40", "c-63"}, dl.got)
+	require.ElementsMatch(t, []CommandID{"c-17", "c-40", "c-63"}, store.dead)
+	require.Len(t, store.applied, 97)
+	require.Equal(t, int64(100), store.next)
+}
+
+func TestWorkerStopsWhenFenced(t *testing.T) {
+	t.Parallel()
+	store := &fakeStore{next: 0}
+	w := NewWorker(WorkerConfig{
+		NextOffset: 0, BatchSize: 10, BatchMaxWait: time.Millisecond, FlushTimeout: time.Second,
+		Entities: testEntities(), Store: store, DeadLetters: &fakeDLQ{},
+		Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) },
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, 1)
+	store.next = 5 // another processor moved the partition on
+	done := make(chan error)
+	go func() { done <- w.Run(context.Background()) }()
+	require.NoError(t, w.Feed(context.Background(), records(10, 0)))
+	select {
+	case err := <-done:
+		require.True(t, errors.Is(err, ErrFenced), "got %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("worker did not stop")
+	}
+	require.Empty(t, store.applied)
+}
