@@ -206,11 +206,13 @@ func (c Column) mismatch(got string) error {
 	return Errorf(ClassTypeMismatch, "column %q has type %s; got %s", c.Name, c.Type, got)
 }
 
-// KeyOf returns the canonical text of a command's key: equal keys give equal
-// strings, so commands touching one row can be collapsed before a set-based
-// write (PostgreSQL refuses an upsert that touches one row twice).
+// KeyOf returns the canonical text of a command's key, a JSON array of the
+// key columns' canonical texts: equal keys give equal strings, so commands
+// touching one row can be collapsed before a set-based write (PostgreSQL
+// refuses an upsert that touches one row twice), and tombstones can name
+// the row. ParseKey inverts it.
 func (e *Entity) KeyOf(cmd *Command) (string, error) {
-	var b strings.Builder
+	parts := make([]string, len(e.Key))
 	for i, k := range e.Key {
 		t, err := e.Columns[k].Text(cmd.Data[k])
 		if err != nil {
@@ -219,10 +221,20 @@ func (e *Entity) KeyOf(cmd *Command) (string, error) {
 		if t == nil {
 			return "", Errorf(ClassMissingKey, "data lacks key column %q of entity %q", k, e.Name)
 		}
-		if i > 0 {
-			b.WriteByte(0)
-		}
-		b.WriteString(*t)
+		parts[i] = *t
 	}
-	return b.String(), nil
+	b, err := json.Marshal(parts)
+	if err != nil {
+		return "", Errorf(ClassInvalidCommand, "encoding key: %w", err)
+	}
+	return string(b), nil
+}
+
+// ParseKey splits a key made by KeyOf into the key columns' texts.
+func (e *Entity) ParseKey(key string) ([]string, error) {
+	var parts []string
+	if err := json.Unmarshal([]byte(key), &parts); err != nil || len(parts) != len(e.Key) {
+		return nil, fmt.Errorf("key %q of entity %s is not a %d-part key", key, e.Name, len(e.Key))
+	}
+	return parts, nil
 }

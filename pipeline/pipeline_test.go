@@ -224,8 +224,11 @@ func TestPlanCollapsesPerRow(t *testing.T) {
 	require.Equal(t, []*Message{del}, groups[0].Messages)
 	require.Equal(t, []string{"name"}, groups[1].Columns)
 	require.Equal(t, []*Message{v5, other}, groups[1].Messages)
-	require.Equal(t, []string{"a", "b"}, groups[1].Keys)
+	require.Equal(t, []string{`["a"]`, `["b"]`}, groups[1].Keys)
 	require.Equal(t, "lines", groups[2].Entity.Name)
 	require.Equal(t, []*Message{l2}, groups[2].Messages, "without versions the last in offset order wins; integer keys compare canonically")
-	require.Equal(t, []string{"o\x001"}, groups[2].Keys)
+	require.Equal(t, []string{`["o","1"]`}, groups[2].Keys)
+	parts, err := groups[2].Entity.ParseKey(groups[2].Keys[0])
+	require.NoError(t, err)
+	require.Equal(t, []string{"o", "1"}, parts)
 }

@@ -17,8 +17,9 @@ import (
 	"github.com/spoolhq/spool/pipeline"
 )
 
-// settleInterval is how often the processor settles every open job, to
-// catch a job whose last batch's processor died before settling it.
+// settleInterval is how often the processor settles every open job and
+// repairs rows behind recent tombstones, to catch a processor that died
+// between a commit and the follow-up it runs after each commit.
 const settleInterval = 5 * time.Second
 
 // Processor consumes the commands topic and applies it to PostgreSQL.
@@ -83,12 +84,12 @@ func (p *Processor) Run(ctx context.Context) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go p.settleLoop(ctx, store)
+	go p.sweepLoop(ctx, store)
 	p.logger.Info("processor consuming", "topic", c.Kafka.Topic, "group", c.Kafka.Group, "instance", instance)
 	return consumer.Run(ctx)
 }
 
-func (p *Processor) settleLoop(ctx context.Context, store *postgres.Store) {
+func (p *Processor) sweepLoop(ctx context.Context, store *postgres.Store) {
 	t := time.NewTicker(settleInterval)
 	defer t.Stop()
 	for {
@@ -98,6 +99,9 @@ func (p *Processor) settleLoop(ctx context.Context, store *postgres.Store) {
 		case <-t.C:
 			if err := store.SettleOpenJobs(ctx); err != nil && !errors.Is(err, context.Canceled) {
 				p.logger.Warn("settling open jobs", "error", err)
+			}
+			if err := store.RepairRecent(ctx, time.Minute); err != nil && !errors.Is(err, context.Canceled) {
+				p.logger.Warn("repairing rows behind recent tombstones", "error", err)
 			}
 		}
 	}

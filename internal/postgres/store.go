@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -115,8 +116,17 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.O
 	if err := tx.Commit(ctx); err != nil {
 		return nil, classify(fmt.Errorf("committing batch of %d: %w", len(b.Messages), err))
 	}
-	// After the commit, so that the last batch of a job sees all counters.
-	// A failure here is not the batch's: the periodic settle catches it.
+	// After the commit, so that the last of two racing transactions sees
+	// both: the last batch of a job sees all its counters, and the later of
+	// a delete and an older upsert of one key sees the tombstone and the
+	// row. A failure here is not the batch's: the periodic sweeps catch it.
+	for _, g := range groups {
+		if g.Entity.Versioned() {
+			if err := s.repair(ctx, g.Entity, g.Keys); err != nil {
+				s.logger.Warn("repairing rows behind tombstones", "entity", g.Entity.Name, "error", err)
+			}
+		}
+	}
 	if err := s.SettleJobs(ctx, jobsOf(b)); err != nil {
 		s.logger.Warn("settling jobs after batch", "partition", b.Partition, "error", err)
 	}
@@ -474,4 +484,91 @@ func gerund(op pipeline.Op) string {
 		return "deleting"
 	}
 	return "upserting"
+}
+
+// repair deletes rows of the given keys that are older than their key's
+// tombstone. Under READ COMMITTED a delete and an older upsert of one key,
+// committing concurrently, can each miss the other's write; run after each
+// commit, the later of the two repairs what both missed.
+func (s *Store) repair(ctx context.Context, e *pipeline.Entity, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	cols := make([][]string, len(e.Key))
+	for i := range cols {
+		cols[i] = make([]string, len(keys))
+	}
+	for j, k := range keys {
+		parts, err := e.ParseKey(k)
+		if err != nil {
+			return err
+		}
+		for i, p := range parts {
+			cols[i][j] = p
+		}
+	}
+	args := make([]any, 0, len(cols)+2)
+	for _, c := range cols {
+		args = append(args, c)
+	}
+	args = append(args, keys, e.QualifiedName())
+	if _, err := s.pool.Exec(ctx, s.repairSQL(e), args...); err != nil {
+		return classify(fmt.Errorf("repairing %d keys of %s: %w", len(keys), e.Name, err))
+	}
+	return nil
+}
+
+func (s *Store) repairSQL(e *pipeline.Entity) string {
+	sig := e.Name + "\x00repair"
+	if v, ok := s.sqlCache.Load(sig); ok {
+		return v.(string)
+	}
+	var aliases, params, casts, join []string
+	for i, k := range e.Key {
+		a := fmt.Sprintf("a%d", i)
+		aliases = append(aliases, a)
+		params = append(params, fmt.Sprintf("$%d::text[]", i+1))
+		casts = append(casts, fmt.Sprintf("u.%s::%s AS %s", a, e.Columns[k].Type, a))
+		join = append(join, fmt.Sprintf("t.%s = v.%s", quoteIdent(k), a))
+	}
+	n := len(e.Key)
+	sql := fmt.Sprintf(`WITH v AS (SELECT %s, u.spool_key FROM unnest(%s, $%d::text[]) AS u(%s, spool_key))
+		DELETE FROM %s.%s t USING v, spool_tombstones x
+		WHERE x.target = $%d AND x.key = v.spool_key AND %s AND t.%s < x.version`,
+		strings.Join(casts, ", "), strings.Join(params, ", "), n+1, strings.Join(aliases, ", "),
+		quoteIdent(e.Schema), quoteIdent(e.Table), n+2, strings.Join(join, " AND "), quoteIdent(e.VersionColumn))
+	s.sqlCache.Store(sig, sql)
+	return sql
+}
+
+// RepairRecent repairs the keys of tombstones written within the last
+// window, catching a processor that died between a commit and its repair.
+func (s *Store) RepairRecent(ctx context.Context, window time.Duration) error {
+	byTarget := make(map[string]*pipeline.Entity, len(s.entities))
+	for _, e := range s.entities {
+		if e.Versioned() {
+			byTarget[e.QualifiedName()] = e
+		}
+	}
+	rows, err := s.pool.Query(ctx, `SELECT target, key FROM spool_tombstones WHERE deleted_at > now() - $1::interval`, window)
+	if err != nil {
+		return classify(fmt.Errorf("reading recent tombstones: %w", err))
+	}
+	keys := make(map[*pipeline.Entity][]string)
+	var target, key string
+	_, err = pgx.ForEachRow(rows, []any{&target, &key}, func() error {
+		if e := byTarget[target]; e != nil {
+			keys[e] = append(keys[e], key)
+		}
+		return nil
+	})
+	if err != nil {
+		return classify(fmt.Errorf("reading recent tombstones: %w", err))
+	}
+	for e, ks := range keys {
+		if err := s.repair(ctx, e, ks); err != nil {
+			return err
+		}
+	}
+	return nil
 }

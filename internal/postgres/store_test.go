@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -211,4 +212,25 @@ func TestLoadEntitiesRefusesBadConfig(t *testing.T) {
 		_, err := postgres.LoadEntities(ctx, b.db.Pool, []postgres.EntitySpec{tt.spec})
 		require.ErrorContains(t, err, tt.want)
 	}
+}
+
+// TestRepairRemovesRowBehindTombstone plays the end of the race a delete
+// and an older upsert on two partitions can run: both committed, each
+// having missed the other's write. The repair that follows each commit (and
+// the periodic sweep) must remove the row.
+func TestRepairRemovesRowBehindTombstone(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	_, err := b.write(t, 0, del("d", "k", 3))
+	require.NoError(t, err)
+	b.db.Exec(t, `INSERT INTO customers (customer_id, name, version) VALUES ('k', 'raced', 2), ('k2', 'newer', 9)`)
+	b.db.Exec(t, `INSERT INTO spool_tombstones (target, key, version) VALUES ($1, '["k2"]', 5)`, b.db.Schema+".customers")
+	require.NoError(t, b.store.RepairRecent(context.Background(), time.Minute))
+	require.Equal(t, map[string]string{"k2": "newer@9"}, b.rows(t), "only rows older than their tombstone go")
+
+	// The repair after a batch's commit does the same for the batch's keys.
+	b.db.Exec(t, `INSERT INTO customers (customer_id, name, version) VALUES ('k', 'raced', 1)`)
+	_, err = b.write(t, 1, del("d2", "k", 2))
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{"k2": "newer@9"}, b.rows(t))
 }

@@ -1,0 +1,283 @@
+package app_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/spoolhq/spool/internal/apiclient"
+	"github.com/spoolhq/spool/internal/app"
+	"github.com/spoolhq/spool/internal/config"
+	"github.com/spoolhq/spool/internal/kafkatest"
+	"github.com/spoolhq/spool/internal/pgtest"
+	"github.com/spoolhq/spool/pipeline"
+)
+
+type stack struct {
+	db     *pgtest.DB
+	client *apiclient.Client
+	server string
+}
+
+// startStack runs ingress and a processor in-process against a real
+// PostgreSQL schema and a kfake broker reached over TCP.
+func startStack(t *testing.T) *stack {
+	t.Helper()
+	db := pgtest.New(t)
+	db.Exec(t, `CREATE TABLE customers (
+		customer_id text PRIMARY KEY, name text, email text, balance numeric(18,2),
+		version bigint NOT NULL, updated_at timestamptz)`)
+	b := kafkatest.NewCluster(t)
+	c, err := config.Load(config.Options{Overrides: map[string]any{
+		"database.url":             db.URL,
+		"kafka.brokers":            []string{b.Addr()},
+		"kafka.partitions":         4,
+		"http.addr":                "127.0.0.1:0",
+		"metrics.addr":             "127.0.0.1:0",
+		"auth.disabled":            true,
+		"processor.batch_max_wait": "50ms",
+		"processor.batch_size":     1000,
+		"entities": map[string]any{"customers": map[string]any{
+			"table": db.Schema + ".customers", "key": []string{"customer_id"}, "version_column": "version",
+		}},
+	}})
+	require.NoError(t, err)
+	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ingress, err := app.NewIngress(c, logger)
+	require.NoError(t, err)
+	processor, err := app.NewProcessor(c, logger)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, r := range []app.Runner{ingress, processor} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.Run(ctx); err != nil {
+				t.Errorf("%T stopped: %v", r, err)
+			}
+		}()
+	}
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	server := "http://" + ingress.Addr().String()
+	waitReady(t, server)
+	return &stack{db: db, server: server, client: &apiclient.Client{Server: server}}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func waitReady(t *testing.T, server string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(server + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("ingress never became ready")
+}
+
+func (s *stack) upload(t *testing.T, lines []string) *pipelineUpload {
+	t.Helper()
+	body := strings.Join(lines, "\n") + "\n"
+	res, err := s.client.Upload(context.Background(), strings.NewReader(body), apiclient.UploadOptions{ContentType: "application/x-ndjson"})
+	require.NoError(t, err)
+	return &pipelineUpload{id: res.JobID, accepted: res.Accepted, rejected: res.Rejected, rejections: len(res.Rejections)}
+}
+
+type pipelineUpload struct {
+	id                 pipeline.JobID
+	accepted, rejected int64
+	rejections         int
+}
+
+func (s *stack) wait(t *testing.T, id pipeline.JobID) *jobCounts {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	j, err := s.client.WaitJob(ctx, id, 100*time.Millisecond, nil)
+	require.NoError(t, err, "job %s did not finish", id)
+	return &jobCounts{state: j.State, c: j.Counts.Counts, accepted: j.Counts.Accepted, rejected: j.Counts.Rejected, received: j.Counts.Received}
+}
+
+type jobCounts struct {
+	state                        pipeline.JobState
+	c                            pipeline.Counts
+	accepted, rejected, received int64
+}
+
+type row struct {
+	name, email, balance string
+	version              int64
+}
+
+// TestEndToEnd drives 10,500 commands in four uploads — 5% of them repeated
+// ids, several out-of-order versions per key, some deletes — and checks
+// every job's counts and the final table against an oracle.
+func TestEndToEnd(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	rng := rand.New(rand.NewPCG(1, 2))
+
+	const commands, keys, repeats = 10_000, 3_000, 500
+	// Each key gets distinct versions, handed out in a shuffled order.
+	versions := rng.Perm(commands)
+	type command struct {
+		line    string
+		key     string
+		version int64
+		deleted bool
+		data    row
+	}
+	cmds := make([]command, commands)
+	for i := range cmds {
+		key := fmt.Sprintf("cust-%d", rng.IntN(keys))
+		v := int64(versions[i] + 1)
+		c := command{key: key, version: v}
+		if rng.IntN(100) < 3 {
+			c.deleted = true
+			c.line = fmt.Sprintf(`{"id":"c-%d","entity":"customers","op":"delete","version":%d,"data":{"customer_id":%q}}`, i, v, key)
+		} else {
+			c.data = row{name: fmt.Sprintf("n%d", i), email: fmt.Sprintf("e%d@example.com", i), balance: fmt.Sprintf("%d.%02d", rng.IntN(1000), rng.IntN(100)), version: v}
+			c.line = fmt.Sprintf(`{"id":"c-%d","entity":"customers","version":%d,"data":{"customer_id":%q,"name":%q,"email":%q,"balance":%q}}`,
+				i, v, key, c.data.name, c.data.email, c.data.balance)
+		}
+		cmds[i] = c
+	}
+	oracle := map[string]command{}
+	for _, c := range cmds {
+		if o, ok := oracle[c.key]; !ok || c.version > o.version {
+			oracle[c.key] = c
+		}
+	}
+
+	// Four uploads; repeats are exact re-sends of earlier commands, some in
+	// the same upload, some in later ones.
+	uploads := make([][]string, 4)
+	for i, c := range cmds {
+		uploads[i*4/commands] = append(uploads[i*4/commands], c.line)
+	}
+	for r := 0; r < repeats; r++ {
+		u := rng.IntN(4)
+		src := rng.IntN((u + 1) * commands / 4)
+		uploads[u] = append(uploads[u], cmds[src].line)
+	}
+	for _, u := range uploads {
+		rng.Shuffle(len(u), func(i, j int) { u[i], u[j] = u[j], u[i] })
+	}
+
+	var jobs []pipeline.JobID
+	for _, u := range uploads {
+		up := s.upload(t, u)
+		require.Equal(t, int64(len(u)), up.accepted)
+		jobs = append(jobs, up.id)
+	}
+	var total pipeline.Counts
+	for _, id := range jobs {
+		j := s.wait(t, id)
+		require.Equal(t, pipeline.JobCompleted, j.state)
+		require.Equal(t, j.accepted, j.c.Applied+j.c.Duplicate+j.c.Stale, "job %s counts must add up: %+v", id, j.c)
+		require.Zero(t, j.c.Conflict+j.c.DeadLettered)
+		total.Applied += j.c.Applied
+		total.Duplicate += j.c.Duplicate
+		total.Stale += j.c.Stale
+	}
+	require.Equal(t, int64(repeats), total.Duplicate)
+	require.Equal(t, int64(commands), total.Applied+total.Stale)
+
+	got := map[string]row{}
+	rows, err := s.db.Pool.Query(context.Background(), `SELECT customer_id, name, email, balance::text, version FROM customers`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var k string
+		var r row
+		require.NoError(t, rows.Scan(&k, &r.name, &r.email, &r.balance, &r.version))
+		got[k] = r
+	}
+	require.NoError(t, rows.Err())
+	want := map[string]row{}
+	for k, c := range oracle {
+		if !c.deleted {
+			want[k] = c.data
+		}
+	}
+	require.Equal(t, len(want), len(got))
+	require.Equal(t, want, got, "the table must hold each key's highest version")
+}
+
+// TestUploadRejectsBadRecordsAlone: bad records are listed by index and the
+// rest is applied; the job ends completed_with_errors.
+func TestUploadRejectsBadRecordsAlone(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	lines := []string{
+		`{"id":"a","entity":"customers","version":1,"data":{"customer_id":"k1","name":"ok"}}`,
+		`{"id":"b","entity":"customers","version":1,"data":{"name":"no key"}}`,
+		`not json`,
+		`{"id":"c","entity":"customers","version":1,"data":{"customer_id":"k2","balance":"lots"}}`,
+		`{"id":"d","entity":"customers","version":1,"data":{"customer_id":"k3"}}`,
+	}
+	resp, err := http.Post(s.server+"/v1/jobs", "application/x-ndjson", bytes.NewBufferString(strings.Join(lines, "\n")))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusAccepted, resp.StatusCode)
+	var body struct {
+		JobID      string `json:"job_id"`
+		Received   int64  `json:"received"`
+		Accepted   int64  `json:"accepted"`
+		Rejected   int64  `json:"rejected"`
+		StatusURL  string `json:"status_url"`
+		Rejections []struct {
+			Index int64  `json:"index"`
+			ID    string `json:"id"`
+			Error string `json:"error"`
+		} `json:"rejections"`
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	require.NoError(t, json.Unmarshal(raw, &body), string(raw))
+	require.Equal(t, "/v1/jobs/"+body.JobID, resp.Header.Get("Location"))
+	require.Equal(t, resp.Header.Get("Location"), body.StatusURL)
+	require.Equal(t, int64(5), body.Received)
+	require.Equal(t, int64(2), body.Accepted)
+	require.Equal(t, int64(3), body.Rejected)
+	require.Len(t, body.Rejections, 3)
+	require.Equal(t, int64(1), body.Rejections[0].Index)
+	require.Contains(t, body.Rejections[0].Error, `key column "customer_id"`)
+	require.Equal(t, int64(2), body.Rejections[1].Index)
+	require.Equal(t, int64(3), body.Rejections[2].Index)
+	require.Equal(t, "c", body.Rejections[2].ID)
+	require.Contains(t, body.Rejections[2].Error, `column "balance" has type numeric(18,2)`)
+
+	j := s.wait(t, pipeline.JobID(body.JobID))
+	require.Equal(t, pipeline.JobCompletedWithErrors, j.state)
+	require.Equal(t, int64(2), j.c.Applied)
+	require.Equal(t, int64(5), j.received)
+
+	// A tenant-less lookup of an unknown job is a problem+json 404.
+	resp2, err := http.Get(s.server + "/v1/jobs/nope")
+	require.NoError(t, err)
+	resp2.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp2.StatusCode)
+	require.Equal(t, "application/problem+json", resp2.Header.Get("Content-Type"))
+}
