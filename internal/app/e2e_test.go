@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/spoolhq/spool/dlq"
 	"github.com/spoolhq/spool/internal/apiclient"
 	"github.com/spoolhq/spool/internal/app"
 	"github.com/spoolhq/spool/internal/config"
@@ -25,9 +27,10 @@ import (
 )
 
 type stack struct {
-	db     *pgtest.DB
-	client *apiclient.Client
-	server string
+	brokers []string
+	db      *pgtest.DB
+	client  *apiclient.Client
+	server  string
 }
 
 // startStack runs ingress and a processor in-process against a real
@@ -36,7 +39,7 @@ func startStack(t *testing.T) *stack {
 	t.Helper()
 	db := pgtest.New(t)
 	db.Exec(t, `CREATE TABLE customers (
-		customer_id text PRIMARY KEY, name text, email text, balance numeric(18,2),
+		customer_id text PRIMARY KEY, name text, email text, balance numeric(18,2) CHECK (balance >= 0),
 		version bigint NOT NULL, updated_at timestamptz)`)
 	b := kafkatest.NewCluster(t)
 	c, err := config.Load(config.Options{Overrides: map[string]any{
@@ -72,7 +75,7 @@ func startStack(t *testing.T) *stack {
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	server := "http://" + ingress.Addr().String()
 	waitReady(t, server)
-	return &stack{db: db, server: server, client: &apiclient.Client{Server: server}}
+	return &stack{brokers: []string{b.Addr()}, db: db, server: server, client: &apiclient.Client{Server: server}}
 }
 
 type testWriter struct{ t *testing.T }
@@ -280,4 +283,67 @@ func TestUploadRejectsBadRecordsAlone(t *testing.T) {
 	resp2.Body.Close()
 	require.Equal(t, http.StatusNotFound, resp2.StatusCode)
 	require.Equal(t, "application/problem+json", resp2.Header.Get("Content-Type"))
+}
+
+// TestPoisonIsDeadLetteredAlone: commands the database refuses (a CHECK
+// constraint ingress cannot know) go to the DLQ with their headers; every
+// other command of their batches is applied.
+func TestPoisonIsDeadLetteredAlone(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	poison := map[string]bool{"p-50": true, "p-777": true, "p-1999": true}
+	var lines []string
+	for i := range 2000 {
+		id := fmt.Sprintf("p-%d", i)
+		balance := "1.00"
+		if poison[id] {
+			balance = "-1.00"
+		}
+		lines = append(lines, fmt.Sprintf(`{"id":%q,"entity":"customers","version":1,"data":{"customer_id":"k%d","balance":%q}}`, id, i, balance))
+	}
+	up := s.upload(t, lines)
+	j := s.wait(t, up.id)
+	require.Equal(t, pipeline.JobCompletedWithErrors, j.state)
+	require.Equal(t, int64(1997), j.c.Applied)
+	require.Equal(t, int64(3), j.c.DeadLettered)
+
+	var n int
+	require.NoError(t, s.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM customers`).Scan(&n))
+	require.Equal(t, 1997, n)
+	var failed []string
+	rows, err := s.db.Pool.Query(context.Background(), `SELECT command_id || ' ' || error_class || ' ' || stage FROM spool_job_failures WHERE job_id = $1 ORDER BY idx`, up.id)
+	require.NoError(t, err)
+	for rows.Next() {
+		var f string
+		require.NoError(t, rows.Scan(&f))
+		failed = append(failed, f)
+	}
+	require.Equal(t, []string{"p-50 constraint_violation processor", "p-777 constraint_violation processor", "p-1999 constraint_violation processor"}, failed)
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.brokers...), kgo.ConsumeTopics("spool.commands.dlq"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	require.NoError(t, err)
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	got := map[string]map[string]string{}
+	for len(got) < 3 && ctx.Err() == nil {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			hs := map[string]string{}
+			for _, h := range r.Headers {
+				hs[h.Key] = string(h.Value)
+			}
+			got[string(r.Key)] = hs
+		})
+	}
+	require.Len(t, got, 3)
+	for id, hs := range got {
+		require.True(t, poison[id], id)
+		require.Equal(t, "constraint_violation", hs[dlq.HeaderErrorClass])
+		require.Contains(t, hs[dlq.HeaderError], "check constraint")
+		require.Equal(t, "spool.commands", hs[dlq.HeaderSourceTopic])
+		require.Equal(t, "1", hs[dlq.HeaderAttempt])
+		require.Equal(t, string(up.id), hs[pipeline.HeaderJobID], "the original headers are kept")
+		require.Equal(t, id, hs[dlq.HeaderCommandID])
+	}
 }

@@ -2,7 +2,6 @@ package broker
 
 import (
 	"fmt"
-	"log/slog"
 	"net"
 
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -18,7 +17,6 @@ type Config struct {
 	Partitions int
 	// SyncWrites fsyncs every produce before acknowledging it.
 	SyncWrites bool
-	Logger     *slog.Logger
 }
 
 // Broker is a running embedded broker.

@@ -18,9 +18,6 @@ import (
 // devDefaults keep the local stack on loopback and without auth.
 var devDefaults = map[string]any{"http.addr": "127.0.0.1:8080", "metrics.addr": "127.0.0.1:9090", "auth.disabled": true}
 
-// The demo entity spoolctl dev serves when none is configured.
-var demoEntity = config.EntityConfig{Table: "public.customers", Key: []string{"customer_id"}, VersionColumn: "version"}
-
 func newDevCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -71,11 +68,12 @@ func runDev(cmd *cobra.Command, _ []string) error {
 	}
 	logger := app.NewLogger(c.Log)
 
-	b, err := broker.Start(broker.Config{Addr: kafkaAddr, DataDir: dataDir, Partitions: c.Kafka.Partitions, Logger: logger})
+	b, err := broker.Start(broker.Config{Addr: kafkaAddr, DataDir: dataDir, Partitions: c.Kafka.Partitions})
 	if err != nil {
 		return err
 	}
 	defer b.Close()
+	c.Kafka.Brokers = []string{b.Addr()} // the resolved port when --kafka-addr ends in :0
 
 	if err := postgres.EnsureDatabase(ctx, c.Database.URL); err != nil {
 		return err
@@ -86,8 +84,11 @@ func runDev(cmd *cobra.Command, _ []string) error {
 	}
 	applied, err := postgres.Migrate(ctx, pool)
 	if err == nil && len(c.Entities) == 0 {
-		err = postgres.EnsureDemoCustomers(ctx, pool)
-		c.Entities = map[string]config.EntityConfig{"customers": demoEntity}
+		var table string
+		table, err = postgres.EnsureDemoCustomers(ctx, pool)
+		c.Entities = map[string]config.EntityConfig{
+			"customers": {Table: table, Key: []string{"customer_id"}, VersionColumn: "version"},
+		}
 	}
 	pool.Close()
 	if err != nil {

@@ -100,9 +100,10 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
 	return names, nil
 }
 
-// EnsureDemoCustomers creates the demo entity's table of spoolctl dev when
-// it is missing.
-func EnsureDemoCustomers(ctx context.Context, pool *pgxpool.Pool) error {
+// EnsureDemoCustomers creates the demo entity's table of spoolctl dev in
+// the connection's current schema when it is missing, and returns its
+// qualified name.
+func EnsureDemoCustomers(ctx context.Context, pool *pgxpool.Pool) (string, error) {
 	_, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS customers (
 		customer_id text PRIMARY KEY,
 		name        text,
@@ -111,7 +112,11 @@ func EnsureDemoCustomers(ctx context.Context, pool *pgxpool.Pool) error {
 		version     bigint NOT NULL,
 		updated_at  timestamptz)`)
 	if err != nil {
-		return fmt.Errorf("creating demo table customers: %w", err)
+		return "", fmt.Errorf("creating demo table customers: %w", err)
 	}
-	return nil
+	var schema string
+	if err := pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+		return "", fmt.Errorf("reading current schema: %w", err)
+	}
+	return schema + ".customers", nil
 }

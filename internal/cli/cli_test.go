@@ -1,0 +1,87 @@
+package cli_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"regexp"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/spoolhq/spool/internal/cli"
+	"github.com/spoolhq/spool/internal/pgtest"
+)
+
+// TestDevUploadWait is the README's first run: spoolctl dev, then spoolctl
+// upload examples/customers.ndjson --wait, in-process, on free ports, with
+// the real PostgreSQL and the embedded broker over TCP.
+func TestDevUploadWait(t *testing.T) {
+	db := pgtest.New(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	pr, pw := io.Pipe()
+	dev := cli.New()
+	dev.SetArgs([]string{"dev", "--http-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
+		"--kafka-addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--partitions", "3", "--database-url", db.URL})
+	dev.SetOut(pw)
+	dev.SetErr(testWriter{t})
+	var devErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		devErr = dev.ExecuteContext(ctx)
+		pw.Close()
+	}()
+
+	lines := bufio.NewScanner(pr)
+	require.True(t, lines.Scan(), "dev printed nothing")
+	m := regexp.MustCompile(`ingress (http://\S+)`).FindStringSubmatch(lines.Text())
+	require.NotNil(t, m, lines.Text())
+	go io.Copy(io.Discard, pr) //nolint:errcheck // drain
+
+	var out bytes.Buffer
+	up := cli.New()
+	up.SetArgs([]string{"upload", "../../examples/customers.ndjson", "--wait", "--server", m[1]})
+	up.SetOut(&out)
+	uctx, ucancel := context.WithTimeout(ctx, 60*time.Second)
+	defer ucancel()
+	if err := up.ExecuteContext(uctx); err != nil {
+		cancel()
+		wg.Wait()
+		t.Fatalf("upload: %v (dev: %v)\n%s", err, devErr, out.String())
+	}
+	require.Regexp(t, `state\s+completed`, out.String())
+	require.Regexp(t, `accepted\s+25`, out.String())
+
+	var n, maxVersion int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*), max(version) FROM customers`).Scan(&n, &maxVersion))
+	require.Equal(t, 11, n, "12 customers, one deleted")
+	require.Equal(t, 2, maxVersion)
+
+	id := regexp.MustCompile(`^job (\S+) `).FindStringSubmatch(out.String())
+	require.NotNil(t, id, out.String())
+	var jobOut bytes.Buffer
+	get := cli.New()
+	get.SetArgs([]string{"jobs", "get", id[1], "-o", "json", "--server", m[1]})
+	get.SetOut(&jobOut)
+	require.NoError(t, get.ExecuteContext(uctx))
+	require.Contains(t, jobOut.String(), `"state": "completed"`)
+	require.Contains(t, jobOut.String(), `"applied": `)
+
+	cancel()
+	wg.Wait()
+	require.NoError(t, devErr, "dev must stop cleanly on cancel")
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}

@@ -1,0 +1,63 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/stretchr/testify/require"
+)
+
+func TestLoadPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "spool.yaml")
+	require.NoError(t, os.WriteFile(file, []byte(`
+auth: {disabled: true}
+processor: {batch_size: 100, batch_max_wait: 1s}
+http: {addr: ":7000"}
+entities:
+  customers: {table: public.customers, key: [customer_id], version_column: version}
+`), 0o600))
+	t.Setenv("SPOOL_PROCESSOR_BATCH_SIZE", "200")
+	t.Setenv("SPOOL_KAFKA_BROKERS", "a:9092,b:9092")
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	AddFlags(fs, nil, "http.addr", "processor.rate_limit")
+	require.NoError(t, fs.Parse([]string{"--http-addr", "127.0.0.1:9000"}))
+
+	c, err := Load(Options{Flags: fs, File: file})
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1:9000", c.HTTP.Addr, "a set flag beats the file")
+	require.Equal(t, 200, c.Processor.BatchSize, "env beats the file")
+	require.Equal(t, time.Second, c.Processor.BatchMaxWait, "the file beats the default")
+	require.Equal(t, 0.0, c.Processor.RateLimit, "an unset flag does not override")
+	require.Equal(t, []string{"a:9092", "b:9092"}, c.Kafka.Brokers)
+	require.Equal(t, "spool.commands", c.Kafka.Topic)
+	require.Equal(t, 168*time.Hour, c.Dedupe.Window)
+	require.Equal(t, []string{"customer_id"}, c.Entities["customers"].Key)
+}
+
+func TestLoadNamesTheBadKey(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct{ yaml, want string }{
+		{"auth: {disabled: true}\nprocessor: {batch_size: 0}", "config processor.batch_size: must be at least 1, got 0"},
+		{"auth: {disabled: true}\nprocessor: {bach_size: 10}", "bach_size"},
+		{"processor: {batch_size: 10}", "config auth.keys: no API keys configured"},
+		{"auth: {keys: [{tenant: a, key_sha256: xyz}]}", "config auth.keys[0].key_sha256"},
+		{"auth: {disabled: true}\nkafka: {brokers: [nohost]}", `config kafka.brokers: "nohost" is not host:port`},
+		{"auth: {disabled: true}\ndedupe: {window: 1s}", "config dedupe.window: must be at least 1m"},
+		{"auth: {disabled: true}\nentities: {c: {table: \"x; drop\", key: [id]}}", "config entities.c.table"},
+		{"auth: {disabled: true}\nentities: {c: {table: t}}", "config entities.c.key: must list the key columns"},
+		{"auth: {disabled: true}\nlog: {level: loud}", "config log.level"},
+	} {
+		file := filepath.Join(dir, "spool.yaml")
+		require.NoError(t, os.WriteFile(file, []byte(tt.yaml), 0o600))
+		_, err := Load(Options{File: file})
+		require.ErrorContains(t, err, tt.want, tt.yaml)
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	require.Equal(t, "postgres://spool:xxxxx@db:5432/spool", RedactURL("postgres://spool:secret@db:5432/spool"))
+}
