@@ -17,6 +17,13 @@ type DeadLetterer interface {
 	DeadLetter(ctx context.Context, msgs []*Message) error
 }
 
+// Limiter paces writes to the database; one is shared by every worker of a
+// processor, so partitions share the rate fairly (golang.org/x/time/rate's
+// Limiter fits).
+type Limiter interface {
+	WaitN(ctx context.Context, n int) error
+}
+
 // WorkerConfig wires one partition's worker.
 type WorkerConfig struct {
 	Topic     string
@@ -32,6 +39,10 @@ type WorkerConfig struct {
 	Entities     Entities
 	Store        Store
 	DeadLetters  DeadLetterer
+	// Limiter, when set, is waited on for each batch's rows before it is
+	// written; the wait holds the partition's records, so fetching stops
+	// rather than memory growing.
+	Limiter Limiter
 	// Committed is called after each database commit with the new next
 	// offset, so that the Kafka group offset can follow the database.
 	Committed func(next int64)
@@ -182,6 +193,11 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 	for _, m := range msgs {
 		if m.Err != nil && !m.parked {
 			dead = append(dead, m)
+		}
+	}
+	if w.cfg.Limiter != nil {
+		if err := w.cfg.Limiter.WaitN(ctx, len(msgs)); err != nil {
+			return err
 		}
 	}
 	op := func() error {

@@ -88,8 +88,8 @@ func runWorker(t *testing.T, store *fakeStore, dl *fakeDLQ, recs []Record) error
 		Partition: 0, NextOffset: store.next, BatchSize: 100, BatchMaxWait: 10 * time.Millisecond,
 		FlushTimeout: time.Second, Entities: testEntities(), Store: store, DeadLetters: dl,
 		Committed: func(n int64) { committed = append(committed, n) },
-		Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) },
-		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Backoff:   func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) },
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)

@@ -10,6 +10,8 @@ import (
 	"os"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/spoolhq/spool/dlq"
 	"github.com/spoolhq/spool/internal/config"
 	"github.com/spoolhq/spool/internal/kafka"
@@ -61,6 +63,13 @@ func (p *Processor) Run(ctx context.Context) error {
 	instance := fmt.Sprintf("%s/%d", host, os.Getpid())
 	deadLetters := dlq.NewPublisher(producer, c.Kafka.DLQTopic, instance)
 
+	// One bucket for the whole processor, so its partitions share the rate;
+	// the burst is one batch, the most a worker asks for at once.
+	var limiter pipeline.Limiter
+	if c.Processor.RateLimit > 0 {
+		limiter = rate.NewLimiter(rate.Limit(c.Processor.RateLimit), c.Processor.BatchSize)
+	}
+
 	consumer, err := kafka.NewConsumer(kafka.ConsumerConfig{
 		Brokers: c.Kafka.Brokers, Topic: c.Kafka.Topic, Group: c.Kafka.Group,
 		FetchMaxBytes: c.Processor.FetchMaxBytes, Offsets: store, Logger: p.logger,
@@ -69,7 +78,7 @@ func (p *Processor) Run(ctx context.Context) error {
 				Topic: c.Kafka.Topic, Partition: partition, NextOffset: next,
 				BatchSize: c.Processor.BatchSize, BatchMaxWait: c.Processor.BatchMaxWait,
 				FlushTimeout: c.Processor.FlushTimeout,
-				Entities:     entities, Store: store, DeadLetters: deadLetters, Committed: committed,
+				Entities:     entities, Store: store, DeadLetters: deadLetters, Limiter: limiter, Committed: committed,
 				Backoff: retryBackoff, Logger: p.logger.With("partition", partition),
 			}, c.Processor.Queue)
 		},

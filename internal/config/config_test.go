@@ -61,3 +61,11 @@ func TestLoadNamesTheBadKey(t *testing.T) {
 func TestRedactURL(t *testing.T) {
 	require.Equal(t, "postgres://spool:xxxxx@db:5432/spool", RedactURL("postgres://spool:secret@db:5432/spool"))
 }
+
+func TestDocsListEveryKey(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/configuration.md")
+	require.NoError(t, err)
+	for _, k := range Keys {
+		require.Contains(t, string(doc), "| `"+k.Name+"` |", "docs/configuration.md must list %s", k.Name)
+	}
+}
