@@ -14,6 +14,7 @@ import (
 
 	"github.com/spoolhq/spool/dlq"
 	"github.com/spoolhq/spool/internal/config"
+	"github.com/spoolhq/spool/internal/httpapi"
 	"github.com/spoolhq/spool/internal/kafka"
 	"github.com/spoolhq/spool/internal/postgres"
 	"github.com/spoolhq/spool/pipeline"
@@ -87,7 +88,8 @@ func (p *Processor) Run(ctx context.Context) error {
 		return err
 	}
 
-	health := &http.Server{Handler: healthHandler(store, producer), ReadHeaderTimeout: 5 * time.Second}
+	health := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: httpapi.HealthHandler(
+		httpapi.Dependency{Name: "PostgreSQL", Ping: store.Ping}, httpapi.Dependency{Name: "Kafka", Ping: producer.Ping})}
 	go func() { _ = health.Serve(p.ln) }()
 	defer health.Close()
 
@@ -114,23 +116,4 @@ func (p *Processor) sweepLoop(ctx context.Context, store *postgres.Store) {
 			}
 		}
 	}
-}
-
-type pinger interface{ Ping(context.Context) error }
-
-func healthHandler(db, kafka pinger) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
-		defer cancel()
-		for name, dep := range map[string]pinger{"PostgreSQL": db, "Kafka": kafka} {
-			if err := dep.Ping(ctx); err != nil {
-				http.Error(w, name+" unreachable: "+err.Error(), http.StatusServiceUnavailable)
-				return
-			}
-		}
-		w.WriteHeader(http.StatusOK)
-	})
-	return mux
 }

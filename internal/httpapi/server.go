@@ -57,8 +57,7 @@ func New(cfg Config) *Server {
 	s := &Server{cfg: cfg, mux: http.NewServeMux()}
 	s.mux.HandleFunc("POST /v1/jobs", s.authenticate(s.createJob))
 	s.mux.HandleFunc("GET /v1/jobs/{job_id}", s.authenticate(s.getJob))
-	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
-	s.mux.HandleFunc("GET /readyz", s.ready)
+	handleHealth(s.mux, Dependency{"PostgreSQL", cfg.Jobs.Ping}, Dependency{"Kafka", cfg.Producer.Ping})
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "no route for "+r.Method+" "+r.URL.Path)
 	})
@@ -66,21 +65,6 @@ func New(cfg Config) *Server {
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
-
-// ready answers 200 only when Kafka and PostgreSQL both answer.
-func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
-	defer cancel()
-	if err := s.cfg.Jobs.Ping(ctx); err != nil {
-		writeUnavailable(w, 5*time.Second, "PostgreSQL unreachable: "+err.Error(), "")
-		return
-	}
-	if err := s.cfg.Producer.Ping(ctx); err != nil {
-		writeUnavailable(w, 5*time.Second, "Kafka unreachable: "+err.Error(), "")
-		return
-	}
-	w.WriteHeader(http.StatusOK)
-}
 
 // JobView is the JSON of GET /v1/jobs/{job_id}.
 type JobView struct {
