@@ -214,7 +214,7 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 		if err != nil && (IsPermanent(err) || errors.Is(err, ErrFenced)) {
 			return backoff.Permanent(err)
 		}
-		if err != nil {
+		if err != nil && ctx.Err() == nil {
 			w.cfg.Logger.Warn("retrying batch", "records", len(msgs), "error", err)
 		}
 		return err

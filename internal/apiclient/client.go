@@ -3,6 +3,7 @@ package apiclient
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -102,6 +103,16 @@ func (c *Client) WaitJob(ctx context.Context, id pipeline.JobID, every time.Dura
 	defer t.Stop()
 	for {
 		j, err := c.Job(ctx, id)
+		var apiErr *Error
+		if errors.As(err, &apiErr) && (apiErr.Status == http.StatusServiceUnavailable || apiErr.Status == http.StatusTooManyRequests) {
+			// The server asked us to come back later: keep following.
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(max(every, apiErr.RetryAfter)):
+				continue
+			}
+		}
 		if err != nil {
 			return nil, err
 		}

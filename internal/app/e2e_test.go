@@ -20,6 +20,7 @@ import (
 	"github.com/spoolhq/spool/dlq"
 	"github.com/spoolhq/spool/internal/apiclient"
 	"github.com/spoolhq/spool/internal/app"
+	"github.com/spoolhq/spool/internal/broker"
 	"github.com/spoolhq/spool/internal/config"
 	"github.com/spoolhq/spool/internal/kafkatest"
 	"github.com/spoolhq/spool/internal/pgtest"
@@ -28,21 +29,23 @@ import (
 
 type stack struct {
 	brokers []string
+	broker  *broker.Broker
 	db      *pgtest.DB
 	client  *apiclient.Client
 	server  string
+	base    map[string]any
 }
 
-// startStack runs ingress and a processor in-process against a real
-// PostgreSQL schema and a kfake broker reached over TCP.
-func startStack(t *testing.T) *stack {
+// newStack runs ingress in-process against a real PostgreSQL schema and a
+// kfake broker reached over TCP; processors are started separately.
+func newStack(t *testing.T, overrides map[string]any) *stack {
 	t.Helper()
 	db := pgtest.New(t)
 	db.Exec(t, `CREATE TABLE customers (
 		customer_id text PRIMARY KEY, name text, email text, balance numeric(18,2) CHECK (balance >= 0),
 		version bigint NOT NULL, updated_at timestamptz)`)
 	b := kafkatest.NewCluster(t)
-	c, err := config.Load(config.Options{Overrides: map[string]any{
+	s := &stack{brokers: []string{b.Addr()}, broker: b, db: db, base: map[string]any{
 		"database.url":             db.URL,
 		"kafka.brokers":            []string{b.Addr()},
 		"kafka.partitions":         4,
@@ -54,28 +57,67 @@ func startStack(t *testing.T) *stack {
 		"entities": map[string]any{"customers": map[string]any{
 			"table": db.Schema + ".customers", "key": []string{"customer_id"}, "version_column": "version",
 		}},
-	}})
-	require.NoError(t, err)
-	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ingress, err := app.NewIngress(c, logger)
-	require.NoError(t, err)
-	processor, err := app.NewProcessor(c, logger)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for _, r := range []app.Runner{ingress, processor} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := r.Run(ctx); err != nil {
-				t.Errorf("%T stopped: %v", r, err)
-			}
-		}()
+	}}
+	for k, v := range overrides {
+		s.base[k] = v
 	}
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	server := "http://" + ingress.Addr().String()
-	waitReady(t, server)
-	return &stack{brokers: []string{b.Addr()}, db: db, server: server, client: &apiclient.Client{Server: server}}
+	ingress, err := app.NewIngress(s.config(t, nil), testLogger(t))
+	require.NoError(t, err)
+	s.run(t, ingress)
+	s.server = "http://" + ingress.Addr().String()
+	s.client = &apiclient.Client{Server: s.server}
+	waitReady(t, s.server)
+	return s
+}
+
+// startStack is newStack with one processor.
+func startStack(t *testing.T) *stack {
+	t.Helper()
+	s := newStack(t, nil)
+	s.startProcessor(t, nil)
+	return s
+}
+
+func (s *stack) config(t *testing.T, extra map[string]any) *config.Config {
+	t.Helper()
+	o := map[string]any{}
+	for k, v := range s.base {
+		o[k] = v
+	}
+	for k, v := range extra {
+		o[k] = v
+	}
+	c, err := config.Load(config.Options{Overrides: o})
+	require.NoError(t, err)
+	return c
+}
+
+// startProcessor starts a processor; stop cancels it and waits until it has
+// flushed and left the group.
+func (s *stack) startProcessor(t *testing.T, extra map[string]any) (stop func()) {
+	t.Helper()
+	p, err := app.NewProcessor(s.config(t, extra), testLogger(t))
+	require.NoError(t, err)
+	return s.run(t, p)
+}
+
+func (s *stack) run(t *testing.T, r app.Runner) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := r.Run(ctx); err != nil {
+			t.Errorf("%T stopped: %v", r, err)
+		}
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
 type testWriter struct{ t *testing.T }
@@ -135,16 +177,20 @@ type row struct {
 	version              int64
 }
 
-// TestEndToEnd drives 10,500 commands in four uploads — 5% of them repeated
-// ids, several out-of-order versions per key, some deletes — and checks
-// every job's counts and the final table against an oracle.
-func TestEndToEnd(t *testing.T) {
-	t.Parallel()
-	s := startStack(t)
-	rng := rand.New(rand.NewPCG(1, 2))
+// workload is a deterministic set of uploads with its oracle: the final
+// table computed independently of spool.
+type workload struct {
+	uploads  [][]string
+	want     map[string]row // each key's highest version; deleted keys absent
+	commands int            // distinct command ids
+	repeats  int            // exact re-sends of earlier commands
+}
 
-	const commands, keys, repeats = 10_000, 3_000, 500
-	// Each key gets distinct versions, handed out in a shuffled order.
+// newWorkload makes commands over keys (so most keys get several versions,
+// handed out shuffled), 3% deletes, and repeats re-sent in the same or a
+// later upload, split over n uploads.
+func newWorkload(seed uint64, commands, keys, repeats, n int) *workload {
+	rng := rand.New(rand.NewPCG(seed, 2))
 	versions := rng.Perm(commands)
 	type command struct {
 		line    string
@@ -168,34 +214,50 @@ func TestEndToEnd(t *testing.T) {
 		}
 		cmds[i] = c
 	}
-	oracle := map[string]command{}
+	latest := map[string]command{}
 	for _, c := range cmds {
-		if o, ok := oracle[c.key]; !ok || c.version > o.version {
-			oracle[c.key] = c
+		if o, ok := latest[c.key]; !ok || c.version > o.version {
+			latest[c.key] = c
 		}
 	}
-
-	// Four uploads; repeats are exact re-sends of earlier commands, some in
-	// the same upload, some in later ones.
-	uploads := make([][]string, 4)
+	w := &workload{uploads: make([][]string, n), want: map[string]row{}, commands: commands, repeats: repeats}
+	for k, c := range latest {
+		if !c.deleted {
+			w.want[k] = c.data
+		}
+	}
 	for i, c := range cmds {
-		uploads[i*4/commands] = append(uploads[i*4/commands], c.line)
+		w.uploads[i*n/commands] = append(w.uploads[i*n/commands], c.line)
 	}
-	for r := 0; r < repeats; r++ {
-		u := rng.IntN(4)
-		src := rng.IntN((u + 1) * commands / 4)
-		uploads[u] = append(uploads[u], cmds[src].line)
+	for range repeats {
+		u := rng.IntN(n)
+		src := rng.IntN((u + 1) * commands / n)
+		w.uploads[u] = append(w.uploads[u], cmds[src].line)
 	}
-	for _, u := range uploads {
+	for _, u := range w.uploads {
 		rng.Shuffle(len(u), func(i, j int) { u[i], u[j] = u[j], u[i] })
 	}
+	return w
+}
 
+// run uploads every part and returns the job ids.
+func (w *workload) run(t *testing.T, s *stack) []pipeline.JobID {
+	t.Helper()
 	var jobs []pipeline.JobID
-	for _, u := range uploads {
+	for _, u := range w.uploads {
 		up := s.upload(t, u)
 		require.Equal(t, int64(len(u)), up.accepted)
 		jobs = append(jobs, up.id)
 	}
+	return jobs
+}
+
+// check waits for the jobs and checks them and the table against the
+// oracle: every job completed with counts that add up, exactly the repeats
+// counted as duplicates (nothing applied twice), every command accounted
+// for (nothing lost), and the table equal to the oracle.
+func (w *workload) check(t *testing.T, s *stack, jobs []pipeline.JobID) {
+	t.Helper()
 	var total pipeline.Counts
 	for _, id := range jobs {
 		j := s.wait(t, id)
@@ -206,11 +268,15 @@ func TestEndToEnd(t *testing.T) {
 		total.Duplicate += j.c.Duplicate
 		total.Stale += j.c.Stale
 	}
-	require.Equal(t, int64(repeats), total.Duplicate)
-	require.Equal(t, int64(commands), total.Applied+total.Stale)
+	require.Equal(t, int64(w.repeats), total.Duplicate)
+	require.Equal(t, int64(w.commands), total.Applied+total.Stale)
+	require.Equal(t, w.want, s.table(t), "the table must hold each key's highest version")
+}
 
+func (s *stack) table(t *testing.T) map[string]row {
+	t.Helper()
 	got := map[string]row{}
-	rows, err := s.db.Pool.Query(context.Background(), `SELECT customer_id, name, email, balance::text, version FROM customers`)
+	rows, err := s.db.Pool.Query(context.Background(), `SELECT customer_id, coalesce(name, ''), coalesce(email, ''), coalesce(balance::text, ''), version FROM customers`)
 	require.NoError(t, err)
 	for rows.Next() {
 		var k string
@@ -219,14 +285,17 @@ func TestEndToEnd(t *testing.T) {
 		got[k] = r
 	}
 	require.NoError(t, rows.Err())
-	want := map[string]row{}
-	for k, c := range oracle {
-		if !c.deleted {
-			want[k] = c.data
-		}
-	}
-	require.Equal(t, len(want), len(got))
-	require.Equal(t, want, got, "the table must hold each key's highest version")
+	return got
+}
+
+// TestEndToEnd drives 10,500 commands in four uploads — 5% of them repeated
+// ids, several out-of-order versions per key, some deletes — and checks
+// every job's counts and the final table against an oracle.
+func TestEndToEnd(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	w := newWorkload(1, 10_000, 3_000, 500, 4)
+	w.check(t, s, w.run(t, s))
 }
 
 // TestUploadRejectsBadRecordsAlone: bad records are listed by index and the

@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -24,6 +23,9 @@ import (
 // repairs rows behind recent tombstones, to catch a processor that died
 // between a commit and the follow-up it runs after each commit.
 const settleInterval = 5 * time.Second
+
+// ledgerSweepEvery is how many settle intervals pass between ledger sweeps.
+const ledgerSweepEvery = 12
 
 // Processor consumes the commands topic and applies it to PostgreSQL.
 type Processor struct {
@@ -103,16 +105,24 @@ func (p *Processor) Run(ctx context.Context) error {
 func (p *Processor) sweepLoop(ctx context.Context, store *postgres.Store) {
 	t := time.NewTicker(settleInterval)
 	defer t.Stop()
-	for {
+	for tick := 0; ; tick++ {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := store.SettleOpenJobs(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				p.logger.Warn("settling open jobs", "error", err)
+		}
+		warn := func(what string, err error) {
+			if err != nil && ctx.Err() == nil {
+				p.logger.Warn(what, "error", err)
 			}
-			if err := store.RepairRecent(ctx, time.Minute); err != nil && !errors.Is(err, context.Canceled) {
-				p.logger.Warn("repairing rows behind recent tombstones", "error", err)
+		}
+		warn("settling open jobs", store.SettleOpenJobs(ctx))
+		warn("repairing rows behind recent tombstones", store.RepairRecent(ctx, time.Minute))
+		if tick%ledgerSweepEvery == 0 {
+			ids, tombstones, err := store.SweepLedger(ctx, p.cfg.Dedupe.Window)
+			warn("sweeping the dedupe ledger", err)
+			if ids+tombstones > 0 {
+				p.logger.Debug("swept the dedupe ledger", "ids", ids, "tombstones", tombstones)
 			}
 		}
 	}

@@ -180,7 +180,14 @@ func (c *Consumer) startOffsets(_ context.Context, offsets map[string]map[int32]
 func (c *Consumer) committer(p int32) func(int64) {
 	return func(next int64) {
 		// The Kafka offset only follows the database, for lag tools; a failed
-		// commit loses nothing.
+		// or skipped commit loses nothing. A revoked partition's last flush
+		// is not committed: the group has moved on.
+		c.mu.Lock()
+		_, owned := c.workers[p]
+		c.mu.Unlock()
+		if !owned {
+			return
+		}
 		c.cl.CommitOffsets(context.Background(), map[string]map[int32]kgo.EpochOffset{c.cfg.Topic: {p: {Epoch: -1, Offset: next}}}, nil)
 	}
 }

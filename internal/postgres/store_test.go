@@ -234,3 +234,21 @@ func TestRepairRemovesRowBehindTombstone(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, map[string]string{"k2": "newer@9"}, b.rows(t))
 }
+
+func TestSweepLedgerForgetsOnlyExpiredIDs(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	_, err := b.write(t, 0, cust("old", "a", 1, "a"), cust("fresh", "b", 1, "b"), del("old-del", "c", 1))
+	require.NoError(t, err)
+	b.db.Exec(t, `UPDATE spool_ledger SET claimed_at = now() - interval '8 days' WHERE command_id IN ('old', 'old-del')`)
+	b.db.Exec(t, `UPDATE spool_tombstones SET deleted_at = now() - interval '8 days'`)
+	ids, tombs, err := b.store.SweepLedger(context.Background(), 168*time.Hour)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), ids)
+	require.Equal(t, int64(1), tombs)
+
+	// Past the window the id is new again; inside it, still a duplicate.
+	out, err := b.write(t, 0, cust("old", "a", 2, "a"), cust("fresh", "b", 1, "b"))
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{applied, duplicate}, out)
+}

@@ -1,0 +1,249 @@
+package app_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/spoolhq/spool/dlq"
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// storedOffsets reads the processors' offsets from PostgreSQL.
+func (s *stack) storedOffsets(t *testing.T) map[int32]int64 {
+	t.Helper()
+	rows, err := s.db.Pool.Query(context.Background(), `SELECT partition, next_offset FROM spool_offsets`)
+	require.NoError(t, err)
+	got := map[int32]int64{}
+	for rows.Next() {
+		var p int32
+		var o int64
+		require.NoError(t, rows.Scan(&p, &o))
+		got[p] = o
+	}
+	return got
+}
+
+// dlqRecords reads the whole dead-letter topic.
+func (s *stack) dlqRecords(t *testing.T, want int) []*kgo.Record {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.brokers...), kgo.ConsumeTopics("spool.commands.dlq"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	require.NoError(t, err)
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	var recs []*kgo.Record
+	for ctx.Err() == nil {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) { recs = append(recs, r) })
+		if len(recs) > want {
+			break
+		}
+	}
+	return recs
+}
+
+func header(r *kgo.Record, key string) string {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+// TestDLQOutageHoldsTheOffset: while the dead-letter topic refuses writes,
+// the poison's partition does not move past it; once the broker recovers,
+// the poison is dead-lettered exactly once and everything else applied.
+func TestDLQOutageHoldsTheOffset(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, nil)
+	var lines []string
+	for i := range 500 {
+		balance := "1.00"
+		if i == 250 {
+			balance = "-1.00"
+		}
+		lines = append(lines, fmt.Sprintf(`{"id":"d-%d","entity":"customers","version":1,"data":{"customer_id":"k%d","balance":%q}}`, i, i, balance))
+	}
+	up := s.upload(t, lines)
+
+	// From now on the only producer is the processor's dead-letter
+	// publisher: refuse every produce (newer Produce versions name topics by
+	// id, so matching on the name would not do).
+	var failing atomic.Bool
+	failing.Store(true)
+	var refused atomic.Int64
+	s.broker.Cluster().ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		s.broker.Cluster().KeepControl()
+		if !failing.Load() {
+			return nil, nil, false
+		}
+		refused.Add(1)
+		pr := req.(*kmsg.ProduceRequest)
+		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range pr.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.NotEnoughReplicas.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	s.startProcessor(t, nil)
+
+	// Wait until the DLQ was refused a few times, then look at the offsets.
+	require.Eventually(t, func() bool { return refused.Load() >= 3 }, 30*time.Second, 20*time.Millisecond)
+	during := s.storedOffsets(t)
+	j, err := s.client.Job(context.Background(), up.id)
+	require.NoError(t, err)
+	require.Zero(t, j.Counts.DeadLettered)
+	require.Less(t, j.Counts.Applied, int64(499), "the poison's partition must be held")
+
+	failing.Store(false)
+	done := s.wait(t, up.id)
+	require.Equal(t, pipeline.JobCompletedWithErrors, done.state)
+	require.Equal(t, int64(499), done.c.Applied)
+	require.Equal(t, int64(1), done.c.DeadLettered)
+
+	recs := s.dlqRecords(t, 1)
+	require.Len(t, recs, 1, "dead-lettered exactly once")
+	require.Equal(t, "d-250", string(recs[0].Key))
+	var p int32
+	var o int64
+	_, err = fmt.Sscan(header(recs[0], dlq.HeaderSourcePartition), &p)
+	require.NoError(t, err)
+	_, err = fmt.Sscan(header(recs[0], dlq.HeaderSourceOffset), &o)
+	require.NoError(t, err)
+	stored, ok := during[p]
+	require.True(t, !ok || stored <= o, "while the DLQ failed, partition %d was stored at %d, past the poison at %d", p, stored, o)
+}
+
+// TestBackendTerminationsAreRetried: the processor's database connections
+// are killed again and again while it drains a backlog; everything is
+// retried, nothing dead-lettered, nothing lost or doubled.
+func TestBackendTerminationsAreRetried(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, map[string]any{"processor.batch_size": 500})
+	w := newWorkload(2, 12_000, 4_000, 600, 3)
+	jobs := w.run(t, s)
+	victim := s.db.Schema + "_processor"
+	s.startProcessor(t, map[string]any{"database.url": s.db.URL + "&application_name=" + victim})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var killed atomic.Int64
+	go func() {
+		for ctx.Err() == nil {
+			var n int64
+			err := s.db.Pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+				WHERE application_name = $1) t`, victim).Scan(&n)
+			if err == nil {
+				killed.Add(n)
+			}
+			time.Sleep(150 * time.Millisecond)
+		}
+	}()
+	w.check(t, s, jobs)
+	cancel()
+	require.Positive(t, killed.Load(), "the test must actually have killed connections")
+	t.Logf("terminated %d backends", killed.Load())
+}
+
+// TestRebalanceLosesNothing: a second processor joins mid-stream and the
+// first leaves mid-stream; partitions move twice while batches are in
+// flight.
+func TestRebalanceLosesNothing(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, map[string]any{"processor.batch_size": 200, "processor.rate_limit": 1000})
+	w := newWorkload(3, 6_000, 2_000, 300, 3)
+	jobs := w.run(t, s)
+	stopFirst := s.startProcessor(t, nil)
+	progress := func() int64 {
+		var n int64
+		require.NoError(t, s.db.Pool.QueryRow(context.Background(),
+			`SELECT coalesce(sum(applied + duplicate + stale), 0) FROM spool_job_counts`).Scan(&n))
+		return n
+	}
+	total := int64(w.commands + w.repeats)
+	require.Eventually(t, func() bool { return progress() > total/5 }, 60*time.Second, 20*time.Millisecond)
+	s.startProcessor(t, nil)
+	require.Eventually(t, func() bool { return progress() > total/2 }, 60*time.Second, 20*time.Millisecond)
+	require.Less(t, progress(), total*3/4, "the rebalances must happen mid-stream")
+	stopFirst()
+	w.check(t, s, jobs)
+}
+
+// TestKafkaOffsetsAreNotTrusted: the database, not Kafka, says where a
+// partition resumes. Rewinding the group's Kafka offsets to the start (as
+// a crash between the database commit and the Kafka commit would leave
+// them) applies nothing again.
+func TestKafkaOffsetsAreNotTrusted(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, nil)
+	w := newWorkload(4, 3_000, 1_000, 150, 2)
+	jobs := w.run(t, s)
+	stop := s.startProcessor(t, nil)
+	w.check(t, s, jobs)
+	stop()
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.brokers...))
+	require.NoError(t, err)
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	ctx := context.Background()
+	starts, err := adm.ListStartOffsets(ctx, "spool.commands")
+	require.NoError(t, err)
+	err = adm.CommitAllOffsets(ctx, "spool-processor", starts.Offsets())
+	require.NoError(t, err)
+
+	s.startProcessor(t, nil)
+	marker := s.upload(t, []string{`{"id":"marker","entity":"customers","version":1,"data":{"customer_id":"marker"}}`})
+	require.Equal(t, pipeline.JobCompleted, s.wait(t, marker.id).state)
+	// Every partition has been consumed up to the marker's; had the old
+	// records been read again they would count as duplicates.
+	time.Sleep(500 * time.Millisecond)
+	w.want["marker"] = row{version: 1}
+	for k, r := range s.table(t) {
+		if k == "marker" {
+			w.want[k] = r
+		}
+	}
+	w.check(t, s, jobs)
+}
+
+// TestRateLimitHeld: processor.rate_limit caps rows/s within ±10% over
+// several seconds of backlog.
+func TestRateLimitHeld(t *testing.T) {
+	t.Parallel()
+	const limit = 2000
+	s := newStack(t, map[string]any{"processor.batch_size": 200})
+	var lines []string
+	for i := range 9_000 {
+		lines = append(lines, fmt.Sprintf(`{"id":"r-%d","entity":"customers","version":1,"data":{"customer_id":"k%d"}}`, i, i))
+	}
+	up := s.upload(t, lines)
+	start := time.Now()
+	s.startProcessor(t, map[string]any{"processor.rate_limit": limit})
+	j := s.wait(t, up.id)
+	elapsed := time.Since(start)
+	require.Equal(t, int64(9_000), j.c.Applied)
+	// The bucket starts full (one batch), so 8,800 rows are paced.
+	rate := float64(9_000-200) / elapsed.Seconds()
+	t.Logf("%.0f rows/s over %s against a limit of %d", rate, elapsed, limit)
+	require.GreaterOrEqual(t, elapsed, 3*time.Second)
+	require.InEpsilon(t, limit, rate, 0.10)
+}
