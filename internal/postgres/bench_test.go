@@ -1,0 +1,135 @@
+package postgres_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spoolhq/spool/internal/pgtest"
+	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// benchBatches makes n batches of size fresh commands over keys drawn from
+// 0.6 of the total, with random versions: the shape of a backlog drain.
+func benchBatches(b *testing.B, es pipeline.Entities, n, size int) []*pipeline.Batch {
+	rng := rand.New(rand.NewPCG(9, 9))
+	keys := max(1, n*size*6/10)
+	var out []*pipeline.Batch
+	offset := int64(0)
+	for i := range n {
+		batch := &pipeline.Batch{Topic: "spool.commands", Partition: 0, PrevOffset: offset - 1, NextOffset: offset + int64(size)}
+		if i == 0 {
+			batch.PrevOffset = -1
+		} else {
+			batch.PrevOffset = offset
+		}
+		for j := range size {
+			line := fmt.Sprintf(`{"id":"b-%d-%d","entity":"customers","version":%d,"data":{"customer_id":"cust-%d","name":"Name %d","email":"user%d@example.com","balance":"%d.%02d"}}`,
+				i, j, rng.IntN(1_000_000), rng.IntN(keys), j, j, rng.IntN(10000), rng.IntN(100))
+			cmd, err := pipeline.DecodeCommand([]byte(line))
+			require.NoError(b, err)
+			require.NoError(b, es.Validate(&cmd, ""))
+			rec, err := pipeline.NewRecord(&cmd, "bench-job", "t", int64(j))
+			require.NoError(b, err)
+			rec.Offset = offset + int64(j)
+			m := pipeline.DecodeRecord(rec, es)
+			batch.Messages = append(batch.Messages, &m)
+		}
+		offset += int64(size)
+		out = append(out, batch)
+	}
+	return out
+}
+
+func benchSetup(b *testing.B) (*pgtest.DB, pipeline.Entities) {
+	db := pgtest.New(b)
+	db.Exec(b, `CREATE TABLE customers (customer_id text PRIMARY KEY, name text, email text,
+		balance numeric(18,2), version bigint NOT NULL, updated_at timestamptz)`)
+	es, err := postgres.LoadEntities(context.Background(), db.Pool, []postgres.EntitySpec{
+		{Name: "customers", Schema: db.Schema, Table: "customers", Key: []string{"customer_id"}, VersionColumn: "version"}})
+	require.NoError(b, err)
+	return db, es
+}
+
+// BenchmarkWriteBatch measures spool's batch transaction (dedupe claim,
+// collapse, guarded upsert, tombstone check, counters, offset CAS, and the
+// repair after commit) against the limit measured in the same run on the
+// same rows: COPY into a temp table, a version-guarded INSERT … ON CONFLICT
+// and a ledger insert in one transaction.
+//
+//	go test ./internal/postgres -run '^$' -bench WriteBatch -benchtime 20x
+func BenchmarkWriteBatch(b *testing.B) {
+	for _, size := range []int{1000, 5000, 10000} {
+		b.Run(fmt.Sprintf("spool/batch=%d", size), func(b *testing.B) {
+			db, es := benchSetup(b)
+			store := postgres.NewStore(db.Pool, es, "bench", slog.New(slog.NewTextHandler(io.Discard, nil)))
+			batches := benchBatches(b, es, b.N, size)
+			b.ResetTimer()
+			start := time.Now()
+			for _, batch := range batches {
+				if _, err := store.WriteBatch(context.Background(), batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*size)/time.Since(start).Seconds(), "rows/s")
+		})
+		b.Run(fmt.Sprintf("copy-limit/batch=%d", size), func(b *testing.B) {
+			db, es := benchSetup(b)
+			batches := benchBatches(b, es, b.N, size)
+			ctx := context.Background()
+			conn, err := db.Pool.Acquire(ctx)
+			require.NoError(b, err)
+			defer conn.Release()
+			_, err = conn.Exec(ctx, `CREATE TEMP TABLE stage (customer_id text, name text, email text, balance numeric(18,2), version bigint) ON COMMIT DELETE ROWS`)
+			require.NoError(b, err)
+			b.ResetTimer()
+			start := time.Now()
+			for _, batch := range batches {
+				rows := make([][]any, 0, len(batch.Messages))
+				ledger := make([][]any, 0, len(batch.Messages))
+				seen := map[string]int{}
+				for _, m := range batch.Messages {
+					d := m.Command.Data
+					text := func(c string) *string { v, _ := es["customers"].Columns[c].Text(d[c]); return v }
+					r := []any{*text("customer_id"), text("name"), text("email"), text("balance"), *m.Command.Version}
+					// The limit must collapse per key too, or the upsert fails.
+					if i, ok := seen[*text("customer_id")]; ok {
+						if *m.Command.Version > rows[i][4].(int64) {
+							rows[i] = r
+						}
+					} else {
+						seen[*text("customer_id")] = len(rows)
+						rows = append(rows, r)
+					}
+					ledger = append(ledger, []any{m.Tenant, string(m.Command.ID), m.Hash[:]})
+				}
+				err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+					if _, err := tx.CopyFrom(ctx, pgx.Identifier{"spool_ledger"}, []string{"tenant", "command_id", "payload_hash"}, pgx.CopyFromRows(ledger)); err != nil {
+						return err
+					}
+					if _, err := tx.CopyFrom(ctx, pgx.Identifier{"stage"}, []string{"customer_id", "name", "email", "balance", "version"}, pgx.CopyFromRows(rows)); err != nil {
+						return err
+					}
+					_, err := tx.Exec(ctx, `INSERT INTO customers AS t (customer_id, name, email, balance, version)
+						SELECT customer_id, name, email, balance, version FROM stage
+						ON CONFLICT (customer_id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
+							balance = EXCLUDED.balance, version = EXCLUDED.version
+						WHERE t.version < EXCLUDED.version`)
+					return err
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*size)/time.Since(start).Seconds(), "rows/s")
+		})
+	}
+}
