@@ -20,6 +20,9 @@ type Batch struct {
 	// NextOffset is the offset after the batch's last record.
 	NextOffset int64
 	Messages   []*Message
+	// Recent, when set, settles repeats of ids this worker saw committed
+	// without asking the database.
+	Recent *Recent
 }
 
 // ErrFenced is returned by a Store when the partition's stored offset is not
@@ -44,10 +47,11 @@ type Key struct {
 	ID     CommandID
 }
 
-// Dedupe settles repeats inside the batch before the database is asked:
-// the first occurrence of an id stays a candidate, a later one with the same
-// payload is a duplicate, with another payload a conflict. Messages that
-// failed decoding are dead-lettered. It returns the candidates.
+// Dedupe settles repeats before the database is asked: ids the Recent
+// pre-filter knows, and repeats inside the batch (the first occurrence of an
+// id stays a candidate, a later one with the same payload is a duplicate,
+// with another payload a conflict). Messages that failed decoding are
+// dead-lettered. It returns the candidates.
 func (b *Batch) Dedupe(outcomes []Outcome) []*Message {
 	seen := make(map[Key]*Message, len(b.Messages))
 	candidates := make([]*Message, 0, len(b.Messages))
@@ -57,6 +61,13 @@ func (b *Batch) Dedupe(outcomes []Outcome) []*Message {
 			continue
 		}
 		k := Key{m.Tenant, m.Command.ID}
+		if hash, ok := b.Recent.lookup(k); ok {
+			outcomes[i] = OutcomeDuplicate
+			if hash != m.Hash {
+				outcomes[i] = OutcomeConflict
+			}
+			continue
+		}
 		if first, ok := seen[k]; ok {
 			if first.Hash == m.Hash {
 				outcomes[i] = OutcomeDuplicate

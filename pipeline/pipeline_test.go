@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -231,4 +232,33 @@ func TestPlanCollapsesPerRow(t *testing.T) {
 	parts, err := groups[2].Entity.ParseKey(groups[2].Keys[0])
 	require.NoError(t, err)
 	require.Equal(t, []string{"o", "1"}, parts)
+}
+
+func TestRecentSettlesHotRepeats(t *testing.T) {
+	t.Parallel()
+	r := NewRecent(10, 168*time.Hour)
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	r.now = func() time.Time { return now }
+	a := msg(t, 0, "t", `{"id":"a","entity":"customers","version":1,"data":{"customer_id":"k"}}`)
+	dupFromDB := msg(t, 1, "t", `{"id":"d","entity":"customers","version":1,"data":{"customer_id":"k"}}`)
+	r.remember([]*Message{a, dupFromDB}, []Outcome{OutcomeApplied, OutcomeDuplicate})
+
+	again := msg(t, 2, "t", `{"id":"a","entity":"customers","version":1,"data":{"customer_id":"k"}}`)
+	changed := msg(t, 3, "t", `{"id":"a","entity":"customers","version":2,"data":{"customer_id":"k"}}`)
+	otherTenant := msg(t, 4, "u", `{"id":"a","entity":"customers","version":1,"data":{"customer_id":"k"}}`)
+	dAgain := msg(t, 5, "t", `{"id":"d","entity":"customers","version":1,"data":{"customer_id":"k"}}`)
+	b := &Batch{Messages: []*Message{again, changed, otherTenant, dAgain}, Recent: r}
+	outcomes := make([]Outcome, 4)
+	require.Equal(t, []*Message{otherTenant, dAgain}, b.Dedupe(outcomes), "unknown ids still go to the database")
+	require.Equal(t, []Outcome{OutcomeDuplicate, OutcomeConflict, "", ""}, outcomes)
+
+	// Near the end of the window the cache steps aside: the ledger may
+	// forget the id before the cache would.
+	now = now.Add(100 * time.Hour)
+	outcomes = make([]Outcome, 1)
+	require.Len(t, (&Batch{Messages: []*Message{again}, Recent: r}).Dedupe(outcomes), 1)
+
+	var off *Recent
+	require.Nil(t, NewRecent(0, time.Hour))
+	require.NotPanics(t, func() { off.remember([]*Message{a}, []Outcome{OutcomeApplied}) })
 }

@@ -46,6 +46,8 @@ type WorkerConfig struct {
 	// Committed is called after each database commit with the new next
 	// offset, so that the Kafka group offset can follow the database.
 	Committed func(next int64)
+	// Recent is this partition's dedupe pre-filter (nil: none).
+	Recent *Recent
 	// Backoff makes the retry policy for transient errors.
 	Backoff func() backoff.BackOff
 	Logger  *slog.Logger
@@ -188,6 +190,7 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 		PrevOffset: w.next,
 		NextOffset: msgs[len(msgs)-1].Record.Offset + 1,
 		Messages:   msgs,
+		Recent:     w.cfg.Recent,
 	}
 	var dead []*Message
 	for _, m := range msgs {
@@ -210,7 +213,10 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 			}
 			dead = nil
 		}
-		_, err := w.cfg.Store.WriteBatch(ctx, b)
+		outcomes, err := w.cfg.Store.WriteBatch(ctx, b)
+		if err == nil {
+			w.cfg.Recent.remember(msgs, outcomes)
+		}
 		if err != nil && (IsPermanent(err) || errors.Is(err, ErrFenced)) {
 			return backoff.Permanent(err)
 		}

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/spoolhq/spool/dlq"
 	"github.com/spoolhq/spool/internal/apiclient"
@@ -354,65 +353,58 @@ func TestUploadRejectsBadRecordsAlone(t *testing.T) {
 	require.Equal(t, "application/problem+json", resp2.Header.Get("Content-Type"))
 }
 
-// TestPoisonIsDeadLetteredAlone: commands the database refuses (a CHECK
-// constraint ingress cannot know) go to the DLQ with their headers; every
-// other command of their batches is applied.
+// TestPoisonIsDeadLetteredAlone: a command the database refuses (a CHECK
+// constraint ingress cannot know) in the middle of one 5,000-command batch
+// goes to the DLQ with its headers; the other 4,999 are applied.
 func TestPoisonIsDeadLetteredAlone(t *testing.T) {
 	t.Parallel()
-	s := startStack(t)
-	poison := map[string]bool{"p-50": true, "p-777": true, "p-1999": true}
+	s := newStack(t, map[string]any{"kafka.partitions": 1, "processor.batch_size": 5000, "processor.batch_max_wait": "2s"})
 	var lines []string
-	for i := range 2000 {
-		id := fmt.Sprintf("p-%d", i)
+	for i := range 5000 {
 		balance := "1.00"
-		if poison[id] {
+		if i == 2500 {
 			balance = "-1.00"
 		}
-		lines = append(lines, fmt.Sprintf(`{"id":%q,"entity":"customers","version":1,"data":{"customer_id":"k%d","balance":%q}}`, id, i, balance))
+		lines = append(lines, fmt.Sprintf(`{"id":"p-%d","entity":"customers","version":1,"data":{"customer_id":"k%d","balance":%q}}`, i, i, balance))
 	}
 	up := s.upload(t, lines)
+	s.startProcessor(t, nil) // after the upload, so that all 5,000 form one batch
 	j := s.wait(t, up.id)
 	require.Equal(t, pipeline.JobCompletedWithErrors, j.state)
-	require.Equal(t, int64(1997), j.c.Applied)
-	require.Equal(t, int64(3), j.c.DeadLettered)
+	require.Equal(t, int64(4999), j.c.Applied)
+	require.Equal(t, int64(1), j.c.DeadLettered)
 
 	var n int
 	require.NoError(t, s.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM customers`).Scan(&n))
-	require.Equal(t, 1997, n)
-	var failed []string
-	rows, err := s.db.Pool.Query(context.Background(), `SELECT command_id || ' ' || error_class || ' ' || stage FROM spool_job_failures WHERE job_id = $1 ORDER BY idx`, up.id)
-	require.NoError(t, err)
-	for rows.Next() {
-		var f string
-		require.NoError(t, rows.Scan(&f))
-		failed = append(failed, f)
-	}
-	require.Equal(t, []string{"p-50 constraint_violation processor", "p-777 constraint_violation processor", "p-1999 constraint_violation processor"}, failed)
+	require.Equal(t, 4999, n)
+	var failed string
+	require.NoError(t, s.db.Pool.QueryRow(context.Background(), `SELECT idx || ' ' || command_id || ' ' || error_class || ' ' || stage
+		FROM spool_job_failures WHERE job_id = $1`, up.id).Scan(&failed))
+	require.Equal(t, "2500 p-2500 constraint_violation processor", failed)
 
-	cl, err := kgo.NewClient(kgo.SeedBrokers(s.brokers...), kgo.ConsumeTopics("spool.commands.dlq"),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	require.NoError(t, err)
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	got := map[string]map[string]string{}
-	for len(got) < 3 && ctx.Err() == nil {
-		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
-			hs := map[string]string{}
-			for _, h := range r.Headers {
-				hs[h.Key] = string(h.Value)
-			}
-			got[string(r.Key)] = hs
-		})
-	}
-	require.Len(t, got, 3)
-	for id, hs := range got {
-		require.True(t, poison[id], id)
-		require.Equal(t, "constraint_violation", hs[dlq.HeaderErrorClass])
-		require.Contains(t, hs[dlq.HeaderError], "check constraint")
-		require.Equal(t, "spool.commands", hs[dlq.HeaderSourceTopic])
-		require.Equal(t, "1", hs[dlq.HeaderAttempt])
-		require.Equal(t, string(up.id), hs[pipeline.HeaderJobID], "the original headers are kept")
-		require.Equal(t, id, hs[dlq.HeaderCommandID])
-	}
+	recs := s.dlqRecords(t, 1)
+	require.Len(t, recs, 1)
+	r := recs[0]
+	require.Equal(t, "p-2500", string(r.Key))
+	require.Equal(t, decodeJSON(t, []byte(lines[2500])), decodeJSON(t, r.Value), "the original value is kept")
+	require.Equal(t, "constraint_violation", header(r, dlq.HeaderErrorClass))
+	require.Contains(t, header(r, dlq.HeaderError), "check constraint")
+	require.Equal(t, "spool.commands", header(r, dlq.HeaderSourceTopic))
+	require.Equal(t, "0", header(r, dlq.HeaderSourcePartition))
+	require.Equal(t, "2500", header(r, dlq.HeaderSourceOffset))
+	require.Equal(t, "1", header(r, dlq.HeaderAttempt))
+	require.Equal(t, string(up.id), header(r, pipeline.HeaderJobID), "the original headers are kept")
+	require.Equal(t, "2500", header(r, pipeline.HeaderIndex))
+	require.Equal(t, "p-2500", header(r, dlq.HeaderCommandID))
+	require.NotEmpty(t, header(r, dlq.HeaderInstance))
+}
+
+// decodeJSON decodes a command for comparison, without the op ingress
+// fills in.
+func decodeJSON(t *testing.T, v []byte) map[string]any {
+	t.Helper()
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(v, &m))
+	delete(m, "op")
+	return m
 }

@@ -73,7 +73,8 @@ type Processor struct {
 
 // Dedupe configures the command-id ledger.
 type Dedupe struct {
-	Window time.Duration `mapstructure:"window"`
+	Window    time.Duration `mapstructure:"window"`
+	CacheSize int           `mapstructure:"cache_size"`
 }
 
 // Ingress configures upload limits.
@@ -301,6 +302,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Dedupe.Window < time.Minute {
 		bad("dedupe.window", "must be at least 1m, got %s", c.Dedupe.Window)
+	}
+	if c.Dedupe.CacheSize < 0 {
+		bad("dedupe.cache_size", "must be 0 (off) or positive, got %d", c.Dedupe.CacheSize)
 	}
 	if c.Ingress.MaxBodyBytes < 1 || c.Ingress.MaxRecordBytes < 64 || c.Ingress.MaxRecords < 1 || c.Ingress.MaxRejections < 0 {
 		bad("ingress", "max_body_bytes, max_records must be positive, max_record_bytes at least 64")
