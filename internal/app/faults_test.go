@@ -247,3 +247,29 @@ func TestRateLimitHeld(t *testing.T) {
 	require.GreaterOrEqual(t, elapsed, 3*time.Second)
 	require.InEpsilon(t, limit, rate, 0.10)
 }
+
+// TestLockTimeoutIsRetried: while another session holds the target table
+// locked, the processor's statements hit lock_timeout (55P03); the batches
+// are retried until the lock is gone, and nothing is dead-lettered.
+func TestLockTimeoutIsRetried(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, nil)
+	w := newWorkload(5, 2_000, 800, 100, 1)
+	jobs := w.run(t, s)
+
+	ctx := context.Background()
+	tx, err := s.db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, "LOCK TABLE customers IN EXCLUSIVE MODE")
+	require.NoError(t, err)
+	s.startProcessor(t, map[string]any{"database.url": s.db.URL + "&options=-c%20lock_timeout%3D100ms"})
+	require.Eventually(t, func() bool {
+		var waits int
+		_ = s.db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+			AND query ILIKE '%customers%' AND pid <> pg_backend_pid()`).Scan(&waits)
+		return waits > 0
+	}, 30*time.Second, 10*time.Millisecond, "the processor must run into the lock")
+	time.Sleep(time.Second) // several lock timeouts and retries
+	require.NoError(t, tx.Rollback(ctx))
+	w.check(t, s, jobs)
+}
