@@ -75,7 +75,8 @@ func (p *Processor) Run(ctx context.Context) error {
 
 	consumer, err := kafka.NewConsumer(kafka.ConsumerConfig{
 		Brokers: c.Kafka.Brokers, Topic: c.Kafka.Topic, Group: c.Kafka.Group,
-		FetchMaxBytes: c.Processor.FetchMaxBytes, Offsets: store, Logger: p.logger,
+		FetchMaxBytes: c.Processor.FetchMaxBytes, FetchMaxPartitionBytes: c.Processor.FetchMaxPartitionBytes,
+		Offsets: store, Logger: p.logger,
 		NewWorker: func(partition int32, next int64, committed func(int64)) *pipeline.Worker {
 			return pipeline.NewWorker(pipeline.WorkerConfig{
 				Topic: c.Kafka.Topic, Partition: partition, NextOffset: next,

@@ -69,6 +69,9 @@ type Processor struct {
 	FlushTimeout  time.Duration `mapstructure:"flush_timeout"`
 	Queue         int           `mapstructure:"queue"`
 	FetchMaxBytes int32         `mapstructure:"fetch_max_bytes"`
+	// FetchMaxPartitionBytes with Queue and BatchSize bounds what one
+	// partition holds: about (Queue+1) × FetchMaxPartitionBytes plus a batch.
+	FetchMaxPartitionBytes int32 `mapstructure:"fetch_max_partition_bytes"`
 }
 
 // Dedupe configures the command-id ledger.
@@ -299,6 +302,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Processor.FetchMaxBytes < 1<<16 {
 		bad("processor.fetch_max_bytes", "must be at least 65536, got %d", c.Processor.FetchMaxBytes)
+	}
+	if c.Processor.FetchMaxPartitionBytes < 1<<16 || c.Processor.FetchMaxPartitionBytes > c.Processor.FetchMaxBytes {
+		bad("processor.fetch_max_partition_bytes", "must be between 65536 and processor.fetch_max_bytes, got %d", c.Processor.FetchMaxPartitionBytes)
 	}
 	if c.Dedupe.Window < time.Minute {
 		bad("dedupe.window", "must be at least 1m, got %s", c.Dedupe.Window)

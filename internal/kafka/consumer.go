@@ -20,11 +20,12 @@ type OffsetStore interface {
 
 // ConsumerConfig configures a Consumer.
 type ConsumerConfig struct {
-	Brokers       []string
-	Topic         string
-	Group         string
-	FetchMaxBytes int32
-	Offsets       OffsetStore
+	Brokers                []string
+	Topic                  string
+	Group                  string
+	FetchMaxBytes          int32
+	FetchMaxPartitionBytes int32
+	Offsets                OffsetStore
 	// NewWorker builds the worker of a newly assigned partition, starting
 	// at next (the stored offset, or -1). Committed must be wired to the
 	// worker's WorkerConfig.Committed.
@@ -65,7 +66,7 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 		kgo.ConsumeTopics(cfg.Topic),
 		kgo.DisableAutoCommit(),
 		kgo.FetchMaxBytes(cfg.FetchMaxBytes),
-		kgo.FetchMaxPartitionBytes(cfg.FetchMaxBytes),
+		kgo.FetchMaxPartitionBytes(cfg.FetchMaxPartitionBytes),
 		kgo.OnPartitionsAssigned(c.assigned),
 		kgo.AdjustFetchOffsetsFn(c.startOffsets),
 		kgo.OnPartitionsRevoked(c.revoked),
