@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -46,6 +47,11 @@ type WorkerConfig struct {
 	// Committed is called after each database commit with the new next
 	// offset, so that the Kafka group offset can follow the database.
 	Committed func(next int64)
+	// LoadOffset reads the partition's stored offset. When a batch is
+	// fenced (another processor moved the offset, or our own commit
+	// succeeded but its acknowledgement was lost) the worker reloads it and
+	// skips the records below it, which are applied already.
+	LoadOffset func(ctx context.Context) (int64, error)
 	// Recent is this partition's dedupe pre-filter (nil: none).
 	Recent *Recent
 	// Backoff makes the retry policy for transient errors.
@@ -56,31 +62,57 @@ type WorkerConfig struct {
 // Worker applies one partition's records in batches, in offset order.
 // Records come in through Feed; Run flushes on size or age.
 type Worker struct {
-	cfg  WorkerConfig
-	in   chan []Record
-	next int64
-	buf  []Record
+	cfg       WorkerConfig
+	in        chan []Record
+	done      chan struct{}
+	abandoned atomic.Bool
+	next      int64 // the stored offset: where the next batch starts
+	tail      int64 // the offset of the last record taken in
+	buf       []Record
 }
 
 // NewWorker returns a worker; queue bounds how many fetched slices may wait.
 func NewWorker(cfg WorkerConfig, queue int) *Worker {
-	return &Worker{cfg: cfg, in: make(chan []Record, queue), next: cfg.NextOffset}
+	return &Worker{cfg: cfg, in: make(chan []Record, queue), done: make(chan struct{}), next: cfg.NextOffset, tail: -1}
 }
 
 // Feed hands fetched records to the worker, blocking while its queue is full
-// so that a slow database slows fetching instead of growing memory.
+// so that a slow database slows fetching instead of growing memory. It
+// fails once the worker has stopped.
 func (w *Worker) Feed(ctx context.Context, recs []Record) error {
+	if w.stopped() {
+		return errWorkerStopped
+	}
 	select {
 	case w.in <- recs:
 		return nil
+	case <-w.done:
+		return errWorkerStopped
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
+var errWorkerStopped = errors.New("worker stopped")
+
+func (w *Worker) stopped() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Abandon makes Run return without flushing when its context ends: for a
+// partition that was lost, whose records may already be another
+// processor's.
+func (w *Worker) Abandon() { w.abandoned.Store(true) }
+
 // Run batches until ctx is done, then flushes what it holds under a fresh
-// timeout. It returns ErrFenced when another processor took the partition.
+// timeout (unless abandoned).
 func (w *Worker) Run(ctx context.Context) error {
+	defer close(w.done)
 	timer := time.NewTimer(w.cfg.BatchMaxWait)
 	defer timer.Stop()
 	for {
@@ -89,15 +121,15 @@ func (w *Worker) Run(ctx context.Context) error {
 			if len(w.buf) == 0 {
 				timer.Reset(w.cfg.BatchMaxWait)
 			}
-			w.buf = append(w.buf, recs...)
+			w.take(recs)
 			for len(w.buf) >= w.cfg.BatchSize {
 				if err := w.flush(ctx, w.cfg.BatchSize); err != nil {
-					return w.stopped(ctx, err)
+					return w.ended(ctx, err)
 				}
 			}
 		case <-timer.C:
 			if err := w.flush(ctx, len(w.buf)); err != nil {
-				return w.stopped(ctx, err)
+				return w.ended(ctx, err)
 			}
 		case <-ctx.Done():
 			return w.drain()
@@ -105,8 +137,19 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 }
 
-func (w *Worker) stopped(ctx context.Context, err error) error {
-	if ctx.Err() != nil && !errors.Is(err, ErrFenced) {
+// take buffers records in offset order, dropping any the worker already
+// has (a refetch after a pause can repeat them).
+func (w *Worker) take(recs []Record) {
+	for _, r := range recs {
+		if r.Offset > w.tail {
+			w.buf = append(w.buf, r)
+			w.tail = r.Offset
+		}
+	}
+}
+
+func (w *Worker) ended(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
 		return w.drain()
 	}
 	return err
@@ -115,10 +158,13 @@ func (w *Worker) stopped(ctx context.Context, err error) error {
 // drain flushes what is buffered, including records still queued, under
 // context.WithoutCancel plus a timeout.
 func (w *Worker) drain() error {
+	if w.abandoned.Load() {
+		return nil
+	}
 	for {
 		select {
 		case recs := <-w.in:
-			w.buf = append(w.buf, recs...)
+			w.take(recs)
 			continue
 		default:
 		}
@@ -155,7 +201,19 @@ func (w *Worker) flush(ctx context.Context, n int) error {
 		m := DecodeRecord(recs[i], w.cfg.Entities)
 		msgs[i] = &m
 	}
-	if err := w.apply(ctx, msgs); err != nil {
+	err := w.apply(ctx, msgs)
+	if errors.Is(err, ErrFenced) {
+		// The records below the stored offset are applied; the next flush
+		// skips them and goes on from there.
+		next, lerr := w.cfg.LoadOffset(ctx)
+		if lerr != nil {
+			return lerr
+		}
+		w.cfg.Logger.Info("partition offset moved under us; resuming from the stored offset", "stored", next, "ours", w.next)
+		w.next = next
+		return nil
+	}
+	if err != nil {
 		return err
 	}
 	w.buf = append(w.buf[:0], w.buf[n:]...)
@@ -214,7 +272,7 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 			dead = nil
 		}
 		outcomes, err := w.cfg.Store.WriteBatch(ctx, b)
-		if err == nil {
+		if err == nil && len(outcomes) == len(msgs) {
 			w.cfg.Recent.remember(msgs, outcomes)
 		}
 		if err != nil && (IsPermanent(err) || errors.Is(err, ErrFenced)) {
@@ -235,8 +293,12 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 	return nil
 }
 
-// TryFeed hands records to the worker if its queue has room.
+// TryFeed hands records to the worker if its queue has room (or drops
+// them if the worker has stopped).
 func (w *Worker) TryFeed(recs []Record) bool {
+	if w.stopped() {
+		return true // dropped: the partition's next owner refetches them
+	}
 	select {
 	case w.in <- recs:
 		return true

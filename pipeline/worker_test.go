@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -126,24 +125,55 @@ func TestWorkerIsolatesPoison(t *testing.T) {
 	require.Equal(t, int64(100), store.next)
 }
 
-func TestWorkerStopsWhenFenced(t *testing.T) {
+// TestWorkerReloadsWhenFenced: when the stored offset moved (another
+// processor, or our own commit whose acknowledgement was lost), the worker
+// reloads it, skips the records below it and goes on.
+func TestWorkerReloadsWhenFenced(t *testing.T) {
 	t.Parallel()
-	store := &fakeStore{next: 0}
+	store := &fakeStore{next: 5} // records 0–4 were applied elsewhere
 	w := NewWorker(WorkerConfig{
 		NextOffset: 0, BatchSize: 10, BatchMaxWait: time.Millisecond, FlushTimeout: time.Second,
+		Entities: testEntities(), Store: store, DeadLetters: &fakeDLQ{},
+		LoadOffset: func(context.Context) (int64, error) {
+			store.mu.Lock()
+			defer store.mu.Unlock()
+			return store.next, nil
+		},
+		Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) },
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+	require.NoError(t, w.Feed(ctx, records(10, 0)))
+	require.Eventually(t, func() bool {
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		return store.next == 10
+	}, 5*time.Second, time.Millisecond)
+	cancel()
+	require.NoError(t, <-done)
+	require.Equal(t, []CommandID{"c-5", "c-6", "c-7", "c-8", "c-9"}, store.applied)
+}
+
+// TestWorkerAbandonDropsTheBuffer: a lost partition's worker stops without
+// writing what it holds.
+func TestWorkerAbandonDropsTheBuffer(t *testing.T) {
+	t.Parallel()
+	store := &fakeStore{}
+	w := NewWorker(WorkerConfig{
+		NextOffset: 0, BatchSize: 100, BatchMaxWait: time.Hour, FlushTimeout: time.Second,
 		Entities: testEntities(), Store: store, DeadLetters: &fakeDLQ{},
 		Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) },
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, 1)
-	store.next = 5 // another processor moved the partition on
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- w.Run(context.Background()) }()
-	require.NoError(t, w.Feed(context.Background(), records(10, 0)))
-	select {
-	case err := <-done:
-		require.True(t, errors.Is(err, ErrFenced), "got %v", err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("worker did not stop")
-	}
+	go func() { done <- w.Run(ctx) }()
+	require.NoError(t, w.Feed(ctx, records(10, 0)))
+	w.Abandon()
+	cancel()
+	require.NoError(t, <-done)
 	require.Empty(t, store.applied)
+	require.Error(t, w.Feed(context.Background(), records(1, 10)), "a stopped worker takes nothing")
 }

@@ -83,8 +83,9 @@ func (p *Processor) Run(ctx context.Context) error {
 				BatchSize: c.Processor.BatchSize, BatchMaxWait: c.Processor.BatchMaxWait,
 				FlushTimeout: c.Processor.FlushTimeout,
 				Entities:     entities, Store: store, DeadLetters: deadLetters, Limiter: limiter, Committed: committed,
-				Recent:  pipeline.NewRecent(c.Dedupe.CacheSize, c.Dedupe.Window),
-				Backoff: retryBackoff, Logger: p.logger.With("partition", partition),
+				LoadOffset: func(ctx context.Context) (int64, error) { return store.LoadOffset(ctx, c.Kafka.Topic, partition) },
+				Recent:     pipeline.NewRecent(c.Dedupe.CacheSize, c.Dedupe.Window),
+				Backoff:    retryBackoff, Logger: p.logger.With("partition", partition),
 			}, c.Processor.Queue)
 		},
 	})

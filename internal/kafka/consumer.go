@@ -2,7 +2,6 @@ package kafka
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -27,7 +26,7 @@ type ConsumerConfig struct {
 	FetchMaxPartitionBytes int32
 	Offsets                OffsetStore
 	// NewWorker builds the worker of a newly assigned partition, starting
-	// at next (the stored offset, or -1). Committed must be wired to the
+	// at next (the stored offset, or -1). committed must be wired to the
 	// worker's WorkerConfig.Committed.
 	NewWorker func(partition int32, next int64, committed func(next int64)) *pipeline.Worker
 	Logger    *slog.Logger
@@ -38,9 +37,10 @@ type ConsumerConfig struct {
 //
 // Rebalances use franz-go's default cooperative-sticky balancer with plain
 // callbacks: on revoke the worker finishes its in-flight batch before the
-// partition moves on; on loss it is cancelled. Correctness does not depend
-// on either: every batch moves the stored offset by compare-and-set, so a
-// worker that lost its partition cannot commit over the new owner's work.
+// partition moves on; on loss it is abandoned without a flush. Correctness
+// does not depend on either: every batch moves the stored offset by
+// compare-and-set, so a worker that lost its partition cannot commit over
+// the new owner's work, and a fenced worker reloads the stored offset.
 type Consumer struct {
 	cfg ConsumerConfig
 	cl  *kgo.Client
@@ -48,18 +48,29 @@ type Consumer struct {
 	mu      sync.Mutex
 	workers map[int32]*running
 	offsets map[int32]int64 // start offsets loaded on assignment
-	failed  chan error
+
+	failMu   sync.Mutex
+	failErr  error
+	stopPoll context.CancelFunc
 }
 
+// running is one partition's worker and its feeder. When the worker's queue
+// is full, fetched slices wait in pending (the partition paused meanwhile)
+// and one feeder goroutine hands them over in order.
 type running struct {
 	w      *pipeline.Worker
+	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	mu      sync.Mutex
+	pending [][]pipeline.Record
+	feeding bool
 }
 
 // NewConsumer connects a group member; Run starts consuming.
 func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
-	c := &Consumer{cfg: cfg, workers: make(map[int32]*running), offsets: make(map[int32]int64), failed: make(chan error, 1)}
+	c := &Consumer{cfg: cfg, workers: make(map[int32]*running), offsets: make(map[int32]int64)}
 	cl, err := kgo.NewClient(
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ConsumerGroup(cfg.Group),
@@ -80,36 +91,38 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	return c, nil
 }
 
-// Run polls until ctx is done, then stops every worker (each flushes what
-// it holds) and leaves the group.
+// Run polls until ctx is done or a worker fails, then stops every worker
+// (each flushes what it holds) and leaves the group.
 func (c *Consumer) Run(ctx context.Context) error {
 	defer c.close()
+	pollCtx, stopPoll := context.WithCancel(ctx)
+	defer stopPoll()
+	c.failMu.Lock()
+	c.stopPoll = stopPoll
+	c.failMu.Unlock()
 	for {
-		fetches := c.cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		select {
-		case err := <-c.failed:
+		fetches := c.cl.PollFetches(pollCtx)
+		if err := c.failure(); err != nil {
 			return err
-		default:
+		}
+		if pollCtx.Err() != nil {
+			return nil
 		}
 		fetches.EachError(func(t string, p int32, err error) {
 			c.cfg.Logger.Warn("fetching", "topic", t, "partition", p, "error", err)
 		})
 		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
 			if len(p.Records) > 0 {
-				c.dispatch(ctx, p.Partition, p.Records)
+				c.dispatch(p.Partition, p.Records)
 			}
 		})
 	}
 }
 
-// dispatch hands records to their partition's worker. When the worker's
-// queue is full the partition is paused and a goroutine waits to hand them
-// over, so that one slow partition neither blocks the others nor makes the
-// client buffer more.
-func (c *Consumer) dispatch(ctx context.Context, partition int32, krecs []*kgo.Record) {
+// dispatch hands records to their partition's worker, or queues them for
+// the partition's feeder and pauses the partition, so that one slow
+// partition neither blocks the others nor makes the client buffer more.
+func (c *Consumer) dispatch(partition int32, krecs []*kgo.Record) {
 	c.mu.Lock()
 	r := c.workers[partition]
 	c.mu.Unlock()
@@ -120,27 +133,59 @@ func (c *Consumer) dispatch(ctx context.Context, partition int32, krecs []*kgo.R
 	for i, kr := range krecs {
 		recs[i] = fromKgo(kr)
 	}
-	if r.w.TryFeed(recs) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.feeding && r.w.TryFeed(recs) {
 		return
 	}
-	tp := map[string][]int32{c.cfg.Topic: {partition}}
-	c.cl.PauseFetchPartitions(tp)
-	go func() {
-		if err := r.w.Feed(ctx, recs); err == nil {
-			c.cl.ResumeFetchPartitions(tp)
+	r.pending = append(r.pending, recs)
+	if !r.feeding {
+		r.feeding = true
+		c.cl.PauseFetchPartitions(map[string][]int32{c.cfg.Topic: {partition}})
+		go c.feed(partition, r)
+	}
+}
+
+// feed hands pending slices to the worker in order, then resumes the
+// partition if the worker still owns it.
+func (c *Consumer) feed(partition int32, r *running) {
+	for {
+		r.mu.Lock()
+		if len(r.pending) == 0 {
+			r.feeding = false
+			c.mu.Lock()
+			current := c.workers[partition] == r
+			c.mu.Unlock()
+			if current {
+				c.cl.ResumeFetchPartitions(map[string][]int32{c.cfg.Topic: {partition}})
+			}
+			r.mu.Unlock()
+			return
 		}
-	}()
+		recs := r.pending[0]
+		r.pending = r.pending[1:]
+		r.mu.Unlock()
+		if err := r.w.Feed(r.ctx, recs); err != nil {
+			r.mu.Lock()
+			r.pending, r.feeding = nil, false // the worker stopped; its records are refetched by the next owner
+			r.mu.Unlock()
+			return
+		}
+	}
 }
 
 func (c *Consumer) assigned(ctx context.Context, _ *kgo.Client, assigned map[string][]int32) {
-	for _, p := range assigned[c.cfg.Topic] {
+	ps := assigned[c.cfg.Topic]
+	// A pause left from an earlier ownership must not outlive it.
+	c.cl.ResumeFetchPartitions(map[string][]int32{c.cfg.Topic: ps})
+	for _, p := range ps {
 		next, err := c.cfg.Offsets.LoadOffset(ctx, c.cfg.Topic, p)
 		if err != nil {
 			c.fail(fmt.Errorf("loading offset of partition %d: %w", p, err))
 			return
 		}
 		wctx, cancel := context.WithCancel(context.Background())
-		r := &running{cancel: cancel, done: make(chan struct{})}
+		r := &running{ctx: wctx, cancel: cancel, done: make(chan struct{})}
 		r.w = c.cfg.NewWorker(p, next, c.committer(p))
 		c.mu.Lock()
 		c.workers[p] = r
@@ -149,10 +194,6 @@ func (c *Consumer) assigned(ctx context.Context, _ *kgo.Client, assigned map[str
 		go func() {
 			defer close(r.done)
 			if err := r.w.Run(wctx); err != nil {
-				if errors.Is(err, pipeline.ErrFenced) {
-					c.cfg.Logger.Info("partition taken over by another processor", "partition", p)
-					return
-				}
 				c.fail(fmt.Errorf("partition %d: %w", p, err))
 			}
 		}()
@@ -195,16 +236,17 @@ func (c *Consumer) committer(p int32) func(int64) {
 
 // revoked lets each revoked partition's worker flush its batch and stop.
 func (c *Consumer) revoked(_ context.Context, _ *kgo.Client, revoked map[string][]int32) {
-	c.stop(revoked[c.cfg.Topic])
+	c.stop(revoked[c.cfg.Topic], false)
 }
 
-// lost stops workers of partitions that may already belong to another
-// member; whatever they still try to commit is fenced by the database.
+// lost abandons workers of partitions that may already belong to another
+// member: they stop without flushing, and whatever they were committing is
+// fenced by the database.
 func (c *Consumer) lost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
-	c.stop(lost[c.cfg.Topic])
+	c.stop(lost[c.cfg.Topic], true)
 }
 
-func (c *Consumer) stop(partitions []int32) {
+func (c *Consumer) stop(partitions []int32, abandon bool) {
 	var rs []*running
 	c.mu.Lock()
 	for _, p := range partitions {
@@ -216,21 +258,33 @@ func (c *Consumer) stop(partitions []int32) {
 	}
 	c.mu.Unlock()
 	for _, r := range rs {
+		if abandon {
+			r.w.Abandon()
+		}
 		r.cancel()
 	}
 	for _, r := range rs {
 		<-r.done
 	}
-	if len(partitions) > 0 {
-		c.cl.ResumeFetchPartitions(map[string][]int32{c.cfg.Topic: partitions})
+}
+
+// fail records the first worker failure and stops polling, so that Run
+// returns it even while every partition is idle or paused.
+func (c *Consumer) fail(err error) {
+	c.failMu.Lock()
+	defer c.failMu.Unlock()
+	if c.failErr == nil {
+		c.failErr = err
+		if c.stopPoll != nil {
+			c.stopPoll()
+		}
 	}
 }
 
-func (c *Consumer) fail(err error) {
-	select {
-	case c.failed <- err:
-	default:
-	}
+func (c *Consumer) failure() error {
+	c.failMu.Lock()
+	defer c.failMu.Unlock()
+	return c.failErr
 }
 
 // close stops every worker, then leaves the group.
@@ -241,6 +295,6 @@ func (c *Consumer) close() {
 		ps = append(ps, p)
 	}
 	c.mu.Unlock()
-	c.stop(ps)
+	c.stop(ps, false)
 	c.cl.Close()
 }
