@@ -237,7 +237,7 @@ func (s *Store) writeGroup(ctx context.Context, tx pgx.Tx, g *pipeline.Group) ([
 		for i, m := range g.Messages {
 			vers[i] = *m.Command.Version
 		}
-		args = append(args, vers, g.Keys, e.QualifiedName())
+		args = append(args, vers, e.QualifiedName())
 	}
 	sql := s.groupSQL(g, cols)
 	if !e.Versioned() {
@@ -301,16 +301,16 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 	for i, a := range aliases {
 		values[i] = "v." + a
 	}
-	// Versioned groups also pass the canonical key text and the target
-	// name, to consult and keep tombstones.
+	// Versioned groups also pass the target's name, to consult and keep
+	// tombstones, named by the key as PostgreSQL prints the typed values.
 	target, tombstoned := "", "false"
 	if e.Versioned() {
-		aliases = append(aliases, "ver", "spool_key")
-		params = append(params, fmt.Sprintf("$%d::bigint[]", len(cols)+1), fmt.Sprintf("$%d::text[]", len(cols)+2))
-		casts = append(casts, "u.ver", "u.spool_key")
+		aliases = append(aliases, "ver")
+		params = append(params, fmt.Sprintf("$%d::bigint[]", len(cols)+1))
+		casts = append(casts, "u.ver", tombstoneKey(e, "u.")+" AS spool_key")
 		targetCols = append(targetCols, quoteIdent(e.VersionColumn))
 		values = append(values, "v.ver")
-		target = fmt.Sprintf("$%d::text", len(cols)+3)
+		target = fmt.Sprintf("$%d::text", len(cols)+2)
 		tombstoned = fmt.Sprintf(`EXISTS (SELECT 1 FROM spool_tombstones x
 			WHERE x.target = %s AND x.key = v.spool_key AND x.version >= v.ver)`, target)
 	}
@@ -380,6 +380,19 @@ func jobsOf(b *pipeline.Batch) []pipeline.JobID {
 		}
 	}
 	return ids
+}
+
+// tombstoneKey is the SQL expression naming a row in spool_tombstones: a
+// JSON array of the key values cast to their column types and printed by
+// PostgreSQL, so that every spelling of one value ('ABC…' and 'abc…' for a
+// uuid, 1.0 and 1 for a numeric) names the same row. prefix qualifies the
+// unnest aliases a0, a1, ….
+func tombstoneKey(e *pipeline.Entity, prefix string) string {
+	parts := make([]string, len(e.Key))
+	for i, k := range e.Key {
+		parts[i] = fmt.Sprintf("(%sa%d::%s)::text", prefix, i, e.Columns[k].Type)
+	}
+	return "json_build_array(" + strings.Join(parts, ", ") + ")::text"
 }
 
 func quoteAll(names []string) []string {
@@ -486,8 +499,8 @@ func gerund(op pipeline.Op) string {
 	return "upserting"
 }
 
-// repair deletes rows of the given keys that are older than their key's
-// tombstone. Under READ COMMITTED a delete and an older upsert of one key,
+// repair deletes rows of the given keys (as made by KeyOf or read from
+// spool_tombstones) that are older than their key's tombstone. Under READ COMMITTED a delete and an older upsert of one key,
 // committing concurrently, can each miss the other's write; run after each
 // commit, the later of the two repairs what both missed.
 func (s *Store) repair(ctx context.Context, e *pipeline.Entity, keys []string) error {
@@ -507,11 +520,11 @@ func (s *Store) repair(ctx context.Context, e *pipeline.Entity, keys []string) e
 			cols[i][j] = p
 		}
 	}
-	args := make([]any, 0, len(cols)+2)
+	args := make([]any, 0, len(cols)+1)
 	for _, c := range cols {
 		args = append(args, c)
 	}
-	args = append(args, keys, e.QualifiedName())
+	args = append(args, e.QualifiedName())
 	if _, err := s.pool.Exec(ctx, s.repairSQL(e), args...); err != nil {
 		return classify(fmt.Errorf("repairing %d keys of %s: %w", len(keys), e.Name, err))
 	}
@@ -532,11 +545,11 @@ func (s *Store) repairSQL(e *pipeline.Entity) string {
 		join = append(join, fmt.Sprintf("t.%s = v.%s", quoteIdent(k), a))
 	}
 	n := len(e.Key)
-	sql := fmt.Sprintf(`WITH v AS (SELECT %s, u.spool_key FROM unnest(%s, $%d::text[]) AS u(%s, spool_key))
+	sql := fmt.Sprintf(`WITH v AS (SELECT %s, %s AS spool_key FROM unnest(%s) AS u(%s))
 		DELETE FROM %s.%s t USING v, spool_tombstones x
 		WHERE x.target = $%d AND x.key = v.spool_key AND %s AND t.%s < x.version`,
-		strings.Join(casts, ", "), strings.Join(params, ", "), n+1, strings.Join(aliases, ", "),
-		quoteIdent(e.Schema), quoteIdent(e.Table), n+2, strings.Join(join, " AND "), quoteIdent(e.VersionColumn))
+		strings.Join(casts, ", "), tombstoneKey(e, "u."), strings.Join(params, ", "), strings.Join(aliases, ", "),
+		quoteIdent(e.Schema), quoteIdent(e.Table), n+1, strings.Join(join, " AND "), quoteIdent(e.VersionColumn))
 	s.sqlCache.Store(sig, sql)
 	return sql
 }

@@ -252,3 +252,29 @@ func TestSweepLedgerForgetsOnlyExpiredIDs(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []pipeline.Outcome{applied, duplicate}, out)
 }
+
+// TestTombstoneNamesTheValueNotTheSpelling: a uuid key deleted in upper
+// case stays deleted when an older upsert spells it in lower case.
+func TestTombstoneNamesTheValueNotTheSpelling(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.db.Exec(t, `CREATE TABLE things (id uuid PRIMARY KEY, label text, version bigint NOT NULL)`)
+	es, err := postgres.LoadEntities(context.Background(), b.db.Pool, []postgres.EntitySpec{
+		{Name: "things", Schema: b.db.Schema, Table: "things", Key: []string{"id"}, VersionColumn: "version"}})
+	require.NoError(t, err)
+	b.es = es
+	b.store = postgres.NewStore(b.db.Pool, es, "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	out, err := b.write(t, 0, `{"id":"d","entity":"things","op":"delete","version":5,"data":{"id":"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"}}`)
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{applied}, out)
+	out, err = b.write(t, 1, `{"id":"u","entity":"things","version":3,"data":{"id":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","label":"old"}}`)
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{stale}, out)
+
+	// The repair finds the row by value too.
+	b.db.Exec(t, `INSERT INTO things VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'raced', 4)`)
+	require.NoError(t, b.store.RepairRecent(context.Background(), time.Minute))
+	var n int
+	require.NoError(t, b.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM things`).Scan(&n))
+	require.Zero(t, n)
+}

@@ -67,7 +67,7 @@ CREATE TABLE spool_offsets (
 -- and the key's tombstone's.
 CREATE TABLE spool_tombstones (
     target     text NOT NULL,   -- schema.table
-    key        text NOT NULL,   -- canonical key text, see pipeline.Entity.KeyOf
+    key        text NOT NULL,   -- JSON array of the key values as PostgreSQL prints them
     version    bigint NOT NULL,
     deleted_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (target, key)
