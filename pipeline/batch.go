@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sort"
 	"strings"
@@ -89,25 +90,40 @@ type Group struct {
 	Op     Op
 	// Columns are the data columns other than the key, sorted; empty for
 	// deletes.
-	Columns  []string
+	Columns []string
+	// Messages are the commands the group stands for, one per row; Rows
+	// holds the values each row writes (a command's data, or for commands
+	// merged within the batch, theirs combined in offset order).
 	Messages []*Message
-	// Keys holds each message's canonical key text (Entity.KeyOf).
+	Rows     []map[string]json.RawMessage
+	// Keys holds each row's canonical key text (Entity.KeyOf).
 	Keys []string
+	// Generation orders groups: a row deleted and then upserted in one
+	// batch is written by two statements, the delete's first.
+	Generation int
 }
 
 // Plan collapses fresh commands per row and groups the survivors into
-// statements. Where the entity is versioned, the highest version wins and
-// the others are stale (on a tie the first in offset order wins, as it would
-// applied one by one); without versions the last in offset order wins and
-// the earlier ones count as applied, having been overwritten within the
-// batch. fresh must be in offset order. Plan returns the outcome it decided
-// for each superseded command.
+// statements, keeping the effect of applying them one by one in offset
+// order. Where the entity is versioned, the highest version wins and the
+// others are stale (on a tie the first in offset order wins, as it would
+// applied one by one). Without versions, later upserts of a row merge their
+// columns over earlier ones, a delete supersedes what came before it, and an
+// upsert after a delete starts a new generation; superseded commands count
+// as applied, having been overwritten within the batch. fresh must be in
+// offset order. Plan returns the outcome it decided for each superseded
+// command.
 func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) {
 	type rowKey struct{ entity, key string }
-	keys := make(map[*Message]string, len(fresh))
-	winners := make(map[rowKey]*Message, len(fresh))
+	type slot struct {
+		gen  int
+		key  string
+		msg  *Message
+		data map[string]json.RawMessage
+	}
+	current := make(map[rowKey]*slot, len(fresh))
+	var slots []*slot // in order of creation
 	superseded := make(map[*Message]Outcome)
-	order := make([]rowKey, 0, len(fresh))
 	for _, m := range fresh {
 		e := es[m.Command.Entity]
 		if e == nil {
@@ -117,56 +133,85 @@ func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) 
 		if err != nil {
 			return nil, nil, err
 		}
-		keys[m] = key
 		rk := rowKey{e.Name, key}
-		w, ok := winners[rk]
+		cur, ok := current[rk]
 		switch {
 		case !ok:
-			winners[rk] = m
-			order = append(order, rk)
+			cur = &slot{key: key, msg: m, data: m.Command.Data}
+			current[rk] = cur
+			slots = append(slots, cur)
 		case e.Versioned():
-			if *m.Command.Version > *w.Command.Version {
-				winners[rk] = m
-				superseded[w] = OutcomeStale
+			if *m.Command.Version > *cur.msg.Command.Version {
+				superseded[cur.msg] = OutcomeStale
+				cur.msg, cur.data = m, m.Command.Data
 			} else {
 				superseded[m] = OutcomeStale
 			}
-		default:
-			winners[rk] = m
-			superseded[w] = OutcomeApplied
+		case m.Command.Op == OpDelete:
+			superseded[cur.msg] = OutcomeApplied
+			cur.msg, cur.data = m, m.Command.Data
+		case cur.msg.Command.Op == OpUpsert:
+			superseded[cur.msg] = OutcomeApplied
+			cur.msg, cur.data = m, merge(cur.data, m.Command.Data)
+		default: // an upsert after a delete: the delete must run first
+			next := &slot{gen: cur.gen + 1, key: key, msg: m, data: m.Command.Data}
+			current[rk] = next
+			slots = append(slots, next)
 		}
 	}
 
-	groups := make(map[string]*Group)
-	var sigs []string
-	for _, rk := range order {
-		m := winners[rk]
+	type sigKey struct {
+		gen int
+		sig string
+	}
+	groups := make(map[sigKey]*Group)
+	var sigs []sigKey
+	for _, sl := range slots {
+		m := sl.msg
 		e := es[m.Command.Entity]
 		var cols []string
 		if m.Command.Op == OpUpsert {
-			cols = dataColumns(e, &m.Command)
+			cols = dataColumns(e, sl.data)
 		}
-		sig := e.Name + "\x00" + string(m.Command.Op) + "\x00" + strings.Join(cols, "\x00")
-		g, ok := groups[sig]
+		sk := sigKey{sl.gen, e.Name + "\x00" + string(m.Command.Op) + "\x00" + strings.Join(cols, "\x00")}
+		g, ok := groups[sk]
 		if !ok {
-			g = &Group{Entity: e, Op: m.Command.Op, Columns: cols}
-			groups[sig] = g
-			sigs = append(sigs, sig)
+			g = &Group{Entity: e, Op: m.Command.Op, Columns: cols, Generation: sl.gen}
+			groups[sk] = g
+			sigs = append(sigs, sk)
 		}
 		g.Messages = append(g.Messages, m)
-		g.Keys = append(g.Keys, keys[m])
+		g.Rows = append(g.Rows, sl.data)
+		g.Keys = append(g.Keys, sl.key)
 	}
-	sort.Strings(sigs)
+	sort.Slice(sigs, func(i, j int) bool {
+		if sigs[i].gen != sigs[j].gen {
+			return sigs[i].gen < sigs[j].gen
+		}
+		return sigs[i].sig < sigs[j].sig
+	})
 	out := make([]Group, 0, len(sigs))
-	for _, s := range sigs {
-		out = append(out, *groups[s])
+	for _, sk := range sigs {
+		out = append(out, *groups[sk])
 	}
 	return out, superseded, nil
 }
 
-func dataColumns(e *Entity, cmd *Command) []string {
-	cols := make([]string, 0, len(cmd.Data))
-	for c := range cmd.Data {
+// merge returns a new map: base's columns overwritten by over's.
+func merge(base, over map[string]json.RawMessage) map[string]json.RawMessage {
+	m := make(map[string]json.RawMessage, len(base)+len(over))
+	for k, v := range base {
+		m[k] = v
+	}
+	for k, v := range over {
+		m[k] = v
+	}
+	return m
+}
+
+func dataColumns(e *Entity, data map[string]json.RawMessage) []string {
+	cols := make([]string, 0, len(data))
+	for c := range data {
 		if !e.isKey(c) {
 			cols = append(cols, c)
 		}

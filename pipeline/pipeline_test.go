@@ -262,3 +262,31 @@ func TestRecentSettlesHotRepeats(t *testing.T) {
 	require.Nil(t, NewRecent(0, time.Hour))
 	require.NotPanics(t, func() { off.remember([]*Message{a}, []Outcome{OutcomeApplied}) })
 }
+
+func TestPlanKeepsSequentialEffectWithoutVersions(t *testing.T) {
+	t.Parallel()
+	es := testEntities()
+	qty := msg(t, 0, "t", `{"id":"1","entity":"lines","data":{"order_id":"o","line":1,"qty":1}}`)
+	del := msg(t, 1, "t", `{"id":"2","entity":"lines","op":"delete","data":{"order_id":"o","line":1}}`)
+	again := msg(t, 2, "t", `{"id":"3","entity":"lines","data":{"order_id":"o","line":1,"qty":5}}`)
+	other := msg(t, 3, "t", `{"id":"4","entity":"lines","data":{"order_id":"p","line":1}}`)
+	more := msg(t, 4, "t", `{"id":"5","entity":"lines","data":{"order_id":"p","line":1,"qty":7}}`)
+
+	groups, superseded, err := Plan([]*Message{qty, del, again, other, more}, es)
+	require.NoError(t, err)
+	require.Equal(t, map[*Message]Outcome{qty: OutcomeApplied, other: OutcomeApplied}, superseded)
+	require.Len(t, groups, 3)
+	// Generation 0: the delete of o/1, and p/1's two upserts merged.
+	require.Equal(t, 0, groups[0].Generation)
+	require.Equal(t, OpDelete, groups[0].Op)
+	require.Equal(t, []*Message{del}, groups[0].Messages)
+	require.Equal(t, 0, groups[1].Generation)
+	require.Equal(t, []*Message{more}, groups[1].Messages)
+	require.Equal(t, []string{"qty"}, groups[1].Columns)
+	// Generation 1: the upsert that follows the delete, written after it.
+	require.Equal(t, 1, groups[2].Generation)
+	require.Equal(t, []*Message{again}, groups[2].Messages)
+	require.JSONEq(t, `5`, string(groups[2].Rows[0]["qty"]))
+	require.Len(t, other.Command.Data, 2, "merging must not mutate the commands")
+	require.JSONEq(t, `7`, string(groups[1].Rows[0]["qty"]))
+}

@@ -174,10 +174,11 @@ func (c *Consumer) feed(partition int32, r *running) {
 	}
 }
 
-func (c *Consumer) assigned(ctx context.Context, _ *kgo.Client, assigned map[string][]int32) {
+func (c *Consumer) assigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
 	ps := assigned[c.cfg.Topic]
-	// A pause left from an earlier ownership must not outlive it.
-	c.cl.ResumeFetchPartitions(map[string][]int32{c.cfg.Topic: ps})
+	// A pause left from an earlier ownership must not outlive it. (The
+	// callback's client, since c.cl may not be set yet on the first call.)
+	cl.ResumeFetchPartitions(map[string][]int32{c.cfg.Topic: ps})
 	for _, p := range ps {
 		next, err := c.cfg.Offsets.LoadOffset(ctx, c.cfg.Topic, p)
 		if err != nil {

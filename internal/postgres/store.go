@@ -222,9 +222,9 @@ func (s *Store) writeGroup(ctx context.Context, tx pgx.Tx, g *pipeline.Group) ([
 	args := make([]any, 0, len(cols)+1)
 	for _, c := range cols {
 		col := e.Columns[c]
-		vals := make([]*string, len(g.Messages))
-		for i, m := range g.Messages {
-			v, err := col.Text(m.Command.Data[c])
+		vals := make([]*string, len(g.Rows))
+		for i, row := range g.Rows {
+			v, err := col.Text(row[c])
 			if err != nil {
 				return nil, err
 			}
@@ -279,6 +279,7 @@ func (s *Store) writeGroup(ctx context.Context, tx pgx.Tx, g *pipeline.Group) ([
 // size is one round trip. For versioned entities it returns the 1-based
 // ordinals of the written rows (upsert) or of the stale ones (delete).
 func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
+	// The statement depends on entity, op and columns, not the generation.
 	sig := g.Entity.Name + "\x00" + string(g.Op) + "\x00" + strings.Join(g.Columns, "\x00")
 	if v, ok := s.sqlCache.Load(sig); ok {
 		return v.(string)

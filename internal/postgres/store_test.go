@@ -28,7 +28,7 @@ func setup(t *testing.T) *testBundle {
 	db.Exec(t, `CREATE TABLE customers (
 		customer_id text PRIMARY KEY, name text, balance numeric(18,2) CHECK (balance >= 0),
 		version bigint NOT NULL)`)
-	db.Exec(t, `CREATE TABLE lines (order_id text, line int, qty int, PRIMARY KEY (order_id, line))`)
+	db.Exec(t, `CREATE TABLE lines (order_id text, line int, qty int, note text, PRIMARY KEY (order_id, line))`)
 	es, err := postgres.LoadEntities(context.Background(), db.Pool, []postgres.EntitySpec{
 		{Name: "customers", Schema: db.Schema, Table: "customers", Key: []string{"customer_id"}, VersionColumn: "version"},
 		{Name: "lines", Schema: db.Schema, Table: "lines", Key: []string{"order_id", "line"}},
@@ -277,4 +277,29 @@ func TestTombstoneNamesTheValueNotTheSpelling(t *testing.T) {
 	var n int
 	require.NoError(t, b.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM things`).Scan(&n))
 	require.Zero(t, n)
+}
+
+// TestUnversionedPartialUpsertsMerge: one batch has the effect of its
+// commands applied one by one, column by column.
+func TestUnversionedPartialUpsertsMerge(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	_, err := b.write(t, 0, `{"id":"s","entity":"lines","data":{"order_id":"r","line":1,"qty":1,"note":"seed"}}`)
+	require.NoError(t, err)
+	out, err := b.write(t, 0,
+		`{"id":"a","entity":"lines","data":{"order_id":"o","line":1,"qty":1}}`,
+		`{"id":"b","entity":"lines","data":{"order_id":"o","line":1,"note":"x"}}`,
+		`{"id":"c","entity":"lines","op":"delete","data":{"order_id":"r","line":1}}`,
+		`{"id":"d","entity":"lines","data":{"order_id":"r","line":1,"qty":5}}`)
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{applied, applied, applied, applied}, out)
+	got := map[string]string{}
+	rows, err := b.db.Pool.Query(context.Background(), `SELECT order_id, coalesce(qty::text, '-') || '/' || coalesce(note, '-') FROM lines`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var k, v string
+		require.NoError(t, rows.Scan(&k, &v))
+		got[k] = v
+	}
+	require.Equal(t, map[string]string{"o": "1/x", "r": "5/-"}, got, "o keeps both upserts' columns; r is re-created fresh after its delete")
 }
