@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spoolhq/spool/pipeline"
 )
@@ -21,6 +22,22 @@ const (
 	HeaderCommandID       = "spool-dlq-command-id"
 	HeaderInstance        = "spool-dlq-processor"
 )
+
+// maxErrorHeader bounds the error message header, so that a long database
+// message cannot push a dead letter past the broker's record size.
+const maxErrorHeader = 1024
+
+// truncate cuts s to at most n bytes on a rune boundary, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
 
 // Producer sends records and returns once all are acknowledged.
 type Producer interface {
@@ -75,7 +92,7 @@ func (p *Publisher) envelope(m *pipeline.Message) pipeline.Record {
 	}
 	add := func(k, v string) { hs = append(hs, pipeline.Header{Key: k, Value: []byte(v)}) }
 	add(HeaderErrorClass, string(pipeline.ClassOf(m.Err)))
-	add(HeaderError, m.Err.Error())
+	add(HeaderError, truncate(m.Err.Error(), maxErrorHeader))
 	add(HeaderSourceTopic, src.Topic)
 	add(HeaderSourcePartition, strconv.Itoa(int(src.Partition)))
 	add(HeaderSourceOffset, strconv.FormatInt(src.Offset, 10))

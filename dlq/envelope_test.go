@@ -71,3 +71,11 @@ func TestEnvelopeKeepsOriginalAndCountsAttempts(t *testing.T) {
 	require.Equal(t, "still bad", hs2[HeaderError])
 	require.Len(t, r2.Headers, len(r.Headers))
 }
+
+func TestTruncate(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "short", truncate("short", 10))
+	got := truncate("ééééé", 7) // é is two bytes; the cut lands on a rune boundary
+	require.Equal(t, "éé…", got)
+	require.LessOrEqual(t, len(got), 7)
+}

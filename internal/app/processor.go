@@ -108,6 +108,9 @@ func (p *Processor) Run(ctx context.Context) error {
 func (p *Processor) sweepLoop(ctx context.Context, store *postgres.Store) {
 	t := time.NewTicker(settleInterval)
 	defer t.Stop()
+	// The first repair looks an hour back, to cover a restart; later ones
+	// start where the last successful one did.
+	repairFrom := time.Now().Add(-time.Hour)
 	for tick := 0; ; tick++ {
 		select {
 		case <-ctx.Done():
@@ -120,7 +123,11 @@ func (p *Processor) sweepLoop(ctx context.Context, store *postgres.Store) {
 			}
 		}
 		warn("settling open jobs", store.SettleOpenJobs(ctx))
-		warn("repairing rows behind recent tombstones", store.RepairRecent(ctx, time.Minute))
+		started, err := store.RepairSince(ctx, repairFrom)
+		warn("repairing rows behind recent tombstones", err)
+		if err == nil {
+			repairFrom = started.Add(-time.Minute)
+		}
 		if tick%ledgerSweepEvery == 0 {
 			ids, tombstones, err := store.SweepLedger(ctx, p.cfg.Dedupe.Window)
 			warn("sweeping the dedupe ledger", err)

@@ -42,6 +42,10 @@ const failureFlush = 1000
 // errUploadTooLarge marks an upload over a configured bound.
 var errUploadTooLarge = errors.New("upload too large")
 
+// errStore marks a failure of the job store while reading: the server's
+// fault, answered 503 so that the client retries.
+var errStore = errors.New("job store unavailable")
+
 // createJob streams an upload: each record is validated on its own, good
 // ones are produced as they come, and the answer waits until Kafka has
 // acknowledged every accepted record. Memory stays bounded: records are not
@@ -101,6 +105,8 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.As(readErr, &tooLarge) || errors.Is(readErr, errUploadTooLarge):
 		writeProblemFor(w, http.StatusRequestEntityTooLarge, readErr.Error(), string(job))
+	case errors.Is(readErr, errStore):
+		writeUnavailable(w, 2*time.Second, fmt.Sprintf("%v; %d records were accepted before that and will be applied; retrying the whole upload is safe", readErr, res.Accepted), string(job))
 	case produceErr != nil:
 		writeUnavailable(w, 5*time.Second, fmt.Sprintf("Kafka did not acknowledge the upload (%v); %d records were accepted before that and will be applied; retrying the whole upload is safe", produceErr, res.Accepted), string(job))
 	case readErr != nil:
@@ -169,7 +175,7 @@ func (u *upload) read(ctx context.Context, body io.Reader) error {
 		u.add(ctx, line)
 		if len(u.pending) >= failureFlush {
 			if err := u.s.cfg.Jobs.AddFailures(ctx, u.job, u.pending); err != nil {
-				return fmt.Errorf("recording rejections: %w", err)
+				return fmt.Errorf("%w: recording rejections: %w", errStore, err)
 			}
 			u.pending = u.pending[:0]
 		}

@@ -199,7 +199,9 @@ func settleRepeats(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Messag
 	}
 	var k pipeline.Key
 	var hash []byte
+	settled := 0
 	_, err = pgx.ForEachRow(rows, []any{&k.Tenant, &k.ID, &hash}, func() error {
+		settled++
 		m := byKey[k]
 		if string(hash) == string(m.Hash[:]) {
 			set(m, pipeline.OutcomeDuplicate)
@@ -210,6 +212,11 @@ func settleRepeats(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Messag
 	})
 	if err != nil {
 		return classify(fmt.Errorf("reading %d repeated command ids: %w", len(ids), err))
+	}
+	if settled != len(ids) {
+		// The sweeper removed a claim between our insert and this read: the
+		// id is fresh again, and a retry of the batch will claim it.
+		return pipeline.Errorf(pipeline.ClassTransient, "%d claimed ids vanished from the ledger while the batch ran", len(ids)-settled)
 	}
 	return nil
 }
@@ -555,18 +562,25 @@ func (s *Store) repairSQL(e *pipeline.Entity) string {
 	return sql
 }
 
-// RepairRecent repairs the keys of tombstones written within the last
-// window, catching a processor that died between a commit and its repair.
-func (s *Store) RepairRecent(ctx context.Context, window time.Duration) error {
+// RepairSince repairs the keys of tombstones written since the given
+// database time, catching a processor that died (or a database that was
+// away) between a commit and its repair. It returns the database time it
+// started at: the next call passes that, less a margin, so that no
+// tombstone falls between two calls however long one of them was delayed.
+func (s *Store) RepairSince(ctx context.Context, since time.Time) (time.Time, error) {
 	byTarget := make(map[string]*pipeline.Entity, len(s.entities))
 	for _, e := range s.entities {
 		if e.Versioned() {
 			byTarget[e.QualifiedName()] = e
 		}
 	}
-	rows, err := s.pool.Query(ctx, `SELECT target, key FROM spool_tombstones WHERE deleted_at > now() - $1::interval`, window)
+	var started time.Time
+	if err := s.pool.QueryRow(ctx, `SELECT now()`).Scan(&started); err != nil {
+		return since, classify(fmt.Errorf("reading the database clock: %w", err))
+	}
+	rows, err := s.pool.Query(ctx, `SELECT target, key FROM spool_tombstones WHERE deleted_at >= $1`, since)
 	if err != nil {
-		return classify(fmt.Errorf("reading recent tombstones: %w", err))
+		return since, classify(fmt.Errorf("reading recent tombstones: %w", err))
 	}
 	keys := make(map[*pipeline.Entity][]string)
 	var target, key string
@@ -577,12 +591,12 @@ func (s *Store) RepairRecent(ctx context.Context, window time.Duration) error {
 		return nil
 	})
 	if err != nil {
-		return classify(fmt.Errorf("reading recent tombstones: %w", err))
+		return since, classify(fmt.Errorf("reading recent tombstones: %w", err))
 	}
 	for e, ks := range keys {
 		if err := s.repair(ctx, e, ks); err != nil {
-			return err
+			return since, err
 		}
 	}
-	return nil
+	return started, nil
 }

@@ -225,7 +225,8 @@ func TestRepairRemovesRowBehindTombstone(t *testing.T) {
 	require.NoError(t, err)
 	b.db.Exec(t, `INSERT INTO customers (customer_id, name, version) VALUES ('k', 'raced', 2), ('k2', 'newer', 9)`)
 	b.db.Exec(t, `INSERT INTO spool_tombstones (target, key, version) VALUES ($1, '["k2"]', 5)`, b.db.Schema+".customers")
-	require.NoError(t, b.store.RepairRecent(context.Background(), time.Minute))
+	_, err = b.store.RepairSince(context.Background(), time.Now().Add(-time.Minute))
+	require.NoError(t, err)
 	require.Equal(t, map[string]string{"k2": "newer@9"}, b.rows(t), "only rows older than their tombstone go")
 
 	// The repair after a batch's commit does the same for the batch's keys.
@@ -273,7 +274,8 @@ func TestTombstoneNamesTheValueNotTheSpelling(t *testing.T) {
 
 	// The repair finds the row by value too.
 	b.db.Exec(t, `INSERT INTO things VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'raced', 4)`)
-	require.NoError(t, b.store.RepairRecent(context.Background(), time.Minute))
+	_, err = b.store.RepairSince(context.Background(), time.Now().Add(-time.Minute))
+	require.NoError(t, err)
 	var n int
 	require.NoError(t, b.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM things`).Scan(&n))
 	require.Zero(t, n)
