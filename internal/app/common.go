@@ -27,33 +27,37 @@ func NewLogger(c config.Log) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
-// openDatabase connects, waiting with backoff while PostgreSQL is starting,
-// and loads the configured entities from the catalog.
+// openDatabase connects and loads the configured entities from the
+// catalog, waiting with backoff while PostgreSQL is starting or its
+// connections fail; a configuration error (a missing table, say) fails at
+// once.
 func openDatabase(ctx context.Context, c *config.Config, logger *slog.Logger) (*pgxpool.Pool, pipeline.Entities, error) {
+	specs, err := entitySpecs(c.Entities)
+	if err != nil {
+		return nil, nil, err
+	}
 	pool, err := postgres.Open(ctx, c.Database.URL, c.Database.MaxConns)
 	if err != nil {
 		return nil, nil, err
 	}
+	var es pipeline.Entities
 	err = backoff.Retry(func() error {
-		err := pool.Ping(ctx)
-		if err != nil {
+		if err := pool.Ping(ctx); err != nil {
 			logger.Warn("waiting for PostgreSQL", "database", c.Database, "error", err)
+			return err
+		}
+		es, err = postgres.LoadEntities(ctx, pool, specs)
+		if err != nil && pipeline.ClassOf(err) != pipeline.ClassTransient {
+			return backoff.Permanent(fmt.Errorf("loading entities: %w", err))
+		}
+		if err != nil {
+			logger.Warn("retrying to load entities", "error", err)
 		}
 		return err
 	}, backoff.WithContext(startupBackoff(), ctx))
 	if err != nil {
 		pool.Close()
-		return nil, nil, fmt.Errorf("connecting to PostgreSQL: %w", err)
-	}
-	specs, err := entitySpecs(c.Entities)
-	if err != nil {
-		pool.Close()
 		return nil, nil, err
-	}
-	es, err := postgres.LoadEntities(ctx, pool, specs)
-	if err != nil {
-		pool.Close()
-		return nil, nil, fmt.Errorf("loading entities: %w", err)
 	}
 	if len(es) == 0 {
 		logger.Warn("no entities configured: every command will be rejected; add an entities: section to spool.yaml")

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -269,7 +270,30 @@ func (w *workload) check(t *testing.T, s *stack, jobs []pipeline.JobID) {
 	}
 	require.Equal(t, int64(w.repeats), total.Duplicate)
 	require.Equal(t, int64(w.commands), total.Applied+total.Stale)
-	require.Equal(t, w.want, s.table(t), "the table must hold each key's highest version")
+	requireTable(t, w.want, s.table(t))
+}
+
+// requireTable compares a table with its oracle, naming only the keys that
+// differ.
+func requireTable(t *testing.T, want, got map[string]row) {
+	t.Helper()
+	var diffs []string
+	for k, w := range want {
+		if g, ok := got[k]; !ok {
+			diffs = append(diffs, fmt.Sprintf("%s: missing, want %+v", k, w))
+		} else if g != w {
+			diffs = append(diffs, fmt.Sprintf("%s: got %+v, want %+v", k, g, w))
+		}
+	}
+	for k, g := range got {
+		if _, ok := want[k]; !ok {
+			diffs = append(diffs, fmt.Sprintf("%s: unexpected %+v", k, g))
+		}
+	}
+	if len(diffs) > 0 {
+		sort.Strings(diffs)
+		t.Fatalf("the table must hold each key's highest version; %d keys differ:\n%s", len(diffs), strings.Join(diffs[:min(len(diffs), 20)], "\n"))
+	}
 }
 
 func (s *stack) table(t *testing.T) map[string]row {

@@ -226,50 +226,32 @@ func TestKafkaOffsetsAreNotTrusted(t *testing.T) {
 }
 
 // TestRateLimitHeld: processor.rate_limit caps rows/s within ±10% over
-// several seconds of backlog.
+// several seconds of backlog. The rate is read from the database's counters
+// between the first batches and the end, so that joining the group and
+// the bucket's initial burst are not counted.
 func TestRateLimitHeld(t *testing.T) {
 	t.Parallel()
-	const limit = 2000
+	const limit, total = 2000, 9_000
 	s := newStack(t, map[string]any{"processor.batch_size": 200})
 	var lines []string
-	for i := range 9_000 {
+	for i := range total {
 		lines = append(lines, fmt.Sprintf(`{"id":"r-%d","entity":"customers","version":1,"data":{"customer_id":"k%d"}}`, i, i))
 	}
 	up := s.upload(t, lines)
-	start := time.Now()
 	s.startProcessor(t, map[string]any{"processor.rate_limit": limit})
-	j := s.wait(t, up.id)
-	elapsed := time.Since(start)
-	require.Equal(t, int64(9_000), j.c.Applied)
-	// The bucket starts full (one batch), so 8,800 rows are paced.
-	rate := float64(9_000-200) / elapsed.Seconds()
+	applied := func() int64 {
+		var n int64
+		require.NoError(t, s.db.Pool.QueryRow(context.Background(), `SELECT coalesce(sum(applied), 0) FROM spool_job_counts`).Scan(&n))
+		return n
+	}
+	var n0 int64
+	require.Eventually(t, func() bool { n0 = applied(); return n0 >= 1000 }, 60*time.Second, 5*time.Millisecond)
+	t0 := time.Now()
+	require.Eventually(t, func() bool { return applied() == total }, 60*time.Second, 5*time.Millisecond)
+	elapsed := time.Since(t0)
+	rate := float64(total-n0) / elapsed.Seconds()
 	t.Logf("%.0f rows/s over %s against a limit of %d", rate, elapsed, limit)
 	require.GreaterOrEqual(t, elapsed, 3*time.Second)
 	require.InEpsilon(t, limit, rate, 0.10)
-}
-
-// TestLockTimeoutIsRetried: while another session holds the target table
-// locked, the processor's statements hit lock_timeout (55P03); the batches
-// are retried until the lock is gone, and nothing is dead-lettered.
-func TestLockTimeoutIsRetried(t *testing.T) {
-	t.Parallel()
-	s := newStack(t, nil)
-	w := newWorkload(5, 2_000, 800, 100, 1)
-	jobs := w.run(t, s)
-
-	ctx := context.Background()
-	tx, err := s.db.Pool.Begin(ctx)
-	require.NoError(t, err)
-	_, err = tx.Exec(ctx, "LOCK TABLE customers IN EXCLUSIVE MODE")
-	require.NoError(t, err)
-	s.startProcessor(t, map[string]any{"database.url": s.db.URL + "&options=-c%20lock_timeout%3D100ms"})
-	require.Eventually(t, func() bool {
-		var waits int
-		_ = s.db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
-			AND query ILIKE '%customers%' AND pid <> pg_backend_pid()`).Scan(&waits)
-		return waits > 0
-	}, 30*time.Second, 10*time.Millisecond, "the processor must run into the lock")
-	time.Sleep(time.Second) // several lock timeouts and retries
-	require.NoError(t, tx.Rollback(ctx))
-	w.check(t, s, jobs)
+	require.Equal(t, pipeline.JobCompleted, s.wait(t, up.id).state)
 }

@@ -122,11 +122,13 @@ func (p *Processor) sweepLoop(ctx context.Context, store *postgres.Store) {
 				p.logger.Warn(what, "error", err)
 			}
 		}
-		warn("settling open jobs", store.SettleOpenJobs(ctx))
+		// Repair first: a job settles as completed only once no row of it
+		// can still be behind a tombstone.
 		started, err := store.RepairSince(ctx, repairFrom)
 		warn("repairing rows behind recent tombstones", err)
 		if err == nil {
 			repairFrom = started.Add(-time.Minute)
+			warn("settling open jobs", store.SettleOpenJobs(ctx))
 		}
 		if tick%ledgerSweepEvery == 0 {
 			ids, tombstones, err := store.SweepLedger(ctx, p.cfg.Dedupe.Window)

@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,6 +33,9 @@ extension (.ndjson/.jsonl, .json, .csv; .gz is sent gzip-encoded) or --format.
 	f.String("entity", "", "default entity of the records")
 	f.String("format", "", "ndjson, json or csv (default: from the extension)")
 	f.String("idempotency-key", "", "Idempotency-Key header")
+	f.String("id-column", "", "CSV: the column holding the command id (server default: id)")
+	f.String("version-column", "", "CSV: the column holding the version")
+	f.String("op", "", "CSV: upsert or delete for every row (server default: upsert)")
 	f.Bool("wait", false, "follow the job to its end; exit non-zero if anything failed")
 	f.StringP("output", "o", "text", "text or json")
 	return cmd
@@ -76,7 +80,15 @@ func runUpload(cmd *cobra.Command, args []string) error {
 	entity, _ := f.GetString("entity")
 	key, _ := f.GetString("idempotency-key")
 	out, _ := f.GetString("output")
-	res, err := client.Upload(cmd.Context(), body, apiclient.UploadOptions{ContentType: ct, Gzip: gz, Entity: entity, IdempotencyKey: key})
+	params := url.Values{}
+	for flag, param := range map[string]string{"id-column": "id_column", "version-column": "version_column", "op": "op"} {
+		if v, _ := f.GetString(flag); v != "" {
+			params.Set(param, v)
+		}
+	}
+	res, err := client.Upload(cmd.Context(), body, apiclient.UploadOptions{
+		ContentType: ct, Gzip: gz, Entity: entity, IdempotencyKey: key, ExtraParameters: params,
+	})
 	if err != nil {
 		return err
 	}

@@ -1,8 +1,6 @@
 package httpapi
 
 import (
-	"bufio"
-	"bytes"
 	"compress/gzip"
 	"context"
 	"errors"
@@ -54,13 +52,6 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	tenant := tenantOf(ctx)
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	switch mt {
-	case "application/x-ndjson", "application/ndjson", "application/jsonl":
-	default:
-		writeProblem(w, http.StatusUnsupportedMediaType,
-			fmt.Sprintf("Content-Type %q is not supported; send application/x-ndjson", r.Header.Get("Content-Type")))
-		return
-	}
 	body := io.Reader(http.MaxBytesReader(w, r.Body, s.cfg.Limits.MaxBodyBytes))
 	switch r.Header.Get("Content-Encoding") {
 	case "", "identity":
@@ -75,9 +66,24 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusUnsupportedMediaType, "Content-Encoding must be gzip or absent")
 		return
 	}
-	defaultEntity := r.URL.Query().Get("entity")
+	q := r.URL.Query()
+	defaultEntity := q.Get("entity")
 	if defaultEntity != "" && s.cfg.Entities[defaultEntity] == nil {
 		writeProblem(w, http.StatusBadRequest, fmt.Sprintf("entity %q is not configured", defaultEntity))
+		return
+	}
+	records, err := pipeline.NewUploadReader(mt, body, pipeline.UploadOptions{
+		MaxRecordBytes: s.cfg.Limits.MaxRecordBytes,
+		IDColumn:       q.Get("id_column"),
+		VersionColumn:  q.Get("version_column"),
+		Op:             pipeline.Op(q.Get("op")),
+	})
+	if err != nil {
+		status := http.StatusUnsupportedMediaType
+		if mt == pipeline.FormatCSV {
+			status = http.StatusBadRequest
+		}
+		writeProblem(w, status, err.Error())
 		return
 	}
 
@@ -88,7 +94,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	u := &upload{s: s, job: job, tenant: tenant, defaultEntity: defaultEntity}
-	readErr := u.read(ctx, body)
+	readErr := u.read(ctx, records)
 	u.acks.Wait()
 
 	res := pipeline.UploadResult{Received: u.received, Accepted: u.accepted.Load(), Rejected: u.rejected}
@@ -102,8 +108,9 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Logger.Error("finishing upload", "job_id", job, "error", storeErr)
 	}
 	var tooLarge *http.MaxBytesError
+	var bodyErr *pipeline.BodyError
 	switch {
-	case errors.As(readErr, &tooLarge) || errors.Is(readErr, errUploadTooLarge):
+	case errors.As(readErr, &tooLarge) || errors.Is(readErr, errUploadTooLarge) || (errors.As(readErr, &bodyErr) && bodyErr.TooLarge):
 		writeProblemFor(w, http.StatusRequestEntityTooLarge, readErr.Error(), string(job))
 	case errors.Is(readErr, errStore):
 		writeUnavailable(w, 2*time.Second, fmt.Sprintf("%v; %d records were accepted before that and will be applied; retrying the whole upload is safe", readErr, res.Accepted), string(job))
@@ -146,25 +153,16 @@ func (u *upload) produceErr() error {
 	return u.err
 }
 
-// read consumes the body line by line until it ends, breaks, or Kafka fails.
-func (u *upload) read(ctx context.Context, body io.Reader) error {
-	lines := newLineReader(body, u.s.cfg.Limits.MaxRecordBytes)
+// read consumes the records until the body ends, breaks, or Kafka fails.
+func (u *upload) read(ctx context.Context, records pipeline.UploadReader) error {
 	for {
-		line, err := lines.next()
+		cmd, err := records.Next()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
-		if errors.Is(err, errLineTooLong) {
-			u.reject(u.received, "", pipeline.Errorf(pipeline.ClassInvalidCommand,
-				"record is longer than %d bytes", u.s.cfg.Limits.MaxRecordBytes))
-			u.received++
-			continue
-		}
-		if err != nil {
+		var bodyErr *pipeline.BodyError
+		if errors.As(err, &bodyErr) {
 			return err
-		}
-		if len(bytes.TrimSpace(line)) == 0 {
-			continue
 		}
 		if u.received >= u.s.cfg.Limits.MaxRecords {
 			return fmt.Errorf("%w: more than %d records", errUploadTooLarge, u.s.cfg.Limits.MaxRecords)
@@ -172,7 +170,7 @@ func (u *upload) read(ctx context.Context, body io.Reader) error {
 		if u.produceErr() != nil {
 			return nil
 		}
-		u.add(ctx, line)
+		u.add(ctx, cmd, err)
 		if len(u.pending) >= failureFlush {
 			if err := u.s.cfg.Jobs.AddFailures(ctx, u.job, u.pending); err != nil {
 				return fmt.Errorf("%w: recording rejections: %w", errStore, err)
@@ -182,11 +180,12 @@ func (u *upload) read(ctx context.Context, body io.Reader) error {
 	}
 }
 
-// add validates one record and produces it, or rejects it.
-func (u *upload) add(ctx context.Context, line []byte) {
+// add validates one record (decodeErr: the reader already refused it) and
+// produces it, or rejects it.
+func (u *upload) add(ctx context.Context, cmd pipeline.Command, decodeErr error) {
 	index := u.received
 	u.received++
-	cmd, err := pipeline.DecodeCommand(line)
+	err := decodeErr
 	if err == nil {
 		err = u.s.cfg.Entities.Validate(&cmd, u.defaultEntity)
 	}
@@ -220,53 +219,4 @@ func (u *upload) reject(index int64, id pipeline.CommandID, err error) {
 		u.shown = append(u.shown, Rejection{Index: index, ID: id, Class: class, Error: err.Error()})
 	}
 	u.pending = append(u.pending, pipeline.Failure{Index: index, ID: id, Stage: pipeline.StageIngress, Class: class, Error: err.Error()})
-}
-
-var errLineTooLong = errors.New("line too long")
-
-// lineReader yields lines of at most max bytes; a longer line is skipped
-// whole and reported as errLineTooLong, so that one oversize record is
-// rejected without ending the upload.
-type lineReader struct {
-	r   *bufio.Reader
-	max int
-	buf []byte
-}
-
-func newLineReader(r io.Reader, max int) *lineReader {
-	return &lineReader{r: bufio.NewReaderSize(r, 64<<10), max: max}
-}
-
-func (l *lineReader) next() ([]byte, error) {
-	l.buf = l.buf[:0]
-	tooLong := false
-	for {
-		chunk, err := l.r.ReadSlice('\n')
-		if !tooLong {
-			if len(l.buf)+len(chunk) > l.max+1 { // +1: the newline itself
-				tooLong = true
-				l.buf = l.buf[:0]
-			} else {
-				l.buf = append(l.buf, chunk...)
-			}
-		}
-		switch {
-		case errors.Is(err, bufio.ErrBufferFull):
-			continue
-		case errors.Is(err, io.EOF):
-			if tooLong {
-				return nil, errLineTooLong
-			}
-			if len(l.buf) == 0 {
-				return nil, io.EOF
-			}
-			return l.buf, nil
-		case err != nil:
-			return nil, err
-		case tooLong:
-			return nil, errLineTooLong
-		default:
-			return l.buf, nil
-		}
-	}
 }

@@ -47,7 +47,7 @@ func loadEntity(ctx context.Context, pool *pgxpool.Pool, s EntitySpec) (*pipelin
 		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 		  AND a.attnum > 0 AND NOT a.attisdropped`, s.Schema, s.Table)
 	if err != nil {
-		return nil, fmt.Errorf("reading columns of %s.%s: %w", s.Schema, s.Table, err)
+		return nil, classify(fmt.Errorf("reading columns of %s.%s: %w", s.Schema, s.Table, err))
 	}
 	cols := make(map[string]pipeline.Column)
 	for rows.Next() {
@@ -55,13 +55,13 @@ func loadEntity(ctx context.Context, pool *pgxpool.Pool, s EntitySpec) (*pipelin
 		var typname string
 		var category byte
 		if err := rows.Scan(&c.Name, &c.Type, &typname, &category, &c.NotNull); err != nil {
-			return nil, err
+			return nil, classify(err)
 		}
 		c.Kind = kindOf(typname, category)
 		cols[c.Name] = c
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("reading columns of %s.%s: %w", s.Schema, s.Table, err)
+		return nil, classify(fmt.Errorf("reading columns of %s.%s: %w", s.Schema, s.Table, err))
 	}
 	if len(cols) == 0 {
 		return nil, fmt.Errorf("table %s.%s does not exist", s.Schema, s.Table)
@@ -102,11 +102,11 @@ func checkUniqueKey(ctx context.Context, pool *pgxpool.Pool, s EntitySpec) error
 		WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
 		GROUP BY i.indexrelid`, s.Schema, s.Table)
 	if err != nil {
-		return fmt.Errorf("reading unique indexes of %s.%s: %w", s.Schema, s.Table, err)
+		return classify(fmt.Errorf("reading unique indexes of %s.%s: %w", s.Schema, s.Table, err))
 	}
 	sets, err := pgx.CollectRows(rows, pgx.RowTo[[]string])
 	if err != nil {
-		return fmt.Errorf("reading unique indexes of %s.%s: %w", s.Schema, s.Table, err)
+		return classify(fmt.Errorf("reading unique indexes of %s.%s: %w", s.Schema, s.Table, err))
 	}
 	want := slices.Clone(s.Key)
 	slices.Sort(want)

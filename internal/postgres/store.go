@@ -113,21 +113,25 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.O
 		}
 		return nil, classify(fmt.Errorf("recording batch of %d: %w", len(b.Messages), err))
 	}
+	// What follows the commit must not be cut short by a worker being
+	// stopped (a revoke cancels its context right after a commit).
+	after, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterCommitTimeout)
+	defer cancel()
 	if err := tx.Commit(ctx); err != nil {
+		// The commit may have happened with its answer lost: repair anyway,
+		// which is always safe.
+		s.repairGroups(after, groups)
 		return nil, classify(fmt.Errorf("committing batch of %d: %w", len(b.Messages), err))
 	}
 	// After the commit, so that the last of two racing transactions sees
-	// both: the last batch of a job sees all its counters, and the later of
-	// a delete and an older upsert of one key sees the tombstone and the
-	// row. A failure here is not the batch's: the periodic sweeps catch it.
-	for _, g := range groups {
-		if g.Entity.Versioned() {
-			if err := s.repair(ctx, g.Entity, g.Keys); err != nil {
-				s.logger.Warn("repairing rows behind tombstones", "entity", g.Entity.Name, "error", err)
-			}
-		}
+	// both: the later of a delete and an older upsert of one key sees the
+	// tombstone and the row, and the last batch of a job sees all its
+	// counters. A job is settled only once its batch's repair succeeded; the
+	// periodic sweep (repair, then settle) catches what fails here.
+	if !s.repairGroups(after, groups) {
+		return outcomes, nil
 	}
-	if err := s.SettleJobs(ctx, jobsOf(b)); err != nil {
+	if err := s.SettleJobs(after, jobsOf(b)); err != nil {
 		s.logger.Warn("settling jobs after batch", "partition", b.Partition, "error", err)
 	}
 	return outcomes, nil
@@ -505,6 +509,39 @@ func gerund(op pipeline.Op) string {
 		return "deleting"
 	}
 	return "upserting"
+}
+
+// afterCommitTimeout bounds the repair and settling that follow a commit.
+const afterCommitTimeout = 10 * time.Second
+
+// repairAttempts bounds the repair after a commit; each attempt takes a
+// fresh connection from the pool, so a killed connection costs one attempt.
+const repairAttempts = 5
+
+// repairGroups repairs the keys of a batch's versioned groups, retrying
+// failures briefly. It reports whether every repair succeeded.
+func (s *Store) repairGroups(ctx context.Context, groups []pipeline.Group) bool {
+	ok := true
+	for _, g := range groups {
+		if !g.Entity.Versioned() {
+			continue
+		}
+		var err error
+		for attempt := range repairAttempts {
+			if err = s.repair(ctx, g.Entity, g.Keys); err == nil || ctx.Err() != nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Duration(50<<attempt) * time.Millisecond):
+			}
+		}
+		if err != nil {
+			s.logger.Warn("repairing rows behind tombstones; the periodic sweep will retry", "entity", g.Entity.Name, "error", err)
+			ok = false
+		}
+	}
+	return ok
 }
 
 // repair deletes rows of the given keys (as made by KeyOf or read from

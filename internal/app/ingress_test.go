@@ -1,0 +1,165 @@
+package app_test
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/spoolhq/spool/internal/apiclient"
+	"github.com/spoolhq/spool/pipeline"
+)
+
+func (s *stack) post(t *testing.T, path, contentType, key string, body io.Reader, gz bool) (*http.Response, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, s.server+path, body)
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", contentType)
+	if gz {
+		req.Header.Set("Content-Encoding", "gzip")
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var m map[string]any
+	raw, _ := io.ReadAll(resp.Body)
+	_ = json.Unmarshal(raw, &m)
+	return resp, m
+}
+
+func gzipped(t *testing.T, s string) io.Reader {
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	_, err := zw.Write([]byte(s))
+	require.NoError(t, err)
+	require.NoError(t, zw.Close())
+	return &b
+}
+
+// TestUploadFormats: NDJSON, a JSON array and CSV, each also gzipped, all
+// reach the table.
+func TestUploadFormats(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	ndjson := `{"id":"n1","entity":"customers","version":1,"data":{"customer_id":"n1","name":"nd"}}` + "\n"
+	array := `[{"id":"j1","version":1,"data":{"customer_id":"j1","name":"arr"}},{"id":"j2","version":1,"data":{"customer_id":"j2"}}]`
+	csv := "command,customer_id,name,balance,ver\nc1,c1,\"Lovelace, Ada\",10.50,1\nc2,c2,,,1\n"
+	for _, tt := range []struct {
+		name, path, ct, body string
+		gz                   bool
+		accepted             float64
+	}{
+		{"ndjson", "/v1/jobs", "application/x-ndjson", ndjson, false, 1},
+		{"ndjson gzip", "/v1/jobs", "application/x-ndjson; charset=utf-8", strings.ReplaceAll(ndjson, "n1", "n2"), true, 1},
+		{"json array", "/v1/jobs?entity=customers", "application/json", array, false, 2},
+		{"json array gzip", "/v1/jobs?entity=customers", "application/json", strings.ReplaceAll(array, "j", "k"), true, 2},
+		{"csv", "/v1/jobs?entity=customers&id_column=command&version_column=ver", "text/csv", csv, false, 2},
+		{"csv gzip", "/v1/jobs?entity=customers&id_column=command&version_column=ver", "text/csv", "command,customer_id,ver\nd1,d1,1\nd2,d2,1\n", true, 2},
+	} {
+		var body io.Reader = strings.NewReader(tt.body)
+		if tt.gz {
+			body = gzipped(t, tt.body)
+		}
+		resp, m := s.post(t, tt.path, tt.ct, "", body, tt.gz)
+		require.Equal(t, http.StatusAccepted, resp.StatusCode, "%s: %v", tt.name, m)
+		require.Equal(t, tt.accepted, m["accepted"], tt.name)
+		require.Equal(t, pipeline.JobCompleted, s.wait(t, pipeline.JobID(m["job_id"].(string))).state, tt.name)
+	}
+	got := s.table(t)
+	require.Len(t, got, 10)
+	require.Equal(t, "Lovelace, Ada", got["c1"].name)
+	require.Equal(t, "10.50", got["c1"].balance)
+	require.Equal(t, "", got["c2"].balance, "an empty CSV cell is NULL")
+}
+
+// TestUploadRefusesBadBodies: each answer is problem+json naming the
+// problem, and nothing half-read is claimed as accepted.
+func TestUploadRefusesBadBodies(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	for _, tt := range []struct {
+		name, path, ct, body string
+		status               int
+		detail               string
+	}{
+		{"unsupported type", "/v1/jobs", "text/plain", "x", http.StatusUnsupportedMediaType, "is not supported"},
+		{"not an array", "/v1/jobs", "application/json", `{"id":"a"}`, http.StatusBadRequest, "must be a JSON array"},
+		{"cut short", "/v1/jobs?entity=customers", "application/json", `[{"id":"a","version":1,"data":{"customer_id":"a"}}`, http.StatusBadRequest, "unexpected EOF"},
+		{"csv without id", "/v1/jobs?entity=customers", "text/csv", "customer_id\nx\n", http.StatusBadRequest, `no id column "id"`},
+		{"csv bad op", "/v1/jobs?entity=customers&op=merge", "text/csv", "id\nx\n", http.StatusBadRequest, `op "merge"`},
+		{"unknown entity", "/v1/jobs?entity=nope", "application/x-ndjson", "{}", http.StatusBadRequest, `entity "nope"`},
+	} {
+		resp, m := s.post(t, tt.path, tt.ct, "", strings.NewReader(tt.body), false)
+		require.Equal(t, tt.status, resp.StatusCode, tt.name)
+		require.Equal(t, "application/problem+json", resp.Header.Get("Content-Type"), tt.name)
+		require.Contains(t, m["detail"], tt.detail, tt.name)
+	}
+	// Gzip that is not gzip.
+	resp, m := s.post(t, "/v1/jobs", "application/x-ndjson", "", strings.NewReader("plain"), true)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	require.Contains(t, m["detail"], "gzip")
+
+	// A broken array fails its job; what came before is still applied.
+	resp, m = s.post(t, "/v1/jobs?entity=customers", "application/json", "", strings.NewReader(`[{"id":"ok","version":1,"data":{"customer_id":"ok"}}, {"id":`), false)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	j := s.wait(t, pipeline.JobID(m["job_id"].(string)))
+	require.Equal(t, pipeline.JobFailed, j.state)
+	require.Equal(t, int64(1), j.accepted)
+	require.Equal(t, int64(1), j.c.Applied)
+}
+
+// TestAuthAndTenants: keys map to tenants; no key or a wrong one is 401; a
+// tenant never sees another's job; command ids dedupe per tenant.
+func TestAuthAndTenants(t *testing.T) {
+	t.Parallel()
+	sum := func(k string) string { h := sha256.Sum256([]byte(k)); return hex.EncodeToString(h[:]) }
+	s := newStack(t, map[string]any{
+		"auth.disabled": false,
+		"auth.keys": []map[string]any{
+			{"tenant": "acme", "key_sha256": sum("acme-secret")},
+			{"tenant": "globex", "key_sha256": sum("globex-secret")},
+		},
+	})
+	s.startProcessor(t, nil)
+	line := func(key string) string {
+		return fmt.Sprintf(`{"id":"same-id","entity":"customers","version":1,"data":{"customer_id":%q}}`, key)
+	}
+	for _, key := range []string{"", "wrong"} {
+		resp, m := s.post(t, "/v1/jobs", "application/x-ndjson", key, strings.NewReader(line("x")), false)
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+		require.Equal(t, `Bearer realm="spool"`, resp.Header.Get("WWW-Authenticate"))
+		require.Contains(t, m["detail"], "API key")
+	}
+	resp, a := s.post(t, "/v1/jobs", "application/x-ndjson", "acme-secret", strings.NewReader(line("acme-row")), false)
+	require.Equal(t, http.StatusAccepted, resp.StatusCode)
+	resp, g := s.post(t, "/v1/jobs", "application/x-ndjson", "globex-secret", strings.NewReader(line("globex-row")), false)
+	require.Equal(t, http.StatusAccepted, resp.StatusCode)
+
+	acme := &apiclient.Client{Server: s.server, APIKey: "acme-secret"}
+	globex := &apiclient.Client{Server: s.server, APIKey: "globex-secret"}
+	ctx := context.Background()
+	ja, err := acme.WaitJob(ctx, pipeline.JobID(a["job_id"].(string)), 50e6, nil)
+	require.NoError(t, err)
+	jg, err := globex.WaitJob(ctx, pipeline.JobID(g["job_id"].(string)), 50e6, nil)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), ja.Counts.Applied, "the same id from another tenant is not a duplicate")
+	require.Equal(t, int64(1), jg.Counts.Applied)
+
+	_, err = globex.Job(ctx, ja.JobID)
+	var apiErr *apiclient.Error
+	require.ErrorAs(t, err, &apiErr)
+	require.Equal(t, http.StatusNotFound, apiErr.Status, "a tenant never sees another's job")
+	require.Len(t, s.table(t), 2)
+}

@@ -1,0 +1,335 @@
+package pipeline
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+)
+
+// Upload formats, by media type.
+const (
+	FormatNDJSON = "application/x-ndjson"
+	FormatJSON   = "application/json"
+	FormatCSV    = "text/csv"
+)
+
+// UploadOptions qualify how an upload's records become commands.
+type UploadOptions struct {
+	// MaxRecordBytes bounds one record. An oversize NDJSON line is rejected
+	// on its own; in a JSON array or CSV body, where the next record cannot
+	// be found without reading this one, it ends the upload.
+	MaxRecordBytes int
+	// CSV only: which column holds the id (default "id"), which the version
+	// (none by default), and the op of every row (default upsert). Every
+	// other column is data; an empty cell is NULL.
+	IDColumn      string
+	VersionColumn string
+	Op            Op
+}
+
+// UploadReader yields an upload's records in order. Next returns the next
+// command; a classified *Error rejects that record alone and reading goes
+// on; io.EOF ends the upload; any other error (*BodyError) means the body
+// cannot be read further.
+type UploadReader interface {
+	Next() (Command, error)
+}
+
+// BodyError is a fault of the whole body: it cannot be parsed further.
+type BodyError struct {
+	Err error
+	// TooLarge is set when a record exceeded MaxRecordBytes.
+	TooLarge bool
+}
+
+func (e *BodyError) Error() string { return e.Err.Error() }
+func (e *BodyError) Unwrap() error { return e.Err }
+
+// NewUploadReader returns the reader for a media type, or an error naming
+// the supported ones.
+func NewUploadReader(mediaType string, body io.Reader, o UploadOptions) (UploadReader, error) {
+	switch mediaType {
+	case FormatNDJSON, "application/ndjson", "application/jsonl", "application/x-jsonlines":
+		return &ndjsonReader{lines: newLineReader(body, o.MaxRecordBytes), max: o.MaxRecordBytes}, nil
+	case FormatJSON:
+		return newJSONArrayReader(body, o.MaxRecordBytes), nil
+	case FormatCSV:
+		return newCSVReader(body, o)
+	default:
+		return nil, fmt.Errorf("Content-Type %q is not supported; send %s, %s or %s", mediaType, FormatNDJSON, FormatJSON, FormatCSV)
+	}
+}
+
+// ndjsonReader reads one JSON object a line; blank lines are skipped.
+type ndjsonReader struct {
+	lines *lineReader
+	max   int
+}
+
+func (r *ndjsonReader) Next() (Command, error) {
+	for {
+		line, err := r.lines.next()
+		if errors.Is(err, errLineTooLong) {
+			return Command{}, Errorf(ClassInvalidCommand, "record is longer than %d bytes", r.max)
+		}
+		if errors.Is(err, io.EOF) {
+			return Command{}, io.EOF
+		}
+		if err != nil {
+			return Command{}, bodyErr(err)
+		}
+		if len(bytes.TrimSpace(line)) > 0 {
+			return DecodeCommand(line)
+		}
+	}
+}
+
+var errLineTooLong = errors.New("line too long")
+
+// lineReader yields lines of at most max bytes; a longer line is skipped
+// whole and reported as errLineTooLong, so that one oversize record is
+// rejected without ending the upload, and memory stays bounded.
+type lineReader struct {
+	r   *bufio.Reader
+	max int
+	buf []byte
+}
+
+func newLineReader(r io.Reader, max int) *lineReader {
+	return &lineReader{r: bufio.NewReaderSize(r, 64<<10), max: max}
+}
+
+func (l *lineReader) next() ([]byte, error) {
+	l.buf = l.buf[:0]
+	tooLong := false
+	for {
+		chunk, err := l.r.ReadSlice('\n')
+		if !tooLong {
+			if len(l.buf)+len(chunk) > l.max+1 { // +1: the newline itself
+				tooLong = true
+				l.buf = l.buf[:0]
+			} else {
+				l.buf = append(l.buf, chunk...)
+			}
+		}
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case errors.Is(err, io.EOF):
+			if tooLong {
+				return nil, errLineTooLong
+			}
+			if len(l.buf) == 0 {
+				return nil, io.EOF
+			}
+			return l.buf, nil
+		case err != nil:
+			return nil, err
+		case tooLong:
+			return nil, errLineTooLong
+		default:
+			return l.buf, nil
+		}
+	}
+}
+
+// guard bounds how much may be read between two calls of reset: it keeps a
+// decoder from buffering an unbounded record. slack covers the decoder's
+// read-ahead.
+type guard struct {
+	r     io.Reader
+	limit int
+	n     int
+}
+
+const guardSlack = 64 << 10
+
+func (g *guard) reset() { g.n = 0 }
+
+func (g *guard) Read(p []byte) (int, error) {
+	left := g.limit + guardSlack - g.n
+	if left <= 0 {
+		return 0, &BodyError{Err: fmt.Errorf("a record is longer than %d bytes", g.limit), TooLarge: true}
+	}
+	if len(p) > left {
+		p = p[:left]
+	}
+	n, err := g.r.Read(p)
+	g.n += n
+	return n, err
+}
+
+// jsonArrayReader streams the elements of one top-level JSON array.
+type jsonArrayReader struct {
+	g       *guard
+	dec     *json.Decoder
+	started bool
+	done    bool
+}
+
+func newJSONArrayReader(body io.Reader, max int) *jsonArrayReader {
+	g := &guard{r: body, limit: max}
+	return &jsonArrayReader{g: g, dec: json.NewDecoder(g)}
+}
+
+func (r *jsonArrayReader) Next() (Command, error) {
+	if r.done {
+		return Command{}, io.EOF
+	}
+	if !r.started {
+		tok, err := r.dec.Token()
+		if err != nil {
+			return Command{}, bodyErr(fmt.Errorf("reading the JSON array: %w", err))
+		}
+		if d, ok := tok.(json.Delim); !ok || d != '[' {
+			return Command{}, bodyErr(errors.New("the body must be a JSON array of commands"))
+		}
+		r.started = true
+	}
+	r.g.reset()
+	if !r.dec.More() {
+		if _, err := r.dec.Token(); err != nil {
+			return Command{}, bodyErr(fmt.Errorf("reading the JSON array: %w", err))
+		}
+		if _, err := r.dec.Token(); !errors.Is(err, io.EOF) {
+			return Command{}, bodyErr(errors.New("trailing data after the JSON array"))
+		}
+		r.done = true
+		return Command{}, io.EOF
+	}
+	start := r.dec.InputOffset()
+	var raw json.RawMessage
+	if err := r.dec.Decode(&raw); err != nil {
+		return Command{}, bodyErr(fmt.Errorf("reading the JSON array: %w", err))
+	}
+	if r.dec.InputOffset()-start > int64(r.g.limit) {
+		return Command{}, Errorf(ClassInvalidCommand, "record is longer than %d bytes", r.g.limit)
+	}
+	return DecodeCommand(raw)
+}
+
+// csvReader turns rows under a header into commands.
+type csvReader struct {
+	g       *guard
+	r       *csv.Reader
+	o       UploadOptions
+	header  []string
+	idCol   int
+	verCol  int
+	dataCol []int
+}
+
+func newCSVReader(body io.Reader, o UploadOptions) (*csvReader, error) {
+	if o.IDColumn == "" {
+		o.IDColumn = "id"
+	}
+	if o.Op == "" {
+		o.Op = OpUpsert
+	}
+	if o.Op != OpUpsert && o.Op != OpDelete {
+		return nil, fmt.Errorf("op %q is not one of upsert, delete", o.Op)
+	}
+	g := &guard{r: body, limit: o.MaxRecordBytes}
+	cr := csv.NewReader(g)
+	cr.FieldsPerRecord = -1
+	cr.ReuseRecord = true
+	return &csvReader{g: g, r: cr, o: o, idCol: -1, verCol: -1}, nil
+}
+
+func (c *csvReader) readHeader() error {
+	h, err := c.r.Read()
+	if errors.Is(err, io.EOF) {
+		return bodyErr(errors.New("the CSV body has no header row"))
+	}
+	if err != nil {
+		return bodyErr(fmt.Errorf("reading the CSV header: %w", err))
+	}
+	c.header = append([]string(nil), h...)
+	seen := map[string]bool{}
+	for i, name := range c.header {
+		name = strings.TrimSpace(strings.TrimPrefix(name, "\uFEFF"))
+		c.header[i] = name
+		if name == "" || seen[name] {
+			return bodyErr(fmt.Errorf("CSV header column %d is empty or repeated (%q)", i+1, name))
+		}
+		seen[name] = true
+		switch name {
+		case c.o.IDColumn:
+			c.idCol = i
+		case c.o.VersionColumn:
+			c.verCol = i
+		default:
+			c.dataCol = append(c.dataCol, i)
+		}
+	}
+	if c.idCol < 0 {
+		return bodyErr(fmt.Errorf("the CSV header has no id column %q (set ?id_column=)", c.o.IDColumn))
+	}
+	if c.o.VersionColumn != "" && c.verCol < 0 {
+		return bodyErr(fmt.Errorf("the CSV header has no version column %q", c.o.VersionColumn))
+	}
+	return nil
+}
+
+func (c *csvReader) Next() (Command, error) {
+	if c.header == nil {
+		if err := c.readHeader(); err != nil {
+			return Command{}, err
+		}
+	}
+	c.g.reset()
+	row, err := c.r.Read()
+	if errors.Is(err, io.EOF) {
+		return Command{}, io.EOF
+	}
+	var pe *csv.ParseError
+	if errors.As(err, &pe) && !errors.Is(err, csv.ErrFieldCount) {
+		return Command{}, Errorf(ClassInvalidCommand, "CSV row at line %d: %v", pe.StartLine, pe.Err)
+	}
+	if err != nil && !errors.Is(err, csv.ErrFieldCount) {
+		return Command{}, bodyErr(err)
+	}
+	if len(row) != len(c.header) {
+		return Command{}, Errorf(ClassInvalidCommand, "CSV row has %d fields; the header has %d", len(row), len(c.header))
+	}
+	cmd := Command{ID: CommandID(row[c.idCol]), Op: c.o.Op, Data: make(map[string]json.RawMessage, len(c.dataCol))}
+	if c.verCol >= 0 {
+		v, err := strconv.ParseInt(strings.TrimSpace(row[c.verCol]), 10, 64)
+		if err != nil {
+			return cmd, Errorf(ClassInvalidCommand, "version %q is not an integer", row[c.verCol])
+		}
+		cmd.Version = &v
+	}
+	for _, i := range c.dataCol {
+		if row[i] == "" {
+			cmd.Data[c.header[i]] = json.RawMessage("null")
+			continue
+		}
+		b, err := json.Marshal(row[i])
+		if err != nil {
+			return cmd, Errorf(ClassInvalidCommand, "column %q: %v", c.header[i], err)
+		}
+		cmd.Data[c.header[i]] = b
+	}
+	return cmd, nil
+}
+
+// bodyErr wraps a reading error as a body fault. io.EOF is not the end of
+// the upload here: only the readers decide where a body may end.
+func bodyErr(err error) error {
+	var be *BodyError
+	if errors.As(err, &be) {
+		return be
+	}
+	if errors.Is(err, io.EOF) {
+		// A body that stops early is cut short, not complete.
+		return &BodyError{Err: fmt.Errorf("%v: %w", err, io.ErrUnexpectedEOF)}
+	}
+	return &BodyError{Err: err}
+}
