@@ -80,16 +80,22 @@ func records(n int, next int64) []Record {
 	return recs
 }
 
+// testWorkerConfig is a worker on partition 0 with quick retries.
+func testWorkerConfig(store *fakeStore, dl *fakeDLQ, batch int, wait time.Duration) WorkerConfig {
+	return WorkerConfig{
+		NextOffset: store.next, BatchSize: batch, BatchMaxWait: wait, FlushTimeout: time.Second,
+		Entities: testEntities(), Store: store, DeadLetters: dl,
+		Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) },
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+}
+
 func runWorker(t *testing.T, store *fakeStore, dl *fakeDLQ, recs []Record) error {
 	t.Helper()
 	var committed []int64
-	w := NewWorker(WorkerConfig{
-		Partition: 0, NextOffset: store.next, BatchSize: 100, BatchMaxWait: 10 * time.Millisecond,
-		FlushTimeout: time.Second, Entities: testEntities(), Store: store, DeadLetters: dl,
-		Committed: func(n int64) { committed = append(committed, n) },
-		Backoff:   func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) },
-		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}, 1)
+	cfg := testWorkerConfig(store, dl, 100, 10*time.Millisecond)
+	cfg.Committed = func(n int64) { committed = append(committed, n) }
+	w := NewWorker(cfg, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- w.Run(ctx) }()
@@ -131,17 +137,14 @@ func TestWorkerIsolatesPoison(t *testing.T) {
 func TestWorkerReloadsWhenFenced(t *testing.T) {
 	t.Parallel()
 	store := &fakeStore{next: 5} // records 0–4 were applied elsewhere
-	w := NewWorker(WorkerConfig{
-		NextOffset: 0, BatchSize: 10, BatchMaxWait: time.Millisecond, FlushTimeout: time.Second,
-		Entities: testEntities(), Store: store, DeadLetters: &fakeDLQ{},
-		LoadOffset: func(context.Context) (int64, error) {
-			store.mu.Lock()
-			defer store.mu.Unlock()
-			return store.next, nil
-		},
-		Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) },
-		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}, 1)
+	cfg := testWorkerConfig(store, &fakeDLQ{}, 10, time.Millisecond)
+	cfg.NextOffset = 0 // the worker believes it starts at 0: its first batch is fenced
+	cfg.LoadOffset = func(context.Context) (int64, error) {
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		return store.next, nil
+	}
+	w := NewWorker(cfg, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- w.Run(ctx) }()
@@ -161,12 +164,7 @@ func TestWorkerReloadsWhenFenced(t *testing.T) {
 func TestWorkerAbandonDropsTheBuffer(t *testing.T) {
 	t.Parallel()
 	store := &fakeStore{}
-	w := NewWorker(WorkerConfig{
-		NextOffset: 0, BatchSize: 100, BatchMaxWait: time.Hour, FlushTimeout: time.Second,
-		Entities: testEntities(), Store: store, DeadLetters: &fakeDLQ{},
-		Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) },
-		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}, 1)
+	w := NewWorker(testWorkerConfig(store, &fakeDLQ{}, 100, time.Hour), 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- w.Run(ctx) }()

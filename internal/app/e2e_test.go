@@ -383,14 +383,7 @@ func TestUploadRejectsBadRecordsAlone(t *testing.T) {
 func TestPoisonIsDeadLetteredAlone(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, map[string]any{"kafka.partitions": 1, "processor.batch_size": 5000, "processor.batch_max_wait": "2s"})
-	var lines []string
-	for i := range 5000 {
-		balance := "1.00"
-		if i == 2500 {
-			balance = "-1.00"
-		}
-		lines = append(lines, fmt.Sprintf(`{"id":"p-%d","entity":"customers","version":1,"data":{"customer_id":"k%d","balance":%q}}`, i, i, balance))
-	}
+	lines := poisonedUpload("p", 5000, 2500)
 	up := s.upload(t, lines)
 	s.startProcessor(t, nil) // after the upload, so that all 5,000 form one batch
 	j := s.wait(t, up.id)
@@ -421,6 +414,20 @@ func TestPoisonIsDeadLetteredAlone(t *testing.T) {
 	require.Equal(t, "2500", header(r, pipeline.HeaderIndex))
 	require.Equal(t, "p-2500", header(r, dlq.HeaderCommandID))
 	require.NotEmpty(t, header(r, dlq.HeaderInstance))
+}
+
+// poisonedUpload makes n commands with ids prefix-0…; the one at index
+// poison has a negative balance, which the table's CHECK refuses.
+func poisonedUpload(prefix string, n, poison int) []string {
+	lines := make([]string, n)
+	for i := range n {
+		balance := "1.00"
+		if i == poison {
+			balance = "-1.00"
+		}
+		lines[i] = fmt.Sprintf(`{"id":"%s-%d","entity":"customers","version":1,"data":{"customer_id":"k%d","balance":%q}}`, prefix, i, i, balance)
+	}
+	return lines
 }
 
 // decodeJSON decodes a command for comparison, without the op ingress

@@ -66,15 +66,7 @@ func header(r *kgo.Record, key string) string {
 func TestDLQOutageHoldsTheOffset(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, nil)
-	var lines []string
-	for i := range 500 {
-		balance := "1.00"
-		if i == 250 {
-			balance = "-1.00"
-		}
-		lines = append(lines, fmt.Sprintf(`{"id":"d-%d","entity":"customers","version":1,"data":{"customer_id":"k%d","balance":%q}}`, i, i, balance))
-	}
-	up := s.upload(t, lines)
+	up := s.upload(t, poisonedUpload("d", 500, 250))
 
 	// From now on the only producer is the processor's dead-letter
 	// publisher: refuse every produce (newer Produce versions name topics by
