@@ -157,3 +157,13 @@ type UploadResult struct {
 	// Err is why the upload broke off; nil when it ended normally.
 	Err error
 }
+
+// IdempotentRecord is what an Idempotency-Key remembers of its first
+// request: the body's fingerprint and the answer, or that it is in flight.
+type IdempotentRecord struct {
+	InFlight    bool
+	Fingerprint []byte
+	Status      int
+	Location    string
+	Body        []byte
+}

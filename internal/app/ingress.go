@@ -45,6 +45,9 @@ func (in *Ingress) Run(ctx context.Context) error {
 	c := in.cfg
 	pool, entities, err := openDatabase(ctx, c, in.logger)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return err
 	}
 	defer pool.Close()
@@ -65,12 +68,15 @@ func (in *Ingress) Run(ctx context.Context) error {
 	if len(keys) == 0 {
 		in.logger.Warn("auth is disabled: every request acts as tenant " + httpapi.DefaultTenant)
 	}
+	store := postgres.NewStore(pool, entities, c.Kafka.Group, in.logger)
 	api := httpapi.New(httpapi.Config{
-		Jobs:     postgres.NewStore(pool, entities, c.Kafka.Group, in.logger),
-		Producer: producer,
-		Entities: entities,
-		Topic:    c.Kafka.Topic,
-		Keys:     keys,
+		Jobs:              store,
+		Idempotency:       store,
+		IdempotencyWindow: c.Ingress.IdempotencyWindow,
+		Producer:          producer,
+		Entities:          entities,
+		Topic:             c.Kafka.Topic,
+		Keys:              keys,
 		Limits: httpapi.Limits{
 			MaxBodyBytes: c.Ingress.MaxBodyBytes, MaxRecordBytes: c.Ingress.MaxRecordBytes,
 			MaxRecords: c.Ingress.MaxRecords, MaxRejections: c.Ingress.MaxRejections,

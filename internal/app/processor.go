@@ -50,6 +50,9 @@ func (p *Processor) Run(ctx context.Context) error {
 	c := p.cfg
 	pool, entities, err := openDatabase(ctx, c, p.logger)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return err
 	}
 	defer pool.Close()
@@ -136,6 +139,8 @@ func (p *Processor) sweepLoop(ctx context.Context, store *postgres.Store) {
 			if ids+tombstones > 0 {
 				p.logger.Debug("swept the dedupe ledger", "ids", ids, "tombstones", tombstones)
 			}
+			_, err = store.SweepIdempotencyKeys(ctx, p.cfg.Ingress.IdempotencyWindow)
+			warn("sweeping idempotency keys", err)
 		}
 	}
 }

@@ -82,10 +82,11 @@ type Dedupe struct {
 
 // Ingress configures upload limits.
 type Ingress struct {
-	MaxBodyBytes   int64 `mapstructure:"max_body_bytes"`
-	MaxRecordBytes int   `mapstructure:"max_record_bytes"`
-	MaxRecords     int64 `mapstructure:"max_records"`
-	MaxRejections  int   `mapstructure:"max_rejections"`
+	IdempotencyWindow time.Duration `mapstructure:"idempotency_window"`
+	MaxBodyBytes      int64         `mapstructure:"max_body_bytes"`
+	MaxRecordBytes    int           `mapstructure:"max_record_bytes"`
+	MaxRecords        int64         `mapstructure:"max_records"`
+	MaxRejections     int           `mapstructure:"max_rejections"`
 }
 
 // Auth maps API keys to tenants.
@@ -311,6 +312,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Dedupe.CacheSize < 0 {
 		bad("dedupe.cache_size", "must be 0 (off) or positive, got %d", c.Dedupe.CacheSize)
+	}
+	if c.Ingress.IdempotencyWindow < time.Minute {
+		bad("ingress.idempotency_window", "must be at least 1m, got %s", c.Ingress.IdempotencyWindow)
 	}
 	if c.Ingress.MaxBodyBytes < 1 || c.Ingress.MaxRecordBytes < 64 || c.Ingress.MaxRecords < 1 || c.Ingress.MaxRejections < 0 {
 		bad("ingress", "max_body_bytes, max_records must be positive, max_record_bytes at least 64")

@@ -28,14 +28,17 @@ type Producer interface {
 
 // Config wires a Server.
 type Config struct {
-	Jobs     Jobs
-	Producer Producer
-	Entities pipeline.Entities
-	Topic    string
-	Keys     Keys
-	Limits   Limits
-	NewJobID func() pipeline.JobID
-	Logger   *slog.Logger
+	Jobs Jobs
+	// Idempotency keeps Idempotency-Key records for IdempotencyWindow.
+	Idempotency       IdempotencyStore
+	IdempotencyWindow time.Duration
+	Producer          Producer
+	Entities          pipeline.Entities
+	Topic             string
+	Keys              Keys
+	Limits            Limits
+	NewJobID          func() pipeline.JobID
+	Logger            *slog.Logger
 }
 
 // Limits bound an upload.

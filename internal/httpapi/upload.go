@@ -3,6 +3,7 @@ package httpapi
 import (
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -67,6 +68,11 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
+	// The fingerprint of an Idempotency-Key covers what the upload means:
+	// its format, its parameters and its (decoded) body.
+	fingerprint := sha256.New()
+	fmt.Fprintf(fingerprint, "%s\n%s\n", mt, q.Encode())
+	body = io.TeeReader(body, fingerprint)
 	defaultEntity := q.Get("entity")
 	if defaultEntity != "" && s.cfg.Entities[defaultEntity] == nil {
 		writeProblem(w, http.StatusBadRequest, fmt.Sprintf("entity %q is not configured", defaultEntity))
@@ -87,6 +93,47 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	key, ok := idempotencyKey(r)
+	if !ok {
+		writeProblem(w, http.StatusBadRequest, "Idempotency-Key must be 1 to 255 printable ASCII characters")
+		return
+	}
+	if key == "" {
+		s.runUpload(ctx, w, tenant, defaultEntity, records)
+		return
+	}
+	owned, rec, err := s.cfg.Idempotency.ClaimIdempotencyKey(ctx, tenant, key, s.cfg.IdempotencyWindow)
+	if err != nil {
+		s.cfg.Logger.Error("claiming idempotency key", "error", err)
+		writeUnavailable(w, 2*time.Second, "the job store is unavailable", "")
+		return
+	}
+	if !owned {
+		s.replay(w, body, fingerprint, rec)
+		return
+	}
+	// We own the key: run the upload into a buffer, read the body to its
+	// end for the fingerprint, store the answer (not a 5xx), then send it.
+	stop := s.heartbeat(ctx, tenant, key)
+	answer := newCapture()
+	s.runUpload(ctx, answer, tenant, defaultEntity, records)
+	stop()
+	_, drainErr := io.Copy(io.Discard, body)
+	var stored *pipeline.IdempotentRecord
+	if answer.status < 500 && drainErr == nil {
+		stored = &pipeline.IdempotentRecord{Fingerprint: fingerprint.Sum(nil), Status: answer.status,
+			Location: answer.Header().Get("Location"), Body: answer.body.Bytes()}
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := s.cfg.Idempotency.FinishIdempotencyKey(fctx, tenant, key, stored); err != nil {
+		s.cfg.Logger.Error("storing idempotent answer; a retry after the lease runs anew", "error", err)
+	}
+	answer.sendTo(w)
+}
+
+// runUpload creates the job, streams the records and answers.
+func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, tenant, defaultEntity string, records pipeline.UploadReader) {
 	job := s.cfg.NewJobID()
 	if err := s.cfg.Jobs.CreateJob(ctx, job, tenant); err != nil {
 		s.cfg.Logger.Error("creating job", "error", err)
