@@ -74,6 +74,21 @@ func TestDevUploadWait(t *testing.T) {
 	require.Contains(t, jobOut.String(), `"state": "completed"`)
 	require.Contains(t, jobOut.String(), `"applied": `)
 
+	// The same upload twice under one key is one job: the second is replayed.
+	var jobs []string
+	for range 2 {
+		var o bytes.Buffer
+		again := cli.New()
+		again.SetArgs([]string{"upload", "../../examples/customers.ndjson", "--idempotency-key", "retry-1", "--server", m[1]})
+		again.SetOut(&o)
+		again.SetErr(io.Discard)
+		require.NoError(t, again.ExecuteContext(uctx), o.String())
+		id := regexp.MustCompile(`^job (\S+) `).FindStringSubmatch(o.String())
+		require.NotNil(t, id, o.String())
+		jobs = append(jobs, id[1])
+	}
+	require.Equal(t, jobs[0], jobs[1])
+
 	cancel()
 	wg.Wait()
 	require.NoError(t, devErr, "dev must stop cleanly on cancel")

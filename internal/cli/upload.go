@@ -1,8 +1,12 @@
 package cli
 
 import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -62,33 +66,21 @@ func runUpload(cmd *cobra.Command, args []string) error {
 	if !ok {
 		return fmt.Errorf("cannot tell the format of %s: use --format ndjson|json|csv", path)
 	}
-	file, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer file.Close()
-	st, err := file.Stat()
-	if err != nil {
-		return err
-	}
-	body := io.Reader(file)
-	if term.IsTerminal(int(os.Stderr.Fd())) {
-		bar := progressbar.DefaultBytes(st.Size(), "uploading "+filepath.Base(path))
-		body = io.TeeReader(file, bar)
-		defer bar.Finish() //nolint:errcheck // cosmetic
-	}
 	entity, _ := f.GetString("entity")
 	key, _ := f.GetString("idempotency-key")
 	out, _ := f.GetString("output")
+	if key == "" {
+		key = newIdempotencyKey()
+		fmt.Fprintf(cmd.ErrOrStderr(), "idempotency key %s (pass --idempotency-key %s to retry this upload safely)\n", key, key)
+	}
 	params := url.Values{}
 	for flag, param := range map[string]string{"id-column": "id_column", "version-column": "version_column", "op": "op"} {
 		if v, _ := f.GetString(flag); v != "" {
 			params.Set(param, v)
 		}
 	}
-	res, err := client.Upload(cmd.Context(), body, apiclient.UploadOptions{
-		ContentType: ct, Gzip: gz, Entity: entity, IdempotencyKey: key, ExtraParameters: params,
-	})
+	opts := apiclient.UploadOptions{ContentType: ct, Gzip: gz, Entity: entity, IdempotencyKey: key, ExtraParameters: params}
+	res, err := uploadWithRetry(cmd, client, path, opts)
 	if err != nil {
 		return err
 	}
@@ -110,6 +102,66 @@ func runUpload(cmd *cobra.Command, args []string) error {
 		return fmt.Errorf("%d records rejected", res.Rejected)
 	}
 	return nil
+}
+
+// uploadAttempts bounds how often upload sends a file whose answer was
+// 409 (the same key still in progress), 429, 503 or lost on the network.
+// The Idempotency-Key makes every resend safe: the server replays the answer
+// of an upload that did go through.
+const uploadAttempts = 5
+
+func uploadWithRetry(cmd *cobra.Command, client *apiclient.Client, path string, o apiclient.UploadOptions) (*httpapi.UploadView, error) {
+	for attempt := 1; ; attempt++ {
+		res, err := uploadOnce(cmd, client, path, o)
+		var apiErr *apiclient.Error
+		retriable := err != nil && cmd.Context().Err() == nil
+		if errors.As(err, &apiErr) {
+			retriable = apiErr.Status == http.StatusConflict || apiErr.Status == http.StatusTooManyRequests ||
+				apiErr.Status == http.StatusServiceUnavailable
+		}
+		if !retriable || attempt == uploadAttempts {
+			return res, err
+		}
+		wait := min(time.Duration(1<<attempt)*time.Second, 30*time.Second)
+		if apiErr != nil && apiErr.RetryAfter > wait {
+			wait = apiErr.RetryAfter
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "upload attempt %d: %v; retrying in %s with the same idempotency key\n", attempt, err, wait)
+		select {
+		case <-cmd.Context().Done():
+			return nil, cmd.Context().Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// uploadOnce streams the file with a byte progress bar on a terminal, or a
+// plain line otherwise.
+func uploadOnce(cmd *cobra.Command, client *apiclient.Client, path string, o apiclient.UploadOptions) (*httpapi.UploadView, error) {
+	file, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer file.Close()
+	st, err := file.Stat()
+	if err != nil {
+		return nil, err
+	}
+	body := io.Reader(file)
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		bar := progressbar.DefaultBytes(st.Size(), "uploading "+filepath.Base(path))
+		body = io.TeeReader(file, bar)
+		defer bar.Finish() //nolint:errcheck // cosmetic
+	} else {
+		fmt.Fprintf(cmd.ErrOrStderr(), "uploading %s (%d bytes)\n", path, st.Size())
+	}
+	return client.Upload(cmd.Context(), body, o)
+}
+
+func newIdempotencyKey() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // waitJob follows a job to its end and fails unless it completed cleanly.
