@@ -78,7 +78,8 @@ func (in *Ingress) Run(ctx context.Context) error {
 		Topic:             c.Kafka.Topic,
 		Keys:              keys,
 		Limits: httpapi.Limits{
-			MaxBodyBytes: c.Ingress.MaxBodyBytes, MaxRecordBytes: c.Ingress.MaxRecordBytes,
+			ReadIdleTimeout: c.Ingress.ReadIdleTimeout,
+			MaxBodyBytes:    c.Ingress.MaxBodyBytes, MaxRecordBytes: c.Ingress.MaxRecordBytes,
 			MaxRecords: c.Ingress.MaxRecords, MaxRejections: c.Ingress.MaxRejections,
 		},
 		NewJobID: func() pipeline.JobID { return pipeline.JobID(uuid.Must(uuid.NewV7()).String()) },

@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -9,9 +10,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -162,4 +165,49 @@ func TestAuthAndTenants(t *testing.T) {
 	require.ErrorAs(t, err, &apiErr)
 	require.Equal(t, http.StatusNotFound, apiErr.Status, "a tenant never sees another's job")
 	require.Len(t, s.table(t), 2)
+}
+
+// TestUploadLimits: a body, a record or a record count past its bound is
+// refused with a clear answer; an oversize NDJSON record is rejected alone.
+func TestUploadLimits(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, map[string]any{
+		"ingress.max_body_bytes": 4096, "ingress.max_record_bytes": 128, "ingress.max_records": 10,
+		"ingress.read_idle_timeout": "1s",
+	})
+	s.startProcessor(t, nil)
+	rec := func(i int) string {
+		return fmt.Sprintf(`{"id":"l%d","entity":"customers","version":1,"data":{"customer_id":"k%d"}}`, i, i)
+	}
+
+	long := `{"id":"long","entity":"customers","version":1,"data":{"customer_id":"` + strings.Repeat("x", 200) + `"}}`
+	resp, m := s.post(t, "/v1/jobs", "application/x-ndjson", "", strings.NewReader(rec(1)+"\n"+long+"\n"+rec(2)), false)
+	require.Equal(t, http.StatusAccepted, resp.StatusCode, "%v", m)
+	require.Equal(t, float64(2), m["accepted"])
+	require.Contains(t, fmt.Sprint(m["rejections"]), "longer than 128 bytes")
+
+	var many []string
+	for i := range 11 {
+		many = append(many, rec(100+i))
+	}
+	resp, m = s.post(t, "/v1/jobs", "application/x-ndjson", "", strings.NewReader(strings.Join(many, "\n")), false)
+	require.Equal(t, http.StatusRequestEntityTooLarge, resp.StatusCode)
+	require.Contains(t, m["detail"], "more than 10 records")
+	require.NotEmpty(t, m["job_id"], "the job exists: what was accepted is applied")
+
+	resp, m = s.post(t, "/v1/jobs", "application/x-ndjson", "", strings.NewReader(strings.Repeat(" ", 5000)), false)
+	require.Equal(t, http.StatusRequestEntityTooLarge, resp.StatusCode)
+	require.Equal(t, "application/problem+json", resp.Header.Get("Content-Type"))
+	require.Contains(t, m["detail"], "too large")
+
+	// A client that stops sending mid-body is cut off after the idle time.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.server, "http://"))
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = fmt.Fprintf(conn, "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: 1000\r\n\r\n%s\n", rec(7))
+	require.NoError(t, err)
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(20*time.Second)))
+	status, err := bufio.NewReader(conn).ReadString('\n')
+	require.NoError(t, err, "the server must answer a stalled upload")
+	require.Contains(t, status, "400")
 }

@@ -83,6 +83,7 @@ type Dedupe struct {
 // Ingress configures upload limits.
 type Ingress struct {
 	IdempotencyWindow time.Duration `mapstructure:"idempotency_window"`
+	ReadIdleTimeout   time.Duration `mapstructure:"read_idle_timeout"`
 	MaxBodyBytes      int64         `mapstructure:"max_body_bytes"`
 	MaxRecordBytes    int           `mapstructure:"max_record_bytes"`
 	MaxRecords        int64         `mapstructure:"max_records"`
@@ -315,6 +316,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Ingress.IdempotencyWindow < time.Minute {
 		bad("ingress.idempotency_window", "must be at least 1m, got %s", c.Ingress.IdempotencyWindow)
+	}
+	if c.Ingress.ReadIdleTimeout < time.Second {
+		bad("ingress.read_idle_timeout", "must be at least 1s, got %s", c.Ingress.ReadIdleTimeout)
 	}
 	if c.Ingress.MaxBodyBytes < 1 || c.Ingress.MaxRecordBytes < 64 || c.Ingress.MaxRecords < 1 || c.Ingress.MaxRejections < 0 {
 		bad("ingress", "max_body_bytes, max_records must be positive, max_record_bytes at least 64")

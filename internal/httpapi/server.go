@@ -43,10 +43,13 @@ type Config struct {
 
 // Limits bound an upload.
 type Limits struct {
-	MaxBodyBytes   int64
-	MaxRecordBytes int
-	MaxRecords     int64
-	MaxRejections  int
+	// ReadIdleTimeout cuts off an upload that sends nothing for this long;
+	// each read pushes the deadline on, so a long healthy upload lives.
+	ReadIdleTimeout time.Duration
+	MaxBodyBytes    int64
+	MaxRecordBytes  int
+	MaxRecords      int64
+	MaxRejections   int
 }
 
 // Server serves the ingress API.

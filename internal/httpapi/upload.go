@@ -54,6 +54,9 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	tenant := tenantOf(ctx)
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	body := io.Reader(http.MaxBytesReader(w, r.Body, s.cfg.Limits.MaxBodyBytes))
+	if s.cfg.Limits.ReadIdleTimeout > 0 {
+		body = &idleDeadline{r: body, rc: http.NewResponseController(w), idle: s.cfg.Limits.ReadIdleTimeout}
+	}
 	switch r.Header.Get("Content-Encoding") {
 	case "", "identity":
 	case "gzip":
@@ -266,4 +269,17 @@ func (u *upload) reject(index int64, id pipeline.CommandID, err error) {
 		u.shown = append(u.shown, Rejection{Index: index, ID: id, Class: class, Error: err.Error()})
 	}
 	u.pending = append(u.pending, pipeline.Failure{Index: index, ID: id, Stage: pipeline.StageIngress, Class: class, Error: err.Error()})
+}
+
+// idleDeadline moves the connection's read deadline on before every read:
+// a client that stops sending is cut off, one that is merely slow is not.
+type idleDeadline struct {
+	r    io.Reader
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (d *idleDeadline) Read(p []byte) (int, error) {
+	_ = d.rc.SetReadDeadline(time.Now().Add(d.idle)) // unsupported writers just keep no deadline
+	return d.r.Read(p)
 }
