@@ -40,14 +40,13 @@ func (in *Ingress) Addr() net.Addr { return in.ln.Addr() }
 
 // Run serves until ctx is done, then shuts down gracefully: uploads in
 // flight finish and get their answers.
-func (in *Ingress) Run(ctx context.Context) error {
+func (in *Ingress) Run(ctx context.Context) error { return stopped(ctx, in.run(ctx)) }
+
+func (in *Ingress) run(ctx context.Context) error {
 	defer in.ln.Close()
 	c := in.cfg
 	pool, entities, err := openDatabase(ctx, c, in.logger)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil // stopped while starting
-		}
 		return err
 	}
 	defer pool.Close()

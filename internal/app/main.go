@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -16,6 +17,15 @@ import (
 // Runner is a long-lived part.
 type Runner interface {
 	Run(ctx context.Context) error
+}
+
+// stopped treats an error caused by the stop itself (a cancelled start-up
+// step, say) as a clean stop.
+func stopped(ctx context.Context, err error) error {
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
 }
 
 // Main is the whole main function of a server binary: flags, config, logger,

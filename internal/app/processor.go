@@ -45,14 +45,13 @@ func NewProcessor(c *config.Config, logger *slog.Logger) (*Processor, error) {
 
 // Run consumes until ctx is done, then flushes, commits and leaves the
 // group.
-func (p *Processor) Run(ctx context.Context) error {
+func (p *Processor) Run(ctx context.Context) error { return stopped(ctx, p.run(ctx)) }
+
+func (p *Processor) run(ctx context.Context) error {
 	defer p.ln.Close()
 	c := p.cfg
 	pool, entities, err := openDatabase(ctx, c, p.logger)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil // stopped while starting
-		}
 		return err
 	}
 	defer pool.Close()
