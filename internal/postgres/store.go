@@ -32,9 +32,6 @@ func NewStore(pool *pgxpool.Pool, entities pipeline.Entities, group string, logg
 	return &Store{pool: pool, entities: entities, group: group, logger: logger}
 }
 
-// Pool is the store's connection pool.
-func (s *Store) Pool() *pgxpool.Pool { return s.pool }
-
 // LoadOffset returns the partition's next offset as stored, or -1.
 func (s *Store) LoadOffset(ctx context.Context, topic string, partition int32) (int64, error) {
 	var next int64
