@@ -13,10 +13,13 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/spoolhq/spool/internal/apiclient"
 	"github.com/spoolhq/spool/pipeline"
@@ -210,4 +213,48 @@ func TestUploadLimits(t *testing.T) {
 	status, err := bufio.NewReader(conn).ReadString('\n')
 	require.NoError(t, err, "the server must answer a stalled upload")
 	require.Contains(t, status, "400")
+}
+
+// TestBrokerFailsMidUpload: when Kafka stops acknowledging part way, the
+// answer is 503 with Retry-After, never 202; the job is failed with the
+// records Kafka did acknowledge, and exactly those are applied.
+func TestBrokerFailsMidUpload(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	var produces atomic.Int64
+	s.broker.Cluster().ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		s.broker.Cluster().KeepControl()
+		if produces.Add(1) <= 3 {
+			return nil, nil, false // the first requests go through
+		}
+		pr := req.(*kmsg.ProduceRequest)
+		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range pr.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.InvalidRecord.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	var lines []string
+	for i := range 20_000 {
+		lines = append(lines, fmt.Sprintf(`{"id":"m-%d","entity":"customers","version":1,"data":{"customer_id":"k%d"}}`, i, i))
+	}
+	resp, m := s.post(t, "/v1/jobs", "application/x-ndjson", "", strings.NewReader(strings.Join(lines, "\n")), false)
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "%v", m)
+	require.NotEmpty(t, resp.Header.Get("Retry-After"))
+	require.Contains(t, m["detail"], "retrying the whole upload is safe")
+
+	j := s.wait(t, pipeline.JobID(m["job_id"].(string)))
+	require.Equal(t, pipeline.JobFailed, j.state)
+	require.Less(t, j.accepted, int64(20_000))
+	require.Positive(t, j.accepted, "some records were acknowledged before the failure")
+	require.Equal(t, j.accepted, j.c.Applied, "what Kafka acknowledged is applied, nothing else")
+	require.Len(t, s.table(t), int(j.accepted))
 }
