@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	_ "embed"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -9,6 +10,12 @@ import (
 
 	"github.com/spoolhq/spool/pipeline"
 )
+
+// openAPI describes every route and status served here; a test holds it to
+// that.
+//
+//go:embed openapi.yaml
+var openAPI []byte
 
 // Jobs is what the API needs of the job store.
 type Jobs interface {
@@ -64,6 +71,10 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("POST /v1/jobs", s.authenticate(s.createJob))
 	s.mux.HandleFunc("GET /v1/jobs/{job_id}", s.authenticate(s.getJob))
 	handleHealth(s.mux, Dependency{"PostgreSQL", cfg.Jobs.Ping}, Dependency{"Kafka", cfg.Producer.Ping})
+	s.mux.HandleFunc("GET /openapi.yaml", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/yaml")
+		_, _ = w.Write(openAPI)
+	})
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "no route for "+r.Method+" "+r.URL.Path)
 	})

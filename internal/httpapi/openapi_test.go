@@ -1,0 +1,209 @@
+package httpapi
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// The fakes below are pure stand-ins so that every route and status can be
+// reached on purpose; the real behaviour is proven by internal/app's tests
+// against PostgreSQL and Kafka.
+
+type fakeJobs struct {
+	mu       sync.Mutex
+	jobs     map[pipeline.JobID]*pipeline.Job
+	readFail bool
+	pingFail bool
+}
+
+func (f *fakeJobs) CreateJob(_ context.Context, id pipeline.JobID, tenant string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.jobs[id] = &pipeline.Job{ID: id, Tenant: tenant, State: pipeline.JobReceiving}
+	return nil
+}
+func (f *fakeJobs) AddFailures(context.Context, pipeline.JobID, []pipeline.Failure) error { return nil }
+func (f *fakeJobs) FinishUpload(context.Context, pipeline.JobID, pipeline.UploadResult) error {
+	return nil
+}
+func (f *fakeJobs) Job(_ context.Context, tenant string, id pipeline.JobID) (*pipeline.Job, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.readFail {
+		return nil, errors.New("database away")
+	}
+	if j, ok := f.jobs[id]; ok && j.Tenant == tenant {
+		return j, nil
+	}
+	return nil, pipeline.ErrJobNotFound
+}
+func (f *fakeJobs) Ping(context.Context) error {
+	if f.pingFail {
+		return errors.New("database away")
+	}
+	return nil
+}
+
+type fakeProducer struct{ fail error }
+
+func (p *fakeProducer) Produce(_ context.Context, _ string, _ *pipeline.Record, done func(error)) {
+	done(p.fail)
+}
+func (p *fakeProducer) Ping(context.Context) error { return p.fail }
+
+type fakeIdempotency struct {
+	mu   sync.Mutex
+	keys map[string]*pipeline.IdempotentRecord
+}
+
+func (f *fakeIdempotency) ClaimIdempotencyKey(_ context.Context, tenant, key string, _ time.Duration) (bool, *pipeline.IdempotentRecord, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if r, ok := f.keys[tenant+"/"+key]; ok {
+		return false, r, nil
+	}
+	f.keys[tenant+"/"+key] = &pipeline.IdempotentRecord{InFlight: true}
+	return true, nil, nil
+}
+func (f *fakeIdempotency) HeartbeatIdempotencyKey(context.Context, string, string) error { return nil }
+func (f *fakeIdempotency) FinishIdempotencyKey(_ context.Context, tenant, key string, r *pipeline.IdempotentRecord) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if r == nil {
+		delete(f.keys, tenant+"/"+key)
+	} else {
+		f.keys[tenant+"/"+key] = r
+	}
+	return nil
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(s int) { w.status = s; w.ResponseWriter.WriteHeader(s) }
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// TestOpenAPIDescribesEveryRouteAndStatus drives every route to every
+// status it can answer and checks /openapi.yaml describes each pair.
+func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
+	t.Parallel()
+	jobs := &fakeJobs{jobs: map[pipeline.JobID]*pipeline.Job{}}
+	producer := &fakeProducer{}
+	idem := &fakeIdempotency{keys: map[string]*pipeline.IdempotentRecord{
+		"acme/running": {InFlight: true},
+		"acme/done":    {Fingerprint: []byte("another body"), Status: 202, Body: []byte("{}")},
+	}}
+	sum := sha256.Sum256([]byte("secret"))
+	n := 0
+	s := New(Config{
+		Jobs: jobs, Producer: producer, Idempotency: idem, IdempotencyWindow: time.Hour,
+		Entities: pipeline.Entities{"customers": {Name: "customers", Schema: "public", Table: "customers",
+			Key: []string{"id"}, Columns: map[string]pipeline.Column{"id": {Name: "id", Type: "text"}}}},
+		Topic: "t", Keys: Keys{hex.EncodeToString(sum[:]): "acme"},
+		Limits:   Limits{MaxBodyBytes: 1 << 10, MaxRecordBytes: 256, MaxRecords: 100, MaxRejections: 10},
+		NewJobID: func() pipeline.JobID { n++; return pipeline.JobID("job-" + strconv.Itoa(n)) },
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	type served struct {
+		pattern string
+		status  int
+	}
+	seen := map[served]bool{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w}
+		s.ServeHTTP(sw, r)
+		seen[served{r.Pattern, sw.status}] = true
+	}))
+	defer srv.Close()
+
+	do := func(method, path, ct, key, body string, want int) {
+		t.Helper()
+		req, err := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		require.NoError(t, err)
+		if ct != "" {
+			req.Header.Set("Content-Type", ct)
+		}
+		if key != "" {
+			req.Header.Set("Idempotency-Key", key)
+		}
+		if !strings.Contains(path, "z") && path != "/openapi.yaml" && method != "" {
+			req.Header.Set("Authorization", "Bearer secret")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, want, resp.StatusCode, "%s %s", method, path)
+	}
+	good := `{"id":"a","entity":"customers","data":{"id":"x"}}`
+	do("POST", "/v1/jobs", "application/x-ndjson", "", good, 202)
+	do("POST", "/v1/jobs", "application/json", "", `{}`, 400)
+	do("POST", "/v1/jobs", "application/x-ndjson", "running", good, 409)
+	do("POST", "/v1/jobs", "application/x-ndjson", "", strings.Repeat(" ", 2<<10), 413)
+	do("POST", "/v1/jobs", "text/plain", "", good, 415)
+	do("POST", "/v1/jobs", "application/x-ndjson", "done", good, 422)
+	producer.fail = errors.New("broker away")
+	do("POST", "/v1/jobs", "application/x-ndjson", "", good, 503)
+	producer.fail = nil
+	do("GET", "/v1/jobs/job-1", "", "", "", 200)
+	do("GET", "/v1/jobs/nope", "", "", "", 404)
+	jobs.readFail = true
+	do("GET", "/v1/jobs/job-1", "", "", "", 503)
+	do("GET", "/healthz", "", "", "", 200)
+	do("GET", "/readyz", "", "", "", 200)
+	jobs.pingFail = true
+	do("GET", "/readyz", "", "", "", 503)
+	do("GET", "/openapi.yaml", "", "", "", 200)
+	// Without a key: 401 on both API routes.
+	for _, r := range []struct{ method, path string }{{"POST", "/v1/jobs"}, {"GET", "/v1/jobs/job-1"}} {
+		req, err := http.NewRequest(r.method, srv.URL+r.path, strings.NewReader(good))
+		require.NoError(t, err)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	}
+
+	var doc struct {
+		Paths map[string]map[string]struct {
+			Responses map[string]any `yaml:"responses"`
+		} `yaml:"paths"`
+	}
+	require.NoError(t, yaml.Unmarshal(openAPI, &doc))
+	routes := map[string]bool{}
+	for sv := range seen {
+		method, path, ok := strings.Cut(sv.pattern, " ")
+		require.True(t, ok, "route %q has no method", sv.pattern)
+		routes[sv.pattern] = true
+		op, ok := doc.Paths[path][strings.ToLower(method)]
+		require.True(t, ok, "openapi.yaml does not describe %s", sv.pattern)
+		require.Contains(t, op.Responses, strconv.Itoa(sv.status), "openapi.yaml does not describe %d for %s", sv.status, sv.pattern)
+	}
+	described := 0
+	for _, ops := range doc.Paths {
+		described += len(ops)
+	}
+	require.Equal(t, described, len(routes), "every described route is served, and every served one was exercised: %v", routes)
+}
