@@ -18,6 +18,10 @@ import (
 	"github.com/spoolhq/spool/pipeline"
 )
 
+// lagEvery is how often ingress measures the backlog when ingress.max_lag
+// bounds it.
+var lagEvery = 2 * time.Second
+
 // Ingress is the HTTP upload service.
 type Ingress struct {
 	cfg    *config.Config
@@ -60,6 +64,15 @@ func (in *Ingress) run(ctx context.Context) error {
 	if err := ensureTopics(ctx, c); err != nil {
 		return err
 	}
+	var backlog func() int64
+	if c.Ingress.MaxLag > 0 {
+		lag, err := kafka.NewLagMonitor(c.Kafka.Brokers, c.Kafka.Topic, c.Kafka.Group, lagEvery, in.logger)
+		if err != nil {
+			return err
+		}
+		go lag.Run(ctx)
+		backlog = lag.Lag
+	}
 	keys := httpapi.Keys{}
 	for _, k := range c.Auth.Keys {
 		keys[k.KeySHA256] = k.Tenant
@@ -76,10 +89,11 @@ func (in *Ingress) run(ctx context.Context) error {
 		Entities:          entities,
 		Topic:             c.Kafka.Topic,
 		Keys:              keys,
+		Backlog:           backlog,
 		Limits: httpapi.Limits{
 			ReadIdleTimeout: c.Ingress.ReadIdleTimeout,
 			MaxBodyBytes:    c.Ingress.MaxBodyBytes, MaxRecordBytes: c.Ingress.MaxRecordBytes,
-			MaxRecords: c.Ingress.MaxRecords, MaxRejections: c.Ingress.MaxRejections,
+			MaxRecords: c.Ingress.MaxRecords, MaxRejections: c.Ingress.MaxRejections, MaxLag: c.Ingress.MaxLag,
 		},
 		NewJobID: func() pipeline.JobID { return pipeline.JobID(uuid.Must(uuid.NewV7()).String()) },
 		Logger:   in.logger,

@@ -258,3 +258,34 @@ func TestBrokerFailsMidUpload(t *testing.T) {
 	require.Equal(t, j.accepted, j.c.Applied, "what Kafka acknowledged is applied, nothing else")
 	require.Len(t, s.table(t), int(j.accepted))
 }
+
+// TestBacklogBound: while the processors are more than ingress.max_lag
+// commands behind, uploads get 429 with Retry-After; once they catch up,
+// uploads are accepted again.
+func TestBacklogBound(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, map[string]any{"ingress.max_lag": 100})
+	var lines []string
+	for i := range 300 {
+		lines = append(lines, fmt.Sprintf(`{"id":"b-%d","entity":"customers","version":1,"data":{"customer_id":"k%d"}}`, i, i))
+	}
+	resp, _ := s.post(t, "/v1/jobs", "application/x-ndjson", "", strings.NewReader(strings.Join(lines, "\n")), false)
+	require.Equal(t, http.StatusAccepted, resp.StatusCode)
+
+	one := `{"id":"late","entity":"customers","version":1,"data":{"customer_id":"late"}}`
+	require.Eventually(t, func() bool {
+		resp, m := s.post(t, "/v1/jobs", "application/x-ndjson", "", strings.NewReader(one), false)
+		if resp.StatusCode != http.StatusTooManyRequests {
+			return false
+		}
+		require.Equal(t, "5", resp.Header.Get("Retry-After"))
+		require.Contains(t, m["detail"], "over the bound of 100")
+		return true
+	}, 20*time.Second, 200*time.Millisecond, "uploads must be turned away while 300 commands wait")
+
+	s.startProcessor(t, nil)
+	require.Eventually(t, func() bool {
+		resp, _ := s.post(t, "/v1/jobs", "application/x-ndjson", "", strings.NewReader(one), false)
+		return resp.StatusCode == http.StatusAccepted
+	}, 30*time.Second, 200*time.Millisecond, "uploads must be accepted once the backlog drains")
+}

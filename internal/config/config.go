@@ -84,6 +84,7 @@ type Dedupe struct {
 type Ingress struct {
 	IdempotencyWindow time.Duration `mapstructure:"idempotency_window"`
 	ReadIdleTimeout   time.Duration `mapstructure:"read_idle_timeout"`
+	MaxLag            int64         `mapstructure:"max_lag"`
 	MaxBodyBytes      int64         `mapstructure:"max_body_bytes"`
 	MaxRecordBytes    int           `mapstructure:"max_record_bytes"`
 	MaxRecords        int64         `mapstructure:"max_records"`
@@ -316,6 +317,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Ingress.IdempotencyWindow < time.Minute {
 		bad("ingress.idempotency_window", "must be at least 1m, got %s", c.Ingress.IdempotencyWindow)
+	}
+	if c.Ingress.MaxLag < 0 {
+		bad("ingress.max_lag", "must be 0 (no bound) or positive, got %d", c.Ingress.MaxLag)
 	}
 	if c.Ingress.ReadIdleTimeout < time.Second {
 		bad("ingress.read_idle_timeout", "must be at least 1s, got %s", c.Ingress.ReadIdleTimeout)

@@ -36,6 +36,7 @@ var Keys = []Key{
 	{"ingress.max_records", 10_000_000, "most records in one upload"},
 	{"ingress.idempotency_window", 24 * time.Hour, "how long an Idempotency-Key and its answer are kept"},
 	{"ingress.read_idle_timeout", time.Minute, "an upload that sends nothing for this long is cut off (a slow healthy upload is not)"},
+	{"ingress.max_lag", int64(0), "answer 429 while the processors' backlog exceeds this many commands (0: no bound)"},
 	{"ingress.max_rejections", 100, "rejections listed in an upload's answer (all are in the failures listing)"},
 	{"auth.disabled", false, "serve without API keys (only for local use)"},
 	{"log.level", "info", "debug, info, warn or error"},

@@ -116,6 +116,7 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 		"acme/running": {InFlight: true},
 		"acme/done":    {Fingerprint: []byte("another body"), Status: 202, Body: []byte("{}")},
 	}}
+	var backlog int64
 	sum := sha256.Sum256([]byte("secret"))
 	n := 0
 	s := New(Config{
@@ -123,7 +124,8 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 		Entities: pipeline.Entities{"customers": {Name: "customers", Schema: "public", Table: "customers",
 			Key: []string{"id"}, Columns: map[string]pipeline.Column{"id": {Name: "id", Type: "text"}}}},
 		Topic: "t", Keys: Keys{hex.EncodeToString(sum[:]): "acme"},
-		Limits:   Limits{MaxBodyBytes: 1 << 10, MaxRecordBytes: 256, MaxRecords: 100, MaxRejections: 10},
+		Limits:   Limits{MaxBodyBytes: 1 << 10, MaxRecordBytes: 256, MaxRecords: 100, MaxRejections: 10, MaxLag: 1000},
+		Backlog:  func() int64 { return backlog },
 		NewJobID: func() pipeline.JobID { n++; return pipeline.JobID("job-" + strconv.Itoa(n)) },
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -164,6 +166,9 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 	do("POST", "/v1/jobs", "application/x-ndjson", "", strings.Repeat(" ", 2<<10), 413)
 	do("POST", "/v1/jobs", "text/plain", "", good, 415)
 	do("POST", "/v1/jobs", "application/x-ndjson", "done", good, 422)
+	backlog = 5000
+	do("POST", "/v1/jobs", "application/x-ndjson", "", good, 429)
+	backlog = 0
 	producer.fail = errors.New("broker away")
 	do("POST", "/v1/jobs", "application/x-ndjson", "", good, 503)
 	producer.fail = nil

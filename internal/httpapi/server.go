@@ -44,8 +44,11 @@ type Config struct {
 	Topic             string
 	Keys              Keys
 	Limits            Limits
-	NewJobID          func() pipeline.JobID
-	Logger            *slog.Logger
+	// Backlog, when set with Limits.MaxLag, turns uploads away with 429
+	// while the processors are that far behind.
+	Backlog  func() int64
+	NewJobID func() pipeline.JobID
+	Logger   *slog.Logger
 }
 
 // Limits bound an upload.
@@ -57,6 +60,7 @@ type Limits struct {
 	MaxRecordBytes  int
 	MaxRecords      int64
 	MaxRejections   int
+	MaxLag          int64
 }
 
 // Server serves the ingress API.

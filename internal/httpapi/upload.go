@@ -52,6 +52,14 @@ var errStore = errors.New("job store unavailable")
 func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	tenant := tenantOf(ctx)
+	if s.cfg.Backlog != nil && s.cfg.Limits.MaxLag > 0 {
+		if lag := s.cfg.Backlog(); lag > s.cfg.Limits.MaxLag {
+			w.Header().Set("Retry-After", "5")
+			writeProblem(w, http.StatusTooManyRequests,
+				fmt.Sprintf("the processors are %d commands behind, over the bound of %d; retry later", lag, s.cfg.Limits.MaxLag))
+			return
+		}
+	}
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	body := io.Reader(http.MaxBytesReader(w, r.Body, s.cfg.Limits.MaxBodyBytes))
 	if s.cfg.Limits.ReadIdleTimeout > 0 {
