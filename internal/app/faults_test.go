@@ -51,6 +51,33 @@ func (s *stack) dlqRecords(t *testing.T, want int) []*kgo.Record {
 	return recs
 }
 
+// refuseProduces makes the broker answer every produce request with code
+// for as long as refuse says so; other requests pass. (Newer Produce
+// versions name topics by id, so matching on names would not do.)
+func (s *stack) refuseProduces(code int16, refuse func() bool) {
+	c := s.broker.Cluster()
+	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if !refuse() {
+			return nil, nil, false
+		}
+		pr := req.(*kmsg.ProduceRequest)
+		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range pr.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+}
+
 func header(r *kgo.Record, key string) string {
 	for _, h := range r.Headers {
 		if h.Key == key {
@@ -69,31 +96,16 @@ func TestDLQOutageHoldsTheOffset(t *testing.T) {
 	up := s.upload(t, poisonedUpload("d", 500, 250))
 
 	// From now on the only producer is the processor's dead-letter
-	// publisher: refuse every produce (newer Produce versions name topics by
-	// id, so matching on the name would not do).
+	// publisher: refuse every produce.
 	var failing atomic.Bool
 	failing.Store(true)
 	var refused atomic.Int64
-	s.broker.Cluster().ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		s.broker.Cluster().KeepControl()
+	s.refuseProduces(kerr.NotEnoughReplicas.Code, func() bool {
 		if !failing.Load() {
-			return nil, nil, false
+			return false
 		}
 		refused.Add(1)
-		pr := req.(*kmsg.ProduceRequest)
-		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
-		for _, rt := range pr.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic, st.TopicID = rt.Topic, rt.TopicID
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition = rp.Partition
-				sp.ErrorCode = kerr.NotEnoughReplicas.Code
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
+		return true
 	})
 	s.startProcessor(t, nil)
 

@@ -13,7 +13,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kerr"
-	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 type answer struct {
@@ -113,26 +112,7 @@ func TestIdempotencyKey5xxNotStored(t *testing.T) {
 	s := startStack(t)
 	var failing atomic.Bool
 	failing.Store(true)
-	s.broker.Cluster().ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		s.broker.Cluster().KeepControl()
-		if !failing.Load() {
-			return nil, nil, false
-		}
-		pr := req.(*kmsg.ProduceRequest)
-		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
-		for _, rt := range pr.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic, st.TopicID = rt.Topic, rt.TopicID
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition = rp.Partition
-				sp.ErrorCode = kerr.InvalidRecord.Code // not retriable: fails the produce at once
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
-	})
+	s.refuseProduces(kerr.InvalidRecord.Code, failing.Load) // not retriable: fails the produce at once
 	body := `{"id":"f1","version":1,"data":{"customer_id":"f1"}}`
 	first := s.postKeyed(t, "retry-me", body)
 	require.Equal(t, http.StatusServiceUnavailable, first.status, "%v", first.body)

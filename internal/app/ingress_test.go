@@ -19,7 +19,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kerr"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/spoolhq/spool/internal/apiclient"
 	"github.com/spoolhq/spool/pipeline"
@@ -222,26 +221,7 @@ func TestBrokerFailsMidUpload(t *testing.T) {
 	t.Parallel()
 	s := startStack(t)
 	var produces atomic.Int64
-	s.broker.Cluster().ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		s.broker.Cluster().KeepControl()
-		if produces.Add(1) <= 3 {
-			return nil, nil, false // the first requests go through
-		}
-		pr := req.(*kmsg.ProduceRequest)
-		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
-		for _, rt := range pr.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic, st.TopicID = rt.Topic, rt.TopicID
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition = rp.Partition
-				sp.ErrorCode = kerr.InvalidRecord.Code
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
-	})
+	s.refuseProduces(kerr.InvalidRecord.Code, func() bool { return produces.Add(1) > 3 }) // the first requests go through
 	var lines []string
 	for i := range 20_000 {
 		lines = append(lines, fmt.Sprintf(`{"id":"m-%d","entity":"customers","version":1,"data":{"customer_id":"k%d"}}`, i, i))
