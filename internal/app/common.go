@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"sort"
 	"time"
@@ -81,6 +82,15 @@ func entitySpecs(m map[string]config.EntityConfig) ([]postgres.EntitySpec, error
 		specs = append(specs, postgres.EntitySpec{Name: n, Schema: schema, Table: table, Key: e.Key, VersionColumn: e.VersionColumn})
 	}
 	return specs, nil
+}
+
+// listen opens the listener configured at key, naming the key on failure.
+func listen(key, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s %s: %w", key, addr, err)
+	}
+	return ln, nil
 }
 
 func startupBackoff() backoff.BackOff {

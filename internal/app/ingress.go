@@ -32,9 +32,9 @@ type Ingress struct {
 // NewIngress listens on http.addr at once, so that the caller knows the
 // address (":0" picks a free port) before Run.
 func NewIngress(c *config.Config, logger *slog.Logger) (*Ingress, error) {
-	ln, err := net.Listen("tcp", c.HTTP.Addr)
+	ln, err := listen("http.addr", c.HTTP.Addr)
 	if err != nil {
-		return nil, fmt.Errorf("listening on http.addr %s: %w", c.HTTP.Addr, err)
+		return nil, err
 	}
 	return &Ingress{cfg: c, logger: logger, ln: ln}, nil
 }

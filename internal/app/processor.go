@@ -36,9 +36,9 @@ type Processor struct {
 
 // NewProcessor listens on metrics.addr at once for health checks.
 func NewProcessor(c *config.Config, logger *slog.Logger) (*Processor, error) {
-	ln, err := net.Listen("tcp", c.Metrics.Addr)
+	ln, err := listen("metrics.addr", c.Metrics.Addr)
 	if err != nil {
-		return nil, fmt.Errorf("listening on metrics.addr %s: %w", c.Metrics.Addr, err)
+		return nil, err
 	}
 	return &Processor{cfg: c, logger: logger, ln: ln}, nil
 }
