@@ -53,9 +53,10 @@ const (
 	// OutcomeDeadLettered: the command failed permanently and was parked in
 	// the dead-letter topic.
 	OutcomeDeadLettered Outcome = "dead_lettered"
-	// OutcomeRejected: ingress refused the record; it never reached Kafka.
-	OutcomeRejected Outcome = "rejected"
 )
+
+// A record ingress refuses never becomes a command: it is counted as
+// rejected on its job and listed among the job's failures.
 
 // Counts tallies outcomes. The processor adds one Counts per job and batch.
 type Counts struct {
