@@ -45,10 +45,11 @@ func TestDevUploadWait(t *testing.T) {
 	require.NotNil(t, m, lines.Text())
 	go io.Copy(io.Discard, pr) //nolint:errcheck // drain
 
-	var out bytes.Buffer
+	var out, progress bytes.Buffer
 	up := cli.New()
 	up.SetArgs([]string{"upload", "../../examples/customers.ndjson", "--wait", "--server", m[1]})
 	up.SetOut(&out)
+	up.SetErr(&progress)
 	uctx, ucancel := context.WithTimeout(ctx, 60*time.Second)
 	defer ucancel()
 	if err := up.ExecuteContext(uctx); err != nil {
@@ -58,6 +59,7 @@ func TestDevUploadWait(t *testing.T) {
 	}
 	require.Regexp(t, `state\s+completed`, out.String())
 	require.Regexp(t, `accepted\s+25`, out.String())
+	require.Regexp(t, `sent customers.ndjson: \d+ bytes, 25 records`, progress.String(), "the progress counts records")
 
 	var n, maxVersion int
 	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*), max(version) FROM customers`).Scan(&n, &maxVersion))
@@ -88,6 +90,15 @@ func TestDevUploadWait(t *testing.T) {
 		jobs = append(jobs, id[1])
 	}
 	require.Equal(t, jobs[0], jobs[1])
+
+	// --gzip compresses on the fly; the server decodes the same 25 records.
+	var gz bytes.Buffer
+	zipped := cli.New()
+	zipped.SetArgs([]string{"upload", "../../examples/customers.ndjson", "--gzip", "--server", m[1]})
+	zipped.SetOut(&gz)
+	zipped.SetErr(io.Discard)
+	require.NoError(t, zipped.ExecuteContext(uctx), gz.String())
+	require.Contains(t, gz.String(), "received 25, accepted 25")
 
 	cancel()
 	wg.Wait()

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"compress/gzip"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -27,7 +28,9 @@ func newUploadCmd() *cobra.Command {
 		Use:   "upload FILE",
 		Short: "Stream a file of commands to POST /v1/jobs",
 		Long: `upload streams FILE to ingress and prints the job. The format follows the
-extension (.ndjson/.jsonl, .json, .csv; .gz is sent gzip-encoded) or --format.
+extension (.ndjson/.jsonl, .json, .csv; .gz is sent gzip-encoded) or --format;
+--gzip compresses a plain file on the fly. A bar shows bytes and records sent on
+a terminal, a plain line every 10 seconds otherwise.
 --wait follows the job to its end and exits non-zero if anything failed.`,
 		Args: cobra.ExactArgs(1),
 		RunE: runUpload,
@@ -40,6 +43,7 @@ extension (.ndjson/.jsonl, .json, .csv; .gz is sent gzip-encoded) or --format.
 	f.String("id-column", "", "CSV: the column holding the command id (server default: id)")
 	f.String("version-column", "", "CSV: the column holding the version")
 	f.String("op", "", "CSV: upsert or delete for every row (server default: upsert)")
+	f.Bool("gzip", false, "compress the file on the fly (a .gz file is sent as it is)")
 	f.Bool("wait", false, "follow the job to its end; exit non-zero if anything failed")
 	f.StringP("output", "o", "text", "text or json")
 	return cmd
@@ -80,7 +84,8 @@ func runUpload(cmd *cobra.Command, args []string) error {
 		}
 	}
 	opts := apiclient.UploadOptions{ContentType: ct, Gzip: gz, Entity: entity, IdempotencyKey: key, ExtraParameters: params}
-	res, err := uploadWithRetry(cmd, client, path, opts)
+	compress, _ := f.GetBool("gzip")
+	res, err := uploadWithRetry(cmd, client, path, format, compress, opts)
 	if err != nil {
 		return err
 	}
@@ -110,9 +115,9 @@ func runUpload(cmd *cobra.Command, args []string) error {
 // of an upload that did go through.
 const uploadAttempts = 5
 
-func uploadWithRetry(cmd *cobra.Command, client *apiclient.Client, path string, o apiclient.UploadOptions) (*httpapi.UploadView, error) {
+func uploadWithRetry(cmd *cobra.Command, client *apiclient.Client, path, format string, compress bool, o apiclient.UploadOptions) (*httpapi.UploadView, error) {
 	for attempt := 1; ; attempt++ {
-		res, err := uploadOnce(cmd, client, path, o)
+		res, err := uploadOnce(cmd, client, path, format, compress, o)
 		var apiErr *apiclient.Error
 		retriable := err != nil && cmd.Context().Err() == nil
 		if errors.As(err, &apiErr) {
@@ -135,9 +140,9 @@ func uploadWithRetry(cmd *cobra.Command, client *apiclient.Client, path string, 
 	}
 }
 
-// uploadOnce streams the file with a byte progress bar on a terminal, or a
-// plain line otherwise.
-func uploadOnce(cmd *cobra.Command, client *apiclient.Client, path string, o apiclient.UploadOptions) (*httpapi.UploadView, error) {
+// uploadOnce streams the file, compressing it on the way when asked, and
+// shows its bytes and records as they go.
+func uploadOnce(cmd *cobra.Command, client *apiclient.Client, path, format string, compress bool, o apiclient.UploadOptions) (*httpapi.UploadView, error) {
 	file, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -147,15 +152,35 @@ func uploadOnce(cmd *cobra.Command, client *apiclient.Client, path string, o api
 	if err != nil {
 		return nil, err
 	}
-	body := io.Reader(file)
-	if term.IsTerminal(int(os.Stderr.Fd())) {
-		bar := progressbar.DefaultBytes(st.Size(), "uploading "+filepath.Base(path))
-		body = io.TeeReader(file, bar)
-		defer bar.Finish() //nolint:errcheck // cosmetic
-	} else {
-		fmt.Fprintf(cmd.ErrOrStderr(), "uploading %s (%d bytes)\n", path, st.Size())
+	counter := newRecordCounter(format)
+	sink := io.WriteCloser(counter)
+	if o.Gzip {
+		sink = gunzipTo(counter)
 	}
-	return client.Upload(cmd.Context(), body, o)
+	prog := newProgress(cmd.ErrOrStderr(), term.IsTerminal(int(os.Stderr.Fd())), filepath.Base(path), st.Size(), counter)
+	body := io.TeeReader(file, io.MultiWriter(sink, prog))
+	if compress && !o.Gzip {
+		body = gzipped(body)
+		o.Gzip = true
+	}
+	res, err := client.Upload(cmd.Context(), body, o)
+	_ = sink.Close()
+	prog.Finish()
+	return res, err
+}
+
+// gzipped compresses r on the fly.
+func gzipped(r io.Reader) io.Reader {
+	pr, pw := io.Pipe()
+	go func() {
+		zw := gzip.NewWriter(pw)
+		_, err := io.Copy(zw, r)
+		if err == nil {
+			err = zw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	return pr
 }
 
 func newIdempotencyKey() string {
