@@ -1,7 +1,7 @@
 # The two commands a new machine needs: `make run` and `make test`.
 GO ?= go
 
-.PHONY: run test build vet clean
+.PHONY: run test build bench vet clean
 
 ## run: the whole system in one process (embedded broker, PostgreSQL at 127.0.0.1:5432, ingress on :8080)
 run:
@@ -15,7 +15,15 @@ test:
 
 ## build: the three binaries into bin/
 build:
-	$(GO) build -o bin/ ./cmd/ingress ./cmd/processor ./cmd/spoolctl
+	$(GO) build -o bin/ ./cmd/ingress ./cmd/processor ./cmd/spoolctl ./cmd/spool-bench
+
+BENCH_N ?= 1000000
+BENCH_UPLOAD_MIB ?= 1024
+
+## bench: spool against this machine's limits, side by side (docs/benchmarks.md)
+bench: build
+	@scripts/ensure-postgres
+	bin/spool-bench -n $(BENCH_N) -upload-mib $(BENCH_UPLOAD_MIB)
 
 vet:
 	$(GO) vet ./...

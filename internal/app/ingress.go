@@ -55,7 +55,7 @@ func (in *Ingress) run(ctx context.Context) error {
 	}
 	defer pool.Close()
 	producer, err := kafka.NewProducer(kafka.ProducerConfig{
-		Brokers: c.Kafka.Brokers, MaxBufferedBytes: 64 << 20, Linger: 5 * time.Millisecond, Logger: in.logger,
+		Brokers: c.Kafka.Brokers, MaxBufferedBytes: kafka.UploadBufferBytes, Linger: kafka.UploadLinger, Logger: in.logger,
 	})
 	if err != nil {
 		return err
@@ -70,6 +70,7 @@ func (in *Ingress) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		defer lag.Close()
 		go lag.Run(ctx)
 		backlog = lag.Lag
 	}

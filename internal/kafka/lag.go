@@ -27,7 +27,7 @@ type LagMonitor struct {
 	lag    atomic.Int64
 }
 
-// NewLagMonitor connects; Run measures every interval.
+// NewLagMonitor connects; Run measures every interval. Close it when done.
 func NewLagMonitor(brokers []string, topic, group string, every time.Duration, logger *slog.Logger) (*LagMonitor, error) {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.WithLogger(slogLogger{logger}))
 	if err != nil {
@@ -39,13 +39,15 @@ func NewLagMonitor(brokers []string, topic, group string, every time.Duration, l
 // Lag is the backlog as last measured (0 before the first measurement).
 func (m *LagMonitor) Lag() int64 { return m.lag.Load() }
 
+// Close disconnects.
+func (m *LagMonitor) Close() { m.cl.Close() }
+
 // Run measures until ctx is done.
 func (m *LagMonitor) Run(ctx context.Context) {
-	defer m.cl.Close()
 	t := time.NewTicker(m.every)
 	defer t.Stop()
 	for {
-		if lag, err := m.measure(ctx); err == nil {
+		if lag, err := m.Measure(ctx); err == nil {
 			m.lag.Store(lag)
 		} else if ctx.Err() == nil {
 			m.logger.Warn("measuring consumer lag", "error", err)
@@ -58,7 +60,10 @@ func (m *LagMonitor) Run(ctx context.Context) {
 	}
 }
 
-func (m *LagMonitor) measure(ctx context.Context) (int64, error) {
+// Measure reads the backlog now: the records past the group's committed
+// offsets, or past the start of the log where the group has none. For a
+// group that never consumes, that is every record in the topic.
+func (m *LagMonitor) Measure(ctx context.Context) (int64, error) {
 	ends, err := m.adm.ListEndOffsets(ctx, m.topic)
 	if err != nil {
 		return 0, classify(err)

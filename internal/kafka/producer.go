@@ -25,6 +25,15 @@ type ProducerConfig struct {
 	Logger *slog.Logger
 }
 
+// The upload producer's settings, chosen with the ingress benchmark
+// (docs/benchmarks.md): the buffer bounds ingress memory and slows an upload
+// to the broker's pace, and a short linger fills batches without adding
+// latency an upload would notice.
+const (
+	UploadBufferBytes = 64 << 20
+	UploadLinger      = 5 * time.Millisecond
+)
+
 // Producer produces with the idempotent producer and acks=all, so that an
 // acknowledged record is durably in Kafka and a retried send is not written
 // twice.

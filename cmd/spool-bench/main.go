@@ -1,0 +1,35 @@
+// Command spool-bench measures spool against this machine's limits, side by
+// side in one run; see docs/benchmarks.md. `make bench` builds the binaries
+// it runs and starts it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spoolhq/spool/internal/bench"
+	"github.com/spoolhq/spool/internal/pgtest"
+)
+
+func main() {
+	cfg := bench.Config{Out: os.Stdout}
+	flag.StringVar(&cfg.BinDir, "bin", "bin", "directory of the built binaries (make build)")
+	flag.StringVar(&cfg.DatabaseURL, "database-url", pgtest.BaseURL(), "PostgreSQL to use (TEST_DATABASE_URL)")
+	flag.StringVar(&cfg.Schema, "schema", "spool_bench", "schema the run drops and creates")
+	flag.IntVar(&cfg.N, "n", 1_000_000, "commands in the workload")
+	upload := flag.Int64("upload-mib", 1024, "least size of the ingress stage's upload, in MiB")
+	flag.Uint64Var(&cfg.Seed, "seed", 1, "workload seed")
+	flag.IntVar(&cfg.Partitions, "partitions", 12, "partitions of the topics")
+	flag.Parse()
+	cfg.UploadBytes = *upload << 20
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if _, err := bench.Run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "spool-bench:", err)
+		os.Exit(1)
+	}
+}

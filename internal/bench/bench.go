@@ -1,0 +1,193 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spoolhq/spool/internal/postgres"
+)
+
+// Config is one benchmark run.
+type Config struct {
+	// BinDir holds the built binaries (make build).
+	BinDir string
+	// DatabaseURL is the PostgreSQL to use; the run works in its own schema.
+	DatabaseURL string
+	// Schema is that schema, dropped and created anew.
+	Schema string
+	// N is the number of commands of the workload.
+	N int
+	// UploadBytes is the least the ingress stage uploads in one body: the
+	// workload is grown past N to reach it, so that ingress memory is
+	// measured on a large upload.
+	UploadBytes int64
+	Seed        uint64
+	Partitions  int
+	Out         io.Writer
+}
+
+// Result is one system's run.
+type Result struct {
+	System  string
+	Records int64
+	Elapsed time.Duration
+	// CPU is the process's user and system time during the run.
+	CPU time.Duration
+	// PeakRSS is the process's peak resident memory, 0 where the process
+	// is the benchmark itself and the figure would mean nothing.
+	PeakRSS int64
+	// Limit names the result this one is a ratio to.
+	Limit string
+}
+
+// PerSecond is the result's throughput.
+func (r Result) PerSecond() float64 { return float64(r.Records) / r.Elapsed.Seconds() }
+
+// env is what the stages share: the database, the broker and the logs.
+type env struct {
+	cfg     Config
+	dbURL   string
+	brokers []string
+	procs   []*proc
+	dir     string
+	logger  *slog.Logger
+}
+
+// Run runs every stage and prints the table. It fails when any stage's
+// result is wrong.
+func Run(ctx context.Context, cfg Config) ([]Result, error) {
+	e, err := setup(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer e.close()
+	var results []Result
+	up := e.uploadWorkload()
+	fmt.Fprintf(cfg.Out, "workload: %d commands, %.1f MiB as NDJSON, seed %d, %d partitions\n",
+		up.N, float64(up.N*up.AverageBytes())/(1<<20), cfg.Seed, cfg.Partitions)
+	raw, err := e.rawProduce(ctx, up)
+	if err != nil {
+		return nil, fmt.Errorf("raw produce: %w", err)
+	}
+	results = append(results, raw)
+	ing, err := e.ingress(ctx, up)
+	if err != nil {
+		return nil, fmt.Errorf("ingress: %w", err)
+	}
+	ing.Limit = raw.System
+	results = append(results, ing)
+	Report(cfg.Out, results)
+	return results, nil
+}
+
+// Report prints results as a table with each result's ratio to its limit.
+func Report(w io.Writer, results []Result) {
+	by := map[string]Result{}
+	for _, r := range results {
+		by[r.System] = r
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "system\trecords\tseconds\trecords/s\tratio\tto\tCPU s\tpeak RSS MiB\t")
+	for _, r := range results {
+		ratio, rss := "", "-"
+		if l, ok := by[r.Limit]; ok {
+			ratio = fmt.Sprintf("%.2f×", r.PerSecond()/l.PerSecond())
+		}
+		if r.PeakRSS > 0 {
+			rss = fmt.Sprintf("%.0f", float64(r.PeakRSS)/(1<<20))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.0f\t%s\t%s\t%.1f\t%s\t\n", r.System, r.Records, r.Elapsed.Seconds(),
+			r.PerSecond(), ratio, r.Limit, r.CPU.Seconds(), rss)
+	}
+	_ = tw.Flush()
+}
+
+func setup(ctx context.Context, cfg Config) (e *env, err error) {
+	e = &env{cfg: cfg, logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+	if e.dir, err = os.MkdirTemp("", "spool-bench-"); err != nil {
+		return e, err
+	}
+	u, err := url.Parse(cfg.DatabaseURL)
+	if err != nil {
+		return e, fmt.Errorf("database url: %w", err)
+	}
+	q := u.Query()
+	q.Set("search_path", cfg.Schema)
+	u.RawQuery = q.Encode()
+	e.dbURL = u.String()
+	admin, err := postgres.Open(ctx, cfg.DatabaseURL, 2)
+	if err != nil {
+		return e, err
+	}
+	defer admin.Close()
+	if _, err := admin.Exec(ctx, fmt.Sprintf("DROP SCHEMA IF EXISTS %q CASCADE; CREATE SCHEMA %[1]q", cfg.Schema)); err != nil {
+		return e, fmt.Errorf("creating schema %s: %w", cfg.Schema, err)
+	}
+	pool, err := postgres.Open(ctx, e.dbURL, 2)
+	if err != nil {
+		return e, err
+	}
+	defer pool.Close()
+	if _, err := postgres.Migrate(ctx, pool); err != nil {
+		return e, err
+	}
+	if _, err := postgres.EnsureDemoCustomers(ctx, pool); err != nil {
+		return e, err
+	}
+
+	addr, err := freeAddr()
+	if err != nil {
+		return e, err
+	}
+	broker, err := e.start("spoolctl", nil, "broker", "--addr", addr, "--data-dir", "", "--partitions", fmt.Sprint(cfg.Partitions))
+	if err != nil {
+		return e, err
+	}
+	e.brokers = []string{addr}
+	return e, broker.waitFor(ctx, "listening", dialable(addr))
+}
+
+func (e *env) start(name string, env []string, args ...string) (*proc, error) {
+	p, err := start(e.cfg.BinDir, name, env, args...)
+	if err != nil {
+		return nil, err
+	}
+	e.procs = append(e.procs, p)
+	return p, nil
+}
+
+// configFile writes a spool config for the binaries the stages start.
+func (e *env) configFile(name, httpAddr string) (string, error) {
+	path := filepath.Join(e.dir, name+".yaml")
+	text := fmt.Sprintf(`database: {url: %q}
+kafka: {brokers: [%q], partitions: %d}
+http: {addr: %q}
+auth: {disabled: true}
+log: {level: warn}
+ingress: {max_records: %d}
+entities:
+  %s: {table: %s.customers, key: [customer_id], version_column: version}
+`, e.dbURL, e.brokers[0], e.cfg.Partitions, httpAddr, 1<<40, Entity, e.cfg.Schema)
+	return path, os.WriteFile(path, []byte(text), 0o600)
+}
+
+func (e *env) close() {
+	for i := len(e.procs) - 1; i >= 0; i-- {
+		e.procs[i].stop()
+	}
+	if e.dir != "" {
+		_ = os.RemoveAll(e.dir)
+	}
+}

@@ -1,0 +1,94 @@
+package bench
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strconv"
+
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// Workload generates commands deterministically: command i is a pure
+// function of the seed and i, so that any stage can regenerate the same
+// stream. About 5% of the commands repeat an earlier command whole (a
+// client's retry), keys are drawn from 0.6·N so that most keys get several
+// versions, and versions are unique but arrive out of order.
+type Workload struct {
+	N    int
+	Seed uint64
+}
+
+// repeatShare is the share of commands that repeat an earlier one.
+const repeatShare = 0.05
+
+// Entity is the table the workload writes: spool's demo customers.
+const Entity = "customers"
+
+// Command returns command i.
+func (w Workload) Command(i int) pipeline.Command {
+	r := rand.New(rand.NewPCG(w.Seed, uint64(i)))
+	if i > 0 && r.Float64() < repeatShare {
+		return w.Command(r.IntN(i))
+	}
+	keys := max(1, w.N*6/10)
+	k := r.IntN(keys)
+	version := int64(r.Uint32())<<24 | int64(i)
+	cents := r.IntN(1_000_000)
+	data := map[string]json.RawMessage{
+		"customer_id": quote(fmt.Sprintf("cust-%09d", k)),
+		"name":        quote(fmt.Sprintf("Customer %d", k)),
+		"email":       quote(fmt.Sprintf("user%d.%d@example.com", k, i%100)),
+		"balance":     quote(fmt.Sprintf("%d.%02d", cents/100, cents%100)),
+	}
+	return pipeline.Command{
+		ID:      pipeline.CommandID(fmt.Sprintf("bench-%010d", i)),
+		Entity:  Entity,
+		Op:      pipeline.OpUpsert,
+		Version: &version,
+		Data:    data,
+	}
+}
+
+func quote(s string) json.RawMessage { return json.RawMessage(strconv.Quote(s)) }
+
+// WriteNDJSON writes the workload as an upload body.
+func (w Workload) WriteNDJSON(out io.Writer) error {
+	b := bufio.NewWriterSize(out, 256<<10)
+	enc := json.NewEncoder(b)
+	for i := range w.N {
+		c := w.Command(i)
+		if err := enc.Encode(&c); err != nil {
+			return err
+		}
+	}
+	return b.Flush()
+}
+
+// Final is the oracle: each key's row as the version guard leaves it, the
+// highest version's columns.
+func (w Workload) Final() map[string]pipeline.Command {
+	final := make(map[string]pipeline.Command, w.N*6/10)
+	for i := range w.N {
+		c := w.Command(i)
+		k := string(c.Data["customer_id"])
+		if prev, ok := final[k]; !ok || *prev.Version < *c.Version {
+			final[k] = c
+		}
+	}
+	return final
+}
+
+// AverageBytes samples the size of one NDJSON line.
+func (w Workload) AverageBytes() int {
+	const sample = 1000
+	var n int
+	for i := range sample {
+		c := w.Command(i)
+		b, _ := json.Marshal(&c)
+		n += len(b) + 1
+	}
+	return n / sample
+}
