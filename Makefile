@@ -11,6 +11,7 @@ run:
 ## test: every test, with the race detector, against the real PostgreSQL and an in-process broker
 test:
 	@scripts/ensure-postgres
+	@scripts/ensure-kcat
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 ## build: the three binaries into bin/

@@ -2,14 +2,19 @@ package dlq
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/spoolhq/spool/pipeline"
 )
 
-// Header names added to a dead-lettered record.
+// Header names a dead-lettered record carries besides the original's. The
+// job id, tenant and input index are the original record's own headers,
+// named here too so that every field of the envelope has a constant.
 const (
 	HeaderErrorClass      = "spool-dlq-error-class"
 	HeaderError           = "spool-dlq-error"
@@ -21,14 +26,209 @@ const (
 	HeaderLastFailure     = "spool-dlq-last-failure"
 	HeaderCommandID       = "spool-dlq-command-id"
 	HeaderInstance        = "spool-dlq-processor"
+
+	HeaderJobID    = pipeline.HeaderJobID
+	HeaderTenant   = pipeline.HeaderTenant
+	HeaderIndex    = pipeline.HeaderIndex
+	HeaderReplayOf = pipeline.HeaderReplayOf
 )
+
+// timeFormat is how failure times are written: UTC, readable as they are.
+const timeFormat = time.RFC3339Nano
 
 // maxErrorHeader bounds the error message header, so that a long database
 // message cannot push a dead letter past the broker's record size.
 const maxErrorHeader = 1024
 
-// truncate cuts s to at most n bytes on a rune boundary, marking the cut.
+// Envelope is a dead letter: the original record (key, value, headers) and
+// why and where it failed.
+type Envelope struct {
+	Key   []byte
+	Value []byte
+	// Headers are the original record's headers other than the job id,
+	// tenant, index and replay-of (fields below) and the dead-letter headers.
+	Headers []pipeline.Header
+
+	ErrorClass      pipeline.ErrorClass
+	Error           string
+	SourceTopic     string
+	SourcePartition int32
+	SourceOffset    int64
+	// Attempt counts the times the command was processed and failed: 1 for
+	// a first failure, one more for each replay that failed again.
+	Attempt      int
+	FirstFailure time.Time
+	LastFailure  time.Time
+	JobID        pipeline.JobID
+	Tenant       string
+	CommandID    pipeline.CommandID
+	// Index is the command's 0-based position in its upload, -1 if unknown.
+	Index int64
+	// Instance names the processor that dead-lettered the command.
+	Instance string
+	// ReplayOf is the earlier dead letter this command was replayed from.
+	ReplayOf string
+
+	// Where the dead letter itself is, set by Parse.
+	Topic     string
+	Partition int32
+	Offset    int64
+	Timestamp time.Time
+}
+
+// Coordinates names the dead letter in its topic: PARTITION:OFFSET, the
+// argument of spoolctl dlq show.
+func (e *Envelope) Coordinates() string { return fmt.Sprintf("%d:%d", e.Partition, e.Offset) }
+
+// Entity is the command's entity, read from its value; "" when the value is
+// not a JSON object with one.
+func (e *Envelope) Entity() string {
+	var v struct {
+		Entity string `json:"entity"`
+	}
+	if json.Unmarshal(e.Value, &v) != nil {
+		return ""
+	}
+	return v.Entity
+}
+
+// Record encodes the envelope as a dead-letter record.
+func (e *Envelope) Record() pipeline.Record {
+	hs := e.originalHeaders(len(e.Headers) + 14)
+	add := func(k, v string) { hs = append(hs, pipeline.Header{Key: k, Value: []byte(v)}) }
+	add(HeaderErrorClass, string(e.ErrorClass))
+	add(HeaderError, truncate(e.Error, maxErrorHeader))
+	add(HeaderSourceTopic, e.SourceTopic)
+	add(HeaderSourcePartition, strconv.Itoa(int(e.SourcePartition)))
+	add(HeaderSourceOffset, strconv.FormatInt(e.SourceOffset, 10))
+	add(HeaderAttempt, strconv.Itoa(e.Attempt))
+	add(HeaderFirstFailure, e.FirstFailure.UTC().Format(timeFormat))
+	add(HeaderLastFailure, e.LastFailure.UTC().Format(timeFormat))
+	add(HeaderCommandID, string(e.CommandID))
+	add(HeaderInstance, e.Instance)
+	if e.ReplayOf != "" {
+		add(HeaderReplayOf, e.ReplayOf)
+	}
+	return pipeline.Record{Key: e.Key, Value: e.Value, Headers: hs}
+}
+
+// ReplayRecord is the command to send back to its source topic: the
+// original key, value and headers, the attempt it will be, the first
+// failure time (so that a dead letter of it again keeps it) and which dead
+// letter it replays.
+func (e *Envelope) ReplayRecord() pipeline.Record {
+	hs := e.originalHeaders(len(e.Headers) + 6)
+	add := func(k, v string) { hs = append(hs, pipeline.Header{Key: k, Value: []byte(v)}) }
+	add(HeaderAttempt, strconv.Itoa(e.Attempt+1))
+	add(HeaderFirstFailure, e.FirstFailure.UTC().Format(timeFormat))
+	add(HeaderReplayOf, e.Topic+":"+e.Coordinates())
+	return pipeline.Record{Topic: e.SourceTopic, Key: e.Key, Value: e.Value, Headers: hs}
+}
+
+// originalHeaders are the command's own headers: the others, then job id,
+// tenant and index where known.
+func (e *Envelope) originalHeaders(capacity int) []pipeline.Header {
+	hs := make([]pipeline.Header, 0, capacity)
+	hs = append(hs, e.Headers...)
+	if e.JobID != "" {
+		hs = append(hs, pipeline.Header{Key: HeaderJobID, Value: []byte(e.JobID)})
+	}
+	if e.Tenant != "" {
+		hs = append(hs, pipeline.Header{Key: HeaderTenant, Value: []byte(e.Tenant)})
+	}
+	if e.Index >= 0 {
+		hs = append(hs, pipeline.Header{Key: HeaderIndex, Value: strconv.AppendInt(nil, e.Index, 10)})
+	}
+	return hs
+}
+
+// Parse decodes a dead-letter record. It fails, naming the header, when one
+// that every dead letter carries is missing or malformed.
+func Parse(r pipeline.Record) (*Envelope, error) {
+	e := &Envelope{Key: r.Key, Value: r.Value, Index: -1,
+		Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Timestamp: r.Timestamp}
+	seen := map[string]string{}
+	for _, h := range r.Headers {
+		switch h.Key {
+		case HeaderErrorClass, HeaderError, HeaderSourceTopic, HeaderSourcePartition, HeaderSourceOffset,
+			HeaderAttempt, HeaderFirstFailure, HeaderLastFailure, HeaderCommandID, HeaderInstance,
+			HeaderJobID, HeaderTenant, HeaderIndex, HeaderReplayOf:
+			if _, dup := seen[h.Key]; dup {
+				return nil, fmt.Errorf("header %s appears twice", h.Key)
+			}
+			seen[h.Key] = string(h.Value)
+		default:
+			e.Headers = append(e.Headers, h)
+		}
+	}
+	for _, k := range []string{HeaderErrorClass, HeaderSourceTopic, HeaderSourcePartition, HeaderSourceOffset,
+		HeaderAttempt, HeaderFirstFailure, HeaderLastFailure} {
+		if _, ok := seen[k]; !ok {
+			return nil, fmt.Errorf("not a dead letter: header %s is missing", k)
+		}
+	}
+	var err error
+	e.ErrorClass = pipeline.ErrorClass(seen[HeaderErrorClass])
+	e.Error = seen[HeaderError]
+	e.SourceTopic = seen[HeaderSourceTopic]
+	e.JobID = pipeline.JobID(seen[HeaderJobID])
+	e.Tenant = seen[HeaderTenant]
+	e.CommandID = pipeline.CommandID(seen[HeaderCommandID])
+	e.Instance = seen[HeaderInstance]
+	e.ReplayOf = seen[HeaderReplayOf]
+	p, err := parseInt(seen, HeaderSourcePartition, 32)
+	if err != nil {
+		return nil, err
+	}
+	e.SourcePartition = int32(p)
+	if e.SourceOffset, err = parseInt(seen, HeaderSourceOffset, 64); err != nil {
+		return nil, err
+	}
+	attempt, err := parseInt(seen, HeaderAttempt, 32)
+	if err != nil {
+		return nil, err
+	}
+	if attempt < 1 {
+		return nil, fmt.Errorf("header %s=%d: attempts count from 1", HeaderAttempt, attempt)
+	}
+	e.Attempt = int(attempt)
+	if _, ok := seen[HeaderIndex]; ok {
+		if e.Index, err = parseInt(seen, HeaderIndex, 64); err != nil {
+			return nil, err
+		}
+		if e.Index < 0 {
+			return nil, fmt.Errorf("header %s=%d is negative", HeaderIndex, e.Index)
+		}
+	}
+	if e.FirstFailure, err = parseTime(seen, HeaderFirstFailure); err != nil {
+		return nil, err
+	}
+	if e.LastFailure, err = parseTime(seen, HeaderLastFailure); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+func parseInt(hs map[string]string, key string, bits int) (int64, error) {
+	n, err := strconv.ParseInt(hs[key], 10, bits)
+	if err != nil {
+		return 0, fmt.Errorf("header %s=%q is not an integer", key, hs[key])
+	}
+	return n, nil
+}
+
+func parseTime(hs map[string]string, key string) (time.Time, error) {
+	t, err := time.Parse(timeFormat, hs[key])
+	if err != nil {
+		return time.Time{}, fmt.Errorf("header %s=%q is not an RFC 3339 time", key, hs[key])
+	}
+	return t.UTC(), nil
+}
+
+// truncate cuts s to at most n bytes on a rune boundary, marking the cut,
+// and makes it valid UTF-8 so that header readers show it as it is.
 func truncate(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
 	if len(s) <= n {
 		return s
 	}
@@ -62,44 +262,51 @@ func NewPublisher(p Producer, topic, instance string) *Publisher {
 func (p *Publisher) DeadLetter(ctx context.Context, msgs []*pipeline.Message) error {
 	recs := make([]pipeline.Record, len(msgs))
 	for i, m := range msgs {
-		recs[i] = p.envelope(m)
+		e := p.envelope(m)
+		recs[i] = e.Record()
 	}
 	return p.producer.ProduceSync(ctx, p.topic, recs...)
 }
 
-// envelope keeps the original key, value and headers (earlier dlq headers
-// excepted) and appends the dead-letter headers.
-func (p *Publisher) envelope(m *pipeline.Message) pipeline.Record {
-	now := p.now().UTC().Format(time.RFC3339Nano)
-	first, attempt := now, 1
+// envelope wraps a failed message. A replayed command carries the attempt it
+// is and its first failure time; any other starts at attempt 1, now.
+func (p *Publisher) envelope(m *pipeline.Message) *Envelope {
+	now := p.now().UTC()
 	src := m.Record
-	hs := make([]pipeline.Header, 0, len(src.Headers)+10)
+	e := &Envelope{
+		Key: src.Key, Value: src.Value,
+		ErrorClass: pipeline.ClassOf(m.Err), Error: m.Err.Error(),
+		SourceTopic: src.Topic, SourcePartition: src.Partition, SourceOffset: src.Offset,
+		Attempt: 1, FirstFailure: now, LastFailure: now,
+		CommandID: pipeline.CommandID(src.Key), Index: -1, Instance: p.instance,
+	}
 	for _, h := range src.Headers {
+		v := string(h.Value)
 		switch h.Key {
-		case HeaderFirstFailure:
-			first = string(h.Value)
-			continue
 		case HeaderAttempt:
-			if n, err := strconv.Atoi(string(h.Value)); err == nil {
-				attempt = n + 1
+			if n, err := strconv.Atoi(v); err == nil && n > 0 {
+				e.Attempt = n
 			}
-			continue
+		case HeaderFirstFailure:
+			if t, err := time.Parse(timeFormat, v); err == nil {
+				e.FirstFailure = t
+			}
+		case HeaderJobID:
+			e.JobID = pipeline.JobID(v)
+		case HeaderTenant:
+			e.Tenant = v
+		case HeaderIndex:
+			if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+				e.Index = n
+			}
 		case HeaderErrorClass, HeaderError, HeaderSourceTopic, HeaderSourcePartition, HeaderSourceOffset,
 			HeaderLastFailure, HeaderCommandID, HeaderInstance:
-			continue
+			// a dead-letter header on a source record (another tool's copy): dropped
+		case HeaderReplayOf:
+			e.ReplayOf = v
+		default:
+			e.Headers = append(e.Headers, h)
 		}
-		hs = append(hs, h)
 	}
-	add := func(k, v string) { hs = append(hs, pipeline.Header{Key: k, Value: []byte(v)}) }
-	add(HeaderErrorClass, string(pipeline.ClassOf(m.Err)))
-	add(HeaderError, truncate(m.Err.Error(), maxErrorHeader))
-	add(HeaderSourceTopic, src.Topic)
-	add(HeaderSourcePartition, strconv.Itoa(int(src.Partition)))
-	add(HeaderSourceOffset, strconv.FormatInt(src.Offset, 10))
-	add(HeaderAttempt, strconv.Itoa(attempt))
-	add(HeaderFirstFailure, first)
-	add(HeaderLastFailure, now)
-	add(HeaderCommandID, string(src.Key))
-	add(HeaderInstance, p.instance)
-	return pipeline.Record{Key: src.Key, Value: src.Value, Headers: hs}
+	return e
 }

@@ -229,10 +229,15 @@ func (e *Entity) isKey(col string) bool {
 	return false
 }
 
-// JobCounts sums outcomes per job.
+// JobCounts sums outcomes per job. Replayed commands are not counted here:
+// each was counted once already, as dead-lettered, and ReplayMoves says how
+// its count moves.
 func JobCounts(msgs []*Message, outcomes []Outcome) map[JobID]*Counts {
 	counts := make(map[JobID]*Counts)
 	for i, m := range msgs {
+		if m.ReplayOf != "" {
+			continue
+		}
 		c := counts[m.JobID]
 		if c == nil {
 			c = &Counts{}
@@ -241,4 +246,27 @@ func JobCounts(msgs []*Message, outcomes []Outcome) map[JobID]*Counts {
 		c.Add(outcomes[i])
 	}
 	return counts
+}
+
+// Move is a replayed command's new outcome: its job's count moves from
+// dead_lettered to Outcome, if the job still holds the command as a dead
+// letter. The Store checks that, so that a dead letter replayed twice moves
+// once.
+type Move struct {
+	Job     JobID
+	Index   int64
+	Outcome Outcome
+}
+
+// ReplayMoves lists the moves of a batch's replayed commands. One that is
+// dead-lettered again stays where it was counted.
+func ReplayMoves(msgs []*Message, outcomes []Outcome) []Move {
+	var moves []Move
+	for i, m := range msgs {
+		if m.ReplayOf == "" || m.JobID == "" || m.Index < 0 || outcomes[i] == OutcomeDeadLettered {
+			continue
+		}
+		moves = append(moves, Move{Job: m.JobID, Index: m.Index, Outcome: outcomes[i]})
+	}
+	return moves
 }

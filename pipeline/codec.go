@@ -33,6 +33,10 @@ const (
 	HeaderJobID  = "spool-job-id"
 	HeaderTenant = "spool-tenant"
 	HeaderIndex  = "spool-index"
+	// HeaderReplayOf marks a command re-produced from the dead-letter topic:
+	// its value is the dead letter's TOPIC:PARTITION:OFFSET. The processor
+	// counts such a command by moving it out of its job's dead letters.
+	HeaderReplayOf = "spool-replay-of"
 )
 
 // Header returns the value of the first header named key.
@@ -113,6 +117,8 @@ type Message struct {
 	Tenant  string
 	Index   int64
 	Hash    PayloadHash
+	// ReplayOf is the dead letter this command was replayed from, if any.
+	ReplayOf string
 	// Err is set when the record could not be decoded or validated; such a
 	// message is dead-lettered without touching the database.
 	Err error
@@ -128,6 +134,7 @@ func DecodeRecord(r Record, es Entities) Message {
 	m := Message{Record: r, Hash: hashPayload(r.Value)}
 	m.JobID = JobID(headerOr(&r, HeaderJobID))
 	m.Tenant = headerOr(&r, HeaderTenant)
+	m.ReplayOf = headerOr(&r, HeaderReplayOf)
 	if s, ok := r.Header(HeaderIndex); ok {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {

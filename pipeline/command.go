@@ -53,10 +53,11 @@ const (
 	// OutcomeDeadLettered: the command failed permanently and was parked in
 	// the dead-letter topic.
 	OutcomeDeadLettered Outcome = "dead_lettered"
+	// OutcomeRejected: ingress refused the record, which never became a
+	// command. It is counted as rejected on its job, not among the accepted,
+	// and listed among the job's failures.
+	OutcomeRejected Outcome = "rejected"
 )
-
-// A record ingress refuses never becomes a command: it is counted as
-// rejected on its job and listed among the job's failures.
 
 // Counts tallies outcomes. The processor adds one Counts per job and batch.
 type Counts struct {
@@ -139,11 +140,12 @@ func (j *Job) Progress() float64 {
 // Failure is one command of a job that did not apply: rejected at ingress,
 // conflicting, or dead-lettered by the processor.
 type Failure struct {
-	Index int64      `json:"index"`
-	ID    CommandID  `json:"id"`
-	Stage string     `json:"stage"`
-	Class ErrorClass `json:"error_class"`
-	Error string     `json:"error"`
+	Index   int64      `json:"index"`
+	ID      CommandID  `json:"id"`
+	Stage   string     `json:"stage"`
+	Outcome Outcome    `json:"outcome"`
+	Class   ErrorClass `json:"error_class"`
+	Error   string     `json:"error"`
 }
 
 // Failure stages.

@@ -11,11 +11,18 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/time/rate"
 
 	"github.com/spoolhq/spool/internal/config"
 	"github.com/spoolhq/spool/internal/postgres"
 	"github.com/spoolhq/spool/pipeline"
 )
+
+// NewRateLimiter paces to perSecond events with room for burst at once; the
+// processor's write rate and a dead-letter replay's send rate use it.
+func NewRateLimiter(perSecond float64, burst int) pipeline.Limiter {
+	return rate.NewLimiter(rate.Limit(perSecond), max(1, burst))
+}
 
 // NewLogger builds the process logger from config.
 func NewLogger(c config.Log) *slog.Logger {

@@ -9,8 +9,6 @@ import (
 	"os"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/spoolhq/spool/dlq"
 	"github.com/spoolhq/spool/internal/config"
 	"github.com/spoolhq/spool/internal/httpapi"
@@ -72,7 +70,7 @@ func (p *Processor) run(ctx context.Context) error {
 	// the burst is one batch, the most a worker asks for at once.
 	var limiter pipeline.Limiter
 	if c.Processor.RateLimit > 0 {
-		limiter = rate.NewLimiter(rate.Limit(c.Processor.RateLimit), c.Processor.BatchSize)
+		limiter = NewRateLimiter(c.Processor.RateLimit, c.Processor.BatchSize)
 	}
 
 	consumer, err := kafka.NewConsumer(kafka.ConsumerConfig{

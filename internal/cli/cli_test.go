@@ -6,7 +6,6 @@ import (
 	"context"
 	"io"
 	"regexp"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,39 +22,17 @@ func TestDevUploadWait(t *testing.T) {
 	db := pgtest.New(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-
-	pr, pw := io.Pipe()
-	dev := cli.New()
-	dev.SetArgs([]string{"dev", "--http-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
-		"--kafka-addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--partitions", "3", "--database-url", db.URL})
-	dev.SetOut(pw)
-	dev.SetErr(testWriter{t})
-	var devErr error
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		devErr = dev.ExecuteContext(ctx)
-		pw.Close()
-	}()
-
-	lines := bufio.NewScanner(pr)
-	require.True(t, lines.Scan(), "dev printed nothing")
-	m := regexp.MustCompile(`ingress (http://\S+)`).FindStringSubmatch(lines.Text())
-	require.NotNil(t, m, lines.Text())
-	go io.Copy(io.Discard, pr) //nolint:errcheck // drain
+	dev := startDev(ctx, t, db)
 
 	var out, progress bytes.Buffer
 	up := cli.New()
-	up.SetArgs([]string{"upload", "../../examples/customers.ndjson", "--wait", "--server", m[1]})
+	up.SetArgs([]string{"upload", "../../examples/customers.ndjson", "--wait", "--server", dev.server})
 	up.SetOut(&out)
 	up.SetErr(&progress)
 	uctx, ucancel := context.WithTimeout(ctx, 60*time.Second)
 	defer ucancel()
 	if err := up.ExecuteContext(uctx); err != nil {
-		cancel()
-		wg.Wait()
-		t.Fatalf("upload: %v (dev: %v)\n%s", err, devErr, out.String())
+		t.Fatalf("upload: %v (dev: %v)\n%s", err, dev.stop(), out.String())
 	}
 	require.Regexp(t, `state\s+completed`, out.String())
 	require.Regexp(t, `accepted\s+25`, out.String())
@@ -70,7 +47,7 @@ func TestDevUploadWait(t *testing.T) {
 	require.NotNil(t, id, out.String())
 	var jobOut bytes.Buffer
 	get := cli.New()
-	get.SetArgs([]string{"jobs", "get", id[1], "-o", "json", "--server", m[1]})
+	get.SetArgs([]string{"jobs", "get", id[1], "-o", "json", "--server", dev.server})
 	get.SetOut(&jobOut)
 	require.NoError(t, get.ExecuteContext(uctx))
 	require.Contains(t, jobOut.String(), `"state": "completed"`)
@@ -81,7 +58,7 @@ func TestDevUploadWait(t *testing.T) {
 	for range 2 {
 		var o bytes.Buffer
 		again := cli.New()
-		again.SetArgs([]string{"upload", "../../examples/customers.ndjson", "--idempotency-key", "retry-1", "--server", m[1]})
+		again.SetArgs([]string{"upload", "../../examples/customers.ndjson", "--idempotency-key", "retry-1", "--server", dev.server})
 		again.SetOut(&o)
 		again.SetErr(io.Discard)
 		require.NoError(t, again.ExecuteContext(uctx), o.String())
@@ -94,15 +71,47 @@ func TestDevUploadWait(t *testing.T) {
 	// --gzip compresses on the fly; the server decodes the same 25 records.
 	var gz bytes.Buffer
 	zipped := cli.New()
-	zipped.SetArgs([]string{"upload", "../../examples/customers.ndjson", "--gzip", "--server", m[1]})
+	zipped.SetArgs([]string{"upload", "../../examples/customers.ndjson", "--gzip", "--server", dev.server})
 	zipped.SetOut(&gz)
 	zipped.SetErr(io.Discard)
 	require.NoError(t, zipped.ExecuteContext(uctx), gz.String())
 	require.Contains(t, gz.String(), "received 25, accepted 25")
 
-	cancel()
-	wg.Wait()
-	require.NoError(t, devErr, "dev must stop cleanly on cancel")
+	require.NoError(t, dev.stop(), "dev must stop cleanly on cancel")
+}
+
+// devStack is spoolctl dev running in-process on free ports.
+type devStack struct {
+	server, broker string
+	stop           func() error
+}
+
+// startDev runs spoolctl dev against db with 3 partitions until ctx ends.
+func startDev(ctx context.Context, t *testing.T, db *pgtest.DB) *devStack {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	pr, pw := io.Pipe()
+	dev := cli.New()
+	dev.SetArgs([]string{"dev", "--http-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
+		"--kafka-addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--partitions", "3", "--database-url", db.URL})
+	dev.SetOut(pw)
+	dev.SetErr(testWriter{t})
+	var devErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		devErr = dev.ExecuteContext(ctx)
+		pw.Close()
+	}()
+	s := &devStack{stop: func() error { cancel(); <-done; return devErr }}
+	t.Cleanup(func() { _ = s.stop() })
+	lines := bufio.NewScanner(pr)
+	require.True(t, lines.Scan(), "dev printed nothing")
+	m := regexp.MustCompile(`ingress (http://\S+)\s+broker (\S+)`).FindStringSubmatch(lines.Text())
+	require.NotNil(t, m, lines.Text())
+	go io.Copy(io.Discard, pr) //nolint:errcheck // drain
+	s.server, s.broker = m[1], m[2]
+	return s
 }
 
 type testWriter struct{ t *testing.T }

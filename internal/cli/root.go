@@ -16,7 +16,7 @@ func New() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().String("config", "", "config file (default: $SPOOL_CONFIG, else ./spool.yaml if present)")
-	root.AddCommand(newDevCmd(), newBrokerCmd(), newMigrateCmd(), newUploadCmd(), newJobsCmd())
+	root.AddCommand(newDevCmd(), newBrokerCmd(), newMigrateCmd(), newUploadCmd(), newJobsCmd(), newDLQCmd())
 	return root
 }
 

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -118,7 +119,7 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 	}}
 	var backlog int64
 	sum := sha256.Sum256([]byte("secret"))
-	n := 0
+	var n atomic.Int64
 	s := New(Config{
 		Jobs: jobs, Producer: producer, Idempotency: idem, IdempotencyWindow: time.Hour,
 		Entities: pipeline.Entities{"customers": {Name: "customers", Schema: "public", Table: "customers",
@@ -126,17 +127,22 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 		Topic: "t", Keys: Keys{hex.EncodeToString(sum[:]): "acme"},
 		Limits:   Limits{MaxBodyBytes: 1 << 10, MaxRecordBytes: 256, MaxRecords: 100, MaxRejections: 10, MaxLag: 1000},
 		Backlog:  func() int64 { return backlog },
-		NewJobID: func() pipeline.JobID { n++; return pipeline.JobID("job-" + strconv.Itoa(n)) },
+		NewJobID: func() pipeline.JobID { return pipeline.JobID("job-" + strconv.Itoa(int(n.Add(1)))) },
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	type served struct {
 		pattern string
 		status  int
 	}
+	// A handler can still be finishing (a 413 answers before the body is
+	// read) when the next request starts: the record is locked.
+	var mu sync.Mutex
 	seen := map[served]bool{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w}
 		s.ServeHTTP(sw, r)
+		mu.Lock()
+		defer mu.Unlock()
 		seen[served{r.Pattern, sw.status}] = true
 	}))
 	defer srv.Close()
@@ -198,6 +204,8 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 	}
 	require.NoError(t, yaml.Unmarshal(openAPI, &doc))
 	routes := map[string]bool{}
+	mu.Lock()
+	defer mu.Unlock()
 	for sv := range seen {
 		method, path, ok := strings.Cut(sv.pattern, " ")
 		require.True(t, ok, "route %q has no method", sv.pattern)

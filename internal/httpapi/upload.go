@@ -276,7 +276,7 @@ func (u *upload) reject(index int64, id pipeline.CommandID, err error) {
 	if len(u.shown) < u.s.cfg.Limits.MaxRejections {
 		u.shown = append(u.shown, Rejection{Index: index, ID: id, Class: class, Error: err.Error()})
 	}
-	u.pending = append(u.pending, pipeline.Failure{Index: index, ID: id, Stage: pipeline.StageIngress, Class: class, Error: err.Error()})
+	u.pending = append(u.pending, pipeline.Failure{Index: index, ID: id, Stage: pipeline.StageIngress, Outcome: pipeline.OutcomeRejected, Class: class, Error: err.Error()})
 }
 
 // idleDeadline moves the connection's read deadline on before every read:

@@ -76,26 +76,40 @@ func (s *Store) SettleJobs(ctx context.Context, ids []pipeline.JobID) error {
 // to catch a processor that died between its commit and SettleJobs.
 func (s *Store) SettleOpenJobs(ctx context.Context) error { return s.settle(ctx, nil) }
 
+// settle sets each job's state from its counts: processing while commands
+// are outstanding, then completed or completed_with_errors. Named jobs are
+// settled whatever their state (but receiving and failed), so that a job
+// whose dead letters a replay moved reopens or completes again; without
+// names, the open jobs are.
 func (s *Store) settle(ctx context.Context, ids []string) error {
+	// Two filters rather than one with OR, so that each plan uses its index.
+	filter, args := "j.state IN ('queued', 'processing')", []any{}
+	if ids != nil {
+		filter = "j.job_id = ANY ($1) AND j.state IN ('queued', 'processing', 'completed', 'completed_with_errors')"
+		args = append(args, ids)
+	}
 	_, err := s.pool.Exec(ctx, `
 		WITH c AS (
-			SELECT j.job_id,
+			SELECT j.job_id, j.state, j.accepted, j.rejected,
 				coalesce(sum(c.applied + c.duplicate + c.stale + c.conflict + c.dead_lettered), 0) AS done,
 				coalesce(sum(c.conflict + c.dead_lettered), 0) AS bad
 			FROM spool_jobs j LEFT JOIN spool_job_counts c ON c.job_id = j.job_id
-			WHERE j.state IN ('queued', 'processing') AND ($1::text[] IS NULL OR j.job_id = ANY ($1))
+			WHERE `+filter+`
 			GROUP BY j.job_id
+		), n AS (
+			SELECT job_id, CASE
+				WHEN done < accepted AND done = 0 AND state = 'queued' THEN 'queued'
+				WHEN done < accepted THEN 'processing'
+				WHEN bad > 0 OR rejected > 0 THEN 'completed_with_errors'
+				ELSE 'completed' END AS state
+			FROM c
 		)
 		UPDATE spool_jobs j SET
-			state = CASE
-				WHEN c.done < j.accepted THEN 'processing'
-				WHEN c.bad > 0 OR j.rejected > 0 THEN 'completed_with_errors'
-				ELSE 'completed' END,
-			completed_at = CASE WHEN c.done >= j.accepted THEN now() END,
+			state = n.state,
+			completed_at = CASE WHEN n.state LIKE 'completed%' THEN now() END,
 			updated_at = now()
-		FROM c
-		WHERE j.job_id = c.job_id AND j.state IN ('queued', 'processing')
-		  AND (c.done >= j.accepted OR (c.done > 0 AND j.state = 'queued'))`, ids)
+		FROM n
+		WHERE j.job_id = n.job_id AND j.state <> n.state`, args...)
 	if err != nil {
 		return classify(fmt.Errorf("settling jobs: %w", err))
 	}

@@ -92,6 +92,7 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.O
 
 	var q pgx.Batch
 	queueCounts(&q, b, outcomes)
+	queueMoves(&q, b, outcomes)
 	queueFailures(&q, b, outcomes)
 	q.Queue(`INSERT INTO spool_offsets AS o (consumer_group, topic, partition, next_offset)
 		VALUES ($1, $2, $3, $5)
@@ -420,6 +421,15 @@ func prefixAll(prefix string, names []string) []string {
 	return out
 }
 
+// addCounts ends an INSERT INTO spool_job_counts AS c: counts add up.
+const addCounts = `
+		ON CONFLICT (job_id, partition) DO UPDATE SET
+			applied = c.applied + EXCLUDED.applied,
+			duplicate = c.duplicate + EXCLUDED.duplicate,
+			stale = c.stale + EXCLUDED.stale,
+			conflict = c.conflict + EXCLUDED.conflict,
+			dead_lettered = c.dead_lettered + EXCLUDED.dead_lettered`
+
 func queueCounts(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
 	counts := pipeline.JobCounts(b.Messages, outcomes)
 	var jobs []string
@@ -441,13 +451,35 @@ func queueCounts(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
 	q.Queue(`INSERT INTO spool_job_counts AS c (job_id, partition, applied, duplicate, stale, conflict, dead_lettered)
 		SELECT j, $2, a, du, s, co, de FROM unnest($1::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[]) AS u(j, a, du, s, co, de)
 		ORDER BY j
-		ON CONFLICT (job_id, partition) DO UPDATE SET
-			applied = c.applied + EXCLUDED.applied,
-			duplicate = c.duplicate + EXCLUDED.duplicate,
-			stale = c.stale + EXCLUDED.stale,
-			conflict = c.conflict + EXCLUDED.conflict,
-			dead_lettered = c.dead_lettered + EXCLUDED.dead_lettered`,
+		`+addCounts,
 		jobs, b.Partition, applied, duplicate, stale, conflict, dead)
+}
+
+// queueMoves moves replayed commands' counts out of dead_lettered, each only
+// if its job still lists it as a dead letter: the move deletes that failure
+// row, so a dead letter replayed twice moves once. It runs before
+// queueFailures, which lists a replay that ended in conflict anew.
+func queueMoves(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
+	moves := pipeline.ReplayMoves(b.Messages, outcomes)
+	if len(moves) == 0 {
+		return
+	}
+	jobs, idx, to := make([]string, len(moves)), make([]int64, len(moves)), make([]string, len(moves))
+	for i, m := range moves {
+		jobs[i], idx[i], to[i] = string(m.Job), m.Index, string(m.Outcome)
+	}
+	q.Queue(`WITH moved AS (
+			DELETE FROM spool_job_failures f
+			USING unnest($1::text[], $2::bigint[], $3::text[]) AS r(job_id, idx, outcome)
+			WHERE f.job_id = r.job_id AND f.idx = r.idx AND f.outcome = 'dead_lettered'
+			RETURNING r.job_id, r.outcome)
+		INSERT INTO spool_job_counts AS c (job_id, partition, applied, duplicate, stale, conflict, dead_lettered)
+		SELECT job_id, $4,
+			count(*) FILTER (WHERE outcome = 'applied'), count(*) FILTER (WHERE outcome = 'duplicate'),
+			count(*) FILTER (WHERE outcome = 'stale'), count(*) FILTER (WHERE outcome = 'conflict'), -count(*)
+		FROM moved GROUP BY job_id ORDER BY job_id
+		`+addCounts,
+		jobs, idx, to, b.Partition)
 }
 
 func queueFailures(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
@@ -460,14 +492,14 @@ func queueFailures(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome)
 		switch outcomes[i] {
 		case pipeline.OutcomeConflict:
 			fs = append(fs, pipeline.Failure{Index: m.Index, ID: m.Command.ID, Stage: pipeline.StageProcessor,
-				Class: pipeline.ClassConflict, Error: "id was seen before with a different payload"})
+				Outcome: pipeline.OutcomeConflict, Class: pipeline.ClassConflict, Error: "id was seen before with a different payload"})
 		case pipeline.OutcomeDeadLettered:
 			id := m.Command.ID
 			if id == "" {
 				id = pipeline.CommandID(m.Record.Key)
 			}
 			fs = append(fs, pipeline.Failure{Index: m.Index, ID: id, Stage: pipeline.StageProcessor,
-				Class: pipeline.ClassOf(m.Err), Error: m.Err.Error()})
+				Outcome: pipeline.OutcomeDeadLettered, Class: pipeline.ClassOf(m.Err), Error: m.Err.Error()})
 		default:
 			continue
 		}
@@ -482,16 +514,18 @@ func queueFailures(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome)
 // record replaces the earlier one.
 func queueFailureRows(q *pgx.Batch, jobs []string, fs []pipeline.Failure) {
 	idx := make([]int64, len(fs))
-	ids, stages, classes, msgs := make([]string, len(fs)), make([]string, len(fs)), make([]string, len(fs)), make([]string, len(fs))
+	ids, stages, outcomes, classes, msgs := make([]string, len(fs)), make([]string, len(fs)), make([]string, len(fs)),
+		make([]string, len(fs)), make([]string, len(fs))
 	for i, f := range fs {
-		idx[i], ids[i], stages[i], classes[i], msgs[i] = f.Index, clean(string(f.ID)), f.Stage, string(f.Class), clean(f.Error)
+		idx[i], ids[i], stages[i], outcomes[i], classes[i], msgs[i] = f.Index, clean(string(f.ID)), f.Stage, string(f.Outcome),
+			string(f.Class), clean(f.Error)
 		jobs[i] = clean(jobs[i])
 	}
-	q.Queue(`INSERT INTO spool_job_failures AS f (job_id, idx, command_id, stage, error_class, error)
-		SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
+	q.Queue(`INSERT INTO spool_job_failures AS f (job_id, idx, command_id, stage, outcome, error_class, error)
+		SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
 		ON CONFLICT (job_id, idx) DO UPDATE SET command_id = EXCLUDED.command_id, stage = EXCLUDED.stage,
-			error_class = EXCLUDED.error_class, error = EXCLUDED.error, created_at = now()`,
-		jobs, idx, ids, stages, classes, msgs)
+			outcome = EXCLUDED.outcome, error_class = EXCLUDED.error_class, error = EXCLUDED.error, created_at = now()`,
+		jobs, idx, ids, stages, outcomes, classes, msgs)
 }
 
 // clean makes a string storable as PostgreSQL text, which refuses NUL and
