@@ -12,6 +12,7 @@ run:
 test:
 	@scripts/ensure-postgres
 	@scripts/ensure-kcat
+	@scripts/ensure-browser
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 ## build: the three binaries into bin/

@@ -88,8 +88,8 @@ func Replay(ctx context.Context, r Reader, p Producer, dlqTopic string, o Replay
 	if s.o.FlushEvery <= 0 {
 		s.o.FlushEvery = 200 * time.Millisecond
 	}
+	planned := 0 // replays decided, sent or not yet
 	err = Scan(ctx, r, dlqTopic, o.Filter, func(e *Envelope) error {
-		res.Selected++
 		action := ActionReplay
 		switch {
 		case done[e.Coordinates()]:
@@ -98,11 +98,12 @@ func Replay(ctx context.Context, r Reader, p Producer, dlqTopic string, o Replay
 		case o.MaxAttempts > 0 && e.Attempt >= o.MaxAttempts:
 			action = ActionPark
 			res.Parked++
-		case o.Limit > 0 && res.Replayed >= o.Limit:
+		case o.Limit > 0 && planned >= o.Limit:
 			return ErrStop
 		default:
-			res.Replayed++
+			planned++
 		}
+		res.Selected++
 		if action != ActionReplay || o.DryRun {
 			s.tell(e, action)
 			return nil
@@ -112,11 +113,11 @@ func Replay(ctx context.Context, r Reader, p Producer, dlqTopic string, o Replay
 	if err == nil {
 		err = s.flush(ctx)
 	}
-	if err != nil {
-		res.Replayed -= len(s.pending)
-		return res, err
+	res.Replayed = s.sent
+	if o.DryRun {
+		res.Replayed = planned
 	}
-	return res, nil
+	return res, err
 }
 
 // sender batches replayed records and their checkpoints.
@@ -126,6 +127,7 @@ type sender struct {
 	o          ReplayOptions
 	pending    []*Envelope
 	since      time.Time
+	sent       int // replays sent and checkpointed
 }
 
 func (s *sender) tell(e *Envelope, a Action) {
@@ -156,35 +158,39 @@ type mark struct {
 	To         string    `json:"to"`
 }
 
+// flush sends the pending replays topic by topic, each topic's followed by
+// its checkpoints, so that what was sent is recorded even when a later
+// topic fails.
 func (s *sender) flush(ctx context.Context) error {
-	if len(s.pending) == 0 {
-		return nil
-	}
-	byTopic := map[string][]pipeline.Record{}
+	byTopic := map[string][]*Envelope{}
 	var order []string
-	marks := make([]pipeline.Record, len(s.pending))
-	now := time.Now().UTC()
-	for i, e := range s.pending {
-		rec := e.ReplayRecord()
-		if _, ok := byTopic[rec.Topic]; !ok {
-			order = append(order, rec.Topic)
-		}
-		byTopic[rec.Topic] = append(byTopic[rec.Topic], rec)
-		v, _ := json.Marshal(mark{ReplayedAt: now, Attempt: e.Attempt + 1, To: rec.Topic})
-		marks[i] = pipeline.Record{Key: []byte(e.Coordinates()), Value: v}
-	}
-	for _, topic := range order {
-		if err := s.p.ProduceSync(ctx, topic, byTopic[topic]...); err != nil {
-			return fmt.Errorf("replaying %d dead letters to %s: %w", len(byTopic[topic]), topic, err)
-		}
-	}
-	if err := s.p.ProduceSync(ctx, s.checkpoint, marks...); err != nil {
-		return fmt.Errorf("recording %d replays in %s (they were sent; a rerun resends them harmlessly): %w",
-			len(marks), s.checkpoint, err)
-	}
 	for _, e := range s.pending {
-		s.tell(e, ActionReplay)
+		if _, ok := byTopic[e.SourceTopic]; !ok {
+			order = append(order, e.SourceTopic)
+		}
+		byTopic[e.SourceTopic] = append(byTopic[e.SourceTopic], e)
 	}
 	s.pending = s.pending[:0]
+	for _, topic := range order {
+		es := byTopic[topic]
+		recs, marks := make([]pipeline.Record, len(es)), make([]pipeline.Record, len(es))
+		now := time.Now().UTC()
+		for i, e := range es {
+			recs[i] = e.ReplayRecord()
+			v, _ := json.Marshal(mark{ReplayedAt: now, Attempt: e.Attempt + 1, To: topic})
+			marks[i] = pipeline.Record{Key: []byte(e.Coordinates()), Value: v}
+		}
+		if err := s.p.ProduceSync(ctx, topic, recs...); err != nil {
+			return fmt.Errorf("replaying %d dead letters to %s: %w", len(recs), topic, err)
+		}
+		if err := s.p.ProduceSync(ctx, s.checkpoint, marks...); err != nil {
+			return fmt.Errorf("recording %d replays in %s (they were sent; a rerun resends them harmlessly): %w",
+				len(marks), s.checkpoint, err)
+		}
+		s.sent += len(es)
+		for _, e := range es {
+			s.tell(e, ActionReplay)
+		}
+	}
 	return nil
 }

@@ -2,6 +2,7 @@ package dlq
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -69,7 +70,7 @@ func TestReplay(t *testing.T) {
 	limited.Limit = 3
 	res, err = Replay(ctx, m, m, "dlq", limited)
 	require.NoError(t, err)
-	require.Equal(t, 3, res.Replayed)
+	require.Equal(t, ReplayResult{Selected: 3, Replayed: 3}, res)
 	require.Len(t, m["spool.commands"], 3)
 
 	var told []Action
@@ -105,7 +106,7 @@ func TestFilter(t *testing.T) {
 		require.NoError(t, Scan(context.Background(), m, "dlq", f, func(*Envelope) error { n++; return nil }, nil))
 		return n
 	}
-	all := Filter{Partition: AllPartitions}
+	all := Filter{}
 	require.Equal(t, 10, count(all))
 	f := all
 	f.Job = "job-1"
@@ -120,6 +121,48 @@ func TestFilter(t *testing.T) {
 	f.Entity = "customers"
 	require.Equal(t, 0, count(f))
 	f = all
-	f.Partition = 0
+	zero, one := int32(0), int32(1)
+	f.Partition = &zero
 	require.Equal(t, 10, count(f))
+	f.Partition = &one
+	require.Equal(t, 0, count(f))
+}
+
+// failingTopic refuses produces to one topic.
+type failingTopic struct {
+	memTopics
+	topic string
+}
+
+func (f failingTopic) ProduceSync(ctx context.Context, topic string, recs ...pipeline.Record) error {
+	if topic == f.topic {
+		return errors.New("broker away")
+	}
+	return f.memTopics.ProduceSync(ctx, topic, recs...)
+}
+
+// TestReplayRecordsWhatWasSent: when one source topic fails, what went to
+// the others is checkpointed and counted, and the rerun sends the rest only.
+func TestReplayRecordsWhatWasSent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	m := memTopics{}
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 6 {
+		e := &Envelope{Key: fmt.Appendf(nil, "c-%d", i), ErrorClass: pipeline.ClassConstraint, SourceTopic: []string{"a", "b"}[i%2],
+			Attempt: 1, FirstFailure: at, LastFailure: at, Index: -1}
+		r := e.Record()
+		r.Topic, r.Offset = "dlq", int64(i)
+		m["dlq"] = append(m["dlq"], r)
+	}
+	res, err := Replay(ctx, m, failingTopic{m, "b"}, "dlq", ReplayOptions{})
+	require.ErrorContains(t, err, "broker away")
+	require.Equal(t, 3, res.Replayed)
+	require.Len(t, m["a"], 3)
+	require.Len(t, m[CheckpointTopic("dlq")], 3)
+	res, err = Replay(ctx, m, m, "dlq", ReplayOptions{})
+	require.NoError(t, err)
+	require.Equal(t, ReplayResult{Selected: 6, Replayed: 3, AlreadyReplayed: 3}, res)
+	require.Len(t, m["a"], 3)
+	require.Len(t, m["b"], 3)
 }

@@ -26,8 +26,16 @@ type Filter struct {
 	Entity     string
 	// Since and Until bound the last failure time: Since ≤ t < Until.
 	Since, Until time.Time
-	// Partition of the dead-letter topic, or AllPartitions.
-	Partition int32
+	// Partition, when set, selects one partition of the dead-letter topic.
+	Partition *int32
+}
+
+// partition is what the filter asks the Reader for.
+func (f Filter) partition() int32 {
+	if f.Partition == nil {
+		return AllPartitions
+	}
+	return *f.Partition
 }
 
 // Match reports whether e passes the filter.
@@ -36,7 +44,7 @@ func (f Filter) Match(e *Envelope) bool {
 	case f.Job != "" && e.JobID != f.Job,
 		f.Tenant != "" && e.Tenant != f.Tenant,
 		f.ErrorClass != "" && e.ErrorClass != f.ErrorClass,
-		f.Partition >= 0 && e.Partition != f.Partition,
+		f.Partition != nil && e.Partition != *f.Partition,
 		!f.Since.IsZero() && e.LastFailure.Before(f.Since),
 		!f.Until.IsZero() && !e.LastFailure.Before(f.Until),
 		f.Entity != "" && e.Entity() != f.Entity:
@@ -51,7 +59,7 @@ var ErrStop = errors.New("stop scanning")
 // Scan calls fn for each dead letter of topic that f selects. A record that
 // is not a dead letter goes to bad (when set) with the reason, never to fn.
 func Scan(ctx context.Context, r Reader, topic string, f Filter, fn func(*Envelope) error, bad func(pipeline.Record, error)) error {
-	err := r.Read(ctx, topic, f.Partition, func(rec pipeline.Record) error {
+	err := r.Read(ctx, topic, f.partition(), func(rec pipeline.Record) error {
 		e, err := Parse(rec)
 		if err != nil {
 			if bad != nil {

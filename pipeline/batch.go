@@ -259,14 +259,20 @@ type Move struct {
 }
 
 // ReplayMoves lists the moves of a batch's replayed commands. One that is
-// dead-lettered again stays where it was counted.
+// dead-lettered again stays where it was counted. Two replays of one command
+// in a batch (two copies of a dead letter) move once, by the first: the
+// later copy is its duplicate.
 func ReplayMoves(msgs []*Message, outcomes []Outcome) []Move {
 	var moves []Move
+	seen := map[Move]bool{}
 	for i, m := range msgs {
 		if m.ReplayOf == "" || m.JobID == "" || m.Index < 0 || outcomes[i] == OutcomeDeadLettered {
 			continue
 		}
-		moves = append(moves, Move{Job: m.JobID, Index: m.Index, Outcome: outcomes[i]})
+		if k := (Move{Job: m.JobID, Index: m.Index}); !seen[k] {
+			seen[k] = true
+			moves = append(moves, Move{Job: m.JobID, Index: m.Index, Outcome: outcomes[i]})
+		}
 	}
 	return moves
 }

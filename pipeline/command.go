@@ -126,6 +126,22 @@ type Job struct {
 	CompletedAt *time.Time
 }
 
+// JobCursor is where a page of a job listing ends: the last job's creation
+// time and id.
+type JobCursor struct {
+	CreatedAt time.Time
+	ID        JobID
+}
+
+// JobQuery selects a page of a tenant's jobs, newest first.
+type JobQuery struct {
+	// State, when set, selects jobs in that state only.
+	State JobState
+	// After, when set, starts the page after that job.
+	After *JobCursor
+	Limit int
+}
+
 // Progress is the share of accepted commands that have an outcome, 0 to 1.
 func (j *Job) Progress() float64 {
 	if j.Accepted == 0 {

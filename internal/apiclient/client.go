@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -87,6 +88,51 @@ func (c *Client) Job(ctx context.Context, id pipeline.JobID) (*httpapi.JobView, 
 	return &v, nil
 }
 
+// JobsOptions select a page of jobs.
+type JobsOptions struct {
+	State  pipeline.JobState
+	Limit  int
+	Cursor string
+}
+
+// Jobs returns a page of the tenant's jobs, newest first.
+func (c *Client) Jobs(ctx context.Context, o JobsOptions) (*httpapi.JobList, error) {
+	q := url.Values{}
+	if o.State != "" {
+		q.Set("state", string(o.State))
+	}
+	if o.Limit > 0 {
+		q.Set("limit", strconv.Itoa(o.Limit))
+	}
+	if o.Cursor != "" {
+		q.Set("cursor", o.Cursor)
+	}
+	u := c.url("/v1/jobs")
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	var v httpapi.JobList
+	if err := c.do(req, &v); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// Failures copies a job's failures listing (format ndjson or csv) to w as
+// it streams in.
+func (c *Client) Failures(ctx context.Context, id pipeline.JobID, format string, w io.Writer) error {
+	u := c.url("/v1/jobs/" + url.PathEscape(string(id)) + "/failures?format=" + url.QueryEscape(format))
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	return c.do(req, w)
+}
+
 // Finished reports whether a job state is final.
 func Finished(s pipeline.JobState) bool {
 	switch s {
@@ -132,6 +178,8 @@ func (c *Client) WaitJob(ctx context.Context, id pipeline.JobID, every time.Dura
 
 func (c *Client) url(path string) string { return strings.TrimRight(c.Server, "/") + path }
 
+// do sends req and decodes a 2xx answer's JSON into out, or copies the
+// body when out is an io.Writer; any other answer is an *Error.
 func (c *Client) do(req *http.Request, out any) error {
 	if c.APIKey != "" {
 		req.Header.Set("Authorization", "Bearer "+c.APIKey)
@@ -158,6 +206,12 @@ func (c *Client) do(req *http.Request, out any) error {
 			e.RetryAfter = s
 		}
 		return e
+	}
+	if w, ok := out.(io.Writer); ok {
+		if _, err := io.Copy(w, resp.Body); err != nil {
+			return fmt.Errorf("reading %s answer: %w", req.URL.Path, err)
+		}
+		return nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("decoding %s answer: %w", req.URL.Path, err)

@@ -138,6 +138,8 @@ func (p *Processor) sweepLoop(ctx context.Context, store *postgres.Store) {
 			}
 			_, err = store.SweepIdempotencyKeys(ctx, p.cfg.Ingress.IdempotencyWindow)
 			warn("sweeping idempotency keys", err)
+			_, err = store.PruneJobs(ctx, p.cfg.Jobs.Retention)
+			warn("pruning finished jobs", err)
 		}
 	}
 }

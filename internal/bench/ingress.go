@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/spoolhq/spool/internal/apiclient"
@@ -46,25 +45,27 @@ func (e *env) rawProduce(ctx context.Context, w Workload) (Result, error) {
 	}
 	start := time.Now()
 	var wg sync.WaitGroup
-	var failed atomic.Value
+	var once sync.Once
+	var failed error
 	for i := range w.N {
 		c := w.Command(i)
 		rec, err := pipeline.NewRecord(&c, "bench-raw", "default", int64(i))
 		if err != nil {
-			return Result{}, err
+			once.Do(func() { failed = err })
+			break
 		}
 		wg.Add(1)
 		p.Produce(ctx, rawTopic, &rec, func(err error) {
 			if err != nil {
-				failed.CompareAndSwap(nil, err)
+				once.Do(func() { failed = err })
 			}
 			wg.Done()
 		})
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	if err, ok := failed.Load().(error); ok {
-		return Result{}, err
+	if failed != nil {
+		return Result{}, failed
 	}
 	after, err := procUsage(os.Getpid())
 	if err != nil {

@@ -102,7 +102,11 @@ func parseFilter(cmd *cobra.Command, now time.Time) (dlq.Filter, error) {
 	class, _ := f.GetString("error-class")
 	flt.ErrorClass = pipeline.ErrorClass(class)
 	flt.Entity, _ = f.GetString("entity")
-	flt.Partition, _ = f.GetInt32("partition")
+	if p, _ := f.GetInt32("partition"); p >= 0 {
+		flt.Partition = &p
+	} else if p != dlq.AllPartitions {
+		return flt, fmt.Errorf("--partition %d: a partition is 0 or more (-1: all)", p)
+	}
 	var err error
 	for _, b := range []struct {
 		flag string

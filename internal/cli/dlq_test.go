@@ -105,6 +105,19 @@ func TestDLQReplay(t *testing.T) {
 	require.Equal(t, &pipelineJob{pipeline.JobCompletedWithErrors, pipeline.Counts{Applied: 80, DeadLettered: 20}}, wait(jobA))
 	require.Equal(t, &pipelineJob{pipeline.JobCompletedWithErrors, pipeline.Counts{Applied: 7, DeadLettered: 3}}, wait(jobB))
 
+	// The jobs commands show the same from the API.
+	server := []string{"--server", dev.server}
+	listed := mustSpoolctl(ctx, t, append([]string{"jobs", "list"}, server...)...)
+	require.Regexp(t, string(jobA)+`\s+completed_with_errors\s+100%\s+100\s+100\s+0\s+80\s+20`, listed)
+	require.Len(t, jsonLines(t, mustSpoolctl(ctx, t, append([]string{"jobs", "list", "-o", "json", "--limit", "1", "--all"}, server...)...)), 2)
+	failuresCSV := mustSpoolctl(ctx, t, append([]string{"jobs", "failures", string(jobA), "-o", "csv"}, server...)...)
+	require.Len(t, strings.Split(strings.TrimSpace(failuresCSV), "\n"), 21, "a header and 20 dead letters")
+	failuresTable := mustSpoolctl(ctx, t, append([]string{"jobs", "failures", string(jobA)}, server...)...)
+	require.Regexp(t, `(?m)^0\s+a-0\s+processor\s+dead_lettered\s+constraint_violation`, failuresTable)
+	require.Contains(t, failuresTable, "20 failures")
+	_, err := spoolctl(ctx, t, append([]string{"jobs", "wait", string(jobA)}, server...)...)
+	require.ErrorContains(t, err, "ended completed_with_errors", "wait exits non-zero when the job has failures")
+
 	// An ordinary Kafka client reads the dead letters and their headers.
 	kcat := exec.CommandContext(ctx, "kcat", "-b", dev.broker, "-C", "-t", "spool.commands.dlq", "-o", "beginning", "-e", "-q",
 		"-f", "%p:%o %k %h\n")
@@ -185,6 +198,8 @@ func TestDLQReplay(t *testing.T) {
 
 	// The job's dead letters move to their new outcomes and it completes.
 	waitFor(t, func() bool { return wait(jobA).counts.DeadLettered == 0 })
+	mustSpoolctl(ctx, t, append([]string{"jobs", "wait", string(jobA)}, server...)...)
+	require.Contains(t, mustSpoolctl(ctx, t, append([]string{"jobs", "failures", string(jobA)}, server...)...), "0 failures")
 	require.Equal(t, &pipelineJob{pipeline.JobCompleted, pipeline.Counts{Applied: 99, Stale: 1}}, wait(jobA))
 	var balance string
 	var version int64
@@ -231,7 +246,7 @@ func TestDLQReplay(t *testing.T) {
 	require.NoError(t, err)
 	defer producer.Close()
 	res, err = dlq.Replay(ctx, withoutCheckpoint{reader}, producer, "spool.commands.dlq",
-		dlq.ReplayOptions{Filter: dlq.Filter{Job: jobA, Partition: dlq.AllPartitions}})
+		dlq.ReplayOptions{Filter: dlq.Filter{Job: jobA}})
 	require.NoError(t, err)
 	require.Equal(t, 20, res.Replayed)
 	waitFor(t, func() bool { return countProcessed(ctx, t, db) >= int64(sourceBefore+41) })

@@ -9,32 +9,112 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/spoolhq/spool/internal/apiclient"
 	"github.com/spoolhq/spool/internal/httpapi"
 	"github.com/spoolhq/spool/pipeline"
 )
 
 func newJobsCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "jobs", Short: "Follow jobs through the API"}
-	get := &cobra.Command{
-		Use:   "get JOB_ID",
-		Short: "Show a job's state and counts",
+	get := jobCmd("get", "Show a job's state and counts", "text or json",
+		func(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error {
+			j, err := client.Job(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			return printJob(cmd.OutOrStdout(), j, out)
+		})
+	wait := jobCmd("wait", "Follow a job to its end; exit non-zero unless it completed without failures", "text or json",
+		func(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error {
+			return waitJob(cmd, client, id, out)
+		})
+	failures := jobCmd("failures", "List a job's rejected, conflicting and dead-lettered commands, by input index",
+		"text, json (NDJSON) or csv", printFailures)
+	cmd.AddCommand(get, newJobsListCmd(), failures, wait)
+	return cmd
+}
+
+// jobCmd is a jobs subcommand on one JOB_ID with an -o flag.
+func jobCmd(name, short, outputs string, run func(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   name + " JOB_ID",
+		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			client, err := newClient(cmd)
 			if err != nil {
 				return err
 			}
-			j, err := client.Job(cmd.Context(), pipeline.JobID(args[0]))
+			out, _ := cmd.Flags().GetString("output")
+			return run(cmd, client, pipeline.JobID(args[0]), out)
+		},
+	}
+	addClientFlags(cmd)
+	cmd.Flags().StringP("output", "o", "text", outputs)
+	return cmd
+}
+
+func newJobsListCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List your jobs, newest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			client, err := newClient(cmd)
 			if err != nil {
 				return err
 			}
-			out, _ := cmd.Flags().GetString("output")
-			return printJob(cmd.OutOrStdout(), j, out)
+			f := cmd.Flags()
+			state, _ := f.GetString("state")
+			limit, _ := f.GetInt("limit")
+			cursor, _ := f.GetString("cursor")
+			all, _ := f.GetBool("all")
+			out, _ := f.GetString("output")
+			w := cmd.OutOrStdout()
+			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+			if out != "json" {
+				fmt.Fprintln(tw, "JOB\tSTATE\tPROGRESS\tRECEIVED\tACCEPTED\tREJECTED\tAPPLIED\tDEAD\tCREATED")
+			}
+			for {
+				page, err := client.Jobs(cmd.Context(), apiclient.JobsOptions{State: pipeline.JobState(state), Limit: limit, Cursor: cursor})
+				if err != nil {
+					return err
+				}
+				for _, j := range page.Jobs {
+					if out == "json" {
+						if err := json.NewEncoder(w).Encode(j); err != nil {
+							return err
+						}
+						continue
+					}
+					c := j.Counts
+					fmt.Fprintf(tw, "%s\t%s\t%.0f%%\t%d\t%d\t%d\t%d\t%d\t%s\n", j.JobID, j.State, j.Progress*100,
+						c.Received, c.Accepted, c.Rejected, c.Applied, c.DeadLettered, j.CreatedAt.Format(time.RFC3339))
+				}
+				cursor = page.NextCursor
+				if !all || cursor == "" {
+					break
+				}
+			}
+			if out == "json" {
+				return nil
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if cursor != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "more: --cursor %s (or --all)\n", cursor)
+			}
+			return nil
 		},
 	}
-	addClientFlags(get)
-	get.Flags().StringP("output", "o", "text", "text or json")
-	cmd.AddCommand(get)
+	addClientFlags(cmd)
+	f := cmd.Flags()
+	f.String("state", "", "only jobs in this state")
+	f.Int("limit", 50, "jobs per page (1-500)")
+	f.String("cursor", "", "start after this cursor (printed after a page)")
+	f.Bool("all", false, "follow every page")
+	f.StringP("output", "o", "text", "text, or json (one job per line)")
 	return cmd
 }
 
@@ -64,4 +144,54 @@ func writeJSONOut(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// printFailures writes a job's failures: NDJSON or CSV as the API sends
+// them, or a table written as the listing streams in.
+func printFailures(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error {
+	w := cmd.OutOrStdout()
+	switch out {
+	case "json":
+		return client.Failures(cmd.Context(), id, "ndjson", w)
+	case "csv":
+		return client.Failures(cmd.Context(), id, "csv", w)
+	case "text":
+	default:
+		return fmt.Errorf("-o %s: use text, json or csv", out)
+	}
+	// The table is written as the listing streams in.
+	pr, pw := io.Pipe()
+	errc := make(chan error, 1)
+	go func() {
+		err := client.Failures(cmd.Context(), id, "ndjson", pw)
+		pw.CloseWithError(err)
+		errc <- err
+	}()
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "INDEX\tID\tSTAGE\tOUTCOME\tCLASS\tERROR")
+	dec := json.NewDecoder(pr)
+	n := 0
+	for {
+		var f pipeline.Failure
+		if err := dec.Decode(&f); err == io.EOF {
+			break
+		} else if err != nil {
+			_ = pr.CloseWithError(err)
+			<-errc
+			return err
+		}
+		n++
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", f.Index, f.ID, f.Stage, f.Outcome, f.Class, short(f.Error, 100))
+		if n%1000 == 0 {
+			_ = tw.Flush()
+		}
+	}
+	if err := <-errc; err != nil {
+		return err
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%d failures\n", n)
+	return nil
 }

@@ -159,20 +159,25 @@ func uploadOnce(cmd *cobra.Command, client *apiclient.Client, path, format strin
 	}
 	prog := newProgress(cmd.ErrOrStderr(), term.IsTerminal(int(os.Stderr.Fd())), filepath.Base(path), st.Size(), counter)
 	body := io.TeeReader(file, io.MultiWriter(sink, prog))
+	stop := func() {}
 	if compress && !o.Gzip {
-		body = gzipped(body)
+		body, stop = gzipped(body)
 		o.Gzip = true
 	}
 	res, err := client.Upload(cmd.Context(), body, o)
+	stop() // the compressor reads the file no more
 	_ = sink.Close()
 	prog.Finish()
 	return res, err
 }
 
-// gzipped compresses r on the fly.
-func gzipped(r io.Reader) io.Reader {
+// gzipped compresses r on the fly; stop ends the compression, whether or
+// not all of r was read, and returns once it has ended.
+func gzipped(r io.Reader) (_ io.Reader, stop func()) {
 	pr, pw := io.Pipe()
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		zw := gzip.NewWriter(pw)
 		_, err := io.Copy(zw, r)
 		if err == nil {
@@ -180,7 +185,10 @@ func gzipped(r io.Reader) io.Reader {
 		}
 		pw.CloseWithError(err)
 	}()
-	return pr
+	return pr, func() {
+		_ = pr.CloseWithError(errors.New("upload ended"))
+		<-done
+	}
 }
 
 func newIdempotencyKey() string {

@@ -24,6 +24,7 @@ type Config struct {
 	Metrics   Metrics                 `mapstructure:"metrics"`
 	Processor Processor               `mapstructure:"processor"`
 	Dedupe    Dedupe                  `mapstructure:"dedupe"`
+	Jobs      Jobs                    `mapstructure:"jobs"`
 	Ingress   Ingress                 `mapstructure:"ingress"`
 	Auth      Auth                    `mapstructure:"auth"`
 	Log       Log                     `mapstructure:"log"`
@@ -72,6 +73,11 @@ type Processor struct {
 	// FetchMaxPartitionBytes with Queue and BatchSize bounds what one
 	// partition holds: about (Queue+1) × FetchMaxPartitionBytes plus a batch.
 	FetchMaxPartitionBytes int32 `mapstructure:"fetch_max_partition_bytes"`
+}
+
+// Jobs configures the job records.
+type Jobs struct {
+	Retention time.Duration `mapstructure:"retention"`
 }
 
 // Dedupe configures the command-id ledger.
@@ -314,6 +320,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Dedupe.CacheSize < 0 {
 		bad("dedupe.cache_size", "must be 0 (off) or positive, got %d", c.Dedupe.CacheSize)
+	}
+	if c.Jobs.Retention < time.Minute {
+		bad("jobs.retention", "must be at least 1m, got %s", c.Jobs.Retention)
 	}
 	if c.Ingress.IdempotencyWindow < time.Minute {
 		bad("ingress.idempotency_window", "must be at least 1m, got %s", c.Ingress.IdempotencyWindow)

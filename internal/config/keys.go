@@ -31,6 +31,7 @@ var Keys = []Key{
 	{"processor.fetch_max_partition_bytes", 1 << 20, "most bytes one fetch may hold for one partition"},
 	{"dedupe.window", 168 * time.Hour, "how long a command id is remembered"},
 	{"dedupe.cache_size", 20000, "command ids each partition's worker keeps in memory to settle hot repeats without the database (0: off)"},
+	{"jobs.retention", 720 * time.Hour, "finished jobs, their counts and failures are pruned this long after they finished"},
 	{"ingress.max_body_bytes", int64(10 << 30), "largest upload body in bytes (413 past it)"},
 	{"ingress.max_record_bytes", 1 << 20, "largest single record in bytes"},
 	{"ingress.max_records", 10_000_000, "most records in one upload"},

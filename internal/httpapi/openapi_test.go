@@ -54,6 +54,34 @@ func (f *fakeJobs) Job(_ context.Context, tenant string, id pipeline.JobID) (*pi
 	}
 	return nil, pipeline.ErrJobNotFound
 }
+func (f *fakeJobs) Jobs(_ context.Context, tenant string, q pipeline.JobQuery) ([]*pipeline.Job, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.readFail {
+		return nil, errors.New("database away")
+	}
+	var out []*pipeline.Job
+	for _, j := range f.jobs {
+		if j.Tenant == tenant && len(out) < q.Limit {
+			out = append(out, j)
+		}
+	}
+	return out, nil
+}
+func (f *fakeJobs) Failures(ctx context.Context, tenant string, id pipeline.JobID, fn func(pipeline.Failure) error) error {
+	if _, err := f.Job(ctx, tenant, id); err != nil {
+		return err
+	}
+	return fn(pipeline.Failure{Index: 3, ID: "c-3", Stage: pipeline.StageIngress, Outcome: pipeline.OutcomeRejected, Class: pipeline.ClassMissingKey, Error: "no id"})
+}
+func (f *fakeJobs) DeadLetters(context.Context, string) (map[pipeline.ErrorClass]int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.readFail {
+		return nil, errors.New("database away")
+	}
+	return map[pipeline.ErrorClass]int64{pipeline.ClassConstraint: 2}, nil
+}
 func (f *fakeJobs) Ping(context.Context) error {
 	if f.pingFail {
 		return errors.New("database away")
@@ -180,15 +208,25 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 	producer.fail = nil
 	do("GET", "/v1/jobs/job-1", "", "", "", 200)
 	do("GET", "/v1/jobs/nope", "", "", "", 404)
+	do("GET", "/v1/jobs?state=completed&limit=10", "", "", "", 200)
+	do("GET", "/v1/jobs?state=done", "", "", "", 400)
+	do("GET", "/v1/jobs/job-1/failures?format=csv", "", "", "", 200)
+	do("GET", "/v1/jobs/job-1/failures?format=xml", "", "", "", 400)
+	do("GET", "/v1/jobs/nope/failures", "", "", "", 404)
+	do("GET", "/v1/dead-letters", "", "", "", 200)
 	jobs.readFail = true
 	do("GET", "/v1/jobs/job-1", "", "", "", 503)
+	do("GET", "/v1/jobs", "", "", "", 503)
+	do("GET", "/v1/jobs/job-1/failures", "", "", "", 503)
+	do("GET", "/v1/dead-letters", "", "", "", 503)
 	do("GET", "/healthz", "", "", "", 200)
 	do("GET", "/readyz", "", "", "", 200)
 	jobs.pingFail = true
 	do("GET", "/readyz", "", "", "", 503)
 	do("GET", "/openapi.yaml", "", "", "", 200)
 	// Without a key: 401 on both API routes.
-	for _, r := range []struct{ method, path string }{{"POST", "/v1/jobs"}, {"GET", "/v1/jobs/job-1"}} {
+	for _, r := range []struct{ method, path string }{{"POST", "/v1/jobs"}, {"GET", "/v1/jobs/job-1"}, {"GET", "/v1/jobs"},
+		{"GET", "/v1/jobs/job-1/failures"}, {"GET", "/v1/dead-letters"}} {
 		req, err := http.NewRequest(r.method, srv.URL+r.path, strings.NewReader(good))
 		require.NoError(t, err)
 		resp, err := http.DefaultClient.Do(req)
@@ -219,4 +257,23 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 		described += len(ops)
 	}
 	require.Equal(t, described, len(routes), "every described route is served, and every served one was exercised: %v", routes)
+}
+
+// TestUIIsServed: the page and its files come from the binary, with headers
+// that keep it to its own origin; / and /ui lead to it.
+func TestUIIsServed(t *testing.T) {
+	t.Parallel()
+	s := New(Config{Jobs: &fakeJobs{}, Producer: &fakeProducer{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	for path, want := range map[string]string{"/ui/": "<title>spool", "/ui/app.js": "loadFailures", "/ui/style.css": ".progress"} {
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		require.Equal(t, http.StatusOK, rec.Code, path)
+		require.Contains(t, rec.Body.String(), want, path)
+		require.Contains(t, rec.Header().Get("Content-Security-Policy"), "default-src 'self'")
+	}
+	for _, path := range []string{"/", "/ui"} {
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		require.Equal(t, "/ui/", rec.Header().Get("Location"), path)
+	}
 }

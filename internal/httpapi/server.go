@@ -2,8 +2,8 @@ package httpapi
 
 import (
 	"context"
-	_ "embed"
-	"errors"
+	"embed"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"time"
@@ -17,12 +17,21 @@ import (
 //go:embed openapi.yaml
 var openAPI []byte
 
+// uiFiles is the read-only job page served at /ui/: plain HTML, CSS and
+// JavaScript on the API above, built into the binary.
+//
+//go:embed ui
+var uiFiles embed.FS
+
 // Jobs is what the API needs of the job store.
 type Jobs interface {
 	CreateJob(ctx context.Context, id pipeline.JobID, tenant string) error
 	AddFailures(ctx context.Context, id pipeline.JobID, fs []pipeline.Failure) error
 	FinishUpload(ctx context.Context, id pipeline.JobID, r pipeline.UploadResult) error
 	Job(ctx context.Context, tenant string, id pipeline.JobID) (*pipeline.Job, error)
+	Jobs(ctx context.Context, tenant string, q pipeline.JobQuery) ([]*pipeline.Job, error)
+	Failures(ctx context.Context, tenant string, id pipeline.JobID, fn func(pipeline.Failure) error) error
+	DeadLetters(ctx context.Context, tenant string) (map[pipeline.ErrorClass]int64, error)
 	Ping(ctx context.Context) error
 }
 
@@ -73,58 +82,33 @@ type Server struct {
 func New(cfg Config) *Server {
 	s := &Server{cfg: cfg, mux: http.NewServeMux()}
 	s.mux.HandleFunc("POST /v1/jobs", s.authenticate(s.createJob))
+	s.mux.HandleFunc("GET /v1/jobs", s.authenticate(s.listJobs))
 	s.mux.HandleFunc("GET /v1/jobs/{job_id}", s.authenticate(s.getJob))
+	s.mux.HandleFunc("GET /v1/jobs/{job_id}/failures", s.authenticate(s.listFailures))
+	s.mux.HandleFunc("GET /v1/dead-letters", s.authenticate(s.deadLetters))
 	handleHealth(s.mux, Dependency{"PostgreSQL", cfg.Jobs.Ping}, Dependency{"Kafka", cfg.Producer.Ping})
 	s.mux.HandleFunc("GET /openapi.yaml", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(openAPI)
 	})
+	ui, _ := fs.Sub(uiFiles, "ui")
+	s.mux.Handle("GET /ui/", uiHeaders(http.StripPrefix("/ui/", http.FileServerFS(ui))))
+	s.mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
+	s.mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "no route for "+r.Method+" "+r.URL.Path)
 	})
 	return s
 }
 
+// uiHeaders keep the page to its own files and this origin's API.
+func uiHeaders(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("Cache-Control", "no-cache")
+		h.ServeHTTP(w, r)
+	})
+}
+
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
-
-// JobView is the JSON of GET /v1/jobs/{job_id}.
-type JobView struct {
-	JobID       pipeline.JobID    `json:"job_id"`
-	State       pipeline.JobState `json:"state"`
-	CreatedAt   time.Time         `json:"created_at"`
-	UpdatedAt   time.Time         `json:"updated_at"`
-	CompletedAt *time.Time        `json:"completed_at"`
-	Counts      CountsView        `json:"counts"`
-	Progress    float64           `json:"progress"`
-	Error       string            `json:"error,omitempty"`
-}
-
-// CountsView is the counts object of a JobView.
-type CountsView struct {
-	Received int64 `json:"received"`
-	Rejected int64 `json:"rejected"`
-	Accepted int64 `json:"accepted"`
-	pipeline.Counts
-}
-
-func viewOf(j *pipeline.Job) JobView {
-	return JobView{
-		JobID: j.ID, State: j.State, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt, CompletedAt: j.CompletedAt,
-		Counts:   CountsView{Received: j.Received, Rejected: j.Rejected, Accepted: j.Accepted, Counts: j.Counts},
-		Progress: j.Progress(), Error: j.Error,
-	}
-}
-
-func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
-	j, err := s.cfg.Jobs.Job(r.Context(), tenantOf(r.Context()), pipeline.JobID(r.PathValue("job_id")))
-	if errors.Is(err, pipeline.ErrJobNotFound) {
-		writeProblem(w, http.StatusNotFound, "no job "+r.PathValue("job_id"))
-		return
-	}
-	if err != nil {
-		s.cfg.Logger.Error("reading job", "job_id", r.PathValue("job_id"), "error", err)
-		writeUnavailable(w, 2*time.Second, "reading the job failed; try again", "")
-		return
-	}
-	writeJSON(w, http.StatusOK, viewOf(j))
-}

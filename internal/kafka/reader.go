@@ -37,7 +37,9 @@ func (r Reader) Read(ctx context.Context, topic string, partition int32, fn func
 	if err != nil {
 		return classify(fmt.Errorf("listing offsets of %s: %w", topic, err))
 	}
-	ends, err := adm.ListEndOffsets(ctx, topic)
+	// The last stable offset, not the high watermark: records of a
+	// transaction still open are not read yet.
+	ends, err := adm.ListCommittedOffsets(ctx, topic)
 	if err != nil {
 		return classify(fmt.Errorf("listing offsets of %s: %w", topic, err))
 	}
@@ -94,7 +96,7 @@ func (r Reader) ReadOne(ctx context.Context, topic string, partition int32, offs
 	if err != nil {
 		return pipeline.Record{}, classify(fmt.Errorf("listing offsets of %s: %w", topic, err))
 	}
-	ends, err := adm.ListEndOffsets(ctx, topic)
+	ends, err := adm.ListCommittedOffsets(ctx, topic)
 	if err != nil {
 		return pipeline.Record{}, classify(fmt.Errorf("listing offsets of %s: %w", topic, err))
 	}
@@ -121,7 +123,9 @@ func (r Reader) ReadOne(ctx context.Context, topic string, partition int32, offs
 func (r Reader) readPartition(ctx context.Context, topic string, p int32, from kgo.Offset, end int64, fn func(pipeline.Record) error) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(r.Brokers...), kgo.WithLogger(slogLogger{r.logger()}),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {p: from}}),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+		// Transaction markers come through, so that a partition ending in
+		// one is seen to end; aborted records do not.
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.KeepControlRecords())
 	if err != nil {
 		return fmt.Errorf("creating kafka client: %w", err)
 	}
@@ -150,7 +154,9 @@ func (r Reader) readPartition(ctx context.Context, topic string, p int32, from k
 				done = true
 				return
 			}
-			cbErr = fn(fromKgo(rec))
+			if !rec.Attrs.IsControl() {
+				cbErr = fn(fromKgo(rec))
+			}
 			next = rec.Offset + 1
 			if rec.Offset+1 >= end {
 				done = true

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -88,7 +90,14 @@ func (s *Store) settle(ctx context.Context, ids []string) error {
 		filter = "j.job_id = ANY ($1) AND j.state IN ('queued', 'processing', 'completed', 'completed_with_errors')"
 		args = append(args, ids)
 	}
-	_, err := s.pool.Exec(ctx, `
+	// Lock the jobs first (in one order, so that settles never deadlock),
+	// then read their counts in a second statement, whose snapshot is
+	// taken after the locks: a settle that read counts before another
+	// settle's commit can then never write an older state over a newer one.
+	// One batch is one implicit transaction and one round trip.
+	var q pgx.Batch
+	q.Queue(`SELECT j.job_id FROM spool_jobs j WHERE `+filter+` ORDER BY j.job_id FOR UPDATE`, args...)
+	q.Queue(`
 		WITH c AS (
 			SELECT j.job_id, j.state, j.accepted, j.rejected,
 				coalesce(sum(c.applied + c.duplicate + c.stale + c.conflict + c.dead_lettered), 0) AS done,
@@ -110,37 +119,172 @@ func (s *Store) settle(ctx context.Context, ids []string) error {
 			updated_at = now()
 		FROM n
 		WHERE j.job_id = n.job_id AND j.state <> n.state`, args...)
-	if err != nil {
+	if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
 		return classify(fmt.Errorf("settling jobs: %w", err))
 	}
 	return nil
 }
 
-// Job returns a tenant's job with its counters summed.
-func (s *Store) Job(ctx context.Context, tenant string, id pipeline.JobID) (*pipeline.Job, error) {
+// jobSelect reads jobs with their counters summed; scanJob reads a row of it.
+const jobSelect = `
+	SELECT j.job_id, j.tenant, j.state, j.received, j.accepted, j.rejected, j.error,
+		j.created_at, j.updated_at, j.completed_at,
+		coalesce(c.applied, 0), coalesce(c.duplicate, 0), coalesce(c.stale, 0),
+		coalesce(c.conflict, 0), coalesce(c.dead_lettered, 0)
+	FROM spool_jobs j LEFT JOIN LATERAL (
+		SELECT sum(applied) AS applied, sum(duplicate) AS duplicate, sum(stale) AS stale,
+			sum(conflict) AS conflict, sum(dead_lettered) AS dead_lettered
+		FROM spool_job_counts WHERE job_id = j.job_id) c ON true`
+
+func scanJob(row pgx.Row) (*pipeline.Job, error) {
 	var j pipeline.Job
 	var errMsg *string
-	err := s.pool.QueryRow(ctx, `
-		SELECT j.job_id, j.tenant, j.state, j.received, j.accepted, j.rejected, j.error,
-			j.created_at, j.updated_at, j.completed_at,
-			coalesce(sum(c.applied), 0), coalesce(sum(c.duplicate), 0), coalesce(sum(c.stale), 0),
-			coalesce(sum(c.conflict), 0), coalesce(sum(c.dead_lettered), 0)
-		FROM spool_jobs j LEFT JOIN spool_job_counts c ON c.job_id = j.job_id
-		WHERE j.job_id = $1 AND j.tenant = $2
-		GROUP BY j.job_id`, id, tenant).Scan(
-		&j.ID, &j.Tenant, &j.State, &j.Received, &j.Accepted, &j.Rejected, &errMsg,
+	err := row.Scan(&j.ID, &j.Tenant, &j.State, &j.Received, &j.Accepted, &j.Rejected, &errMsg,
 		&j.CreatedAt, &j.UpdatedAt, &j.CompletedAt,
 		&j.Counts.Applied, &j.Counts.Duplicate, &j.Counts.Stale, &j.Counts.Conflict, &j.Counts.DeadLettered)
+	if err != nil {
+		return nil, err
+	}
+	if errMsg != nil {
+		j.Error = *errMsg
+	}
+	return &j, nil
+}
+
+// Job returns a tenant's job with its counters summed.
+func (s *Store) Job(ctx context.Context, tenant string, id pipeline.JobID) (*pipeline.Job, error) {
+	j, err := scanJob(s.pool.QueryRow(ctx, jobSelect+` WHERE j.job_id = $1 AND j.tenant = $2`, id, tenant))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, pipeline.ErrJobNotFound
 	}
 	if err != nil {
 		return nil, classify(fmt.Errorf("reading job %s: %w", id, err))
 	}
-	if errMsg != nil {
-		j.Error = *errMsg
+	return j, nil
+}
+
+// Jobs lists a tenant's jobs, newest first, from after q.After.
+func (s *Store) Jobs(ctx context.Context, tenant string, q pipeline.JobQuery) ([]*pipeline.Job, error) {
+	where, args := []string{"j.tenant = $1"}, []any{tenant}
+	if q.State != "" {
+		args = append(args, q.State)
+		where = append(where, fmt.Sprintf("j.state = $%d", len(args)))
 	}
-	return &j, nil
+	if q.After != nil {
+		args = append(args, q.After.CreatedAt, q.After.ID)
+		where = append(where, fmt.Sprintf("(j.created_at, j.job_id) < ($%d, $%d)", len(args)-1, len(args)))
+	}
+	args = append(args, q.Limit)
+	rows, err := s.pool.Query(ctx, jobSelect+` WHERE `+strings.Join(where, " AND ")+
+		fmt.Sprintf(` ORDER BY j.created_at DESC, j.job_id DESC LIMIT $%d`, len(args)), args...)
+	if err != nil {
+		return nil, classify(fmt.Errorf("listing jobs: %w", err))
+	}
+	defer rows.Close()
+	var jobs []*pipeline.Job
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, classify(fmt.Errorf("listing jobs: %w", err))
+		}
+		jobs = append(jobs, j)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, classify(fmt.Errorf("listing jobs: %w", err))
+	}
+	return jobs, nil
+}
+
+// Failures streams a tenant's job's failures in input order to fn, row by
+// row as PostgreSQL sends them: a job with a million failures is never held
+// in memory. It returns pipeline.ErrJobNotFound, before calling fn, when the
+// tenant has no such job.
+func (s *Store) Failures(ctx context.Context, tenant string, id pipeline.JobID, fn func(pipeline.Failure) error) error {
+	var n int
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM spool_jobs WHERE job_id = $1 AND tenant = $2`, id, tenant).Scan(&n)
+	if err != nil {
+		return classify(fmt.Errorf("reading job %s: %w", id, err))
+	}
+	if n == 0 {
+		return pipeline.ErrJobNotFound
+	}
+	rows, err := s.pool.Query(ctx, `SELECT idx, command_id, stage, outcome, error_class, error
+		FROM spool_job_failures WHERE job_id = $1 ORDER BY idx`, id)
+	if err != nil {
+		return classify(fmt.Errorf("reading failures of job %s: %w", id, err))
+	}
+	defer rows.Close()
+	var f pipeline.Failure
+	for rows.Next() {
+		if err := rows.Scan(&f.Index, &f.ID, &f.Stage, &f.Outcome, &f.Class, &f.Error); err != nil {
+			return classify(fmt.Errorf("reading failures of job %s: %w", id, err))
+		}
+		if err := fn(f); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return classify(fmt.Errorf("reading failures of job %s: %w", id, err))
+	}
+	return nil
+}
+
+// DeadLetters counts a tenant's dead-lettered commands by error class, over
+// the jobs still kept.
+func (s *Store) DeadLetters(ctx context.Context, tenant string) (map[pipeline.ErrorClass]int64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT f.error_class, count(*)
+		FROM spool_jobs j JOIN spool_job_failures f ON f.job_id = j.job_id
+		WHERE j.tenant = $1 AND f.outcome = 'dead_lettered'
+		GROUP BY f.error_class`, tenant)
+	if err != nil {
+		return nil, classify(fmt.Errorf("counting dead letters: %w", err))
+	}
+	defer rows.Close()
+	out := map[pipeline.ErrorClass]int64{}
+	for rows.Next() {
+		var c pipeline.ErrorClass
+		var n int64
+		if err := rows.Scan(&c, &n); err != nil {
+			return nil, classify(fmt.Errorf("counting dead letters: %w", err))
+		}
+		out[c] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, classify(fmt.Errorf("counting dead letters: %w", err))
+	}
+	return out, nil
+}
+
+// pruneBatch bounds the jobs one pruning statement removes, so that it
+// holds its locks briefly.
+const pruneBatch = 1000
+
+// PruneJobs removes jobs that finished (completed, completed_with_errors or
+// failed) more than retention ago, with their counters and failures. It
+// returns how many went.
+func (s *Store) PruneJobs(ctx context.Context, retention time.Duration) (int64, error) {
+	var total int64
+	for {
+		var n int64
+		err := s.pool.QueryRow(ctx, `
+			WITH gone AS (
+				DELETE FROM spool_jobs WHERE job_id IN (
+					SELECT job_id FROM spool_jobs
+					WHERE state IN ('completed', 'completed_with_errors', 'failed')
+					  AND coalesce(completed_at, updated_at) < now() - $1::interval
+					LIMIT $2)
+				RETURNING job_id),
+			counts AS (DELETE FROM spool_job_counts WHERE job_id IN (SELECT job_id FROM gone)),
+			failures AS (DELETE FROM spool_job_failures WHERE job_id IN (SELECT job_id FROM gone))
+			SELECT count(*) FROM gone`, retention, pruneBatch).Scan(&n)
+		if err != nil {
+			return total, classify(fmt.Errorf("pruning jobs: %w", err))
+		}
+		total += n
+		if n < pruneBatch {
+			return total, nil
+		}
+	}
 }
 
 // Ping checks that the database answers.

@@ -455,10 +455,13 @@ func queueCounts(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
 		jobs, b.Partition, applied, duplicate, stale, conflict, dead)
 }
 
+// conflictError is the failure message of a conflicting command.
+const conflictError = "id was seen before with a different payload"
+
 // queueMoves moves replayed commands' counts out of dead_lettered, each only
 // if its job still lists it as a dead letter: the move deletes that failure
-// row, so a dead letter replayed twice moves once. It runs before
-// queueFailures, which lists a replay that ended in conflict anew.
+// row (or turns it into a conflict), so a dead letter replayed twice moves
+// once.
 func queueMoves(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
 	moves := pipeline.ReplayMoves(b.Messages, outcomes)
 	if len(moves) == 0 {
@@ -468,45 +471,69 @@ func queueMoves(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
 	for i, m := range moves {
 		jobs[i], idx[i], to[i] = string(m.Job), m.Index, string(m.Outcome)
 	}
-	q.Queue(`WITH moved AS (
-			DELETE FROM spool_job_failures f
-			USING unnest($1::text[], $2::bigint[], $3::text[]) AS r(job_id, idx, outcome)
-			WHERE f.job_id = r.job_id AND f.idx = r.idx AND f.outcome = 'dead_lettered'
-			RETURNING r.job_id, r.outcome)
+	q.Queue(`WITH r AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) AS r(job_id, idx, outcome)),
+		cleared AS (
+			DELETE FROM spool_job_failures f USING r
+			WHERE f.job_id = r.job_id AND f.idx = r.idx AND f.outcome = 'dead_lettered' AND r.outcome <> 'conflict'
+			RETURNING r.job_id, r.outcome),
+		conflicted AS (
+			UPDATE spool_job_failures f SET outcome = 'conflict', error_class = 'conflict', error = $5, created_at = now()
+			FROM r WHERE f.job_id = r.job_id AND f.idx = r.idx AND f.outcome = 'dead_lettered' AND r.outcome = 'conflict'
+			RETURNING r.job_id, r.outcome),
+		moved AS (SELECT * FROM cleared UNION ALL SELECT * FROM conflicted)
 		INSERT INTO spool_job_counts AS c (job_id, partition, applied, duplicate, stale, conflict, dead_lettered)
 		SELECT job_id, $4,
 			count(*) FILTER (WHERE outcome = 'applied'), count(*) FILTER (WHERE outcome = 'duplicate'),
 			count(*) FILTER (WHERE outcome = 'stale'), count(*) FILTER (WHERE outcome = 'conflict'), -count(*)
 		FROM moved GROUP BY job_id ORDER BY job_id
 		`+addCounts,
-		jobs, idx, to, b.Partition)
+		jobs, idx, to, b.Partition, conflictError)
 }
 
+// queueFailures lists the batch's conflicts and dead letters among their
+// jobs' failures. Replayed commands were listed already: one dead-lettered
+// again refreshes its row's error, if the row is still there (queueMoves
+// handles the others).
 func queueFailures(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
-	var fs []pipeline.Failure
-	var jobs []string
+	var fs, again []pipeline.Failure
+	var jobs, againJobs []string
 	for i, m := range b.Messages {
 		if m.JobID == "" || m.Index < 0 {
 			continue
 		}
+		var f pipeline.Failure
 		switch outcomes[i] {
 		case pipeline.OutcomeConflict:
-			fs = append(fs, pipeline.Failure{Index: m.Index, ID: m.Command.ID, Stage: pipeline.StageProcessor,
-				Outcome: pipeline.OutcomeConflict, Class: pipeline.ClassConflict, Error: "id was seen before with a different payload"})
+			f = pipeline.Failure{Index: m.Index, ID: m.Command.ID, Stage: pipeline.StageProcessor,
+				Outcome: pipeline.OutcomeConflict, Class: pipeline.ClassConflict, Error: conflictError}
 		case pipeline.OutcomeDeadLettered:
 			id := m.Command.ID
 			if id == "" {
 				id = pipeline.CommandID(m.Record.Key)
 			}
-			fs = append(fs, pipeline.Failure{Index: m.Index, ID: id, Stage: pipeline.StageProcessor,
-				Outcome: pipeline.OutcomeDeadLettered, Class: pipeline.ClassOf(m.Err), Error: m.Err.Error()})
+			f = pipeline.Failure{Index: m.Index, ID: id, Stage: pipeline.StageProcessor,
+				Outcome: pipeline.OutcomeDeadLettered, Class: pipeline.ClassOf(m.Err), Error: m.Err.Error()}
 		default:
 			continue
 		}
-		jobs = append(jobs, string(m.JobID))
+		switch {
+		case m.ReplayOf == "":
+			fs, jobs = append(fs, f), append(jobs, string(m.JobID))
+		case f.Outcome == pipeline.OutcomeDeadLettered:
+			again, againJobs = append(again, f), append(againJobs, string(m.JobID))
+		}
 	}
 	if len(fs) > 0 {
 		queueFailureRows(q, jobs, fs)
+	}
+	if len(again) > 0 {
+		idx, classes, msgs := make([]int64, len(again)), make([]string, len(again)), make([]string, len(again))
+		for i, f := range again {
+			idx[i], classes[i], msgs[i] = f.Index, string(f.Class), clean(f.Error)
+		}
+		q.Queue(`UPDATE spool_job_failures f SET error_class = r.class, error = r.error, created_at = now()
+			FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS r(job_id, idx, class, error)
+			WHERE f.job_id = r.job_id AND f.idx = r.idx AND f.outcome = 'dead_lettered'`, againJobs, idx, classes, msgs)
 	}
 }
 

@@ -41,6 +41,13 @@ func setup(t *testing.T) *testBundle {
 // write applies lines as one batch of partition p, continuing its offsets.
 func (b *testBundle) write(t *testing.T, p int32, lines ...string) ([]pipeline.Outcome, error) {
 	t.Helper()
+	return b.writeEdited(t, p, nil, lines...)
+}
+
+// writeEdited is write with a hook that may change each message before the
+// batch is written (mark a replay, poison one).
+func (b *testBundle) writeEdited(t *testing.T, p int32, edit func(i int, m *pipeline.Message), lines ...string) ([]pipeline.Outcome, error) {
+	t.Helper()
 	prev, ok := b.next[p]
 	if !ok {
 		prev = -1
@@ -55,6 +62,9 @@ func (b *testBundle) write(t *testing.T, p int32, lines ...string) ([]pipeline.O
 		require.NoError(t, err)
 		rec.Offset = start + int64(i)
 		m := pipeline.DecodeRecord(rec, b.es)
+		if edit != nil {
+			edit(i, &m)
+		}
 		batch.Messages = append(batch.Messages, &m)
 	}
 	out, err := b.store.WriteBatch(context.Background(), batch)

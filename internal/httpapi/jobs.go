@@ -1,0 +1,267 @@
+package httpapi
+
+import (
+	"bufio"
+	"encoding/base64"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// JobView is the JSON of GET /v1/jobs/{job_id}.
+type JobView struct {
+	JobID       pipeline.JobID    `json:"job_id"`
+	State       pipeline.JobState `json:"state"`
+	CreatedAt   time.Time         `json:"created_at"`
+	UpdatedAt   time.Time         `json:"updated_at"`
+	CompletedAt *time.Time        `json:"completed_at"`
+	Counts      CountsView        `json:"counts"`
+	Progress    float64           `json:"progress"`
+	Error       string            `json:"error,omitempty"`
+}
+
+// CountsView is the counts object of a JobView.
+type CountsView struct {
+	Received int64 `json:"received"`
+	Rejected int64 `json:"rejected"`
+	Accepted int64 `json:"accepted"`
+	pipeline.Counts
+}
+
+func viewOf(j *pipeline.Job) JobView {
+	return JobView{
+		JobID: j.ID, State: j.State, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt, CompletedAt: j.CompletedAt,
+		Counts:   CountsView{Received: j.Received, Rejected: j.Rejected, Accepted: j.Accepted, Counts: j.Counts},
+		Progress: j.Progress(), Error: j.Error,
+	}
+}
+
+// JobList is the JSON of GET /v1/jobs: a page of jobs, newest first, and
+// the cursor of the next page when there is one.
+type JobList struct {
+	Jobs       []JobView `json:"jobs"`
+	NextCursor string    `json:"next_cursor,omitempty"`
+}
+
+// DeadLetterCounts is the JSON of GET /v1/dead-letters.
+type DeadLetterCounts struct {
+	Total        int64                         `json:"total"`
+	ByErrorClass map[pipeline.ErrorClass]int64 `json:"by_error_class"`
+}
+
+// Page sizes of GET /v1/jobs.
+const (
+	defaultPage = 50
+	maxPage     = 500
+)
+
+func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
+	j, err := s.cfg.Jobs.Job(r.Context(), tenantOf(r.Context()), pipeline.JobID(r.PathValue("job_id")))
+	if errors.Is(err, pipeline.ErrJobNotFound) {
+		writeProblem(w, http.StatusNotFound, "no job "+r.PathValue("job_id"))
+		return
+	}
+	if err != nil {
+		s.unavailable(w, "reading the job", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, viewOf(j))
+}
+
+// unavailable answers 503 for a store that failed, logging why.
+func (s *Server) unavailable(w http.ResponseWriter, what string, err error) {
+	s.cfg.Logger.Error(what, "error", err)
+	writeUnavailable(w, 2*time.Second, what+" failed; try again", "")
+}
+
+func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
+	q := pipeline.JobQuery{Limit: defaultPage}
+	params := r.URL.Query()
+	if v := params.Get("state"); v != "" {
+		if !knownState(pipeline.JobState(v)) {
+			writeProblem(w, http.StatusBadRequest, "state "+strconv.Quote(v)+" is not one of "+strings.Join(stateNames(), ", "))
+			return
+		}
+		q.State = pipeline.JobState(v)
+	}
+	if v := params.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxPage {
+			writeProblem(w, http.StatusBadRequest, "limit must be an integer from 1 to "+strconv.Itoa(maxPage))
+			return
+		}
+		q.Limit = n
+	}
+	if v := params.Get("cursor"); v != "" {
+		c, err := decodeCursor(v)
+		if err != nil {
+			writeProblem(w, http.StatusBadRequest, "cursor is not one this API gave out: pass next_cursor as it came")
+			return
+		}
+		q.After = c
+	}
+	want := q.Limit
+	q.Limit++ // one more tells whether a next page exists
+	jobs, err := s.cfg.Jobs.Jobs(r.Context(), tenantOf(r.Context()), q)
+	if err != nil {
+		s.unavailable(w, "listing jobs", err)
+		return
+	}
+	out := JobList{Jobs: make([]JobView, 0, min(len(jobs), want))}
+	for i, j := range jobs {
+		if i == want {
+			last := jobs[want-1]
+			out.NextCursor = encodeCursor(pipeline.JobCursor{CreatedAt: last.CreatedAt, ID: last.ID})
+			break
+		}
+		out.Jobs = append(out.Jobs, viewOf(j))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+var states = []pipeline.JobState{pipeline.JobReceiving, pipeline.JobQueued, pipeline.JobProcessing,
+	pipeline.JobCompleted, pipeline.JobCompletedWithErrors, pipeline.JobFailed}
+
+func knownState(s pipeline.JobState) bool {
+	for _, k := range states {
+		if s == k {
+			return true
+		}
+	}
+	return false
+}
+
+func stateNames() []string {
+	names := make([]string, len(states))
+	for i, s := range states {
+		names[i] = string(s)
+	}
+	return names
+}
+
+// A cursor is the last job's creation time and id, opaque to clients.
+func encodeCursor(c pipeline.JobCursor) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(c.CreatedAt.UTC().Format(time.RFC3339Nano) + " " + string(c.ID)))
+}
+
+func decodeCursor(s string) (*pipeline.JobCursor, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return nil, err
+	}
+	at, id, ok := strings.Cut(string(b), " ")
+	if !ok || id == "" {
+		return nil, errors.New("malformed cursor")
+	}
+	t, err := time.Parse(time.RFC3339Nano, at)
+	if err != nil {
+		return nil, err
+	}
+	return &pipeline.JobCursor{CreatedAt: t, ID: pipeline.JobID(id)}, nil
+}
+
+// flushEvery is how many failure rows are written between flushes, so that
+// a client sees a long listing arrive.
+const flushEvery = 1000
+
+// failureColumns are the CSV header of the failures listing.
+var failureColumns = []string{"index", "id", "stage", "outcome", "error_class", "error"}
+
+func (s *Server) listFailures(w http.ResponseWriter, r *http.Request) {
+	format := r.URL.Query().Get("format")
+	switch format {
+	case "", "ndjson":
+		format = "ndjson"
+	case "csv":
+	default:
+		writeProblem(w, http.StatusBadRequest, "format "+strconv.Quote(format)+" is not ndjson or csv")
+		return
+	}
+	id := pipeline.JobID(r.PathValue("job_id"))
+	bw := bufio.NewWriterSize(w, 64<<10)
+	started := false
+	var cw *csv.Writer
+	enc := json.NewEncoder(bw)
+	n := 0
+	err := s.cfg.Jobs.Failures(r.Context(), tenantOf(r.Context()), id, func(f pipeline.Failure) error {
+		if !started {
+			start(w, format)
+			started = true
+			if format == "csv" {
+				cw = csv.NewWriter(bw)
+				_ = cw.Write(failureColumns)
+			}
+		}
+		var err error
+		if cw != nil {
+			err = cw.Write([]string{strconv.FormatInt(f.Index, 10), string(f.ID), f.Stage, string(f.Outcome), string(f.Class), f.Error})
+		} else {
+			err = enc.Encode(f)
+		}
+		if n++; err == nil && n%flushEvery == 0 {
+			if cw != nil {
+				cw.Flush()
+				err = cw.Error()
+			}
+			if err == nil {
+				err = bw.Flush()
+			}
+			if err == nil {
+				http.NewResponseController(w).Flush() //nolint:errcheck // best effort
+			}
+		}
+		return err
+	})
+	switch {
+	case errors.Is(err, pipeline.ErrJobNotFound):
+		writeProblem(w, http.StatusNotFound, "no job "+string(id))
+		return
+	case err != nil && !started:
+		s.unavailable(w, "reading the failures", err)
+		return
+	case err != nil:
+		// The status is sent: cutting the connection is the only way to
+		// tell the client that the listing is incomplete.
+		s.cfg.Logger.Error("streaming failures", "job_id", id, "error", err)
+		panic(http.ErrAbortHandler)
+	}
+	if !started {
+		start(w, format)
+		if format == "csv" {
+			cw = csv.NewWriter(bw)
+			_ = cw.Write(failureColumns)
+		}
+	}
+	if cw != nil {
+		cw.Flush()
+	}
+	_ = bw.Flush()
+}
+
+func start(w http.ResponseWriter, format string) {
+	ct := "application/x-ndjson"
+	if format == "csv" {
+		ct = "text/csv; charset=utf-8"
+	}
+	w.Header().Set("Content-Type", ct)
+	w.WriteHeader(http.StatusOK)
+}
+
+func (s *Server) deadLetters(w http.ResponseWriter, r *http.Request) {
+	by, err := s.cfg.Jobs.DeadLetters(r.Context(), tenantOf(r.Context()))
+	if err != nil {
+		s.unavailable(w, "counting dead letters", err)
+		return
+	}
+	out := DeadLetterCounts{ByErrorClass: by}
+	for _, n := range by {
+		out.Total += n
+	}
+	writeJSON(w, http.StatusOK, out)
+}

@@ -1,0 +1,60 @@
+package kafka_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/spoolhq/spool/internal/kafka"
+	"github.com/spoolhq/spool/internal/kafkatest"
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// TestReaderReadsToTheEnd: a partition whose log ends in transaction
+// markers (an aborted transaction's records, then a committed one's) reads
+// to its end at once, the aborted records left out; an empty topic and a
+// missing one read as empty.
+func TestReaderReadsToTheEnd(t *testing.T) {
+	t.Parallel()
+	b := kafkatest.NewCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	brokers := []string{b.Addr()}
+	require.NoError(t, kafka.EnsureTopics(ctx, brokers, 2, -1, "t", "empty"))
+
+	plain, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: brokers})
+	require.NoError(t, err)
+	defer plain.Close()
+	for i := range 3 {
+		require.NoError(t, plain.ProduceSync(ctx, "t", pipeline.Record{Key: fmt.Appendf(nil, "k%d", i), Value: []byte("v")}))
+	}
+	txn, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.TransactionalID("reader-test"), kgo.DefaultProduceTopic("t"))
+	require.NoError(t, err)
+	defer txn.Close()
+	for _, commit := range []kgo.TransactionEndTry{kgo.TryAbort, kgo.TryCommit} {
+		require.NoError(t, txn.BeginTransaction())
+		require.NoError(t, txn.ProduceSync(ctx, &kgo.Record{Key: []byte(fmt.Sprintf("txn-%v", bool(commit))), Value: []byte("v")}).FirstErr())
+		require.NoError(t, txn.EndTransaction(ctx, commit))
+	}
+
+	r := kafka.Reader{Brokers: brokers}
+	var keys []string
+	start := time.Now()
+	require.NoError(t, r.Read(ctx, "t", -1, func(rec pipeline.Record) error {
+		keys = append(keys, string(rec.Key))
+		return nil
+	}))
+	require.Less(t, time.Since(start), 10*time.Second, "no wait for a record past the markers")
+	require.ElementsMatch(t, []string{"k0", "k1", "k2", "txn-true"}, keys)
+
+	for _, topic := range []string{"empty", "missing"} {
+		require.NoError(t, r.Read(ctx, topic, -1, func(pipeline.Record) error {
+			t.Fatalf("%s has no records", topic)
+			return nil
+		}))
+	}
+}

@@ -1,0 +1,150 @@
+package postgres_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/spoolhq/spool/pipeline"
+)
+
+func (b *testBundle) writeMessages(t *testing.T, p int32, edit func(i int, m *pipeline.Message), lines ...string) []pipeline.Outcome {
+	t.Helper()
+	out, err := b.writeEdited(t, p, edit, lines...)
+	require.NoError(t, err)
+	return out
+}
+
+func (b *testBundle) job(t *testing.T) *pipeline.Job {
+	t.Helper()
+	j, err := b.store.Job(context.Background(), "tenant", "job-1")
+	require.NoError(t, err)
+	return j
+}
+
+// TestJobStateMachine walks a job through every state: receiving, queued,
+// processing, completed_with_errors once a command is dead-lettered, back
+// to completed when a replay of it applies (twice replayed, it moves once),
+// and failed for an upload that broke off.
+func TestJobStateMachine(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant"))
+	require.Equal(t, pipeline.JobReceiving, b.job(t).State)
+	require.NoError(t, b.store.FinishUpload(ctx, "job-1", pipeline.UploadResult{Received: 3, Accepted: 3}))
+	require.Equal(t, pipeline.JobQueued, b.job(t).State)
+
+	keep := func(int, *pipeline.Message) {}
+	b.writeMessages(t, 0, keep, cust("c-0", "k0", 1, "a"))
+	require.Equal(t, pipeline.JobProcessing, b.job(t).State)
+
+	poison := func(i int, m *pipeline.Message) {
+		if i == 1 {
+			m.Err = pipeline.Errorf(pipeline.ClassConstraint, "refused")
+		}
+	}
+	out := b.writeMessages(t, 0, poison, cust("c-1", "k1", 1, "b"), cust("c-2", "k2", 1, "c"))
+	require.Equal(t, []pipeline.Outcome{pipeline.OutcomeApplied, pipeline.OutcomeDeadLettered}, out)
+	j := b.job(t)
+	require.Equal(t, pipeline.JobCompletedWithErrors, j.State)
+	require.Equal(t, pipeline.Counts{Applied: 2, DeadLettered: 1}, j.Counts)
+	require.NotNil(t, j.CompletedAt)
+	var failures []pipeline.Failure
+	require.NoError(t, b.store.Failures(ctx, "tenant", "job-1", func(f pipeline.Failure) error {
+		failures = append(failures, f)
+		return nil
+	}))
+	require.Len(t, failures, 1)
+	require.Equal(t, pipeline.OutcomeDeadLettered, failures[0].Outcome)
+
+	// The replay of the dead letter (input index 2: the batch's index is
+	// its offset) applies, on another partition: the job's count
+	// moves and it completes. The same dead letter replayed again is a
+	// duplicate that moves nothing.
+	replay := func(i int, m *pipeline.Message) {
+		m.ReplayOf = "spool.commands.dlq:0:0"
+		m.Index = 2
+	}
+	// Two copies of the dead letter in one batch move once, as applied;
+	// another copy later moves nothing; a copy that fails again (a later
+	// config change, say) neither lists nor counts anything anew.
+	out = b.writeMessages(t, 3, replay, cust("c-2", "k2", 1, "c"), cust("c-2", "k2", 1, "c"))
+	require.Equal(t, []pipeline.Outcome{pipeline.OutcomeApplied, pipeline.OutcomeDuplicate}, out)
+	for _, edit := range []func(int, *pipeline.Message){replay, func(i int, m *pipeline.Message) {
+		replay(i, m)
+		m.Err = pipeline.Errorf(pipeline.ClassConstraint, "refused again")
+	}} {
+		j = b.job(t)
+		require.Equal(t, pipeline.JobCompleted, j.State)
+		require.Equal(t, pipeline.Counts{Applied: 3}, j.Counts)
+		require.NoError(t, b.store.Failures(ctx, "tenant", "job-1", func(f pipeline.Failure) error {
+			return errors.New("no failure should be left")
+		}))
+		b.writeMessages(t, 3, edit, cust("c-2", "k2", 1, "c"))
+	}
+	require.Equal(t, pipeline.Counts{Applied: 3}, b.job(t).Counts)
+
+	require.NoError(t, b.store.CreateJob(ctx, "job-2", "tenant"))
+	require.NoError(t, b.store.FinishUpload(ctx, "job-2", pipeline.UploadResult{Received: 5, Accepted: 2, Err: errors.New("broker away")}))
+	j2, err := b.store.Job(ctx, "tenant", "job-2")
+	require.NoError(t, err)
+	require.Equal(t, pipeline.JobFailed, j2.State)
+	require.Equal(t, "broker away", j2.Error)
+	require.ErrorIs(t, b.store.Failures(ctx, "other-tenant", "job-2", nil), pipeline.ErrJobNotFound)
+}
+
+// TestPruneJobs removes finished jobs past the retention with their counts
+// and failures, and keeps open and recent ones.
+func TestPruneJobs(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	for _, id := range []pipeline.JobID{"old-done", "old-failed", "old-open", "new-done"} {
+		require.NoError(t, b.store.CreateJob(ctx, id, "tenant"))
+		require.NoError(t, b.store.AddFailures(ctx, id, []pipeline.Failure{{Index: 0, ID: "x", Stage: pipeline.StageIngress,
+			Outcome: pipeline.OutcomeRejected, Class: pipeline.ClassMissingKey, Error: "no key"}}))
+	}
+	b.db.Exec(t, `INSERT INTO spool_job_counts (job_id, partition, applied) VALUES ('old-done', 0, 1), ('new-done', 0, 1)`)
+	b.db.Exec(t, `UPDATE spool_jobs SET state = 'completed', completed_at = now() - interval '40 days' WHERE job_id = 'old-done'`)
+	b.db.Exec(t, `UPDATE spool_jobs SET state = 'failed', updated_at = now() - interval '40 days' WHERE job_id = 'old-failed'`)
+	b.db.Exec(t, `UPDATE spool_jobs SET state = 'processing', updated_at = now() - interval '40 days' WHERE job_id = 'old-open'`)
+	b.db.Exec(t, `UPDATE spool_jobs SET state = 'completed', completed_at = now() WHERE job_id = 'new-done'`)
+
+	n, err := b.store.PruneJobs(ctx, 30*24*time.Hour)
+	require.NoError(t, err)
+	require.EqualValues(t, 2, n)
+	var jobs, counts, failures int
+	require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM spool_jobs), (SELECT count(*) FROM spool_job_counts),
+		(SELECT count(*) FROM spool_job_failures)`).Scan(&jobs, &counts, &failures))
+	require.Equal(t, []int{2, 1, 2}, []int{jobs, counts, failures})
+	_, err = b.store.Job(ctx, "tenant", "old-done")
+	require.ErrorIs(t, err, pipeline.ErrJobNotFound)
+}
+
+// TestSettleNeverWritesAnOlderState: a settle that read the counts before a
+// replay moved them must not overwrite the newer settle's state. A trigger
+// holds the first settle in its UPDATE while the move commits and a second
+// settle runs; the job must end completed.
+func TestSettleNeverWritesAnOlderState(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	b.db.Exec(t, `
+		INSERT INTO spool_jobs (job_id, tenant, state, received, accepted) VALUES
+			('j0', 'tenant', 'processing', 1, 1), ('j1', 'tenant', 'processing', 2, 2);
+		INSERT INTO spool_job_counts (job_id, partition, applied, dead_lettered) VALUES
+			('j0', 0, 1, 0), ('j1', 0, 1, 0), ('j1', 1, 0, 1);
+		CREATE FUNCTION slow_j0() RETURNS trigger LANGUAGE plpgsql AS
+			$$BEGIN IF NEW.job_id = 'j0' THEN PERFORM pg_sleep(1); END IF; RETURN NEW; END$$;
+		CREATE TRIGGER slow_j0 BEFORE UPDATE ON spool_jobs FOR EACH ROW EXECUTE FUNCTION slow_j0();`)
+	first := make(chan error, 1)
+	go func() { first <- b.store.SettleJobs(ctx, []pipeline.JobID{"j0", "j1"}) }()
+	time.Sleep(300 * time.Millisecond) // the first settle is in its UPDATE, held on j0
+	b.db.Exec(t, `UPDATE spool_job_counts SET applied = 1, dead_lettered = 0 WHERE job_id = 'j1' AND partition = 1`)
+	require.NoError(t, b.store.SettleJobs(ctx, []pipeline.JobID{"j1"}))
+	require.NoError(t, <-first)
+	j, err := b.store.Job(ctx, "tenant", "j1")
+	require.NoError(t, err)
+	require.Equal(t, pipeline.JobCompleted, j.State)
+}
