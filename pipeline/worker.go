@@ -25,6 +25,30 @@ type Limiter interface {
 	WaitN(ctx context.Context, n int) error
 }
 
+// Observer is told what workers do, for metrics. Its methods must be cheap
+// and safe for concurrent use.
+type Observer interface {
+	// BatchWritten: a batch of size records committed, with its outcomes,
+	// d after it was taken up (rate-limit wait and retries included).
+	BatchWritten(size int, d time.Duration, outcomes []Outcome)
+	// Retried: a batch failed with a transient error and will be retried.
+	Retried(class ErrorClass)
+	// DeadLettered: the dead-letter topic acknowledged a message.
+	DeadLettered(class ErrorClass)
+	// RateWaited: a batch waited d for the rate limiter.
+	RateWaited(d time.Duration)
+	// InFlight: a batch started (+1) or ended (-1).
+	InFlight(delta int)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) BatchWritten(int, time.Duration, []Outcome) {}
+func (nopObserver) Retried(ErrorClass)                         {}
+func (nopObserver) DeadLettered(ErrorClass)                    {}
+func (nopObserver) RateWaited(time.Duration)                   {}
+func (nopObserver) InFlight(int)                               {}
+
 // WorkerConfig wires one partition's worker.
 type WorkerConfig struct {
 	Topic     string
@@ -56,7 +80,9 @@ type WorkerConfig struct {
 	Recent *Recent
 	// Backoff makes the retry policy for transient errors.
 	Backoff func() backoff.BackOff
-	Logger  *slog.Logger
+	// Observer, when set, is told of batches, retries and dead letters.
+	Observer Observer
+	Logger   *slog.Logger
 }
 
 // Worker applies one partition's records in batches, in offset order.
@@ -242,6 +268,13 @@ func (w *Worker) apply(ctx context.Context, msgs []*Message) error {
 // write dead-letters what is already known to be bad, then commits the
 // batch, retrying transient failures with backoff for as long as ctx lives.
 func (w *Worker) write(ctx context.Context, msgs []*Message) error {
+	obs := w.cfg.Observer
+	if obs == nil {
+		obs = nopObserver{}
+	}
+	start := time.Now()
+	obs.InFlight(1)
+	defer obs.InFlight(-1)
 	b := &Batch{
 		Topic:      w.cfg.Topic,
 		Partition:  w.cfg.Partition,
@@ -260,7 +293,9 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 		if err := w.cfg.Limiter.WaitN(ctx, len(msgs)); err != nil {
 			return err
 		}
+		obs.RateWaited(time.Since(start))
 	}
+	var outcomes []Outcome
 	op := func() error {
 		if len(dead) > 0 {
 			if err := w.cfg.DeadLetters.DeadLetter(ctx, dead); err != nil {
@@ -268,10 +303,12 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 			}
 			for _, m := range dead {
 				m.parked = true
+				obs.DeadLettered(ClassOf(m.Err))
 			}
 			dead = nil
 		}
-		outcomes, err := w.cfg.Store.WriteBatch(ctx, b)
+		var err error
+		outcomes, err = w.cfg.Store.WriteBatch(ctx, b)
 		if err == nil && len(outcomes) == len(msgs) {
 			w.cfg.Recent.remember(msgs, outcomes)
 		}
@@ -279,6 +316,7 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 			return backoff.Permanent(err)
 		}
 		if err != nil && ctx.Err() == nil {
+			obs.Retried(ClassOf(err))
 			w.cfg.Logger.Warn("retrying batch", "records", len(msgs), "error", err)
 		}
 		return err
@@ -286,6 +324,7 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 	if err := backoff.Retry(op, backoff.WithContext(w.cfg.Backoff(), ctx)); err != nil {
 		return err
 	}
+	obs.BatchWritten(len(msgs), time.Since(start), outcomes)
 	w.next = b.NextOffset
 	if w.cfg.Committed != nil {
 		w.cfg.Committed(w.next)

@@ -117,3 +117,17 @@ func retryBackoff() backoff.BackOff {
 	b.MaxElapsedTime = 0
 	return b
 }
+
+// every calls fn now and then every interval until ctx is done.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		fn()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

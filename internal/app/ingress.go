@@ -14,6 +14,7 @@ import (
 	"github.com/spoolhq/spool/internal/config"
 	"github.com/spoolhq/spool/internal/httpapi"
 	"github.com/spoolhq/spool/internal/kafka"
+	"github.com/spoolhq/spool/internal/metrics"
 	"github.com/spoolhq/spool/internal/postgres"
 	"github.com/spoolhq/spool/pipeline"
 )
@@ -54,8 +55,10 @@ func (in *Ingress) run(ctx context.Context) error {
 		return err
 	}
 	defer pool.Close()
+	m := metrics.New(metrics.NewRegistry())
 	producer, err := kafka.NewProducer(kafka.ProducerConfig{
-		Brokers: c.Kafka.Brokers, MaxBufferedBytes: kafka.UploadBufferBytes, Linger: kafka.UploadLinger, Logger: in.logger,
+		Brokers: c.Kafka.Brokers, MaxBufferedBytes: kafka.UploadBufferBytes, Linger: kafka.UploadLinger,
+		Hooks: []any{m.KafkaHooks("producer")}, Logger: in.logger,
 	})
 	if err != nil {
 		return err
@@ -97,6 +100,8 @@ func (in *Ingress) run(ctx context.Context) error {
 			MaxRecords: c.Ingress.MaxRecords, MaxRejections: c.Ingress.MaxRejections, MaxLag: c.Ingress.MaxLag,
 		},
 		NewJobID: func() pipeline.JobID { return pipeline.JobID(uuid.Must(uuid.NewV7()).String()) },
+		Observer: m,
+		Metrics:  m.Handler(),
 		Logger:   in.logger,
 	})
 	srv := &http.Server{

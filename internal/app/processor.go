@@ -13,6 +13,7 @@ import (
 	"github.com/spoolhq/spool/internal/config"
 	"github.com/spoolhq/spool/internal/httpapi"
 	"github.com/spoolhq/spool/internal/kafka"
+	"github.com/spoolhq/spool/internal/metrics"
 	"github.com/spoolhq/spool/internal/postgres"
 	"github.com/spoolhq/spool/pipeline"
 )
@@ -41,6 +42,9 @@ func NewProcessor(c *config.Config, logger *slog.Logger) (*Processor, error) {
 	return &Processor{cfg: c, logger: logger, ln: ln}, nil
 }
 
+// Addr is the address of the metrics and health endpoints.
+func (p *Processor) Addr() net.Addr { return p.ln.Addr() }
+
 // Run consumes until ctx is done, then flushes, commits and leaves the
 // group.
 func (p *Processor) Run(ctx context.Context) error { return stopped(ctx, p.run(ctx)) }
@@ -57,7 +61,8 @@ func (p *Processor) run(ctx context.Context) error {
 	if err := ensureTopics(ctx, c); err != nil {
 		return err
 	}
-	producer, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: c.Kafka.Brokers, Logger: p.logger})
+	m := metrics.New(metrics.NewRegistry())
+	producer, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: c.Kafka.Brokers, Hooks: []any{m.KafkaHooks("dlq-producer")}, Logger: p.logger})
 	if err != nil {
 		return err
 	}
@@ -76,7 +81,7 @@ func (p *Processor) run(ctx context.Context) error {
 	consumer, err := kafka.NewConsumer(kafka.ConsumerConfig{
 		Brokers: c.Kafka.Brokers, Topic: c.Kafka.Topic, Group: c.Kafka.Group,
 		FetchMaxBytes: c.Processor.FetchMaxBytes, FetchMaxPartitionBytes: c.Processor.FetchMaxPartitionBytes,
-		Offsets: store, Logger: p.logger,
+		Offsets: store, Hooks: []any{m.KafkaHooks("consumer")}, Logger: p.logger,
 		NewWorker: func(partition int32, next int64, committed func(int64)) *pipeline.Worker {
 			return pipeline.NewWorker(pipeline.WorkerConfig{
 				Topic: c.Kafka.Topic, Partition: partition, NextOffset: next,
@@ -85,7 +90,7 @@ func (p *Processor) run(ctx context.Context) error {
 				Entities:     entities, Store: store, DeadLetters: deadLetters, Limiter: limiter, Committed: committed,
 				LoadOffset: func(ctx context.Context) (int64, error) { return store.LoadOffset(ctx, c.Kafka.Topic, partition) },
 				Recent:     pipeline.NewRecent(c.Dedupe.CacheSize, c.Dedupe.Window),
-				Backoff:    retryBackoff, Logger: p.logger.With("partition", partition),
+				Backoff:    retryBackoff, Observer: m, Logger: p.logger.With("partition", partition),
 			}, c.Processor.Queue)
 		},
 	})
@@ -93,19 +98,33 @@ func (p *Processor) run(ctx context.Context) error {
 		return err
 	}
 
-	health := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: httpapi.HealthHandler(
-		httpapi.Dependency{Name: "PostgreSQL", Ping: store.Ping}, httpapi.Dependency{Name: "Kafka", Ping: producer.Ping})}
+	lag, err := kafka.NewLagMonitor(c.Kafka.Brokers, c.Kafka.Topic, c.Kafka.Group, lagEvery, p.logger)
+	if err != nil {
+		return err
+	}
+	defer lag.Close()
+
+	mux := http.NewServeMux()
+	mux.Handle("/", httpapi.HealthHandler(
+		httpapi.Dependency{Name: "PostgreSQL", Ping: store.Ping}, httpapi.Dependency{Name: "Kafka", Ping: producer.Ping}))
+	mux.Handle("GET /metrics", m.Handler())
+	health := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: mux}
 	go func() { _ = health.Serve(p.ln) }()
 	defer health.Close()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go p.sweepLoop(ctx, store)
+	go p.sweepLoop(ctx, store, m)
+	go every(ctx, lagEvery, func() {
+		if byPartition, err := lag.MeasurePartitions(ctx); err == nil {
+			m.SetLag(byPartition)
+		}
+	})
 	p.logger.Info("processor consuming", "topic", c.Kafka.Topic, "group", c.Kafka.Group, "instance", instance)
 	return consumer.Run(ctx)
 }
 
-func (p *Processor) sweepLoop(ctx context.Context, store *postgres.Store) {
+func (p *Processor) sweepLoop(ctx context.Context, store *postgres.Store, m *metrics.Metrics) {
 	t := time.NewTicker(settleInterval)
 	defer t.Stop()
 	// The first repair looks an hour back, to cover a restart; later ones
@@ -133,13 +152,23 @@ func (p *Processor) sweepLoop(ctx context.Context, store *postgres.Store) {
 		if tick%ledgerSweepEvery == 0 {
 			ids, tombstones, err := store.SweepLedger(ctx, p.cfg.Dedupe.Window)
 			warn("sweeping the dedupe ledger", err)
-			if ids+tombstones > 0 {
-				p.logger.Debug("swept the dedupe ledger", "ids", ids, "tombstones", tombstones)
+			if err == nil {
+				m.Swept("ledger", ids)
+				m.Swept("tombstones", tombstones)
 			}
-			_, err = store.SweepIdempotencyKeys(ctx, p.cfg.Ingress.IdempotencyWindow)
+			keys, err := store.SweepIdempotencyKeys(ctx, p.cfg.Ingress.IdempotencyWindow)
 			warn("sweeping idempotency keys", err)
-			_, err = store.PruneJobs(ctx, p.cfg.Jobs.Retention)
+			if err == nil {
+				m.Swept("idempotency_keys", keys)
+			}
+			jobs, err := store.PruneJobs(ctx, p.cfg.Jobs.Retention)
 			warn("pruning finished jobs", err)
+			if err == nil {
+				m.Swept("jobs", jobs)
+			}
+			if rows, err := store.LedgerRows(ctx); err == nil {
+				m.SetLedgerRows(rows)
+			}
 		}
 	}
 }

@@ -85,7 +85,7 @@ func (s *Server) heartbeat(ctx context.Context, tenant, key string) (stop func()
 				return
 			case <-t.C:
 				if err := s.cfg.Idempotency.HeartbeatIdempotencyKey(ctx, tenant, key); err != nil {
-					s.cfg.Logger.Warn("refreshing idempotency key", "error", err)
+					s.log(ctx).Warn("refreshing idempotency key", "error", err)
 				}
 			}
 		}

@@ -68,15 +68,15 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		s.unavailable(w, "reading the job", err)
+		s.unavailable(w, r, "reading the job", err)
 		return
 	}
 	writeJSON(w, http.StatusOK, viewOf(j))
 }
 
 // unavailable answers 503 for a store that failed, logging why.
-func (s *Server) unavailable(w http.ResponseWriter, what string, err error) {
-	s.cfg.Logger.Error(what, "error", err)
+func (s *Server) unavailable(w http.ResponseWriter, r *http.Request, what string, err error) {
+	s.log(r.Context()).Error(what, "error", err)
 	writeUnavailable(w, 2*time.Second, what+" failed; try again", "")
 }
 
@@ -110,7 +110,7 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
 	q.Limit++ // one more tells whether a next page exists
 	jobs, err := s.cfg.Jobs.Jobs(r.Context(), tenantOf(r.Context()), q)
 	if err != nil {
-		s.unavailable(w, "listing jobs", err)
+		s.unavailable(w, r, "listing jobs", err)
 		return
 	}
 	out := JobList{Jobs: make([]JobView, 0, min(len(jobs), want))}
@@ -223,12 +223,12 @@ func (s *Server) listFailures(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "no job "+string(id))
 		return
 	case err != nil && !started:
-		s.unavailable(w, "reading the failures", err)
+		s.unavailable(w, r, "reading the failures", err)
 		return
 	case err != nil:
 		// The status is sent: cutting the connection is the only way to
 		// tell the client that the listing is incomplete.
-		s.cfg.Logger.Error("streaming failures", "job_id", id, "error", err)
+		s.log(r.Context()).Error("streaming failures", "job_id", id, "error", err)
 		panic(http.ErrAbortHandler)
 	}
 	if !started {
@@ -256,7 +256,7 @@ func start(w http.ResponseWriter, format string) {
 func (s *Server) deadLetters(w http.ResponseWriter, r *http.Request) {
 	by, err := s.cfg.Jobs.DeadLetters(r.Context(), tenantOf(r.Context()))
 	if err != nil {
-		s.unavailable(w, "counting dead letters", err)
+		s.unavailable(w, r, "counting dead letters", err)
 		return
 	}
 	out := DeadLetterCounts{ByErrorClass: by}

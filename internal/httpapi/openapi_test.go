@@ -122,17 +122,22 @@ func (f *fakeIdempotency) FinishIdempotencyKey(_ context.Context, tenant, key st
 	return nil
 }
 
-type statusWriter struct {
-	http.ResponseWriter
-	status int
+type served struct {
+	pattern string
+	status  int
 }
 
-func (w *statusWriter) WriteHeader(s int) { w.status = s; w.ResponseWriter.WriteHeader(s) }
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
+// routeRecorder is an Observer that records the routes and codes served.
+type routeRecorder struct {
+	nopObserver
+	mu   sync.Mutex
+	seen map[served]bool
+}
+
+func (r *routeRecorder) Request(route string, code int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seen[served{route, code}] = true
 }
 
 // TestOpenAPIDescribesEveryRouteAndStatus drives every route to every
@@ -148,6 +153,8 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 	var backlog int64
 	sum := sha256.Sum256([]byte("secret"))
 	var n atomic.Int64
+	// The server tells the observer each request's route pattern and code.
+	seen := &routeRecorder{seen: map[served]bool{}}
 	s := New(Config{
 		Jobs: jobs, Producer: producer, Idempotency: idem, IdempotencyWindow: time.Hour,
 		Entities: pipeline.Entities{"customers": {Name: "customers", Schema: "public", Table: "customers",
@@ -156,23 +163,10 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 		Limits:   Limits{MaxBodyBytes: 1 << 10, MaxRecordBytes: 256, MaxRecords: 100, MaxRejections: 10, MaxLag: 1000},
 		Backlog:  func() int64 { return backlog },
 		NewJobID: func() pipeline.JobID { return pipeline.JobID("job-" + strconv.Itoa(int(n.Add(1)))) },
+		Observer: seen,
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
-	type served struct {
-		pattern string
-		status  int
-	}
-	// A handler can still be finishing (a 413 answers before the body is
-	// read) when the next request starts: the record is locked.
-	var mu sync.Mutex
-	seen := map[served]bool{}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sw := &statusWriter{ResponseWriter: w}
-		s.ServeHTTP(sw, r)
-		mu.Lock()
-		defer mu.Unlock()
-		seen[served{r.Pattern, sw.status}] = true
-	}))
+	srv := httptest.NewServer(s)
 	defer srv.Close()
 
 	do := func(method, path, ct, key, body string, want int) {
@@ -242,9 +236,10 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 	}
 	require.NoError(t, yaml.Unmarshal(openAPI, &doc))
 	routes := map[string]bool{}
-	mu.Lock()
-	defer mu.Unlock()
-	for sv := range seen {
+	srv.Close() // every handler has returned
+	seen.mu.Lock()
+	defer seen.mu.Unlock()
+	for sv := range seen.seen {
 		method, path, ok := strings.Cut(sv.pattern, " ")
 		require.True(t, ok, "route %q has no method", sv.pattern)
 		routes[sv.pattern] = true
@@ -277,3 +272,37 @@ func TestUIIsServed(t *testing.T) {
 		require.Equal(t, "/ui/", rec.Header().Get("Location"), path)
 	}
 }
+
+// TestRequestIDs: every answer carries a request id — the client's when it
+// is sane — and the request's log lines carry it too.
+func TestRequestIDs(t *testing.T) {
+	t.Parallel()
+	var logs strings.Builder
+	var mu sync.Mutex
+	logger := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logs.Write(p)
+	}), nil))
+	s := New(Config{Jobs: &fakeJobs{readFail: true}, Producer: &fakeProducer{}, Logger: logger})
+	for id, want := range map[string]string{"trace-42": "trace-42", "has space": "", strings.Repeat("x", 65): ""} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodGet, "/v1/jobs/j", nil)
+		req.Header.Set("X-Request-ID", id)
+		s.ServeHTTP(rec, req)
+		require.Equal(t, http.StatusServiceUnavailable, rec.Code)
+		got := rec.Header().Get("X-Request-ID")
+		if want == "" {
+			require.Regexp(t, `^[0-9a-f]{16}$`, got, "a fresh id replaces %q", id)
+		} else {
+			require.Equal(t, want, got)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	require.Contains(t, logs.String(), "request_id=trace-42")
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -2,7 +2,9 @@ package httpapi
 
 import (
 	"context"
+	"crypto/rand"
 	"embed"
+	"encoding/hex"
 	"io/fs"
 	"log/slog"
 	"net/http"
@@ -42,6 +44,25 @@ type Producer interface {
 	Ping(ctx context.Context) error
 }
 
+// Observer is told of requests and uploads, for metrics. Its methods must be
+// cheap and safe for concurrent use.
+type Observer interface {
+	// Request: a request to route (the ServeMux pattern) was answered code.
+	Request(route string, code int)
+	// Upload: an upload that created a job was answered code, having read
+	// bytes of body and accepted and rejected so many records.
+	Upload(code int, accepted, rejected, bytes int64)
+	// Produced: the broker acknowledged a record d after it was handed to
+	// the producer.
+	Produced(d time.Duration)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Request(string, int)             {}
+func (nopObserver) Upload(int, int64, int64, int64) {}
+func (nopObserver) Produced(time.Duration)          {}
+
 // Config wires a Server.
 type Config struct {
 	Jobs Jobs
@@ -57,6 +78,10 @@ type Config struct {
 	// while the processors are that far behind.
 	Backlog  func() int64
 	NewJobID func() pipeline.JobID
+	// Observer, when set, is told of requests and uploads; Metrics, when
+	// set, is served at GET /metrics.
+	Observer Observer
+	Metrics  http.Handler
 	Logger   *slog.Logger
 }
 
@@ -80,7 +105,13 @@ type Server struct {
 
 // New returns the API handler.
 func New(cfg Config) *Server {
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	if cfg.Metrics != nil {
+		s.mux.Handle("GET /metrics", cfg.Metrics)
+	}
 	s.mux.HandleFunc("POST /v1/jobs", s.authenticate(s.createJob))
 	s.mux.HandleFunc("GET /v1/jobs", s.authenticate(s.listJobs))
 	s.mux.HandleFunc("GET /v1/jobs/{job_id}", s.authenticate(s.getJob))
@@ -111,4 +142,72 @@ func uiHeaders(h http.Handler) http.Handler {
 	})
 }
 
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// ServeHTTP serves the request under a request id (the client's
+// X-Request-ID when it is sane, else a new one, answered in the same
+// header and carried by every log line of the request), and tells the
+// observer its route and code.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	id := r.Header.Get("X-Request-ID")
+	if !saneRequestID(id) {
+		b := make([]byte, 8)
+		_, _ = rand.Read(b)
+		id = hex.EncodeToString(b)
+	}
+	w.Header().Set("X-Request-ID", id)
+	r = r.WithContext(context.WithValue(r.Context(), loggerKey{}, s.cfg.Logger.With("request_id", id)))
+	sw := &statusWriter{ResponseWriter: w}
+	s.mux.ServeHTTP(sw, r)
+	s.cfg.Observer.Request(r.Pattern, sw.code())
+}
+
+type loggerKey struct{}
+
+// log is the request's logger (with its request id), or the server's.
+func (s *Server) log(ctx context.Context) *slog.Logger {
+	if l, ok := ctx.Value(loggerKey{}).(*slog.Logger); ok {
+		return l
+	}
+	return s.cfg.Logger
+}
+
+func saneRequestID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if c < '!' || c > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// statusWriter remembers the status code; Unwrap keeps the underlying
+// writer's flushing and deadlines reachable (http.ResponseController).
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *statusWriter) code() int {
+	if w.status == 0 {
+		return http.StatusOK
+	}
+	return w.status
+}

@@ -61,7 +61,8 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	body := io.Reader(http.MaxBytesReader(w, r.Body, s.cfg.Limits.MaxBodyBytes))
+	sent := &countingReader{r: r.Body}
+	body := io.Reader(http.MaxBytesReader(w, readCloser{sent, r.Body}, s.cfg.Limits.MaxBodyBytes))
 	if s.cfg.Limits.ReadIdleTimeout > 0 {
 		body = &idleDeadline{r: body, rc: http.NewResponseController(w), idle: s.cfg.Limits.ReadIdleTimeout}
 	}
@@ -110,12 +111,12 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if key == "" {
-		s.runUpload(ctx, w, tenant, defaultEntity, records)
+		s.runUpload(ctx, w, tenant, defaultEntity, records, sent)
 		return
 	}
 	owned, rec, err := s.cfg.Idempotency.ClaimIdempotencyKey(ctx, tenant, key, s.cfg.IdempotencyWindow)
 	if err != nil {
-		s.cfg.Logger.Error("claiming idempotency key", "error", err)
+		s.log(ctx).Error("claiming idempotency key", "error", err)
 		writeUnavailable(w, 2*time.Second, "the job store is unavailable", "")
 		return
 	}
@@ -127,7 +128,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	// end for the fingerprint, store the answer (not a 5xx), then send it.
 	stop := s.heartbeat(ctx, tenant, key)
 	answer := newCapture()
-	s.runUpload(ctx, answer, tenant, defaultEntity, records)
+	s.runUpload(ctx, answer, tenant, defaultEntity, records, sent)
 	stop()
 	_, drainErr := io.Copy(io.Discard, body)
 	var stored *pipeline.IdempotentRecord
@@ -138,16 +139,16 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := s.cfg.Idempotency.FinishIdempotencyKey(fctx, tenant, key, stored); err != nil {
-		s.cfg.Logger.Error("storing idempotent answer; a retry after the lease runs anew", "error", err)
+		s.log(ctx).Error("storing idempotent answer; a retry after the lease runs anew", "error", err)
 	}
 	answer.sendTo(w)
 }
 
 // runUpload creates the job, streams the records and answers.
-func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, tenant, defaultEntity string, records pipeline.UploadReader) {
+func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, tenant, defaultEntity string, records pipeline.UploadReader, sent *countingReader) {
 	job := s.cfg.NewJobID()
 	if err := s.cfg.Jobs.CreateJob(ctx, job, tenant); err != nil {
-		s.cfg.Logger.Error("creating job", "error", err)
+		s.log(ctx).Error("creating job", "error", err)
 		writeUnavailable(w, 2*time.Second, "the job store is unavailable", "")
 		return
 	}
@@ -163,20 +164,31 @@ func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, tenant, d
 	defer cancel()
 	storeErr := errors.Join(s.cfg.Jobs.AddFailures(fctx, job, u.pending), s.cfg.Jobs.FinishUpload(fctx, job, res))
 	if storeErr != nil {
-		s.cfg.Logger.Error("finishing upload", "job_id", job, "error", storeErr)
+		s.log(ctx).Error("finishing upload", "job_id", job, "error", storeErr)
 	}
 	var tooLarge *http.MaxBytesError
 	var bodyErr *pipeline.BodyError
+	status := http.StatusAccepted
+	defer func() {
+		s.cfg.Observer.Upload(status, res.Accepted, res.Rejected, sent.n)
+		s.log(ctx).Debug("upload answered", "job_id", job, "status", status, "received", res.Received,
+			"accepted", res.Accepted, "rejected", res.Rejected, "bytes", sent.n)
+	}()
 	switch {
 	case errors.As(readErr, &tooLarge) || errors.Is(readErr, errUploadTooLarge) || (errors.As(readErr, &bodyErr) && bodyErr.TooLarge):
-		writeProblemFor(w, http.StatusRequestEntityTooLarge, readErr.Error(), string(job))
+		status = http.StatusRequestEntityTooLarge
+		writeProblemFor(w, status, readErr.Error(), string(job))
 	case errors.Is(readErr, errStore):
+		status = http.StatusServiceUnavailable
 		writeUnavailable(w, 2*time.Second, fmt.Sprintf("%v; %d records were accepted before that and will be applied; retrying the whole upload is safe", readErr, res.Accepted), string(job))
 	case produceErr != nil:
+		status = http.StatusServiceUnavailable
 		writeUnavailable(w, 5*time.Second, fmt.Sprintf("Kafka did not acknowledge the upload (%v); %d records were accepted before that and will be applied; retrying the whole upload is safe", produceErr, res.Accepted), string(job))
 	case readErr != nil:
-		writeProblemFor(w, http.StatusBadRequest, "reading the upload: "+readErr.Error(), string(job))
+		status = http.StatusBadRequest
+		writeProblemFor(w, status, "reading the upload: "+readErr.Error(), string(job))
 	case storeErr != nil:
+		status = http.StatusServiceUnavailable
 		writeUnavailable(w, 2*time.Second, "every record is in Kafka, but recording the job failed; retrying the upload is safe", string(job))
 	default:
 		loc := "/v1/jobs/" + string(job)
@@ -256,8 +268,10 @@ func (u *upload) add(ctx context.Context, cmd pipeline.Command, decodeErr error)
 		return
 	}
 	u.acks.Add(1)
+	start := time.Now()
 	u.s.cfg.Producer.Produce(ctx, u.s.cfg.Topic, &rec, func(err error) {
 		defer u.acks.Done()
+		u.s.cfg.Observer.Produced(time.Since(start))
 		if err != nil {
 			u.errMu.Lock()
 			if u.err == nil {
@@ -290,4 +304,22 @@ type idleDeadline struct {
 func (d *idleDeadline) Read(p []byte) (int, error) {
 	_ = d.rc.SetReadDeadline(time.Now().Add(d.idle)) // unsupported writers just keep no deadline
 	return d.r.Read(p)
+}
+
+// countingReader counts the body bytes read (as sent, before gunzip).
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// readCloser reads from one reader and closes another.
+type readCloser struct {
+	io.Reader
+	io.Closer
 }

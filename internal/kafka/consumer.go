@@ -29,7 +29,9 @@ type ConsumerConfig struct {
 	// at next (the stored offset, or -1). committed must be wired to the
 	// worker's WorkerConfig.Committed.
 	NewWorker func(partition int32, next int64, committed func(next int64)) *pipeline.Worker
-	Logger    *slog.Logger
+	// Hooks are franz-go hooks (client metrics) for the consumer's client.
+	Hooks  []any
+	Logger *slog.Logger
 }
 
 // Consumer is a member of the processors' consumer group. Each assigned
@@ -83,6 +85,7 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 		kgo.OnPartitionsRevoked(c.revoked),
 		kgo.OnPartitionsLost(c.lost),
 		kgo.WithLogger(slogLogger{cfg.Logger}),
+		kgo.WithHooks(hooks(cfg.Hooks)...),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("creating kafka consumer: %w", err)

@@ -64,13 +64,23 @@ func (m *LagMonitor) Run(ctx context.Context) {
 // offsets, or past the start of the log where the group has none. For a
 // group that never consumes, that is every record in the topic.
 func (m *LagMonitor) Measure(ctx context.Context) (int64, error) {
+	byPartition, err := m.MeasurePartitions(ctx)
+	var total int64
+	for _, n := range byPartition {
+		total += n
+	}
+	return total, err
+}
+
+// MeasurePartitions is Measure partition by partition.
+func (m *LagMonitor) MeasurePartitions(ctx context.Context) (map[int32]int64, error) {
 	ends, err := m.adm.ListEndOffsets(ctx, m.topic)
 	if err != nil {
-		return 0, classify(err)
+		return nil, classify(err)
 	}
 	starts, err := m.adm.ListStartOffsets(ctx, m.topic)
 	if err != nil {
-		return 0, classify(err)
+		return nil, classify(err)
 	}
 	committed, err := m.adm.FetchOffsets(ctx, m.group)
 	if errors.Is(err, kerr.GroupIDNotFound) {
@@ -78,9 +88,9 @@ func (m *LagMonitor) Measure(ctx context.Context) (int64, error) {
 		committed, err = nil, nil
 	}
 	if err != nil {
-		return 0, classify(err)
+		return nil, classify(err)
 	}
-	var total int64
+	lag := map[int32]int64{}
 	ends.Each(func(end kadm.ListedOffset) {
 		if end.Err != nil || end.Offset < 0 {
 			return
@@ -92,9 +102,7 @@ func (m *LagMonitor) Measure(ctx context.Context) (int64, error) {
 		if c, ok := committed.Lookup(end.Topic, end.Partition); ok && c.Err == nil && c.At > from {
 			from = c.At
 		}
-		if end.Offset > from {
-			total += end.Offset - from
-		}
+		lag[end.Partition] = max(0, end.Offset-from)
 	})
-	return total, nil
+	return lag, nil
 }

@@ -22,6 +22,8 @@ type ProducerConfig struct {
 	MaxBufferedBytes int
 	// Linger lets records gather into bigger batches.
 	Linger time.Duration
+	// Hooks are franz-go hooks (client metrics) for the producer's client.
+	Hooks  []any
 	Logger *slog.Logger
 }
 
@@ -49,6 +51,7 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 		kgo.ProducerLinger(cfg.Linger),
 		kgo.RecordDeliveryTimeout(30 * time.Second),
 		kgo.WithLogger(slogLogger{cfg.Logger}),
+		kgo.WithHooks(hooks(cfg.Hooks)...),
 	}
 	if cfg.MaxBufferedBytes > 0 {
 		opts = append(opts, kgo.MaxBufferedBytes(cfg.MaxBufferedBytes))
@@ -81,6 +84,14 @@ func (p *Producer) Ping(ctx context.Context) error { return classify(p.cl.Ping(c
 // Close flushes nothing: callers wait for their own records. It closes the
 // client.
 func (p *Producer) Close() { p.cl.Close() }
+
+func hooks(hs []any) []kgo.Hook {
+	out := make([]kgo.Hook, len(hs))
+	for i, h := range hs {
+		out[i] = h
+	}
+	return out
+}
 
 // EnsureTopics creates the topics that do not exist yet.
 func EnsureTopics(ctx context.Context, brokers []string, partitions int32, replication int16, topics ...string) error {

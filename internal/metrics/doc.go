@@ -1,0 +1,6 @@
+// Package metrics is spool's only importer of the Prometheus client: it
+// defines every spool_… metric on a registry the caller injects, implements
+// the observer interfaces of pipeline (workers) and httpapi (uploads), hands
+// franz-go's kprom hooks to the Kafka clients, and serves /metrics.
+// docs/metrics.md lists every metric; a test holds it to that.
+package metrics

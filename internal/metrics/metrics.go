@@ -1,0 +1,168 @@
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/twmb/franz-go/plugin/kprom"
+
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// Metrics holds every spool metric of one process. Labels are bounded:
+// outcomes, error classes, status codes, routes, partitions, sweep kinds,
+// never a job or command id.
+type Metrics struct {
+	reg prometheus.Registerer
+	gat prometheus.Gatherer
+
+	httpRequests   *prometheus.CounterVec
+	uploads        *prometheus.CounterVec
+	uploadRecords  *prometheus.CounterVec
+	uploadBytes    prometheus.Counter
+	produceLatency prometheus.Histogram
+
+	batchSize     prometheus.Histogram
+	batchDuration prometheus.Histogram
+	records       *prometheus.CounterVec
+	retries       *prometheus.CounterVec
+	deadLetters   *prometheus.CounterVec
+	rateWait      prometheus.Counter
+	inFlight      prometheus.Gauge
+	lag           *prometheus.GaugeVec
+	ledgerRows    prometheus.Gauge
+	sweeps        *prometheus.CounterVec
+	swept         *prometheus.CounterVec
+}
+
+// New defines the metrics on reg, with Go runtime and process collectors.
+func New(reg *prometheus.Registry) *Metrics {
+	m := &Metrics{reg: reg, gat: reg}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+		reg.MustRegister(c)
+		return c
+	}
+	histogram := func(name, help string, buckets []float64) prometheus.Histogram {
+		h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets})
+		reg.MustRegister(h)
+		return h
+	}
+	gauge := func(name, help string) prometheus.Gauge {
+		g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+		reg.MustRegister(g)
+		return g
+	}
+	single := func(name, help string) prometheus.Counter {
+		c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+		reg.MustRegister(c)
+		return c
+	}
+
+	m.httpRequests = counter("spool_http_requests_total", "HTTP requests answered by ingress, by route and status code.", "route", "code")
+	m.uploads = counter("spool_ingress_uploads_total", "Uploads (POST /v1/jobs) answered, by status code.", "code")
+	m.uploadRecords = counter("spool_ingress_records_total", "Upload records, by outcome: accepted (acknowledged by Kafka) or rejected.", "outcome")
+	m.uploadBytes = single("spool_ingress_upload_bytes_total", "Upload body bytes read, as sent (compressed when gzip).")
+	m.produceLatency = histogram("spool_ingress_produce_latency_seconds", "From handing a record to the producer to the broker's acknowledgement.",
+		prometheus.ExponentialBuckets(0.001, 2, 14))
+
+	m.batchSize = histogram("spool_processor_batch_size", "Records per committed batch.", prometheus.ExponentialBuckets(1, 4, 9))
+	m.batchDuration = histogram("spool_processor_batch_duration_seconds",
+		"From taking a batch up to its commit, rate-limit wait and retries included.", prometheus.ExponentialBuckets(0.005, 2, 14))
+	m.records = counter("spool_processor_records_total", "Committed commands, by outcome.", "outcome")
+	m.retries = counter("spool_processor_retries_total", "Batches retried after a transient error, by error class.", "error_class")
+	m.deadLetters = counter("spool_processor_dead_letters_total", "Commands parked in the dead-letter topic, by error class.", "error_class")
+	m.rateWait = single("spool_processor_rate_limit_wait_seconds_total", "Time batches spent waiting for the rate limiter.")
+	m.inFlight = gauge("spool_processor_batches_in_flight", "Batches being written now.")
+	m.lag = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "spool_processor_consumer_lag",
+		Help: "Commands not yet processed, per partition of the commands topic (end offset less the group's committed offset)."},
+		[]string{"partition"})
+	reg.MustRegister(m.lag)
+	m.ledgerRows = gauge("spool_ledger_rows", "Command ids in the dedupe ledger (PostgreSQL's estimate).")
+	m.sweeps = counter("spool_sweeps_total", "Sweeps of expired rows run, by kind: ledger, idempotency_keys, jobs.", "kind")
+	m.swept = counter("spool_swept_rows_total", "Rows removed by sweeps, by kind.", "kind")
+	return m
+}
+
+// NewRegistry returns an empty registry for New.
+func NewRegistry() *prometheus.Registry { return prometheus.NewRegistry() }
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.gat, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// KafkaHooks returns franz-go's client metrics (spool_kafka_…) for one
+// client, labelled client=name; pass it to the client's hooks. Each client
+// needs its own.
+func (m *Metrics) KafkaHooks(name string) any {
+	return kprom.NewMetrics("spool", kprom.Subsystem("kafka"), kprom.Registerer(m.reg), kprom.Gatherer(m.gat),
+		kprom.WithStaticLabel(prometheus.Labels{"client": name}))
+}
+
+// Request implements httpapi.Observer.
+func (m *Metrics) Request(route string, code int) {
+	m.httpRequests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+}
+
+// Upload implements httpapi.Observer.
+func (m *Metrics) Upload(code int, accepted, rejected, bytes int64) {
+	m.uploads.WithLabelValues(strconv.Itoa(code)).Inc()
+	m.uploadRecords.WithLabelValues("accepted").Add(float64(accepted))
+	m.uploadRecords.WithLabelValues("rejected").Add(float64(rejected))
+	m.uploadBytes.Add(float64(bytes))
+}
+
+// Produced implements httpapi.Observer.
+func (m *Metrics) Produced(d time.Duration) { m.produceLatency.Observe(d.Seconds()) }
+
+// BatchWritten implements pipeline.Observer.
+func (m *Metrics) BatchWritten(size int, d time.Duration, outcomes []pipeline.Outcome) {
+	m.batchSize.Observe(float64(size))
+	m.batchDuration.Observe(d.Seconds())
+	var c pipeline.Counts
+	for _, o := range outcomes {
+		c.Add(o)
+	}
+	for o, n := range map[pipeline.Outcome]int64{pipeline.OutcomeApplied: c.Applied, pipeline.OutcomeDuplicate: c.Duplicate,
+		pipeline.OutcomeStale: c.Stale, pipeline.OutcomeConflict: c.Conflict, pipeline.OutcomeDeadLettered: c.DeadLettered} {
+		if n > 0 {
+			m.records.WithLabelValues(string(o)).Add(float64(n))
+		}
+	}
+}
+
+// Retried implements pipeline.Observer.
+func (m *Metrics) Retried(class pipeline.ErrorClass) { m.retries.WithLabelValues(string(class)).Inc() }
+
+// DeadLettered implements pipeline.Observer.
+func (m *Metrics) DeadLettered(class pipeline.ErrorClass) {
+	m.deadLetters.WithLabelValues(string(class)).Inc()
+}
+
+// RateWaited implements pipeline.Observer.
+func (m *Metrics) RateWaited(d time.Duration) { m.rateWait.Add(d.Seconds()) }
+
+// InFlight implements pipeline.Observer.
+func (m *Metrics) InFlight(delta int) { m.inFlight.Add(float64(delta)) }
+
+// SetLag records the backlog of each partition.
+func (m *Metrics) SetLag(byPartition map[int32]int64) {
+	for p, n := range byPartition {
+		m.lag.WithLabelValues(strconv.Itoa(int(p))).Set(float64(n))
+	}
+}
+
+// SetLedgerRows records the ledger's size.
+func (m *Metrics) SetLedgerRows(n int64) { m.ledgerRows.Set(float64(n)) }
+
+// Swept counts one sweep of kind and the rows it removed.
+func (m *Metrics) Swept(kind string, rows int64) {
+	m.sweeps.WithLabelValues(kind).Inc()
+	m.swept.WithLabelValues(kind).Add(float64(rows))
+}

@@ -1,0 +1,101 @@
+package metrics_test
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spoolhq/spool/internal/metrics"
+	"github.com/spoolhq/spool/pipeline"
+)
+
+func TestMetricsCount(t *testing.T) {
+	t.Parallel()
+	reg := metrics.NewRegistry()
+	m := metrics.New(reg)
+	m.Upload(202, 9, 1, 1234)
+	m.Upload(503, 2, 0, 10)
+	m.BatchWritten(3, time.Second, []pipeline.Outcome{pipeline.OutcomeApplied, pipeline.OutcomeApplied, pipeline.OutcomeDuplicate})
+	m.SetLag(map[int32]int64{0: 5, 3: 7})
+	m.Swept("jobs", 4)
+	m.Swept("jobs", 0)
+	m.RateWaited(1500 * time.Millisecond)
+	expected := `
+# HELP spool_ingress_records_total Upload records, by outcome: accepted (acknowledged by Kafka) or rejected.
+# TYPE spool_ingress_records_total counter
+spool_ingress_records_total{outcome="accepted"} 11
+spool_ingress_records_total{outcome="rejected"} 1
+# HELP spool_ingress_uploads_total Uploads (POST /v1/jobs) answered, by status code.
+# TYPE spool_ingress_uploads_total counter
+spool_ingress_uploads_total{code="202"} 1
+spool_ingress_uploads_total{code="503"} 1
+# HELP spool_ingress_upload_bytes_total Upload body bytes read, as sent (compressed when gzip).
+# TYPE spool_ingress_upload_bytes_total counter
+spool_ingress_upload_bytes_total 1244
+# HELP spool_processor_records_total Committed commands, by outcome.
+# TYPE spool_processor_records_total counter
+spool_processor_records_total{outcome="applied"} 2
+spool_processor_records_total{outcome="duplicate"} 1
+# HELP spool_processor_consumer_lag Commands not yet processed, per partition of the commands topic (end offset less the group's committed offset).
+# TYPE spool_processor_consumer_lag gauge
+spool_processor_consumer_lag{partition="0"} 5
+spool_processor_consumer_lag{partition="3"} 7
+# HELP spool_processor_rate_limit_wait_seconds_total Time batches spent waiting for the rate limiter.
+# TYPE spool_processor_rate_limit_wait_seconds_total counter
+spool_processor_rate_limit_wait_seconds_total 1.5
+# HELP spool_sweeps_total Sweeps of expired rows run, by kind: ledger, idempotency_keys, jobs.
+# TYPE spool_sweeps_total counter
+spool_sweeps_total{kind="jobs"} 2
+# HELP spool_swept_rows_total Rows removed by sweeps, by kind.
+# TYPE spool_swept_rows_total counter
+spool_swept_rows_total{kind="jobs"} 4
+`
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(expected), "spool_ingress_records_total",
+		"spool_ingress_uploads_total", "spool_ingress_upload_bytes_total", "spool_processor_records_total",
+		"spool_processor_consumer_lag", "spool_processor_rate_limit_wait_seconds_total", "spool_sweeps_total", "spool_swept_rows_total"))
+
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	require.Equal(t, http.StatusOK, rec.Code)
+	require.Contains(t, rec.Body.String(), `spool_processor_records_total{outcome="applied"} 2`)
+	require.Contains(t, rec.Body.String(), "go_goroutines", "runtime metrics too")
+}
+
+// TestNamesFollowConventions lints every metric (names, units, _total on
+// counters, help) and checks that docs/metrics.md lists each one.
+func TestNamesFollowConventions(t *testing.T) {
+	t.Parallel()
+	reg := metrics.NewRegistry()
+	m := metrics.New(reg)
+	// Vectors are gathered once they have a series.
+	m.Request("POST /v1/jobs", 202)
+	m.Upload(202, 1, 0, 1)
+	m.BatchWritten(1, time.Millisecond, []pipeline.Outcome{pipeline.OutcomeApplied})
+	m.Retried(pipeline.ClassTransient)
+	m.DeadLettered(pipeline.ClassConstraint)
+	m.SetLag(map[int32]int64{0: 1})
+	m.Swept("ledger", 1)
+
+	problems, err := testutil.GatherAndLint(reg)
+	require.NoError(t, err)
+	require.Empty(t, problems)
+
+	docs, err := os.ReadFile("../../docs/metrics.md")
+	require.NoError(t, err)
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	n := 0
+	for _, f := range families {
+		if strings.HasPrefix(f.GetName(), "spool_") {
+			n++
+			require.Contains(t, string(docs), "`"+f.GetName()+"`", "docs/metrics.md must list %s", f.GetName())
+		}
+	}
+	require.Equal(t, 16, n, "every spool metric was gathered")
+}
