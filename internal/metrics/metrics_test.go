@@ -1,9 +1,11 @@
 package metrics_test
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -98,4 +100,42 @@ func TestNamesFollowConventions(t *testing.T) {
 		}
 	}
 	require.Equal(t, 16, n, "every spool metric was gathered")
+}
+
+// TestDashboardNamesRealMetrics: every metric the Grafana dashboard queries
+// is one spool serves (a typo would draw an empty panel).
+func TestDashboardNamesRealMetrics(t *testing.T) {
+	t.Parallel()
+	raw, err := os.ReadFile("../../deploy/grafana/dashboards/spool.json")
+	require.NoError(t, err)
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	require.NoError(t, json.Unmarshal(raw, &dash))
+	docs, err := os.ReadFile("../../docs/metrics.md")
+	require.NoError(t, err)
+	name := regexp.MustCompile(`\b(spool_[a-z_]+|process_[a-z_]+)`)
+	queried := 0
+	for _, p := range dash.Panels {
+		for _, target := range p.Targets {
+			for _, n := range name.FindAllString(target.Expr, -1) {
+				queried++
+				if strings.HasPrefix(n, "process_") {
+					continue
+				}
+				for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+					if base, ok := strings.CutSuffix(n, suffix); ok && strings.Contains(string(docs), "`"+base+"`") {
+						n = base
+					}
+				}
+				require.Contains(t, string(docs), "`"+n+"`", "panel %q queries %s", p.Title, n)
+			}
+		}
+	}
+	require.Greater(t, queried, 20)
 }
