@@ -101,6 +101,9 @@ type Ingress struct {
 type Auth struct {
 	Disabled bool      `mapstructure:"disabled"`
 	Keys     []AuthKey `mapstructure:"keys"`
+	// KeysFile names a YAML file with more keys ({keys: [{tenant,
+	// key_sha256}]}), so that they can come from a mounted secret.
+	KeysFile string `mapstructure:"keys_file"`
 }
 
 // AuthKey is one tenant's key, stored as the hex SHA-256 of the key.
@@ -249,10 +252,34 @@ func Load(opts Options) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
+	if c.Auth.KeysFile != "" {
+		keys, err := loadKeysFile(c.Auth.KeysFile)
+		if err != nil {
+			return nil, fmt.Errorf("invalid config: auth.keys_file: %w", err)
+		}
+		c.Auth.Keys = append(c.Auth.Keys, keys...)
+	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// loadKeysFile reads {keys: [{tenant, key_sha256}]} from a YAML file.
+func loadKeysFile(path string) ([]AuthKey, error) {
+	v := viper.New()
+	v.SetConfigFile(path)
+	v.SetConfigType("yaml")
+	if err := v.ReadInConfig(); err != nil {
+		return nil, err
+	}
+	var f struct {
+		Keys []AuthKey `mapstructure:"keys"`
+	}
+	if err := v.UnmarshalExact(&f); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return f.Keys, nil
 }
 
 var (

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,4 +69,23 @@ func TestDocsListEveryKey(t *testing.T) {
 	for _, k := range Keys {
 		require.Contains(t, string(doc), "| `"+k.Name+"` |", "docs/configuration.md must list %s", k.Name)
 	}
+}
+
+// TestAuthKeysFile: keys from a file (a mounted secret) join those of the
+// config, and a bad file is named.
+func TestAuthKeysFile(t *testing.T) {
+	dir := t.TempDir()
+	good := dir + "/keys.yaml"
+	hash := strings.Repeat("ab", 32)
+	require.NoError(t, os.WriteFile(good, []byte("keys:\n  - tenant: acme\n    key_sha256: "+hash+"\n"), 0o600))
+	c, err := Load(Options{Overrides: map[string]any{"auth.keys_file": good}})
+	require.NoError(t, err)
+	require.Equal(t, []AuthKey{{Tenant: "acme", KeySHA256: hash}}, c.Auth.Keys)
+
+	bad := dir + "/bad.yaml"
+	require.NoError(t, os.WriteFile(bad, []byte("keys:\n  - tenant: acme\n    key: plain\n"), 0o600))
+	_, err = Load(Options{Overrides: map[string]any{"auth.keys_file": bad}})
+	require.ErrorContains(t, err, "auth.keys_file")
+	_, err = Load(Options{Overrides: map[string]any{"auth.keys_file": dir + "/missing.yaml"}})
+	require.ErrorContains(t, err, "auth.keys_file")
 }

@@ -40,6 +40,7 @@ var Keys = []Key{
 	{"ingress.max_lag", int64(0), "answer 429 while the processors' backlog exceeds this many commands (0: no bound)"},
 	{"ingress.max_rejections", 100, "rejections listed in an upload's answer (all are in the failures listing)"},
 	{"auth.disabled", false, "serve without API keys (only for local use)"},
+	{"auth.keys_file", "", "a YAML file of more API keys ({keys: [{tenant, key_sha256}]}), e.g. a mounted secret"},
 	{"log.level", "info", "debug, info, warn or error"},
 	{"log.format", "text", "text or json"},
 }
