@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spoolhq/spool/internal/bench"
 	"github.com/spoolhq/spool/internal/pgtest"
@@ -22,6 +23,9 @@ func main() {
 	flag.StringVar(&cfg.Schema, "schema", "spool_bench", "schema the run drops and creates")
 	flag.IntVar(&cfg.N, "n", 1_000_000, "commands in the workload")
 	upload := flag.Int64("upload-mib", 1024, "least size of the ingress stage's upload, in MiB")
+	flag.IntVar(&cfg.NaiveN, "naive-n", 20_000, "records the naive per-record consumer writes (it is slow)")
+	flag.Float64Var(&cfg.LatencyRate, "latency-rate", 20_000, "commands/s of the latency stage's steady uploads")
+	flag.DurationVar(&cfg.LatencyFor, "latency-for", 10*time.Second, "how long the latency stage uploads")
 	flag.Uint64Var(&cfg.Seed, "seed", 1, "workload seed")
 	flag.IntVar(&cfg.Partitions, "partitions", 12, "partitions of the topics")
 	flag.Parse()

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"text/tabwriter"
 	"time"
 
@@ -28,6 +29,12 @@ type Config struct {
 	// workload is grown past N to reach it, so that ingress memory is
 	// measured on a large upload.
 	UploadBytes int64
+	// NaiveN bounds the records the naive consumer writes: it is slow.
+	NaiveN int
+	// LatencyRate and LatencyFor set the steady upload of the latency
+	// stage: commands per second, for how long.
+	LatencyRate float64
+	LatencyFor  time.Duration
 	Seed        uint64
 	Partitions  int
 	Out         io.Writer
@@ -55,6 +62,7 @@ type env struct {
 	cfg     Config
 	dbURL   string
 	brokers []string
+	db      *postgres.Limits
 	procs   []*proc
 	dir     string
 	logger  *slog.Logger
@@ -69,10 +77,21 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	}
 	defer e.close()
 	var results []Result
+	backlog := Workload{N: cfg.N, Seed: cfg.Seed}
+	fmt.Fprintf(cfg.Out, "write path: %d commands, %d keys, seed %d, %d partitions\n", backlog.N, len(backlog.Final()), cfg.Seed, cfg.Partitions)
+	write, err := e.processorStages(ctx, backlog)
+	if err != nil {
+		return nil, err
+	}
+	results = append(results, write...)
+	rate, err := e.rateStage(ctx, cfg.N)
+	if err != nil {
+		return nil, fmt.Errorf("rate limit: %w", err)
+	}
+
 	up := e.uploadWorkload()
-	fmt.Fprintf(cfg.Out, "workload: %d commands, %.1f MiB as NDJSON, seed %d, %d partitions\n",
-		up.N, float64(up.N*up.AverageBytes())/(1<<20), cfg.Seed, cfg.Partitions)
-	raw, err := e.rawProduce(ctx, up)
+	fmt.Fprintf(cfg.Out, "upload: %d commands, %.1f MiB as NDJSON\n", up.N, float64(up.N*up.AverageBytes())/(1<<20))
+	raw, err := e.produce(ctx, rawTopic, sysRawProduce, up)
 	if err != nil {
 		return nil, fmt.Errorf("raw produce: %w", err)
 	}
@@ -83,7 +102,16 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	}
 	ing.Limit = raw.System
 	results = append(results, ing)
+	lat, err := e.latencyStage(ctx, cfg.LatencyRate, cfg.LatencyFor)
+	if err != nil {
+		return nil, fmt.Errorf("latency: %w", err)
+	}
 	Report(cfg.Out, results)
+	fmt.Fprintf(cfg.Out, "rate limit: asked %.0f/s, held %.0f/s (%+.1f%%) over %.1f s\n",
+		rate.Asked, rate.Held, (rate.Held/rate.Asked-1)*100, rate.Window.Seconds())
+	fmt.Fprintf(cfg.Out, "202 to applied at %.0f commands/s for %s (%d jobs of %d): p50 %s, p99 %s, max %s; CPU busy %.2f of %d cores\n",
+		lat.Rate, cfg.LatencyFor, lat.Jobs, lat.PerJob, lat.P50.Round(time.Millisecond), lat.P99.Round(time.Millisecond),
+		lat.Max.Round(time.Millisecond), lat.Cores, runtime.NumCPU())
 	return results, nil
 }
 
@@ -146,6 +174,9 @@ func setup(ctx context.Context, cfg Config) (e *env, err error) {
 	if _, err := postgres.EnsureDemoCustomers(ctx, pool); err != nil {
 		return e, err
 	}
+	if e.db, err = postgres.OpenLimits(ctx, e.dbURL); err != nil {
+		return e, err
+	}
 
 	addr, err := freeAddr()
 	if err != nil {
@@ -168,24 +199,27 @@ func (e *env) start(name string, env []string, args ...string) (*proc, error) {
 	return p, nil
 }
 
-// configFile writes a spool config for the binaries the stages start.
-func (e *env) configFile(name, httpAddr string) (string, error) {
+// configFile writes a spool config for a binary a stage starts: topic is
+// its commands topic, group its processors' group, extra more YAML.
+func (e *env) configFile(name, topic, group, extra string) (string, error) {
 	path := filepath.Join(e.dir, name+".yaml")
 	text := fmt.Sprintf(`database: {url: %q}
-kafka: {brokers: [%q], partitions: %d}
-http: {addr: %q}
+kafka: {brokers: [%q], partitions: %d, topic: %q, dlq_topic: %q, group: %q}
 auth: {disabled: true}
 log: {level: warn}
 ingress: {max_records: %d}
 entities:
   %s: {table: %s.customers, key: [customer_id], version_column: version}
-`, e.dbURL, e.brokers[0], e.cfg.Partitions, httpAddr, 1<<40, Entity, e.cfg.Schema)
+%s`, e.dbURL, e.brokers[0], e.cfg.Partitions, topic, topic+".dlq", group, 1<<40, Entity, e.cfg.Schema, extra)
 	return path, os.WriteFile(path, []byte(text), 0o600)
 }
 
 func (e *env) close() {
 	for i := len(e.procs) - 1; i >= 0; i-- {
 		e.procs[i].stop()
+	}
+	if e.db != nil {
+		e.db.Close()
 	}
 	if e.dir != "" {
 		_ = os.RemoveAll(e.dir)

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -19,6 +20,9 @@ import (
 type Workload struct {
 	N    int
 	Seed uint64
+	// Prefix starts every command id ("bench" when empty), so that two
+	// workloads' ids do not meet in the ledger.
+	Prefix string
 }
 
 // repeatShare is the share of commands that repeat an earlier one.
@@ -44,7 +48,7 @@ func (w Workload) Command(i int) pipeline.Command {
 		"balance":     quote(fmt.Sprintf("%d.%02d", cents/100, cents%100)),
 	}
 	return pipeline.Command{
-		ID:      pipeline.CommandID(fmt.Sprintf("bench-%010d", i)),
+		ID:      pipeline.CommandID(fmt.Sprintf("%s-%010d", cmp.Or(w.Prefix, "bench"), i)),
 		Entity:  Entity,
 		Op:      pipeline.OpUpsert,
 		Version: &version,
@@ -57,14 +61,23 @@ func quote(s string) json.RawMessage { return json.RawMessage(strconv.Quote(s)) 
 // WriteNDJSON writes the workload as an upload body.
 func (w Workload) WriteNDJSON(out io.Writer) error {
 	b := bufio.NewWriterSize(out, 256<<10)
-	enc := json.NewEncoder(b)
 	for i := range w.N {
-		c := w.Command(i)
-		if err := enc.Encode(&c); err != nil {
+		if err := w.writeLine(b, i); err != nil {
 			return err
 		}
 	}
 	return b.Flush()
+}
+
+// writeLine writes command i as one NDJSON line.
+func (w Workload) writeLine(out io.Writer, i int) error {
+	c := w.Command(i)
+	b, err := json.Marshal(&c)
+	if err != nil {
+		return err
+	}
+	_, err = out.Write(append(b, '\n'))
+	return err
 }
 
 // Final is the oracle: each key's row as the version guard leaves it, the

@@ -366,7 +366,12 @@ func (c *Config) Validate() error {
 	if len(c.Auth.Keys) == 0 && !c.Auth.Disabled {
 		bad("auth.keys", "no API keys configured: add {tenant, key_sha256} entries or set auth.disabled: true")
 	}
+	seenKeys := map[string]string{}
 	for i, k := range c.Auth.Keys {
+		if t, ok := seenKeys[k.KeySHA256]; ok && k.KeySHA256 != "" {
+			bad(fmt.Sprintf("auth.keys[%d].key_sha256", i), "is also the key of tenant %q: one key, one tenant", t)
+		}
+		seenKeys[k.KeySHA256] = k.Tenant
 		if k.Tenant == "" {
 			bad(fmt.Sprintf("auth.keys[%d].tenant", i), "must be set")
 		}

@@ -89,3 +89,10 @@ func TestAuthKeysFile(t *testing.T) {
 	_, err = Load(Options{Overrides: map[string]any{"auth.keys_file": dir + "/missing.yaml"}})
 	require.ErrorContains(t, err, "auth.keys_file")
 }
+
+func TestOneKeyOneTenant(t *testing.T) {
+	hash := strings.Repeat("cd", 32)
+	_, err := Load(Options{Overrides: map[string]any{"auth.keys": []map[string]any{
+		{"tenant": "acme", "key_sha256": hash}, {"tenant": "globex", "key_sha256": hash}}}})
+	require.ErrorContains(t, err, `auth.keys[1].key_sha256: is also the key of tenant "acme"`)
+}

@@ -167,8 +167,12 @@ func decodeCursor(s string) (*pipeline.JobCursor, error) {
 }
 
 // flushEvery is how many failure rows are written between flushes, so that
-// a client sees a long listing arrive.
-const flushEvery = 1000
+// a client sees a long listing arrive; each flush must be taken within
+// writeTimeout, so that a client that stops reading is cut off.
+const (
+	flushEvery   = 1000
+	writeTimeout = 30 * time.Second
+)
 
 // failureColumns are the CSV header of the failures listing.
 var failureColumns = []string{"index", "id", "stage", "outcome", "error_class", "error"}
@@ -184,6 +188,8 @@ func (s *Server) listFailures(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := pipeline.JobID(r.PathValue("job_id"))
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 	bw := bufio.NewWriterSize(w, 64<<10)
 	started := false
 	var cw *csv.Writer
@@ -213,7 +219,8 @@ func (s *Server) listFailures(w http.ResponseWriter, r *http.Request) {
 				err = bw.Flush()
 			}
 			if err == nil {
-				http.NewResponseController(w).Flush() //nolint:errcheck // best effort
+				err = rc.Flush()
+				_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 			}
 		}
 		return err
@@ -228,7 +235,11 @@ func (s *Server) listFailures(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		// The status is sent: cutting the connection is the only way to
 		// tell the client that the listing is incomplete.
-		s.log(r.Context()).Error("streaming failures", "job_id", id, "error", err)
+		if r.Context().Err() != nil {
+			s.log(r.Context()).Debug("client left a failures listing", "job_id", id, "error", err)
+		} else {
+			s.log(r.Context()).Error("streaming failures", "job_id", id, "error", err)
+		}
 		panic(http.ErrAbortHandler)
 	}
 	if !started {

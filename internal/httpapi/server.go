@@ -156,9 +156,20 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Request-ID", id)
 	r = r.WithContext(context.WithValue(r.Context(), loggerKey{}, s.cfg.Logger.With("request_id", id)))
 	sw := &statusWriter{ResponseWriter: w}
+	defer func() {
+		// A handler that cut its answer off (http.ErrAbortHandler) counts
+		// as aborted.
+		if v := recover(); v != nil {
+			s.cfg.Observer.Request(r.Pattern, codeAborted)
+			panic(v)
+		}
+		s.cfg.Observer.Request(r.Pattern, sw.code())
+	}()
 	s.mux.ServeHTTP(sw, r)
-	s.cfg.Observer.Request(r.Pattern, sw.code())
 }
+
+// codeAborted is the code an aborted answer is counted with: nginx's 499.
+const codeAborted = 499
 
 type loggerKey struct{}
 

@@ -195,10 +195,14 @@ func (s *Store) Jobs(ctx context.Context, tenant string, q pipeline.JobQuery) ([
 	return jobs, nil
 }
 
-// Failures streams a tenant's job's failures in input order to fn, row by
-// row as PostgreSQL sends them: a job with a million failures is never held
-// in memory. It returns pipeline.ErrJobNotFound, before calling fn, when the
-// tenant has no such job.
+// failuresChunk is how many failure rows one query of Failures reads.
+const failuresChunk = 1000
+
+// Failures streams a tenant's job's failures in input order to fn, a chunk
+// of rows at a time: a job with a million failures is never held in
+// memory, and no connection is held while fn runs (a client that reads
+// slowly must not starve the pool). It returns pipeline.ErrJobNotFound,
+// before calling fn, when the tenant has no such job.
 func (s *Store) Failures(ctx context.Context, tenant string, id pipeline.JobID, fn func(pipeline.Failure) error) error {
 	var n int
 	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM spool_jobs WHERE job_id = $1 AND tenant = $2`, id, tenant).Scan(&n)
@@ -208,25 +212,33 @@ func (s *Store) Failures(ctx context.Context, tenant string, id pipeline.JobID, 
 	if n == 0 {
 		return pipeline.ErrJobNotFound
 	}
-	rows, err := s.pool.Query(ctx, `SELECT idx, command_id, stage, outcome, error_class, error
-		FROM spool_job_failures WHERE job_id = $1 ORDER BY idx`, id)
-	if err != nil {
-		return classify(fmt.Errorf("reading failures of job %s: %w", id, err))
-	}
-	defer rows.Close()
-	var f pipeline.Failure
-	for rows.Next() {
-		if err := rows.Scan(&f.Index, &f.ID, &f.Stage, &f.Outcome, &f.Class, &f.Error); err != nil {
+	after := int64(-1)
+	chunk := make([]pipeline.Failure, 0, failuresChunk)
+	for {
+		rows, err := s.pool.Query(ctx, `SELECT idx, command_id, stage, outcome, error_class, error
+			FROM spool_job_failures WHERE job_id = $1 AND idx > $2 ORDER BY idx LIMIT $3`, id, after, failuresChunk)
+		if err != nil {
 			return classify(fmt.Errorf("reading failures of job %s: %w", id, err))
 		}
-		if err := fn(f); err != nil {
-			return err
+		chunk = chunk[:0]
+		var f pipeline.Failure
+		_, err = pgx.ForEachRow(rows, []any{&f.Index, &f.ID, &f.Stage, &f.Outcome, &f.Class, &f.Error}, func() error {
+			chunk = append(chunk, f)
+			return nil
+		})
+		if err != nil {
+			return classify(fmt.Errorf("reading failures of job %s: %w", id, err))
 		}
+		for _, f := range chunk {
+			if err := fn(f); err != nil {
+				return err
+			}
+		}
+		if len(chunk) < failuresChunk {
+			return nil
+		}
+		after = chunk[len(chunk)-1].Index
 	}
-	if err := rows.Err(); err != nil {
-		return classify(fmt.Errorf("reading failures of job %s: %w", id, err))
-	}
-	return nil
 }
 
 // DeadLetters counts a tenant's dead-lettered commands by error class, over

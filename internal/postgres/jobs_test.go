@@ -148,3 +148,22 @@ func TestSettleNeverWritesAnOlderState(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, pipeline.JobCompleted, j.State)
 }
+
+// TestFailuresHoldNoConnection: the listing is read in chunks, in input
+// order, and no connection is held while the caller writes a row out (a
+// client that reads slowly must not starve the pool).
+func TestFailuresHoldNoConnection(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant"))
+	b.db.Exec(t, `INSERT INTO spool_job_failures (job_id, idx, command_id, stage, outcome, error_class, error)
+		SELECT 'job-1', i, 'c-' || i, 'ingress', 'rejected', 'missing_key', 'no key' FROM generate_series(0, 2499) i`)
+	next := int64(0)
+	require.NoError(t, b.store.Failures(ctx, "tenant", "job-1", func(f pipeline.Failure) error {
+		require.Equal(t, next, f.Index)
+		next++
+		require.Zero(t, b.db.Pool.Stat().AcquiredConns(), "a connection is held while a row is handed out")
+		return nil
+	}))
+	require.EqualValues(t, 2500, next)
+}

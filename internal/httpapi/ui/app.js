@@ -1,5 +1,5 @@
 // spool's read-only job page: plain JavaScript on the ingress API. With auth
-// on, the API key is asked for once and kept in this browser's localStorage.
+// on, the API key is asked for once and kept for this tab (sessionStorage).
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
@@ -7,7 +7,7 @@ const keyName = "spool-api-key";
 const failuresShown = 1000;
 let refresh = null;
 
-function apiKey() { return localStorage.getItem(keyName) || ""; }
+function apiKey() { return sessionStorage.getItem(keyName) || ""; }
 
 async function api(path) {
   const headers = {};
@@ -72,10 +72,12 @@ function classTable(tbody, empty, counts) {
   empty.hidden = entries.length > 0;
 }
 
-// The jobs list.
+// The jobs list. A refresh reloads the first page only while no older page
+// was asked for, and the dead-letter counts only when the view is entered.
 let cursor = "";
+let olderPages = 0;
 
-async function loadJobs(append) {
+async function loadJobs(append, refresh) {
   const state = $("#state-filter").value;
   const q = new URLSearchParams({ limit: "50" });
   if (state) q.set("state", state);
@@ -104,12 +106,16 @@ async function loadJobs(append) {
   cursor = page.next_cursor || "";
   $("#more").hidden = !cursor;
   $("#no-jobs").hidden = tbody.rows.length > 0;
-  const dead = await (await api("/v1/dead-letters")).json();
-  classTable($("#dead-letters tbody"), $("#no-dead"), dead.by_error_class);
-  return page.jobs.some((j) => !finished(j.state));
+  if (!refresh) {
+    const dead = await (await api("/v1/dead-letters")).json();
+    classTable($("#dead-letters tbody"), $("#no-dead"), dead.by_error_class);
+  }
+  return olderPages === 0 && page.jobs.some((j) => !finished(j.state));
 }
 
-// One job.
+// One job. Its failures are read again only when their count changed.
+let failuresShownFor = "";
+
 async function loadJob(id) {
   const path = "/v1/jobs/" + encodeURIComponent(id);
   const j = await (await api(path)).json();
@@ -130,7 +136,11 @@ async function loadJob(id) {
     cell(row, name);
     cell(row, typeof n === "number" ? num(n) : n, "n");
   }
-  await loadFailures(path + "/failures");
+  const key = j.job_id + "/" + (c.rejected + c.conflict + c.dead_lettered);
+  if (key !== failuresShownFor) {
+    await loadFailures(path + "/failures");
+    failuresShownFor = key;
+  }
   return !finished(j.state);
 }
 
@@ -181,16 +191,27 @@ async function download(path, format) {
   URL.revokeObjectURL(url);
 }
 
-async function route() {
+// jobFromHash is the job id of a #/jobs/ID location, or "".
+function jobFromHash() {
+  const m = location.hash.match(/^#\/jobs\/(.+)$/);
+  return m ? decodeURIComponent(m[1]) : "";
+}
+
+// route shows the view of the location; again is a refresh of the same view.
+async function route(again) {
   clearTimeout(refresh);
   showError(null);
-  const m = location.hash.match(/^#\/jobs\/(.+)$/);
-  $("#jobs-view").hidden = !!m;
-  $("#job-view").hidden = !m;
+  const id = jobFromHash();
+  $("#jobs-view").hidden = !!id;
+  $("#job-view").hidden = !id;
   $("#forget-key").hidden = !apiKey();
+  if (!again) {
+    failuresShownFor = "";
+    olderPages = 0;
+  }
   try {
-    const busy = m ? await loadJob(decodeURIComponent(m[1])) : await loadJobs(false);
-    if (busy) refresh = setTimeout(route, 2000);
+    const busy = id ? await loadJob(id) : await loadJobs(false, again);
+    if (busy) refresh = setTimeout(() => route(true), 2000);
   } catch (err) {
     showError(err);
   }
@@ -198,20 +219,24 @@ async function route() {
 
 $("#key-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  localStorage.setItem(keyName, $("#key").value.trim());
+  sessionStorage.setItem(keyName, $("#key").value.trim());
   $("#key").value = "";
   $("#key-form").hidden = true;
-  route();
+  route(false);
 });
-$("#forget-key").addEventListener("click", () => { localStorage.removeItem(keyName); route(); });
-$("#state-filter").addEventListener("change", () => route());
-$("#more").addEventListener("click", () => loadJobs(true).catch(showError));
+$("#forget-key").addEventListener("click", () => { sessionStorage.removeItem(keyName); route(false); });
+$("#state-filter").addEventListener("change", () => route(false));
+$("#more").addEventListener("click", () => {
+  olderPages++;
+  clearTimeout(refresh);
+  loadJobs(true, true).catch(showError);
+});
 for (const format of ["csv", "ndjson"]) {
   $("#dl-" + format).addEventListener("click", (e) => {
     e.preventDefault();
-    const m = location.hash.match(/^#\/jobs\/(.+)$/);
-    if (m) download("/v1/jobs/" + m[1] + "/failures", format).catch(showError);
+    const id = jobFromHash();
+    if (id) download("/v1/jobs/" + encodeURIComponent(id) + "/failures", format).catch(showError);
   });
 }
-window.addEventListener("hashchange", route);
-route();
+window.addEventListener("hashchange", () => route(false));
+route(false);

@@ -1,0 +1,312 @@
+package bench
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/spoolhq/spool/internal/kafka"
+	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// The processor stages' topic and group.
+const (
+	backlogTopic = "bench.commands"
+	benchGroup   = "spool-bench"
+)
+
+// Names of the systems, as the table prints them.
+const (
+	sysProduce    = "produce backlog"
+	sysConsume    = "consume + decode"
+	sysCopy       = "COPY"
+	sysCopyUpsert = "COPY+upsert+ledger"
+	sysNaive      = "naive consumer"
+	sysProcessor  = "processor"
+	sysRawProduce = "raw produce"
+	sysIngress    = "ingress"
+)
+
+// limitRow turns a workload command into the limits' row.
+func limitRow(c *pipeline.Command) postgres.LimitRow {
+	str := func(k string) string {
+		var s string
+		_ = json.Unmarshal(c.Data[k], &s)
+		return s
+	}
+	value, _ := json.Marshal(c)
+	h := sha256.Sum256(value)
+	return postgres.LimitRow{Tenant: "default", ID: string(c.ID), Key: str("customer_id"), Name: str("name"),
+		Email: str("email"), Balance: str("balance"), Version: *c.Version, Hash: h[:16]}
+}
+
+// oracle is each key's final row, as TableRows prints it.
+func oracle(final map[string]pipeline.Command) map[string]string {
+	out := make(map[string]string, len(final))
+	for _, c := range final {
+		r := limitRow(&c)
+		out[r.Key] = fmt.Sprintf("%s|%s|%s|%d", r.Name, r.Email, r.Balance, r.Version)
+	}
+	return out
+}
+
+// check compares a table with the oracle: a fast wrong answer fails the run.
+func (e *env) check(ctx context.Context, system, table string, want map[string]string) error {
+	got, err := e.db.TableRows(ctx, table)
+	if err != nil {
+		return err
+	}
+	if len(got) != len(want) {
+		return fmt.Errorf("%s: %s holds %d rows, the oracle %d", system, table, len(got), len(want))
+	}
+	for k, v := range want {
+		if got[k] != v {
+			return fmt.Errorf("%s: %s row %s is %q, the oracle says %q", system, table, k, got[k], v)
+		}
+	}
+	return nil
+}
+
+// selfUsage is this process's CPU so far.
+func selfUsage() usage {
+	u, _ := procUsage(os.Getpid())
+	return u
+}
+
+// timed runs fn and reports it as system's result over n records, with this
+// process's CPU.
+func timed(system string, n int, fn func() error) (Result, error) {
+	before := selfUsage()
+	start := time.Now()
+	if err := fn(); err != nil {
+		return Result{}, fmt.Errorf("%s: %w", system, err)
+	}
+	return Result{System: system, Records: int64(n), Elapsed: time.Since(start), CPU: selfUsage().sub(before).CPU}, nil
+}
+
+// processorStages measure the write path: the backlog is produced, then
+// read back (the consume limit), written by the two SQL limits, by a naive
+// consumer, and drained by spool's processor.
+func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error) {
+	var results []Result
+	cmds := make([]pipeline.Command, w.N)
+	for i := range cmds {
+		cmds[i] = w.Command(i)
+	}
+	want := oracle(w.Final())
+	rows := make([]postgres.LimitRow, len(cmds))
+	for i := range cmds {
+		rows[i] = limitRow(&cmds[i])
+	}
+
+	produce, err := e.produce(ctx, backlogTopic, sysProduce, w)
+	if err != nil {
+		return nil, err
+	}
+	results = append(results, produce)
+
+	var decoded int
+	consume, err := timed(sysConsume, w.N, func() error {
+		return kafka.Reader{Brokers: e.brokers}.Read(ctx, backlogTopic, -1, func(r pipeline.Record) error {
+			if _, err := pipeline.DecodeCommand(r.Value); err != nil {
+				return err
+			}
+			decoded++
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	if decoded != w.N {
+		return nil, fmt.Errorf("%s: read %d records of %d", sysConsume, decoded, w.N)
+	}
+	results = append(results, consume)
+
+	if err := e.db.CreateTables(ctx, "limit_copy", "limit_upsert", "limit_naive"); err != nil {
+		return nil, err
+	}
+	finals := make([]postgres.LimitRow, 0, len(want))
+	for _, c := range w.Final() {
+		finals = append(finals, limitRow(&c))
+	}
+	copyRes, err := timed(sysCopy, len(finals), func() error { return e.db.Copy(ctx, "limit_copy", finals) })
+	if err != nil {
+		return nil, err
+	}
+	if err := e.check(ctx, sysCopy, "limit_copy", want); err != nil {
+		return nil, err
+	}
+	results = append(results, copyRes)
+
+	upsert, err := timed(sysCopyUpsert, w.N, func() error {
+		return e.db.CopyUpsertLedger(ctx, "limit_upsert", rows, 5000)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := e.check(ctx, sysCopyUpsert, "limit_upsert", want); err != nil {
+		return nil, err
+	}
+	upsert.Limit = sysCopy
+	results = append(results, upsert)
+
+	naive, err := e.naive(ctx, min(w.N, e.cfg.NaiveN))
+	if err != nil {
+		return nil, err
+	}
+	naive.Limit = sysCopyUpsert
+	results = append(results, naive)
+
+	proc, err := e.drain(ctx, w.N)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.check(ctx, sysProcessor, "customers", want); err != nil {
+		return nil, err
+	}
+	proc.Limit = sysCopyUpsert
+	results = append(results, proc)
+	return results, nil
+}
+
+// produce sends the workload's records to topic, as ingress would make
+// them, with ingress's producer settings; every one acknowledged.
+func (e *env) produce(ctx context.Context, topic, system string, w Workload) (Result, error) {
+	if err := kafka.EnsureTopics(ctx, e.brokers, int32(e.cfg.Partitions), -1, topic); err != nil {
+		return Result{}, err
+	}
+	p, err := kafka.NewProducer(kafka.ProducerConfig{
+		Brokers: e.brokers, MaxBufferedBytes: kafka.UploadBufferBytes, Linger: kafka.UploadLinger, Logger: e.logger,
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	defer p.Close()
+	res, err := timed(system, w.N, func() error {
+		var wg sync.WaitGroup
+		var once sync.Once
+		var failed error
+		for i := range w.N {
+			c := w.Command(i)
+			rec, err := pipeline.NewRecord(&c, "bench-job", "default", int64(i))
+			if err != nil {
+				once.Do(func() { failed = err })
+				break
+			}
+			wg.Add(1)
+			p.Produce(ctx, topic, &rec, func(err error) {
+				if err != nil {
+					once.Do(func() { failed = err })
+				}
+				wg.Done()
+			})
+		}
+		wg.Wait()
+		return failed
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	return res, e.expectRecords(ctx, topic, int64(w.N))
+}
+
+// naive consumes the first n records of the backlog, partition by
+// partition, and upserts each on its own; checked against the oracle of
+// exactly those records.
+func (e *env) naive(ctx context.Context, n int) (Result, error) {
+	final := map[string]pipeline.Command{}
+	done := 0
+	res, err := timed(sysNaive, n, func() error {
+		err := kafka.Reader{Brokers: e.brokers}.Read(ctx, backlogTopic, -1, func(r pipeline.Record) error {
+			if done == n {
+				return errStop
+			}
+			c, err := pipeline.DecodeCommand(r.Value)
+			if err != nil {
+				return err
+			}
+			row := limitRow(&c)
+			if err := e.db.NaiveUpsert(ctx, "limit_naive", &row); err != nil {
+				return err
+			}
+			if prev, ok := final[row.Key]; !ok || *prev.Version < *c.Version {
+				final[row.Key] = c
+			}
+			done++
+			return nil
+		})
+		if err == errStop {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	return res, e.check(ctx, sysNaive, "limit_naive", oracle(final))
+}
+
+var errStop = fmt.Errorf("enough records")
+
+// startProcessor starts a processor of group on topic, extra more YAML.
+func (e *env) startProcessor(name, topic, group, extra string) (*proc, error) {
+	metricsAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	conf, err := e.configFile(name, topic, group, fmt.Sprintf("metrics: {addr: %q}\n%s", metricsAddr, extra))
+	if err != nil {
+		return nil, err
+	}
+	return e.start("processor", []string{"SPOOL_CONFIG=" + conf})
+}
+
+// waitCommitted waits until group's processors committed n records of
+// topic, calling each (if set) with the count at every look.
+func (e *env) waitCommitted(ctx context.Context, p *proc, group, topic string, n int64, each func(int64)) error {
+	for {
+		done, err := e.db.SumOffsets(ctx, group, topic)
+		if err != nil {
+			return err
+		}
+		if each != nil {
+			each(done)
+		}
+		if done >= n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-p.exited:
+			return fmt.Errorf("processor exited after %d of %d records:\n%s", done, n, p.log.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// drain starts a processor on the backlog and times it until every record
+// is committed (the stored offsets sum to n).
+func (e *env) drain(ctx context.Context, n int) (Result, error) {
+	start := time.Now()
+	p, err := e.startProcessor("processor", backlogTopic, benchGroup, "")
+	if err != nil {
+		return Result{}, err
+	}
+	defer p.stop()
+	if err := e.waitCommitted(ctx, p, benchGroup, backlogTopic, int64(n), nil); err != nil {
+		return Result{}, err
+	}
+	elapsed := time.Since(start)
+	u, err := p.usage()
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{System: sysProcessor, Records: int64(n), Elapsed: elapsed, CPU: u.CPU, PeakRSS: u.PeakRSS}, nil
+}

@@ -1,0 +1,173 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// The limits spool is measured against (cmd/spool-bench): the same writes
+// done the fastest plain way, on tables shaped like the demo customers.
+
+// Limits runs the limits on one database.
+type Limits struct{ pool *pgxpool.Pool }
+
+// OpenLimits connects for the limits (and spool's own tables there).
+func OpenLimits(ctx context.Context, url string) (*Limits, error) {
+	pool, err := Open(ctx, url, 4)
+	if err != nil {
+		return nil, err
+	}
+	return &Limits{pool: pool}, nil
+}
+
+// Close disconnects.
+func (l *Limits) Close() { l.pool.Close() }
+
+// LimitRow is one customers command as the limits write it.
+type LimitRow struct {
+	Tenant, ID, Key, Name, Email, Balance string
+	Version                               int64
+	Hash                                  []byte
+}
+
+var limitColumns = []string{"customer_id", "name", "email", "balance", "version"}
+
+func (r *LimitRow) values() []any { return []any{r.Key, r.Name, r.Email, r.Balance, r.Version} }
+
+// CreateTables creates (anew) a customers-shaped table for each name,
+// and a ledger for each, name_ledger.
+func (l *Limits) CreateTables(ctx context.Context, names ...string) error {
+	for _, n := range names {
+		t := pgx.Identifier{n}.Sanitize()
+		ledger := pgx.Identifier{n + "_ledger"}.Sanitize()
+		_, err := l.pool.Exec(ctx, fmt.Sprintf(`DROP TABLE IF EXISTS %[1]s, %[2]s;
+			CREATE TABLE %[1]s (customer_id text PRIMARY KEY, name text, email text, balance numeric(18,2),
+				version bigint NOT NULL, updated_at timestamptz);
+			CREATE TABLE %[2]s (tenant text NOT NULL, command_id text NOT NULL, payload_hash bytea NOT NULL,
+				claimed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (tenant, command_id))`, t, ledger))
+		if err != nil {
+			return fmt.Errorf("creating limit table %s: %w", n, err)
+		}
+	}
+	return nil
+}
+
+// Copy COPYs the final rows into table: the floor of any writer.
+func (l *Limits) Copy(ctx context.Context, table string, rows []LimitRow) error {
+	_, err := l.pool.CopyFrom(ctx, pgx.Identifier{table}, limitColumns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
+		return rows[i].values(), nil
+	}))
+	return err
+}
+
+// CopyUpsertLedger writes commands the fastest exactly-once way on one
+// connection: per batch, one transaction that COPYs the batch into a temp
+// table, claims its ids in the ledger, and upserts the claimed rows, one per
+// key (the highest version), under the version guard. It does not count
+// jobs, fence offsets, tell stale from applied or handle deletes.
+func (l *Limits) CopyUpsertLedger(ctx context.Context, table string, rows []LimitRow, batch int) error {
+	conn, err := l.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS limit_stage (tenant text, command_id text, payload_hash bytea,
+		customer_id text, name text, email text, balance numeric(18,2), version bigint) ON COMMIT DELETE ROWS`); err != nil {
+		return err
+	}
+	upsert := fmt.Sprintf(`WITH claimed AS (
+			INSERT INTO %[2]s (tenant, command_id, payload_hash)
+			SELECT DISTINCT ON (tenant, command_id) tenant, command_id, payload_hash FROM limit_stage
+			ON CONFLICT DO NOTHING RETURNING tenant, command_id)
+		INSERT INTO %[1]s AS t (customer_id, name, email, balance, version)
+		SELECT DISTINCT ON (s.customer_id) s.customer_id, s.name, s.email, s.balance, s.version
+		FROM limit_stage s JOIN claimed c USING (tenant, command_id)
+		ORDER BY s.customer_id, s.version DESC
+		ON CONFLICT (customer_id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
+			balance = EXCLUDED.balance, version = EXCLUDED.version
+		WHERE t.version < EXCLUDED.version`, pgx.Identifier{table}.Sanitize(), pgx.Identifier{table + "_ledger"}.Sanitize())
+	for start := 0; start < len(rows); start += batch {
+		part := rows[start:min(start+batch, len(rows))]
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			_, err := tx.CopyFrom(ctx, pgx.Identifier{"limit_stage"},
+				[]string{"tenant", "command_id", "payload_hash", "customer_id", "name", "email", "balance", "version"},
+				pgx.CopyFromSlice(len(part), func(i int) ([]any, error) {
+					r := &part[i]
+					return []any{r.Tenant, r.ID, r.Hash, r.Key, r.Name, r.Email, r.Balance, r.Version}, nil
+				}))
+			if err != nil {
+				return err
+			}
+			_, err = tx.Exec(ctx, upsert)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("copy+upsert+ledger batch at %d: %w", start, err)
+		}
+	}
+	return nil
+}
+
+// NaiveUpsert is the consumer everyone writes first: one version-guarded
+// upsert per record, each its own transaction, no ledger.
+func (l *Limits) NaiveUpsert(ctx context.Context, table string, r *LimitRow) error {
+	_, err := l.pool.Exec(ctx, `INSERT INTO `+pgx.Identifier{table}.Sanitize()+` AS t (customer_id, name, email, balance, version)
+		VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (customer_id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
+			balance = EXCLUDED.balance, version = EXCLUDED.version
+		WHERE t.version < EXCLUDED.version`, r.values()...)
+	return err
+}
+
+// TableRows reads a customers-shaped table as key → "name|email|balance|version",
+// for checking a run against its oracle.
+func (l *Limits) TableRows(ctx context.Context, table string) (map[string]string, error) {
+	rows, err := l.pool.Query(ctx, `SELECT customer_id, coalesce(name, '') || '|' || coalesce(email, '') || '|' ||
+		coalesce(balance::text, '') || '|' || version FROM `+pgx.Identifier{table}.Sanitize())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			return nil, err
+		}
+		out[k] = v
+	}
+	return out, rows.Err()
+}
+
+// SumOffsets is how many records the group's processors have committed on
+// topic: the sum of the stored next offsets.
+func (l *Limits) SumOffsets(ctx context.Context, group, topic string) (int64, error) {
+	var n int64
+	err := l.pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM spool_offsets WHERE consumer_group = $1 AND topic = $2`,
+		group, topic).Scan(&n)
+	return n, err
+}
+
+// JobsCompleted returns when each of the named jobs completed (jobs not
+// completed yet are absent).
+func (l *Limits) JobsCompleted(ctx context.Context, ids []string) (map[string]time.Time, error) {
+	rows, err := l.pool.Query(ctx, `SELECT job_id, completed_at FROM spool_jobs WHERE job_id = ANY ($1) AND completed_at IS NOT NULL`, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]time.Time{}
+	for rows.Next() {
+		var id string
+		var at time.Time
+		if err := rows.Scan(&id, &at); err != nil {
+			return nil, err
+		}
+		out[id] = at
+	}
+	return out, rows.Err()
+}
