@@ -21,11 +21,12 @@ build:
 
 BENCH_N ?= 1000000
 BENCH_UPLOAD_MIB ?= 1024
+BENCH_LATENCY_FOR ?= 10s
 
 ## bench: spool against this machine's limits, side by side (docs/benchmarks.md)
 bench: build
 	@scripts/ensure-postgres
-	bin/spool-bench -n $(BENCH_N) -upload-mib $(BENCH_UPLOAD_MIB)
+	bin/spool-bench -n $(BENCH_N) -upload-mib $(BENCH_UPLOAD_MIB) -latency-for $(BENCH_LATENCY_FOR)
 
 vet:
 	$(GO) vet ./...

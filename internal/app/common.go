@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"sort"
 	"time"
@@ -130,4 +132,14 @@ func every(ctx context.Context, interval time.Duration, fn func()) {
 		case <-t.C:
 		}
 	}
+}
+
+// withPprof adds Go's profiling endpoints to mux when metrics.pprof is on.
+func withPprof(mux *http.ServeMux, on bool) {
+	if !on {
+		return
+	}
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 }

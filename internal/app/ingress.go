@@ -104,8 +104,11 @@ func (in *Ingress) run(ctx context.Context) error {
 		Metrics:  m.Handler(),
 		Logger:   in.logger,
 	})
+	mux := http.NewServeMux()
+	mux.Handle("/", api)
+	withPprof(mux, c.Metrics.Pprof)
 	srv := &http.Server{
-		Handler:           api,
+		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(in.logger.Handler(), slog.LevelWarn),

@@ -108,6 +108,7 @@ func (p *Processor) run(ctx context.Context) error {
 	mux.Handle("/", httpapi.HealthHandler(
 		httpapi.Dependency{Name: "PostgreSQL", Ping: store.Ping}, httpapi.Dependency{Name: "Kafka", Ping: producer.Ping}))
 	mux.Handle("GET /metrics", m.Handler())
+	withPprof(mux, c.Metrics.Pprof)
 	health := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: mux}
 	go func() { _ = health.Serve(p.ln) }()
 	defer health.Close()

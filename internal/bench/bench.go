@@ -63,6 +63,7 @@ type env struct {
 	dbURL   string
 	brokers []string
 	db      *postgres.Limits
+	unlock  func()
 	procs   []*proc
 	dir     string
 	logger  *slog.Logger
@@ -155,6 +156,9 @@ func setup(ctx context.Context, cfg Config) (e *env, err error) {
 	q.Set("search_path", cfg.Schema)
 	u.RawQuery = q.Encode()
 	e.dbURL = u.String()
+	if e.unlock, err = postgres.LockRun(ctx, cfg.DatabaseURL, cfg.Schema); err != nil {
+		return e, err
+	}
 	admin, err := postgres.Open(ctx, cfg.DatabaseURL, 2)
 	if err != nil {
 		return e, err
@@ -220,6 +224,9 @@ func (e *env) close() {
 	}
 	if e.db != nil {
 		e.db.Close()
+	}
+	if e.unlock != nil {
+		e.unlock()
 	}
 	if e.dir != "" {
 		_ = os.RemoveAll(e.dir)

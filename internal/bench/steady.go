@@ -88,7 +88,20 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 		return LatencyResult{}, err
 	}
 	defer p.stop()
-	time.Sleep(2 * time.Second) // the processor joins its group
+	client := &apiclient.Client{Server: server}
+	// Warm up: one job through, so that the processor has joined its group
+	// and owns every partition before the clock starts.
+	var warm strings.Builder
+	warmup := Workload{N: 1000, Seed: e.cfg.Seed + 2, Prefix: "warmup"}
+	if err := warmup.WriteNDJSON(&warm); err != nil {
+		return LatencyResult{}, err
+	}
+	if _, err := client.Upload(ctx, strings.NewReader(warm.String()), apiclient.UploadOptions{ContentType: "application/x-ndjson"}); err != nil {
+		return LatencyResult{}, err
+	}
+	if err := e.waitCommitted(ctx, p, group, topic, int64(warmup.N), nil); err != nil {
+		return LatencyResult{}, err
+	}
 
 	w := Workload{N: jobs * perJob, Seed: e.cfg.Seed + 1, Prefix: "latency"}
 	bodies := make([]string, jobs)
@@ -101,7 +114,6 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 		}
 		bodies[j] = b.String()
 	}
-	client := &apiclient.Client{Server: server}
 	cpu := func() time.Duration {
 		total := selfUsage().CPU
 		for _, q := range []*proc{e.procs[0], in, p} { // e.procs[0] is the broker
@@ -137,7 +149,7 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 	if failed != nil {
 		return LatencyResult{}, failed
 	}
-	if err := e.waitCommitted(ctx, p, group, topic, int64(jobs*perJob), nil); err != nil {
+	if err := e.waitCommitted(ctx, p, group, topic, int64(warmup.N+jobs*perJob), nil); err != nil {
 		return LatencyResult{}, err
 	}
 	cores := (cpu() - cpu0).Seconds() / time.Since(t0).Seconds()

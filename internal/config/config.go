@@ -59,7 +59,8 @@ type HTTP struct {
 
 // Metrics configures the processor's metrics and health listener.
 type Metrics struct {
-	Addr string `mapstructure:"addr"`
+	Addr  string `mapstructure:"addr"`
+	Pprof bool   `mapstructure:"pprof"`
 }
 
 // Processor configures batching and pacing.

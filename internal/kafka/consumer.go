@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -33,6 +34,9 @@ type ConsumerConfig struct {
 	Hooks  []any
 	Logger *slog.Logger
 }
+
+// fetchMaxWait bounds how long a fetch waits for records to arrive.
+const fetchMaxWait = 250 * time.Millisecond
 
 // Consumer is a member of the processors' consumer group. Each assigned
 // partition gets a worker goroutine; records go to it in fetch order.
@@ -80,6 +84,10 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 		kgo.DisableAutoCommit(),
 		kgo.FetchMaxBytes(cfg.FetchMaxBytes),
 		kgo.FetchMaxPartitionBytes(cfg.FetchMaxPartitionBytes),
+		// A fetch waits at most this long for data: with the default 5 s, a
+		// record could sit that long in a broker that does not wake waiting
+		// fetches at once (seen with the embedded broker under load).
+		kgo.FetchMaxWait(fetchMaxWait),
 		kgo.OnPartitionsAssigned(c.assigned),
 		kgo.AdjustFetchOffsetsFn(c.startOffsets),
 		kgo.OnPartitionsRevoked(c.revoked),

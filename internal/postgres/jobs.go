@@ -71,12 +71,14 @@ func (s *Store) SettleJobs(ctx context.Context, ids []pipeline.JobID) error {
 	for i, id := range ids {
 		arg[i] = string(id)
 	}
-	return s.settle(ctx, arg)
+	return briefly(ctx, func() error { return s.settle(ctx, arg) })
 }
 
 // SettleOpenJobs settles every open job. The processor runs it now and then
 // to catch a processor that died between its commit and SettleJobs.
-func (s *Store) SettleOpenJobs(ctx context.Context) error { return s.settle(ctx, nil) }
+func (s *Store) SettleOpenJobs(ctx context.Context) error {
+	return briefly(ctx, func() error { return s.settle(ctx, nil) })
+}
 
 // settle sets each job's state from its counts: processing while commands
 // are outstanding, then completed or completed_with_errors. Named jobs are
@@ -90,40 +92,59 @@ func (s *Store) settle(ctx context.Context, ids []string) error {
 		filter = "j.job_id = ANY ($1) AND j.state IN ('queued', 'processing', 'completed', 'completed_with_errors')"
 		args = append(args, ids)
 	}
-	// Lock the jobs first (in one order, so that settles never deadlock),
-	// then read their counts in a second statement, whose snapshot is
+	// Most settles change nothing (a job stays processing): find the jobs
+	// whose state would change without taking a lock.
+	changing, err := s.pool.Query(ctx, strings.Replace(settleState, "{{filter}}", filter, 1)+`
+		SELECT n.job_id FROM n JOIN c USING (job_id) WHERE c.state <> n.state`, args...)
+	if err != nil {
+		return classify(fmt.Errorf("settling jobs: %w", err))
+	}
+	ids, err = pgx.CollectRows(changing, pgx.RowTo[string])
+	if err != nil {
+		return classify(fmt.Errorf("settling jobs: %w", err))
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	// Then lock those (in one order, so that settles never deadlock) and
+	// read their counts again in a second statement, whose snapshot is
 	// taken after the locks: a settle that read counts before another
 	// settle's commit can then never write an older state over a newer one.
 	// One batch is one implicit transaction and one round trip.
+	filter = "j.job_id = ANY ($1) AND j.state IN ('queued', 'processing', 'completed', 'completed_with_errors')"
 	var q pgx.Batch
-	q.Queue(`SELECT j.job_id FROM spool_jobs j WHERE `+filter+` ORDER BY j.job_id FOR UPDATE`, args...)
-	q.Queue(`
-		WITH c AS (
-			SELECT j.job_id, j.state, j.accepted, j.rejected,
-				coalesce(sum(c.applied + c.duplicate + c.stale + c.conflict + c.dead_lettered), 0) AS done,
-				coalesce(sum(c.conflict + c.dead_lettered), 0) AS bad
-			FROM spool_jobs j LEFT JOIN spool_job_counts c ON c.job_id = j.job_id
-			WHERE `+filter+`
-			GROUP BY j.job_id
-		), n AS (
-			SELECT job_id, CASE
-				WHEN done < accepted AND done = 0 AND state = 'queued' THEN 'queued'
-				WHEN done < accepted THEN 'processing'
-				WHEN bad > 0 OR rejected > 0 THEN 'completed_with_errors'
-				ELSE 'completed' END AS state
-			FROM c
-		)
+	q.Queue(`SELECT j.job_id FROM spool_jobs j WHERE `+filter+` ORDER BY j.job_id FOR UPDATE`, ids)
+	q.Queue(strings.Replace(settleState, "{{filter}}", filter, 1)+`
 		UPDATE spool_jobs j SET
 			state = n.state,
 			completed_at = CASE WHEN n.state LIKE 'completed%' THEN now() END,
 			updated_at = now()
 		FROM n
-		WHERE j.job_id = n.job_id AND j.state <> n.state`, args...)
+		WHERE j.job_id = n.job_id AND j.state <> n.state`, ids)
 	if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
 		return classify(fmt.Errorf("settling jobs: %w", err))
 	}
 	return nil
 }
+
+// settleState computes the state of each job {{filter}} selects from its
+// counts: CTE c holds the sums, n the state.
+const settleState = `
+	WITH c AS (
+		SELECT j.job_id, j.state, j.accepted, j.rejected,
+			coalesce(sum(c.applied + c.duplicate + c.stale + c.conflict + c.dead_lettered), 0) AS done,
+			coalesce(sum(c.conflict + c.dead_lettered), 0) AS bad
+		FROM spool_jobs j LEFT JOIN spool_job_counts c ON c.job_id = j.job_id
+		WHERE {{filter}}
+		GROUP BY j.job_id
+	), n AS (
+		SELECT job_id, CASE
+			WHEN done < accepted AND done = 0 AND state = 'queued' THEN 'queued'
+			WHEN done < accepted THEN 'processing'
+			WHEN bad > 0 OR rejected > 0 THEN 'completed_with_errors'
+			ELSE 'completed' END AS state
+		FROM c
+	)`
 
 // jobSelect reads jobs with their counters summed; scanJob reads a row of it.
 const jobSelect = `

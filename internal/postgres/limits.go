@@ -171,3 +171,23 @@ func (l *Limits) JobsCompleted(ctx context.Context, ids []string) (map[string]ti
 	}
 	return out, rows.Err()
 }
+
+// LockRun takes a session advisory lock named name on its own connection,
+// so that two benchmark runs cannot share a schema (one would drop the
+// other's tables under it). release frees it.
+func LockRun(ctx context.Context, url, name string) (release func(), err error) {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, "spool-bench:"+name).Scan(&ok); err != nil {
+		conn.Close(ctx)
+		return nil, err
+	}
+	if !ok {
+		conn.Close(ctx)
+		return nil, fmt.Errorf("another benchmark run uses schema %s: wait for it, or pass another -schema", name)
+	}
+	return func() { conn.Close(context.Background()) }, nil
+}

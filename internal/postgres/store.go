@@ -572,9 +572,27 @@ func gerund(op pipeline.Op) string {
 // afterCommitTimeout bounds the repair and settling that follow a commit.
 const afterCommitTimeout = 10 * time.Second
 
-// repairAttempts bounds the repair after a commit; each attempt takes a
-// fresh connection from the pool, so a killed connection costs one attempt.
-const repairAttempts = 5
+// briefAttempts bounds the work after a commit (repair, settling); each
+// attempt takes a fresh connection from the pool, so a killed connection
+// costs one attempt.
+const briefAttempts = 5
+
+// briefly runs fn until it succeeds, fails permanently, ctx ends or
+// briefAttempts are spent, backing off from 50 ms.
+func briefly(ctx context.Context, fn func() error) error {
+	var err error
+	for attempt := range briefAttempts {
+		if err = fn(); err == nil || ctx.Err() != nil || pipeline.IsPermanent(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(50<<attempt) * time.Millisecond):
+		}
+	}
+	return err
+}
 
 // repairGroups repairs the keys of a batch's versioned groups, retrying
 // failures briefly. It reports whether every repair succeeded.
@@ -584,17 +602,7 @@ func (s *Store) repairGroups(ctx context.Context, groups []pipeline.Group) bool 
 		if !g.Entity.Versioned() {
 			continue
 		}
-		var err error
-		for attempt := range repairAttempts {
-			if err = s.repair(ctx, g.Entity, g.Keys); err == nil || ctx.Err() != nil {
-				break
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Duration(50<<attempt) * time.Millisecond):
-			}
-		}
-		if err != nil {
+		if err := briefly(ctx, func() error { return s.repair(ctx, g.Entity, g.Keys) }); err != nil {
 			s.logger.Warn("repairing rows behind tombstones; the periodic sweep will retry", "entity", g.Entity.Name, "error", err)
 			ok = false
 		}
