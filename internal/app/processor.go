@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/spoolhq/spool/dlq"
@@ -52,6 +53,9 @@ func (p *Processor) Run(ctx context.Context) error { return stopped(ctx, p.run(c
 func (p *Processor) run(ctx context.Context) error {
 	defer p.ln.Close()
 	c := p.cfg
+	if c.Processor.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(c.Processor.MemoryLimit)
+	}
 	pool, entities, err := openDatabase(ctx, c, p.logger)
 	if err != nil {
 		return err

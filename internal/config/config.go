@@ -74,6 +74,8 @@ type Processor struct {
 	// FetchMaxPartitionBytes with Queue and BatchSize bounds what one
 	// partition holds: about (Queue+1) × FetchMaxPartitionBytes plus a batch.
 	FetchMaxPartitionBytes int32 `mapstructure:"fetch_max_partition_bytes"`
+	// MemoryLimit is a soft limit for Go's garbage collector (bytes, 0: none).
+	MemoryLimit int64 `mapstructure:"memory_limit"`
 }
 
 // Jobs configures the job records.
@@ -348,6 +350,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Dedupe.CacheSize < 0 {
 		bad("dedupe.cache_size", "must be 0 (off) or positive, got %d", c.Dedupe.CacheSize)
+	}
+	if c.Processor.MemoryLimit < 0 {
+		bad("processor.memory_limit", "must be 0 (none) or a number of bytes, got %d", c.Processor.MemoryLimit)
 	}
 	if c.Jobs.Retention < time.Minute {
 		bad("jobs.retention", "must be at least 1m, got %s", c.Jobs.Retention)

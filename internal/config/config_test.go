@@ -96,3 +96,8 @@ func TestOneKeyOneTenant(t *testing.T) {
 		{"tenant": "acme", "key_sha256": hash}, {"tenant": "globex", "key_sha256": hash}}}})
 	require.ErrorContains(t, err, `auth.keys[1].key_sha256: is also the key of tenant "acme"`)
 }
+
+func TestMemoryLimitNotNegative(t *testing.T) {
+	_, err := Load(Options{Overrides: map[string]any{"auth.disabled": true, "processor.memory_limit": -1}})
+	require.ErrorContains(t, err, "processor.memory_limit")
+}
