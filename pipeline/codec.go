@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // Record is a Kafka record as the pipeline sees it, free of any client
@@ -52,6 +53,11 @@ func (r *Record) Header(key string) (string, bool) {
 // DecodeCommand parses one uploaded JSON object into a Command. Unknown
 // fields are refused so that a typo ("verison") is reported, not ignored.
 func DecodeCommand(line []byte) (Command, error) {
+	// encoding/json would turn invalid UTF-8 into U+FFFD without a word:
+	// a command is refused rather than changed.
+	if !utf8.Valid(line) {
+		return Command{}, Errorf(ClassInvalidCommand, "decoding command: not valid UTF-8 (at byte %d)", invalidUTF8At(line))
+	}
 	var cmd Command
 	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.DisallowUnknownFields()
@@ -159,6 +165,18 @@ func DecodeRecord(r Record, es Entities) Message {
 	}
 	m.Command = cmd
 	return m
+}
+
+// invalidUTF8At is the offset of the first byte of b that is not valid UTF-8.
+func invalidUTF8At(b []byte) int {
+	for i := 0; i < len(b); {
+		r, size := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && size <= 1 {
+			return i
+		}
+		i += size
+	}
+	return len(b)
 }
 
 func headerOr(r *Record, key string) string {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Upload formats, by media type.
@@ -297,6 +298,11 @@ func (c *csvReader) Next() (Command, error) {
 	}
 	if len(row) != len(c.header) {
 		return Command{}, Errorf(ClassInvalidCommand, "CSV row has %d fields; the header has %d", len(row), len(c.header))
+	}
+	for i, v := range row {
+		if !utf8.ValidString(v) {
+			return Command{}, Errorf(ClassInvalidCommand, "CSV column %q is not valid UTF-8", c.header[i])
+		}
 	}
 	cmd := Command{ID: CommandID(row[c.idCol]), Op: c.o.Op, Data: make(map[string]json.RawMessage, len(c.dataCol))}
 	if c.verCol >= 0 {
