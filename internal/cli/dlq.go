@@ -351,7 +351,9 @@ func runReplay(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 
-	if err := kafka.EnsureTopics(ctx, t.brokers, 1, t.replica, dlq.CheckpointTopic(t.topic)); err != nil {
+	// Only the checkpoint's keys matter: compaction keeps it small.
+	if err := kafka.EnsureTopicsWith(ctx, t.brokers, 1, t.replica, map[string]string{"cleanup.policy": "compact"},
+		dlq.CheckpointTopic(t.topic)); err != nil {
 		return err
 	}
 	producer, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: t.brokers, Logger: app.NewLogger(config.Log{Level: "error"})})

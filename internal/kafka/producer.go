@@ -95,13 +95,26 @@ func hooks(hs []any) []kgo.Hook {
 
 // EnsureTopics creates the topics that do not exist yet.
 func EnsureTopics(ctx context.Context, brokers []string, partitions int32, replication int16, topics ...string) error {
+	return EnsureTopicsWith(ctx, brokers, partitions, replication, nil, topics...)
+}
+
+// EnsureTopicsWith is EnsureTopics with topic configs (cleanup.policy, …)
+// for the topics it creates; existing topics are left as they are.
+func EnsureTopicsWith(ctx context.Context, brokers []string, partitions int32, replication int16, configs map[string]string, topics ...string) error {
+	var cfg map[string]*string
+	if len(configs) > 0 {
+		cfg = make(map[string]*string, len(configs))
+		for k, v := range configs {
+			cfg[k] = &v
+		}
+	}
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	if err != nil {
 		return fmt.Errorf("creating kafka admin client: %w", err)
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	resps, err := adm.CreateTopics(ctx, partitions, replication, nil, topics...)
+	resps, err := adm.CreateTopics(ctx, partitions, replication, cfg, topics...)
 	if err != nil {
 		return classify(fmt.Errorf("creating topics: %w", err))
 	}
