@@ -188,48 +188,13 @@ func (s *Server) listFailures(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := pipeline.JobID(r.PathValue("job_id"))
-	rc := http.NewResponseController(w)
-	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
-	bw := bufio.NewWriterSize(w, 64<<10)
-	started := false
-	var cw *csv.Writer
-	enc := json.NewEncoder(bw)
-	n := 0
-	err := s.cfg.Jobs.Failures(r.Context(), tenantOf(r.Context()), id, func(f pipeline.Failure) error {
-		if !started {
-			start(w, format)
-			started = true
-			if format == "csv" {
-				cw = csv.NewWriter(bw)
-				_ = cw.Write(failureColumns)
-			}
-		}
-		var err error
-		if cw != nil {
-			err = cw.Write([]string{strconv.FormatInt(f.Index, 10), string(f.ID), f.Stage, string(f.Outcome), string(f.Class), f.Error})
-		} else {
-			err = enc.Encode(f)
-		}
-		if n++; err == nil && n%flushEvery == 0 {
-			if cw != nil {
-				cw.Flush()
-				err = cw.Error()
-			}
-			if err == nil {
-				err = bw.Flush()
-			}
-			if err == nil {
-				err = rc.Flush()
-				_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
-			}
-		}
-		return err
-	})
+	fw := newFailureWriter(w, format)
+	err := s.cfg.Jobs.Failures(r.Context(), tenantOf(r.Context()), id, fw.write)
 	switch {
 	case errors.Is(err, pipeline.ErrJobNotFound):
 		writeProblem(w, http.StatusNotFound, "no job "+string(id))
 		return
-	case err != nil && !started:
+	case err != nil && !fw.started:
 		s.unavailable(w, r, "reading the failures", err)
 		return
 	case err != nil:
@@ -242,26 +207,78 @@ func (s *Server) listFailures(w http.ResponseWriter, r *http.Request) {
 		}
 		panic(http.ErrAbortHandler)
 	}
-	if !started {
-		start(w, format)
-		if format == "csv" {
-			cw = csv.NewWriter(bw)
-			_ = cw.Write(failureColumns)
-		}
-	}
-	if cw != nil {
-		cw.Flush()
-	}
-	_ = bw.Flush()
+	fw.begin() // a job without failures still gets its (CSV) header
+	_ = fw.flush()
 }
 
-func start(w http.ResponseWriter, format string) {
+// failureWriter writes a failures listing as NDJSON or CSV. The answer
+// starts with the first row, so that an error before it can still be a
+// problem+json answer.
+type failureWriter struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	bw      *bufio.Writer
+	format  string
+	started bool
+	csv     *csv.Writer
+	enc     *json.Encoder
+	n       int
+}
+
+func newFailureWriter(w http.ResponseWriter, format string) *failureWriter {
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return &failureWriter{w: w, rc: rc, bw: bufio.NewWriterSize(w, 64<<10), format: format}
+}
+
+// begin sends the status and, for CSV, the header row, once.
+func (fw *failureWriter) begin() {
+	if fw.started {
+		return
+	}
+	fw.started = true
 	ct := "application/x-ndjson"
-	if format == "csv" {
+	if fw.format == "csv" {
 		ct = "text/csv; charset=utf-8"
 	}
-	w.Header().Set("Content-Type", ct)
-	w.WriteHeader(http.StatusOK)
+	fw.w.Header().Set("Content-Type", ct)
+	fw.w.WriteHeader(http.StatusOK)
+	if fw.format == "csv" {
+		fw.csv = csv.NewWriter(fw.bw)
+		_ = fw.csv.Write(failureColumns)
+	} else {
+		fw.enc = json.NewEncoder(fw.bw)
+	}
+}
+
+func (fw *failureWriter) write(f pipeline.Failure) error {
+	fw.begin()
+	var err error
+	if fw.csv != nil {
+		err = fw.csv.Write([]string{strconv.FormatInt(f.Index, 10), string(f.ID), f.Stage, string(f.Outcome), string(f.Class), f.Error})
+	} else {
+		err = fw.enc.Encode(f)
+	}
+	if fw.n++; err == nil && fw.n%flushEvery == 0 {
+		err = fw.flush()
+	}
+	return err
+}
+
+// flush sends what is buffered and gives the client writeTimeout more.
+func (fw *failureWriter) flush() error {
+	if fw.csv != nil {
+		fw.csv.Flush()
+		if err := fw.csv.Error(); err != nil {
+			return err
+		}
+	}
+	if err := fw.bw.Flush(); err != nil {
+		return err
+	}
+	err := fw.rc.Flush()
+	_ = fw.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return err
 }
 
 func (s *Server) deadLetters(w http.ResponseWriter, r *http.Request) {

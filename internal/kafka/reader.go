@@ -27,21 +27,9 @@ type Reader struct {
 // partition by partition in offset order. Records appended meanwhile are
 // left for the next read. A missing topic reads as empty.
 func (r Reader) Read(ctx context.Context, topic string, partition int32, fn func(pipeline.Record) error) error {
-	admCl, err := kgo.NewClient(kgo.SeedBrokers(r.Brokers...), kgo.WithLogger(slogLogger{r.logger()}))
+	starts, ends, err := r.bounds(ctx, topic)
 	if err != nil {
-		return fmt.Errorf("creating kafka client: %w", err)
-	}
-	defer admCl.Close()
-	adm := kadm.NewClient(admCl)
-	starts, err := adm.ListStartOffsets(ctx, topic)
-	if err != nil {
-		return classify(fmt.Errorf("listing offsets of %s: %w", topic, err))
-	}
-	// The last stable offset, not the high watermark: records of a
-	// transaction still open are not read yet.
-	ends, err := adm.ListCommittedOffsets(ctx, topic)
-	if err != nil {
-		return classify(fmt.Errorf("listing offsets of %s: %w", topic, err))
+		return err
 	}
 	from := map[int32]kgo.Offset{}
 	remaining := map[int32]int64{} // partition → end offset still to reach
@@ -86,19 +74,9 @@ const stallTimeout = 15 * time.Second
 
 // ReadOne returns the record at offset of a topic's partition.
 func (r Reader) ReadOne(ctx context.Context, topic string, partition int32, offset int64) (pipeline.Record, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(r.Brokers...), kgo.WithLogger(slogLogger{r.logger()}))
+	starts, ends, err := r.bounds(ctx, topic)
 	if err != nil {
-		return pipeline.Record{}, fmt.Errorf("creating kafka client: %w", err)
-	}
-	defer cl.Close()
-	adm := kadm.NewClient(cl)
-	starts, err := adm.ListStartOffsets(ctx, topic)
-	if err != nil {
-		return pipeline.Record{}, classify(fmt.Errorf("listing offsets of %s: %w", topic, err))
-	}
-	ends, err := adm.ListCommittedOffsets(ctx, topic)
-	if err != nil {
-		return pipeline.Record{}, classify(fmt.Errorf("listing offsets of %s: %w", topic, err))
+		return pipeline.Record{}, err
 	}
 	s, sok := starts.Lookup(topic, partition)
 	e, eok := ends.Lookup(topic, partition)
@@ -118,6 +96,25 @@ func (r Reader) ReadOne(ctx context.Context, topic string, partition int32, offs
 		err = fmt.Errorf("partition %d of %s has no record at offset %d (compacted?)", partition, topic, offset)
 	}
 	return rec, err
+}
+
+// bounds lists each partition's first offset and its last stable offset
+// (not the high watermark: records of a transaction still open are not
+// read yet).
+func (r Reader) bounds(ctx context.Context, topic string) (starts, ends kadm.ListedOffsets, err error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(r.Brokers...), kgo.WithLogger(slogLogger{r.logger()}))
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating kafka client: %w", err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	if starts, err = adm.ListStartOffsets(ctx, topic); err == nil {
+		ends, err = adm.ListCommittedOffsets(ctx, topic)
+	}
+	if err != nil {
+		return nil, nil, classify(fmt.Errorf("listing offsets of %s: %w", topic, err))
+	}
+	return starts, ends, nil
 }
 
 func (r Reader) readPartition(ctx context.Context, topic string, p int32, from kgo.Offset, end int64, fn func(pipeline.Record) error) error {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/spoolhq/spool/internal/kafka"
@@ -57,4 +58,28 @@ func TestReaderReadsToTheEnd(t *testing.T) {
 			return nil
 		}))
 	}
+}
+
+// TestEnsureTopicsWithConfigs: a topic created with configs carries them
+// (the replay checkpoint is created compacted).
+func TestEnsureTopicsWithConfigs(t *testing.T) {
+	t.Parallel()
+	b := kafkatest.NewCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, kafka.EnsureTopicsWith(ctx, []string{b.Addr()}, 1, -1, map[string]string{"cleanup.policy": "compact"}, "compacted"))
+	cl, err := kgo.NewClient(kgo.SeedBrokers(b.Addr()))
+	require.NoError(t, err)
+	defer cl.Close()
+	configs, err := kadm.NewClient(cl).DescribeTopicConfigs(ctx, "compacted")
+	require.NoError(t, err)
+	rc, err := configs.On("compacted", nil)
+	require.NoError(t, err)
+	var policy string
+	for _, c := range rc.Configs {
+		if c.Key == "cleanup.policy" && c.Value != nil {
+			policy = *c.Value
+		}
+	}
+	require.Equal(t, "compact", policy)
 }
