@@ -1,19 +1,18 @@
 package main_test
 
 import (
-	"bytes"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/spoolhq/spool/internal/harness"
 	"github.com/spoolhq/spool/internal/kafkatest"
 	"github.com/spoolhq/spool/internal/pgtest"
 )
@@ -43,7 +42,7 @@ entities:
   customers: {table: `+db.Schema+`.customers, key: [customer_id], version_column: version}
 `), 0o600))
 
-	var logs lockedBuffer
+	var logs harness.LockedBuffer
 	cmd := exec.Command(bin, "--config", cfg, "--metrics-addr", addr)
 	cmd.Env = append(os.Environ(), "SPOOL_DATABASE_URL="+db.URL, "SPOOL_KAFKA_BROKERS="+b.Addr(), "SPOOL_KAFKA_PARTITIONS=2")
 	cmd.Stdout, cmd.Stderr = &logs, &logs
@@ -69,22 +68,4 @@ entities:
 		t.Fatalf("processor did not stop on SIGTERM\n%s", logs.String())
 	}
 	require.Contains(t, logs.String(), "stopped cleanly")
-}
-
-// lockedBuffer collects the child's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spoolhq/spool/internal/harness"
 	"github.com/spoolhq/spool/internal/postgres"
 )
 
@@ -64,7 +65,7 @@ type env struct {
 	brokers []string
 	db      *postgres.Limits
 	unlock  func()
-	procs   []*proc
+	procs   []*harness.Proc
 	dir     string
 	logger  *slog.Logger
 }
@@ -182,7 +183,7 @@ func setup(ctx context.Context, cfg Config) (e *env, err error) {
 		return e, err
 	}
 
-	addr, err := freeAddr()
+	addr, err := harness.FreeAddr()
 	if err != nil {
 		return e, err
 	}
@@ -191,11 +192,11 @@ func setup(ctx context.Context, cfg Config) (e *env, err error) {
 		return e, err
 	}
 	e.brokers = []string{addr}
-	return e, broker.waitFor(ctx, "listening", dialable(addr))
+	return e, broker.WaitFor(ctx, "listening", harness.Dialable(addr))
 }
 
-func (e *env) start(name string, env []string, args ...string) (*proc, error) {
-	p, err := start(e.cfg.BinDir, name, env, args...)
+func (e *env) start(name string, env []string, args ...string) (*harness.Proc, error) {
+	p, err := harness.Start(e.cfg.BinDir, name, env, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -220,7 +221,7 @@ entities:
 
 func (e *env) close() {
 	for i := len(e.procs) - 1; i >= 0; i-- {
-		e.procs[i].stop()
+		e.procs[i].Stop()
 	}
 	if e.db != nil {
 		e.db.Close()

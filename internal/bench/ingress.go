@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spoolhq/spool/internal/apiclient"
+	"github.com/spoolhq/spool/internal/harness"
 	"github.com/spoolhq/spool/internal/kafka"
 )
 
@@ -29,7 +30,7 @@ func (e *env) uploadWorkload() Workload {
 // to an ingress process, and times it to the 202 (every record acknowledged
 // by the broker).
 func (e *env) ingress(ctx context.Context, w Workload) (Result, error) {
-	addr, err := freeAddr()
+	addr, err := harness.FreeAddr()
 	if err != nil {
 		return Result{}, err
 	}
@@ -42,10 +43,10 @@ func (e *env) ingress(ctx context.Context, w Workload) (Result, error) {
 		return Result{}, err
 	}
 	server := "http://" + addr
-	if err := p.waitFor(ctx, "ready", httpOK(server+"/readyz")); err != nil {
+	if err := p.WaitFor(ctx, "ready", harness.HTTPOK(server+"/readyz")); err != nil {
 		return Result{}, err
 	}
-	before, err := p.usage()
+	before, err := p.Usage()
 	if err != nil {
 		return Result{}, err
 	}
@@ -59,7 +60,7 @@ func (e *env) ingress(ctx context.Context, w Workload) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	after, err := p.usage()
+	after, err := p.Usage()
 	if err != nil {
 		return Result{}, err
 	}
@@ -69,7 +70,7 @@ func (e *env) ingress(ctx context.Context, w Workload) (Result, error) {
 	if err := e.expectRecords(ctx, ingressTopic, int64(w.N)); err != nil {
 		return Result{}, err
 	}
-	u := after.sub(before)
+	u := after.Sub(before)
 	return Result{System: sysIngress, Records: int64(w.N), Elapsed: elapsed, CPU: u.CPU, PeakRSS: u.PeakRSS}, nil
 }
 

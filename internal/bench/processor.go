@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spoolhq/spool/internal/harness"
 	"github.com/spoolhq/spool/internal/kafka"
 	"github.com/spoolhq/spool/internal/postgres"
 	"github.com/spoolhq/spool/pipeline"
@@ -73,8 +74,8 @@ func (e *env) check(ctx context.Context, system, table string, want map[string]s
 }
 
 // selfUsage is this process's CPU so far.
-func selfUsage() usage {
-	u, _ := procUsage(os.Getpid())
+func selfUsage() harness.Usage {
+	u, _ := harness.ProcUsage(os.Getpid())
 	return u
 }
 
@@ -86,7 +87,7 @@ func timed(system string, n int, fn func() error) (Result, error) {
 	if err := fn(); err != nil {
 		return Result{}, fmt.Errorf("%s: %w", system, err)
 	}
-	return Result{System: system, Records: int64(n), Elapsed: time.Since(start), CPU: selfUsage().sub(before).CPU}, nil
+	return Result{System: system, Records: int64(n), Elapsed: time.Since(start), CPU: selfUsage().Sub(before).CPU}, nil
 }
 
 // processorStages measure the write path: the backlog is produced, then
@@ -255,8 +256,8 @@ func (e *env) naive(ctx context.Context, n int) (Result, error) {
 var errStop = fmt.Errorf("enough records")
 
 // startProcessor starts a processor of group on topic, extra more YAML.
-func (e *env) startProcessor(name, topic, group, extra string) (*proc, error) {
-	metricsAddr, err := freeAddr()
+func (e *env) startProcessor(name, topic, group, extra string) (*harness.Proc, error) {
+	metricsAddr, err := harness.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -269,7 +270,7 @@ func (e *env) startProcessor(name, topic, group, extra string) (*proc, error) {
 
 // waitCommitted waits until group's processors committed n records of
 // topic, calling each (if set) with the count at every look.
-func (e *env) waitCommitted(ctx context.Context, p *proc, group, topic string, n int64, each func(int64)) error {
+func (e *env) waitCommitted(ctx context.Context, p *harness.Proc, group, topic string, n int64, each func(int64)) error {
 	for {
 		done, err := e.db.SumOffsets(ctx, group, topic)
 		if err != nil {
@@ -284,8 +285,8 @@ func (e *env) waitCommitted(ctx context.Context, p *proc, group, topic string, n
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-p.exited:
-			return fmt.Errorf("processor exited after %d of %d records:\n%s", done, n, p.log.String())
+		case <-p.Exited():
+			return fmt.Errorf("processor exited after %d of %d records:\n%s", done, n, p.Log())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -299,12 +300,12 @@ func (e *env) drain(ctx context.Context, n int) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	defer p.stop()
+	defer p.Stop()
 	if err := e.waitCommitted(ctx, p, benchGroup, backlogTopic, int64(n), nil); err != nil {
 		return Result{}, err
 	}
 	elapsed := time.Since(start)
-	u, err := p.usage()
+	u, err := p.Usage()
 	if err != nil {
 		return Result{}, err
 	}

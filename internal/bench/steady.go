@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spoolhq/spool/internal/apiclient"
+	"github.com/spoolhq/spool/internal/harness"
 )
 
 // RateResult is how well a processor held processor.rate_limit.
@@ -30,7 +31,7 @@ func (e *env) rateStage(ctx context.Context, n int) (RateResult, error) {
 	if err != nil {
 		return RateResult{}, err
 	}
-	defer p.stop()
+	defer p.Stop()
 	var from, to int64
 	var t0, t1 time.Time
 	err = e.waitCommitted(ctx, p, group, backlogTopic, target, func(done int64) {
@@ -66,7 +67,7 @@ type LatencyResult struct {
 func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (LatencyResult, error) {
 	const topic, group, perJob = "bench.latency", benchGroup + "-latency", 200
 	jobs := int(rate * d.Seconds() / perJob)
-	addr, err := freeAddr()
+	addr, err := harness.FreeAddr()
 	if err != nil {
 		return LatencyResult{}, err
 	}
@@ -78,16 +79,16 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 	if err != nil {
 		return LatencyResult{}, err
 	}
-	defer in.stop()
+	defer in.Stop()
 	server := "http://" + addr
-	if err := in.waitFor(ctx, "ready", httpOK(server+"/readyz")); err != nil {
+	if err := in.WaitFor(ctx, "ready", harness.HTTPOK(server+"/readyz")); err != nil {
 		return LatencyResult{}, err
 	}
 	p, err := e.startProcessor("processor-latency", topic, group, "")
 	if err != nil {
 		return LatencyResult{}, err
 	}
-	defer p.stop()
+	defer p.Stop()
 	client := &apiclient.Client{Server: server}
 	// Warm up: one job through, so that the processor has joined its group
 	// and owns every partition before the clock starts.
@@ -116,8 +117,8 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 	}
 	cpu := func() time.Duration {
 		total := selfUsage().CPU
-		for _, q := range []*proc{e.procs[0], in, p} { // e.procs[0] is the broker
-			if u, err := q.usage(); err == nil {
+		for _, q := range []*harness.Proc{e.procs[0], in, p} { // e.procs[0] is the broker
+			if u, err := q.Usage(); err == nil {
 				total += u.CPU
 			}
 		}

@@ -1,4 +1,4 @@
-package bench
+package harness
 
 import (
 	"bufio"
@@ -18,36 +18,38 @@ import (
 	"time"
 )
 
-// proc is one of spool's binaries run as its own process.
-type proc struct {
-	name   string
+// Proc is one of spool's binaries run as its own process.
+type Proc struct {
+	Name   string
 	cmd    *exec.Cmd
-	log    lockedBuffer
+	log    LockedBuffer
 	exited chan struct{}
 }
 
-type lockedBuffer struct {
+// LockedBuffer collects a child's output while another goroutine reads it.
+type LockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
 }
 
-// start runs bin/name with args and env, its output kept for when it fails.
-func start(binDir, name string, env []string, args ...string) (*proc, error) {
+// Start runs binDir/name with args and env added to this process's, its
+// output kept for when it fails.
+func Start(binDir, name string, env []string, args ...string) (*Proc, error) {
 	cmd := exec.Command(filepath.Join(binDir, name), args...)
 	cmd.Env = append(os.Environ(), env...)
-	p := &proc{name: name, cmd: cmd, exited: make(chan struct{})}
+	p := &Proc{Name: name, cmd: cmd, exited: make(chan struct{})}
 	cmd.Stdout = &p.log
 	cmd.Stderr = &p.log
 	if err := cmd.Start(); err != nil {
@@ -57,19 +59,33 @@ func start(binDir, name string, env []string, args ...string) (*proc, error) {
 	return p, nil
 }
 
-// stop ends the process with SIGTERM and waits for it.
-func (p *proc) stop() {
+// Log is the process's output so far.
+func (p *Proc) Log() string { return p.log.String() }
+
+// Exited is closed once the process has exited.
+func (p *Proc) Exited() <-chan struct{} { return p.exited }
+
+// Pid is the process's id.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
+// Stop ends the process with SIGTERM and waits for it; past 30 s it kills it.
+func (p *Proc) Stop() {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.exited:
 	case <-time.After(30 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
+		p.Kill()
 	}
 }
 
-// usage is a process's CPU seconds (user and system) and peak RSS so far.
-type usage struct {
+// Kill ends the process with SIGKILL and waits for it.
+func (p *Proc) Kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.exited
+}
+
+// Usage is a process's CPU seconds (user and system) and peak RSS so far.
+type Usage struct {
 	CPU     time.Duration
 	PeakRSS int64
 }
@@ -77,11 +93,12 @@ type usage struct {
 // clockTicks is USER_HZ, 100 on every Linux this runs on.
 const clockTicks = 100
 
-func (p *proc) usage() (usage, error) { return procUsage(p.cmd.Process.Pid) }
+// Usage reads the process's usage so far.
+func (p *Proc) Usage() (Usage, error) { return ProcUsage(p.cmd.Process.Pid) }
 
-// procUsage reads /proc/PID/stat and /proc/PID/status.
-func procUsage(pid int) (usage, error) {
-	var u usage
+// ProcUsage reads /proc/PID/stat and /proc/PID/status.
+func ProcUsage(pid int) (Usage, error) {
+	var u Usage
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return u, err
@@ -107,12 +124,13 @@ func procUsage(pid int) (usage, error) {
 	return u, s.Err()
 }
 
-func (u usage) sub(before usage) usage {
-	return usage{CPU: u.CPU - before.CPU, PeakRSS: u.PeakRSS}
+// Sub is the usage since before: CPU spent in between, the peak so far.
+func (u Usage) Sub(before Usage) Usage {
+	return Usage{CPU: u.CPU - before.CPU, PeakRSS: u.PeakRSS}
 }
 
-// freeAddr finds a free local port.
-func freeAddr() (string, error) {
+// FreeAddr finds a free local port.
+func FreeAddr() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err
@@ -121,8 +139,9 @@ func freeAddr() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-// waitFor polls ready until it succeeds, the process exits or time is up.
-func (p *proc) waitFor(ctx context.Context, what string, ready func() error) error {
+// WaitFor polls ready until it succeeds, the process exits or a minute
+// has passed.
+func (p *Proc) WaitFor(ctx context.Context, what string, ready func() error) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	var err error
@@ -132,15 +151,16 @@ func (p *proc) waitFor(ctx context.Context, what string, ready func() error) err
 		}
 		select {
 		case <-p.exited:
-			return fmt.Errorf("%s exited: %v\n%s", p.name, err, p.log.String())
+			return fmt.Errorf("%s exited: %v\n%s", p.Name, err, p.Log())
 		case <-ctx.Done():
-			return fmt.Errorf("%s not %s: %v\n%s", p.name, what, err, p.log.String())
+			return fmt.Errorf("%s not %s: %v\n%s", p.Name, what, err, p.Log())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
 
-func dialable(addr string) func() error {
+// Dialable succeeds once addr accepts TCP connections.
+func Dialable(addr string) func() error {
 	return func() error {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
@@ -150,7 +170,8 @@ func dialable(addr string) func() error {
 	}
 }
 
-func httpOK(url string) func() error {
+// HTTPOK succeeds once url answers 200.
+func HTTPOK(url string) func() error {
 	return func() error {
 		res, err := http.Get(url)
 		if err != nil {
