@@ -154,6 +154,11 @@ func (p *Processor) sweepLoop(ctx context.Context, store *postgres.Store, m *met
 			repairFrom = started.Add(-time.Minute)
 			warn("settling open jobs", store.SettleOpenJobs(ctx))
 		}
+		abandoned, err := store.AbandonJobs(ctx)
+		warn("marking abandoned uploads failed", err)
+		if abandoned > 0 {
+			p.logger.Warn("marked uploads failed whose ingress stopped mid-upload", "jobs", abandoned)
+		}
 		if tick%ledgerSweepEvery == 0 {
 			ids, tombstones, err := store.SweepLedger(ctx, p.cfg.Dedupe.Window)
 			warn("sweeping the dedupe ledger", err)

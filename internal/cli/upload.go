@@ -2,12 +2,12 @@ package cli
 
 import (
 	"compress/gzip"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -109,35 +109,14 @@ func runUpload(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
-// uploadAttempts bounds how often upload sends a file whose answer was
-// 409 (the same key still in progress), 429, 503 or lost on the network.
-// The Idempotency-Key makes every resend safe: the server replays the answer
-// of an upload that did go through.
-const uploadAttempts = 5
-
+// uploadWithRetry sends the file, again where apiclient.Resend says it is
+// safe and useful.
 func uploadWithRetry(cmd *cobra.Command, client *apiclient.Client, path, format string, compress bool, o apiclient.UploadOptions) (*httpapi.UploadView, error) {
-	for attempt := 1; ; attempt++ {
-		res, err := uploadOnce(cmd, client, path, format, compress, o)
-		var apiErr *apiclient.Error
-		retriable := err != nil && cmd.Context().Err() == nil
-		if errors.As(err, &apiErr) {
-			retriable = apiErr.Status == http.StatusConflict || apiErr.Status == http.StatusTooManyRequests ||
-				apiErr.Status == http.StatusServiceUnavailable
-		}
-		if !retriable || attempt == uploadAttempts {
-			return res, err
-		}
-		wait := min(time.Duration(1<<attempt)*time.Second, 30*time.Second)
-		if apiErr != nil && apiErr.RetryAfter > wait {
-			wait = apiErr.RetryAfter
-		}
+	return apiclient.Resend(cmd.Context(), func(context.Context) (*httpapi.UploadView, error) {
+		return uploadOnce(cmd, client, path, format, compress, o)
+	}, func(attempt int, err error, wait time.Duration) {
 		fmt.Fprintf(cmd.ErrOrStderr(), "upload attempt %d: %v; retrying in %s with the same idempotency key\n", attempt, err, wait)
-		select {
-		case <-cmd.Context().Done():
-			return nil, cmd.Context().Err()
-		case <-time.After(wait):
-		}
-	}
+	})
 }
 
 // uploadOnce streams the file, compressing it on the way when asked, and

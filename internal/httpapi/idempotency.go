@@ -20,7 +20,8 @@ type IdempotencyStore interface {
 	FinishIdempotencyKey(ctx context.Context, tenant, key string, rec *pipeline.IdempotentRecord) error
 }
 
-// heartbeatEvery keeps an owned key's lease (30 s) alive during long uploads.
+// heartbeatEvery keeps an upload's lease (its idempotency key's, its
+// job's: postgres.UploadLease, 30 s) alive while it streams.
 const heartbeatEvery = 10 * time.Second
 
 // idempotencyKey reads the header. The draft makes it a structured-field
@@ -72,11 +73,13 @@ func (s *Server) replay(w http.ResponseWriter, body io.Reader, fingerprint hash.
 	_, _ = w.Write(rec.Body)
 }
 
-// heartbeat refreshes an owned key until stop is called.
-func (s *Server) heartbeat(ctx context.Context, tenant, key string) (stop func()) {
-	done := make(chan struct{})
+// heartbeat calls beat every heartbeatEvery until stop is called; stop
+// returns once no beat runs any more.
+func (s *Server) heartbeat(ctx context.Context, what string, beat func(context.Context) error) (stop func()) {
+	done, ended := make(chan struct{}), make(chan struct{})
 	ctx = context.WithoutCancel(ctx)
 	go func() {
+		defer close(ended)
 		t := time.NewTicker(heartbeatEvery)
 		defer t.Stop()
 		for {
@@ -84,13 +87,13 @@ func (s *Server) heartbeat(ctx context.Context, tenant, key string) (stop func()
 			case <-done:
 				return
 			case <-t.C:
-				if err := s.cfg.Idempotency.HeartbeatIdempotencyKey(ctx, tenant, key); err != nil {
-					s.log(ctx).Warn("refreshing idempotency key", "error", err)
+				if err := beat(ctx); err != nil {
+					s.log(ctx).Warn(what, "error", err)
 				}
 			}
 		}
 	}()
-	return func() { close(done) }
+	return func() { close(done); <-ended }
 }
 
 // capture buffers an answer so that it can be stored before it is sent.

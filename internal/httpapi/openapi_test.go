@@ -40,6 +40,10 @@ func (f *fakeJobs) CreateJob(_ context.Context, id pipeline.JobID, tenant string
 	return nil
 }
 func (f *fakeJobs) AddFailures(context.Context, pipeline.JobID, []pipeline.Failure) error { return nil }
+func (f *fakeJobs) ProgressJob(context.Context, pipeline.JobID, pipeline.UploadResult) error {
+	return nil
+}
+
 func (f *fakeJobs) FinishUpload(context.Context, pipeline.JobID, pipeline.UploadResult) error {
 	return nil
 }

@@ -29,6 +29,7 @@ var uiFiles embed.FS
 type Jobs interface {
 	CreateJob(ctx context.Context, id pipeline.JobID, tenant string) error
 	AddFailures(ctx context.Context, id pipeline.JobID, fs []pipeline.Failure) error
+	ProgressJob(ctx context.Context, id pipeline.JobID, r pipeline.UploadResult) error
 	FinishUpload(ctx context.Context, id pipeline.JobID, r pipeline.UploadResult) error
 	Job(ctx context.Context, tenant string, id pipeline.JobID) (*pipeline.Job, error)
 	Jobs(ctx context.Context, tenant string, q pipeline.JobQuery) ([]*pipeline.Job, error)

@@ -126,7 +126,9 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	}
 	// We own the key: run the upload into a buffer, read the body to its
 	// end for the fingerprint, store the answer (not a 5xx), then send it.
-	stop := s.heartbeat(ctx, tenant, key)
+	stop := s.heartbeat(ctx, "refreshing idempotency key", func(ctx context.Context) error {
+		return s.cfg.Idempotency.HeartbeatIdempotencyKey(ctx, tenant, key)
+	})
 	answer := newCapture()
 	s.runUpload(ctx, answer, tenant, defaultEntity, records, sent)
 	stop()
@@ -153,10 +155,16 @@ func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, tenant, d
 		return
 	}
 	u := &upload{s: s, job: job, tenant: tenant, defaultEntity: defaultEntity}
+	// The job's heartbeat: a job whose ingress dies stops beating and is
+	// marked failed after postgres.UploadLease.
+	stop := s.heartbeat(ctx, "recording upload progress", func(ctx context.Context) error {
+		return s.cfg.Jobs.ProgressJob(ctx, job, u.result())
+	})
 	readErr := u.read(ctx, records)
 	u.acks.Wait()
+	stop()
 
-	res := pipeline.UploadResult{Received: u.received, Accepted: u.accepted.Load(), Rejected: u.rejected}
+	res := u.result()
 	produceErr := u.produceErr()
 	res.Err = errors.Join(readErr, produceErr)
 	// The job record must outlive a client that hung up.
@@ -207,7 +215,7 @@ type upload struct {
 	tenant        string
 	defaultEntity string
 
-	received, rejected int64
+	received, rejected atomic.Int64
 	shown              []Rejection
 	pending            []pipeline.Failure
 
@@ -215,6 +223,11 @@ type upload struct {
 	accepted atomic.Int64
 	errMu    sync.Mutex
 	err      error
+}
+
+// result is the upload's counts so far.
+func (u *upload) result() pipeline.UploadResult {
+	return pipeline.UploadResult{Received: u.received.Load(), Accepted: u.accepted.Load(), Rejected: u.rejected.Load()}
 }
 
 func (u *upload) produceErr() error {
@@ -234,7 +247,7 @@ func (u *upload) read(ctx context.Context, records pipeline.UploadReader) error 
 		if errors.As(err, &bodyErr) {
 			return err
 		}
-		if u.received >= u.s.cfg.Limits.MaxRecords {
+		if u.received.Load() >= u.s.cfg.Limits.MaxRecords {
 			return fmt.Errorf("%w: more than %d records", errUploadTooLarge, u.s.cfg.Limits.MaxRecords)
 		}
 		if u.produceErr() != nil {
@@ -253,8 +266,7 @@ func (u *upload) read(ctx context.Context, records pipeline.UploadReader) error 
 // add validates one record (decodeErr: the reader already refused it) and
 // produces it, or rejects it.
 func (u *upload) add(ctx context.Context, cmd pipeline.Command, decodeErr error) {
-	index := u.received
-	u.received++
+	index := u.received.Add(1) - 1
 	err := decodeErr
 	if err == nil {
 		err = u.s.cfg.Entities.Validate(&cmd, u.defaultEntity)
@@ -285,7 +297,7 @@ func (u *upload) add(ctx context.Context, cmd pipeline.Command, decodeErr error)
 }
 
 func (u *upload) reject(index int64, id pipeline.CommandID, err error) {
-	u.rejected++
+	u.rejected.Add(1)
 	class := pipeline.ClassOf(err)
 	if len(u.shown) < u.s.cfg.Limits.MaxRejections {
 		u.shown = append(u.shown, Rejection{Index: index, ID: id, Class: class, Error: err.Error()})

@@ -11,9 +11,11 @@ import (
 	"github.com/spoolhq/spool/pipeline"
 )
 
-// idempotencyLease is how long an in-flight key may go without a heartbeat
-// before another request may take it over (its owner died).
-const idempotencyLease = 30 * time.Second
+// UploadLease is how long an upload in flight (its idempotency key, its
+// job) may go without a heartbeat from its ingress before it counts as
+// abandoned: its ingress died. Another request may then take the key over,
+// and the job is marked failed.
+const UploadLease = 30 * time.Second
 
 // ClaimIdempotencyKey claims a tenant's key for a new request. It returns
 // owned when this request should run (the key was new, expired past window,
@@ -36,7 +38,7 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, tenant, key string, win
 		}
 		tag, err = tx.Exec(ctx, `UPDATE spool_idempotency_keys SET updated_at = now(), created_at = now()
 			WHERE tenant = $1 AND key = $2 AND state = 'in_flight' AND updated_at < now() - $3::interval`,
-			tenant, key, idempotencyLease)
+			tenant, key, UploadLease)
 		if err != nil {
 			return err
 		}

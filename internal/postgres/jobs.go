@@ -58,6 +58,35 @@ func (s *Store) FinishUpload(ctx context.Context, id pipeline.JobID, r pipeline.
 	return s.SettleJobs(ctx, []pipeline.JobID{id})
 }
 
+// ProgressJob records how far a receiving job's upload has got; it is the
+// upload's heartbeat, so that AbandonJobs leaves the job alone.
+func (s *Store) ProgressJob(ctx context.Context, id pipeline.JobID, r pipeline.UploadResult) error {
+	_, err := s.pool.Exec(ctx, `UPDATE spool_jobs SET received = $2, accepted = $3, rejected = $4, updated_at = now()
+		WHERE job_id = $1 AND state = 'receiving'`, id, r.Received, r.Accepted, r.Rejected)
+	if err != nil {
+		return classify(fmt.Errorf("recording the progress of job %s: %w", id, err))
+	}
+	return nil
+}
+
+// abandonedError is the error of a job whose ingress died mid-upload.
+const abandonedError = "the upload was abandoned: the ingress receiving it stopped before it answered. " +
+	"Counts show what was accepted by the upload's last heartbeat; what Kafka took is still applied and counted. " +
+	"Retrying the upload (with its Idempotency-Key) is safe"
+
+// AbandonJobs marks failed the jobs still receiving whose ingress has not
+// been heard from for UploadLease: it died mid-upload, and no answer will
+// ever finish them. It returns how many it marked.
+func (s *Store) AbandonJobs(ctx context.Context) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE spool_jobs SET state = $1, error = $2, updated_at = now()
+		WHERE state = $3 AND updated_at < now() - $4::interval`,
+		pipeline.JobFailed, abandonedError, pipeline.JobReceiving, UploadLease)
+	if err != nil {
+		return 0, classify(fmt.Errorf("marking abandoned uploads failed: %w", err))
+	}
+	return tag.RowsAffected(), nil
+}
+
 // SettleJobs moves the named queued and processing jobs forward by their
 // counters: to processing once a command has an outcome, to completed (or
 // completed_with_errors) once every accepted command has one. The processor

@@ -167,3 +167,37 @@ func TestFailuresHoldNoConnection(t *testing.T) {
 	}))
 	require.EqualValues(t, 2500, next)
 }
+
+// TestAbandonJobs: a receiving job whose heartbeat stopped for
+// UploadLease is marked failed with counts from its last heartbeat; one
+// that still beats, and a finished one, are left alone.
+func TestAbandonJobs(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	for _, id := range []pipeline.JobID{"dead", "alive", "done"} {
+		require.NoError(t, b.store.CreateJob(ctx, id, "tenant"))
+	}
+	require.NoError(t, b.store.ProgressJob(ctx, "dead", pipeline.UploadResult{Received: 7, Accepted: 6, Rejected: 1}))
+	require.NoError(t, b.store.FinishUpload(ctx, "done", pipeline.UploadResult{}))
+	b.db.Exec(t, `UPDATE spool_jobs SET updated_at = now() - interval '31 seconds'`)
+	require.NoError(t, b.store.ProgressJob(ctx, "alive", pipeline.UploadResult{Received: 1, Accepted: 1}))
+	require.NoError(t, b.store.ProgressJob(ctx, "done", pipeline.UploadResult{Received: 9}), "a finished job's progress is ignored")
+
+	n, err := b.store.AbandonJobs(ctx)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n)
+	dead, err := b.store.Job(ctx, "tenant", "dead")
+	require.NoError(t, err)
+	require.Equal(t, pipeline.JobFailed, dead.State)
+	require.Contains(t, dead.Error, "abandoned")
+	require.EqualValues(t, 6, dead.Accepted)
+	require.EqualValues(t, 1, dead.Rejected)
+	alive, err := b.store.Job(ctx, "tenant", "alive")
+	require.NoError(t, err)
+	require.Equal(t, pipeline.JobReceiving, alive.State)
+	require.EqualValues(t, 1, alive.Received)
+	done, err := b.store.Job(ctx, "tenant", "done")
+	require.NoError(t, err)
+	require.Equal(t, pipeline.JobCompleted, done.State)
+	require.Zero(t, done.Received)
+}

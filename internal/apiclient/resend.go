@@ -1,0 +1,62 @@
+package apiclient
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/spoolhq/spool/internal/httpapi"
+)
+
+// ResendFor bounds how long Resend keeps sending an upload. It outlasts an
+// ingress that died mid-upload: its restart, and the lease (30 s) after
+// which the upload's Idempotency-Key may be taken over.
+const ResendFor = 3 * time.Minute
+
+// Resendable reports whether an upload that failed with err may be sent
+// again under the same Idempotency-Key: its answer was 409 (the same key
+// still in progress), 429, 503, or lost on the network.
+func Resendable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var apiErr *Error
+	if errors.As(err, &apiErr) {
+		return apiErr.Status == http.StatusConflict || apiErr.Status == http.StatusTooManyRequests ||
+			apiErr.Status == http.StatusServiceUnavailable
+	}
+	return true
+}
+
+// Resend calls send, a whole upload under one Idempotency-Key, until it
+// succeeds, fails for good (Resendable says no), ctx ends or ResendFor has
+// passed, waiting between attempts 1 s, 2 s, 4 s … up to 15 s, or the
+// server's Retry-After when longer. The key makes every resend safe: the
+// server replays the answer of an upload that did go through. notify, when
+// set, hears of each failed attempt before its wait.
+func Resend(ctx context.Context, send func(context.Context) (*httpapi.UploadView, error), notify func(attempt int, err error, wait time.Duration)) (*httpapi.UploadView, error) {
+	deadline := time.Now().Add(ResendFor)
+	for attempt := 1; ; attempt++ {
+		res, err := send(ctx)
+		if !Resendable(err) || ctx.Err() != nil {
+			return res, err
+		}
+		wait := min(time.Duration(1<<(attempt-1))*time.Second, 15*time.Second)
+		var apiErr *Error
+		if errors.As(err, &apiErr) && apiErr.RetryAfter > wait {
+			wait = apiErr.RetryAfter
+		}
+		if time.Now().Add(wait).After(deadline) {
+			return res, err
+		}
+		if notify != nil {
+			notify(attempt, err, wait)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}

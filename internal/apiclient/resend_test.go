@@ -1,0 +1,58 @@
+package apiclient_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/spoolhq/spool/internal/apiclient"
+	"github.com/spoolhq/spool/internal/httpapi"
+)
+
+// TestResend: an upload answered 409 (its key still in flight) is sent
+// again with the same key and body until it goes through; a 422 is final.
+func TestResend(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		require.Equal(t, "k-1", r.Header.Get("Idempotency-Key"))
+		require.Equal(t, "{}\n", string(body))
+		switch calls.Add(1) {
+		case 1:
+			w.WriteHeader(http.StatusConflict)
+		case 2:
+			w.WriteHeader(http.StatusAccepted)
+			_, _ = io.WriteString(w, `{"job_id":"j-1","accepted":1}`)
+		default:
+			w.WriteHeader(http.StatusUnprocessableEntity)
+		}
+	}))
+	defer srv.Close()
+	c := &apiclient.Client{Server: srv.URL}
+	send := func(ctx context.Context) (*httpapi.UploadView, error) {
+		return c.Upload(ctx, strings.NewReader("{}\n"), apiclient.UploadOptions{ContentType: "application/x-ndjson", IdempotencyKey: "k-1"})
+	}
+	var notified []int
+	res, err := apiclient.Resend(context.Background(), send, func(attempt int, err error, wait time.Duration) {
+		notified = append(notified, attempt)
+		require.Equal(t, time.Second, wait)
+	})
+	require.NoError(t, err)
+	require.EqualValues(t, "j-1", res.JobID)
+	require.Equal(t, []int{1}, notified)
+
+	_, err = apiclient.Resend(context.Background(), send, nil)
+	var apiErr *apiclient.Error
+	require.True(t, errors.As(err, &apiErr))
+	require.Equal(t, http.StatusUnprocessableEntity, apiErr.Status)
+	require.EqualValues(t, 3, calls.Load(), "a 422 is not sent again")
+	require.True(t, apiclient.Resendable(errors.New("connection reset by peer")))
+}
