@@ -98,6 +98,20 @@ func (r Reader) ReadOne(ctx context.Context, topic string, partition int32, offs
 	return rec, err
 }
 
+// EndOffsets sums the end offsets of topic's partitions: a group that has
+// consumed it all has committed offsets summing to that.
+func (r Reader) EndOffsets(ctx context.Context, topic string) (int64, error) {
+	_, ends, err := r.bounds(ctx, topic)
+	var total int64
+	ends.Each(func(end kadm.ListedOffset) {
+		if end.Err != nil && err == nil {
+			err = classify(fmt.Errorf("listing offsets of %s partition %d: %w", topic, end.Partition, end.Err))
+		}
+		total += max(end.Offset, 0)
+	})
+	return total, err
+}
+
 // bounds lists each partition's first offset and its last stable offset
 // (not the high watermark: records of a transaction still open are not
 // read yet).

@@ -146,10 +146,7 @@ func (l *Limits) TableRows(ctx context.Context, table string) (map[string]string
 // SumOffsets is how many records the group's processors have committed on
 // topic: the sum of the stored next offsets.
 func (l *Limits) SumOffsets(ctx context.Context, group, topic string) (int64, error) {
-	var n int64
-	err := l.pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM spool_offsets WHERE consumer_group = $1 AND topic = $2`,
-		group, topic).Scan(&n)
-	return n, err
+	return sumOffsets(ctx, l.pool, group, topic)
 }
 
 // JobsCompleted returns when each of the named jobs completed (jobs not
@@ -173,8 +170,8 @@ func (l *Limits) JobsCompleted(ctx context.Context, ids []string) (map[string]ti
 }
 
 // LockRun takes a session advisory lock named name on its own connection,
-// so that two benchmark runs cannot share a schema (one would drop the
-// other's tables under it). release frees it.
+// so that two runs (benchmarks, fault suites) cannot share a schema (one
+// would drop the other's tables under it). release frees it.
 func LockRun(ctx context.Context, url, name string) (release func(), err error) {
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
@@ -187,7 +184,7 @@ func LockRun(ctx context.Context, url, name string) (release func(), err error) 
 	}
 	if !ok {
 		conn.Close(ctx)
-		return nil, fmt.Errorf("another benchmark run uses schema %s: wait for it, or pass another -schema", name)
+		return nil, fmt.Errorf("another run uses schema %s: wait for it, or pass another -schema", name)
 	}
 	return func() { conn.Close(context.Background()) }, nil
 }

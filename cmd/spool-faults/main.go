@@ -1,0 +1,48 @@
+// Command spool-faults runs spool's binaries under crashes, restarts and
+// rebalances and checks that nothing was lost or applied twice; see
+// docs/reliability.md. `make faults` builds the binaries and starts it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spoolhq/spool/internal/faults"
+	"github.com/spoolhq/spool/internal/pgtest"
+)
+
+func main() {
+	cfg := faults.Config{Out: os.Stdout}
+	flag.StringVar(&cfg.BinDir, "bin", "bin", "directory of the built binaries (make build)")
+	flag.StringVar(&cfg.DatabaseURL, "database-url", pgtest.BaseURL(), "PostgreSQL to use (TEST_DATABASE_URL)")
+	flag.StringVar(&cfg.Schema, "schema", "spool_faults", "schema the run drops and creates")
+	flag.IntVar(&cfg.N, "n", 200_000, "commands to send")
+	flag.IntVar(&cfg.UploadSize, "upload-size", 2_000, "commands per upload")
+	flag.IntVar(&cfg.Clients, "clients", 4, "uploads in flight at a time")
+	flag.Float64Var(&cfg.Rate, "rate", 4_000, "commands/s the clients send, in all")
+	seed := flag.Uint64("seed", 0, "seed of the workload and the faults (0: a new one, printed)")
+	flag.IntVar(&cfg.Partitions, "partitions", 6, "partitions of the commands topic")
+	flag.IntVar(&cfg.Processors, "processors", 3, "processors at the start")
+	flag.IntVar(&cfg.ProcessorKills, "processor-kills", 20, "processors SIGKILLed (and restarted)")
+	flag.IntVar(&cfg.Rebalances, "rebalances", 4, "processors added, and as many removed")
+	flag.IntVar(&cfg.IngressKills, "ingress-kills", 10, "ingress SIGKILLs mid-upload (and restarts)")
+	flag.IntVar(&cfg.PostgresFaults, "postgres-faults", 6, "PostgreSQL restarts (half, when -postgres-restart is set) and backend terminations")
+	flag.StringVar(&cfg.PostgresRestart, "postgres-restart", "", "shell command that restarts PostgreSQL (empty: terminate backends only)")
+	flag.IntVar(&cfg.BrokerKills, "broker-kills", 5, "broker SIGKILLs (and restarts on the same data)")
+	flag.Parse()
+	cfg.Seed = *seed
+	if cfg.Seed == 0 {
+		cfg.Seed = uint64(time.Now().UnixNano())
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if _, err := faults.Run(ctx, cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "spool-faults (seed %d): %v\n", cfg.Seed, err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,17 @@
+// Package faults proves spool's guarantees (SPEC §4) under the faults a
+// deployment meets: it runs the real binaries as separate processes (the
+// broker from spoolctl, ingress, several processors) against the real
+// PostgreSQL, drives a deterministic workload through uploads, and
+// meanwhile, at moments drawn from a printed seed, SIGKILLs processors,
+// adds and removes them, SIGKILLs ingress mid-upload (the clients resend
+// under the same Idempotency-Key), restarts PostgreSQL or terminates its
+// backends, and SIGKILLs the broker and restarts it on the same data.
+//
+// Its checker trusts none of spool's counters: a trigger records every
+// committed write per command id; at the end every accepted command must
+// have been written at most once, every one not superseded by a newer
+// version exactly once unless it is a poison command, which must be in the
+// dead-letter topic and its job's failures instead; the tables must equal
+// an oracle; and every job's counts must add up and agree with the audit.
+// cmd/spool-faults is its command line; `make faults` runs it.
+package faults

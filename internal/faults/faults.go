@@ -1,0 +1,227 @@
+package faults
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spoolhq/spool/internal/kafka"
+	"github.com/spoolhq/spool/internal/postgres"
+)
+
+// Config is one fault run.
+type Config struct {
+	// BinDir holds the built binaries (make build).
+	BinDir string
+	// DatabaseURL is the PostgreSQL to use; the run works in its own schema.
+	DatabaseURL string
+	// Schema is that schema, dropped and created anew.
+	Schema string
+	// N commands are sent in uploads of UploadSize commands, Clients at a
+	// time, at Rate commands/s in all.
+	N, UploadSize, Clients int
+	Rate                   float64
+	Seed                   uint64
+	Partitions             int
+	// Processors run from the start; rebalances add and remove more.
+	Processors int
+	// How many faults of each kind to inject.
+	ProcessorKills, Rebalances, IngressKills, PostgresFaults, BrokerKills int
+	// PostgresRestart is a shell command restarting PostgreSQL; half the
+	// PostgreSQL faults use it, the rest terminate spool's backends. Empty:
+	// only terminations.
+	PostgresRestart string
+	Out             io.Writer
+}
+
+// Report is a run's outcome.
+type Report struct {
+	Faults []kindSummary
+	*verdict
+	Uploads, Resent int
+	// Elapsed is the whole run; Drain, from the last answer and the last
+	// fault until every record was processed and every job finished.
+	Elapsed, Drain time.Duration
+}
+
+// Run runs the stack, the clients and the faults, then checks. It fails
+// when any invariant is broken, and says which.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	start := time.Now()
+	kinds := plan(cfg, rand.New(rand.NewPCG(cfg.Seed, 1)))
+	fmt.Fprintf(cfg.Out, "seed %d: %d commands in uploads of %d, %d clients at %.0f commands/s, %d processors, %d partitions; %d faults\n",
+		cfg.Seed, cfg.N, cfg.UploadSize, cfg.Clients, cfg.Rate, cfg.Processors, cfg.Partitions, len(kinds))
+	dir, err := os.MkdirTemp("", "spool-faults-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	audit, procURL, unlock, err := prepare(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	defer audit.Close()
+	s, err := newStack(cfg, dir, procURL)
+	if err != nil {
+		return nil, err
+	}
+	defer s.stop()
+	if err := s.start(ctx); err != nil {
+		return nil, err
+	}
+
+	w := newWorkload(cfg.N, cfg.UploadSize, cfg.Seed)
+	g := newGate(len(w.uploads), cfg.Clients)
+	if len(kinds) == 0 {
+		g.open()
+	}
+	cl := newClients(w, "http://"+s.ingressAddr, cfg.Clients, cfg.Rate, g)
+	planned := time.Duration(float64(cfg.N) / cfg.Rate * float64(time.Second))
+	measuring, stopMeasuring := context.WithCancel(ctx)
+	defer stopMeasuring()
+	in := &injector{s: s, audit: audit, cl: cl, r: rand.New(rand.NewPCG(cfg.Seed, 2)), start: start, gate: g,
+		measuring: measuring, gap: max(300*time.Millisecond, planned/time.Duration(len(kinds)+1))}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	injected := make(chan error, 1)
+	go func() { injected <- in.run(runCtx, kinds) }()
+	answers, upErr := cl.run(runCtx)
+	if upErr != nil {
+		cancel()
+		<-injected
+		return nil, fmt.Errorf("%w\n%s", upErr, s.logs())
+	}
+	if err := <-injected; err != nil {
+		return nil, fmt.Errorf("injecting faults: %w\n%s", err, s.logs())
+	}
+	quiet := time.Now()
+	if err := drain(ctx, audit, []string{s.brokerAddr}, s); err != nil {
+		return nil, fmt.Errorf("%w\n%s", err, s.logs())
+	}
+	stopMeasuring()
+	in.wg.Wait()
+	rep := &Report{Faults: in.summary(), Uploads: len(answers), Elapsed: time.Since(start), Drain: time.Since(quiet)}
+	for _, a := range answers {
+		rep.Resent += a.Attempts - 1
+	}
+	if rep.verdict, err = check(ctx, audit, []string{s.brokerAddr}, w, answers); err != nil {
+		return nil, err
+	}
+	rep.print(cfg.Out)
+	if !rep.ok() {
+		return rep, errors.New("invariants broken (see above)")
+	}
+	return rep, nil
+}
+
+// prepare makes the run's schema: spool's tables, the workload's, the
+// audit. It returns the checker's connection and the URL spool's processes
+// use (the schema, and an application_name whose backends the PostgreSQL
+// faults terminate).
+func prepare(ctx context.Context, cfg Config) (audit *postgres.Audit, procURL string, unlock func(), err error) {
+	unlock, err = postgres.LockRun(ctx, cfg.DatabaseURL, cfg.Schema)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	defer func() {
+		if err != nil {
+			unlock()
+		}
+	}()
+	admin, err := postgres.Open(ctx, cfg.DatabaseURL, 1)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	defer admin.Close()
+	if _, err := admin.Exec(ctx, fmt.Sprintf("DROP SCHEMA IF EXISTS %q CASCADE; CREATE SCHEMA %[1]q", cfg.Schema)); err != nil {
+		return nil, "", nil, fmt.Errorf("creating schema %s: %w", cfg.Schema, err)
+	}
+	checkURL, err := withParams(cfg.DatabaseURL, "search_path", cfg.Schema, "application_name", appName+"-checker")
+	if err != nil {
+		return nil, "", nil, err
+	}
+	if procURL, err = withParams(cfg.DatabaseURL, "search_path", cfg.Schema, "application_name", appName); err != nil {
+		return nil, "", nil, err
+	}
+	pool, err := postgres.Open(ctx, checkURL, 1)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	defer pool.Close()
+	if _, err := postgres.Migrate(ctx, pool); err != nil {
+		return nil, "", nil, err
+	}
+	if audit, err = postgres.OpenAudit(ctx, checkURL); err != nil {
+		return nil, "", nil, err
+	}
+	if err = audit.Exec(ctx, tables); err == nil {
+		err = audit.InstallAudit(ctx, customers, events)
+	}
+	if err != nil {
+		audit.Close()
+		return nil, "", nil, fmt.Errorf("creating the workload's tables: %w", err)
+	}
+	return audit, procURL, unlock, nil
+}
+
+// drainFor bounds the wait for the end: it outlasts the lease after which
+// an abandoned upload's job is failed (postgres.UploadLease) and the
+// sweep that does it.
+const drainFor = 3 * time.Minute
+
+// drain waits until the processors have committed every record of the
+// topic and no job is open; it fails when a process died unasked.
+func drain(ctx context.Context, a *postgres.Audit, brokers []string, s *stack) error {
+	deadline := time.Now().Add(drainFor)
+	var last string
+	for time.Now().Before(deadline) {
+		if d := s.dead(); len(d) > 0 {
+			return fmt.Errorf("a process died on its own: %v", d)
+		}
+		done, err1 := a.SumOffsets(ctx, group, topic)
+		end, err2 := kafka.Reader{Brokers: brokers}.EndOffsets(ctx, topic)
+		jobs, err3 := a.Jobs(ctx)
+		if err := errors.Join(err1, err2, err3); err != nil {
+			last = err.Error()
+		} else {
+			open := 0
+			for _, j := range jobs {
+				if j.State == "receiving" || j.State == "queued" || j.State == "processing" {
+					open++
+				}
+			}
+			if done == end && open == 0 {
+				return nil
+			}
+			last = fmt.Sprintf("%d of %d records processed, %d jobs open", done, end, open)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("not drained after %s: %s", drainFor, last)
+}
+
+func (r *Report) print(out io.Writer) {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "fault\tinjected\tnext write after (median)\t(max)")
+	for _, k := range r.Faults {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", k.Kind, k.Count, k.Median.Round(time.Millisecond), k.Max.Round(time.Millisecond))
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(out, "%d commands (%d rejected by ingress, %d poison) in %d uploads, %d resent; %d writes audited; %d jobs abandoned by a killed ingress or a 5xx, all failed\n",
+		r.Commands, r.Rejects, r.Poison, r.Uploads, r.Resent, r.Writes, r.Abandoned)
+	fmt.Fprintf(out, "lost %d, doubled %d, misplaced %d, rows off the oracle %d, jobs wrong %d; run %s, drained %s after the last answer and fault\n",
+		r.Lost, r.Doubled, r.Misplaced, r.Rows, r.Jobs, r.Elapsed.Round(time.Second), r.Drain.Round(100*time.Millisecond))
+	for _, p := range r.Problems {
+		fmt.Fprintln(out, "  -", p)
+	}
+}

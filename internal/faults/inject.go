@@ -1,0 +1,253 @@
+package faults
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/spoolhq/spool/internal/postgres"
+)
+
+// The kinds of fault.
+const (
+	killProcessor    = "processor SIGKILL (restarted)"
+	addProcessor     = "processor added"
+	removeProcessor  = "processor removed"
+	killIngress      = "ingress SIGKILL mid-upload"
+	restartPostgres  = "PostgreSQL restart"
+	terminateBackend = "PostgreSQL backends terminated"
+	killBroker       = "broker SIGKILL (restarted)"
+)
+
+// fault is one injected fault.
+type fault struct {
+	Kind string
+	At   time.Duration // since the run began
+	// Recovered is how long after the fault the audit saw the next write:
+	// the system made progress again. Zero when no write followed.
+	Recovered time.Duration
+	Detail    string
+}
+
+// plan is the shuffled order of the faults to inject.
+func plan(cfg Config, r *rand.Rand) []string {
+	var kinds []string
+	add := func(kind string, n int) {
+		for range n {
+			kinds = append(kinds, kind)
+		}
+	}
+	add(killProcessor, cfg.ProcessorKills)
+	add(addProcessor, cfg.Rebalances)
+	add(removeProcessor, cfg.Rebalances)
+	add(killIngress, cfg.IngressKills)
+	restarts := 0
+	if cfg.PostgresRestart != "" {
+		restarts = (cfg.PostgresFaults + 1) / 2
+	}
+	add(restartPostgres, restarts)
+	add(terminateBackend, cfg.PostgresFaults-restarts)
+	add(killBroker, cfg.BrokerKills)
+	r.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
+	return kinds
+}
+
+// injector injects the plan's faults one after another, a random gap
+// apart, and measures each one's recovery.
+type injector struct {
+	s      *stack
+	audit  *postgres.Audit
+	cl     *clients
+	r      *rand.Rand
+	start  time.Time
+	gap    time.Duration
+	mu     sync.Mutex
+	faults []*fault
+	// measuring is cancelled once the run has drained: a fault no write
+	// followed is then left unmeasured.
+	measuring context.Context
+	wg        sync.WaitGroup
+	// gate holds the clients back so that the uploads spread over the
+	// faults: after fault f of F, uploads up to f/F of the workload (and a
+	// few more) may start.
+	gate *gate
+}
+
+func (in *injector) run(ctx context.Context, kinds []string) error {
+	defer in.gate.open()
+	for i, kind := range kinds {
+		in.gate.allow(float64(i) / float64(len(kinds)))
+		waitAfter(ctx, in.r, in.gap/2, in.gap*3/2)
+		if kind == killIngress {
+			// Mid-upload: let uploads start until a body is on the wire.
+			for in.cl.inFlight.Load() == 0 && ctx.Err() == nil {
+				in.gate.more()
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		f := &fault{Kind: kind, At: time.Since(in.start)}
+		began := time.Now()
+		if err := in.inject(ctx, f); err != nil {
+			return fmt.Errorf("%s at %s: %w", kind, f.At.Round(time.Millisecond), err)
+		}
+		in.mu.Lock()
+		in.faults = append(in.faults, f)
+		in.mu.Unlock()
+		in.wg.Add(1)
+		go func() {
+			defer in.wg.Done()
+			in.measure(f, began)
+		}()
+	}
+	return nil
+}
+
+// inject causes one fault and, where the fault is a crash, restarts what
+// crashed after a moment, as a supervisor would.
+func (in *injector) inject(ctx context.Context, f *fault) error {
+	s := in.s
+	switch f.Kind {
+	case killProcessor:
+		name := s.pickProcessor(in.r)
+		s.removeProcessor(name, true)
+		waitAfter(ctx, in.r, 100*time.Millisecond, 2*time.Second)
+		f.Detail = name
+		return s.startProcessor(name)
+	case addProcessor:
+		name, err := s.addProcessor(ctx)
+		f.Detail = name
+		return err
+	case removeProcessor:
+		if s.processorCount() <= 1 {
+			name, err := s.addProcessor(ctx) // keep one: add before removing
+			if err != nil {
+				return err
+			}
+			f.Detail = "added " + name + ", "
+		}
+		name := s.pickProcessor(in.r)
+		s.removeProcessor(name, false)
+		f.Detail += name
+		return nil
+	case killIngress:
+		f.Detail = fmt.Sprintf("%d uploads in flight", in.cl.inFlight.Load())
+		s.killIngress()
+		waitAfter(ctx, in.r, 100*time.Millisecond, 2*time.Second)
+		return s.startIngress(ctx)
+	case restartPostgres:
+		return s.restartPostgres(ctx)
+	case terminateBackend:
+		n, err := in.audit.TerminateBackends(ctx, appName)
+		f.Detail = fmt.Sprintf("%d backends", n)
+		return err
+	case killBroker:
+		s.killBroker()
+		waitAfter(ctx, in.r, 100*time.Millisecond, 2*time.Second)
+		return s.startBroker(ctx)
+	}
+	return fmt.Errorf("unknown fault %q", f.Kind)
+}
+
+// measure waits until the audit has seen a write after the fault began,
+// or measuring ends.
+func (in *injector) measure(f *fault, began time.Time) {
+	for in.measuring.Err() == nil {
+		if at, ok, err := in.audit.FirstWriteAfter(in.measuring, began); err == nil && ok {
+			in.mu.Lock()
+			f.Recovered = at.Sub(began)
+			in.mu.Unlock()
+			return
+		}
+		select {
+		case <-in.measuring.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// summary is the faults by kind: how many, and the median and worst
+// recovery.
+func (in *injector) summary() []kindSummary {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	by := map[string][]time.Duration{}
+	var order []string
+	count := map[string]int{}
+	for _, f := range in.faults {
+		if count[f.Kind] == 0 {
+			order = append(order, f.Kind)
+		}
+		count[f.Kind]++
+		if f.Recovered > 0 {
+			by[f.Kind] = append(by[f.Kind], f.Recovered)
+		}
+	}
+	sort.Strings(order)
+	var out []kindSummary
+	for _, k := range order {
+		ds := by[k]
+		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+		s := kindSummary{Kind: k, Count: count[k], Measured: len(ds)}
+		if len(ds) > 0 {
+			s.Median, s.Max = ds[len(ds)/2], ds[len(ds)-1]
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+type kindSummary struct {
+	Kind string
+	// Count faults were injected; Measured of them were followed by a
+	// write, the median and worst Recovered of which are given.
+	Count, Measured int
+	Median, Max     time.Duration
+}
+
+// gate lets uploads start up to an allowance.
+type gate struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	started int
+	allowed int
+	uploads int
+	slack   int
+}
+
+func newGate(uploads, slack int) *gate {
+	g := &gate{uploads: uploads, slack: slack, allowed: slack}
+	g.cond = sync.NewCond(&g.mu)
+	return g
+}
+
+// wait blocks until one more upload may start.
+func (g *gate) wait() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for g.started >= g.allowed {
+		g.cond.Wait()
+	}
+	g.started++
+}
+
+// allow lets share of the uploads (and the slack) start.
+func (g *gate) allow(share float64) {
+	g.set(func() { g.allowed = max(g.allowed, int(share*float64(g.uploads))+g.slack) })
+}
+
+// more lets one more upload start, open lets them all.
+func (g *gate) more() { g.set(func() { g.allowed = max(g.allowed, g.started+1) }) }
+func (g *gate) open() { g.set(func() { g.allowed = g.uploads }) }
+
+func (g *gate) set(f func()) {
+	g.mu.Lock()
+	f()
+	g.mu.Unlock()
+	g.cond.Broadcast()
+}

@@ -1,0 +1,268 @@
+package faults
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spoolhq/spool/internal/harness"
+)
+
+// The run's topic, dead-letter topic, processor group and the
+// application_name its processes connect to PostgreSQL with.
+const (
+	topic    = "faults.commands"
+	dlqTopic = "faults.commands.dlq"
+	group    = "spool-faults"
+	appName  = "spool-faults"
+)
+
+// stack is the run's processes: one broker, one ingress and a changing
+// set of processors, each restartable where it ran before.
+type stack struct {
+	cfg         Config
+	dir         string
+	dbURL       string
+	brokerAddr  string
+	ingressAddr string
+	config      string
+
+	mu         sync.Mutex
+	broker     *harness.Proc
+	ingress    *harness.Proc
+	processors map[string]*harness.Proc
+	named      int
+	// gone are processes that were stopped or killed: their logs are kept
+	// for a failed run.
+	gone []*harness.Proc
+}
+
+func newStack(cfg Config, dir, dbURL string) (*stack, error) {
+	s := &stack{cfg: cfg, dir: dir, dbURL: dbURL, processors: map[string]*harness.Proc{}}
+	var err error
+	if s.brokerAddr, err = harness.FreeAddr(); err != nil {
+		return nil, err
+	}
+	if s.ingressAddr, err = harness.FreeAddr(); err != nil {
+		return nil, err
+	}
+	s.config = filepath.Join(dir, "spool.yaml")
+	text := fmt.Sprintf(`database: {url: %q}
+kafka: {brokers: [%q], partitions: %d, topic: %q, dlq_topic: %q, group: %q}
+auth: {disabled: true}
+log: {level: warn}
+http: {addr: %q}
+metrics: {addr: "127.0.0.1:0"}
+entities:
+  customers: {table: %s.customers, key: [customer_id], version_column: version}
+  events: {table: %[8]s.events, key: [event_id]}
+`, dbURL, s.brokerAddr, cfg.Partitions, topic, dlqTopic, group, s.ingressAddr, cfg.Schema)
+	return s, os.WriteFile(s.config, []byte(text), 0o600)
+}
+
+func (s *stack) start(ctx context.Context) error {
+	if err := s.startBroker(ctx); err != nil {
+		return err
+	}
+	if err := s.startIngress(ctx); err != nil {
+		return err
+	}
+	for range s.cfg.Processors {
+		if _, err := s.addProcessor(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *stack) run(name string, args ...string) (*harness.Proc, error) {
+	return harness.Start(s.cfg.BinDir, name, []string{"SPOOL_CONFIG=" + s.config}, args...)
+}
+
+// startBroker starts the broker on its address and data directory, with
+// every produce synced to disk before it is acknowledged.
+func (s *stack) startBroker(ctx context.Context) error {
+	p, err := s.run("spoolctl", "broker", "--addr", s.brokerAddr, "--data-dir", filepath.Join(s.dir, "broker"),
+		"--partitions", fmt.Sprint(s.cfg.Partitions), "--sync-writes")
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.broker = p
+	s.mu.Unlock()
+	return p.WaitFor(ctx, "listening", harness.Dialable(s.brokerAddr))
+}
+
+func (s *stack) startIngress(ctx context.Context) error {
+	p, err := s.run("ingress")
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.ingress = p
+	s.mu.Unlock()
+	return p.WaitFor(ctx, "ready", harness.HTTPOK("http://"+s.ingressAddr+"/readyz"))
+}
+
+// addProcessor starts one more processor and returns its name. It does
+// not wait for it: a processor joins its group on its own time.
+func (s *stack) addProcessor(context.Context) (string, error) {
+	s.mu.Lock()
+	s.named++
+	name := fmt.Sprintf("processor-%d", s.named)
+	s.mu.Unlock()
+	return name, s.startProcessor(name)
+}
+
+func (s *stack) startProcessor(name string) error {
+	p, err := s.run("processor")
+	if err != nil {
+		return err
+	}
+	p.Name = name
+	s.mu.Lock()
+	s.processors[name] = p
+	s.mu.Unlock()
+	return nil
+}
+
+// pickProcessor names a running processor at random.
+func (s *stack) pickProcessor(r *rand.Rand) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names := make([]string, 0, len(s.processors))
+	for n := range s.processors {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names[r.IntN(len(names))]
+}
+
+func (s *stack) processorCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.processors)
+}
+
+// removeProcessor stops name, SIGKILL or SIGTERM.
+func (s *stack) removeProcessor(name string, kill bool) {
+	s.mu.Lock()
+	p := s.processors[name]
+	delete(s.processors, name)
+	s.gone = append(s.gone, p)
+	s.mu.Unlock()
+	if kill {
+		p.Kill()
+	} else {
+		p.Stop()
+	}
+}
+
+// killIngress SIGKILLs ingress, and killBroker the broker.
+func (s *stack) killIngress() { s.kill(&s.ingress) }
+func (s *stack) killBroker()  { s.kill(&s.broker) }
+
+func (s *stack) kill(slot **harness.Proc) {
+	s.mu.Lock()
+	p := *slot
+	s.gone = append(s.gone, p)
+	s.mu.Unlock()
+	p.Kill()
+}
+
+// restartPostgres runs the configured restart command.
+func (s *stack) restartPostgres(ctx context.Context) error {
+	cmd := exec.CommandContext(ctx, "sh", "-c", s.cfg.PostgresRestart)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("restarting PostgreSQL (%s): %v: %s", s.cfg.PostgresRestart, err, out)
+	}
+	return nil
+}
+
+// dead lists the processes that exited without being told to, with the
+// end of their logs.
+func (s *stack) dead() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	live := []*harness.Proc{s.broker, s.ingress}
+	for _, p := range s.processors {
+		live = append(live, p)
+	}
+	for _, p := range live {
+		select {
+		case <-p.Exited():
+			out = append(out, fmt.Sprintf("%s exited:\n%s", p.Name, tail(p.Log(), 30)))
+		default:
+		}
+	}
+	return out
+}
+
+// logs is the end of every process's log, for a failed run.
+func (s *stack) logs() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b strings.Builder
+	all := append([]*harness.Proc{s.broker, s.ingress}, s.gone...)
+	for _, p := range s.processors {
+		all = append(all, p)
+	}
+	for _, p := range all {
+		if l := tail(p.Log(), 15); l != "" {
+			fmt.Fprintf(&b, "--- %s (pid %d)\n%s\n", p.Name, p.Pid(), l)
+		}
+	}
+	return b.String()
+}
+
+func (s *stack) stop() {
+	s.mu.Lock()
+	procs := []*harness.Proc{s.ingress}
+	for _, p := range s.processors {
+		procs = append(procs, p)
+	}
+	procs = append(procs, s.broker)
+	s.mu.Unlock()
+	for _, p := range procs {
+		if p != nil {
+			p.Stop()
+		}
+	}
+}
+
+// tail is the last n lines of log.
+func tail(log string, n int) string {
+	lines := strings.Split(strings.TrimRight(log, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// withParams adds query parameters to a database URL.
+func withParams(dbURL string, kv ...string) (string, error) {
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		return "", fmt.Errorf("database url: %w", err)
+	}
+	q := u.Query()
+	for i := 0; i+1 < len(kv); i += 2 {
+		q.Set(kv[i], kv[i+1])
+	}
+	u.RawQuery = q.Encode()
+	return u.String(), nil
+}
+
+// waitAfter sleeps a random time in [lo, hi).
+func waitAfter(ctx context.Context, r *rand.Rand, lo, hi time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(lo + time.Duration(r.Int64N(int64(hi-lo)))):
+	}
+}

@@ -1,0 +1,177 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// The fault suite's view of the database (cmd/spool-faults): its tables,
+// an audit of every write a trigger saw, and spool's job records read
+// directly, so that spool's own counters can be checked against the audit
+// rather than trusted.
+
+// Audit reads and prepares one schema for a fault run.
+type Audit struct{ pool *pgxpool.Pool }
+
+// OpenAudit connects to url (whose search_path names the run's schema).
+func OpenAudit(ctx context.Context, url string) (*Audit, error) {
+	pool, err := Open(ctx, url, 4)
+	if err != nil {
+		return nil, err
+	}
+	return &Audit{pool: pool}, nil
+}
+
+// Close disconnects.
+func (a *Audit) Close() { a.pool.Close() }
+
+// Exec runs statements (the run's table definitions).
+func (a *Audit) Exec(ctx context.Context, sql string) error {
+	_, err := a.pool.Exec(ctx, sql)
+	return err
+}
+
+// InstallAudit creates the table audit and a trigger on each of tables
+// that records, in the writing transaction, the column cmd of every row
+// inserted or updated: a rolled-back write leaves no audit row, a
+// committed one exactly one.
+func (a *Audit) InstallAudit(ctx context.Context, tables ...string) error {
+	sql := `CREATE TABLE audit (seq bigserial PRIMARY KEY, cmd text NOT NULL, tbl text NOT NULL, op text NOT NULL,
+			at timestamptz NOT NULL DEFAULT clock_timestamp());
+		CREATE FUNCTION audit_write() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			INSERT INTO audit (cmd, tbl, op) VALUES (NEW.cmd, TG_TABLE_NAME, TG_OP);
+			RETURN NULL;
+		END $$;`
+	for _, t := range tables {
+		sql += fmt.Sprintf("\nCREATE TRIGGER audit AFTER INSERT OR UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION audit_write();",
+			pgx.Identifier{t}.Sanitize())
+	}
+	_, err := a.pool.Exec(ctx, sql)
+	return err
+}
+
+// AuditWrites is each command's number of committed writes.
+func (a *Audit) AuditWrites(ctx context.Context) (map[string]int, error) {
+	return collect(ctx, a.pool, `SELECT cmd, count(*)::int FROM audit GROUP BY cmd`, func(r pgx.Rows, out map[string]int) error {
+		var k string
+		var n int
+		err := r.Scan(&k, &n)
+		out[k] = n
+		return err
+	})
+}
+
+// FirstWriteAfter is the time of the first audited write after t, if any.
+func (a *Audit) FirstWriteAfter(ctx context.Context, t time.Time) (at time.Time, ok bool, err error) {
+	var first *time.Time
+	if err := a.pool.QueryRow(ctx, `SELECT min(at) FROM audit WHERE at > $1`, t).Scan(&first); err != nil || first == nil {
+		return time.Time{}, false, err
+	}
+	return *first, true, nil
+}
+
+// Dump reads table as key → the other columns joined by "|", NULL as "".
+func (a *Audit) Dump(ctx context.Context, table, key string, columns ...string) (map[string]string, error) {
+	cols := make([]string, len(columns))
+	for i, c := range columns {
+		cols[i] = fmt.Sprintf("coalesce(%s::text, '')", pgx.Identifier{c}.Sanitize())
+	}
+	sql := fmt.Sprintf(`SELECT %s, %s FROM %s`, pgx.Identifier{key}.Sanitize(), strings.Join(cols, " || '|' || "),
+		pgx.Identifier{table}.Sanitize())
+	return collect(ctx, a.pool, sql, func(r pgx.Rows, out map[string]string) error {
+		var k, v string
+		err := r.Scan(&k, &v)
+		out[k] = v
+		return err
+	})
+}
+
+// AuditJob is one job as spool recorded it: its upload's counts and the
+// sums of its outcome counters.
+type AuditJob struct {
+	ID, State, Error                                          string
+	Received, Accepted, Rejected                              int64
+	Applied, Duplicate, Stale, Conflict, DeadLettered, Failed int64
+}
+
+// Outcomes is the number of commands of the job with an outcome.
+func (j *AuditJob) Outcomes() int64 {
+	return j.Applied + j.Duplicate + j.Stale + j.Conflict + j.DeadLettered
+}
+
+// Jobs reads every job with its counters and its number of failure rows.
+func (a *Audit) Jobs(ctx context.Context) (map[string]*AuditJob, error) {
+	return collect(ctx, a.pool, `
+		SELECT j.job_id, j.state, coalesce(j.error, ''), j.received, j.accepted, j.rejected,
+			coalesce(sum(c.applied), 0), coalesce(sum(c.duplicate), 0), coalesce(sum(c.stale), 0),
+			coalesce(sum(c.conflict), 0), coalesce(sum(c.dead_lettered), 0),
+			(SELECT count(*) FROM spool_job_failures f WHERE f.job_id = j.job_id)
+		FROM spool_jobs j LEFT JOIN spool_job_counts c ON c.job_id = j.job_id
+		GROUP BY j.job_id`, func(r pgx.Rows, out map[string]*AuditJob) error {
+		var j AuditJob
+		err := r.Scan(&j.ID, &j.State, &j.Error, &j.Received, &j.Accepted, &j.Rejected,
+			&j.Applied, &j.Duplicate, &j.Stale, &j.Conflict, &j.DeadLettered, &j.Failed)
+		out[j.ID] = &j
+		return err
+	})
+}
+
+// AuditFailure is one row of a job's failures.
+type AuditFailure struct{ Job, ID, Stage, Outcome string }
+
+// Failures reads every job's failures.
+func (a *Audit) Failures(ctx context.Context) ([]AuditFailure, error) {
+	rows, err := a.pool.Query(ctx, `SELECT job_id, command_id, stage, outcome FROM spool_job_failures`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (AuditFailure, error) {
+		var f AuditFailure
+		err := r.Scan(&f.Job, &f.ID, &f.Stage, &f.Outcome)
+		return f, err
+	})
+}
+
+// TerminateBackends ends every connection whose application_name is app,
+// as an administrator or a failover would, and returns how many.
+func (a *Audit) TerminateBackends(ctx context.Context, app string) (int, error) {
+	var n int
+	err := a.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int
+		FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()`, app).Scan(&n)
+	return n, err
+}
+
+// SumOffsets is how many records the group's processors have committed on
+// topic: the sum of the stored next offsets.
+func (a *Audit) SumOffsets(ctx context.Context, group, topic string) (int64, error) {
+	return sumOffsets(ctx, a.pool, group, topic)
+}
+
+func sumOffsets(ctx context.Context, pool *pgxpool.Pool, group, topic string) (int64, error) {
+	var n int64
+	err := pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM spool_offsets WHERE consumer_group = $1 AND topic = $2`,
+		group, topic).Scan(&n)
+	return n, err
+}
+
+// collect runs sql and scans each row into a map.
+func collect[V any](ctx context.Context, pool *pgxpool.Pool, sql string, scan func(pgx.Rows, map[string]V) error) (map[string]V, error) {
+	rows, err := pool.Query(ctx, sql)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]V{}
+	for rows.Next() {
+		if err := scan(rows, out); err != nil {
+			return nil, err
+		}
+	}
+	return out, rows.Err()
+}
