@@ -36,14 +36,15 @@ type clients struct {
 	inFlight atomic.Int32
 	sent     atomic.Int64
 	gate     *gate
+	events   *eventLog
 }
 
 const tick = 50 * time.Millisecond
 
-func newClients(w *workload, server string, parallel int, rate float64, g *gate) *clients {
+func newClients(w *workload, server string, parallel int, rate float64, g *gate, ev *eventLog) *clients {
 	return &clients{
 		w: w, api: &apiclient.Client{Server: server, HTTP: &http.Client{Timeout: 2 * time.Minute}},
-		parallel: parallel, tick: tick, gate: g,
+		parallel: parallel, tick: tick, gate: g, events: ev,
 		linesPerTick: max(1, int(rate*tick.Seconds())/parallel),
 	}
 }
@@ -94,7 +95,9 @@ func (c *clients) upload(ctx context.Context, u int) (answer, error) {
 		a.Attempts++
 		return c.api.Upload(ctx, c.paced(ctx, body), apiclient.UploadOptions{ContentType: "application/x-ndjson", IdempotencyKey: key})
 	}
-	view, err := apiclient.Resend(ctx, send, nil)
+	view, err := apiclient.Resend(ctx, send, func(attempt int, err error, wait time.Duration) {
+		c.events.log("upload %d attempt %d: %v; resending in %s", u, attempt, err, wait)
+	})
 	if err != nil {
 		return a, fmt.Errorf("upload %d (%d attempts): %w", u, a.Attempts, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -37,6 +38,8 @@ type Config struct {
 	// only terminations.
 	PostgresRestart string
 	Out             io.Writer
+	// Log, when set, hears of each fault and each resend as it happens.
+	Log io.Writer
 }
 
 // Report is a run's outcome.
@@ -81,11 +84,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if len(kinds) == 0 {
 		g.open()
 	}
-	cl := newClients(w, "http://"+s.ingressAddr, cfg.Clients, cfg.Rate, g)
+	events := newEvents(cfg.Log, start)
+	cl := newClients(w, "http://"+s.ingressAddr, cfg.Clients, cfg.Rate, g, events)
 	planned := time.Duration(float64(cfg.N) / cfg.Rate * float64(time.Second))
 	measuring, stopMeasuring := context.WithCancel(ctx)
 	defer stopMeasuring()
-	in := &injector{s: s, audit: audit, cl: cl, r: rand.New(rand.NewPCG(cfg.Seed, 2)), start: start, gate: g,
+	in := &injector{s: s, audit: audit, cl: cl, r: rand.New(rand.NewPCG(cfg.Seed, 2)), start: start, gate: g, events: events,
 		measuring: measuring, gap: max(300*time.Millisecond, planned/time.Duration(len(kinds)+1))}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -210,11 +214,29 @@ func drain(ctx context.Context, a *postgres.Audit, brokers []string, s *stack) e
 	return fmt.Errorf("not drained after %s: %s", drainFor, last)
 }
 
+// eventLog logs what happens during a run, with the time since it began.
+type eventLog struct {
+	mu    sync.Mutex
+	out   io.Writer
+	start time.Time
+}
+
+func newEvents(out io.Writer, start time.Time) *eventLog { return &eventLog{out: out, start: start} }
+
+func (e *eventLog) log(format string, args ...any) {
+	if e.out == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	fmt.Fprintf(e.out, "%8.1fs  %s\n", time.Since(e.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
 func (r *Report) print(out io.Writer) {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "fault\tinjected\tnext write after (median)\t(max)")
+	fmt.Fprintln(tw, "fault\tinjected\tfollowed by a write\tnext write after (median)\t(max)")
 	for _, k := range r.Faults {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", k.Kind, k.Count, k.Median.Round(time.Millisecond), k.Max.Round(time.Millisecond))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", k.Kind, k.Count, k.Measured, k.Median.Round(time.Millisecond), k.Max.Round(time.Millisecond))
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(out, "%d commands (%d rejected by ingress, %d poison) in %d uploads, %d resent; %d writes audited; %d jobs abandoned by a killed ingress or a 5xx, all failed\n",

@@ -73,7 +73,8 @@ type injector struct {
 	// gate holds the clients back so that the uploads spread over the
 	// faults: after fault f of F, uploads up to f/F of the workload (and a
 	// few more) may start.
-	gate *gate
+	gate   *gate
+	events *eventLog
 }
 
 func (in *injector) run(ctx context.Context, kinds []string) error {
@@ -96,6 +97,7 @@ func (in *injector) run(ctx context.Context, kinds []string) error {
 		if err := in.inject(ctx, f); err != nil {
 			return fmt.Errorf("%s at %s: %w", kind, f.At.Round(time.Millisecond), err)
 		}
+		in.events.log("%s %s", kind, f.Detail)
 		in.mu.Lock()
 		in.faults = append(in.faults, f)
 		in.mu.Unlock()
@@ -162,6 +164,7 @@ func (in *injector) measure(f *fault, began time.Time) {
 			in.mu.Lock()
 			f.Recovered = at.Sub(began)
 			in.mu.Unlock()
+			in.events.log("the first write after %s at %.1fs came %s later", f.Kind, f.At.Seconds(), f.Recovered.Round(time.Millisecond))
 			return
 		}
 		select {
