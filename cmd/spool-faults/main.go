@@ -34,7 +34,8 @@ func main() {
 	flag.IntVar(&cfg.PostgresFaults, "postgres-faults", 6, "PostgreSQL restarts (half, when -postgres-restart is set) and backend terminations")
 	flag.StringVar(&cfg.PostgresRestart, "postgres-restart", "", "shell command that restarts PostgreSQL (empty: terminate backends only)")
 	flag.IntVar(&cfg.BrokerKills, "broker-kills", 5, "broker SIGKILLs (and restarts on the same data)")
-	verbose := flag.Bool("v", false, "log each fault and each resend as it happens")
+	verbose := flag.Bool("v", false, "log each fault and each resend as it happens, and the processes at level info")
+	flag.BoolVar(&cfg.Keep, "keep", false, "keep the run's directory (broker data, process logs)")
 	flag.Parse()
 	if *verbose {
 		cfg.Log = os.Stderr

@@ -38,8 +38,12 @@ type Config struct {
 	// only terminations.
 	PostgresRestart string
 	Out             io.Writer
-	// Log, when set, hears of each fault and each resend as it happens.
+	// Log, when set, hears of each fault and each resend as it happens,
+	// and the processes log at level info instead of warn.
 	Log io.Writer
+	// Keep leaves the run's directory (the broker's data, every process's
+	// log) in place, for a look after a failed run.
+	Keep bool
 }
 
 // Report is a run's outcome.
@@ -63,7 +67,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
+	if cfg.Keep {
+		fmt.Fprintf(cfg.Out, "keeping %s\n", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
 	audit, procURL, unlock, err := prepare(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -74,7 +82,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer s.stop()
+	defer func() {
+		s.stop()
+		if cfg.Keep {
+			s.saveLogs()
+		}
+	}()
 	if err := s.start(ctx); err != nil {
 		return nil, err
 	}

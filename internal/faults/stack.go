@@ -55,16 +55,20 @@ func newStack(cfg Config, dir, dbURL string) (*stack, error) {
 		return nil, err
 	}
 	s.config = filepath.Join(dir, "spool.yaml")
+	level := "warn"
+	if cfg.Log != nil {
+		level = "info"
+	}
 	text := fmt.Sprintf(`database: {url: %q}
 kafka: {brokers: [%q], partitions: %d, topic: %q, dlq_topic: %q, group: %q}
 auth: {disabled: true}
-log: {level: warn}
+log: {level: %[9]s}
 http: {addr: %q}
 metrics: {addr: "127.0.0.1:0"}
 entities:
   customers: {table: %s.customers, key: [customer_id], version_column: version}
   events: {table: %[8]s.events, key: [event_id]}
-`, dbURL, s.brokerAddr, cfg.Partitions, topic, dlqTopic, group, s.ingressAddr, cfg.Schema)
+`, dbURL, s.brokerAddr, cfg.Partitions, topic, dlqTopic, group, s.ingressAddr, cfg.Schema, level)
 	return s, os.WriteFile(s.config, []byte(text), 0o600)
 }
 
@@ -222,6 +226,19 @@ func (s *stack) logs() string {
 		}
 	}
 	return b.String()
+}
+
+// saveLogs writes every process's log into the run's directory.
+func (s *stack) saveLogs() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	all := append([]*harness.Proc{s.broker, s.ingress}, s.gone...)
+	for _, p := range s.processors {
+		all = append(all, p)
+	}
+	for _, p := range all {
+		_ = os.WriteFile(filepath.Join(s.dir, fmt.Sprintf("%s-%d.log", p.Name, p.Pid())), []byte(p.Log()), 0o600)
+	}
 }
 
 func (s *stack) stop() {
