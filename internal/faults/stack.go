@@ -62,12 +62,12 @@ func newStack(cfg Config, dir, dbURL string) (*stack, error) {
 	text := fmt.Sprintf(`database: {url: %q}
 kafka: {brokers: [%q], partitions: %d, topic: %q, dlq_topic: %q, group: %q}
 auth: {disabled: true}
-log: {level: %[9]s}
 http: {addr: %q}
 metrics: {addr: "127.0.0.1:0"}
 entities:
   customers: {table: %s.customers, key: [customer_id], version_column: version}
   events: {table: %[8]s.events, key: [event_id]}
+log: {level: %s}
 `, dbURL, s.brokerAddr, cfg.Partitions, topic, dlqTopic, group, s.ingressAddr, cfg.Schema, level)
 	return s, os.WriteFile(s.config, []byte(text), 0o600)
 }
