@@ -138,6 +138,19 @@ func (a *Audit) Failures(ctx context.Context) ([]AuditFailure, error) {
 	})
 }
 
+// Sabotage breaks what the checker checks, so that a run can show its
+// checker catches it: command double is written once more, command lose's
+// events row and its audit vanish, and job counts one more command applied.
+func (a *Audit) Sabotage(ctx context.Context, double, lose, job string) error {
+	var q pgx.Batch
+	q.Queue(`UPDATE events SET amount = amount WHERE cmd = $1`, double)
+	q.Queue(`DELETE FROM events WHERE cmd = $1`, lose)
+	q.Queue(`DELETE FROM audit WHERE cmd = $1`, lose)
+	q.Queue(`UPDATE spool_job_counts SET applied = applied + 1
+		WHERE ctid = (SELECT ctid FROM spool_job_counts WHERE job_id = $1 LIMIT 1)`, job)
+	return a.pool.SendBatch(ctx, &q).Close()
+}
+
 // TerminateBackends ends every connection whose application_name is app,
 // as an administrator or a failover would, and returns how many.
 func (a *Audit) TerminateBackends(ctx context.Context, app string) (int, error) {
