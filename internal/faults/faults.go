@@ -189,11 +189,11 @@ func prepare(ctx context.Context, cfg Config) (audit *postgres.Audit, procURL st
 	if _, err := admin.Exec(ctx, fmt.Sprintf("DROP SCHEMA IF EXISTS %q CASCADE; CREATE SCHEMA %[1]q", cfg.Schema)); err != nil {
 		return nil, "", nil, fmt.Errorf("creating schema %s: %w", cfg.Schema, err)
 	}
-	checkURL, err := withParams(cfg.DatabaseURL, "search_path", cfg.Schema, "application_name", appName+"-checker")
+	checkURL, err := withParams(cfg.DatabaseURL, "search_path", cfg.Schema, "application_name", cfg.appName()+":checker")
 	if err != nil {
 		return nil, "", nil, err
 	}
-	if procURL, err = withParams(cfg.DatabaseURL, "search_path", cfg.Schema, "application_name", appName); err != nil {
+	if procURL, err = withParams(cfg.DatabaseURL, "search_path", cfg.Schema, "application_name", cfg.appName()); err != nil {
 		return nil, "", nil, err
 	}
 	pool, err := postgres.Open(ctx, checkURL, 1)

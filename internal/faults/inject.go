@@ -145,7 +145,7 @@ func (in *injector) inject(ctx context.Context, f *fault) error {
 	case restartPostgres:
 		return s.restartPostgres(ctx)
 	case terminateBackend:
-		n, err := in.audit.TerminateBackends(ctx, appName)
+		n, err := in.audit.TerminateBackends(ctx, in.s.cfg.appName())
 		f.Detail = fmt.Sprintf("%d backends", n)
 		return err
 	case killBroker:

@@ -16,14 +16,16 @@ import (
 	"github.com/spoolhq/spool/internal/harness"
 )
 
-// The run's topic, dead-letter topic, processor group and the
-// application_name its processes connect to PostgreSQL with.
+// The run's topic, dead-letter topic and processor group.
 const (
 	topic    = "faults.commands"
 	dlqTopic = "faults.commands.dlq"
 	group    = "spool-faults"
-	appName  = "spool-faults"
 )
+
+// appName is the application_name the run's processes connect to
+// PostgreSQL with, so that backend terminations hit this run's alone.
+func (c Config) appName() string { return "spool-faults:" + c.Schema }
 
 // stack is the run's processes: one broker, one ingress and a changing
 // set of processors, each restartable where it ran before.
