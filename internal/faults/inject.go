@@ -84,7 +84,7 @@ func (in *injector) run(ctx context.Context, kinds []string) error {
 		waitAfter(ctx, in.r, in.gap/2, in.gap*3/2)
 		if kind == killIngress {
 			// Mid-upload: let uploads start until a body is on the wire.
-			for in.cl.inFlight.Load() == 0 && ctx.Err() == nil {
+			for in.cl.inFlight.Load() == 0 && !in.gate.exhausted() && ctx.Err() == nil {
 				in.gate.more()
 				time.Sleep(50 * time.Millisecond)
 			}
@@ -239,9 +239,18 @@ func (g *gate) wait() {
 	g.started++
 }
 
-// allow lets share of the uploads (and the slack) start.
+// allow lets share of the uploads start, plus the slack, but never the
+// last slack uploads: those wait for open, so that every fault meets
+// uploads still to come.
 func (g *gate) allow(share float64) {
-	g.set(func() { g.allowed = max(g.allowed, int(share*float64(g.uploads))+g.slack) })
+	g.set(func() { g.allowed = max(g.allowed, int(share*float64(g.uploads-g.slack))+g.slack) })
+}
+
+// exhausted reports whether every upload has started.
+func (g *gate) exhausted() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.started >= g.uploads
 }
 
 // more lets one more upload start, open lets them all.
