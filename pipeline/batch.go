@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"sort"
 	"strings"
@@ -95,7 +94,7 @@ type Group struct {
 	// holds the values each row writes (a command's data, or for commands
 	// merged within the batch, theirs combined in offset order).
 	Messages []*Message
-	Rows     []map[string]json.RawMessage
+	Rows     []Fields
 	// Keys holds each row's canonical key text (Entity.KeyOf).
 	Keys []string
 	// Generation orders groups: a row deleted and then upserted in one
@@ -119,7 +118,7 @@ func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) 
 		gen  int
 		key  string
 		msg  *Message
-		data map[string]json.RawMessage
+		data Fields
 	}
 	current := make(map[rowKey]*slot, len(fresh))
 	var slots []*slot // in order of creation
@@ -129,7 +128,7 @@ func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) 
 		if e == nil {
 			return nil, nil, Errorf(ClassUnknownEntity, "entity %q is not configured", m.Command.Entity)
 		}
-		key, err := e.KeyOf(&m.Command)
+		key, err := e.KeyOf(m.Command.Data)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -197,23 +196,21 @@ func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) 
 	return out, superseded, nil
 }
 
-// merge returns a new map: base's columns overwritten by over's.
-func merge(base, over map[string]json.RawMessage) map[string]json.RawMessage {
-	m := make(map[string]json.RawMessage, len(base)+len(over))
-	for k, v := range base {
-		m[k] = v
-	}
-	for k, v := range over {
-		m[k] = v
+// merge returns new Fields: base's columns overwritten by over's.
+func merge(base, over Fields) Fields {
+	m := make(Fields, len(base), len(base)+len(over))
+	copy(m, base)
+	for _, f := range over {
+		m.set(f.Name, f.Value)
 	}
 	return m
 }
 
-func dataColumns(e *Entity, data map[string]json.RawMessage) []string {
+func dataColumns(e *Entity, data Fields) []string {
 	cols := make([]string, 0, len(data))
-	for c := range data {
-		if !e.isKey(c) {
-			cols = append(cols, c)
+	for _, f := range data {
+		if !e.isKey(f.Name) {
+			cols = append(cols, f.Name)
 		}
 	}
 	sort.Strings(cols)

@@ -53,21 +53,46 @@ func (r *Record) Header(key string) (string, bool) {
 // DecodeCommand parses one uploaded JSON object into a Command. Unknown
 // fields are refused so that a typo ("verison") is reported, not ignored.
 func DecodeCommand(line []byte) (Command, error) {
+	var cmd Command
+	if err := decodeCommand(line, &cmd); err != nil {
+		return Command{}, err
+	}
+	return cmd, nil
+}
+
+// decodeCommandValue parses a command record's value as DecodeCommand does,
+// into a DecodedCommand.
+func decodeCommandValue(value []byte) (DecodedCommand, error) {
+	var cmd DecodedCommand
+	if err := decodeCommand(value, &cmd); err != nil {
+		// Fields stops decoding at data that is not an object, where the map
+		// goes on and reports the first of all the problems: a record is
+		// refused in the words DecodeCommand uses at ingress.
+		if _, cerr := DecodeCommand(value); cerr != nil {
+			err = cerr
+		}
+		return DecodedCommand{}, err
+	}
+	return cmd, nil
+}
+
+// decodeCommand decodes one JSON object into cmd, a *Command or a
+// *DecodedCommand.
+func decodeCommand(line []byte, cmd any) error {
 	// encoding/json would turn invalid UTF-8 into U+FFFD without a word:
 	// a command is refused rather than changed.
 	if !utf8.Valid(line) {
-		return Command{}, Errorf(ClassInvalidCommand, "decoding command: not valid UTF-8 (at byte %d)", invalidUTF8At(line))
+		return Errorf(ClassInvalidCommand, "decoding command: not valid UTF-8 (at byte %d)", invalidUTF8At(line))
 	}
-	var cmd Command
 	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&cmd); err != nil {
-		return Command{}, Errorf(ClassInvalidCommand, "decoding command: %s", describeJSONError(err))
+	if err := dec.Decode(cmd); err != nil {
+		return Errorf(ClassInvalidCommand, "decoding command: %s", describeJSONError(err))
 	}
 	if dec.More() {
-		return Command{}, Errorf(ClassInvalidCommand, "decoding command: trailing data after the object")
+		return Errorf(ClassInvalidCommand, "decoding command: trailing data after the object")
 	}
-	return cmd, nil
+	return nil
 }
 
 func describeJSONError(err error) string {
@@ -118,7 +143,7 @@ type PayloadHash [16]byte
 // Message is a decoded command record with its job context.
 type Message struct {
 	Record  Record
-	Command Command
+	Command DecodedCommand
 	JobID   JobID
 	Tenant  string
 	Index   int64
@@ -151,7 +176,7 @@ func DecodeRecord(r Record, es Entities) Message {
 	} else {
 		m.Index = -1
 	}
-	cmd, err := DecodeCommand(r.Value)
+	cmd, err := decodeCommandValue(r.Value)
 	if err != nil {
 		m.Err = err
 		return m
@@ -160,11 +185,22 @@ func DecodeRecord(r Record, es Entities) Message {
 		m.Err = Errorf(ClassInvalidCommand, "record key %q differs from command id %q", r.Key, cmd.ID)
 		return m
 	}
-	if err := es.Validate(&cmd, ""); err != nil {
+	if err := es.validate(cmd.ID, &cmd.Entity, &cmd.Op, cmd.Version, cmd.Data, ""); err != nil {
 		m.Err = err
 	}
 	m.Command = cmd
 	return m
+}
+
+// share points m's job and tenant at prev's when they are equal, so that a
+// batch holds one copy of them rather than one per command.
+func (m *Message) share(prev *Message) {
+	if m.JobID == prev.JobID {
+		m.JobID = prev.JobID
+	}
+	if m.Tenant == prev.Tenant {
+		m.Tenant = prev.Tenant
+	}
 }
 
 // invalidUTF8At is the offset of the first byte of b that is not valid UTF-8.

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"iter"
 	"math/big"
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // ColumnKind groups PostgreSQL types by how a JSON value must look to fit
@@ -72,36 +74,48 @@ const MaxIDLength = 128
 // and checks it against the configured entities. The error is classified and
 // names the problem so that a client can fix the record.
 func (es Entities) Validate(cmd *Command, defaultEntity string) error {
-	if err := validateID(cmd.ID); err != nil {
+	return es.validate(cmd.ID, &cmd.Entity, &cmd.Op, cmd.Version, dataMap(cmd.Data), defaultEntity)
+}
+
+// columnValues is a command's data as validate reads it: Command's map, or
+// a DecodedCommand's Fields.
+type columnValues interface {
+	Get(name string) (json.RawMessage, bool)
+	All() iter.Seq2[string, json.RawMessage]
+}
+
+func (es Entities) validate(id CommandID, entity *string, op *Op, version *int64, data columnValues, defaultEntity string) error {
+	if err := validateID(id); err != nil {
 		return err
 	}
-	if cmd.Entity == "" {
-		cmd.Entity = defaultEntity
+	if *entity == "" {
+		*entity = defaultEntity
 	}
-	if cmd.Entity == "" {
+	if *entity == "" {
 		return Errorf(ClassUnknownEntity, "entity is missing and the upload names no default (?entity=)")
 	}
-	e, ok := es[cmd.Entity]
+	e, ok := es[*entity]
 	if !ok {
-		return Errorf(ClassUnknownEntity, "entity %q is not configured (known: %s)", cmd.Entity, strings.Join(es.Names(), ", "))
+		return Errorf(ClassUnknownEntity, "entity %q is not configured (known: %s)", *entity, strings.Join(es.Names(), ", "))
 	}
-	switch cmd.Op {
+	*entity = e.Name // the entity's own string, not one per command
+	switch *op {
 	case "":
-		cmd.Op = OpUpsert
+		*op = OpUpsert
 	case OpUpsert, OpDelete:
 	default:
-		return Errorf(ClassInvalidCommand, "op %q is not one of upsert, delete", cmd.Op)
+		return Errorf(ClassInvalidCommand, "op %q is not one of upsert, delete", *op)
 	}
-	if e.Versioned() && cmd.Version == nil {
+	if e.Versioned() && version == nil {
 		return Errorf(ClassMissingKey, "version is required: entity %q is guarded by column %q", e.Name, e.VersionColumn)
 	}
 	for _, k := range e.Key {
-		v, ok := cmd.Data[k]
+		v, ok := data.Get(k)
 		if !ok || isNull(v) {
 			return Errorf(ClassMissingKey, "data lacks key column %q of entity %q", k, e.Name)
 		}
 	}
-	for name, v := range cmd.Data {
+	for name, v := range data.All() {
 		col, ok := e.Columns[name]
 		if !ok {
 			return Errorf(ClassUnknownColumn, "column %q does not exist in %s", name, e.QualifiedName())
@@ -157,7 +171,9 @@ func (c Column) Text(v json.RawMessage) (*string, error) {
 	var s string
 	switch v[0] {
 	case '"':
-		if err := json.Unmarshal(v, &s); err != nil {
+		if plain, ok := plainString(v); ok {
+			s = plain
+		} else if err := json.Unmarshal(v, &s); err != nil {
 			return nil, Errorf(ClassInvalidCommand, "column %q: %v", c.Name, err)
 		}
 	case '{', '[':
@@ -194,6 +210,25 @@ func (c Column) Text(v json.RawMessage) (*string, error) {
 	return &s, nil
 }
 
+// plainString returns the text of a JSON string that holds no escapes, no
+// control characters and only valid UTF-8: its bytes between the quotes,
+// which is what encoding/json would decode, without its reflection.
+func plainString(v []byte) (string, bool) {
+	if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
+		return "", false
+	}
+	inner := v[1 : len(v)-1]
+	for _, c := range inner {
+		if c == '"' || c == '\\' || c < 0x20 {
+			return "", false
+		}
+	}
+	if !utf8.Valid(inner) {
+		return "", false
+	}
+	return string(inner), true
+}
+
 func isSpecialNumeric(s string) bool {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "nan", "infinity", "-infinity":
@@ -211,10 +246,11 @@ func (c Column) mismatch(got string) error {
 // touching one row can be collapsed before a set-based write (PostgreSQL
 // refuses an upsert that touches one row twice), and tombstones can name
 // the row. ParseKey inverts it.
-func (e *Entity) KeyOf(cmd *Command) (string, error) {
+func (e *Entity) KeyOf(data Fields) (string, error) {
 	parts := make([]string, len(e.Key))
 	for i, k := range e.Key {
-		t, err := e.Columns[k].Text(cmd.Data[k])
+		v, _ := data.Get(k)
+		t, err := e.Columns[k].Text(v)
 		if err != nil {
 			return "", err
 		}

@@ -97,9 +97,12 @@ type Worker struct {
 	buf       []Record
 }
 
-// NewWorker returns a worker; queue bounds how many fetched slices may wait.
+// NewWorker returns a worker; queue (at least 1) bounds how many fetched
+// slices may wait for it. The last of them waits with its feeder, blocked in
+// Feed (or kept after TryFeed refused it): the channel holds one fewer, so
+// that no slice is fetched beyond the bound while the worker writes.
 func NewWorker(cfg WorkerConfig, queue int) *Worker {
-	return &Worker{cfg: cfg, in: make(chan []Record, queue), done: make(chan struct{}), next: cfg.NextOffset, tail: -1}
+	return &Worker{cfg: cfg, in: make(chan []Record, queue-1), done: make(chan struct{}), next: cfg.NextOffset, tail: -1}
 }
 
 // Feed hands fetched records to the worker, blocking while its queue is full
@@ -218,13 +221,16 @@ func (w *Worker) flush(ctx context.Context, n int) error {
 		skip++
 	}
 	if skip == n {
-		w.buf = append(w.buf[:0], w.buf[n:]...)
+		w.drop(n)
 		return nil
 	}
 	recs := w.buf[skip:n]
 	msgs := make([]*Message, len(recs))
 	for i := range recs {
 		m := DecodeRecord(recs[i], w.cfg.Entities)
+		if i > 0 {
+			m.share(msgs[i-1])
+		}
 		msgs[i] = &m
 	}
 	err := w.apply(ctx, msgs)
@@ -242,8 +248,17 @@ func (w *Worker) flush(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
-	w.buf = append(w.buf[:0], w.buf[n:]...)
+	w.drop(n)
 	return nil
+}
+
+// drop removes the first n buffered records. The slots they leave are
+// cleared: the buffer's spare capacity must not keep written records' bytes
+// alive.
+func (w *Worker) drop(n int) {
+	rest := copy(w.buf, w.buf[n:])
+	clear(w.buf[rest:])
+	w.buf = w.buf[:rest]
 }
 
 // apply writes msgs as one batch; when the database refuses it for a

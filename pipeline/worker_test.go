@@ -175,3 +175,23 @@ func TestWorkerAbandonDropsTheBuffer(t *testing.T) {
 	require.Empty(t, store.applied)
 	require.Error(t, w.Feed(context.Background(), records(1, 10)), "a stopped worker takes nothing")
 }
+
+// TestWorkerQueueBoundsWaitingSlices: with queue 1 the one slice that may
+// wait is the feeder's: a worker that is writing takes no other, so that
+// its partition's fetching pauses instead of another slice being held.
+func TestWorkerQueueBoundsWaitingSlices(t *testing.T) {
+	t.Parallel()
+	store := &fakeStore{}
+	w := NewWorker(testWorkerConfig(store, &fakeDLQ{}, 10, time.Hour), 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+	store.mu.Lock() // the database hangs
+	require.NoError(t, w.Feed(ctx, records(10, 0)))
+	require.False(t, w.TryFeed(records(1, 10)), "a worker writing a batch takes no slice")
+	store.mu.Unlock()
+	require.Eventually(t, func() bool { return w.TryFeed(records(1, 10)) }, 5*time.Second, time.Millisecond)
+	cancel()
+	require.NoError(t, <-done)
+	require.Len(t, store.applied, 11)
+}

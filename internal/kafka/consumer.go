@@ -140,10 +140,7 @@ func (c *Consumer) dispatch(partition int32, krecs []*kgo.Record) {
 	if r == nil {
 		return // revoked since the fetch; the next owner refetches from the stored offset
 	}
-	recs := make([]pipeline.Record, len(krecs))
-	for i, kr := range krecs {
-		recs[i] = fromKgo(kr)
-	}
+	recs := fromKgo(krecs)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.feeding && r.w.TryFeed(recs) {

@@ -166,7 +166,7 @@ func (r Reader) readPartition(ctx context.Context, topic string, p int32, from k
 				return
 			}
 			if !rec.Attrs.IsControl() {
-				cbErr = fn(fromKgo(rec))
+				cbErr = fn(fromKgo([]*kgo.Record{rec})[0])
 			}
 			next = rec.Offset + 1
 			if rec.Offset+1 >= end {

@@ -14,13 +14,46 @@ func toKgo(r *pipeline.Record, topic string) *kgo.Record {
 	return &kgo.Record{Topic: topic, Key: r.Key, Value: r.Value, Headers: hs}
 }
 
-func fromKgo(r *kgo.Record) pipeline.Record {
-	hs := make([]pipeline.Header, len(r.Headers))
-	for i, h := range r.Headers {
-		hs[i] = pipeline.Header{Key: h.Key, Value: h.Value}
+// fromKgo copies fetched records out of franz-go's buffers, each into one
+// buffer for its bytes and one slice for its headers. A fetched record points
+// into its batch's decompressed buffer, which it would keep whole, framing
+// and all, for as long as it waits for its batch to be written; copied, a
+// record keeps only its own bytes, whichever records of its fetch are gone.
+func fromKgo(krecs []*kgo.Record) []pipeline.Record {
+	recs := make([]pipeline.Record, len(krecs))
+	for i, kr := range krecs {
+		size := len(kr.Key) + len(kr.Value)
+		for _, h := range kr.Headers {
+			size += len(h.Value)
+		}
+		buf := make([]byte, 0, size)
+		keep := func(b []byte) []byte {
+			if b == nil {
+				return nil // a null key or value stays null
+			}
+			start := len(buf)
+			buf = append(buf, b...)
+			return buf[start:len(buf):len(buf)]
+		}
+		hs := make([]pipeline.Header, len(kr.Headers))
+		for j, h := range kr.Headers {
+			hs[j] = pipeline.Header{Key: headerName(h.Key), Value: keep(h.Value)}
+		}
+		recs[i] = pipeline.Record{
+			Topic: kr.Topic, Partition: kr.Partition, Offset: kr.Offset,
+			Key: keep(kr.Key), Value: keep(kr.Value), Headers: hs, Timestamp: kr.Timestamp,
+		}
 	}
-	return pipeline.Record{
-		Topic: r.Topic, Partition: r.Partition, Offset: r.Offset,
-		Key: r.Key, Value: r.Value, Headers: hs, Timestamp: r.Timestamp,
+	return recs
+}
+
+// headerName returns the constant for a header ingress sets, so that
+// buffered records share one string per name.
+func headerName(key string) string {
+	for _, known := range [...]string{pipeline.HeaderJobID, pipeline.HeaderTenant, pipeline.HeaderIndex, pipeline.HeaderReplayOf} {
+		if key == known {
+			return known
+		}
 	}
+	return key
 }

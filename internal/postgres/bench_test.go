@@ -98,7 +98,11 @@ func BenchmarkWriteBatch(b *testing.B) {
 				seen := map[string]int{}
 				for _, m := range batch.Messages {
 					d := m.Command.Data
-					text := func(c string) *string { v, _ := es["customers"].Columns[c].Text(d[c]); return v }
+					text := func(c string) *string {
+						raw, _ := d.Get(c)
+						v, _ := es["customers"].Columns[c].Text(raw)
+						return v
+					}
 					r := []any{*text("customer_id"), text("name"), text("email"), text("balance"), *m.Command.Version}
 					// The limit must collapse per key too, or the upsert fails.
 					if i, ok := seen[*text("customer_id")]; ok {

@@ -233,7 +233,8 @@ func (s *Store) writeGroup(ctx context.Context, tx pgx.Tx, g *pipeline.Group) ([
 		col := e.Columns[c]
 		vals := make([]*string, len(g.Rows))
 		for i, row := range g.Rows {
-			v, err := col.Text(row[c])
+			raw, _ := row.Get(c)
+			v, err := col.Text(raw)
 			if err != nil {
 				return nil, err
 			}

@@ -1,0 +1,188 @@
+package pipeline
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"iter"
+	"maps"
+	"slices"
+)
+
+// DecodedCommand is a command as the processor holds it, from decoding to
+// its batch's commit: Command's fields, with the data kept as Fields. A map
+// of the data costs several times the record's own bytes, for each of the
+// batch_size commands of every partition's batch.
+type DecodedCommand struct {
+	ID      CommandID `json:"id"`
+	Entity  string    `json:"entity,omitempty"`
+	Op      Op        `json:"op,omitempty"`
+	Version *int64    `json:"version,omitempty"`
+	Data    Fields    `json:"data"`
+}
+
+// Fields is a command's data: each column's raw JSON value, all of them
+// slices of one copy of the data object.
+type Fields []Field
+
+// Field is one column's value as raw JSON.
+type Field struct {
+	Name  string
+	Value json.RawMessage
+}
+
+// Get returns the named column's value; a missing one is nil, which
+// Column.Text takes for null, as it does a map's.
+func (fs Fields) Get(name string) (json.RawMessage, bool) {
+	for _, f := range fs {
+		if f.Name == name {
+			return f.Value, true
+		}
+	}
+	return nil, false
+}
+
+// All yields each column with its value.
+func (fs Fields) All() iter.Seq2[string, json.RawMessage] {
+	return func(yield func(string, json.RawMessage) bool) {
+		for _, f := range fs {
+			if !yield(f.Name, f.Value) {
+				return
+			}
+		}
+	}
+}
+
+// set replaces the named column's value, or adds the column.
+func (fs *Fields) set(name string, v json.RawMessage) {
+	for i := range *fs {
+		if (*fs)[i].Name == name {
+			(*fs)[i].Value = v
+			return
+		}
+	}
+	*fs = append(*fs, Field{Name: name, Value: v})
+}
+
+var errNotObject = errors.New("data is not a JSON object")
+
+// UnmarshalJSON keeps the members of a JSON object, as decoding into
+// Command's map does: null clears them, and a name given twice (or a data
+// object given twice) keeps the last value. encoding/json hands it one
+// complete, valid value.
+func (fs *Fields) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*fs = nil
+		return nil
+	}
+	if len(b) == 0 || b[0] != '{' {
+		return errNotObject
+	}
+	b = bytes.Clone(b)
+	n := 0
+	for range members(b) {
+		n++
+	}
+	got := slices.Grow(slices.Clip(*fs), n)
+	for quoted, v := range members(b) {
+		name, err := unquoteName(quoted)
+		if err != nil {
+			return err
+		}
+		got.set(name, v)
+	}
+	*fs = got
+	return nil
+}
+
+// members yields the quoted name and the value of each member of a valid
+// JSON object.
+func members(b []byte) iter.Seq2[[]byte, json.RawMessage] {
+	return func(yield func([]byte, json.RawMessage) bool) {
+		for i := skipSpace(b, 1); b[i] != '}'; {
+			end := stringEnd(b, i)
+			name := b[i:end]
+			i = skipSpace(b, skipSpace(b, end)+1) // past the colon
+			end = valueEnd(b, i)
+			if !yield(name, b[i:end:end]) {
+				return
+			}
+			if i = skipSpace(b, end); b[i] == ',' {
+				i = skipSpace(b, i+1)
+			}
+		}
+	}
+}
+
+// unquoteName decodes a member name, through encoding/json only when it
+// holds escapes.
+func unquoteName(quoted []byte) (string, error) {
+	if bytes.IndexByte(quoted, '\\') < 0 {
+		return string(quoted[1 : len(quoted)-1]), nil
+	}
+	var s string
+	err := json.Unmarshal(quoted, &s)
+	return s, err
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// stringEnd returns the index after the string that starts at b[i].
+func stringEnd(b []byte, i int) int {
+	for i++; b[i] != '"'; i++ {
+		if b[i] == '\\' {
+			i++
+		}
+	}
+	return i + 1
+}
+
+// valueEnd returns the index after the valid JSON value that starts at b[i].
+func valueEnd(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return stringEnd(b, i)
+	case '{', '[':
+		depth := 0
+		for ; ; i++ {
+			switch b[i] {
+			case '"':
+				i = stringEnd(b, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+		}
+	default: // a number, true, false or null
+		for i < len(b) && !endsLiteral(b[i]) {
+			i++
+		}
+		return i
+	}
+}
+
+func endsLiteral(c byte) bool {
+	switch c {
+	case ',', '}', ']', ' ', '\t', '\n', '\r':
+		return true
+	}
+	return false
+}
+
+// dataMap lets Validate read Command's data as it reads Fields.
+type dataMap map[string]json.RawMessage
+
+func (d dataMap) Get(name string) (json.RawMessage, bool) {
+	v, ok := d[name]
+	return v, ok
+}
+
+func (d dataMap) All() iter.Seq2[string, json.RawMessage] { return maps.All(d) }

@@ -1,0 +1,80 @@
+package pipeline
+
+import (
+	"encoding/json"
+	"maps"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// requireSameAsCommand checks that decodeCommandValue reads value as
+// DecodeCommand does: the same error, or the same fields with the same data.
+func requireSameAsCommand(t *testing.T, value []byte) {
+	t.Helper()
+	cmd, cerr := DecodeCommand(value)
+	w, werr := decodeCommandValue(value)
+	if cerr != nil {
+		require.EqualError(t, werr, cerr.Error())
+		return
+	}
+	require.NoError(t, werr)
+	require.Equal(t, DecodedCommand{ID: cmd.ID, Entity: cmd.Entity, Op: cmd.Op, Version: cmd.Version}, DecodedCommand{ID: w.ID, Entity: w.Entity, Op: w.Op, Version: w.Version})
+	require.Len(t, w.Data, len(cmd.Data), "each name once")
+	if len(cmd.Data) > 0 {
+		require.Equal(t, cmd.Data, maps.Collect(w.Data.All()))
+	}
+}
+
+var fieldsSeeds = []string{
+	`{"id":"c-1","data":{"a":"x","b":1,"c":true,"d":null,"e":{"f":[1,{"g":"}"}]},"h":[],"i":-1.5e3}}`,
+	`{"id":"c-1","data":{}}`,
+	`{"id":"c-1","data":null}`,
+	`{"id":"c-1"}`,
+	` { "id" : "c-1" , "data" : { "a" : "x" , "b" : [ 1 , 2 ] , "c" : 3 } } `,
+	`{"id":"c-1","data":{"a":1,"a":2,"b":3}}`,
+	`{"id":"c-1","data":{"a":1},"data":{"b":2,"a":3}}`,
+	`{"id":"c-1","data":{"a":1},"data":null}`,
+	`{"id":"c-1","data":{"\u0061":1,"a\"b":"q\"\\","\n":2}}`,
+	`{"id":"c-1","data":{"a":"é\u00e9","b":"tab\there"}}`,
+	`{"id":"c-1","data":"x"}`,
+	`{"id":"c-1","data":[1]}`,
+	`{"id":"c-1","data":7}`,
+	`{"version":"x","data":[1]}`,
+	`{"data":[1],"version":"x"}`,
+	`{"data":{"a":1},"extra":1}`,
+	`{"data":{"a":}}`,
+	`{"DATA":{"a":1}}`,
+}
+
+func TestDecodeWriteReadsAsDecodeCommand(t *testing.T) {
+	t.Parallel()
+	for _, s := range fieldsSeeds {
+		t.Run(s, func(t *testing.T) {
+			t.Parallel()
+			requireSameAsCommand(t, []byte(s))
+		})
+	}
+}
+
+func FuzzDecodeWrite(f *testing.F) {
+	for _, s := range fieldsSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, value []byte) { requireSameAsCommand(t, value) })
+}
+
+func FuzzPlainString(f *testing.F) {
+	for _, s := range []string{`"abc"`, `"a\"b"`, `"\u00e9"`, `"é"`, `""`, `"a"b"`, "\"a\x01\"", "\"\xff\"", `"`, `x"`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, v []byte) {
+		plain, ok := plainString(v)
+		if !ok {
+			return
+		}
+		var s string
+		require.NoError(t, json.Unmarshal(v, &s))
+		require.Equal(t, s, plain)
+	})
+}
