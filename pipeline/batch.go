@@ -47,24 +47,39 @@ type Key struct {
 	ID     CommandID
 }
 
-// Dedupe settles repeats before the database is asked: ids the Recent
-// pre-filter knows, and repeats inside the batch (the first occurrence of an
-// id stays a candidate, a later one with the same payload is a duplicate,
-// with another payload a conflict). Messages that failed decoding are
-// dead-lettered. It returns the candidates.
-func (b *Batch) Dedupe(outcomes []Outcome) []*Message {
+// Dedupe settles repeats before the database is asked: records delivered
+// twice inside the batch (redelivered), ids the Recent pre-filter knows,
+// and repeats inside the batch (the first occurrence of an id stays a
+// candidate, a later one with the same payload is a duplicate, with another
+// payload a conflict). Messages that failed decoding are dead-lettered. It
+// returns the candidates, and the later occurrences of each: should the
+// database know a candidate's id, they are settled against what it knows,
+// as the candidate is (a redelivered record among them then tells).
+func (b *Batch) Dedupe(outcomes []Outcome) (candidates []*Message, repeats map[*Message][]*Message) {
 	seen := make(map[Key]*Message, len(b.Messages))
-	candidates := make([]*Message, 0, len(b.Messages))
+	delivered := make(map[Origin]*Message, len(b.Messages))
+	candidates = make([]*Message, 0, len(b.Messages))
 	for i, m := range b.Messages {
+		if o, ok := m.Origin(); ok {
+			if first, ok := delivered[o]; ok && first.Hash == m.Hash {
+				outcomes[i] = OutcomeRedelivered
+				continue
+			}
+			delivered[o] = m
+		}
 		if m.Err != nil {
 			outcomes[i] = OutcomeDeadLettered
 			continue
 		}
 		k := Key{m.Tenant, m.Command.ID}
-		if hash, ok := b.Recent.lookup(k); ok {
-			outcomes[i] = OutcomeDuplicate
-			if hash != m.Hash {
+		if e, ok := b.Recent.lookup(k); ok {
+			switch o, identified := m.Origin(); {
+			case e.hash != m.Hash:
 				outcomes[i] = OutcomeConflict
+			case identified && e.origin == o:
+				outcomes[i] = OutcomeRedelivered
+			default:
+				outcomes[i] = OutcomeDuplicate
 			}
 			continue
 		}
@@ -74,12 +89,16 @@ func (b *Batch) Dedupe(outcomes []Outcome) []*Message {
 			} else {
 				outcomes[i] = OutcomeConflict
 			}
+			if repeats == nil {
+				repeats = map[*Message][]*Message{}
+			}
+			repeats[first] = append(repeats[first], m)
 			continue
 		}
 		seen[k] = m
 		candidates = append(candidates, m)
 	}
-	return candidates
+	return candidates, repeats
 }
 
 // Group is a set of commands written by one set-based statement: same

@@ -3,9 +3,11 @@ package pipeline
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -156,6 +158,34 @@ type Message struct {
 	// parked is set once the dead-letter topic acknowledged the message, so
 	// that retrying or splitting its batch does not publish it again.
 	parked bool
+}
+
+// Origin is a record's place in its upload: its job and index. Kafka may
+// deliver one record twice (a producer's resend after a broker failure);
+// both copies have one origin, while a client's repeat of a command in
+// another upload, or another place of the same upload, does not.
+type Origin struct {
+	Job   JobID
+	Index int64
+}
+
+// Sum is the origin in 64 bits, for the ledger to keep beside a claim: two
+// origins of one command id that differ collide with odds of 2⁻⁶⁴.
+func (o Origin) Sum() int64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(o.Job))
+	_ = binary.Write(h, binary.BigEndian, o.Index)
+	return int64(h.Sum64())
+}
+
+// Origin returns the message's origin, unless it has none: a record
+// without a job (produced by another tool), or a replay, which is a new
+// record of an old command (replays are settled as moves).
+func (m *Message) Origin() (Origin, bool) {
+	if m.JobID == "" || m.Index < 0 || m.ReplayOf != "" {
+		return Origin{}, false
+	}
+	return Origin{m.JobID, m.Index}, true
 }
 
 // DecodeRecord turns a commands-topic record into a Message, validating it

@@ -57,6 +57,12 @@ const (
 	// command. It is counted as rejected on its job, not among the accepted,
 	// and listed among the job's failures.
 	OutcomeRejected Outcome = "rejected"
+	// OutcomeRedelivered: the record is one Kafka delivered again (a
+	// producer resent it after a broker failed before acknowledging): the
+	// same place of the same job, whose outcome was counted when it first
+	// came. It changes nothing and is counted nowhere, so that a job's
+	// counts still add up to its accepted commands.
+	OutcomeRedelivered Outcome = "redelivered"
 )
 
 // Counts tallies outcomes. The processor adds one Counts per job and batch.
@@ -81,6 +87,8 @@ func (c *Counts) Add(o Outcome) {
 		c.Conflict++
 	case OutcomeDeadLettered:
 		c.DeadLettered++
+	case OutcomeRedelivered:
+		// counted when the record first came
 	default:
 		panic(fmt.Sprintf("pipeline: outcome %q is not counted by the processor", o))
 	}

@@ -200,7 +200,7 @@ func TestDedupeWithinBatch(t *testing.T) {
 	bad := &Message{Err: Errorf(ClassInvalidCommand, "bad")}
 	b := &Batch{Messages: []*Message{a, again, changed, otherTenant, bad}}
 	outcomes := make([]Outcome, 5)
-	cands := b.Dedupe(outcomes)
+	cands, _ := b.Dedupe(outcomes)
 	require.Equal(t, []*Message{a, otherTenant}, cands)
 	require.Equal(t, []Outcome{"", OutcomeDuplicate, OutcomeConflict, "", OutcomeDeadLettered}, outcomes)
 }
@@ -249,14 +249,16 @@ func TestRecentSettlesHotRepeats(t *testing.T) {
 	dAgain := msg(t, 5, "t", `{"id":"d","entity":"customers","version":1,"data":{"customer_id":"k"}}`)
 	b := &Batch{Messages: []*Message{again, changed, otherTenant, dAgain}, Recent: r}
 	outcomes := make([]Outcome, 4)
-	require.Equal(t, []*Message{otherTenant, dAgain}, b.Dedupe(outcomes), "unknown ids still go to the database")
+	cands, _ := b.Dedupe(outcomes)
+	require.Equal(t, []*Message{otherTenant, dAgain}, cands, "unknown ids still go to the database")
 	require.Equal(t, []Outcome{OutcomeDuplicate, OutcomeConflict, "", ""}, outcomes)
 
 	// Near the end of the window the cache steps aside: the ledger may
 	// forget the id before the cache would.
 	now = now.Add(100 * time.Hour)
 	outcomes = make([]Outcome, 1)
-	require.Len(t, (&Batch{Messages: []*Message{again}, Recent: r}).Dedupe(outcomes), 1)
+	cands, _ = (&Batch{Messages: []*Message{again}, Recent: r}).Dedupe(outcomes)
+	require.Len(t, cands, 1)
 
 	var off *Recent
 	require.Nil(t, NewRecent(0, time.Hour))
@@ -294,4 +296,35 @@ func TestPlanKeepsSequentialEffectWithoutVersions(t *testing.T) {
 func field(fs Fields, name string) json.RawMessage {
 	v, _ := fs.Get(name)
 	return v
+}
+
+// TestDedupeRedelivered: a record Kafka delivered twice (one job, one
+// index) is redelivered, not a duplicate, whether its copy is in the same
+// batch or the Recent pre-filter knows its claim; the same command at
+// another place, or a replay, is not.
+func TestDedupeRedelivered(t *testing.T) {
+	t.Parallel()
+	r := NewRecent(10, 168*time.Hour)
+	line := `{"id":"a","entity":"customers","version":1,"data":{"customer_id":"k"}}`
+	a := msg(t, 0, "t", line)
+	copyOfA := msg(t, 0, "t", line)
+	copyOfA.Record.Offset = 7
+	elsewhere := msg(t, 3, "t", line)
+	b := &Batch{Messages: []*Message{a, copyOfA, elsewhere}, Recent: r}
+	outcomes := make([]Outcome, 3)
+	cands, repeats := b.Dedupe(outcomes)
+	require.Equal(t, []*Message{a}, cands)
+	require.Equal(t, []Outcome{"", OutcomeRedelivered, OutcomeDuplicate}, outcomes)
+	require.Equal(t, map[*Message][]*Message{a: {elsewhere}}, repeats, "settled against the ledger should it know a")
+
+	r.remember([]*Message{a}, []Outcome{OutcomeApplied})
+	replay := msg(t, 0, "t", line)
+	replay.ReplayOf = "spool.commands.dlq:0:0"
+	outcomes = make([]Outcome, 3)
+	cands, _ = (&Batch{Messages: []*Message{copyOfA, elsewhere, replay}, Recent: r}).Dedupe(outcomes)
+	require.Empty(t, cands)
+	require.Equal(t, []Outcome{OutcomeRedelivered, OutcomeDuplicate, OutcomeDuplicate}, outcomes)
+	var c Counts
+	c.Add(OutcomeRedelivered)
+	require.Zero(t, c.Done(), "a redelivered record counts nowhere")
 }

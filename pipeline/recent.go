@@ -19,6 +19,7 @@ type Recent struct {
 
 type recentEntry struct {
 	hash    PayloadHash
+	origin  Origin
 	claimed time.Time
 }
 
@@ -34,18 +35,19 @@ func NewRecent(size int, window time.Duration) *Recent {
 	return &Recent{cache: c, window: window, now: time.Now}
 }
 
-// lookup returns the payload hash an id was committed with.
-func (r *Recent) lookup(k Key) (PayloadHash, bool) {
+// lookup returns the payload hash an id was committed with, and the
+// origin of the record that claimed it.
+func (r *Recent) lookup(k Key) (recentEntry, bool) {
 	if r == nil {
-		return PayloadHash{}, false
+		return recentEntry{}, false
 	}
 	e, ok := r.cache.Get(k)
 	// Half the window leaves ample room for the time between the ledger's
 	// claimed_at and our clock.
 	if !ok || r.now().Sub(e.claimed) > r.window/2 {
-		return PayloadHash{}, false
+		return recentEntry{}, false
 	}
-	return e.hash, true
+	return e, true
 }
 
 // remember records the ids a committed batch claimed: those applied or
@@ -58,7 +60,8 @@ func (r *Recent) remember(msgs []*Message, outcomes []Outcome) {
 	now := r.now()
 	for i, m := range msgs {
 		if outcomes[i] == OutcomeApplied || outcomes[i] == OutcomeStale {
-			r.cache.Add(Key{m.Tenant, m.Command.ID}, recentEntry{hash: m.Hash, claimed: now})
+			o, _ := m.Origin()
+			r.cache.Add(Key{m.Tenant, m.Command.ID}, recentEntry{hash: m.Hash, origin: o, claimed: now})
 		}
 	}
 }

@@ -129,8 +129,15 @@ func (m *Metrics) BatchWritten(size int, d time.Duration, outcomes []pipeline.Ou
 	for _, o := range outcomes {
 		c.Add(o)
 	}
+	var redelivered int64
+	for _, o := range outcomes {
+		if o == pipeline.OutcomeRedelivered {
+			redelivered++
+		}
+	}
 	for o, n := range map[pipeline.Outcome]int64{pipeline.OutcomeApplied: c.Applied, pipeline.OutcomeDuplicate: c.Duplicate,
-		pipeline.OutcomeStale: c.Stale, pipeline.OutcomeConflict: c.Conflict, pipeline.OutcomeDeadLettered: c.DeadLettered} {
+		pipeline.OutcomeStale: c.Stale, pipeline.OutcomeConflict: c.Conflict, pipeline.OutcomeDeadLettered: c.DeadLettered,
+		pipeline.OutcomeRedelivered: redelivered} {
 		if n > 0 {
 			m.records.WithLabelValues(string(o)).Add(float64(n))
 		}

@@ -201,3 +201,50 @@ func TestAbandonJobs(t *testing.T) {
 	require.Equal(t, pipeline.JobCompleted, done.State)
 	require.Zero(t, done.Received)
 }
+
+// TestRedeliveredRecordsCountOnce: Kafka may deliver one record twice (a
+// producer's resend after a broker failed before acknowledging). The second
+// copy, in a later batch or in the same one, changes nothing and counts
+// nothing, whatever the first copy's outcome was; a client's repeat of a
+// command (another place of an upload) is still a duplicate.
+func TestRedeliveredRecordsCountOnce(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant"))
+	require.NoError(t, b.store.FinishUpload(ctx, "job-1", pipeline.UploadResult{Received: 6, Accepted: 6}))
+	// Places 0-5 of the upload: applied, a repeat (duplicate), applied,
+	// stale, a poison (dead-lettered), a conflict.
+	lines := []string{cust("c1", "a", 2, "a2"), cust("c1", "a", 2, "a2"), cust("c2", "b", 1, "b1"),
+		cust("c3", "a", 1, "old"), cust("c4", "p", 1, "p"), cust("c2", "b", 5, "other")}
+	at := func(places ...int64) func(int, *pipeline.Message) {
+		return func(i int, m *pipeline.Message) {
+			m.Index = places[i]
+			if m.Index == 4 {
+				m.Err = pipeline.Errorf(pipeline.ClassConstraint, "refused")
+			}
+		}
+	}
+	want := pipeline.Counts{Applied: 2, Duplicate: 1, Stale: 1, DeadLettered: 1, Conflict: 1}
+	out := b.writeMessages(t, 0, at(0, 1, 2, 3, 4, 5), lines...)
+	require.Equal(t, []pipeline.Outcome{applied, duplicate, applied, stale, pipeline.OutcomeDeadLettered, conflict}, out)
+	require.Equal(t, want, b.job(t).Counts)
+	require.Equal(t, pipeline.JobCompletedWithErrors, b.job(t).State)
+
+	// Every record again, later, in another order and on another partition
+	// (the Recent pre-filter is not used here: the ledger, the failures and
+	// the repeats tell).
+	out = b.writeMessages(t, 1, at(5, 4, 3, 2, 1, 0), lines[5], lines[4], lines[3], lines[2], lines[1], lines[0])
+	for _, o := range out {
+		require.Equal(t, pipeline.OutcomeRedelivered, o)
+	}
+	// Twice in one batch: the copy is redelivered; a new place of a known
+	// command is a duplicate, counted.
+	out = b.writeMessages(t, 2, at(0, 0, 6), lines[0], lines[0], lines[0])
+	require.Equal(t, []pipeline.Outcome{pipeline.OutcomeRedelivered, pipeline.OutcomeRedelivered, duplicate}, out)
+	want.Duplicate++
+	require.Equal(t, want, b.job(t).Counts)
+	require.Equal(t, map[string]string{"a": "a2@2", "b": "b1@1"}, b.rows(t))
+	var failures int
+	require.NoError(t, b.store.Failures(ctx, "tenant", "job-1", func(pipeline.Failure) error { failures++; return nil }))
+	require.Equal(t, 2, failures, "the dead letter and the conflict, once each")
+}

@@ -54,7 +54,7 @@ func (s *Store) LoadOffset(ctx context.Context, topic string, partition int32) (
 // to b.NextOffset. Nothing of it is visible unless all of it commits.
 func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.Outcome, error) {
 	outcomes := make([]pipeline.Outcome, len(b.Messages))
-	candidates := b.Dedupe(outcomes)
+	candidates, repeats := b.Dedupe(outcomes)
 	index := make(map[*pipeline.Message]int, len(b.Messages))
 	for i, m := range b.Messages {
 		index[m] = i
@@ -66,7 +66,7 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.O
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
 
-	fresh, err := claim(ctx, tx, candidates, func(m *pipeline.Message, o pipeline.Outcome) { outcomes[index[m]] = o })
+	fresh, err := claim(ctx, tx, candidates, repeats, func(m *pipeline.Message, o pipeline.Outcome) { outcomes[index[m]] = o })
 	if err != nil {
 		return nil, err
 	}
@@ -90,6 +90,9 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.O
 		}
 	}
 
+	if err := settleRedeliveries(ctx, tx, b, outcomes); err != nil {
+		return nil, err
+	}
 	var q pgx.Batch
 	queueCounts(&q, b, outcomes)
 	queueMoves(&q, b, outcomes)
@@ -138,25 +141,31 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.O
 // claim inserts the candidates' ids into the ledger and returns those that
 // were not there, in offset order. For the others it sets duplicate or
 // conflict.
-func claim(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Message, set func(*pipeline.Message, pipeline.Outcome)) ([]*pipeline.Message, error) {
+func claim(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Message, repeats map[*pipeline.Message][]*pipeline.Message,
+	set func(*pipeline.Message, pipeline.Outcome)) ([]*pipeline.Message, error) {
 	if len(candidates) == 0 {
 		return nil, nil
 	}
 	tenants := make([]string, len(candidates))
 	ids := make([]string, len(candidates))
 	hashes := make([][]byte, len(candidates))
+	origins := make([]*int64, len(candidates))
 	byKey := make(map[pipeline.Key]*pipeline.Message, len(candidates))
 	for i, m := range candidates {
 		tenants[i], ids[i], hashes[i] = m.Tenant, string(m.Command.ID), m.Hash[:]
+		if o, ok := m.Origin(); ok {
+			sum := o.Sum()
+			origins[i] = &sum
+		}
 		byKey[pipeline.Key{Tenant: m.Tenant, ID: m.Command.ID}] = m
 	}
 	// Sorted inserts take index locks in one order, so that two batches
 	// claiming overlapping ids wait for each other instead of deadlocking.
 	rows, err := tx.Query(ctx, `
-		INSERT INTO spool_ledger (tenant, command_id, payload_hash)
-		SELECT t, id, h FROM unnest($1::text[], $2::text[], $3::bytea[]) AS u(t, id, h) ORDER BY t, id
+		INSERT INTO spool_ledger (tenant, command_id, payload_hash, origin)
+		SELECT t, id, h, o FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[]) AS u(t, id, h, o) ORDER BY t, id
 		ON CONFLICT DO NOTHING
-		RETURNING tenant, command_id`, tenants, ids, hashes)
+		RETURNING tenant, command_id`, tenants, ids, hashes, origins)
 	if err != nil {
 		return nil, classify(fmt.Errorf("claiming %d command ids: %w", len(candidates), err))
 	}
@@ -170,7 +179,7 @@ func claim(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Message, set f
 		return nil, classify(fmt.Errorf("claiming %d command ids: %w", len(candidates), err))
 	}
 	if len(claimed) < len(candidates) {
-		if err := settleRepeats(ctx, tx, candidates, claimed, byKey, set); err != nil {
+		if err := settleRepeats(ctx, tx, candidates, repeats, claimed, byKey, set); err != nil {
 			return nil, err
 		}
 	}
@@ -183,8 +192,11 @@ func claim(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Message, set f
 	return fresh, nil
 }
 
-func settleRepeats(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Message, claimed map[*pipeline.Message]bool,
-	byKey map[pipeline.Key]*pipeline.Message, set func(*pipeline.Message, pipeline.Outcome)) error {
+// settleRepeats settles the candidates the ledger knew, and their repeats
+// in the batch, against the ledger's claim: another payload is a conflict,
+// the claiming record itself redelivered, anything else a duplicate.
+func settleRepeats(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Message, repeats map[*pipeline.Message][]*pipeline.Message,
+	claimed map[*pipeline.Message]bool, byKey map[pipeline.Key]*pipeline.Message, set func(*pipeline.Message, pipeline.Outcome)) error {
 	var tenants, ids []string
 	for _, m := range candidates {
 		if !claimed[m] {
@@ -193,7 +205,7 @@ func settleRepeats(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Messag
 		}
 	}
 	rows, err := tx.Query(ctx, `
-		SELECT l.tenant, l.command_id, l.payload_hash
+		SELECT l.tenant, l.command_id, l.payload_hash, l.origin
 		FROM spool_ledger l JOIN unnest($1::text[], $2::text[]) AS u(t, id) ON l.tenant = u.t AND l.command_id = u.id`,
 		tenants, ids)
 	if err != nil {
@@ -201,14 +213,21 @@ func settleRepeats(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Messag
 	}
 	var k pipeline.Key
 	var hash []byte
+	var origin *int64
 	settled := 0
-	_, err = pgx.ForEachRow(rows, []any{&k.Tenant, &k.ID, &hash}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&k.Tenant, &k.ID, &hash, &origin}, func() error {
 		settled++
 		m := byKey[k]
-		if string(hash) == string(m.Hash[:]) {
-			set(m, pipeline.OutcomeDuplicate)
-		} else {
-			set(m, pipeline.OutcomeConflict)
+		for _, m := range append([]*pipeline.Message{m}, repeats[m]...) {
+			o, identified := m.Origin()
+			switch {
+			case string(hash) != string(m.Hash[:]):
+				set(m, pipeline.OutcomeConflict)
+			case identified && origin != nil && *origin == o.Sum():
+				set(m, pipeline.OutcomeRedelivered) // the claim is this very record's
+			default:
+				set(m, pipeline.OutcomeDuplicate)
+			}
 		}
 		return nil
 	})
@@ -219,6 +238,56 @@ func settleRepeats(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Messag
 		// The sweeper removed a claim between our insert and this read: the
 		// id is fresh again, and a retry of the batch will claim it.
 		return pipeline.Errorf(pipeline.ClassTransient, "%d claimed ids vanished from the ledger while the batch ran", len(ids)-settled)
+	}
+	return nil
+}
+
+// settleRedeliveries turns into redelivered the duplicates, conflicts and
+// dead letters whose origin already has that outcome: records Kafka
+// delivered again in an earlier batch. Failures are remembered per job and
+// index already; duplicates are remembered here, in spool_job_repeats.
+// (Applied and stale records were told apart when claiming, by the origin
+// the ledger keeps.)
+func settleRedeliveries(ctx context.Context, tx pgx.Tx, b *pipeline.Batch, outcomes []pipeline.Outcome) error {
+	var jobs []string
+	var idx []int64
+	var outs []string
+	at := map[pipeline.Origin]int{}
+	for i, m := range b.Messages {
+		o, ok := m.Origin()
+		if !ok {
+			continue
+		}
+		switch outcomes[i] {
+		case pipeline.OutcomeDuplicate, pipeline.OutcomeConflict, pipeline.OutcomeDeadLettered:
+			jobs, idx, outs = append(jobs, string(o.Job)), append(idx, o.Index), append(outs, string(outcomes[i]))
+			at[o] = i
+		}
+	}
+	if len(jobs) == 0 {
+		return nil
+	}
+	rows, err := tx.Query(ctx, `
+		WITH b AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) AS b(job_id, idx, outcome)),
+		fresh AS (
+			INSERT INTO spool_job_repeats (job_id, idx)
+			SELECT job_id, idx FROM b WHERE outcome = 'duplicate' ORDER BY job_id, idx
+			ON CONFLICT DO NOTHING
+			RETURNING job_id, idx)
+		SELECT b.job_id, b.idx FROM b
+		WHERE (b.outcome = 'duplicate' AND NOT EXISTS (SELECT 1 FROM fresh WHERE fresh.job_id = b.job_id AND fresh.idx = b.idx))
+		   OR (b.outcome <> 'duplicate' AND EXISTS (SELECT 1 FROM spool_job_failures f
+				WHERE f.job_id = b.job_id AND f.idx = b.idx AND f.outcome = b.outcome))`, jobs, idx, outs)
+	if err != nil {
+		return classify(fmt.Errorf("looking for redelivered records: %w", err))
+	}
+	var o pipeline.Origin
+	_, err = pgx.ForEachRow(rows, []any{&o.Job, &o.Index}, func() error {
+		outcomes[at[o]] = pipeline.OutcomeRedelivered
+		return nil
+	})
+	if err != nil {
+		return classify(fmt.Errorf("looking for redelivered records: %w", err))
 	}
 	return nil
 }
