@@ -160,6 +160,12 @@ func (w *Worker) Run(ctx context.Context) error {
 			if err := w.flush(ctx, len(w.buf)); err != nil {
 				return w.ended(ctx, err)
 			}
+			// A fenced flush keeps the records above the reloaded offset:
+			// they are due again in BatchMaxWait. Without the timer they
+			// would wait for a full batch, forever at a partition's end.
+			if len(w.buf) > 0 {
+				timer.Reset(w.cfg.BatchMaxWait)
+			}
 		case <-ctx.Done():
 			return w.drain()
 		}

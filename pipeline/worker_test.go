@@ -195,3 +195,32 @@ func TestWorkerQueueBoundsWaitingSlices(t *testing.T) {
 	require.NoError(t, <-done)
 	require.Len(t, store.applied, 11)
 }
+
+// TestWorkerFlushesAfterAFencedTimedFlush: a batch flushed for its age (not
+// its size) that is fenced keeps the records above the reloaded offset, and
+// they are written without waiting for more records to come: at the end of
+// a partition no more come, and the partition would stall behind them.
+func TestWorkerFlushesAfterAFencedTimedFlush(t *testing.T) {
+	t.Parallel()
+	store := &fakeStore{next: 5} // records 0–4 were applied by another processor
+	cfg := testWorkerConfig(store, &fakeDLQ{}, 100, 5*time.Millisecond)
+	cfg.NextOffset = 0 // the worker believes it starts at 0: its first batch is fenced
+	cfg.LoadOffset = func(context.Context) (int64, error) {
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		return store.next, nil
+	}
+	w := NewWorker(cfg, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+	require.NoError(t, w.Feed(ctx, records(10, 0))) // fewer than a batch: only the timer flushes them
+	require.Eventually(t, func() bool {
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		return store.next == 10
+	}, 2*time.Second, time.Millisecond, "the records above the stored offset were never written")
+	cancel()
+	require.NoError(t, <-done)
+	require.Equal(t, []CommandID{"c-5", "c-6", "c-7", "c-8", "c-9"}, store.applied)
+}
