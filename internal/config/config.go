@@ -65,14 +65,17 @@ type Metrics struct {
 
 // Processor configures batching and pacing.
 type Processor struct {
-	RateLimit     float64       `mapstructure:"rate_limit"`
-	BatchSize     int           `mapstructure:"batch_size"`
-	BatchMaxWait  time.Duration `mapstructure:"batch_max_wait"`
-	FlushTimeout  time.Duration `mapstructure:"flush_timeout"`
-	Queue         int           `mapstructure:"queue"`
-	FetchMaxBytes int32         `mapstructure:"fetch_max_bytes"`
+	RateLimit    float64       `mapstructure:"rate_limit"`
+	BatchSize    int           `mapstructure:"batch_size"`
+	BatchMaxWait time.Duration `mapstructure:"batch_max_wait"`
+	FlushTimeout time.Duration `mapstructure:"flush_timeout"`
+	// SessionTimeout is how long the group waits for a processor that
+	// stopped heartbeating before its partitions move on.
+	SessionTimeout time.Duration `mapstructure:"session_timeout"`
+	Queue          int           `mapstructure:"queue"`
+	FetchMaxBytes  int32         `mapstructure:"fetch_max_bytes"`
 	// FetchMaxPartitionBytes with Queue and BatchSize bounds what one
-	// partition holds: about (Queue+1) × FetchMaxPartitionBytes plus a batch.
+	// partition holds: about Queue × FetchMaxPartitionBytes plus a batch.
 	FetchMaxPartitionBytes int32 `mapstructure:"fetch_max_partition_bytes"`
 	// MemoryLimit is a soft limit for Go's garbage collector (bytes, 0: none).
 	MemoryLimit int64 `mapstructure:"memory_limit"`
@@ -335,6 +338,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Processor.FlushTimeout <= 0 {
 		bad("processor.flush_timeout", "must be positive, got %s", c.Processor.FlushTimeout)
+	}
+	if c.Processor.SessionTimeout < 6*time.Second || c.Processor.SessionTimeout > 30*time.Minute {
+		bad("processor.session_timeout", "must be between 6s and 30m (Kafka's group.min/max.session.timeout.ms), got %s", c.Processor.SessionTimeout)
 	}
 	if c.Processor.Queue < 1 {
 		bad("processor.queue", "must be at least 1, got %d", c.Processor.Queue)

@@ -27,6 +27,7 @@ var Keys = []Key{
 	{"processor.batch_size", 2000, "flush a partition's batch at this many records"},
 	{"processor.batch_max_wait", 200 * time.Millisecond, "flush a partition's batch when its oldest record is this old"},
 	{"processor.flush_timeout", 30 * time.Second, "how long the last flush on shutdown may take"},
+	{"processor.session_timeout", 10 * time.Second, "how long the group waits for a processor that stopped heartbeating (it crashed) before its partitions move to the others"},
 	{"processor.memory_limit", int64(0), "soft memory limit of the processor in bytes, for Go's garbage collector (0: none; GOMEMLIMIT wins when set)"},
 	{"processor.queue", 1, "fetched slices that may wait per partition before its fetching pauses"},
 	{"processor.fetch_max_bytes", 2 << 20, "most bytes one fetch response may hold, all partitions together"},

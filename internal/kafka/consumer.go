@@ -25,7 +25,11 @@ type ConsumerConfig struct {
 	Group                  string
 	FetchMaxBytes          int32
 	FetchMaxPartitionBytes int32
-	Offsets                OffsetStore
+	// SessionTimeout is how long the group waits for a member that stopped
+	// heartbeating; RebalanceTimeout how long a rebalance waits for members
+	// to rejoin, which includes flushing revoked partitions.
+	SessionTimeout, RebalanceTimeout time.Duration
+	Offsets                          OffsetStore
 	// NewWorker builds the worker of a newly assigned partition, starting
 	// at next (the stored offset, or -1). committed must be wired to the
 	// worker's WorkerConfig.Committed.
@@ -80,6 +84,8 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	cl, err := kgo.NewClient(
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ConsumerGroup(cfg.Group),
+		kgo.SessionTimeout(cfg.SessionTimeout),
+		kgo.RebalanceTimeout(cfg.RebalanceTimeout),
 		kgo.ConsumeTopics(cfg.Topic),
 		kgo.DisableAutoCommit(),
 		kgo.FetchMaxBytes(cfg.FetchMaxBytes),
