@@ -134,8 +134,9 @@ func (in *injector) inject(ctx context.Context, f *fault) error {
 			f.Detail = "added " + name + ", "
 		}
 		name := s.pickProcessor(in.r)
+		began := time.Now()
 		s.removeProcessor(name, false)
-		f.Detail += name
+		f.Detail += fmt.Sprintf("%s, stopped in %s", name, time.Since(began).Round(10*time.Millisecond))
 		return nil
 	case killIngress:
 		f.Detail = fmt.Sprintf("%d uploads in flight", in.cl.inFlight.Load())
