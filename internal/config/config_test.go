@@ -50,6 +50,10 @@ func TestLoadNamesTheBadKey(t *testing.T) {
 		{"auth: {disabled: true}\ndedupe: {window: 1s}", "config dedupe.window: must be at least 1m"},
 		{"auth: {disabled: true}\nentities: {c: {table: \"x; drop\", key: [id]}}", "config entities.c.table"},
 		{"auth: {disabled: true}\nentities: {c: {table: t}}", "config entities.c.key: must list the key columns"},
+		{"auth: {disabled: true}\nentities: {c: {table: t, key: ['a\"b']}}", `column "a\"b" is not a plain identifier`},
+		{"auth: {disabled: true}\nentities: {c: {table: 'public.\"t\"', key: [id]}}", "config entities.c.table"},
+		{"auth: {disabled: true}\nentities: {c: {table: t, key: [id], version_column: 'v); DROP TABLE t; --'}}", "is not a plain identifier"},
+		{"auth: {disabled: true}\nprocessor: {session_timeout: 1s}", "config processor.session_timeout: must be between 6s and 30m"},
 		{"auth: {disabled: true}\nlog: {level: loud}", "config log.level"},
 	} {
 		file := filepath.Join(dir, "spool.yaml")
