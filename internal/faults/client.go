@@ -31,10 +31,8 @@ type clients struct {
 	parallel int
 	// linesPerTick lines are sent every tick by each upload.
 	linesPerTick int
-	tick         time.Duration
 	// inFlight counts uploads whose body is being sent.
 	inFlight atomic.Int32
-	sent     atomic.Int64
 	gate     *gate
 	events   *eventLog
 }
@@ -44,7 +42,7 @@ const tick = 50 * time.Millisecond
 func newClients(w *workload, server string, parallel int, rate float64, g *gate, ev *eventLog) *clients {
 	return &clients{
 		w: w, api: &apiclient.Client{Server: server, HTTP: &http.Client{Timeout: 2 * time.Minute}},
-		parallel: parallel, tick: tick, gate: g, events: ev,
+		parallel: parallel, gate: g, events: ev,
 		linesPerTick: max(1, int(rate*tick.Seconds())/parallel),
 	}
 }
@@ -111,7 +109,7 @@ func (c *clients) paced(ctx context.Context, body []byte) io.Reader {
 	go func() {
 		c.inFlight.Add(1)
 		defer c.inFlight.Add(-1)
-		t := time.NewTicker(c.tick)
+		t := time.NewTicker(tick)
 		defer t.Stop()
 		rest := body
 		for len(rest) > 0 {
@@ -127,7 +125,6 @@ func (c *clients) paced(ctx context.Context, body []byte) io.Reader {
 			if _, err := pw.Write(rest[:n]); err != nil {
 				return // the request ended: the answer says why
 			}
-			c.sent.Add(int64(bytes.Count(rest[:n], []byte{'\n'})))
 			rest = rest[n:]
 			select {
 			case <-ctx.Done():

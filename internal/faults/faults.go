@@ -97,12 +97,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if len(kinds) == 0 {
 		g.open()
 	}
-	events := newEvents(cfg.Log, start)
-	cl := newClients(w, "http://"+s.ingressAddr, cfg.Clients, cfg.Rate, g, events)
+	evlog := newEvents(cfg.Log, start)
+	cl := newClients(w, "http://"+s.ingressAddr, cfg.Clients, cfg.Rate, g, evlog)
 	planned := time.Duration(float64(cfg.N) / cfg.Rate * float64(time.Second))
 	measuring, stopMeasuring := context.WithCancel(ctx)
 	defer stopMeasuring()
-	in := &injector{s: s, audit: audit, cl: cl, r: rand.New(rand.NewPCG(cfg.Seed, 2)), start: start, gate: g, events: events,
+	in := &injector{s: s, audit: audit, cl: cl, r: rand.New(rand.NewPCG(cfg.Seed, 2)), start: start, gate: g, events: evlog,
 		measuring: measuring, gap: max(300*time.Millisecond, planned/time.Duration(len(kinds)+1))}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
