@@ -188,13 +188,33 @@ func (c *Consumer) feed(partition int32, r *running) {
 	}
 }
 
+// loadOffset reads a newly assigned partition's stored offset, retrying
+// what is not permanent (a database restart, a terminated backend) until
+// ctx ends: a processor must not stop over a transient error (SPEC §4.5).
+func (c *Consumer) loadOffset(ctx context.Context, p int32) (int64, error) {
+	wait := 100 * time.Millisecond
+	for {
+		next, err := c.cfg.Offsets.LoadOffset(ctx, c.cfg.Topic, p)
+		if err == nil || pipeline.IsPermanent(err) {
+			return next, err
+		}
+		c.cfg.Logger.Warn("loading a partition's stored offset; retrying", "partition", p, "in", wait, "error", err)
+		select {
+		case <-ctx.Done():
+			return 0, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
 func (c *Consumer) assigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
 	ps := assigned[c.cfg.Topic]
 	// A pause left from an earlier ownership must not outlive it. (The
 	// callback's client, since c.cl may not be set yet on the first call.)
 	cl.ResumeFetchPartitions(map[string][]int32{c.cfg.Topic: ps})
 	for _, p := range ps {
-		next, err := c.cfg.Offsets.LoadOffset(ctx, c.cfg.Topic, p)
+		next, err := c.loadOffset(ctx, p)
 		if err != nil {
 			c.fail(fmt.Errorf("loading offset of partition %d: %w", p, err))
 			return
