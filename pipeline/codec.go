@@ -196,6 +196,7 @@ func DecodeRecord(r Record, es Entities) Message {
 	m.JobID = JobID(headerOr(&r, HeaderJobID))
 	m.Tenant = headerOr(&r, HeaderTenant)
 	m.ReplayOf = headerOr(&r, HeaderReplayOf)
+	m.Index = -1 // unknown, and no origin, unless the header says
 	if s, ok := r.Header(HeaderIndex); ok {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
@@ -203,8 +204,6 @@ func DecodeRecord(r Record, es Entities) Message {
 			return m
 		}
 		m.Index = n
-	} else {
-		m.Index = -1
 	}
 	cmd, err := decodeCommandValue(r.Value)
 	if err != nil {
