@@ -174,7 +174,9 @@ type Origin struct {
 func (o Origin) Sum() int64 {
 	h := fnv.New64a()
 	_, _ = h.Write([]byte(o.Job))
-	_ = binary.Write(h, binary.BigEndian, o.Index)
+	var index [8]byte
+	binary.BigEndian.PutUint64(index[:], uint64(o.Index))
+	_, _ = h.Write(index[:])
 	return int64(h.Sum64())
 }
 

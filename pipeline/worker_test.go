@@ -81,6 +81,17 @@ func records(n int, next int64) []Record {
 }
 
 // testWorkerConfig is a worker on partition 0 with quick retries.
+// fenceFirstBatch makes the worker believe it starts at 0 while store
+// holds a later offset: its first batch is fenced, and it reloads store's.
+func fenceFirstBatch(cfg *WorkerConfig, store *fakeStore) {
+	cfg.NextOffset = 0
+	cfg.LoadOffset = func(context.Context) (int64, error) {
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		return store.next, nil
+	}
+}
+
 func testWorkerConfig(store *fakeStore, dl *fakeDLQ, batch int, wait time.Duration) WorkerConfig {
 	return WorkerConfig{
 		NextOffset: store.next, BatchSize: batch, BatchMaxWait: wait, FlushTimeout: time.Second,
@@ -138,12 +149,7 @@ func TestWorkerReloadsWhenFenced(t *testing.T) {
 	t.Parallel()
 	store := &fakeStore{next: 5} // records 0–4 were applied elsewhere
 	cfg := testWorkerConfig(store, &fakeDLQ{}, 10, time.Millisecond)
-	cfg.NextOffset = 0 // the worker believes it starts at 0: its first batch is fenced
-	cfg.LoadOffset = func(context.Context) (int64, error) {
-		store.mu.Lock()
-		defer store.mu.Unlock()
-		return store.next, nil
-	}
+	fenceFirstBatch(&cfg, store)
 	w := NewWorker(cfg, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
@@ -204,12 +210,7 @@ func TestWorkerFlushesAfterAFencedTimedFlush(t *testing.T) {
 	t.Parallel()
 	store := &fakeStore{next: 5} // records 0–4 were applied by another processor
 	cfg := testWorkerConfig(store, &fakeDLQ{}, 100, 5*time.Millisecond)
-	cfg.NextOffset = 0 // the worker believes it starts at 0: its first batch is fenced
-	cfg.LoadOffset = func(context.Context) (int64, error) {
-		store.mu.Lock()
-		defer store.mu.Unlock()
-		return store.next, nil
-	}
+	fenceFirstBatch(&cfg, store)
 	w := NewWorker(cfg, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -193,17 +194,27 @@ func (s *stack) restartPostgres(ctx context.Context) error {
 	return nil
 }
 
+// live lists the running processes, ingress first and the broker last
+// (the order they stop in); with gone, the stopped and killed ones too.
+func (s *stack) live(gone bool) []*harness.Proc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	procs := []*harness.Proc{s.ingress}
+	for _, p := range s.processors {
+		procs = append(procs, p)
+	}
+	procs = append(procs, s.broker)
+	if gone {
+		procs = append(procs, s.gone...)
+	}
+	return slices.DeleteFunc(procs, func(p *harness.Proc) bool { return p == nil })
+}
+
 // dead lists the processes that exited without being told to, with the
 // end of their logs.
 func (s *stack) dead() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []string
-	live := []*harness.Proc{s.broker, s.ingress}
-	for _, p := range s.processors {
-		live = append(live, p)
-	}
-	for _, p := range live {
+	for _, p := range s.live(false) {
 		select {
 		case <-p.Exited():
 			out = append(out, fmt.Sprintf("%s exited:\n%s", p.Name, tail(p.Log(), 30)))
@@ -215,14 +226,8 @@ func (s *stack) dead() []string {
 
 // logs is the end of every process's log, for a failed run.
 func (s *stack) logs() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var b strings.Builder
-	all := append([]*harness.Proc{s.broker, s.ingress}, s.gone...)
-	for _, p := range s.processors {
-		all = append(all, p)
-	}
-	for _, p := range all {
+	for _, p := range s.live(true) {
 		if l := tail(p.Log(), 15); l != "" {
 			fmt.Fprintf(&b, "--- %s (pid %d)\n%s\n", p.Name, p.Pid(), l)
 		}
@@ -232,29 +237,15 @@ func (s *stack) logs() string {
 
 // saveLogs writes every process's log into the run's directory.
 func (s *stack) saveLogs() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	all := append([]*harness.Proc{s.broker, s.ingress}, s.gone...)
-	for _, p := range s.processors {
-		all = append(all, p)
-	}
-	for _, p := range all {
+	for _, p := range s.live(true) {
 		_ = os.WriteFile(filepath.Join(s.dir, fmt.Sprintf("%s-%d.log", p.Name, p.Pid())), []byte(p.Log()), 0o600)
 	}
 }
 
+// stop ends every running process with SIGTERM, the broker last.
 func (s *stack) stop() {
-	s.mu.Lock()
-	procs := []*harness.Proc{s.ingress}
-	for _, p := range s.processors {
-		procs = append(procs, p)
-	}
-	procs = append(procs, s.broker)
-	s.mu.Unlock()
-	for _, p := range procs {
-		if p != nil {
-			p.Stop()
-		}
+	for _, p := range s.live(false) {
+		p.Stop()
 	}
 }
 

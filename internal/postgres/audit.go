@@ -58,13 +58,7 @@ func (a *Audit) InstallAudit(ctx context.Context, tables ...string) error {
 
 // AuditWrites is each command's number of committed writes.
 func (a *Audit) AuditWrites(ctx context.Context) (map[string]int, error) {
-	return collect(ctx, a.pool, `SELECT cmd, count(*)::int FROM audit GROUP BY cmd`, func(r pgx.Rows, out map[string]int) error {
-		var k string
-		var n int
-		err := r.Scan(&k, &n)
-		out[k] = n
-		return err
-	})
+	return pairs[int](ctx, a.pool, `SELECT cmd, count(*)::int FROM audit GROUP BY cmd`)
 }
 
 // FirstWriteAfter is the time of the first audited write after t, if any.
@@ -84,12 +78,7 @@ func (a *Audit) Dump(ctx context.Context, table, key string, columns ...string) 
 	}
 	sql := fmt.Sprintf(`SELECT %s, %s FROM %s`, pgx.Identifier{key}.Sanitize(), strings.Join(cols, " || '|' || "),
 		pgx.Identifier{table}.Sanitize())
-	return collect(ctx, a.pool, sql, func(r pgx.Rows, out map[string]string) error {
-		var k, v string
-		err := r.Scan(&k, &v)
-		out[k] = v
-		return err
-	})
+	return pairs[string](ctx, a.pool, sql)
 }
 
 // AuditJob is one job as spool recorded it: its upload's counts and the
@@ -107,19 +96,19 @@ func (j *AuditJob) Outcomes() int64 {
 
 // Jobs reads every job with its counters and its number of failure rows.
 func (a *Audit) Jobs(ctx context.Context) (map[string]*AuditJob, error) {
-	return collect(ctx, a.pool, `
-		SELECT j.job_id, j.state, coalesce(j.error, ''), j.received, j.accepted, j.rejected,
-			coalesce(sum(c.applied), 0), coalesce(sum(c.duplicate), 0), coalesce(sum(c.stale), 0),
-			coalesce(sum(c.conflict), 0), coalesce(sum(c.dead_lettered), 0),
-			(SELECT count(*) FROM spool_job_failures f WHERE f.job_id = j.job_id)
-		FROM spool_jobs j LEFT JOIN spool_job_counts c ON c.job_id = j.job_id
-		GROUP BY j.job_id`, func(r pgx.Rows, out map[string]*AuditJob) error {
+	return collect(ctx, a.pool, func(r pgx.Rows, out map[string]*AuditJob) error {
 		var j AuditJob
 		err := r.Scan(&j.ID, &j.State, &j.Error, &j.Received, &j.Accepted, &j.Rejected,
 			&j.Applied, &j.Duplicate, &j.Stale, &j.Conflict, &j.DeadLettered, &j.Failed)
 		out[j.ID] = &j
 		return err
-	})
+	}, `
+		SELECT j.job_id, j.state, coalesce(j.error, ''), j.received, j.accepted, j.rejected,
+			coalesce(sum(c.applied), 0), coalesce(sum(c.duplicate), 0), coalesce(sum(c.stale), 0),
+			coalesce(sum(c.conflict), 0), coalesce(sum(c.dead_lettered), 0),
+			(SELECT count(*) FROM spool_job_failures f WHERE f.job_id = j.job_id)
+		FROM spool_jobs j LEFT JOIN spool_job_counts c ON c.job_id = j.job_id
+		GROUP BY j.job_id`)
 }
 
 // AuditFailure is one row of a job's failures.
@@ -171,20 +160,4 @@ func sumOffsets(ctx context.Context, pool *pgxpool.Pool, group, topic string) (i
 	err := pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM spool_offsets WHERE consumer_group = $1 AND topic = $2`,
 		group, topic).Scan(&n)
 	return n, err
-}
-
-// collect runs sql and scans each row into a map.
-func collect[V any](ctx context.Context, pool *pgxpool.Pool, sql string, scan func(pgx.Rows, map[string]V) error) (map[string]V, error) {
-	rows, err := pool.Query(ctx, sql)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := map[string]V{}
-	for rows.Next() {
-		if err := scan(rows, out); err != nil {
-			return nil, err
-		}
-	}
-	return out, rows.Err()
 }

@@ -126,21 +126,8 @@ func (l *Limits) NaiveUpsert(ctx context.Context, table string, r *LimitRow) err
 // TableRows reads a customers-shaped table as key → "name|email|balance|version",
 // for checking a run against its oracle.
 func (l *Limits) TableRows(ctx context.Context, table string) (map[string]string, error) {
-	rows, err := l.pool.Query(ctx, `SELECT customer_id, coalesce(name, '') || '|' || coalesce(email, '') || '|' ||
+	return pairs[string](ctx, l.pool, `SELECT customer_id, coalesce(name, '') || '|' || coalesce(email, '') || '|' ||
 		coalesce(balance::text, '') || '|' || version FROM `+pgx.Identifier{table}.Sanitize())
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := map[string]string{}
-	for rows.Next() {
-		var k, v string
-		if err := rows.Scan(&k, &v); err != nil {
-			return nil, err
-		}
-		out[k] = v
-	}
-	return out, rows.Err()
 }
 
 // SumOffsets is how many records the group's processors have committed on
@@ -152,21 +139,7 @@ func (l *Limits) SumOffsets(ctx context.Context, group, topic string) (int64, er
 // JobsCompleted returns when each of the named jobs completed (jobs not
 // completed yet are absent).
 func (l *Limits) JobsCompleted(ctx context.Context, ids []string) (map[string]time.Time, error) {
-	rows, err := l.pool.Query(ctx, `SELECT job_id, completed_at FROM spool_jobs WHERE job_id = ANY ($1) AND completed_at IS NOT NULL`, ids)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := map[string]time.Time{}
-	for rows.Next() {
-		var id string
-		var at time.Time
-		if err := rows.Scan(&id, &at); err != nil {
-			return nil, err
-		}
-		out[id] = at
-	}
-	return out, rows.Err()
+	return pairs[time.Time](ctx, l.pool, `SELECT job_id, completed_at FROM spool_jobs WHERE job_id = ANY ($1) AND completed_at IS NOT NULL`, ids)
 }
 
 // LockRun takes a session advisory lock named name on its own connection,

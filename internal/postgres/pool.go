@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -48,4 +49,31 @@ func EnsureDatabase(ctx context.Context, url string) error {
 		return fmt.Errorf("creating database %s: %w", name, err)
 	}
 	return nil
+}
+
+// collect runs sql and scans each row into a map.
+func collect[V any](ctx context.Context, pool *pgxpool.Pool, scan func(pgx.Rows, map[string]V) error, sql string, args ...any) (map[string]V, error) {
+	rows, err := pool.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]V{}
+	for rows.Next() {
+		if err := scan(rows, out); err != nil {
+			return nil, err
+		}
+	}
+	return out, rows.Err()
+}
+
+// pairs runs sql, whose rows are a key and a value, into a map.
+func pairs[V any](ctx context.Context, pool *pgxpool.Pool, sql string, args ...any) (map[string]V, error) {
+	return collect(ctx, pool, func(r pgx.Rows, out map[string]V) error {
+		var k string
+		var v V
+		err := r.Scan(&k, &v)
+		out[k] = v
+		return err
+	}, sql, args...)
 }
