@@ -65,6 +65,9 @@ func DecodeCommand(line []byte) (Command, error) {
 // decodeCommandValue parses a command record's value as DecodeCommand does,
 // into a DecodedCommand.
 func decodeCommandValue(value []byte) (DecodedCommand, error) {
+	if cmd, ok := decodePlainCommand(value); ok {
+		return cmd, nil
+	}
 	var cmd DecodedCommand
 	if err := decodeCommand(value, &cmd); err != nil {
 		// Fields stops decoding at data that is not an object, where the map
@@ -76,6 +79,58 @@ func decodeCommandValue(value []byte) (DecodedCommand, error) {
 		return DecodedCommand{}, err
 	}
 	return cmd, nil
+}
+
+// decodePlainCommand decodes the shape ingress writes, a third of the
+// processor's CPU through encoding/json's reflection, without it: valid
+// UTF-8 and JSON, one object whose members are spelled exactly id, entity,
+// op, version and data, each at most once, the strings without escapes and
+// the version an integer or absent. It reports false for anything else
+// (another spelling, a duplicate, an escape, a wrong type), which
+// decodeCommand then decodes or refuses in its own words; so it never
+// decides differently (FuzzDecodeWrite holds it to DecodeCommand).
+func decodePlainCommand(b []byte) (DecodedCommand, bool) {
+	var cmd DecodedCommand
+	if !utf8.Valid(b) || !json.Valid(b) {
+		return cmd, false
+	}
+	if b = b[skipSpace(b, 0):]; b[0] != '{' {
+		return cmd, false
+	}
+	var seen uint8
+	for name, v := range members(b) {
+		var bit uint8
+		ok := true
+		switch string(name) {
+		case `"id"`:
+			bit = 1 << 0
+			var s string
+			s, ok = plainString(v)
+			cmd.ID = CommandID(s)
+		case `"entity"`:
+			bit = 1 << 1
+			cmd.Entity, ok = plainString(v)
+		case `"op"`:
+			bit = 1 << 2
+			var s string
+			s, ok = plainString(v)
+			cmd.Op = Op(s)
+		case `"version"`:
+			bit = 1 << 3
+			n, err := strconv.ParseInt(string(v), 10, 64)
+			cmd.Version, ok = &n, err == nil
+		case `"data"`:
+			bit = 1 << 4
+			ok = cmd.Data.UnmarshalJSON(v) == nil
+		default:
+			return cmd, false
+		}
+		if !ok || seen&bit != 0 {
+			return cmd, false
+		}
+		seen |= bit
+	}
+	return cmd, true
 }
 
 // decodeCommand decodes one JSON object into cmd, a *Command or a

@@ -197,7 +197,7 @@ func (c Column) Text(v json.RawMessage) (*string, error) {
 		}
 		s = n.String()
 	case KindNumeric:
-		if _, ok := new(big.Rat).SetString(strings.TrimSpace(s)); !ok && !isSpecialNumeric(s) {
+		if !isDecimal(strings.TrimSpace(s)) && !isSpecialNumeric(s) {
 			return nil, c.mismatch(fmt.Sprintf("%q", s))
 		}
 	case KindBoolean:
@@ -228,6 +228,44 @@ func plainString(v []byte) (string, bool) {
 	}
 	return string(inner), true
 }
+
+// isDecimal reports whether s is a number as PostgreSQL's numeric and
+// floating-point types read it: a sign, digits with at most one point
+// among them, and an exponent. (big.Rat, used before, was slow here and
+// took fractions and hexadecimal that PostgreSQL refuses.)
+func isDecimal(s string) bool {
+	i, digits := 0, 0
+	if i < len(s) && (s[i] == '+' || s[i] == '-') {
+		i++
+	}
+	for ; i < len(s) && isDigit(s[i]); i++ {
+		digits++
+	}
+	if i < len(s) && s[i] == '.' {
+		for i++; i < len(s) && isDigit(s[i]); i++ {
+			digits++
+		}
+	}
+	if digits == 0 {
+		return false
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		start := i
+		for i < len(s) && isDigit(s[i]) {
+			i++
+		}
+		if i == start {
+			return false
+		}
+	}
+	return i == len(s)
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 
 func isSpecialNumeric(s string) bool {
 	switch strings.ToLower(strings.TrimSpace(s)) {

@@ -45,6 +45,22 @@ var fieldsSeeds = []string{
 	`{"data":{"a":1},"extra":1}`,
 	`{"data":{"a":}}`,
 	`{"DATA":{"a":1}}`,
+	`{"data":{"balance":"12.50","name":"Ann"},"entity":"customers","id":"c-1","op":"upsert","version":42}`,
+	` {"id":"c-1","entity":"customers","op":"delete","version":-7,"data":{"customer_id":"k"}}` + "\n",
+	"\u00a0{\"id\":\"c-1\"}",
+	`{"id":"c-1","version":1.0}`,
+	`{"id":"c-1","version":1e3}`,
+	`{"id":"c-1","version":null}`,
+	`{"id":"c-1","version":9223372036854775808}`,
+	`{"id":"c-1","version":"1"}`,
+	`{"id":"c-1","id":"c-2"}`,
+	`{"id":"c-1","version":1,"version":2}`,
+	`{"ID":"c-1","Entity":"customers"}`,
+	`{"id":"c\u002d1","entity":"cust\"omers"}`,
+	`{"id":7}`,
+	`{"id":"c-1","op":null,"entity":null}`,
+	`{"id":"c-1"} {"id":"c-2"}`,
+	`["id","c-1"]`,
 }
 
 func TestDecodeWriteReadsAsDecodeCommand(t *testing.T) {

@@ -127,6 +127,10 @@ func TestColumnText(t *testing.T) {
 		{KindInteger, `12345678901234567890`, str("12345678901234567890")},
 		{KindNumeric, `"10.50"`, str("10.50")},
 		{KindNumeric, `1e3`, str("1e3")},
+		{KindNumeric, `-0.5E-3`, str("-0.5E-3")},
+		{KindNumeric, `" +1. "`, str(" +1. ")},
+		{KindNumeric, `".5"`, str(".5")},
+		{KindNumeric, `"NaN"`, str("NaN")},
 		{KindBoolean, `"TRUE"`, str("true")},
 		{KindJSON, `{"a": [1, 2]}`, str(`{"a": [1, 2]}`)},
 		{KindJSON, `"x"`, str(`"x"`)},
@@ -136,6 +140,15 @@ func TestColumnText(t *testing.T) {
 		got, err := Column{Name: "c", Kind: tt.kind}.Text(json.RawMessage(tt.in))
 		require.NoError(t, err, tt.in)
 		require.Equal(t, tt.want, got, tt.in)
+	}
+}
+
+func TestColumnTextRefusesWhatPostgreSQLRefuses(t *testing.T) {
+	t.Parallel()
+	for _, in := range []string{`"1/3"`, `"0x10"`, `"1_000"`, `"."`, `"e3"`, `"1e"`, `"1e+"`, `"--1"`, `"1.2.3"`, `"1 2"`, `""`, `"0x1p-2"`} {
+		_, err := Column{Name: "c", Type: "numeric", Kind: KindNumeric}.Text(json.RawMessage(in))
+		require.ErrorContains(t, err, `column "c" has type numeric; got`, in)
+		require.Equal(t, ClassTypeMismatch, ClassOf(err), in)
 	}
 }
 
@@ -327,4 +340,22 @@ func TestDedupeRedelivered(t *testing.T) {
 	var c Counts
 	c.Add(OutcomeRedelivered)
 	require.Zero(t, c.Done(), "a redelivered record counts nowhere")
+}
+
+// BenchmarkDecodeRecord decodes and validates a record as ingress writes
+// it, which the processor does for every record it reads.
+func BenchmarkDecodeRecord(b *testing.B) {
+	cmd, err := DecodeCommand([]byte(`{"id":"cmd-000123456","entity":"customers","version":1764000000123,` +
+		`"data":{"customer_id":"cust-0004711","name":"Customer 4711","balance":"1234.56","visits":17,"vip":false}}`))
+	require.NoError(b, err)
+	es := testEntities()
+	require.NoError(b, es.Validate(&cmd, ""))
+	r, err := NewRecord(&cmd, "job-1", "default", 42)
+	require.NoError(b, err)
+	b.ReportAllocs()
+	for b.Loop() {
+		if m := DecodeRecord(r, es); m.Err != nil {
+			b.Fatal(m.Err)
+		}
+	}
 }
