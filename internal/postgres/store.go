@@ -52,6 +52,12 @@ func (s *Store) LoadOffset(ctx context.Context, topic string, partition int32) (
 // with one set-based statement under the version guard, adds the job
 // counters, records failures and moves the stored offset from b.PrevOffset
 // to b.NextOffset. Nothing of it is visible unless all of it commits.
+//
+// Statements that do not wait for each other's answers travel together: the
+// begin with the claim, the redelivery check with the groups' writes, the
+// counters with the offset. So a batch is four round trips and the commit
+// (five when the ledger knew some ids), and a row written by the batch
+// stays locked for the last two and the commit only.
 func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.Outcome, error) {
 	outcomes := make([]pipeline.Outcome, len(b.Messages))
 	candidates, repeats := b.Dedupe(outcomes)
@@ -59,41 +65,53 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.O
 	for i, m := range b.Messages {
 		index[m] = i
 	}
+	set := func(m *pipeline.Message, o pipeline.Outcome) { outcomes[index[m]] = o }
 
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return nil, classify(fmt.Errorf("beginning batch transaction: %w", err))
-	}
+	var q pgx.Batch
+	q.BeginTx(pgx.TxOptions{})
+	c := queueClaim(&q, candidates)
+	br := s.pool.SendBatch(ctx, &q)
+	tx := br.Tx()
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
-
-	fresh, err := claim(ctx, tx, candidates, repeats, func(m *pipeline.Message, o pipeline.Outcome) { outcomes[index[m]] = o })
-	if err != nil {
-		return nil, err
+	if err := br.Close(); err != nil {
+		return nil, classify(fmt.Errorf("claiming %d command ids: %w", len(candidates), err))
+	}
+	if len(c.claimed) < len(candidates) {
+		if err := settleRepeats(ctx, tx, c, repeats, set); err != nil {
+			return nil, err
+		}
+	}
+	fresh := make([]*pipeline.Message, 0, len(c.claimed))
+	for _, m := range candidates {
+		if c.claimed[m] {
+			fresh = append(fresh, m)
+		}
 	}
 	groups, superseded, err := pipeline.Plan(fresh, s.entities)
 	if err != nil {
 		return nil, err
 	}
 	for m, o := range superseded {
-		outcomes[index[m]] = o
-	}
-	for _, g := range groups {
-		for _, m := range g.Messages {
-			outcomes[index[m]] = pipeline.OutcomeApplied
-		}
-		stale, err := s.writeGroup(ctx, tx, &g)
-		if err != nil {
-			return nil, err
-		}
-		for _, m := range stale {
-			outcomes[index[m]] = pipeline.OutcomeStale
-		}
+		set(m, o)
 	}
 
-	if err := settleRedeliveries(ctx, tx, b, outcomes); err != nil {
-		return nil, err
+	q = pgx.Batch{}
+	// Redeliveries are among duplicates, conflicts and dead letters, all
+	// known by now; what the groups' writes find stale is not among them.
+	queueRedeliveries(&q, b, outcomes)
+	for _, g := range groups {
+		for _, m := range g.Messages {
+			set(m, pipeline.OutcomeApplied)
+		}
+		if err := s.queueGroup(&q, &g, func(m *pipeline.Message) { set(m, pipeline.OutcomeStale) }); err != nil {
+			return nil, err
+		}
 	}
-	var q pgx.Batch
+	if err := tx.SendBatch(ctx, &q).Close(); err != nil {
+		return nil, classify(err)
+	}
+
+	q = pgx.Batch{}
 	queueCounts(&q, b, outcomes)
 	queueMoves(&q, b, outcomes)
 	queueFailures(&q, b, outcomes)
@@ -138,68 +156,59 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.O
 	return outcomes, nil
 }
 
-// claim inserts the candidates' ids into the ledger and returns those that
-// were not there, in offset order. For the others it sets duplicate or
-// conflict.
-func claim(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Message, repeats map[*pipeline.Message][]*pipeline.Message,
-	set func(*pipeline.Message, pipeline.Outcome)) ([]*pipeline.Message, error) {
+// claim is a batch's ledger claim: the candidates by id, and those the
+// ledger did not know, once the claim's answer is read.
+type claim struct {
+	candidates []*pipeline.Message
+	byKey      map[pipeline.Key]*pipeline.Message
+	claimed    map[*pipeline.Message]bool
+}
+
+// queueClaim queues the insert of the candidates' ids into the ledger; the
+// ids it returns were not there.
+func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
+	c := &claim{candidates: candidates, byKey: make(map[pipeline.Key]*pipeline.Message, len(candidates)),
+		claimed: make(map[*pipeline.Message]bool, len(candidates))}
 	if len(candidates) == 0 {
-		return nil, nil
+		return c
 	}
 	tenants := make([]string, len(candidates))
 	ids := make([]string, len(candidates))
 	hashes := make([][]byte, len(candidates))
 	origins := make([]*int64, len(candidates))
-	byKey := make(map[pipeline.Key]*pipeline.Message, len(candidates))
 	for i, m := range candidates {
 		tenants[i], ids[i], hashes[i] = m.Tenant, string(m.Command.ID), m.Hash[:]
 		if o, ok := m.Origin(); ok {
 			sum := o.Sum()
 			origins[i] = &sum
 		}
-		byKey[pipeline.Key{Tenant: m.Tenant, ID: m.Command.ID}] = m
+		c.byKey[pipeline.Key{Tenant: m.Tenant, ID: m.Command.ID}] = m
 	}
 	// Sorted inserts take index locks in one order, so that two batches
 	// claiming overlapping ids wait for each other instead of deadlocking.
-	rows, err := tx.Query(ctx, `
+	q.Queue(`
 		INSERT INTO spool_ledger (tenant, command_id, payload_hash, origin)
 		SELECT t, id, h, o FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[]) AS u(t, id, h, o) ORDER BY t, id
 		ON CONFLICT DO NOTHING
-		RETURNING tenant, command_id`, tenants, ids, hashes, origins)
-	if err != nil {
-		return nil, classify(fmt.Errorf("claiming %d command ids: %w", len(candidates), err))
-	}
-	claimed := make(map[*pipeline.Message]bool, len(candidates))
-	var k pipeline.Key
-	_, err = pgx.ForEachRow(rows, []any{&k.Tenant, &k.ID}, func() error {
-		claimed[byKey[k]] = true
-		return nil
+		RETURNING tenant, command_id`, tenants, ids, hashes, origins).Query(func(rows pgx.Rows) error {
+		var k pipeline.Key
+		_, err := pgx.ForEachRow(rows, []any{&k.Tenant, &k.ID}, func() error {
+			c.claimed[c.byKey[k]] = true
+			return nil
+		})
+		return err
 	})
-	if err != nil {
-		return nil, classify(fmt.Errorf("claiming %d command ids: %w", len(candidates), err))
-	}
-	if len(claimed) < len(candidates) {
-		if err := settleRepeats(ctx, tx, candidates, repeats, claimed, byKey, set); err != nil {
-			return nil, err
-		}
-	}
-	fresh := make([]*pipeline.Message, 0, len(claimed))
-	for _, m := range candidates {
-		if claimed[m] {
-			fresh = append(fresh, m)
-		}
-	}
-	return fresh, nil
+	return c
 }
 
 // settleRepeats settles the candidates the ledger knew, and their repeats
 // in the batch, against the ledger's claim: another payload is a conflict,
 // the claiming record itself redelivered, anything else a duplicate.
-func settleRepeats(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Message, repeats map[*pipeline.Message][]*pipeline.Message,
-	claimed map[*pipeline.Message]bool, byKey map[pipeline.Key]*pipeline.Message, set func(*pipeline.Message, pipeline.Outcome)) error {
+func settleRepeats(ctx context.Context, tx pgx.Tx, c *claim, repeats map[*pipeline.Message][]*pipeline.Message,
+	set func(*pipeline.Message, pipeline.Outcome)) error {
 	var tenants, ids []string
-	for _, m := range candidates {
-		if !claimed[m] {
+	for _, m := range c.candidates {
+		if !c.claimed[m] {
 			tenants = append(tenants, m.Tenant)
 			ids = append(ids, string(m.Command.ID))
 		}
@@ -217,7 +226,7 @@ func settleRepeats(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Messag
 	settled := 0
 	_, err = pgx.ForEachRow(rows, []any{&k.Tenant, &k.ID, &hash, &origin}, func() error {
 		settled++
-		m := byKey[k]
+		m := c.byKey[k]
 		for _, m := range append([]*pipeline.Message{m}, repeats[m]...) {
 			o, identified := m.Origin()
 			switch {
@@ -242,13 +251,13 @@ func settleRepeats(ctx context.Context, tx pgx.Tx, candidates []*pipeline.Messag
 	return nil
 }
 
-// settleRedeliveries turns into redelivered the duplicates, conflicts and
-// dead letters whose origin already has that outcome: records Kafka
-// delivered again in an earlier batch. Failures are remembered per job and
-// index already; duplicates are remembered here, in spool_job_repeats.
-// (Applied and stale records were told apart when claiming, by the origin
-// the ledger keeps.)
-func settleRedeliveries(ctx context.Context, tx pgx.Tx, b *pipeline.Batch, outcomes []pipeline.Outcome) error {
+// queueRedeliveries queues the turning into redelivered of the duplicates,
+// conflicts and dead letters whose origin already has that outcome: records
+// Kafka delivered again in an earlier batch. Failures are remembered per
+// job and index already; duplicates are remembered here, in
+// spool_job_repeats. (Applied and stale records were told apart when
+// claiming, by the origin the ledger keeps.)
+func queueRedeliveries(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
 	var jobs []string
 	var idx []int64
 	var outs []string
@@ -265,9 +274,9 @@ func settleRedeliveries(ctx context.Context, tx pgx.Tx, b *pipeline.Batch, outco
 		}
 	}
 	if len(jobs) == 0 {
-		return nil
+		return
 	}
-	rows, err := tx.Query(ctx, `
+	q.Queue(`
 		WITH b AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) AS b(job_id, idx, outcome)),
 		fresh AS (
 			INSERT INTO spool_job_repeats (job_id, idx)
@@ -277,24 +286,22 @@ func settleRedeliveries(ctx context.Context, tx pgx.Tx, b *pipeline.Batch, outco
 		SELECT b.job_id, b.idx FROM b
 		WHERE (b.outcome = 'duplicate' AND NOT EXISTS (SELECT 1 FROM fresh WHERE fresh.job_id = b.job_id AND fresh.idx = b.idx))
 		   OR (b.outcome <> 'duplicate' AND EXISTS (SELECT 1 FROM spool_job_failures f
-				WHERE f.job_id = b.job_id AND f.idx = b.idx AND f.outcome = b.outcome))`, jobs, idx, outs)
-	if err != nil {
-		return classify(fmt.Errorf("looking for redelivered records: %w", err))
-	}
-	var o pipeline.Origin
-	_, err = pgx.ForEachRow(rows, []any{&o.Job, &o.Index}, func() error {
-		outcomes[at[o]] = pipeline.OutcomeRedelivered
+				WHERE f.job_id = b.job_id AND f.idx = b.idx AND f.outcome = b.outcome))`, jobs, idx, outs).Query(func(rows pgx.Rows) error {
+		var o pipeline.Origin
+		_, err := pgx.ForEachRow(rows, []any{&o.Job, &o.Index}, func() error {
+			outcomes[at[o]] = pipeline.OutcomeRedelivered
+			return nil
+		})
+		if err != nil {
+			return classify(fmt.Errorf("looking for redelivered records: %w", err))
+		}
 		return nil
 	})
-	if err != nil {
-		return classify(fmt.Errorf("looking for redelivered records: %w", err))
-	}
-	return nil
 }
 
-// writeGroup runs one group's statement and returns the commands the
-// version guard skipped.
-func (s *Store) writeGroup(ctx context.Context, tx pgx.Tx, g *pipeline.Group) ([]*pipeline.Message, error) {
+// queueGroup queues one group's statement; once it has run, stale is
+// called with each command the version guard skipped.
+func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, stale func(*pipeline.Message)) error {
 	e := g.Entity
 	cols := append(append([]string{}, e.Key...), g.Columns...)
 	args := make([]any, 0, len(cols)+1)
@@ -305,7 +312,7 @@ func (s *Store) writeGroup(ctx context.Context, tx pgx.Tx, g *pipeline.Group) ([
 			raw, _ := row.Get(c)
 			v, err := col.Text(raw)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			vals[i] = v
 		}
@@ -318,39 +325,31 @@ func (s *Store) writeGroup(ctx context.Context, tx pgx.Tx, g *pipeline.Group) ([
 		}
 		args = append(args, vers, e.QualifiedName())
 	}
-	sql := s.groupSQL(g, cols)
-	if !e.Versioned() {
-		if _, err := tx.Exec(ctx, sql, args...); err != nil {
-			return nil, classify(fmt.Errorf("%s %d rows of %s: %w", gerund(g.Op), len(g.Messages), e.Name, err))
+	q.Queue(s.groupSQL(g, cols), args...).Query(func(rows pgx.Rows) error {
+		ords, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			return classify(fmt.Errorf("%s %d rows of %s: %w", gerund(g.Op), len(g.Messages), e.Name, err))
 		}
-		return nil, nil
-	}
-	rows, err := tx.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, classify(fmt.Errorf("%s %d rows of %s: %w", gerund(g.Op), len(g.Messages), e.Name, err))
-	}
-	ords, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return nil, classify(fmt.Errorf("%s %d rows of %s: %w", gerund(g.Op), len(g.Messages), e.Name, err))
-	}
-	if g.Op == pipeline.OpDelete {
-		stale := make([]*pipeline.Message, len(ords))
-		for i, o := range ords {
-			stale[i] = g.Messages[o-1]
+		switch {
+		case !e.Versioned():
+		case g.Op == pipeline.OpDelete:
+			for _, o := range ords {
+				stale(g.Messages[o-1])
+			}
+		default:
+			written := make([]bool, len(g.Messages))
+			for _, o := range ords {
+				written[o-1] = true
+			}
+			for i, m := range g.Messages {
+				if !written[i] {
+					stale(m)
+				}
+			}
 		}
-		return stale, nil
-	}
-	written := make([]bool, len(g.Messages))
-	for _, o := range ords {
-		written[o-1] = true
-	}
-	var stale []*pipeline.Message
-	for i, m := range g.Messages {
-		if !written[i] {
-			stale = append(stale, m)
-		}
-	}
-	return stale, nil
+		return nil
+	})
+	return nil
 }
 
 // groupSQL builds (once per shape) the statement for a group. Values travel
