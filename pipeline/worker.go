@@ -89,7 +89,7 @@ type WorkerConfig struct {
 // Records come in through Feed; Run flushes on size or age.
 type Worker struct {
 	cfg       WorkerConfig
-	in        chan []Record
+	in        chan fed
 	done      chan struct{}
 	abandoned atomic.Bool
 	next      int64 // the stored offset: where the next batch starts
@@ -102,7 +102,14 @@ type Worker struct {
 // Feed (or kept after TryFeed refused it): the channel holds one fewer, so
 // that no slice is fetched beyond the bound while the worker writes.
 func NewWorker(cfg WorkerConfig, queue int) *Worker {
-	return &Worker{cfg: cfg, in: make(chan []Record, queue-1), done: make(chan struct{}), next: cfg.NextOffset, tail: -1}
+	return &Worker{cfg: cfg, in: make(chan fed, queue-1), done: make(chan struct{}), next: cfg.NextOffset, tail: -1}
+}
+
+// fed is a slice of fetched records and when it was handed to the worker:
+// its records wait from then, taken in or not.
+type fed struct {
+	recs []Record
+	at   time.Time
 }
 
 // Feed hands fetched records to the worker, blocking while its queue is full
@@ -113,7 +120,7 @@ func (w *Worker) Feed(ctx context.Context, recs []Record) error {
 		return errWorkerStopped
 	}
 	select {
-	case w.in <- recs:
+	case w.in <- fed{recs: recs, at: time.Now()}:
 		return nil
 	case <-w.done:
 		return errWorkerStopped
@@ -146,11 +153,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer timer.Stop()
 	for {
 		select {
-		case recs := <-w.in:
+		case f := <-w.in:
 			if len(w.buf) == 0 {
-				timer.Reset(w.cfg.BatchMaxWait)
+				// Due when its oldest record is BatchMaxWait old, counted
+				// from its hand-over: a slice handed over while the last
+				// batch was written has waited that long already.
+				timer.Reset(max(0, w.cfg.BatchMaxWait-time.Since(f.at)))
 			}
-			w.take(recs)
+			w.take(f.recs)
 			for len(w.buf) >= w.cfg.BatchSize {
 				if err := w.flush(ctx, w.cfg.BatchSize); err != nil {
 					return w.ended(ctx, err)
@@ -198,8 +208,8 @@ func (w *Worker) drain() error {
 	}
 	for {
 		select {
-		case recs := <-w.in:
-			w.take(recs)
+		case f := <-w.in:
+			w.take(f.recs)
 			continue
 		default:
 		}
@@ -360,7 +370,7 @@ func (w *Worker) TryFeed(recs []Record) bool {
 		return true // dropped: the partition's next owner refetches them
 	}
 	select {
-	case w.in <- recs:
+	case w.in <- fed{recs: recs, at: time.Now()}:
 		return true
 	default:
 		return false

@@ -92,6 +92,16 @@ func fenceFirstBatch(cfg *WorkerConfig, store *fakeStore) {
 	}
 }
 
+// waitNext waits until store has committed the records below next.
+func waitNext(t *testing.T, store *fakeStore, next int64, msgAndArgs ...any) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		return store.next == next
+	}, 5*time.Second, time.Millisecond, msgAndArgs...)
+}
+
 func testWorkerConfig(store *fakeStore, dl *fakeDLQ, batch int, wait time.Duration) WorkerConfig {
 	return WorkerConfig{
 		NextOffset: store.next, BatchSize: batch, BatchMaxWait: wait, FlushTimeout: time.Second,
@@ -155,11 +165,7 @@ func TestWorkerReloadsWhenFenced(t *testing.T) {
 	done := make(chan error)
 	go func() { done <- w.Run(ctx) }()
 	require.NoError(t, w.Feed(ctx, records(10, 0)))
-	require.Eventually(t, func() bool {
-		store.mu.Lock()
-		defer store.mu.Unlock()
-		return store.next == 10
-	}, 5*time.Second, time.Millisecond)
+	waitNext(t, store, 10)
 	cancel()
 	require.NoError(t, <-done)
 	require.Equal(t, []CommandID{"c-5", "c-6", "c-7", "c-8", "c-9"}, store.applied)
@@ -216,12 +222,53 @@ func TestWorkerFlushesAfterAFencedTimedFlush(t *testing.T) {
 	done := make(chan error)
 	go func() { done <- w.Run(ctx) }()
 	require.NoError(t, w.Feed(ctx, records(10, 0))) // fewer than a batch: only the timer flushes them
-	require.Eventually(t, func() bool {
-		store.mu.Lock()
-		defer store.mu.Unlock()
-		return store.next == 10
-	}, 2*time.Second, time.Millisecond, "the records above the stored offset were never written")
+	waitNext(t, store, 10, "the records above the stored offset were never written")
 	cancel()
 	require.NoError(t, <-done)
 	require.Equal(t, []CommandID{"c-5", "c-6", "c-7", "c-8", "c-9"}, store.applied)
+}
+
+// slowStore takes a while over each batch, noting when each began.
+type slowStore struct {
+	fakeStore
+	took   time.Duration
+	starts []time.Time
+}
+
+func (s *slowStore) WriteBatch(ctx context.Context, b *Batch) ([]Outcome, error) {
+	s.mu.Lock()
+	s.starts = append(s.starts, time.Now())
+	s.mu.Unlock()
+	time.Sleep(s.took)
+	return s.fakeStore.WriteBatch(ctx, b)
+}
+
+// Records handed over while a batch is written have waited from then on:
+// their batch is due BatchMaxWait after the hand-over, not after the write.
+func TestWorkerCountsTheWaitFromTheHandOver(t *testing.T) {
+	t.Parallel()
+	const wait = 400 * time.Millisecond
+	store := &slowStore{took: wait}
+	cfg := testWorkerConfig(&store.fakeStore, &fakeDLQ{}, 100, wait)
+	cfg.Store = store
+	w := NewWorker(cfg, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+	recs := records(20, 0)
+	require.NoError(t, w.Feed(ctx, recs[:10]))
+	require.Eventually(t, func() bool {
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		return len(store.starts) == 1
+	}, 5*time.Second, time.Millisecond)
+	require.NoError(t, w.Feed(ctx, recs[10:])) // blocks until the first write is done
+	waitNext(t, &store.fakeStore, 20)
+	cancel()
+	require.NoError(t, <-done)
+	// Handed over at the first write's start, due BatchMaxWait later: as
+	// soon as the first write ends. Counted from the take, it would be
+	// BatchMaxWait after that (two waits after the first write began).
+	gap := store.starts[1].Sub(store.starts[0])
+	require.Less(t, gap, wait+wait/2, "the second batch waited a whole BatchMaxWait after the first was written")
 }

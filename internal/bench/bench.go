@@ -111,9 +111,12 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	Report(cfg.Out, results)
 	fmt.Fprintf(cfg.Out, "rate limit: asked %.0f/s, held %.0f/s (%+.1f%%) over %.1f s\n",
 		rate.Asked, rate.Held, (rate.Held/rate.Asked-1)*100, rate.Window.Seconds())
-	fmt.Fprintf(cfg.Out, "202 to applied at %.0f commands/s for %s (%d jobs of %d): p50 %s, p99 %s, max %s; CPU busy %.2f of %d cores\n",
+	fmt.Fprintf(cfg.Out, "202 to applied at %.0f commands/s for %s (%d jobs of %d): p50 %s, p99 %s, max %s; "+
+		"CPU busy %.2f of %d cores (broker, ingress, processor, client), the machine's %.2f; "+
+		"%d batches of %.0f commands on average, %s each from being taken up to commit\n",
 		lat.Rate, cfg.LatencyFor, lat.Jobs, lat.PerJob, lat.P50.Round(time.Millisecond), lat.P99.Round(time.Millisecond),
-		lat.Max.Round(time.Millisecond), lat.Cores, runtime.NumCPU())
+		lat.Max.Round(time.Millisecond), lat.Cores, runtime.NumCPU(), lat.Machine,
+		lat.Batches.Count, lat.Batches.MeanSize(), lat.Batches.MeanDuration().Round(time.Millisecond))
 	return results, nil
 }
 

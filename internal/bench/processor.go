@@ -255,17 +255,19 @@ func (e *env) naive(ctx context.Context, n int) (Result, error) {
 
 var errStop = fmt.Errorf("enough records")
 
-// startProcessor starts a processor of group on topic, extra more YAML.
-func (e *env) startProcessor(name, topic, group, extra string) (*harness.Proc, error) {
+// startProcessor starts a processor of group on topic, extra more YAML,
+// and returns it with the address of its metrics.
+func (e *env) startProcessor(name, topic, group, extra string) (*harness.Proc, string, error) {
 	metricsAddr, err := harness.FreeAddr()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	conf, err := e.configFile(name, topic, group, fmt.Sprintf("metrics: {addr: %q}\n%s", metricsAddr, extra))
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return e.start("processor", []string{"SPOOL_CONFIG=" + conf})
+	p, err := e.start("processor", []string{"SPOOL_CONFIG=" + conf})
+	return p, "http://" + metricsAddr + "/metrics", err
 }
 
 // waitCommitted waits until group's processors committed n records of
@@ -296,7 +298,7 @@ func (e *env) waitCommitted(ctx context.Context, p *harness.Proc, group, topic s
 // is committed (the stored offsets sum to n).
 func (e *env) drain(ctx context.Context, n int) (Result, error) {
 	start := time.Now()
-	p, err := e.startProcessor("processor", backlogTopic, benchGroup, "")
+	p, _, err := e.startProcessor("processor", backlogTopic, benchGroup, "")
 	if err != nil {
 		return Result{}, err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spoolhq/spool/internal/apiclient"
 	"github.com/spoolhq/spool/internal/harness"
+	"github.com/spoolhq/spool/internal/metrics"
 )
 
 // RateResult is how well a processor held processor.rate_limit.
@@ -26,7 +27,7 @@ func (e *env) rateStage(ctx context.Context, n int) (RateResult, error) {
 	asked := float64(min(5000, max(n/10, 100)))
 	target := int64(min(n, int(asked*10)))
 	const group = benchGroup + "-rate"
-	p, err := e.startProcessor("processor-rate", backlogTopic, group,
+	p, _, err := e.startProcessor("processor-rate", backlogTopic, group,
 		fmt.Sprintf("processor: {rate_limit: %g, batch_size: 250, batch_max_wait: 50ms}\n", asked))
 	if err != nil {
 		return RateResult{}, err
@@ -55,10 +56,14 @@ type LatencyResult struct {
 	Rate          float64 // commands per second sent
 	Jobs, PerJob  int
 	P50, P99, Max time.Duration
+	// Batches are the processor's batches meanwhile: their size and time
+	// tell how much of a job's wait is the write's.
+	Batches metrics.Batches
 	// Cores is the CPU the broker, ingress, processor and this client used
-	// meanwhile, in cores (CPU seconds per second), to tell a saturated
+	// meanwhile, in cores (CPU seconds per second), and Machine what every
+	// process used (PostgreSQL the most of the rest), to tell a saturated
 	// machine from a slow path.
-	Cores float64
+	Cores, Machine float64
 }
 
 // latencyStage starts an ingress and a processor on their own topic and
@@ -84,7 +89,7 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 	if err := in.WaitFor(ctx, "ready", harness.HTTPOK(server+"/readyz")); err != nil {
 		return LatencyResult{}, err
 	}
-	p, err := e.startProcessor("processor-latency", topic, group, "")
+	p, metricsURL, err := e.startProcessor("processor-latency", topic, group, "")
 	if err != nil {
 		return LatencyResult{}, err
 	}
@@ -124,7 +129,15 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 		}
 		return total
 	}
+	batches0, err := metrics.ScrapeBatches(ctx, metricsURL)
+	if err != nil {
+		return LatencyResult{}, err
+	}
 	cpu0, t0 := cpu(), time.Now()
+	machine0, err := harness.MachineBusy()
+	if err != nil {
+		return LatencyResult{}, err
+	}
 	accepted := make([]time.Time, jobs)
 	ids := make([]string, jobs)
 	every := time.Duration(float64(time.Second) * perJob / rate)
@@ -153,7 +166,17 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 	if err := e.waitCommitted(ctx, p, group, topic, int64(warmup.N+jobs*perJob), nil); err != nil {
 		return LatencyResult{}, err
 	}
-	cores := (cpu() - cpu0).Seconds() / time.Since(t0).Seconds()
+	machine1, err := harness.MachineBusy()
+	if err != nil {
+		return LatencyResult{}, err
+	}
+	elapsed := time.Since(t0).Seconds()
+	cores, machine := (cpu()-cpu0).Seconds()/elapsed, (machine1-machine0).Seconds()/elapsed
+	batches, err := metrics.ScrapeBatches(ctx, metricsURL)
+	if err != nil {
+		return LatencyResult{}, err
+	}
+	batches = batches.Sub(batches0)
 	var done map[string]time.Time
 	for range 100 { // the last jobs settle just after their commit
 		if done, err = e.db.JobsCompleted(ctx, ids); err != nil || len(done) == jobs {
@@ -172,6 +195,6 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 		lat = append(lat, max(0, done[id].Sub(accepted[j])))
 	}
 	slices.Sort(lat)
-	return LatencyResult{Rate: rate, Jobs: jobs, PerJob: perJob, Cores: cores,
+	return LatencyResult{Rate: rate, Jobs: jobs, PerJob: perJob, Cores: cores, Machine: machine, Batches: batches,
 		P50: lat[len(lat)/2], P99: lat[len(lat)*99/100], Max: lat[len(lat)-1]}, nil
 }

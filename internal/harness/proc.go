@@ -124,6 +124,31 @@ func ProcUsage(pid int) (Usage, error) {
 	return u, s.Err()
 }
 
+// MachineBusy is the CPU time every process on the machine has spent so
+// far (user, nice, system, irq and softirq of /proc/stat's first line):
+// the difference over a stage, less the processes measured one by one, is
+// what the rest (PostgreSQL) took.
+func MachineBusy() (time.Duration, error) {
+	stat, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(stat), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq …
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, fmt.Errorf("unexpected /proc/stat: %q", line)
+	}
+	var ticks int64
+	for _, i := range []int{1, 2, 3, 6, 7} {
+		n, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("unexpected /proc/stat: %q", line)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
 // Sub is the usage since before: CPU spent in between, the peak so far.
 func (u Usage) Sub(before Usage) Usage {
 	return Usage{CPU: u.CPU - before.CPU, PeakRSS: u.PeakRSS}
