@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -55,9 +56,10 @@ func (s *Store) LoadOffset(ctx context.Context, topic string, partition int32) (
 //
 // Statements that do not wait for each other's answers travel together: the
 // begin with the claim, the redelivery check with the groups' writes, the
-// counters with the offset. So a batch is four round trips and the commit
-// (five when the ledger knew some ids), and a row written by the batch
-// stays locked for the last two and the commit only.
+// counters with the offset; the claim answers what the ledger knew of the
+// ids it did not insert. So a batch is three round trips and the commit,
+// and a row written by the batch stays locked for the last of them and the
+// commit only.
 func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.Outcome, error) {
 	outcomes := make([]pipeline.Outcome, len(b.Messages))
 	candidates, repeats := b.Dedupe(outcomes)
@@ -76,10 +78,8 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.O
 	if err := br.Close(); err != nil {
 		return nil, classify(fmt.Errorf("claiming %d command ids: %w", len(candidates), err))
 	}
-	if len(c.claimed) < len(candidates) {
-		if err := settleRepeats(ctx, tx, c, repeats, set); err != nil {
-			return nil, err
-		}
+	if err := c.settleRepeats(repeats, set); err != nil {
+		return nil, err
 	}
 	fresh := make([]*pipeline.Message, 0, len(c.claimed))
 	for _, m := range candidates {
@@ -156,19 +156,30 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.O
 	return outcomes, nil
 }
 
-// claim is a batch's ledger claim: the candidates by id, and those the
-// ledger did not know, once the claim's answer is read.
+// claim is a batch's ledger claim: the candidates by id, then, once the
+// claim's answer is read, those the ledger did not know and what it knew of
+// the others.
 type claim struct {
 	candidates []*pipeline.Message
 	byKey      map[pipeline.Key]*pipeline.Message
 	claimed    map[*pipeline.Message]bool
+	known      map[*pipeline.Message]ledgerEntry
 }
 
-// queueClaim queues the insert of the candidates' ids into the ledger; the
-// ids it returns were not there.
+// ledgerEntry is what the ledger knows of an id claimed before.
+type ledgerEntry struct {
+	hash   []byte
+	origin *int64
+}
+
+// queueClaim queues the insert of the candidates' ids into the ledger. Its
+// answer names the ids it inserted and, for the others, the claim already
+// there. (The statement's snapshot, taken before its insert, would not see
+// the inserted rows anyway; NOT IN skips looking for them, through a hash
+// of what the insert returned.)
 func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
 	c := &claim{candidates: candidates, byKey: make(map[pipeline.Key]*pipeline.Message, len(candidates)),
-		claimed: make(map[*pipeline.Message]bool, len(candidates))}
+		claimed: make(map[*pipeline.Message]bool, len(candidates)), known: map[*pipeline.Message]ledgerEntry{}}
 	if len(candidates) == 0 {
 		return c
 	}
@@ -187,13 +198,28 @@ func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
 	// Sorted inserts take index locks in one order, so that two batches
 	// claiming overlapping ids wait for each other instead of deadlocking.
 	q.Queue(`
-		INSERT INTO spool_ledger (tenant, command_id, payload_hash, origin)
-		SELECT t, id, h, o FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[]) AS u(t, id, h, o) ORDER BY t, id
-		ON CONFLICT DO NOTHING
-		RETURNING tenant, command_id`, tenants, ids, hashes, origins).Query(func(rows pgx.Rows) error {
+		WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[]) AS u(t, id, h, o)),
+		ins AS (
+			INSERT INTO spool_ledger (tenant, command_id, payload_hash, origin)
+			SELECT t, id, h, o FROM u ORDER BY t, id
+			ON CONFLICT DO NOTHING
+			RETURNING tenant, command_id)
+		SELECT tenant, command_id, true, NULL::bytea, NULL::bigint FROM ins
+		UNION ALL
+		SELECT l.tenant, l.command_id, false, l.payload_hash, l.origin
+		FROM u JOIN spool_ledger l ON l.tenant = u.t AND l.command_id = u.id
+		WHERE (u.t, u.id) NOT IN (SELECT tenant, command_id FROM ins)`,
+		tenants, ids, hashes, origins).Query(func(rows pgx.Rows) error {
 		var k pipeline.Key
-		_, err := pgx.ForEachRow(rows, []any{&k.Tenant, &k.ID}, func() error {
-			c.claimed[c.byKey[k]] = true
+		var claimed bool
+		var e ledgerEntry
+		_, err := pgx.ForEachRow(rows, []any{&k.Tenant, &k.ID, &claimed, &e.hash, &e.origin}, func() error {
+			m := c.byKey[k]
+			if claimed {
+				c.claimed[m] = true
+			} else {
+				c.known[m] = ledgerEntry{hash: bytes.Clone(e.hash), origin: e.origin}
+			}
 			return nil
 		})
 		return err
@@ -204,49 +230,34 @@ func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
 // settleRepeats settles the candidates the ledger knew, and their repeats
 // in the batch, against the ledger's claim: another payload is a conflict,
 // the claiming record itself redelivered, anything else a duplicate.
-func settleRepeats(ctx context.Context, tx pgx.Tx, c *claim, repeats map[*pipeline.Message][]*pipeline.Message,
-	set func(*pipeline.Message, pipeline.Outcome)) error {
-	var tenants, ids []string
+func (c *claim) settleRepeats(repeats map[*pipeline.Message][]*pipeline.Message, set func(*pipeline.Message, pipeline.Outcome)) error {
+	vanished := 0
 	for _, m := range c.candidates {
-		if !c.claimed[m] {
-			tenants = append(tenants, m.Tenant)
-			ids = append(ids, string(m.Command.ID))
+		if c.claimed[m] {
+			continue
 		}
-	}
-	rows, err := tx.Query(ctx, `
-		SELECT l.tenant, l.command_id, l.payload_hash, l.origin
-		FROM spool_ledger l JOIN unnest($1::text[], $2::text[]) AS u(t, id) ON l.tenant = u.t AND l.command_id = u.id`,
-		tenants, ids)
-	if err != nil {
-		return classify(fmt.Errorf("reading %d repeated command ids: %w", len(ids), err))
-	}
-	var k pipeline.Key
-	var hash []byte
-	var origin *int64
-	settled := 0
-	_, err = pgx.ForEachRow(rows, []any{&k.Tenant, &k.ID, &hash, &origin}, func() error {
-		settled++
-		m := c.byKey[k]
+		e, ok := c.known[m]
+		if !ok {
+			vanished++
+			continue
+		}
 		for _, m := range append([]*pipeline.Message{m}, repeats[m]...) {
 			o, identified := m.Origin()
 			switch {
-			case string(hash) != string(m.Hash[:]):
+			case string(e.hash) != string(m.Hash[:]):
 				set(m, pipeline.OutcomeConflict)
-			case identified && origin != nil && *origin == o.Sum():
+			case identified && e.origin != nil && *e.origin == o.Sum():
 				set(m, pipeline.OutcomeRedelivered) // the claim is this very record's
 			default:
 				set(m, pipeline.OutcomeDuplicate)
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		return classify(fmt.Errorf("reading %d repeated command ids: %w", len(ids), err))
 	}
-	if settled != len(ids) {
-		// The sweeper removed a claim between our insert and this read: the
-		// id is fresh again, and a retry of the batch will claim it.
-		return pipeline.Errorf(pipeline.ClassTransient, "%d claimed ids vanished from the ledger while the batch ran", len(ids)-settled)
+	if vanished > 0 {
+		// Neither inserted nor there before the claim began: another
+		// transaction claimed the id meanwhile (a partition changing hands),
+		// or the sweeper removed the claim. A retry of the batch settles it.
+		return pipeline.Errorf(pipeline.ClassTransient, "%d command ids were claimed or swept by another transaction while the batch ran", vanished)
 	}
 	return nil
 }

@@ -315,3 +315,44 @@ func TestUnversionedPartialUpsertsMerge(t *testing.T) {
 	}
 	require.Equal(t, map[string]string{"o": "1/x", "r": "5/-"}, got, "o keeps both upserts' columns; r is re-created fresh after its delete")
 }
+
+// A claim that waits on another transaction's claim of the same id (a
+// partition changing hands) cannot see that claim once it commits: the
+// batch fails transiently, and its retry settles against it.
+func TestClaimRacingAnotherClaimIsRetried(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	other, err := b.db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer other.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+	_, err = other.Exec(ctx, `INSERT INTO spool_ledger (tenant, command_id, payload_hash) VALUES ('tenant', 'c1', '\x00')`)
+	require.NoError(t, err)
+	var otherPID int
+	require.NoError(t, other.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&otherPID))
+
+	type result struct {
+		out []pipeline.Outcome
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := b.write(t, 0, cust("c1", "a", 1, "a1"), cust("c2", "b", 1, "b1"))
+		done <- result{out, err}
+	}()
+	require.Eventually(t, func() bool { // the batch's claim waits for the other's
+		var waiting bool
+		require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE $1 = ANY (pg_blocking_pids(pid)))`, otherPID).Scan(&waiting))
+		return waiting
+	}, 10*time.Second, 10*time.Millisecond)
+	require.NoError(t, other.Commit(ctx))
+	r := <-done
+	require.Error(t, r.err)
+	require.Equal(t, pipeline.ClassTransient, pipeline.ClassOf(r.err), r.err.Error())
+	require.Empty(t, b.rows(t), "nothing of the failed batch may remain")
+
+	out, err := b.write(t, 0, cust("c1", "a", 1, "a1"), cust("c2", "b", 1, "b1"))
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{conflict, applied}, out, "c1 was claimed with another payload")
+}
