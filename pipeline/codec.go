@@ -8,7 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -55,6 +58,16 @@ func (r *Record) Header(key string) (string, bool) {
 // DecodeCommand parses one uploaded JSON object into a Command. Unknown
 // fields are refused so that a typo ("verison") is reported, not ignored.
 func DecodeCommand(line []byte) (Command, error) {
+	if d, ok := decodePlainCommand(line); ok {
+		cmd := Command{ID: d.ID, Entity: d.Entity, Op: d.Op, Version: d.Version}
+		if d.Data != nil {
+			cmd.Data = make(map[string]json.RawMessage, len(d.Data))
+			for _, f := range d.Data {
+				cmd.Data[f.Name] = f.Value
+			}
+		}
+		return cmd, nil
+	}
 	var cmd Command
 	if err := decodeCommand(line, &cmd); err != nil {
 		return Command{}, err
@@ -122,6 +135,9 @@ func decodePlainCommand(b []byte) (DecodedCommand, bool) {
 		case `"data"`:
 			bit = 1 << 4
 			ok = cmd.Data.UnmarshalJSON(v) == nil
+			if ok && cmd.Data == nil && v[0] == '{' {
+				cmd.Data = Fields{} // an empty object, not null: DecodeCommand's map is empty, not nil
+			}
 		default:
 			return cmd, false
 		}
@@ -178,7 +194,7 @@ func jsonKind(goKind string) string {
 // the command id, the value the command's canonical JSON (map keys sorted,
 // whitespace removed), and the headers carry the job context.
 func NewRecord(cmd *Command, job JobID, tenant string, index int64) (Record, error) {
-	value, err := json.Marshal(cmd)
+	value, err := encodeCommand(cmd)
 	if err != nil {
 		return Record{}, Errorf(ClassInvalidCommand, "encoding command %q: %w", cmd.ID, err)
 	}
@@ -191,6 +207,83 @@ func NewRecord(cmd *Command, job JobID, tenant string, index int64) (Record, err
 			{Key: HeaderIndex, Value: strconv.AppendInt(nil, index, 10)},
 		},
 	}, nil
+}
+
+// encodeCommand is json.Marshal(cmd), byte for byte: the value a command
+// was first recorded with is what its repeats are compared with. It writes
+// the common case (strings and values that encoding/json would copy as they
+// are) without reflection, and leaves the rest to json.Marshal
+// (FuzzEncodeCommand holds the two together).
+func encodeCommand(cmd *Command) ([]byte, error) {
+	plain := plainJSONString(string(cmd.ID)) && plainJSONString(cmd.Entity) && plainJSONString(string(cmd.Op))
+	size := 64 + len(cmd.ID) + len(cmd.Entity)
+	for k, v := range cmd.Data {
+		plain = plain && plainJSONString(k) && plainJSONValue(v)
+		size += len(k) + len(v) + 4
+	}
+	if !plain {
+		return json.Marshal(cmd)
+	}
+	b := make([]byte, 0, size)
+	b = append(append(append(b, `{"id":"`...), cmd.ID...), '"')
+	if cmd.Entity != "" {
+		b = append(append(append(b, `,"entity":"`...), cmd.Entity...), '"')
+	}
+	if cmd.Op != "" {
+		b = append(append(append(b, `,"op":"`...), cmd.Op...), '"')
+	}
+	if cmd.Version != nil {
+		b = strconv.AppendInt(append(b, `,"version":`...), *cmd.Version, 10)
+	}
+	if cmd.Data == nil {
+		return append(b, `,"data":null}`...), nil
+	}
+	b = append(b, `,"data":{`...)
+	for i, k := range slices.Sorted(maps.Keys(cmd.Data)) {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(append(append(append(b, '"'), k...), `":`...), cmd.Data[k]...)
+	}
+	return append(b, "}}"...), nil
+}
+
+// plainJSONString reports whether encoding/json writes s as it is between
+// quotes: valid UTF-8 with nothing it escapes (quotes, backslashes, control
+// characters, <, >, &, U+2028 and U+2029).
+func plainJSONString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		case c == 0xE2 && strings.HasPrefix(s[i:], "\u2028"), c == 0xE2 && strings.HasPrefix(s[i:], "\u2029"):
+			return false
+		}
+	}
+	return utf8.ValidString(s)
+}
+
+// plainJSONValue reports whether encoding/json copies the valid JSON value
+// v as it is: compact (no whitespace outside strings) and nothing it
+// escapes (<, >, &, U+2028 and U+2029, which can only be inside strings).
+func plainJSONValue(v json.RawMessage) bool {
+	if !json.Valid(v) {
+		return false
+	}
+	inString := false
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case c == '<', c == '>', c == '&', c == 0xE2 && i+2 < len(v) && v[i+1] == 0x80 && (v[i+2] == 0xA8 || v[i+2] == 0xA9):
+			return false
+		case inString && c == '\\':
+			i++ // the escaped character
+		case c == '"':
+			inString = !inString
+		case !inString && (c == ' ' || c == '\t' || c == '\n' || c == '\r'):
+			return false
+		}
+	}
+	return true
 }
 
 // PayloadHash identifies a command's content: the same id with a different

@@ -94,3 +94,51 @@ func FuzzPlainString(f *testing.F) {
 		require.Equal(t, s, plain)
 	})
 }
+
+// FuzzDecodeCommand holds DecodeCommand, which decodes the plain shape
+// itself, to encoding/json: the same command or the same refusal.
+func FuzzDecodeCommand(f *testing.F) {
+	for _, s := range fieldsSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		got, gerr := DecodeCommand(line)
+		var want Command
+		if werr := decodeCommand(line, &want); werr != nil {
+			require.EqualError(t, gerr, werr.Error())
+			return
+		}
+		require.NoError(t, gerr)
+		require.Equal(t, want, got)
+	})
+}
+
+// FuzzEncodeCommand holds encodeCommand to json.Marshal, byte for byte:
+// a command's recorded value is what its repeats are compared with.
+func FuzzEncodeCommand(f *testing.F) {
+	f.Add("c-1", "customers", "upsert", int64(7), true, "name", []byte(`"Ann"`))
+	f.Add("c-<1>", "", "", int64(0), false, "a&b", []byte(`{"x": [1, "y z"]}`))
+	f.Add("c\u2028", "e\"", "o\\", int64(-1), true, "k\x01", []byte("\"\u2029\""))
+	f.Add("c-1", "customers", "", int64(1), true, "é", []byte(`"\u00e9<"`))
+	f.Add("c-1", "customers", "", int64(1), true, "n", []byte(`nul`))
+	f.Add("\xff", "customers", "", int64(1), true, "n", []byte(`1`))
+	f.Fuzz(func(t *testing.T, id, entity, op string, version int64, versioned bool, key string, value []byte) {
+		cmd := Command{ID: CommandID(id), Entity: entity, Op: Op(op),
+			Data: map[string]json.RawMessage{key: value, "balance": json.RawMessage(`"12.50"`), "z": json.RawMessage(`null`)}}
+		if versioned {
+			cmd.Version = &version
+		}
+		got, gerr := encodeCommand(&cmd)
+		want, werr := json.Marshal(&cmd)
+		if werr != nil {
+			require.Error(t, gerr)
+			return
+		}
+		require.NoError(t, gerr)
+		require.Equal(t, string(want), string(got))
+		cmd.Data = nil
+		got, _ = encodeCommand(&cmd)
+		want, _ = json.Marshal(&cmd)
+		require.Equal(t, string(want), string(got))
+	})
+}

@@ -359,3 +359,24 @@ func BenchmarkDecodeRecord(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkIngressRecord decodes, validates and encodes an uploaded line,
+// which ingress does for every command it accepts.
+func BenchmarkIngressRecord(b *testing.B) {
+	line := []byte(`{"id":"cmd-000123456","entity":"customers","version":1764000000123,` +
+		`"data":{"customer_id":"cust-0004711","name":"Customer 4711","balance":"1234.56","visits":17,"vip":false}}`)
+	es := testEntities()
+	b.ReportAllocs()
+	for b.Loop() {
+		cmd, err := DecodeCommand(line)
+		if err == nil {
+			err = es.Validate(&cmd, "")
+		}
+		if err == nil {
+			_, err = NewRecord(&cmd, "job-1", "default", 42)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
