@@ -11,7 +11,6 @@ import (
 	"maps"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -101,7 +100,7 @@ func decodeCommandValue(value []byte) (DecodedCommand, error) {
 // the version an integer or absent. It reports false for anything else
 // (another spelling, a duplicate, an escape, a wrong type), which
 // decodeCommand then decodes or refuses in its own words; so it never
-// decides differently (FuzzDecodeWrite holds it to DecodeCommand).
+// decides differently (FuzzDecodeCommand holds it to encoding/json).
 func decodePlainCommand(b []byte) (DecodedCommand, bool) {
 	var cmd DecodedCommand
 	if !utf8.Valid(b) || !json.Valid(b) {
@@ -256,7 +255,7 @@ func plainJSONString(s string) bool {
 		switch c := s[i]; {
 		case c < 0x20, c == '"', c == '\\', c == '<', c == '>', c == '&':
 			return false
-		case c == 0xE2 && strings.HasPrefix(s[i:], "\u2028"), c == 0xE2 && strings.HasPrefix(s[i:], "\u2029"):
+		case separatorAt(s, i):
 			return false
 		}
 	}
@@ -273,7 +272,7 @@ func plainJSONValue(v json.RawMessage) bool {
 	inString := false
 	for i := 0; i < len(v); i++ {
 		switch c := v[i]; {
-		case c == '<', c == '>', c == '&', c == 0xE2 && i+2 < len(v) && v[i+1] == 0x80 && (v[i+2] == 0xA8 || v[i+2] == 0xA9):
+		case c == '<', c == '>', c == '&', separatorAt(v, i):
 			return false
 		case inString && c == '\\':
 			i++ // the escaped character
@@ -284,6 +283,12 @@ func plainJSONValue(v json.RawMessage) bool {
 		}
 	}
 	return true
+}
+
+// separatorAt reports whether U+2028 or U+2029, which encoding/json
+// escapes, begins at s[i].
+func separatorAt[T ~string | ~[]byte](s T, i int) bool {
+	return i+2 < len(s) && s[i] == 0xE2 && s[i+1] == 0x80 && (s[i+2] == 0xA8 || s[i+2] == 0xA9)
 }
 
 // PayloadHash identifies a command's content: the same id with a different
