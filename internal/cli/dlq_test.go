@@ -197,7 +197,12 @@ func TestDLQReplay(t *testing.T) {
 	require.Equal(t, sourceBefore+1+20, countRecords(ctx, t, dev.broker, "spool.commands"))
 
 	// The job's dead letters move to their new outcomes and it completes.
-	waitFor(t, func() bool { return wait(jobA).counts.DeadLettered == 0 })
+	// (Its state follows the counters just after their commit: waiting for
+	// the counters alone races the settling.)
+	waitFor(t, func() bool {
+		j := wait(jobA)
+		return j.counts.DeadLettered == 0 && j.state == pipeline.JobCompleted
+	})
 	mustSpoolctl(ctx, t, append([]string{"jobs", "wait", string(jobA)}, server...)...)
 	require.Contains(t, mustSpoolctl(ctx, t, append([]string{"jobs", "failures", string(jobA)}, server...)...), "0 failures")
 	require.Equal(t, &pipelineJob{pipeline.JobCompleted, pipeline.Counts{Applied: 99, Stale: 1}}, wait(jobA))
