@@ -116,17 +116,13 @@ func decodePlainCommand(b []byte) (DecodedCommand, bool) {
 		switch string(name) {
 		case `"id"`:
 			bit = 1 << 0
-			var s string
-			s, ok = plainString(v)
-			cmd.ID = CommandID(s)
+			cmd.ID, ok = plainAs[CommandID](v)
 		case `"entity"`:
 			bit = 1 << 1
-			cmd.Entity, ok = plainString(v)
+			cmd.Entity, ok = plainAs[string](v)
 		case `"op"`:
 			bit = 1 << 2
-			var s string
-			s, ok = plainString(v)
-			cmd.Op = Op(s)
+			cmd.Op, ok = plainAs[Op](v)
 		case `"version"`:
 			bit = 1 << 3
 			n, err := strconv.ParseInt(string(v), 10, 64)
@@ -146,6 +142,12 @@ func decodePlainCommand(b []byte) (DecodedCommand, bool) {
 		seen |= bit
 	}
 	return cmd, true
+}
+
+// plainAs is plainString as one of the command's string types.
+func plainAs[T ~string](v []byte) (T, bool) {
+	s, ok := plainString(v)
+	return T(s), ok
 }
 
 // decodeCommand decodes one JSON object into cmd, a *Command or a

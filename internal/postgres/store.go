@@ -1,7 +1,6 @@
 package postgres
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -218,7 +217,7 @@ func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
 			if claimed {
 				c.claimed[m] = true
 			} else {
-				c.known[m] = ledgerEntry{hash: bytes.Clone(e.hash), origin: e.origin}
+				c.known[m] = e // pgx scans each row's hash and origin into new memory
 			}
 			return nil
 		})
