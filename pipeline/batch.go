@@ -145,7 +145,7 @@ func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) 
 	for _, m := range fresh {
 		e := es[m.Command.Entity]
 		if e == nil {
-			return nil, nil, Errorf(ClassUnknownEntity, "entity %q is not configured", m.Command.Entity)
+			return nil, nil, Errorf(ClassUnknownEntity, "entity %s is not configured", Quote(m.Command.Entity))
 		}
 		key, err := e.KeyOf(m.Command.Data)
 		if err != nil {

@@ -173,11 +173,11 @@ func describeJSONError(err error) string {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
 		if te.Field != "" {
-			return fmt.Sprintf("field %q must be %s, got %s", te.Field, jsonKind(te.Type.Kind().String()), te.Value)
+			return fmt.Sprintf("field %s must be %s, got %s", Quote(te.Field), jsonKind(te.Type.Kind().String()), Printable(te.Value, MaxQuote))
 		}
-		return fmt.Sprintf("expected a JSON object, got %s", te.Value)
+		return fmt.Sprintf("expected a JSON object, got %s", Printable(te.Value, MaxQuote))
 	}
-	return err.Error()
+	return BoundError(err)
 }
 
 func jsonKind(goKind string) string {
@@ -197,7 +197,7 @@ func jsonKind(goKind string) string {
 func NewRecord(cmd *Command, job JobID, tenant string, index int64) (Record, error) {
 	value, err := encodeCommand(cmd)
 	if err != nil {
-		return Record{}, Errorf(ClassInvalidCommand, "encoding command %q: %w", cmd.ID, err)
+		return Record{}, Errorf(ClassInvalidCommand, "encoding command %s: %w", Quote(string(cmd.ID)), err)
 	}
 	return Record{
 		Key:   []byte(cmd.ID),
@@ -357,7 +357,7 @@ func DecodeRecord(r Record, es Entities) Message {
 	if s, ok := r.Header(HeaderIndex); ok {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			m.Err = Errorf(ClassInvalidCommand, "header %s=%q is not an integer", HeaderIndex, s)
+			m.Err = Errorf(ClassInvalidCommand, "header %s=%s is not an integer", HeaderIndex, Quote(s))
 			return m
 		}
 		m.Index = n
@@ -368,7 +368,7 @@ func DecodeRecord(r Record, es Entities) Message {
 		return m
 	}
 	if string(cmd.ID) != string(r.Key) {
-		m.Err = Errorf(ClassInvalidCommand, "record key %q differs from command id %q", r.Key, cmd.ID)
+		m.Err = Errorf(ClassInvalidCommand, "record key %s differs from command id %s", Quote(string(r.Key)), Quote(string(cmd.ID)))
 		return m
 	}
 	if err := es.validate(cmd.ID, &cmd.Entity, &cmd.Op, cmd.Version, cmd.Data, ""); err != nil {

@@ -96,7 +96,7 @@ func (es Entities) validate(id CommandID, entity *string, op *Op, version *int64
 	}
 	e, ok := es[*entity]
 	if !ok {
-		return Errorf(ClassUnknownEntity, "entity %q is not configured (known: %s)", *entity, strings.Join(es.Names(), ", "))
+		return Errorf(ClassUnknownEntity, "entity %s is not configured (known: %s)", Quote(*entity), strings.Join(es.Names(), ", "))
 	}
 	*entity = e.Name // the entity's own string, not one per command
 	switch *op {
@@ -104,7 +104,7 @@ func (es Entities) validate(id CommandID, entity *string, op *Op, version *int64
 		*op = OpUpsert
 	case OpUpsert, OpDelete:
 	default:
-		return Errorf(ClassInvalidCommand, "op %q is not one of upsert, delete", *op)
+		return Errorf(ClassInvalidCommand, "op %s is not one of upsert, delete", Quote(string(*op)))
 	}
 	if e.Versioned() && version == nil {
 		return Errorf(ClassMissingKey, "version is required: entity %q is guarded by column %q", e.Name, e.VersionColumn)
@@ -118,7 +118,7 @@ func (es Entities) validate(id CommandID, entity *string, op *Op, version *int64
 	for name, v := range data.All() {
 		col, ok := e.Columns[name]
 		if !ok {
-			return Errorf(ClassUnknownColumn, "column %q does not exist in %s", name, e.QualifiedName())
+			return Errorf(ClassUnknownColumn, "column %s does not exist in %s", Quote(name), e.QualifiedName())
 		}
 		if name == e.VersionColumn {
 			return Errorf(ClassInvalidCommand, "column %q is the version column: set it with the command's version field", name)
@@ -142,7 +142,7 @@ func validateID(id CommandID) error {
 	for _, r := range string(id) {
 		n++
 		if r == '\uFFFD' || !strconv.IsPrint(r) {
-			return Errorf(ClassInvalidCommand, "id %q holds a non-printable character", id)
+			return Errorf(ClassInvalidCommand, "id %s holds a non-printable character", Quote(string(id)))
 		}
 	}
 	if n > MaxIDLength {
@@ -174,7 +174,7 @@ func (c Column) Text(v json.RawMessage) (*string, error) {
 		if plain, ok := plainString(v); ok {
 			s = plain
 		} else if err := json.Unmarshal(v, &s); err != nil {
-			return nil, Errorf(ClassInvalidCommand, "column %q: %v", c.Name, err)
+			return nil, Errorf(ClassInvalidCommand, "column %q: %v", c.Name, BoundError(err))
 		}
 	case '{', '[':
 		return nil, c.mismatch("an object or array")
@@ -193,17 +193,17 @@ func (c Column) Text(v json.RawMessage) (*string, error) {
 	case KindInteger:
 		n, ok := new(big.Int).SetString(strings.TrimSpace(s), 10)
 		if !ok {
-			return nil, c.mismatch(fmt.Sprintf("%q", s))
+			return nil, c.mismatch(Quote(s))
 		}
 		s = n.String()
 	case KindNumeric:
 		if !isDecimal(strings.TrimSpace(s)) && !isSpecialNumeric(s) {
-			return nil, c.mismatch(fmt.Sprintf("%q", s))
+			return nil, c.mismatch(Quote(s))
 		}
 	case KindBoolean:
 		b, err := strconv.ParseBool(s)
 		if err != nil {
-			return nil, c.mismatch(fmt.Sprintf("%q", s))
+			return nil, c.mismatch(Quote(s))
 		}
 		s = strconv.FormatBool(b)
 	}
@@ -308,7 +308,7 @@ func (e *Entity) KeyOf(data Fields) (string, error) {
 func (e *Entity) ParseKey(key string) ([]string, error) {
 	var parts []string
 	if err := json.Unmarshal([]byte(key), &parts); err != nil || len(parts) != len(e.Key) {
-		return nil, fmt.Errorf("key %q of entity %s is not a %d-part key", key, e.Name, len(e.Key))
+		return nil, fmt.Errorf("key %s of entity %s is not a %d-part key", Quote(key), e.Name, len(e.Key))
 	}
 	return parts, nil
 }

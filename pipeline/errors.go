@@ -17,6 +17,9 @@ const (
 	ClassUnknownEntity ErrorClass = "unknown_entity"
 	// ClassUnknownColumn: data names a column the table does not have.
 	ClassUnknownColumn ErrorClass = "unknown_column"
+	// ClassForbidden: the API key that uploaded the command may not write
+	// its entity.
+	ClassForbidden ErrorClass = "forbidden_entity"
 	// ClassMissingKey: data lacks a key column (or a versioned entity's
 	// command lacks its version).
 	ClassMissingKey ErrorClass = "missing_key"

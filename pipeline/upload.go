@@ -63,7 +63,7 @@ func NewUploadReader(mediaType string, body io.Reader, o UploadOptions) (UploadR
 	case FormatCSV:
 		return newCSVReader(body, o)
 	default:
-		return nil, fmt.Errorf("Content-Type %q is not supported; send %s, %s or %s", mediaType, FormatNDJSON, FormatJSON, FormatCSV)
+		return nil, fmt.Errorf("Content-Type %s is not supported; send %s, %s or %s", Quote(mediaType), FormatNDJSON, FormatJSON, FormatCSV)
 	}
 }
 
@@ -234,7 +234,7 @@ func newCSVReader(body io.Reader, o UploadOptions) (*csvReader, error) {
 		o.Op = OpUpsert
 	}
 	if o.Op != OpUpsert && o.Op != OpDelete {
-		return nil, fmt.Errorf("op %q is not one of upsert, delete", o.Op)
+		return nil, fmt.Errorf("op %s is not one of upsert, delete", Quote(string(o.Op)))
 	}
 	g := &guard{r: body, limit: o.MaxRecordBytes}
 	cr := csv.NewReader(g)
@@ -257,7 +257,7 @@ func (c *csvReader) readHeader() error {
 		name = strings.TrimSpace(strings.TrimPrefix(name, "\uFEFF"))
 		c.header[i] = name
 		if name == "" || seen[name] {
-			return bodyErr(fmt.Errorf("CSV header column %d is empty or repeated (%q)", i+1, name))
+			return bodyErr(fmt.Errorf("CSV header column %d is empty or repeated (%s)", i+1, Quote(name)))
 		}
 		seen[name] = true
 		switch name {
@@ -270,10 +270,10 @@ func (c *csvReader) readHeader() error {
 		}
 	}
 	if c.idCol < 0 {
-		return bodyErr(fmt.Errorf("the CSV header has no id column %q (set ?id_column=)", c.o.IDColumn))
+		return bodyErr(fmt.Errorf("the CSV header has no id column %s (set ?id_column=)", Quote(c.o.IDColumn)))
 	}
 	if c.o.VersionColumn != "" && c.verCol < 0 {
-		return bodyErr(fmt.Errorf("the CSV header has no version column %q", c.o.VersionColumn))
+		return bodyErr(fmt.Errorf("the CSV header has no version column %s", Quote(c.o.VersionColumn)))
 	}
 	return nil
 }
@@ -301,14 +301,14 @@ func (c *csvReader) Next() (Command, error) {
 	}
 	for i, v := range row {
 		if !utf8.ValidString(v) {
-			return Command{}, Errorf(ClassInvalidCommand, "CSV column %q is not valid UTF-8", c.header[i])
+			return Command{}, Errorf(ClassInvalidCommand, "CSV column %s is not valid UTF-8", Quote(c.header[i]))
 		}
 	}
 	cmd := Command{ID: CommandID(row[c.idCol]), Op: c.o.Op, Data: make(map[string]json.RawMessage, len(c.dataCol))}
 	if c.verCol >= 0 {
 		v, err := strconv.ParseInt(strings.TrimSpace(row[c.verCol]), 10, 64)
 		if err != nil {
-			return cmd, Errorf(ClassInvalidCommand, "version %q is not an integer", row[c.verCol])
+			return cmd, Errorf(ClassInvalidCommand, "version %s is not an integer", Quote(row[c.verCol]))
 		}
 		cmd.Version = &v
 	}
@@ -319,7 +319,7 @@ func (c *csvReader) Next() (Command, error) {
 		}
 		b, err := json.Marshal(row[i])
 		if err != nil {
-			return cmd, Errorf(ClassInvalidCommand, "column %q: %v", c.header[i], err)
+			return cmd, Errorf(ClassInvalidCommand, "column %s: %v", Quote(c.header[i]), err)
 		}
 		cmd.Data[c.header[i]] = b
 	}

@@ -348,7 +348,7 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 		}
 		if err != nil && ctx.Err() == nil {
 			obs.Retried(ClassOf(err))
-			w.cfg.Logger.Warn("retrying batch", "records", len(msgs), "error", err)
+			w.cfg.Logger.Warn("retrying batch", "records", len(msgs), "error", BoundError(err))
 		}
 		return err
 	}

@@ -79,7 +79,14 @@ func (in *Ingress) run(ctx context.Context) error {
 	}
 	keys := httpapi.Keys{}
 	for _, k := range c.Auth.Keys {
-		keys[k.KeySHA256] = k.Tenant
+		p := httpapi.Principal{Tenant: k.Tenant}
+		if len(k.Entities) > 0 {
+			p.Entities = map[string]bool{}
+			for _, e := range k.Entities {
+				p.Entities[e] = true
+			}
+		}
+		keys[k.KeySHA256] = p
 	}
 	if len(keys) == 0 {
 		in.logger.Warn("auth is disabled: every request acts as tenant " + httpapi.DefaultTenant)
@@ -98,6 +105,9 @@ func (in *Ingress) run(ctx context.Context) error {
 			ReadIdleTimeout: c.Ingress.ReadIdleTimeout,
 			MaxBodyBytes:    c.Ingress.MaxBodyBytes, MaxRecordBytes: c.Ingress.MaxRecordBytes,
 			MaxRecords: c.Ingress.MaxRecords, MaxRejections: c.Ingress.MaxRejections, MaxLag: c.Ingress.MaxLag,
+			MaxDecompressedBytes: c.Ingress.MaxDecompressedBytes, MaxDecompressionRatio: c.Ingress.MaxDecompressionRatio,
+			MaxUploads: c.Ingress.MaxConcurrentUploads, MaxUploadsPerTenant: c.Ingress.MaxConcurrentUploadsPerTenant,
+			MinBytesPerSecond: c.Ingress.MinUploadBytesPerSecond,
 		},
 		NewJobID: func() pipeline.JobID { return pipeline.JobID(uuid.Must(uuid.NewV7()).String()) },
 		Observer: m,

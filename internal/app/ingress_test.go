@@ -200,9 +200,10 @@ func TestUploadLimits(t *testing.T) {
 	resp, m = s.post(t, "/v1/jobs", "application/x-ndjson", "", strings.NewReader(strings.Repeat(" ", 5000)), false)
 	require.Equal(t, http.StatusRequestEntityTooLarge, resp.StatusCode)
 	require.Equal(t, "application/problem+json", resp.Header.Get("Content-Type"))
-	require.Contains(t, m["detail"], "too large")
+	require.Contains(t, m["detail"], "ingress.max_body_bytes")
 
-	// A client that stops sending mid-body is cut off after the idle time.
+	// A client that stops sending mid-body is cut off after the idle time,
+	// with 408 naming the key.
 	conn, err := net.Dial("tcp", strings.TrimPrefix(s.server, "http://"))
 	require.NoError(t, err)
 	defer conn.Close()
@@ -211,7 +212,7 @@ func TestUploadLimits(t *testing.T) {
 	require.NoError(t, conn.SetReadDeadline(time.Now().Add(20*time.Second)))
 	status, err := bufio.NewReader(conn).ReadString('\n')
 	require.NoError(t, err, "the server must answer a stalled upload")
-	require.Contains(t, status, "400")
+	require.Contains(t, status, "408")
 }
 
 // TestBrokerFailsMidUpload: when Kafka stops acknowledging part way, the

@@ -101,6 +101,16 @@ type Ingress struct {
 	MaxRecordBytes    int           `mapstructure:"max_record_bytes"`
 	MaxRecords        int64         `mapstructure:"max_records"`
 	MaxRejections     int           `mapstructure:"max_rejections"`
+	// MaxDecompressedBytes bounds the body after gunzip; MaxDecompressionRatio
+	// bounds decompressed over sent bytes (0: none), so that a small body
+	// cannot inflate into a large cost.
+	MaxDecompressedBytes  int64 `mapstructure:"max_decompressed_bytes"`
+	MaxDecompressionRatio int   `mapstructure:"max_decompression_ratio"`
+	// MaxConcurrentUploads and MaxConcurrentUploadsPerTenant bound the
+	// uploads read at once; MinUploadBytesPerSecond cuts off a trickle.
+	MaxConcurrentUploads          int `mapstructure:"max_concurrent_uploads"`
+	MaxConcurrentUploadsPerTenant int `mapstructure:"max_concurrent_uploads_per_tenant"`
+	MinUploadBytesPerSecond       int `mapstructure:"min_upload_bytes_per_second"`
 }
 
 // Auth maps API keys to tenants.
@@ -108,14 +118,17 @@ type Auth struct {
 	Disabled bool      `mapstructure:"disabled"`
 	Keys     []AuthKey `mapstructure:"keys"`
 	// KeysFile names a YAML file with more keys ({keys: [{tenant,
-	// key_sha256}]}), so that they can come from a mounted secret.
+	// key_sha256, entities}]}), so that they can come from a mounted secret.
 	KeysFile string `mapstructure:"keys_file"`
 }
 
 // AuthKey is one tenant's key, stored as the hex SHA-256 of the key.
+// Entities, when set, are the only entities the key may write; empty means
+// every configured entity.
 type AuthKey struct {
-	Tenant    string `mapstructure:"tenant"`
-	KeySHA256 string `mapstructure:"key_sha256"`
+	Tenant    string   `mapstructure:"tenant"`
+	KeySHA256 string   `mapstructure:"key_sha256"`
+	Entities  []string `mapstructure:"entities"`
 }
 
 // Log configures log/slog.
@@ -271,7 +284,8 @@ func Load(opts Options) (*Config, error) {
 	return &c, nil
 }
 
-// loadKeysFile reads {keys: [{tenant, key_sha256}]} from a YAML file.
+// loadKeysFile reads {keys: [{tenant, key_sha256, entities}]} from a YAML
+// file.
 func loadKeysFile(path string) ([]AuthKey, error) {
 	v := viper.New()
 	v.SetConfigFile(path)
@@ -375,6 +389,21 @@ func (c *Config) Validate() error {
 	if c.Ingress.MaxBodyBytes < 1 || c.Ingress.MaxRecordBytes < 64 || c.Ingress.MaxRecords < 1 || c.Ingress.MaxRejections < 0 {
 		bad("ingress", "max_body_bytes, max_records must be positive, max_record_bytes at least 64")
 	}
+	if c.Ingress.MaxDecompressedBytes < int64(c.Ingress.MaxRecordBytes) {
+		bad("ingress.max_decompressed_bytes", "must be at least ingress.max_record_bytes (%d), got %d", c.Ingress.MaxRecordBytes, c.Ingress.MaxDecompressedBytes)
+	}
+	if c.Ingress.MaxDecompressionRatio != 0 && c.Ingress.MaxDecompressionRatio < 10 {
+		bad("ingress.max_decompression_ratio", "must be 0 (no bound) or at least 10 (ordinary uploads gzip 5–20 times smaller), got %d", c.Ingress.MaxDecompressionRatio)
+	}
+	if c.Ingress.MaxConcurrentUploads < 1 {
+		bad("ingress.max_concurrent_uploads", "must be at least 1, got %d", c.Ingress.MaxConcurrentUploads)
+	}
+	if c.Ingress.MaxConcurrentUploadsPerTenant < 1 || c.Ingress.MaxConcurrentUploadsPerTenant > c.Ingress.MaxConcurrentUploads {
+		bad("ingress.max_concurrent_uploads_per_tenant", "must be between 1 and ingress.max_concurrent_uploads (%d), got %d", c.Ingress.MaxConcurrentUploads, c.Ingress.MaxConcurrentUploadsPerTenant)
+	}
+	if c.Ingress.MinUploadBytesPerSecond < 0 {
+		bad("ingress.min_upload_bytes_per_second", "must be 0 (no bound) or positive, got %d", c.Ingress.MinUploadBytesPerSecond)
+	}
 	if len(c.Auth.Keys) == 0 && !c.Auth.Disabled {
 		bad("auth.keys", "no API keys configured: add {tenant, key_sha256} entries or set auth.disabled: true")
 	}
@@ -389,6 +418,11 @@ func (c *Config) Validate() error {
 		}
 		if !hexRe.MatchString(k.KeySHA256) {
 			bad(fmt.Sprintf("auth.keys[%d].key_sha256", i), "must be 64 lower-case hex digits (sha256sum of the key)")
+		}
+		for _, e := range k.Entities {
+			if _, ok := c.Entities[e]; !ok {
+				bad(fmt.Sprintf("auth.keys[%d].entities", i), "names entity %q, which is not configured", e)
+			}
 		}
 	}
 	switch c.Log.Level {

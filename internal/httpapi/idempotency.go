@@ -53,7 +53,8 @@ func (s *Server) replay(w http.ResponseWriter, body io.Reader, fingerprint hash.
 		return
 	}
 	if _, err := io.Copy(io.Discard, body); err != nil {
-		writeProblem(w, http.StatusBadRequest, "reading the body: "+err.Error())
+		status, detail := readStatus(err)
+		writeProblem(w, status, detail)
 		return
 	}
 	if !bytes.Equal(fingerprint.Sum(nil), rec.Fingerprint) {

@@ -156,6 +156,7 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 	}}
 	var backlog int64
 	sum := sha256.Sum256([]byte("secret"))
+	limited := sha256.Sum256([]byte("limited"))
 	var n atomic.Int64
 	// The server tells the observer each request's route pattern and code.
 	seen := &routeRecorder{seen: map[served]bool{}}
@@ -163,8 +164,10 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 		Jobs: jobs, Producer: producer, Idempotency: idem, IdempotencyWindow: time.Hour,
 		Entities: pipeline.Entities{"customers": {Name: "customers", Schema: "public", Table: "customers",
 			Key: []string{"id"}, Columns: map[string]pipeline.Column{"id": {Name: "id", Type: "text"}}}},
-		Topic: "t", Keys: Keys{hex.EncodeToString(sum[:]): "acme"},
-		Limits:   Limits{MaxBodyBytes: 1 << 10, MaxRecordBytes: 256, MaxRecords: 100, MaxRejections: 10, MaxLag: 1000},
+		Topic: "t", Keys: Keys{hex.EncodeToString(sum[:]): {Tenant: "acme"},
+			hex.EncodeToString(limited[:]): {Tenant: "acme", Entities: map[string]bool{"orders": true}}},
+		Limits: Limits{MaxBodyBytes: 1 << 10, MaxRecordBytes: 256, MaxRecords: 100, MaxRejections: 10, MaxLag: 1000,
+			ReadIdleTimeout: time.Second, MinBytesPerSecond: 1 << 20},
 		Backlog:  func() int64 { return backlog },
 		NewJobID: func() pipeline.JobID { return pipeline.JobID("job-" + strconv.Itoa(int(n.Add(1)))) },
 		Observer: seen,
@@ -197,6 +200,35 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 	do("POST", "/v1/jobs", "application/x-ndjson", "running", good, 409)
 	do("POST", "/v1/jobs", "application/x-ndjson", "", strings.Repeat(" ", 2<<10), 413)
 	do("POST", "/v1/jobs", "text/plain", "", good, 415)
+	// A key limited to other entities: 403 for ?entity=.
+	req, err := http.NewRequest("POST", srv.URL+"/v1/jobs?entity=customers", strings.NewReader(good))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	req.Header.Set("Authorization", "Bearer limited")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusForbidden, resp.StatusCode)
+	// A body that trickles under the minimum rate: 408.
+	pr, pw := io.Pipe()
+	go func() {
+		defer pw.Close()
+		for range 50 {
+			if _, err := pw.Write([]byte(" ")); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	req, err = http.NewRequest("POST", srv.URL+"/v1/jobs", pr)
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	req.Header.Set("Authorization", "Bearer secret")
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusRequestTimeout, resp.StatusCode, string(b))
 	do("POST", "/v1/jobs", "application/x-ndjson", "done", good, 422)
 	backlog = 5000
 	do("POST", "/v1/jobs", "application/x-ndjson", "", good, 429)

@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/spoolhq/spool/pipeline"
 )
 
 // problem is an RFC 9457 problem detail.
@@ -20,7 +22,10 @@ func writeProblem(w http.ResponseWriter, status int, detail string) {
 	writeProblemFor(w, status, detail, "")
 }
 
+// writeProblemFor answers a problem. The detail may quote the request, so
+// it is bounded and kept printable like every message that quotes input.
 func writeProblemFor(w http.ResponseWriter, status int, detail, jobID string) {
+	detail = pipeline.Printable(detail, pipeline.MaxErrorBytes)
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(problem{Type: "about:blank", Title: http.StatusText(status), Status: status, Detail: detail, JobID: jobID})

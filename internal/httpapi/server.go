@@ -86,22 +86,11 @@ type Config struct {
 	Logger   *slog.Logger
 }
 
-// Limits bound an upload.
-type Limits struct {
-	// ReadIdleTimeout cuts off an upload that sends nothing for this long;
-	// each read pushes the deadline on, so a long healthy upload lives.
-	ReadIdleTimeout time.Duration
-	MaxBodyBytes    int64
-	MaxRecordBytes  int
-	MaxRecords      int64
-	MaxRejections   int
-	MaxLag          int64
-}
-
 // Server serves the ingress API.
 type Server struct {
-	cfg Config
-	mux *http.ServeMux
+	cfg     Config
+	mux     *http.ServeMux
+	uploads uploadSlots
 }
 
 // New returns the API handler.

@@ -35,11 +35,17 @@ type Rejection struct {
 	Error string              `json:"error"`
 }
 
-// failureFlush is how many rejections are written to the job store at once.
-const failureFlush = 1000
-
-// errUploadTooLarge marks an upload over a configured bound.
-var errUploadTooLarge = errors.New("upload too large")
+// Rejections wait to be written to the job store in batches of at most
+// failureFlush records or maxPendingBytes; an answer lists rejections up
+// to Limits.MaxRejections and maxShownBytes. maxIDBytes bounds a rejected
+// record's id as kept (a valid id is at most pipeline.MaxIDLength
+// characters of up to 4 bytes).
+const (
+	failureFlush    = 1000
+	maxPendingBytes = 1 << 20
+	maxShownBytes   = 256 << 10
+	maxIDBytes      = 4 * pipeline.MaxIDLength
+)
 
 // errStore marks a failure of the job store while reading: the server's
 // fault, answered 503 so that the client retries.
@@ -51,7 +57,8 @@ var errStore = errors.New("job store unavailable")
 // kept once produced, and the producer blocks when its buffer is full.
 func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	tenant := tenantOf(ctx)
+	who := principalOf(ctx)
+	tenant := who.Tenant
 	if s.cfg.Backlog != nil && s.cfg.Limits.MaxLag > 0 {
 		if lag := s.cfg.Backlog(); lag > s.cfg.Limits.MaxLag {
 			w.Header().Set("Retry-After", "5")
@@ -60,12 +67,21 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	release, busy := s.uploads.take(tenant, s.cfg.Limits)
+	if busy != nil {
+		w.Header().Set("Retry-After", "2")
+		writeProblem(w, busy.Status, busy.Error())
+		return
+	}
+	defer release()
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	sent := &countingReader{r: r.Body}
 	body := io.Reader(http.MaxBytesReader(w, readCloser{sent, r.Body}, s.cfg.Limits.MaxBodyBytes))
 	if s.cfg.Limits.ReadIdleTimeout > 0 {
-		body = &idleDeadline{r: body, rc: http.NewResponseController(w), idle: s.cfg.Limits.ReadIdleTimeout}
+		body = &pacedBody{r: body, rc: http.NewResponseController(w), idle: s.cfg.Limits.ReadIdleTimeout,
+			minRate: s.cfg.Limits.MinBytesPerSecond}
 	}
+	ratio := 0
 	switch r.Header.Get("Content-Encoding") {
 	case "", "identity":
 	case "gzip":
@@ -74,11 +90,12 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 			writeProblem(w, http.StatusBadRequest, "body is not valid gzip: "+err.Error())
 			return
 		}
-		body = gz
+		body, ratio = gz, s.cfg.Limits.MaxDecompressionRatio
 	default:
 		writeProblem(w, http.StatusUnsupportedMediaType, "Content-Encoding must be gzip or absent")
 		return
 	}
+	body = &inflateBound{r: body, sent: sent, max: s.cfg.Limits.MaxDecompressedBytes, ratio: ratio}
 	q := r.URL.Query()
 	// The fingerprint of an Idempotency-Key covers what the upload means:
 	// its format, its parameters and its (decoded) body.
@@ -87,7 +104,11 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	body = io.TeeReader(body, fingerprint)
 	defaultEntity := q.Get("entity")
 	if defaultEntity != "" && s.cfg.Entities[defaultEntity] == nil {
-		writeProblem(w, http.StatusBadRequest, fmt.Sprintf("entity %q is not configured", defaultEntity))
+		writeProblem(w, http.StatusBadRequest, fmt.Sprintf("entity %s is not configured", pipeline.Quote(defaultEntity)))
+		return
+	}
+	if defaultEntity != "" && !who.MayWrite(defaultEntity) {
+		writeProblem(w, http.StatusForbidden, fmt.Sprintf("this API key may not write entity %s", pipeline.Quote(defaultEntity)))
 		return
 	}
 	records, err := pipeline.NewUploadReader(mt, body, pipeline.UploadOptions{
@@ -111,7 +132,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if key == "" {
-		s.runUpload(ctx, w, tenant, defaultEntity, records, sent)
+		s.runUpload(ctx, w, who, defaultEntity, records, sent)
 		return
 	}
 	owned, rec, err := s.cfg.Idempotency.ClaimIdempotencyKey(ctx, tenant, key, s.cfg.IdempotencyWindow)
@@ -130,7 +151,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return s.cfg.Idempotency.HeartbeatIdempotencyKey(ctx, tenant, key)
 	})
 	answer := newCapture()
-	s.runUpload(ctx, answer, tenant, defaultEntity, records, sent)
+	s.runUpload(ctx, answer, who, defaultEntity, records, sent)
 	stop()
 	_, drainErr := io.Copy(io.Discard, body)
 	var stored *pipeline.IdempotentRecord
@@ -147,14 +168,14 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 }
 
 // runUpload creates the job, streams the records and answers.
-func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, tenant, defaultEntity string, records pipeline.UploadReader, sent *countingReader) {
+func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, who Principal, defaultEntity string, records pipeline.UploadReader, sent *countingReader) {
 	job := s.cfg.NewJobID()
-	if err := s.cfg.Jobs.CreateJob(ctx, job, tenant); err != nil {
+	if err := s.cfg.Jobs.CreateJob(ctx, job, who.Tenant); err != nil {
 		s.log(ctx).Error("creating job", "error", err)
 		writeUnavailable(w, 2*time.Second, "the job store is unavailable", "")
 		return
 	}
-	u := &upload{s: s, job: job, tenant: tenant, defaultEntity: defaultEntity}
+	u := &upload{s: s, job: job, who: who, defaultEntity: defaultEntity}
 	// The job's heartbeat: a job whose ingress dies stops beating and is
 	// marked failed after postgres.UploadLease.
 	stop := s.heartbeat(ctx, "recording upload progress", func(ctx context.Context) error {
@@ -174,8 +195,9 @@ func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, tenant, d
 	if storeErr != nil {
 		s.log(ctx).Error("finishing upload", "job_id", job, "error", storeErr)
 	}
-	var tooLarge *http.MaxBytesError
 	var bodyErr *pipeline.BodyError
+	var bound *boundError
+	var tooLarge *http.MaxBytesError
 	status := http.StatusAccepted
 	defer func() {
 		s.cfg.Observer.Upload(status, res.Accepted, res.Rejected, sent.n)
@@ -183,9 +205,13 @@ func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, tenant, d
 			"accepted", res.Accepted, "rejected", res.Rejected, "bytes", sent.n)
 	}()
 	switch {
-	case errors.As(readErr, &tooLarge) || errors.Is(readErr, errUploadTooLarge) || (errors.As(readErr, &bodyErr) && bodyErr.TooLarge):
+	case errors.As(readErr, &bound) || errors.As(readErr, &tooLarge):
+		var detail string
+		status, detail = readStatus(readErr)
+		writeProblemFor(w, status, fmt.Sprintf("%s; %d records were accepted before that and will be applied", detail, res.Accepted), string(job))
+	case errors.As(readErr, &bodyErr) && bodyErr.TooLarge:
 		status = http.StatusRequestEntityTooLarge
-		writeProblemFor(w, status, readErr.Error(), string(job))
+		writeProblemFor(w, status, readErr.Error()+" (ingress.max_record_bytes)", string(job))
 	case errors.Is(readErr, errStore):
 		status = http.StatusServiceUnavailable
 		writeUnavailable(w, 2*time.Second, fmt.Sprintf("%v; %d records were accepted before that and will be applied; retrying the whole upload is safe", readErr, res.Accepted), string(job))
@@ -212,12 +238,14 @@ func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, tenant, d
 type upload struct {
 	s             *Server
 	job           pipeline.JobID
-	tenant        string
+	who           Principal
 	defaultEntity string
 
 	received, rejected atomic.Int64
 	shown              []Rejection
+	shownBytes         int
 	pending            []pipeline.Failure
+	pendingBytes       int
 
 	acks     sync.WaitGroup
 	accepted atomic.Int64
@@ -248,17 +276,17 @@ func (u *upload) read(ctx context.Context, records pipeline.UploadReader) error 
 			return err
 		}
 		if u.received.Load() >= u.s.cfg.Limits.MaxRecords {
-			return fmt.Errorf("%w: more than %d records", errUploadTooLarge, u.s.cfg.Limits.MaxRecords)
+			return overBound("ingress.max_records", "the upload holds more than %d records", u.s.cfg.Limits.MaxRecords)
 		}
 		if u.produceErr() != nil {
 			return nil
 		}
 		u.add(ctx, cmd, err)
-		if len(u.pending) >= failureFlush {
+		if len(u.pending) >= failureFlush || u.pendingBytes >= maxPendingBytes {
 			if err := u.s.cfg.Jobs.AddFailures(ctx, u.job, u.pending); err != nil {
 				return fmt.Errorf("%w: recording rejections: %w", errStore, err)
 			}
-			u.pending = u.pending[:0]
+			u.pending, u.pendingBytes = u.pending[:0], 0
 		}
 	}
 }
@@ -271,9 +299,12 @@ func (u *upload) add(ctx context.Context, cmd pipeline.Command, decodeErr error)
 	if err == nil {
 		err = u.s.cfg.Entities.Validate(&cmd, u.defaultEntity)
 	}
+	if err == nil && !u.who.MayWrite(cmd.Entity) {
+		err = pipeline.Errorf(pipeline.ClassForbidden, "this API key may not write entity %s", pipeline.Quote(cmd.Entity))
+	}
 	var rec pipeline.Record
 	if err == nil {
-		rec, err = pipeline.NewRecord(&cmd, u.job, u.tenant, index)
+		rec, err = pipeline.NewRecord(&cmd, u.job, u.who.Tenant, index)
 	}
 	if err != nil {
 		u.reject(index, cmd.ID, err)
@@ -296,26 +327,22 @@ func (u *upload) add(ctx context.Context, cmd pipeline.Command, decodeErr error)
 	})
 }
 
+// reject records a refused record. What it keeps is bounded whatever the
+// record held: the id and message are cut to printable excerpts, the answer
+// lists at most Limits.MaxRejections (and maxShownBytes), and the failure
+// rows wait in batches of at most failureFlush (and maxPendingBytes).
 func (u *upload) reject(index int64, id pipeline.CommandID, err error) {
 	u.rejected.Add(1)
 	class := pipeline.ClassOf(err)
-	if len(u.shown) < u.s.cfg.Limits.MaxRejections {
-		u.shown = append(u.shown, Rejection{Index: index, ID: id, Class: class, Error: err.Error()})
+	id = pipeline.CommandID(pipeline.Printable(string(id), maxIDBytes))
+	msg := pipeline.BoundError(err)
+	size := len(id) + len(msg)
+	if len(u.shown) < u.s.cfg.Limits.MaxRejections && u.shownBytes+size <= maxShownBytes {
+		u.shown = append(u.shown, Rejection{Index: index, ID: id, Class: class, Error: msg})
+		u.shownBytes += size
 	}
-	u.pending = append(u.pending, pipeline.Failure{Index: index, ID: id, Stage: pipeline.StageIngress, Outcome: pipeline.OutcomeRejected, Class: class, Error: err.Error()})
-}
-
-// idleDeadline moves the connection's read deadline on before every read:
-// a client that stops sending is cut off, one that is merely slow is not.
-type idleDeadline struct {
-	r    io.Reader
-	rc   *http.ResponseController
-	idle time.Duration
-}
-
-func (d *idleDeadline) Read(p []byte) (int, error) {
-	_ = d.rc.SetReadDeadline(time.Now().Add(d.idle)) // unsupported writers just keep no deadline
-	return d.r.Read(p)
+	u.pending = append(u.pending, pipeline.Failure{Index: index, ID: id, Stage: pipeline.StageIngress, Outcome: pipeline.OutcomeRejected, Class: class, Error: msg})
+	u.pendingBytes += size
 }
 
 // countingReader counts the body bytes read (as sent, before gunzip).

@@ -634,12 +634,11 @@ func queueFailureRows(q *pgx.Batch, jobs []string, fs []pipeline.Failure) {
 		jobs, idx, ids, stages, outcomes, classes, msgs)
 }
 
-// clean makes a string storable as PostgreSQL text, which refuses NUL and
-// invalid UTF-8: a failure must be recordable whatever the bad input held.
-func clean(s string) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	return strings.ReplaceAll(s, "\x00", "\uFFFD")
-}
+// clean makes text storable and showable: PostgreSQL text refuses NUL and
+// invalid UTF-8, and a failure must be recordable whatever the bad input
+// held; an operator's terminal must not receive its control characters;
+// and a database message quoting a huge value must not make a huge row.
+func clean(s string) string { return pipeline.Printable(s, pipeline.MaxErrorBytes) }
 
 func gerund(op pipeline.Op) string {
 	if op == pipeline.OpDelete {
