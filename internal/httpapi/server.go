@@ -56,6 +56,8 @@ type Observer interface {
 	// Produced: the broker acknowledged a record d after it was handed to
 	// the producer.
 	Produced(d time.Duration)
+	// Uploading: an upload took (+1) or gave back (-1) its slot.
+	Uploading(delta int)
 }
 
 type nopObserver struct{}
@@ -63,6 +65,7 @@ type nopObserver struct{}
 func (nopObserver) Request(string, int)             {}
 func (nopObserver) Upload(int, int64, int64, int64) {}
 func (nopObserver) Produced(time.Duration)          {}
+func (nopObserver) Uploading(int)                   {}
 
 // Config wires a Server.
 type Config struct {

@@ -73,7 +73,8 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, busy.Status, busy.Error())
 		return
 	}
-	defer release()
+	s.cfg.Observer.Uploading(1)
+	defer func() { release(); s.cfg.Observer.Uploading(-1) }()
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	sent := &countingReader{r: r.Body}
 	body := io.Reader(http.MaxBytesReader(w, readCloser{sent, r.Body}, s.cfg.Limits.MaxBodyBytes))

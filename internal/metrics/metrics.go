@@ -25,6 +25,7 @@ type Metrics struct {
 	uploadRecords  *prometheus.CounterVec
 	uploadBytes    prometheus.Counter
 	produceLatency prometheus.Histogram
+	uploading      prometheus.Gauge
 
 	batchSize     prometheus.Histogram
 	batchDuration prometheus.Histogram
@@ -68,6 +69,7 @@ func New(reg *prometheus.Registry) *Metrics {
 	m.uploads = counter("spool_ingress_uploads_total", "Uploads (POST /v1/jobs) answered, by status code.", "code")
 	m.uploadRecords = counter("spool_ingress_records_total", "Upload records, by outcome: accepted (acknowledged by Kafka) or rejected.", "outcome")
 	m.uploadBytes = single("spool_ingress_upload_bytes_total", "Upload body bytes read, as sent (compressed when gzip).")
+	m.uploading = gauge("spool_ingress_uploads_in_progress", "Uploads being read now, all tenants together (bounded by ingress.max_concurrent_uploads).")
 	m.produceLatency = histogram("spool_ingress_produce_latency_seconds", "From handing a record to the producer to the broker's acknowledgement.",
 		prometheus.ExponentialBuckets(0.001, 2, 14))
 
@@ -119,6 +121,9 @@ func (m *Metrics) Upload(code int, accepted, rejected, bytes int64) {
 }
 
 // Produced implements httpapi.Observer.
+// Uploading implements httpapi.Observer.
+func (m *Metrics) Uploading(delta int) { m.uploading.Add(float64(delta)) }
+
 func (m *Metrics) Produced(d time.Duration) { m.produceLatency.Observe(d.Seconds()) }
 
 // BatchWritten implements pipeline.Observer.
