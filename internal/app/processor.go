@@ -111,7 +111,7 @@ func (p *Processor) run(ctx context.Context) error {
 	defer lag.Close()
 
 	mux := http.NewServeMux()
-	mux.Handle("/", httpapi.HealthHandler(
+	mux.Handle("/", httpapi.HealthHandler(p.logger,
 		httpapi.Dependency{Name: "PostgreSQL", Ping: store.Ping}, httpapi.Dependency{Name: "Kafka", Ping: producer.Ping}))
 	mux.Handle("GET /metrics", m.Handler())
 	withPprof(mux, c.Metrics.Pprof)
