@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -154,7 +155,7 @@ func setup(ctx context.Context, cfg Config) (e *env, err error) {
 	}
 	u, err := url.Parse(cfg.DatabaseURL)
 	if err != nil {
-		return e, fmt.Errorf("database url: %w", err)
+		return e, errors.New("parsing database url: not a URL (not shown: it may hold a password)")
 	}
 	q := u.Query()
 	q.Set("search_path", cfg.Schema)

@@ -12,7 +12,7 @@ type Key struct {
 
 // Keys lists every scalar key with its default.
 var Keys = []Key{
-	{"database.url", "postgres://postgres@127.0.0.1:5432/spool?sslmode=disable", "PostgreSQL connection string"},
+	{"database.url", "postgres://postgres@127.0.0.1:5432/spool?sslmode=disable", "PostgreSQL connection string: a URL (postgres://…) or key=value settings; passwords are redacted wherever it is logged"},
 	{"database.max_conns", 8, "most connections a binary opens to PostgreSQL"},
 	{"kafka.brokers", []string{"127.0.0.1:9092"}, "seed brokers (comma-separated in env)"},
 	{"kafka.topic", "spool.commands", "topic that carries commands"},

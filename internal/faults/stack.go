@@ -2,6 +2,7 @@ package faults
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
@@ -259,7 +260,7 @@ func tail(log string, n int) string {
 func withParams(dbURL string, kv ...string) (string, error) {
 	u, err := url.Parse(dbURL)
 	if err != nil {
-		return "", fmt.Errorf("database url: %w", err)
+		return "", errors.New("parsing database url: not a URL (not shown: it may hold a password)")
 	}
 	q := u.Query()
 	for i := 0; i+1 < len(kv); i += 2 {
