@@ -216,7 +216,7 @@ func (e *env) configFile(name, topic, group, extra string) (string, error) {
 kafka: {brokers: [%q], partitions: %d, topic: %q, dlq_topic: %q, group: %q}
 auth: {disabled: true}
 log: {level: warn}
-ingress: {max_records: %d}
+ingress: {max_records: %d, metrics_addr: "127.0.0.1:0"}
 entities:
   %s: {table: %s.customers, key: [customer_id], version_column: version}
 %s`, e.dbURL, e.brokers[0], e.cfg.Partitions, topic, topic+".dlq", group, 1<<40, Entity, e.cfg.Schema, extra)

@@ -94,6 +94,9 @@ type Dedupe struct {
 
 // Ingress configures upload limits.
 type Ingress struct {
+	// MetricsAddr serves /metrics, /healthz, /readyz and, with
+	// metrics.pprof, /debug/pprof/: an operator's port, not the API's.
+	MetricsAddr       string        `mapstructure:"metrics_addr"`
 	IdempotencyWindow time.Duration `mapstructure:"idempotency_window"`
 	ReadIdleTimeout   time.Duration `mapstructure:"read_idle_timeout"`
 	MaxLag            int64         `mapstructure:"max_lag"`
@@ -322,7 +325,7 @@ func (c *Config) Validate() error {
 	if c.Kafka.Group == "" {
 		bad("kafka.group", "must be set")
 	}
-	for key, addr := range map[string]string{"http.addr": c.HTTP.Addr, "metrics.addr": c.Metrics.Addr} {
+	for key, addr := range map[string]string{"http.addr": c.HTTP.Addr, "metrics.addr": c.Metrics.Addr, "ingress.metrics_addr": c.Ingress.MetricsAddr} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			bad(key, "%q is not host:port", addr)
 		}

@@ -68,6 +68,7 @@ kafka: {brokers: [%q], partitions: %d, topic: %q, dlq_topic: %q, group: %q}
 auth: {disabled: true}
 http: {addr: %q}
 metrics: {addr: "127.0.0.1:0"}
+ingress: {metrics_addr: "127.0.0.1:0"}
 entities:
   customers: {table: %s.customers, key: [customer_id], version_column: version}
   events: {table: %[8]s.events, key: [event_id]}
