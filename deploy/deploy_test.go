@@ -19,7 +19,8 @@ import (
 // TestComposeFile loads docker-compose.yml as Docker Compose would and
 // checks the stack it describes: real Kafka in KRaft mode, PostgreSQL, a
 // one-shot migration that the services wait for, a scalable processor,
-// Prometheus scraping both, Grafana with the dashboard.
+// Prometheus scraping both, Grafana with the dashboard, and every published
+// port bound to loopback.
 func TestComposeFile(t *testing.T) {
 	opts, err := cli.NewProjectOptions([]string{"../docker-compose.yml"}, cli.WithWorkingDirectory(".."), cli.WithName("spool"))
 	require.NoError(t, err)
@@ -62,6 +63,16 @@ func TestComposeFile(t *testing.T) {
 		require.Contains(t, *s.Environment["SPOOL_DATABASE_URL"], "@postgres:5432/")
 		require.NotNil(t, s.Build, "%s is built from the Dockerfile", name)
 	}
+	// The stack runs with auth off, plaintext Kafka and anonymous Grafana:
+	// nothing of it may be published beyond this machine.
+	published := 0
+	for _, s := range p.Services {
+		for _, port := range s.Ports {
+			published++
+			require.Equal(t, "127.0.0.1", port.HostIP, "%s publishes %s:%d on every interface", s.Name, port.Published, port.Target)
+		}
+	}
+	require.Equal(t, 4, published, "ingress, Kafka, Prometheus and Grafana")
 	require.Equal(t, "8080", svc("ingress").Ports[0].Published)
 	require.Equal(t, uint32(8080), svc("ingress").Ports[0].Target)
 	processor := svc("processor")

@@ -8,6 +8,6 @@ import (
 )
 
 func main() {
-	app.Main("ingress", []string{"http.addr", "database.url", "kafka.brokers"},
+	app.Main("ingress", []string{"http.addr", "ingress.metrics_addr", "database.url", "kafka.brokers"},
 		func(c *config.Config, l *slog.Logger) (app.Runner, error) { return app.NewIngress(c, l) })
 }

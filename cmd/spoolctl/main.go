@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/spoolhq/spool/internal/cli"
+	"github.com/spoolhq/spool/pipeline"
 )
 
 func main() {
@@ -15,7 +16,8 @@ func main() {
 	err := cli.New().ExecuteContext(ctx)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "spoolctl:", err)
+		// The error may carry a server's or a database's words: printable.
+		fmt.Fprintln(os.Stderr, "spoolctl:", pipeline.Printable(err.Error(), 4*pipeline.MaxErrorBytes))
 		os.Exit(1)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/spoolhq/spool/internal/config"
+	"github.com/spoolhq/spool/internal/httpapi"
 	"github.com/spoolhq/spool/internal/postgres"
 	"github.com/spoolhq/spool/pipeline"
 )
@@ -134,12 +135,21 @@ func every(ctx context.Context, interval time.Duration, fn func()) {
 	}
 }
 
-// withPprof adds Go's profiling endpoints to mux when metrics.pprof is on.
-func withPprof(mux *http.ServeMux, on bool) {
-	if !on {
-		return
+// serveOps serves the operator's endpoints on ln: /healthz, /readyz,
+// /metrics and, when metrics.pprof is on, Go's profiling endpoints. They
+// live on a listener of their own, never the API's, so that a profile (a
+// heap dump holds request bodies) is only as reachable as that port is.
+// The caller closes the server.
+func serveOps(ln net.Listener, logger *slog.Logger, metrics http.Handler, pprofOn bool, deps ...httpapi.Dependency) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/", httpapi.HealthHandler(logger, deps...))
+	mux.Handle("GET /metrics", metrics)
+	if pprofOn {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: mux, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	go func() { _ = srv.Serve(ln) }()
+	return srv
 }

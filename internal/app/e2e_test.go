@@ -33,7 +33,9 @@ type stack struct {
 	db      *pgtest.DB
 	client  *apiclient.Client
 	server  string
-	base    map[string]any
+	// ops is ingress's metrics listener: /metrics, health, pprof.
+	ops  string
+	base map[string]any
 }
 
 // newStack runs ingress in-process against a real PostgreSQL schema and a
@@ -51,6 +53,7 @@ func newStack(t *testing.T, overrides map[string]any) *stack {
 		"kafka.partitions":         4,
 		"http.addr":                "127.0.0.1:0",
 		"metrics.addr":             "127.0.0.1:0",
+		"ingress.metrics_addr":     "127.0.0.1:0",
 		"auth.disabled":            true,
 		"processor.batch_max_wait": "50ms",
 		"processor.batch_size":     1000,
@@ -65,6 +68,7 @@ func newStack(t *testing.T, overrides map[string]any) *stack {
 	require.NoError(t, err)
 	s.run(t, ingress)
 	s.server = "http://" + ingress.Addr().String()
+	s.ops = "http://" + ingress.MetricsAddr().String()
 	s.client = &apiclient.Client{Server: s.server}
 	waitReady(t, s.server)
 	return s

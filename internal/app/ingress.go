@@ -28,20 +28,31 @@ type Ingress struct {
 	cfg    *config.Config
 	logger *slog.Logger
 	ln     net.Listener
+	// metricsLn serves the operator's endpoints, apart from the API.
+	metricsLn net.Listener
 }
 
-// NewIngress listens on http.addr at once, so that the caller knows the
-// address (":0" picks a free port) before Run.
+// NewIngress listens on http.addr and ingress.metrics_addr at once, so
+// that the caller knows the addresses (":0" picks a free port) before Run.
 func NewIngress(c *config.Config, logger *slog.Logger) (*Ingress, error) {
 	ln, err := listen("http.addr", c.HTTP.Addr)
 	if err != nil {
 		return nil, err
 	}
-	return &Ingress{cfg: c, logger: logger, ln: ln}, nil
+	metricsLn, err := listen("ingress.metrics_addr", c.Ingress.MetricsAddr)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return &Ingress{cfg: c, logger: logger, ln: ln, metricsLn: metricsLn}, nil
 }
 
-// Addr is the address ingress listens on.
+// Addr is the address ingress serves the API on.
 func (in *Ingress) Addr() net.Addr { return in.ln.Addr() }
+
+// MetricsAddr is the address of ingress's metrics, health and profiling
+// endpoints.
+func (in *Ingress) MetricsAddr() net.Addr { return in.metricsLn.Addr() }
 
 // Run serves until ctx is done, then shuts down gracefully: uploads in
 // flight finish and get their answers.
@@ -49,6 +60,7 @@ func (in *Ingress) Run(ctx context.Context) error { return stopped(ctx, in.run(c
 
 func (in *Ingress) run(ctx context.Context) error {
 	defer in.ln.Close()
+	defer in.metricsLn.Close()
 	c := in.cfg
 	pool, entities, err := openDatabase(ctx, c, in.logger)
 	if err != nil {
@@ -114,18 +126,18 @@ func (in *Ingress) run(ctx context.Context) error {
 		Metrics:  m.Handler(),
 		Logger:   in.logger,
 	})
-	mux := http.NewServeMux()
-	mux.Handle("/", api)
-	withPprof(mux, c.Metrics.Pprof)
+	ops := serveOps(in.metricsLn, in.logger, m.Handler(), c.Metrics.Pprof,
+		httpapi.Dependency{Name: "PostgreSQL", Ping: store.Ping}, httpapi.Dependency{Name: "Kafka", Ping: producer.Ping})
+	defer ops.Close()
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           api,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(in.logger.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(in.ln) }()
-	in.logger.Info("ingress listening", "addr", in.ln.Addr().String(), "topic", c.Kafka.Topic)
+	in.logger.Info("ingress listening", "addr", in.ln.Addr().String(), "metrics_addr", in.metricsLn.Addr().String(), "topic", c.Kafka.Topic)
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serving http: %w", err)

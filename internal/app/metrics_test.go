@@ -62,3 +62,43 @@ func TestMetricsFollowTheWork(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestPprofOnlyOnMetricsListeners: with metrics.pprof on, the profiling
+// endpoints (a heap profile holds request bodies) are served on ingress's
+// and the processor's metrics listeners and never on the API port; with it
+// off, nowhere. /metrics and the health endpoints answer on both listeners.
+func TestPprofOnlyOnMetricsListeners(t *testing.T) {
+	t.Parallel()
+	status := func(url string) int {
+		t.Helper()
+		resp, err := http.Get(url)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode
+	}
+	s := newStack(t, map[string]any{"metrics.pprof": true})
+	p, err := app.NewProcessor(s.config(t, nil), testLogger(t))
+	require.NoError(t, err)
+	s.run(t, p)
+	processor := "http://" + p.Addr().String()
+	waitReady(t, processor)
+
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap", "/debug/pprof/goroutine"} {
+		require.Equal(t, http.StatusNotFound, status(s.server+path), "the API port serves no %s", path)
+		require.Equal(t, http.StatusOK, status(s.ops+path), "ingress's metrics port serves %s", path)
+		require.Equal(t, http.StatusOK, status(processor+path), "the processor's metrics port serves %s", path)
+	}
+	// The command line may carry --database-url with its password.
+	require.Equal(t, http.StatusNotFound, status(s.ops+"/debug/pprof/cmdline"))
+	for _, path := range []string{"/metrics", "/healthz", "/readyz"} {
+		require.Equal(t, http.StatusOK, status(s.ops+path), path)
+	}
+	require.Equal(t, http.StatusOK, status(s.server+"/openapi.yaml"))
+	require.Equal(t, 1.0, scrape(t, s.ops+"/metrics", `spool_http_requests_total{code="200",route="GET /openapi.yaml"}`),
+		"ingress's metrics on its metrics port")
+
+	off := newStack(t, nil)
+	require.Equal(t, http.StatusNotFound, status(off.server+"/debug/pprof/"))
+	require.Equal(t, http.StatusNotFound, status(off.ops+"/debug/pprof/"))
+}

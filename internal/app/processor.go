@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"runtime/debug"
 	"time"
@@ -110,14 +109,9 @@ func (p *Processor) run(ctx context.Context) error {
 	}
 	defer lag.Close()
 
-	mux := http.NewServeMux()
-	mux.Handle("/", httpapi.HealthHandler(
-		httpapi.Dependency{Name: "PostgreSQL", Ping: store.Ping}, httpapi.Dependency{Name: "Kafka", Ping: producer.Ping}))
-	mux.Handle("GET /metrics", m.Handler())
-	withPprof(mux, c.Metrics.Pprof)
-	health := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: mux}
-	go func() { _ = health.Serve(p.ln) }()
-	defer health.Close()
+	ops := serveOps(p.ln, p.logger, m.Handler(), c.Metrics.Pprof,
+		httpapi.Dependency{Name: "PostgreSQL", Ping: store.Ping}, httpapi.Dependency{Name: "Kafka", Ping: producer.Ping})
+	defer ops.Close()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

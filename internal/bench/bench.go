@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -154,7 +155,7 @@ func setup(ctx context.Context, cfg Config) (e *env, err error) {
 	}
 	u, err := url.Parse(cfg.DatabaseURL)
 	if err != nil {
-		return e, fmt.Errorf("database url: %w", err)
+		return e, errors.New("parsing database url: not a URL (not shown: it may hold a password)")
 	}
 	q := u.Query()
 	q.Set("search_path", cfg.Schema)
@@ -215,7 +216,7 @@ func (e *env) configFile(name, topic, group, extra string) (string, error) {
 kafka: {brokers: [%q], partitions: %d, topic: %q, dlq_topic: %q, group: %q}
 auth: {disabled: true}
 log: {level: warn}
-ingress: {max_records: %d}
+ingress: {max_records: %d, metrics_addr: "127.0.0.1:0"}
 entities:
   %s: {table: %s.customers, key: [customer_id], version_column: version}
 %s`, e.dbURL, e.brokers[0], e.cfg.Partitions, topic, topic+".dlq", group, 1<<40, Entity, e.cfg.Schema, extra)

@@ -92,7 +92,7 @@ func startDev(ctx context.Context, t *testing.T, db *pgtest.DB) *devStack {
 	ctx, cancel := context.WithCancel(ctx)
 	pr, pw := io.Pipe()
 	dev := cli.New()
-	dev.SetArgs([]string{"dev", "--http-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
+	dev.SetArgs([]string{"dev", "--http-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--ingress-metrics-addr", "127.0.0.1:0",
 		"--kafka-addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--partitions", "3", "--database-url", db.URL})
 	dev.SetOut(pw)
 	dev.SetErr(testWriter{t})

@@ -16,7 +16,10 @@ import (
 )
 
 // devDefaults keep the local stack on loopback and without auth.
-var devDefaults = map[string]any{"http.addr": "127.0.0.1:8080", "metrics.addr": "127.0.0.1:9090", "auth.disabled": true}
+var devDefaults = map[string]any{
+	"http.addr": "127.0.0.1:8080", "metrics.addr": "127.0.0.1:9090", "ingress.metrics_addr": "127.0.0.1:9091",
+	"auth.disabled": true,
+}
 
 func newDevCmd() *cobra.Command {
 	cmd := &cobra.Command{
@@ -30,7 +33,7 @@ customers. Auth is off unless --api-key TENANT:KEY is given. Ctrl-C stops it.`,
 		RunE: runDev,
 	}
 	f := cmd.Flags()
-	config.AddFlags(f, devDefaults, "http.addr", "metrics.addr", "database.url")
+	config.AddFlags(f, devDefaults, "http.addr", "metrics.addr", "ingress.metrics_addr", "database.url")
 	f.String("kafka-addr", "127.0.0.1:9092", "embedded broker listen address")
 	f.String("data-dir", ".spool-dev", "where the embedded broker keeps its data")
 	f.Int("partitions", 12, "partitions of the topics dev creates")

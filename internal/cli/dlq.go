@@ -139,7 +139,7 @@ func parseWhen(v string, now time.Time) (time.Time, error) {
 // letters (another tool wrote them), without stopping.
 func unreadable(cmd *cobra.Command) func(pipeline.Record, error) {
 	return func(r pipeline.Record, err error) {
-		fmt.Fprintf(cmd.ErrOrStderr(), "skipping %d:%d: %v\n", r.Partition, r.Offset, err)
+		fmt.Fprintf(cmd.ErrOrStderr(), "skipping %d:%d: %s\n", r.Partition, r.Offset, shown(err.Error(), pipeline.MaxErrorBytes))
 	}
 }
 
@@ -171,7 +171,8 @@ func newDLQListCmd() *cobra.Command {
 					return enc.Encode(viewOf(e))
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", e.Coordinates(), e.LastFailure.Format(time.RFC3339),
-					e.ErrorClass, e.Attempt, orDash(string(e.JobID)), indexText(e.Index), e.CommandID, orDash(e.Entity()), short(e.Error, 120))
+					field(string(e.ErrorClass)), e.Attempt, field(string(e.JobID)), indexText(e.Index), field(string(e.CommandID)),
+					field(e.Entity()), shown(e.Error, 120))
 				return nil
 			}, unreadable(cmd))
 			if err != nil {
@@ -226,7 +227,7 @@ func newDLQStatsCmd() *cobra.Command {
 				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 				fmt.Fprintf(tw, "%s\tCOUNT\n", g.title)
 				for _, k := range byCount(g.m) {
-					fmt.Fprintf(tw, "%s\t%d\n", orDash(k), g.m[k])
+					fmt.Fprintf(tw, "%s\t%d\n", field(k), g.m[k])
 				}
 				if err := tw.Flush(); err != nil {
 					return err
@@ -266,14 +267,14 @@ func newDLQShowCmd() *cobra.Command {
 				}
 				return writeJSONOut(w, viewOf(e))
 			}
-			fmt.Fprintf(w, "dead letter %d:%d of %s, written %s\n", rec.Partition, rec.Offset, t.topic, rec.Timestamp.UTC().Format(time.RFC3339Nano))
+			fmt.Fprintf(w, "dead letter %d:%d of %s, written %s\n", rec.Partition, rec.Offset, field(t.topic), rec.Timestamp.UTC().Format(time.RFC3339Nano))
 			if perr != nil {
-				fmt.Fprintf(w, "not a spool dead letter: %v\n", perr)
+				fmt.Fprintf(w, "not a spool dead letter: %s\n", shown(perr.Error(), pipeline.MaxErrorBytes))
 			}
-			fmt.Fprintf(w, "\nkey: %s\n\nheaders:\n", printable(rec.Key))
+			fmt.Fprintf(w, "\nkey: %s\n\nheaders:\n", pipeline.Printable(string(rec.Key), maxShownField))
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 			for _, h := range rec.Headers {
-				fmt.Fprintf(tw, "  %s\t%s\n", h.Key, printable(h.Value))
+				fmt.Fprintf(tw, "  %s\t%s\n", pipeline.Printable(h.Key, maxShownField), pipeline.Printable(string(h.Value), maxShownField))
 			}
 			if err := tw.Flush(); err != nil {
 				return err
@@ -339,8 +340,8 @@ func runReplay(cmd *cobra.Command, _ []string) error {
 				}{a, viewOf(e)})
 				return
 			}
-			fmt.Fprintf(out, "%-17s %s → %s (attempt %d) job %s index %s command %s: %s\n", a, e.Coordinates(), e.SourceTopic,
-				e.Attempt+1, orDash(string(e.JobID)), indexText(e.Index), e.CommandID, short(e.Error, 60))
+			fmt.Fprintf(out, "%-17s %s → %s (attempt %d) job %s index %s command %s: %s\n", a, e.Coordinates(), field(e.SourceTopic),
+				e.Attempt+1, field(string(e.JobID)), indexText(e.Index), field(string(e.CommandID)), shown(e.Error, 60))
 		}
 	}
 	plan, err := dlq.Replay(ctx, t.reader, nil, t.topic, opts)
@@ -431,18 +432,18 @@ func viewOf(e *dlq.Envelope) envelopeView {
 		FirstFailure: e.FirstFailure, LastFailure: e.LastFailure,
 		SourceTopic: e.SourceTopic, SourcePartition: e.SourcePartition, SourceOffset: e.SourceOffset,
 		JobID: string(e.JobID), Tenant: e.Tenant, CommandID: string(e.CommandID), Entity: e.Entity(),
-		Processor: e.Instance, ReplayOf: e.ReplayOf, Key: printable(e.Key), Value: e.Value,
+		Processor: e.Instance, ReplayOf: e.ReplayOf, Key: textOf(e.Key), Value: e.Value,
 	}
 	if e.Index >= 0 {
 		v.Index = &e.Index
 	}
 	if !json.Valid(e.Value) {
-		v.Value, _ = json.Marshal(printable(e.Value))
+		v.Value, _ = json.Marshal(textOf(e.Value))
 	}
 	if len(e.Headers) > 0 {
 		v.Headers = map[string]string{}
 		for _, h := range e.Headers {
-			v.Headers[h.Key] = printable(h.Value)
+			v.Headers[h.Key] = textOf(h.Value)
 		}
 	}
 	return v
@@ -458,30 +459,52 @@ func parseCoordinates(s string) (int32, int64, error) {
 	return int32(p), o, nil
 }
 
-// printable shows bytes as text when they are UTF-8, quoted otherwise.
-func printable(b []byte) string {
+// textOf shows bytes as text in --json output when they are UTF-8,
+// quoted otherwise; the JSON encoder escapes control characters.
+func textOf(b []byte) string {
 	if utf8.Valid(b) {
 		return string(b)
 	}
 	return strconv.Quote(string(b))
 }
 
+// Human output is written to a terminal: every piece of it that a client,
+// a database or another Kafka client wrote goes through pipeline.Printable,
+// so that no escape sequence (an OSC retitling the window, a cursor move,
+// a carriage return overwriting the line) reaches the operator raw.
+const (
+	// maxShownField bounds an id, a key, a header or a name in a table.
+	maxShownField = 256
+	// maxShownLine bounds one line of a pretty-printed value.
+	maxShownLine = 64 << 10
+)
+
+// pretty indents a JSON value and shows anything else as printable text.
+// Valid JSON holds no raw control character below 0x20, but its strings
+// may hold DEL, C1 controls and format characters (U+202E reverses the
+// line), so each line is made printable too.
 func pretty(b []byte) string {
 	var buf bytes.Buffer
-	if json.Indent(&buf, b, "", "  ") == nil {
-		return buf.String()
+	if json.Indent(&buf, b, "", "  ") != nil {
+		return pipeline.Printable(string(b), maxShownLine)
 	}
-	return printable(b)
+	lines := strings.Split(buf.String(), "\n")
+	for i, l := range lines {
+		lines[i] = pipeline.Printable(l, maxShownLine)
+	}
+	return strings.Join(lines, "\n")
 }
 
-func short(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if utf8.RuneCountInString(s) <= n {
-		return s
-	}
-	r := []rune(s)
-	return string(r[:n-1]) + "…"
+// shown is a message on one line: runs of white space (a newline or a
+// carriage return among them) become one space, then it is made printable
+// and cut after about n bytes.
+func shown(s string, n int) string {
+	return pipeline.Printable(strings.Join(strings.Fields(s), " "), n)
 }
+
+// field is an id, a name or a class in a table: printable, bounded, "-"
+// when empty.
+func field(s string) string { return orDash(pipeline.Printable(s, maxShownField)) }
 
 func orDash(s string) string {
 	if s == "" {

@@ -88,7 +88,7 @@ func newJobsListCmd() *cobra.Command {
 						continue
 					}
 					c := j.Counts
-					fmt.Fprintf(tw, "%s\t%s\t%.0f%%\t%d\t%d\t%d\t%d\t%d\t%s\n", j.JobID, j.State, j.Progress*100,
+					fmt.Fprintf(tw, "%s\t%s\t%.0f%%\t%d\t%d\t%d\t%d\t%d\t%s\n", field(string(j.JobID)), field(string(j.State)), j.Progress*100,
 						c.Received, c.Accepted, c.Rejected, c.Applied, c.DeadLettered, j.CreatedAt.Format(time.RFC3339))
 				}
 				cursor = page.NextCursor
@@ -103,7 +103,7 @@ func newJobsListCmd() *cobra.Command {
 				return err
 			}
 			if cursor != "" {
-				fmt.Fprintf(cmd.ErrOrStderr(), "more: --cursor %s (or --all)\n", cursor)
+				fmt.Fprintf(cmd.ErrOrStderr(), "more: --cursor %s (or --all)\n", field(cursor))
 			}
 			return nil
 		},
@@ -123,8 +123,8 @@ func printJob(w io.Writer, j *httpapi.JobView, out string) error {
 		return writeJSONOut(w, j)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "job\t%s\n", j.JobID)
-	fmt.Fprintf(tw, "state\t%s\n", j.State)
+	fmt.Fprintf(tw, "job\t%s\n", field(string(j.JobID)))
+	fmt.Fprintf(tw, "state\t%s\n", field(string(j.State)))
 	fmt.Fprintf(tw, "progress\t%.1f%%\n", j.Progress*100)
 	c := j.Counts
 	fmt.Fprintf(tw, "received\t%d\naccepted\t%d\nrejected\t%d\n", c.Received, c.Accepted, c.Rejected)
@@ -135,7 +135,7 @@ func printJob(w io.Writer, j *httpapi.JobView, out string) error {
 		fmt.Fprintf(tw, "completed\t%s\n", j.CompletedAt.Format(time.RFC3339))
 	}
 	if j.Error != "" {
-		fmt.Fprintf(tw, "error\t%s\n", j.Error)
+		fmt.Fprintf(tw, "error\t%s\n", shown(j.Error, pipeline.MaxErrorBytes))
 	}
 	return tw.Flush()
 }
@@ -181,7 +181,8 @@ func printFailures(cmd *cobra.Command, client *apiclient.Client, id pipeline.Job
 			return err
 		}
 		n++
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", f.Index, f.ID, f.Stage, f.Outcome, f.Class, short(f.Error, 100))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", f.Index, field(string(f.ID)), field(f.Stage), field(string(f.Outcome)),
+			field(string(f.Class)), shown(f.Error, 100))
 		if n%1000 == 0 {
 			_ = tw.Flush()
 		}

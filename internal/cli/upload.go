@@ -95,9 +95,10 @@ func runUpload(cmd *cobra.Command, args []string) error {
 			return err
 		}
 	} else {
-		fmt.Fprintf(w, "job %s %s: received %d, accepted %d, rejected %d\n", res.JobID, res.State, res.Received, res.Accepted, res.Rejected)
+		fmt.Fprintf(w, "job %s %s: received %d, accepted %d, rejected %d\n", field(string(res.JobID)), field(string(res.State)),
+			res.Received, res.Accepted, res.Rejected)
 		for _, r := range res.Rejections {
-			fmt.Fprintf(w, "  rejected #%d %q: %s\n", r.Index, r.ID, r.Error)
+			fmt.Fprintf(w, "  rejected #%d %s: %s\n", r.Index, pipeline.Quote(string(r.ID)), shown(r.Error, pipeline.MaxErrorBytes))
 		}
 	}
 	if wait, _ := f.GetBool("wait"); wait {
@@ -115,7 +116,7 @@ func uploadWithRetry(cmd *cobra.Command, client *apiclient.Client, path, format 
 	return apiclient.Resend(cmd.Context(), func(context.Context) (*httpapi.UploadView, error) {
 		return uploadOnce(cmd, client, path, format, compress, o)
 	}, func(attempt int, err error, wait time.Duration) {
-		fmt.Fprintf(cmd.ErrOrStderr(), "upload attempt %d: %v; retrying in %s with the same idempotency key\n", attempt, err, wait)
+		fmt.Fprintf(cmd.ErrOrStderr(), "upload attempt %d: %s; retrying in %s with the same idempotency key\n", attempt, shown(err.Error(), pipeline.MaxErrorBytes), wait)
 	})
 }
 
@@ -180,7 +181,7 @@ func newIdempotencyKey() string {
 func waitJob(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error {
 	var bar *progressbar.ProgressBar
 	if term.IsTerminal(int(os.Stderr.Fd())) {
-		bar = progressbar.NewOptions(1000, progressbar.OptionSetDescription("job "+string(id)),
+		bar = progressbar.NewOptions(1000, progressbar.OptionSetDescription("job "+field(string(id))),
 			progressbar.OptionSetWriter(os.Stderr), progressbar.OptionClearOnFinish())
 	}
 	j, err := client.WaitJob(cmd.Context(), id, 300*time.Millisecond, func(j *httpapi.JobView) {
@@ -198,7 +199,7 @@ func waitJob(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, ou
 		return err
 	}
 	if j.State != pipeline.JobCompleted {
-		return fmt.Errorf("job %s ended %s", j.JobID, j.State)
+		return fmt.Errorf("job %s ended %s", field(string(j.JobID)), field(string(j.State)))
 	}
 	return nil
 }

@@ -94,6 +94,9 @@ type Dedupe struct {
 
 // Ingress configures upload limits.
 type Ingress struct {
+	// MetricsAddr serves /metrics, /healthz, /readyz and, with
+	// metrics.pprof, /debug/pprof/: an operator's port, not the API's.
+	MetricsAddr       string        `mapstructure:"metrics_addr"`
 	IdempotencyWindow time.Duration `mapstructure:"idempotency_window"`
 	ReadIdleTimeout   time.Duration `mapstructure:"read_idle_timeout"`
 	MaxLag            int64         `mapstructure:"max_lag"`
@@ -313,8 +316,8 @@ func (c *Config) Validate() error {
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("config %s: %s", key, fmt.Sprintf(format, args...)))
 	}
-	if _, err := url.Parse(c.Database.URL); err != nil || c.Database.URL == "" {
-		bad("database.url", "must be a PostgreSQL connection URL")
+	if c.Database.URL == "" || RedactURL(c.Database.URL) == redactedConn {
+		bad("database.url", "must be a PostgreSQL URL (postgres://…) or key=value settings (host=… dbname=…)")
 	}
 	if c.Database.MaxConns < 2 {
 		bad("database.max_conns", "must be at least 2, got %d", c.Database.MaxConns)
@@ -336,7 +339,7 @@ func (c *Config) Validate() error {
 	if c.Kafka.Group == "" {
 		bad("kafka.group", "must be set")
 	}
-	for key, addr := range map[string]string{"http.addr": c.HTTP.Addr, "metrics.addr": c.Metrics.Addr} {
+	for key, addr := range map[string]string{"http.addr": c.HTTP.Addr, "metrics.addr": c.Metrics.Addr, "ingress.metrics_addr": c.Ingress.MetricsAddr} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			bad(key, "%q is not host:port", addr)
 		}
@@ -469,13 +472,106 @@ func (e EntityConfig) SplitTable() (schema, table string, err error) {
 	return schema, table, nil
 }
 
-// RedactURL hides the password of a connection URL.
+// RedactURL hides the passwords of a PostgreSQL connection string, in
+// either of the forms pgx accepts: a URL (postgres://user:password@host/db,
+// and password or sslpassword query parameters) or key=value settings
+// (host=h password='a b'). It follows pgconn's grammar without importing
+// pgx (internal/postgres is its one home). Whatever it cannot read
+// unambiguously comes back as a placeholder, never as it was: a malformed
+// string may hold a password in a place no parser would look.
 func RedactURL(s string) string {
+	if s == "" {
+		return ""
+	}
+	if strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://") {
+		return redactConnURL(s)
+	}
+	return redactKeywordValue(s)
+}
+
+// redactedConn stands for a connection string that could not be read.
+const redactedConn = "(unreadable connection string, redacted)"
+
+// secretSetting names the settings whose values are never shown.
+func secretSetting(key string) bool {
+	return strings.Contains(strings.ToLower(key), "password")
+}
+
+func redactConnURL(s string) string {
 	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparseable URL)"
+	if err != nil || u.Opaque != "" || u.Fragment != "" || u.RawFragment != "" {
+		return redactedConn
+	}
+	// An '@' with no user parsed means a password holding '/', '?' or '#'
+	// cut the authority short: part of it would show as the host, the path
+	// or the query.
+	if u.User == nil && strings.Contains(s, "@") || strings.Contains(u.Path, "@") {
+		return redactedConn
+	}
+	if u.RawQuery != "" {
+		q, err := url.ParseQuery(u.RawQuery)
+		if err != nil {
+			return redactedConn
+		}
+		for k := range q {
+			if secretSetting(k) {
+				q[k] = []string{"xxxxx"}
+			}
+		}
+		u.RawQuery = q.Encode()
 	}
 	return u.Redacted()
+}
+
+// redactKeywordValue rewrites key=value settings with each secret value
+// replaced, keeping the others as written. The grammar is pgconn's: keys
+// end at '=', values are a run of non-space characters with backslash
+// escapes or a single-quoted string with backslash escapes.
+func redactKeywordValue(s string) string {
+	const space = " \t\n\r\v\f"
+	if strings.IndexByte(s, 0) >= 0 {
+		return redactedConn
+	}
+	var out []string
+	s = strings.TrimLeft(s, space)
+	for len(s) > 0 {
+		eq := strings.IndexByte(s, '=')
+		if eq < 0 {
+			return redactedConn
+		}
+		key := strings.Trim(s[:eq], space)
+		if key == "" || strings.ContainsAny(key, space) {
+			return redactedConn
+		}
+		s = strings.TrimLeft(s[eq+1:], space)
+		end := 0
+		if len(s) > 0 && s[0] == '\'' {
+			end = 1
+			for ; end < len(s) && s[end] != '\''; end++ {
+				if s[end] == '\\' {
+					end++
+				}
+			}
+			if end >= len(s) {
+				return redactedConn // unterminated quote
+			}
+			end++ // the closing quote
+		} else {
+			for ; end < len(s) && !strings.ContainsRune(space, rune(s[end])); end++ {
+				if s[end] == '\\' {
+					end++
+				}
+			}
+			end = min(end, len(s))
+		}
+		val := s[:end]
+		if secretSetting(key) {
+			val = "xxxxx"
+		}
+		out = append(out, key+"="+val)
+		s = strings.TrimLeft(s[end:], space)
+	}
+	return strings.Join(out, " ")
 }
 
 // Client is how spoolctl reaches a running ingress.

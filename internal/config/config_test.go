@@ -1,6 +1,7 @@
 package config
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,8 +64,67 @@ func TestLoadNamesTheBadKey(t *testing.T) {
 	}
 }
 
+// TestRedactURL: every form of connection string pgx reads keeps its
+// password out, and one that cannot be read is not shown at all.
 func TestRedactURL(t *testing.T) {
-	require.Equal(t, "postgres://spool:xxxxx@db:5432/spool", RedactURL("postgres://spool:secret@db:5432/spool"))
+	t.Parallel()
+	for _, tc := range []struct{ in, want string }{
+		{"", ""},
+		{"postgres://spool:secret@db:5432/spool", "postgres://spool:xxxxx@db:5432/spool"},
+		{"postgresql://spool:secret@db/spool?sslmode=require", "postgresql://spool:xxxxx@db/spool?sslmode=require"},
+		{"postgres://spool@db/spool?password=secret&sslmode=disable", "postgres://spool@db/spool?password=xxxxx&sslmode=disable"},
+		{"postgres://spool:secret@db/spool?sslpassword=secret", "postgres://spool:xxxxx@db/spool?sslpassword=xxxxx"},
+		{"postgres://db1,db2:5433/spool?PASSWORD=secret", "postgres://db1,db2:5433/spool?PASSWORD=xxxxx"},
+		{"postgres://spool:p%40ss%2Fsecret@db/spool", "postgres://spool:xxxxx@db/spool"},
+		{"postgres://spool@db/spool", "postgres://spool@db/spool"},
+		{"host=db user=spool password=secret dbname=spool", "host=db user=spool password=xxxxx dbname=spool"},
+		{"host=db password='a secret' dbname=spool", "host=db password=xxxxx dbname=spool"},
+		{`host=db password='it\'s secret' sslmode=disable`, "host=db password=xxxxx sslmode=disable"},
+		{`host=db password=sec\ ret port=5432`, "host=db password=xxxxx port=5432"},
+		{"  host = db   password =  secret  ", "host=db password=xxxxx"},
+		{"host=db\tsslpassword=secret\nuser=u", "host=db sslpassword=xxxxx user=u"},
+		{"host=db password=", "host=db password=xxxxx"},
+		// Malformed: nothing of it shows.
+		{"host=db password='secret", redactedConn},
+		{"host=db password secret", redactedConn},
+		{"secret", redactedConn},
+		{"host=db pass word=secret", redactedConn},
+		{"host=db password=sec\x00ret", redactedConn},
+		{"postgres://spool:secret@db:x/spool", redactedConn},
+		{"postgres://spool:123/secret@db/spool", redactedConn},
+		{"postgres://spool:12#secret@db/spool", redactedConn},
+		{"postgres://spool:12?secret@db/spool", redactedConn},
+		{"postgres://db/spool?password=%zzsecret", redactedConn},
+		{"postgres://spool:sec ret@db/spool", redactedConn},
+	} {
+		got := RedactURL(tc.in)
+		require.Equal(t, tc.want, got, "RedactURL(%q)", tc.in)
+		require.NotContains(t, got, "secret", "RedactURL(%q)", tc.in)
+		require.NotContains(t, got, "ret", "RedactURL(%q)", tc.in)
+	}
+}
+
+// TestDatabaseLogValue: the logged database group carries the redacted
+// connection string, in either form.
+func TestDatabaseLogValue(t *testing.T) {
+	t.Parallel()
+	for _, u := range []string{"postgres://u@h/db?password=secret", "host=h user=u password=secret"} {
+		var b strings.Builder
+		slog.New(slog.NewTextHandler(&b, nil)).Info("start", "database", Database{URL: u, MaxConns: 4})
+		require.NotContains(t, b.String(), "secret")
+		require.Contains(t, b.String(), "password=xxxxx")
+	}
+}
+
+func TestValidateReadsBothForms(t *testing.T) {
+	t.Parallel()
+	for _, u := range []string{"postgres://u@h/db", "host=h user=u password='a b'"} {
+		_, err := Load(Options{Overrides: map[string]any{"database.url": u, "auth.disabled": true}})
+		require.NoError(t, err, u)
+	}
+	_, err := Load(Options{Overrides: map[string]any{"database.url": "host=h password='secret", "auth.disabled": true}})
+	require.ErrorContains(t, err, "database.url")
+	require.NotContains(t, err.Error(), "secret")
 }
 
 func TestDocsListEveryKey(t *testing.T) {

@@ -12,7 +12,7 @@ type Key struct {
 
 // Keys lists every scalar key with its default.
 var Keys = []Key{
-	{"database.url", "postgres://postgres@127.0.0.1:5432/spool?sslmode=disable", "PostgreSQL connection string"},
+	{"database.url", "postgres://postgres@127.0.0.1:5432/spool?sslmode=disable", "PostgreSQL connection string: a URL (postgres://…) or key=value settings; passwords are redacted wherever it is logged"},
 	{"database.max_conns", 8, "most connections a binary opens to PostgreSQL"},
 	{"kafka.brokers", []string{"127.0.0.1:9092"}, "seed brokers (comma-separated in env)"},
 	{"kafka.topic", "spool.commands", "topic that carries commands"},
@@ -22,7 +22,7 @@ var Keys = []Key{
 	{"kafka.group", "spool-processor", "consumer group of the processors"},
 	{"http.addr", ":8080", "ingress listen address"},
 	{"metrics.addr", ":9090", "processor metrics and health listen address"},
-	{"metrics.pprof", false, "serve Go's /debug/pprof/ on the metrics (processor) and HTTP (ingress) listeners, for profiling"},
+	{"metrics.pprof", false, "serve Go's /debug/pprof/ on the metrics listeners (metrics.addr, ingress.metrics_addr), never on the API port, for profiling"},
 	{"processor.rate_limit", 0.0, "rows/s per processor, 0 = unlimited"},
 	{"processor.batch_size", 2000, "flush a partition's batch at this many records"},
 	{"processor.batch_max_wait", 200 * time.Millisecond, "flush a partition's batch when its oldest record is this old"},
@@ -35,6 +35,7 @@ var Keys = []Key{
 	{"dedupe.window", 168 * time.Hour, "how long a command id is remembered"},
 	{"dedupe.cache_size", 5000, "command ids each partition's worker keeps in memory to settle hot repeats without the database (0: off)"},
 	{"jobs.retention", 720 * time.Hour, "finished jobs, their counts and failures are pruned this long after they finished"},
+	{"ingress.metrics_addr", ":9091", "ingress metrics, health and (with metrics.pprof) profiling listen address, apart from the API's http.addr"},
 	{"ingress.max_body_bytes", int64(10 << 30), "largest upload body in bytes (413 past it)"},
 	{"ingress.max_record_bytes", 1 << 20, "largest single record in bytes"},
 	{"ingress.max_records", 10_000_000, "most records in one upload"},

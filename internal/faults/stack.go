@@ -2,6 +2,7 @@ package faults
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
@@ -67,6 +68,7 @@ kafka: {brokers: [%q], partitions: %d, topic: %q, dlq_topic: %q, group: %q}
 auth: {disabled: true}
 http: {addr: %q}
 metrics: {addr: "127.0.0.1:0"}
+ingress: {metrics_addr: "127.0.0.1:0"}
 entities:
   customers: {table: %s.customers, key: [customer_id], version_column: version}
   events: {table: %[8]s.events, key: [event_id]}
@@ -259,7 +261,7 @@ func tail(log string, n int) string {
 func withParams(dbURL string, kv ...string) (string, error) {
 	u, err := url.Parse(dbURL)
 	if err != nil {
-		return "", fmt.Errorf("database url: %w", err)
+		return "", errors.New("parsing database url: not a URL (not shown: it may hold a password)")
 	}
 	q := u.Query()
 	for i := 0; i+1 < len(kv); i += 2 {

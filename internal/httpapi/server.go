@@ -110,7 +110,7 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("GET /v1/jobs/{job_id}", s.authenticate(s.getJob))
 	s.mux.HandleFunc("GET /v1/jobs/{job_id}/failures", s.authenticate(s.listFailures))
 	s.mux.HandleFunc("GET /v1/dead-letters", s.authenticate(s.deadLetters))
-	handleHealth(s.mux, Dependency{"PostgreSQL", cfg.Jobs.Ping}, Dependency{"Kafka", cfg.Producer.Ping})
+	handleHealth(s.mux, cfg.Logger, Dependency{"PostgreSQL", cfg.Jobs.Ping}, Dependency{"Kafka", cfg.Producer.Ping})
 	s.mux.HandleFunc("GET /openapi.yaml", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(openAPI)

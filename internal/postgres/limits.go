@@ -146,7 +146,11 @@ func (l *Limits) JobsCompleted(ctx context.Context, ids []string) (map[string]ti
 // so that two runs (benchmarks, fault suites) cannot share a schema (one
 // would drop the other's tables under it). release frees it.
 func LockRun(ctx context.Context, url, name string) (release func(), err error) {
-	conn, err := pgx.Connect(ctx, url)
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, errUnreadableURL
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -2,17 +2,35 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Open returns a connection pool of at most maxConns connections.
-func Open(ctx context.Context, url string, maxConns int) (*pgxpool.Pool, error) {
+// errUnreadableURL stands for pgx's own parse error, which quotes the
+// connection string with its password masked only on a best-effort basis
+// (pgconn says so): a malformed string is where a password is easiest to
+// miss.
+var errUnreadableURL = errors.New("parsing database.url: not a PostgreSQL URL or key=value settings pgx can read, " +
+	"or a setting in it is invalid (the string is not shown: it may hold a password)")
+
+// parsePoolConfig is pgxpool.ParseConfig with an error that cannot leak a
+// password.
+func parsePoolConfig(url string) (*pgxpool.Config, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
-		return nil, fmt.Errorf("parsing database.url: %w", err)
+		return nil, errUnreadableURL
+	}
+	return cfg, nil
+}
+
+// Open returns a connection pool of at most maxConns connections.
+func Open(ctx context.Context, url string, maxConns int) (*pgxpool.Pool, error) {
+	cfg, err := parsePoolConfig(url)
+	if err != nil {
+		return nil, err
 	}
 	cfg.MaxConns = int32(maxConns)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
@@ -26,9 +44,9 @@ func Open(ctx context.Context, url string, maxConns int) (*pgxpool.Pool, error) 
 // connecting to the server's "postgres" database. spoolctl dev uses it so
 // that a fresh machine needs no manual createdb.
 func EnsureDatabase(ctx context.Context, url string) error {
-	cfg, err := pgxpool.ParseConfig(url)
+	cfg, err := parsePoolConfig(url)
 	if err != nil {
-		return fmt.Errorf("parsing database.url: %w", err)
+		return err
 	}
 	name := cfg.ConnConfig.Database
 	cfg.ConnConfig.Database = "postgres"

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -23,13 +23,29 @@ type Store struct {
 	pool     *pgxpool.Pool
 	entities pipeline.Entities
 	group    string
-	sqlCache sync.Map // group signature → string
+	// sqlCache holds the statements built at run time, by signature
+	// (entity, op, column set). The column set is the client's choice, up to
+	// 2^columns of them per entity, so the cache is bounded: a miss only
+	// costs building the text again.
+	sqlCache *lru.Cache[string, string]
 }
+
+// sqlCacheSize bounds the statement cache: room for every shape a few
+// busy entities use, far below what a client choosing column sets can ask.
+const sqlCacheSize = 1024
 
 // NewStore returns a store writing the given entities; group names the
 // consumer group whose offsets it keeps.
 func NewStore(pool *pgxpool.Pool, entities pipeline.Entities, group string, logger *slog.Logger) *Store {
-	return &Store{pool: pool, entities: entities, group: group, logger: logger}
+	return newStore(pool, entities, group, logger, sqlCacheSize)
+}
+
+func newStore(pool *pgxpool.Pool, entities pipeline.Entities, group string, logger *slog.Logger, cacheSize int) *Store {
+	cache, err := lru.New[string, string](cacheSize)
+	if err != nil {
+		panic(err) // only for a size <= 0
+	}
+	return &Store{pool: pool, entities: entities, group: group, logger: logger, sqlCache: cache}
 }
 
 // LoadOffset returns the partition's next offset as stored, or -1.
@@ -369,8 +385,8 @@ func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, stale func(*pipeline
 func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 	// The statement depends on entity, op and columns, not the generation.
 	sig := g.Entity.Name + "\x00" + string(g.Op) + "\x00" + strings.Join(g.Columns, "\x00")
-	if v, ok := s.sqlCache.Load(sig); ok {
-		return v.(string)
+	if sql, ok := s.sqlCache.Get(sig); ok {
+		return sql
 	}
 	e := g.Entity
 	table := quoteIdent(e.Schema) + "." + quoteIdent(e.Table)
@@ -455,7 +471,7 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 			SELECT v.spool_ord FROM v JOIN w ON %s`,
 			input, insert, strings.Join(prefixAll("t.", quoteAll(e.Key)), ", "), strings.Join(retJoin, " AND "))
 	}
-	s.sqlCache.Store(sig, sql)
+	s.sqlCache.Add(sig, sql)
 	return sql
 }
 
@@ -722,8 +738,8 @@ func (s *Store) repair(ctx context.Context, e *pipeline.Entity, keys []string) e
 
 func (s *Store) repairSQL(e *pipeline.Entity) string {
 	sig := e.Name + "\x00repair"
-	if v, ok := s.sqlCache.Load(sig); ok {
-		return v.(string)
+	if sql, ok := s.sqlCache.Get(sig); ok {
+		return sql
 	}
 	var aliases, params, casts, join []string
 	for i, k := range e.Key {
@@ -739,7 +755,7 @@ func (s *Store) repairSQL(e *pipeline.Entity) string {
 		WHERE x.target = $%d AND x.key = v.spool_key AND %s AND t.%s < x.version`,
 		strings.Join(casts, ", "), tombstoneKey(e, "u."), strings.Join(params, ", "), strings.Join(aliases, ", "),
 		quoteIdent(e.Schema), quoteIdent(e.Table), n+1, strings.Join(join, " AND "), quoteIdent(e.VersionColumn))
-	s.sqlCache.Store(sig, sql)
+	s.sqlCache.Add(sig, sql)
 	return sql
 }
 

@@ -97,6 +97,9 @@ ConfigMap template, so every install, upgrade and `helm template` runs them.
 {{- if and (hasKey $config "http") (hasKey ($config.http | default dict) "addr") }}
 {{- fail "config.http.addr is set by the chart from ingress.port: set ingress.port instead" }}
 {{- end }}
+{{- if and (hasKey $config "ingress") (hasKey ($config.ingress | default dict) "metrics_addr") }}
+{{- fail "config.ingress.metrics_addr is set by the chart from ingress.metricsPort: set ingress.metricsPort instead" }}
+{{- end }}
 {{- if and (hasKey $config "metrics") (hasKey ($config.metrics | default dict) "addr") }}
 {{- fail "config.metrics.addr is set by the chart from processor.metricsPort: set processor.metricsPort instead" }}
 {{- end }}
