@@ -116,13 +116,23 @@ func TestCSVReader(t *testing.T) {
 }
 
 // The fuzz targets feed arbitrary bodies to each reader: none may panic,
-// loop forever or return a command with an empty id without an error.
+// loop forever or return a command with an empty id without an error; and
+// no error about a record, from the reader or from validation, may grow
+// with the record: whatever it quotes is bounded.
 func fuzzReader(f *testing.F, mediaType string, seeds ...string) {
 	for _, s := range seeds {
 		f.Add(s)
 	}
+	es := Entities{"customers": {Name: "customers", Schema: "public", Table: "customers", Key: []string{"id"},
+		Columns: map[string]Column{"id": {Name: "id", Type: "text"}, "n": {Name: "n", Type: "numeric", Kind: KindNumeric},
+			"b": {Name: "b", Type: "boolean", Kind: KindBoolean}, "i": {Name: "i", Type: "bigint", Kind: KindInteger}}}}
+	bounded := func(t *testing.T, err error) {
+		if msg := err.Error(); len(msg) > 2*MaxErrorBytes {
+			t.Fatalf("a %d-byte message: %.200q…", len(msg), msg)
+		}
+	}
 	f.Fuzz(func(t *testing.T, body string) {
-		r, err := NewUploadReader(mediaType, strings.NewReader(body), UploadOptions{MaxRecordBytes: 256, VersionColumn: "v"})
+		r, err := NewUploadReader(mediaType, strings.NewReader(body), UploadOptions{MaxRecordBytes: 64 << 10, VersionColumn: "v"})
 		require.NoError(t, err)
 		for i := 0; i <= len(body)+1; i++ {
 			cmd, err := r.Next()
@@ -131,16 +141,24 @@ func fuzzReader(f *testing.F, mediaType string, seeds ...string) {
 				if errors.Is(err, io.EOF) || errors.As(err, &be) {
 					return
 				}
+				bounded(t, err)
 				continue
 			}
-			_ = cmd
+			if err := es.Validate(&cmd, "customers"); err != nil {
+				bounded(t, err)
+			}
 		}
 		t.Fatalf("reader did not end after %d records of a %d-byte body", len(body)+2, len(body))
 	})
 }
 
+// long is a seed whose every field is far longer than a message may be.
+var long = strings.Repeat("\u00ad\u001b", 2000)
+
 func FuzzNDJSON(f *testing.F) {
-	fuzzReader(f, FormatNDJSON, `{"id":"a","data":{"k":1}}`+"\n"+`{"id":"b"}`, "\n\n\n", `{"id":`)
+	fuzzReader(f, FormatNDJSON, `{"id":"a","data":{"k":1}}`+"\n"+`{"id":"b"}`, "\n\n\n", `{"id":`,
+		`{"id":"`+long+`","entity":"`+long+`","op":"`+long+`","data":{"`+long+`":"`+long+`","n":"`+long+`"}}`,
+		`{"id":"a","data":{"id":"k","i":"`+long+`","b":"`+long+`"}}`)
 }
 
 func FuzzJSONArray(f *testing.F) {
@@ -148,5 +166,6 @@ func FuzzJSONArray(f *testing.F) {
 }
 
 func FuzzCSV(f *testing.F) {
-	fuzzReader(f, FormatCSV, "id,v,name\na,1,x\nb,2,\"y\"\n", "id\n", "id,v\n\"a,1\n", "")
+	fuzzReader(f, FormatCSV, "id,v,name\na,1,x\nb,2,\"y\"\n", "id\n", "id,v\n\"a,1\n", "",
+		"id,v,"+long+"\na,1,x\n", "id,v,n\na,"+long+",1\nb,1,"+long+"\n")
 }
