@@ -99,7 +99,7 @@ func TestNamesFollowConventions(t *testing.T) {
 			require.Contains(t, string(docs), "`"+f.GetName()+"`", "docs/metrics.md must list %s", f.GetName())
 		}
 	}
-	require.Equal(t, 16, n, "every spool metric was gathered")
+	require.Equal(t, 17, n, "every spool metric was gathered")
 }
 
 // TestDashboardNamesRealMetrics: every metric the Grafana dashboard queries
