@@ -53,9 +53,9 @@ func (e *env) ingress(ctx context.Context, w Workload) (Result, error) {
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(w.WriteNDJSON(pw)) }()
 	client := &apiclient.Client{Server: server}
-	start := time.Now()
+	start, machine := time.Now(), machineBusy()
 	res, err := client.Upload(ctx, pr, apiclient.UploadOptions{ContentType: "application/x-ndjson"})
-	elapsed := time.Since(start)
+	elapsed, busy := time.Since(start), machineBusy()-machine
 	_ = pr.Close()
 	if err != nil {
 		return Result{}, err
@@ -71,7 +71,7 @@ func (e *env) ingress(ctx context.Context, w Workload) (Result, error) {
 		return Result{}, err
 	}
 	u := after.Sub(before)
-	return Result{System: sysIngress, Records: int64(w.N), Elapsed: elapsed, CPU: u.CPU, PeakRSS: u.PeakRSS}, nil
+	return Result{System: sysIngress, Records: int64(w.N), Elapsed: elapsed, CPU: u.CPU, Machine: busy, PeakRSS: u.PeakRSS}, nil
 }
 
 // expectRecords checks that topic holds exactly n records.

@@ -3,10 +3,12 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
 )
 
 // The limits spool is measured against (cmd/spool-bench): the same writes
@@ -64,24 +66,18 @@ func (l *Limits) Copy(ctx context.Context, table string, rows []LimitRow) error 
 	return err
 }
 
-// CopyUpsertLedger writes commands the fastest exactly-once way on one
-// connection: per batch, one transaction that COPYs the batch into a temp
-// table, claims its ids in the ledger, and upserts the claimed rows, one per
-// key (the highest version), under the version guard. It does not count
-// jobs, fence offsets, tell stale from applied or handle deletes.
-func (l *Limits) CopyUpsertLedger(ctx context.Context, table string, rows []LimitRow, batch int) error {
-	conn, err := l.pool.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Release()
-	if _, err := conn.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS limit_stage (tenant text, command_id text, payload_hash bytea,
-		customer_id text, name text, email text, balance numeric(18,2), version bigint) ON COMMIT DELETE ROWS`); err != nil {
-		return err
-	}
+// CopyUpsertLedger writes commands the fastest plain exactly-once way: per
+// batch, one transaction that COPYs the batch into a temp table, claims its
+// ids in the ledger, and upserts the claimed rows, one per key (the highest
+// version), under the version guard. conns connections take the batches in
+// turn; each statement touches rows in key order, so that concurrent
+// batches lock them in one order. It does not count jobs, fence offsets,
+// tell stale from applied or handle deletes.
+func (l *Limits) CopyUpsertLedger(ctx context.Context, table string, rows []LimitRow, batch, conns int) error {
 	upsert := fmt.Sprintf(`WITH claimed AS (
 			INSERT INTO %[2]s (tenant, command_id, payload_hash)
 			SELECT DISTINCT ON (tenant, command_id) tenant, command_id, payload_hash FROM limit_stage
+			ORDER BY tenant, command_id
 			ON CONFLICT DO NOTHING RETURNING tenant, command_id)
 		INSERT INTO %[1]s AS t (customer_id, name, email, balance, version)
 		SELECT DISTINCT ON (s.customer_id) s.customer_id, s.name, s.email, s.balance, s.version
@@ -90,26 +86,45 @@ func (l *Limits) CopyUpsertLedger(ctx context.Context, table string, rows []Limi
 		ON CONFLICT (customer_id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
 			balance = EXCLUDED.balance, version = EXCLUDED.version
 		WHERE t.version < EXCLUDED.version`, pgx.Identifier{table}.Sanitize(), pgx.Identifier{table + "_ledger"}.Sanitize())
-	for start := 0; start < len(rows); start += batch {
-		part := rows[start:min(start+batch, len(rows))]
-		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-			_, err := tx.CopyFrom(ctx, pgx.Identifier{"limit_stage"},
-				[]string{"tenant", "command_id", "payload_hash", "customer_id", "name", "email", "balance", "version"},
-				pgx.CopyFromSlice(len(part), func(i int) ([]any, error) {
-					r := &part[i]
-					return []any{r.Tenant, r.ID, r.Hash, r.Key, r.Name, r.Email, r.Balance, r.Version}, nil
-				}))
+	var next atomic.Int64 // the next batch's first row
+	g, ctx := errgroup.WithContext(ctx)
+	for range conns {
+		g.Go(func() error {
+			conn, err := l.pool.Acquire(ctx)
 			if err != nil {
 				return err
 			}
-			_, err = tx.Exec(ctx, upsert)
-			return err
+			defer conn.Release()
+			if _, err := conn.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS limit_stage (tenant text, command_id text, payload_hash bytea,
+				customer_id text, name text, email text, balance numeric(18,2), version bigint) ON COMMIT DELETE ROWS`); err != nil {
+				return err
+			}
+			for {
+				start := int(next.Add(int64(batch))) - batch
+				if start >= len(rows) {
+					return nil
+				}
+				part := rows[start:min(start+batch, len(rows))]
+				err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+					_, err := tx.CopyFrom(ctx, pgx.Identifier{"limit_stage"},
+						[]string{"tenant", "command_id", "payload_hash", "customer_id", "name", "email", "balance", "version"},
+						pgx.CopyFromSlice(len(part), func(i int) ([]any, error) {
+							r := &part[i]
+							return []any{r.Tenant, r.ID, r.Hash, r.Key, r.Name, r.Email, r.Balance, r.Version}, nil
+						}))
+					if err != nil {
+						return err
+					}
+					_, err = tx.Exec(ctx, upsert)
+					return err
+				})
+				if err != nil {
+					return fmt.Errorf("copy+upsert+ledger batch at %d: %w", start, err)
+				}
+			}
 		})
-		if err != nil {
-			return fmt.Errorf("copy+upsert+ledger batch at %d: %w", start, err)
-		}
 	}
-	return nil
+	return g.Wait()
 }
 
 // NaiveUpsert is the consumer everyone writes first: one version-guarded
