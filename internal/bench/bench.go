@@ -39,7 +39,13 @@ type Config struct {
 	LatencyFor  time.Duration
 	Seed        uint64
 	Partitions  int
-	Out         io.Writer
+	// WriteOnly runs the write path's stages only.
+	WriteOnly bool
+	// Profile, when set, is a directory where the drain's processor CPU
+	// profile is written, and asks for PostgreSQL's wait events sampled
+	// during the drain.
+	Profile string
+	Out     io.Writer
 }
 
 // Result is one system's run.
@@ -95,6 +101,10 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		return nil, err
 	}
 	results = append(results, write...)
+	if cfg.WriteOnly {
+		Report(cfg.Out, results)
+		return results, nil
+	}
 	rate, err := e.rateStage(ctx, cfg.N)
 	if err != nil {
 		return nil, fmt.Errorf("rate limit: %w", err)

@@ -4,8 +4,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"path/filepath"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -281,7 +287,7 @@ func (e *env) startProcessor(name, topic, group, extra string) (*harness.Proc, s
 	if err != nil {
 		return nil, "", err
 	}
-	conf, err := e.configFile(name, topic, group, fmt.Sprintf("metrics: {addr: %q}\n%s", metricsAddr, extra))
+	conf, err := e.configFile(name, topic, group, fmt.Sprintf("metrics: {addr: %q, pprof: %t}\n%s", metricsAddr, e.cfg.Profile != "", extra))
 	if err != nil {
 		return nil, "", err
 	}
@@ -314,21 +320,105 @@ func (e *env) waitCommitted(ctx context.Context, p *harness.Proc, group, topic s
 }
 
 // drain starts a processor on the backlog and times it until every record
-// is committed (the stored offsets sum to n).
+// is committed (the stored offsets sum to n). With Config.Profile it also
+// profiles the processor and samples PostgreSQL's wait events meanwhile.
 func (e *env) drain(ctx context.Context, n int) (Result, error) {
 	start, machine := time.Now(), machineBusy()
-	p, _, err := e.startProcessor("processor", backlogTopic, benchGroup, "")
+	p, metricsURL, err := e.startProcessor("processor", backlogTopic, benchGroup, "")
 	if err != nil {
 		return Result{}, err
 	}
 	defer p.Stop()
-	if err := e.waitCommitted(ctx, p, benchGroup, backlogTopic, int64(n), nil); err != nil {
+	var profiled sync.WaitGroup
+	waits := map[string]int64{}
+	pctx, stopProfiling := context.WithCancel(ctx)
+	if e.cfg.Profile != "" {
+		profiled.Add(2)
+		go func() { defer profiled.Done(); e.profile(pctx, strings.TrimSuffix(metricsURL, "/metrics")) }()
+		go func() { defer profiled.Done(); e.sampleWaits(pctx, waits) }()
+	}
+	err = e.waitCommitted(ctx, p, benchGroup, backlogTopic, int64(n), nil)
+	elapsed, busy := time.Since(start), machineBusy()-machine
+	stopProfiling()
+	profiled.Wait()
+	if err != nil {
 		return Result{}, err
 	}
-	elapsed, busy := time.Since(start), machineBusy()-machine
+	if len(waits) > 0 {
+		e.printWaits(waits)
+	}
 	u, err := p.Usage()
 	if err != nil {
 		return Result{}, err
 	}
 	return Result{System: sysProcessor, Records: int64(n), Elapsed: elapsed, CPU: u.CPU, Machine: busy, PeakRSS: u.PeakRSS}, nil
+}
+
+// profile writes a CPU profile of the processor's drain, from a second in
+// (past its start-up) for profileFor or until ctx ends, to Config.Profile.
+func (e *env) profile(ctx context.Context, base string) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(time.Second):
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, int(profileFor.Seconds())), nil)
+	if err != nil {
+		return
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintf(e.cfg.Out, "profiling the processor: %v\n", err)
+		return
+	}
+	defer resp.Body.Close()
+	path := filepath.Join(e.cfg.Profile, "processor.cpu.pprof")
+	f, err := os.Create(path)
+	if err == nil {
+		_, err = io.Copy(f, resp.Body)
+		err = errors.Join(err, f.Close())
+	}
+	if err != nil {
+		fmt.Fprintf(e.cfg.Out, "writing %s: %v\n", path, err)
+		return
+	}
+	fmt.Fprintf(e.cfg.Out, "processor CPU profile of the drain: %s (go tool pprof -top %s)\n", path, path)
+}
+
+// profileFor is how long the drain's profile lasts at most; a drain that
+// ends sooner cuts it short (and an empty profile is not written).
+const profileFor = 15 * time.Second
+
+// sampleWaits adds PostgreSQL's wait events to waits every 20 ms until ctx
+// ends.
+func (e *env) sampleWaits(ctx context.Context, waits map[string]int64) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+		now, err := e.db.WaitEvents(ctx)
+		if err != nil {
+			continue
+		}
+		for k, v := range now {
+			waits[k] += v
+		}
+	}
+}
+
+func (e *env) printWaits(waits map[string]int64) {
+	var total int64
+	keys := make([]string, 0, len(waits))
+	for k, v := range waits {
+		total += v
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return waits[keys[i]] > waits[keys[j]] })
+	fmt.Fprintf(e.cfg.Out, "PostgreSQL's active backends during the drain (%d samples):", total)
+	for _, k := range keys {
+		fmt.Fprintf(e.cfg.Out, " %s %.0f%%", k, 100*float64(waits[k])/float64(total))
+	}
+	fmt.Fprintln(e.cfg.Out)
 }

@@ -157,6 +157,15 @@ func (l *Limits) JobsCompleted(ctx context.Context, ids []string) (map[string]ti
 	return pairs[time.Time](ctx, l.pool, `SELECT job_id, completed_at FROM spool_jobs WHERE job_id = ANY ($1) AND completed_at IS NOT NULL`, ids)
 }
 
+// WaitEvents samples what the database's active backends (but this one)
+// are doing: their wait event as "type:event", or "CPU" when they wait on
+// nothing, with how many are at it.
+func (l *Limits) WaitEvents(ctx context.Context) (map[string]int64, error) {
+	return pairs[int64](ctx, l.pool, `SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU'), count(*)
+		FROM pg_stat_activity WHERE state = 'active' AND datname = current_database() AND pid <> pg_backend_pid()
+		GROUP BY 1`)
+}
+
 // LockRun takes a session advisory lock named name on its own connection,
 // so that two runs (benchmarks, fault suites) cannot share a schema (one
 // would drop the other's tables under it). release frees it.
