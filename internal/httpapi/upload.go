@@ -216,8 +216,11 @@ type upload struct {
 	defaultEntity string
 
 	received, rejected atomic.Int64
-	shown              []Rejection
-	pending            []pipeline.Failure
+	// rejMu guards shown and pending: a record Kafka refuses as too large
+	// is rejected from its produce callback.
+	rejMu   sync.Mutex
+	shown   []Rejection
+	pending []pipeline.Failure
 
 	acks     sync.WaitGroup
 	accepted atomic.Int64
@@ -254,11 +257,8 @@ func (u *upload) read(ctx context.Context, records pipeline.UploadReader) error 
 			return nil
 		}
 		u.add(ctx, cmd, err)
-		if len(u.pending) >= failureFlush {
-			if err := u.s.cfg.Jobs.AddFailures(ctx, u.job, u.pending); err != nil {
-				return fmt.Errorf("%w: recording rejections: %w", errStore, err)
-			}
-			u.pending = u.pending[:0]
+		if err := u.flushRejections(ctx); err != nil {
+			return err
 		}
 	}
 }
@@ -275,15 +275,28 @@ func (u *upload) add(ctx context.Context, cmd pipeline.Command, decodeErr error)
 	if err == nil {
 		rec, err = pipeline.NewRecord(&cmd, u.job, u.tenant, index)
 	}
+	if limit := u.s.cfg.Limits.MaxKafkaRecordBytes; err == nil && limit > 0 && rec.BatchBytes() > limit {
+		err = pipeline.Errorf(pipeline.ClassTooLarge,
+			"record is %d bytes as a Kafka record (key, value and spool's headers), over the %d bytes that topic %s takes",
+			rec.BatchBytes(), limit, u.s.cfg.Topic)
+	}
 	if err != nil {
 		u.reject(index, cmd.ID, err)
 		return
 	}
 	u.acks.Add(1)
 	start := time.Now()
+	id := cmd.ID
 	u.s.cfg.Producer.Produce(ctx, u.s.cfg.Topic, &rec, func(err error) {
 		defer u.acks.Done()
 		u.s.cfg.Observer.Produced(time.Since(start))
+		if pipeline.ClassOf(err) == pipeline.ClassTooLarge {
+			// Kafka refused this record alone (the topic's limit was
+			// lowered since ingress read it): the record's fault, not the
+			// upload's.
+			u.reject(index, id, err)
+			return
+		}
 		if err != nil {
 			u.errMu.Lock()
 			if u.err == nil {
@@ -296,7 +309,23 @@ func (u *upload) add(ctx context.Context, cmd pipeline.Command, decodeErr error)
 	})
 }
 
+// flushRejections records the pending rejections once there are enough.
+func (u *upload) flushRejections(ctx context.Context) error {
+	u.rejMu.Lock()
+	defer u.rejMu.Unlock()
+	if len(u.pending) < failureFlush {
+		return nil
+	}
+	if err := u.s.cfg.Jobs.AddFailures(ctx, u.job, u.pending); err != nil {
+		return fmt.Errorf("%w: recording rejections: %w", errStore, err)
+	}
+	u.pending = u.pending[:0]
+	return nil
+}
+
 func (u *upload) reject(index int64, id pipeline.CommandID, err error) {
+	u.rejMu.Lock()
+	defer u.rejMu.Unlock()
 	u.rejected.Add(1)
 	class := pipeline.ClassOf(err)
 	if len(u.shown) < u.s.cfg.Limits.MaxRejections {
