@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spoolhq/spool/internal/config"
 	"github.com/spoolhq/spool/internal/kafka"
@@ -19,6 +20,10 @@ func ensureTopics(ctx context.Context, c *config.Config) error {
 		c.Kafka.Topic, c.Kafka.DLQTopic)
 }
 
+// describeTimeout bounds reading a topic's config at start-up: a broker
+// that does not answer it leaves the fallback, not a hung start.
+const describeTimeout = 10 * time.Second
+
 // recordLimit is the largest record (pipeline.Record.BatchBytes) a producer
 // may send to topic: the topic's max.message.bytes as the brokers report it,
 // no more than kafka.MaxBatchBytes. When the brokers do not say (no
@@ -26,6 +31,8 @@ func ensureTopics(ctx context.Context, c *config.Config) error {
 // log line says so. The producer's batch limit is set to it, so the two
 // agree.
 func recordLimit(ctx context.Context, c *config.Config, topic string, logger *slog.Logger) int {
+	ctx, cancel := context.WithTimeout(ctx, describeTimeout)
+	defer cancel()
 	limits, err := kafka.MaxMessageBytes(ctx, c.Kafka.Brokers, topic)
 	if err != nil {
 		logger.Warn("reading the topic's max.message.bytes; assuming Kafka's old default",
