@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -26,6 +25,10 @@ const (
 	HeaderLastFailure     = "spool-dlq-last-failure"
 	HeaderCommandID       = "spool-dlq-command-id"
 	HeaderInstance        = "spool-dlq-processor"
+	// HeaderValueTruncated marks a dead letter whose value is cut (or
+	// dropped) to fit the dead-letter topic; it holds the original value's
+	// size in bytes. The whole command is in its job's failure row.
+	HeaderValueTruncated = "spool-dlq-value-truncated"
 
 	HeaderJobID    = pipeline.HeaderJobID
 	HeaderTenant   = pipeline.HeaderTenant
@@ -38,7 +41,12 @@ const timeFormat = time.RFC3339Nano
 
 // maxErrorHeader bounds the error message header, so that a long database
 // message cannot push a dead letter past the broker's record size.
-const maxErrorHeader = 1024
+const maxErrorHeader = pipeline.MaxErrorBytes
+
+// maxHeader bounds every other header spool writes from what a record
+// carried (its key as the command id, its job, tenant and replay-of
+// headers): a record another producer wrote may carry anything there.
+const maxHeader = pipeline.MaxQuote
 
 // Envelope is a dead letter: the original record (key, value, headers) and
 // why and where it failed.
@@ -68,6 +76,9 @@ type Envelope struct {
 	Instance string
 	// ReplayOf is the earlier dead letter this command was replayed from.
 	ReplayOf string
+	// ValueTruncated is the size of the original value when the dead letter
+	// carries it cut or not at all (HeaderValueTruncated); 0 when whole.
+	ValueTruncated int
 
 	// Where the dead letter itself is, set by Parse.
 	Topic     string
@@ -96,33 +107,91 @@ func (e *Envelope) Entity() string {
 func (e *Envelope) Record() pipeline.Record {
 	hs := e.originalHeaders(len(e.Headers) + 14)
 	add := func(k, v string) { hs = append(hs, pipeline.Header{Key: k, Value: []byte(v)}) }
-	add(HeaderErrorClass, string(e.ErrorClass))
-	add(HeaderError, truncate(e.Error, maxErrorHeader))
-	add(HeaderSourceTopic, e.SourceTopic)
+	add(HeaderErrorClass, pipeline.Printable(string(e.ErrorClass), maxHeader))
+	add(HeaderError, pipeline.Printable(e.Error, maxErrorHeader))
+	add(HeaderSourceTopic, pipeline.Printable(e.SourceTopic, maxHeader))
 	add(HeaderSourcePartition, strconv.Itoa(int(e.SourcePartition)))
 	add(HeaderSourceOffset, strconv.FormatInt(e.SourceOffset, 10))
 	add(HeaderAttempt, strconv.Itoa(e.Attempt))
 	add(HeaderFirstFailure, e.FirstFailure.UTC().Format(timeFormat))
 	add(HeaderLastFailure, e.LastFailure.UTC().Format(timeFormat))
-	add(HeaderCommandID, string(e.CommandID))
-	add(HeaderInstance, e.Instance)
+	add(HeaderCommandID, pipeline.Printable(string(e.CommandID), maxHeader))
+	add(HeaderInstance, pipeline.Printable(e.Instance, maxHeader))
 	if e.ReplayOf != "" {
-		add(HeaderReplayOf, e.ReplayOf)
+		add(HeaderReplayOf, pipeline.Printable(e.ReplayOf, maxHeader))
+	}
+	if e.ValueTruncated > 0 {
+		add(HeaderValueTruncated, strconv.Itoa(e.ValueTruncated))
 	}
 	return pipeline.Record{Key: e.Key, Value: e.Value, Headers: hs}
 }
 
-// ReplayRecord is the command to send back to its source topic: the
+// RecordWithin encodes the envelope as a dead-letter record of at most limit
+// bytes as Kafka measures it (pipeline.Record.BatchBytes; max ≤ 0: no
+// bound). The value is kept whole when it fits; otherwise as much of it as
+// fits is kept, cut on a UTF-8 boundary, and HeaderValueTruncated gives its
+// original size. Should the key and headers alone not fit (a record another
+// producer wrote, with large headers of its own), the original's other
+// headers and the value are dropped and the key cut to maxHeader bytes:
+// that is Minimal. cut reports whether the value is not whole.
+func (e *Envelope) RecordWithin(limit int) (r pipeline.Record, cut bool) {
+	r = e.Record()
+	if limit <= 0 || r.BatchBytes() <= limit {
+		return r, false
+	}
+	c := *e
+	c.ValueTruncated = max(len(e.Value), 1) // a marker even for an empty value
+	c.Value = nil
+	r = c.Record()
+	// A cut value's length varint takes up to 4 bytes more than nil's.
+	if room := limit - r.BatchBytes() - 4; room > 0 {
+		c.Value = cutBytes(e.Value, room)
+		r = c.Record()
+	}
+	if r.BatchBytes() <= limit {
+		return r, true
+	}
+	return e.Minimal(), true
+}
+
+// Minimal is the smallest dead letter of the envelope: no value, none of
+// the original's other headers, the key cut to maxHeader bytes, every header
+// bounded. Its size depends on no user input beyond those bounds (a few
+// kilobytes), so any dead-letter topic takes it.
+func (e *Envelope) Minimal() pipeline.Record {
+	c := *e
+	c.ValueTruncated = max(len(e.Value), 1)
+	c.Value, c.Headers = nil, nil
+	if len(c.Key) > maxHeader {
+		c.Key = cutBytes(c.Key, maxHeader)
+	}
+	return c.Record()
+}
+
+// cutBytes returns at most n bytes of b, ending on a UTF-8 rune boundary
+// when b is UTF-8 text.
+func cutBytes(b []byte, n int) []byte {
+	if len(b) <= n {
+		return b
+	}
+	cut := n
+	for cut > 0 && cut > n-utf8.UTFMax && !utf8.RuneStart(b[cut]) {
+		cut--
+	}
+	return b[:cut]
+}
+
+// ReplayRecord is the command to send back to topic: the
 // original key, value and headers, the attempt it will be, the first
 // failure time (so that a dead letter of it again keeps it) and which dead
 // letter it replays.
-func (e *Envelope) ReplayRecord() pipeline.Record {
+func (e *Envelope) ReplayRecord(topic string) pipeline.Record {
 	hs := e.originalHeaders(len(e.Headers) + 6)
 	add := func(k, v string) { hs = append(hs, pipeline.Header{Key: k, Value: []byte(v)}) }
 	add(HeaderAttempt, strconv.Itoa(e.Attempt+1))
 	add(HeaderFirstFailure, e.FirstFailure.UTC().Format(timeFormat))
 	add(HeaderReplayOf, e.Topic+":"+e.Coordinates())
-	return pipeline.Record{Topic: e.SourceTopic, Key: e.Key, Value: e.Value, Headers: hs}
+	return pipeline.Record{Topic: topic, Key: e.Key, Value: e.Value, Headers: hs}
 }
 
 // originalHeaders are the command's own headers: the others, then job id,
@@ -131,10 +200,10 @@ func (e *Envelope) originalHeaders(capacity int) []pipeline.Header {
 	hs := make([]pipeline.Header, 0, capacity)
 	hs = append(hs, e.Headers...)
 	if e.JobID != "" {
-		hs = append(hs, pipeline.Header{Key: HeaderJobID, Value: []byte(e.JobID)})
+		hs = append(hs, pipeline.Header{Key: HeaderJobID, Value: []byte(pipeline.Printable(string(e.JobID), maxHeader))})
 	}
 	if e.Tenant != "" {
-		hs = append(hs, pipeline.Header{Key: HeaderTenant, Value: []byte(e.Tenant)})
+		hs = append(hs, pipeline.Header{Key: HeaderTenant, Value: []byte(pipeline.Printable(e.Tenant, maxHeader))})
 	}
 	if e.Index >= 0 {
 		hs = append(hs, pipeline.Header{Key: HeaderIndex, Value: strconv.AppendInt(nil, e.Index, 10)})
@@ -152,7 +221,7 @@ func Parse(r pipeline.Record) (*Envelope, error) {
 		switch h.Key {
 		case HeaderErrorClass, HeaderError, HeaderSourceTopic, HeaderSourcePartition, HeaderSourceOffset,
 			HeaderAttempt, HeaderFirstFailure, HeaderLastFailure, HeaderCommandID, HeaderInstance,
-			HeaderJobID, HeaderTenant, HeaderIndex, HeaderReplayOf:
+			HeaderJobID, HeaderTenant, HeaderIndex, HeaderReplayOf, HeaderValueTruncated:
 			if _, dup := seen[h.Key]; dup {
 				return nil, fmt.Errorf("header %s appears twice", h.Key)
 			}
@@ -200,6 +269,16 @@ func Parse(r pipeline.Record) (*Envelope, error) {
 			return nil, fmt.Errorf("header %s=%d is negative", HeaderIndex, e.Index)
 		}
 	}
+	if _, ok := seen[HeaderValueTruncated]; ok {
+		n, err := parseInt(seen, HeaderValueTruncated, 32)
+		if err != nil {
+			return nil, err
+		}
+		if n < 1 {
+			return nil, fmt.Errorf("header %s=%d: a size counts from 1", HeaderValueTruncated, n)
+		}
+		e.ValueTruncated = int(n)
+	}
 	if e.FirstFailure, err = parseTime(seen, HeaderFirstFailure); err != nil {
 		return nil, err
 	}
@@ -225,20 +304,6 @@ func parseTime(hs map[string]string, key string) (time.Time, error) {
 	return t.UTC(), nil
 }
 
-// truncate cuts s to at most n bytes on a rune boundary, marking the cut,
-// and makes it valid UTF-8 so that header readers show it as it is.
-func truncate(s string, n int) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	if len(s) <= n {
-		return s
-	}
-	cut := n - len("…")
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
-}
-
 // Producer sends records and returns once all are acknowledged.
 type Producer interface {
 	ProduceSync(ctx context.Context, topic string, recs ...pipeline.Record) error
@@ -250,6 +315,11 @@ type Publisher struct {
 	topic    string
 	instance string
 	now      func() time.Time
+	// MaxRecordBytes bounds each dead letter as Kafka measures it
+	// (pipeline.Record.BatchBytes): the dead-letter topic's
+	// max.message.bytes, no more than the producer's batch limit. 0: no
+	// bound.
+	MaxRecordBytes int
 }
 
 // NewPublisher returns a publisher writing to topic; instance names this
@@ -258,14 +328,34 @@ func NewPublisher(p Producer, topic, instance string) *Publisher {
 	return &Publisher{producer: p, topic: topic, instance: instance, now: time.Now}
 }
 
-// DeadLetter implements pipeline.DeadLetterer.
+// DeadLetter implements pipeline.DeadLetterer. Each dead letter is bounded
+// by MaxRecordBytes (Envelope.RecordWithin); one whose value it cut or
+// dropped marks its message KeepValue, so that the store keeps the whole
+// command in the job's failure row. Should the topic still refuse them as
+// too large (its max.message.bytes lowered since it was read, or not
+// readable), they are sent once more as Minimal dead letters rather than
+// retried for ever behind their partition.
 func (p *Publisher) DeadLetter(ctx context.Context, msgs []*pipeline.Message) error {
 	recs := make([]pipeline.Record, len(msgs))
+	envs := make([]*Envelope, len(msgs))
 	for i, m := range msgs {
-		e := p.envelope(m)
-		recs[i] = e.Record()
+		envs[i] = p.envelope(m)
+		var cut bool
+		recs[i], cut = envs[i].RecordWithin(p.MaxRecordBytes)
+		m.KeepValue = m.KeepValue || cut
 	}
-	return p.producer.ProduceSync(ctx, p.topic, recs...)
+	err := p.producer.ProduceSync(ctx, p.topic, recs...)
+	if pipeline.ClassOf(err) != pipeline.ClassTooLarge {
+		return err
+	}
+	for i, m := range msgs {
+		recs[i] = envs[i].Minimal()
+		m.KeepValue = true
+	}
+	if err := p.producer.ProduceSync(ctx, p.topic, recs...); err != nil {
+		return fmt.Errorf("producing %d dead letters without their values, after %s refused them as too large: %w", len(recs), p.topic, err)
+	}
+	return nil
 }
 
 // envelope wraps a failed message. A replayed command carries the attempt it
@@ -300,7 +390,7 @@ func (p *Publisher) envelope(m *pipeline.Message) *Envelope {
 				e.Index = n
 			}
 		case HeaderErrorClass, HeaderError, HeaderSourceTopic, HeaderSourcePartition, HeaderSourceOffset,
-			HeaderLastFailure, HeaderCommandID, HeaderInstance:
+			HeaderLastFailure, HeaderCommandID, HeaderInstance, HeaderValueTruncated:
 			// a dead-letter header on a source record (another tool's copy): dropped
 		case HeaderReplayOf:
 			e.ReplayOf = v

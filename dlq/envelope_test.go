@@ -1,10 +1,13 @@
 package dlq
 
 import (
+	"bytes"
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 
@@ -62,7 +65,7 @@ func TestEnvelopeKeepsOriginalAndCountsAttempts(t *testing.T) {
 	// and counts one more attempt; no header is doubled.
 	e, err := Parse(withCoordinates(r, "spool.commands.dlq", 0, 5))
 	require.NoError(t, err)
-	replay := e.ReplayRecord()
+	replay := e.ReplayRecord("spool.commands")
 	require.Equal(t, "spool.commands", replay.Topic)
 	rh := headers(replay)
 	require.Equal(t, "2", rh[HeaderAttempt])
@@ -169,7 +172,6 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
-		e.Error = truncate(e.Error, maxErrorHeader)
 		again, err := Parse(e.Record())
 		require.NoError(t, err)
 		again.Topic, again.Partition, again.Offset, again.Timestamp = e.Topic, e.Partition, e.Offset, e.Timestamp
@@ -178,14 +180,147 @@ func FuzzParse(f *testing.F) {
 		require.Equal(t, e.SourceOffset, again.SourceOffset)
 		require.True(t, e.FirstFailure.Equal(again.FirstFailure))
 		require.Equal(t, e.Index, again.Index)
-		require.Equal(t, e.JobID, again.JobID)
+		require.Equal(t, pipeline.Printable(string(e.JobID), maxHeader), string(again.JobID))
+		require.Equal(t, pipeline.Printable(e.Error, maxErrorHeader), again.Error)
+		require.Equal(t, e.ValueTruncated, again.ValueTruncated)
 	})
 }
 
-func TestTruncate(t *testing.T) {
+// TestDeadLetterAlwaysFits: a dead letter is bounded by the topic's limit
+// whatever the record held. The value is kept whole when it fits, cut with
+// its original size in spool-dlq-value-truncated when not, and every header
+// carrying user bytes is bounded and printable; the message is marked so
+// that the store keeps the whole command in the failure row.
+func TestDeadLetterAlwaysFits(t *testing.T) {
 	t.Parallel()
-	require.Equal(t, "short", truncate("short", 10))
-	got := truncate("ééééé", 7) // é is two bytes; the cut lands on a rune boundary
-	require.Equal(t, "éé…", got)
-	require.LessOrEqual(t, len(got), 7)
+	const limit = 64 << 10
+	var out captured
+	p := NewPublisher(&out, "spool.commands.dlq", "host/1")
+	p.MaxRecordBytes = limit
+	value := []byte(`{"id":"c-1","data":{"note":"` + strings.Repeat("é", 40_000) + `"}}`)
+	hs := []pipeline.Header{
+		{Key: pipeline.HeaderJobID, Value: []byte("job-1")},
+		{Key: pipeline.HeaderTenant, Value: []byte("acme")},
+		{Key: pipeline.HeaderIndex, Value: []byte("3")},
+	}
+	small := &pipeline.Message{Record: pipeline.Record{Topic: "spool.commands", Key: []byte("c-0"), Value: []byte(`{"id":"c-0"}`), Headers: hs},
+		Err: pipeline.Errorf(pipeline.ClassConstraint, "violates check constraint")}
+	big := &pipeline.Message{Record: pipeline.Record{Topic: "spool.commands", Key: []byte("c-1"), Value: value, Headers: hs},
+		Err: pipeline.Errorf(pipeline.ClassConstraint, "violates check constraint: %s", strings.Repeat("\x1b[31m", 1000))}
+	// Another producer's record: a huge key and headers of its own.
+	hostile := &pipeline.Message{Record: pipeline.Record{Topic: "spool.commands", Key: []byte(strings.Repeat("k\n", 40_000)),
+		Value: value, Headers: []pipeline.Header{
+			{Key: "trace", Value: make([]byte, 70_000)},
+			{Key: pipeline.HeaderTenant, Value: []byte(strings.Repeat("\x1b", 5000))},
+			{Key: pipeline.HeaderReplayOf, Value: []byte(strings.Repeat("r", 5000))},
+		}}, Err: pipeline.Errorf(pipeline.ClassInvalidCommand, "not a command")}
+	require.NoError(t, p.DeadLetter(context.Background(), []*pipeline.Message{small, big, hostile}))
+	require.Len(t, out.recs, 3)
+	for _, r := range out.recs {
+		require.LessOrEqual(t, r.BatchBytes(), limit)
+		for _, h := range r.Headers {
+			if h.Key != "trace" {
+				require.LessOrEqual(t, len(h.Value), maxErrorHeader, h.Key)
+				require.Equal(t, pipeline.Printable(string(h.Value), maxErrorHeader), string(h.Value), h.Key)
+			}
+		}
+	}
+
+	require.Equal(t, small.Record.Value, out.recs[0].Value, "kept whole when it fits")
+	require.False(t, small.KeepValue)
+	_, marked := out.recs[0].Header(HeaderValueTruncated)
+	require.False(t, marked)
+
+	require.True(t, big.KeepValue)
+	size, _ := out.recs[1].Header(HeaderValueTruncated)
+	require.Equal(t, strconv.Itoa(len(value)), size)
+	require.True(t, bytes.HasPrefix(value, out.recs[1].Value))
+	require.Greater(t, len(out.recs[1].Value), limit-4<<10, "as much of the value as fits")
+	require.True(t, utf8.Valid(out.recs[1].Value), "cut on a rune boundary")
+	e, err := Parse(out.recs[1])
+	require.NoError(t, err)
+	require.Equal(t, len(value), e.ValueTruncated)
+
+	require.True(t, hostile.KeepValue)
+	require.Empty(t, out.recs[2].Value)
+	require.LessOrEqual(t, len(out.recs[2].Key), maxHeader)
+	_, kept := out.recs[2].Header("trace")
+	require.False(t, kept, "the minimal dead letter drops the original's other headers")
+}
+
+// tooLarge refuses records over limit as the broker would.
+type tooLarge struct {
+	captured
+	limit int
+	calls int
+}
+
+func (p *tooLarge) ProduceSync(ctx context.Context, topic string, recs ...pipeline.Record) error {
+	p.calls++
+	for _, r := range recs {
+		if r.BatchBytes() > p.limit {
+			return pipeline.Errorf(pipeline.ClassTooLarge, "MESSAGE_TOO_LARGE")
+		}
+	}
+	return p.captured.ProduceSync(ctx, topic, recs...)
+}
+
+// TestDeadLetterTooLargeIsSentMinimal: when the topic refuses a dead letter
+// as too large after all (its limit lowered since it was read), the
+// publisher sends it once more without its value, instead of failing for
+// ever behind its partition.
+func TestDeadLetterTooLargeIsSentMinimal(t *testing.T) {
+	t.Parallel()
+	out := &tooLarge{limit: 8 << 10}
+	p := NewPublisher(out, "spool.commands.dlq", "host/1")
+	p.MaxRecordBytes = 1 << 20 // what it was told; the topic takes less
+	m := &pipeline.Message{Record: pipeline.Record{Topic: "spool.commands", Key: []byte("c-1"), Value: make([]byte, 100_000)},
+		Err: pipeline.Errorf(pipeline.ClassConstraint, "violates check constraint")}
+	require.NoError(t, p.DeadLetter(context.Background(), []*pipeline.Message{m}))
+	require.Equal(t, 2, out.calls)
+	require.Len(t, out.recs, 1)
+	require.Empty(t, out.recs[0].Value)
+	size, _ := out.recs[0].Header(HeaderValueTruncated)
+	require.Equal(t, "100000", size)
+	require.True(t, m.KeepValue)
+
+	// Anything else is the worker's to retry.
+	out = &tooLarge{limit: 10}
+	p = NewPublisher(out, "spool.commands.dlq", "host/1")
+	require.Error(t, p.DeadLetter(context.Background(), []*pipeline.Message{m}))
+	require.Equal(t, 2, out.calls)
+}
+
+// FuzzRecordWithin: whatever the envelope holds and whatever the limit (a
+// few kilobytes and up), the dead letter fits, parses, and says the value's
+// original size exactly when it does not carry it whole.
+func FuzzRecordWithin(f *testing.F) {
+	f.Add([]byte("c-1"), []byte(`{"id":"c-1"}`), "job", "acme", "boom", 4096)
+	f.Add([]byte(strings.Repeat("k", 3000)), []byte(strings.Repeat("é", 3000)), strings.Repeat("j", 600), "\x1b[2J", strings.Repeat("e", 5000), 6000)
+	f.Fuzz(func(t *testing.T, key, value []byte, job, tenant, msg string, limit int) {
+		limit = 6<<10 + abs(limit)%(64<<10)
+		at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+		e := &Envelope{Key: key, Value: value, Headers: []pipeline.Header{{Key: "x", Value: key}},
+			ErrorClass: pipeline.ClassConstraint, Error: msg, SourceTopic: "spool.commands", Attempt: 1,
+			FirstFailure: at, LastFailure: at, JobID: pipeline.JobID(job), Tenant: tenant, CommandID: pipeline.CommandID(key),
+			Index: 1, Instance: "host/1"}
+		r, cut := e.RecordWithin(limit)
+		require.LessOrEqual(t, r.BatchBytes(), limit)
+		got, err := Parse(r)
+		require.NoError(t, err)
+		if !cut {
+			require.Equal(t, value, got.Value)
+			require.Zero(t, got.ValueTruncated)
+			return
+		}
+		require.Equal(t, max(len(value), 1), got.ValueTruncated)
+		require.True(t, bytes.HasPrefix(value, got.Value))
+	})
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -(n + 1)
+	}
+	return n
 }

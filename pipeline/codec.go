@@ -310,6 +310,11 @@ type Message struct {
 	// Err is set when the record could not be decoded or validated; such a
 	// message is dead-lettered without touching the database.
 	Err error
+	// KeepValue is set by the DeadLetterer when the dead letter does not
+	// carry the record's value whole (it did not fit the dead-letter
+	// topic): the store then keeps the value in the job's failure row, so
+	// that nothing is lost and a replay can send the whole command.
+	KeepValue bool
 	// parked is set once the dead-letter topic acknowledged the message, so
 	// that retrying or splitting its batch does not publish it again.
 	parked bool

@@ -170,6 +170,27 @@ type Failure struct {
 	Outcome Outcome    `json:"outcome"`
 	Class   ErrorClass `json:"error_class"`
 	Error   string     `json:"error"`
+	// Command is the whole command (the record's value), kept for a dead
+	// letter that could not carry it whole; nil otherwise.
+	Command []byte `json:"-"`
+	// ValueHash is the SHA-256 of the value a command was dead-lettered
+	// with, which a replay checks a dead letter against; nil otherwise.
+	ValueHash []byte `json:"-"`
+}
+
+// DeadLetterRecord is what spool recorded when it dead-lettered a command:
+// its job's failure row. A replay checks each dead letter against it.
+type DeadLetterRecord struct {
+	// Tenant owns the job.
+	Tenant string
+	// ID is the command id.
+	ID CommandID
+	// ValueHash is the SHA-256 of the value the command was dead-lettered
+	// with (nil for a dead letter recorded before spool kept it).
+	ValueHash []byte
+	// Command is the whole value, kept when the dead letter could not
+	// carry it; nil otherwise.
+	Command []byte
 }
 
 // Failure stages.

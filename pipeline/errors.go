@@ -30,6 +30,10 @@ const (
 	// ClassDataException: the database could not convert or store a value
 	// (SQLSTATE class 22).
 	ClassDataException ErrorClass = "data_exception"
+	// ClassTooLarge: the record is larger than Kafka takes (the topic's
+	// max.message.bytes or the producer's batch limit). Permanent: resending
+	// the same bytes cannot help.
+	ClassTooLarge ErrorClass = "too_large"
 	// ClassConflict: the id was seen before with a different payload.
 	ClassConflict ErrorClass = "conflict"
 	// ClassTransient: connection loss, timeout, serialization failure,

@@ -42,6 +42,13 @@ type stack struct {
 // kfake broker reached over TCP; processors are started separately.
 func newStack(t *testing.T, overrides map[string]any) *stack {
 	t.Helper()
+	return newStackWith(t, overrides, nil)
+}
+
+// newStackWith is newStack with a hook that runs on the broker before
+// ingress starts (to create topics by hand, say).
+func newStackWith(t *testing.T, overrides map[string]any, before func(brokers []string)) *stack {
+	t.Helper()
 	db := pgtest.New(t)
 	db.Exec(t, `CREATE TABLE customers (
 		customer_id text PRIMARY KEY, name text, email text, balance numeric(18,2) CHECK (balance >= 0),
@@ -63,6 +70,9 @@ func newStack(t *testing.T, overrides map[string]any) *stack {
 	}}
 	for k, v := range overrides {
 		s.base[k] = v
+	}
+	if before != nil {
+		before(s.brokers)
 	}
 	ingress, err := app.NewIngress(s.config(t, nil), testLogger(t))
 	require.NoError(t, err)

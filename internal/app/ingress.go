@@ -68,17 +68,19 @@ func (in *Ingress) run(ctx context.Context) error {
 	}
 	defer pool.Close()
 	m := metrics.New(metrics.NewRegistry())
+	if err := ensureTopics(ctx, c); err != nil {
+		return err
+	}
+	limit := recordLimit(ctx, c, c.Kafka.Topic, in.logger)
+	checkRecordLimit(c, limit, httpapi.DefaultTenant, in.logger)
 	producer, err := kafka.NewProducer(kafka.ProducerConfig{
 		Brokers: c.Kafka.Brokers, MaxBufferedBytes: kafka.UploadBufferBytes, Linger: kafka.UploadLinger,
-		Hooks: []any{m.KafkaHooks("producer")}, Logger: in.logger,
+		BatchMaxBytes: limit, Hooks: []any{m.KafkaHooks("producer")}, Logger: in.logger,
 	})
 	if err != nil {
 		return err
 	}
 	defer producer.Close()
-	if err := ensureTopics(ctx, c); err != nil {
-		return err
-	}
 	var backlog func() int64
 	if c.Ingress.MaxLag > 0 {
 		lag, err := kafka.NewLagMonitor(c.Kafka.Brokers, c.Kafka.Topic, c.Kafka.Group, lagEvery, in.logger)
@@ -115,7 +117,7 @@ func (in *Ingress) run(ctx context.Context) error {
 		Backlog:           backlog,
 		Limits: httpapi.Limits{
 			ReadIdleTimeout: c.Ingress.ReadIdleTimeout,
-			MaxBodyBytes:    c.Ingress.MaxBodyBytes, MaxRecordBytes: c.Ingress.MaxRecordBytes,
+			MaxBodyBytes:    c.Ingress.MaxBodyBytes, MaxRecordBytes: c.Ingress.MaxRecordBytes, MaxKafkaRecordBytes: limit,
 			MaxRecords: c.Ingress.MaxRecords, MaxRejections: c.Ingress.MaxRejections, MaxLag: c.Ingress.MaxLag,
 			MaxDecompressedBytes: c.Ingress.MaxDecompressedBytes, MaxDecompressionRatio: c.Ingress.MaxDecompressionRatio,
 			MaxUploads: c.Ingress.MaxConcurrentUploads, MaxUploadsPerTenant: c.Ingress.MaxConcurrentUploadsPerTenant,
@@ -149,9 +151,4 @@ func (in *Ingress) run(ctx context.Context) error {
 		return fmt.Errorf("shutting down http: %w", err)
 	}
 	return nil
-}
-
-func ensureTopics(ctx context.Context, c *config.Config) error {
-	return kafka.EnsureTopics(ctx, c.Kafka.Brokers, int32(c.Kafka.Partitions), int16(c.Kafka.ReplicationFactor),
-		c.Kafka.Topic, c.Kafka.DLQTopic)
 }

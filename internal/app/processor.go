@@ -65,7 +65,11 @@ func (p *Processor) run(ctx context.Context) error {
 		return err
 	}
 	m := metrics.New(metrics.NewRegistry())
-	producer, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: c.Kafka.Brokers, Hooks: []any{m.KafkaHooks("dlq-producer")}, Logger: p.logger})
+	// Dead letters are bounded by what the dead-letter topic takes, and the
+	// producer's batch limit agrees, so that a dead letter always fits.
+	dlqLimit := recordLimit(ctx, c, c.Kafka.DLQTopic, p.logger)
+	producer, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: c.Kafka.Brokers, BatchMaxBytes: dlqLimit,
+		Hooks: []any{m.KafkaHooks("dlq-producer")}, Logger: p.logger})
 	if err != nil {
 		return err
 	}
@@ -73,6 +77,7 @@ func (p *Processor) run(ctx context.Context) error {
 	host, _ := os.Hostname()
 	instance := fmt.Sprintf("%s/%d", host, os.Getpid())
 	deadLetters := dlq.NewPublisher(producer, c.Kafka.DLQTopic, instance)
+	deadLetters.MaxRecordBytes = dlqLimit
 
 	// One bucket for the whole processor, so its partitions share the rate;
 	// the burst is one batch, the most a worker asks for at once.

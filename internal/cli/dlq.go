@@ -21,6 +21,7 @@ import (
 	"github.com/spoolhq/spool/internal/app"
 	"github.com/spoolhq/spool/internal/config"
 	"github.com/spoolhq/spool/internal/kafka"
+	"github.com/spoolhq/spool/internal/postgres"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -29,9 +30,10 @@ func newDLQCmd() *cobra.Command {
 		Use:   "dlq",
 		Short: "Inspect and replay dead letters (talks to Kafka directly)",
 		Long: `dlq reads the dead-letter topic directly from Kafka: list, stats and show explain
-why commands died; replay sends them back to their source topic once the cause is
-fixed. Replayed commands pass the processor's dedupe ledger and version guard
-again, so a replay never applies a command twice or overwrites newer data, and a
+why commands died; replay sends them back to the commands topic once the cause is
+fixed, after checking each against what spool recorded in the database.
+Replayed commands pass the processor's dedupe ledger and version guard again,
+so a replay never applies a command twice or overwrites newer data, and a
 checkpoint topic makes running the same replay twice send nothing twice.`,
 	}
 	cmd.AddCommand(newDLQListCmd(), newDLQStatsCmd(), newDLQShowCmd(), newDLQReplayCmd())
@@ -64,6 +66,10 @@ type dlqTarget struct {
 	topic   string
 	brokers []string
 	replica int16
+	// commands is the commands topic (kafka.topic), where replays go;
+	// database the job ledger's URL (database.url), which replays check.
+	commands string
+	database string
 }
 
 func loadDLQTarget(cmd *cobra.Command) (*dlqTarget, error) {
@@ -71,7 +77,8 @@ func loadDLQTarget(cmd *cobra.Command) (*dlqTarget, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &dlqTarget{brokers: c.Kafka.Brokers, topic: c.Kafka.DLQTopic, replica: int16(c.Kafka.ReplicationFactor)}
+	t := &dlqTarget{brokers: c.Kafka.Brokers, topic: c.Kafka.DLQTopic, replica: int16(c.Kafka.ReplicationFactor),
+		commands: c.Kafka.Topic, database: c.Database.URL}
 	if b, _ := cmd.Flags().GetStringSlice("brokers"); len(b) > 0 {
 		t.brokers = b
 	}
@@ -290,13 +297,20 @@ func newDLQShowCmd() *cobra.Command {
 func newDLQReplayCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "replay",
-		Short: "Send dead letters back to their source topic, once the cause is fixed",
-		Long: `replay sends the selected dead letters back to the topic they came from, with
-their original key, value and headers, the next attempt number and a
+		Short: "Send dead letters back to the commands topic, once the cause is fixed",
+		Long: `replay sends the selected dead letters back to the commands topic (kafka.topic),
+with their original key, value and headers, the next attempt number and a
 spool-replay-of header. Each one sent is recorded in the checkpoint topic
 (DLQ_TOPIC.replayed), so running the same replay again sends nothing twice. A
 dead letter whose command has failed --max-attempts times is parked: left in
-the dead-letter topic and reported, not sent round again.`,
+the dead-letter topic and reported, not sent round again.
+
+The dead-letter topic is not trusted: each dead letter is checked against the
+failure row spool recorded when it dead-lettered the command (database.url):
+its job, index, tenant, command id and value must match, and its source-topic
+header must name kafka.topic (or use --to-topic). Anything else is refused,
+reported and counted, never sent. A dead letter whose value was cut to fit the
+dead-letter topic is sent with the whole command kept in that row.`,
 		Args: cobra.NoArgs,
 		RunE: runReplay,
 	}
@@ -307,6 +321,8 @@ the dead-letter topic and reported, not sent round again.`,
 	f.Int("limit", 0, "send at most this many (0: all)")
 	f.Float64("rate", 0, "send at most this many per second (0: no bound)")
 	f.Int("max-attempts", 5, "park dead letters whose command failed this many times (0: never)")
+	f.String("to-topic", "", "send to this topic instead of kafka.topic, whatever a dead letter's source-topic header says")
+	config.AddFlags(f, nil, "database.url")
 	return cmd
 }
 
@@ -324,9 +340,19 @@ func runReplay(cmd *cobra.Command, _ []string) error {
 	if perSecond < 0 || limit < 0 || maxAttempts < 0 {
 		return fmt.Errorf("--rate, --limit and --max-attempts cannot be negative")
 	}
-	opts := dlq.ReplayOptions{Filter: flt, Limit: limit, MaxAttempts: maxAttempts, Unreadable: unreadable(cmd)}
-	out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
+	toTopic, _ := f.GetString("to-topic")
 	ctx := cmd.Context()
+	pool, err := postgres.Open(ctx, t.database, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	opts := dlq.ReplayOptions{Topic: t.commands, Ledger: postgres.NewStore(pool, nil, "", nil),
+		Filter: flt, Limit: limit, MaxAttempts: maxAttempts, Unreadable: unreadable(cmd)}
+	if toTopic != "" {
+		opts.Topic, opts.AnySource = toTopic, true
+	}
+	out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
 
 	// A dry run first: it is the output of --dry-run, and otherwise the
 	// total of the progress bar.
@@ -340,7 +366,10 @@ func runReplay(cmd *cobra.Command, _ []string) error {
 				}{a, viewOf(e)})
 				return
 			}
-			fmt.Fprintf(out, "%-17s %s → %s (attempt %d) job %s index %s command %s: %s\n", a, e.Coordinates(), field(e.SourceTopic),
+			if a == dlq.ActionRefuse {
+				return // listed with the reasons below
+			}
+			fmt.Fprintf(out, "%-17s %s → %s (attempt %d) job %s index %s command %s: %s\n", a, e.Coordinates(), field(opts.Topic),
 				e.Attempt+1, field(string(e.JobID)), indexText(e.Index), field(string(e.CommandID)), shown(e.Error, 60))
 		}
 	}
@@ -390,12 +419,19 @@ func printReplay(w io.Writer, r dlq.ReplayResult, asJSON bool) error {
 	if asJSON {
 		return writeJSONOut(w, r)
 	}
+	for _, f := range r.Refusals {
+		fmt.Fprintf(w, "%-17s %s job %s index %s command %s: %s\n", dlq.ActionRefuse, f.DeadLetter,
+			field(string(f.JobID)), indexText(f.Index), field(string(f.CommandID)), pipeline.Printable(f.Reason, pipeline.MaxErrorBytes))
+	}
+	if more := r.Refused - len(r.Refusals); more > 0 {
+		fmt.Fprintf(w, "(%d more refused)\n", more)
+	}
 	verb := "replayed"
 	if r.DryRun {
 		verb = "would replay"
 	}
-	_, err := fmt.Fprintf(w, "%s %d of %d selected dead letters; %d already replayed, %d parked at the attempt bound\n",
-		verb, r.Replayed, r.Selected, r.AlreadyReplayed, r.Parked)
+	_, err := fmt.Fprintf(w, "%s %d of %d selected dead letters; %d already replayed, %d parked at the attempt bound, %d refused\n",
+		verb, r.Replayed, r.Selected, r.AlreadyReplayed, r.Parked, r.Refused)
 	return err
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/spoolhq/spool/internal/cli"
 	"github.com/spoolhq/spool/internal/kafka"
 	"github.com/spoolhq/spool/internal/pgtest"
+	"github.com/spoolhq/spool/internal/postgres"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -79,6 +80,8 @@ func TestDLQReplay(t *testing.T) {
 	dev := startDev(ctx, t, db)
 	client := &apiclient.Client{Server: dev.server}
 	kafkaArgs := []string{"--brokers", dev.broker}
+	// replay also checks each dead letter against the job ledger.
+	replayArgs := append([]string{"--database-url", db.URL}, kafkaArgs...)
 
 	// Job A: 100 commands, every fifth with a negative balance. Job B: 10
 	// commands, 3 with a balance too large for numeric(18,2).
@@ -176,8 +179,18 @@ func TestDLQReplay(t *testing.T) {
 
 	// A dry run sends nothing.
 	sourceBefore := countRecords(ctx, t, dev.broker, "spool.commands")
-	dry := mustSpoolctl(ctx, t, append([]string{"dlq", "replay", "--dry-run", "--job", string(jobA)}, kafkaArgs...)...)
-	require.Contains(t, dry, "would replay 20 of 20 selected dead letters")
+	dry := mustSpoolctl(ctx, t, append([]string{"dlq", "replay", "--dry-run", "--job", string(jobA)}, replayArgs...)...)
+	require.Contains(t, dry, "would replay 20 of 20 selected dead letters; 0 already replayed, 0 parked at the attempt bound, 0 refused")
+	// What spool recorded of job A's dead letters, before the replay
+	// settles them (a replay of the lost checkpoint below checks against it).
+	ledger := recordedLedger{}
+	store := postgres.NewStore(db.Pool, nil, "", nil)
+	for i := int64(0); i < 100; i += 5 {
+		rec, err := store.LookupDeadLetter(ctx, jobA, i)
+		require.NoError(t, err)
+		require.NotNil(t, rec, "index %d", i)
+		ledger[pipeline.Origin{Job: jobA, Index: i}] = rec
+	}
 	require.Equal(t, sourceBefore, countRecords(ctx, t, dev.broker, "spool.commands"))
 
 	// Fixed: the constraint goes, and one of job A's keys meanwhile got a
@@ -190,7 +203,7 @@ func TestDLQReplay(t *testing.T) {
 
 	start := time.Now()
 	var res dlq.ReplayResult
-	out := mustSpoolctl(ctx, t, append([]string{"dlq", "replay", "--json", "--rate", "10", "--job", string(jobA)}, kafkaArgs...)...)
+	out := mustSpoolctl(ctx, t, append([]string{"dlq", "replay", "--json", "--rate", "10", "--job", string(jobA)}, replayArgs...)...)
 	require.NoError(t, json.Unmarshal([]byte(out), &res))
 	require.GreaterOrEqual(t, time.Since(start), 1800*time.Millisecond, "20 records at --rate 10 take about 2 s")
 	require.Equal(t, dlq.ReplayResult{Selected: 20, Replayed: 20}, res)
@@ -238,7 +251,7 @@ func TestDLQReplay(t *testing.T) {
 	}
 
 	// The same replay again sends nothing.
-	out = mustSpoolctl(ctx, t, append([]string{"dlq", "replay", "--json", "--job", string(jobA)}, kafkaArgs...)...)
+	out = mustSpoolctl(ctx, t, append([]string{"dlq", "replay", "--json", "--job", string(jobA)}, replayArgs...)...)
 	require.NoError(t, json.Unmarshal([]byte(out), &res))
 	require.Equal(t, dlq.ReplayResult{Selected: 20, AlreadyReplayed: 20}, res)
 	require.Equal(t, sourceBefore+21, countRecords(ctx, t, dev.broker, "spool.commands"))
@@ -250,8 +263,19 @@ func TestDLQReplay(t *testing.T) {
 	producer, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: []string{dev.broker}, Logger: testLogger(t)})
 	require.NoError(t, err)
 	defer producer.Close()
+	// With the checkpoint lost, the ledger alone refuses them now: the
+	// replay settled their failure rows.
 	res, err = dlq.Replay(ctx, withoutCheckpoint{reader}, producer, "spool.commands.dlq",
-		dlq.ReplayOptions{Filter: dlq.Filter{Job: jobA}})
+		dlq.ReplayOptions{Topic: "spool.commands", Ledger: store, Filter: dlq.Filter{Job: jobA}})
+	require.NoError(t, err)
+	require.Equal(t, 0, res.Replayed)
+	require.Equal(t, 20, res.Refused)
+	require.Contains(t, res.Refusals[0].Reason, "replayed and settled since")
+	require.Equal(t, sourceBefore+21, countRecords(ctx, t, dev.broker, "spool.commands"))
+	// Checked against what was recorded before (a replay racing the
+	// processor), they are sent: the processor's ledger applies nothing twice.
+	res, err = dlq.Replay(ctx, withoutCheckpoint{reader}, producer, "spool.commands.dlq",
+		dlq.ReplayOptions{Topic: "spool.commands", Ledger: ledger, Filter: dlq.Filter{Job: jobA}})
 	require.NoError(t, err)
 	require.Equal(t, 20, res.Replayed)
 	waitFor(t, func() bool { return countProcessed(ctx, t, db) >= int64(sourceBefore+41) })
@@ -260,7 +284,7 @@ func TestDLQReplay(t *testing.T) {
 
 	// Job B's dead letters, replayed unfixed, die again: back in the DLQ at
 	// attempt 2, still counted once; past --max-attempts 2 they are parked.
-	out = mustSpoolctl(ctx, t, append([]string{"dlq", "replay", "--json", "--job", string(jobB)}, kafkaArgs...)...)
+	out = mustSpoolctl(ctx, t, append([]string{"dlq", "replay", "--json", "--job", string(jobB)}, replayArgs...)...)
 	require.NoError(t, json.Unmarshal([]byte(out), &res))
 	require.Equal(t, 3, res.Replayed)
 	waitFor(t, func() bool { return len(list("--job", string(jobB))) == 6 })
@@ -271,9 +295,77 @@ func TestDLQReplay(t *testing.T) {
 	}
 	require.Equal(t, map[float64]int{1: 3, 2: 3}, attempts)
 	require.Equal(t, &pipelineJob{pipeline.JobCompletedWithErrors, pipeline.Counts{Applied: 7, DeadLettered: 3}}, wait(jobB))
-	out = mustSpoolctl(ctx, t, append([]string{"dlq", "replay", "--json", "--max-attempts", "2", "--job", string(jobB)}, kafkaArgs...)...)
+	out = mustSpoolctl(ctx, t, append([]string{"dlq", "replay", "--json", "--max-attempts", "2", "--job", string(jobB)}, replayArgs...)...)
 	require.NoError(t, json.Unmarshal([]byte(out), &res))
 	require.Equal(t, dlq.ReplayResult{Selected: 6, AlreadyReplayed: 3, Parked: 3}, res)
+
+	// Forged dead letters, written by an ordinary Kafka client: one naming
+	// another source topic, one claiming job B's dead letter for another
+	// tenant, one at a place of job B spool never dead-lettered. Replay
+	// refuses and reports each, sends none, and never checkpoints them.
+	// The first keeps b-0's genuine value: only its source topic is wrong.
+	var genuineB0 []byte
+	require.NoError(t, reader.Read(ctx, "spool.commands.dlq", dlq.AllPartitions, func(r pipeline.Record) error {
+		if string(r.Key) == "b-0" {
+			genuineB0 = r.Value
+		}
+		return nil
+	}))
+	require.NotEmpty(t, genuineB0)
+	forge := func(index, tenant, sourceTopic string) {
+		args := []string{"-P", "-b", dev.broker, "-t", "spool.commands.dlq", "-X", "partitioner=murmur2_random", "-k", "b-" + index}
+		for _, h := range []string{"spool-dlq-error-class=constraint_violation", "spool-dlq-error=forged",
+			"spool-dlq-source-topic=" + sourceTopic, "spool-dlq-source-partition=0", "spool-dlq-source-offset=0",
+			"spool-dlq-attempt=1", "spool-dlq-first-failure=2026-01-01T00:00:00Z", "spool-dlq-last-failure=" + time.Now().UTC().Format(time.RFC3339),
+			"spool-dlq-command-id=b-" + index, "spool-job-id=" + string(jobB), "spool-tenant=" + tenant, "spool-index=" + index} {
+			args = append(args, "-H", h)
+		}
+		kcat := exec.CommandContext(ctx, "kcat", args...)
+		value := `{"id":"b-` + index + `","entity":"customers","version":9,"data":{"customer_id":"b` + index + `","balance":"1000.00"}}`
+		if index == "0" {
+			value = string(genuineB0)
+		}
+		kcat.Stdin = strings.NewReader(value + "\n")
+		raw, err := kcat.CombinedOutput()
+		require.NoError(t, err, "kcat: %s", raw)
+	}
+	forge("0", "default", "spool.other")
+	forge("1", "intruder", "spool.commands")
+	forge("5", "default", "spool.commands")
+	waitFor(t, func() bool { return len(list("--job", string(jobB))) == 9 })
+	sourceBefore = countRecords(ctx, t, dev.broker, "spool.commands")
+	human := mustSpoolctl(ctx, t, append([]string{"dlq", "replay", "--max-attempts", "2", "--job", string(jobB)}, replayArgs...)...)
+	require.Contains(t, human, "replayed 0 of 9 selected dead letters; 3 already replayed, 3 parked at the attempt bound, 3 refused")
+	require.Regexp(t, `refused .* index 0 command b-0: its source-topic header names "spool.other", not spool.commands`, human)
+	require.Regexp(t, `refused .* index 1 command b-1: its tenant header "intruder" is not the job's tenant`, human)
+	require.Regexp(t, `refused .* index 5 command b-5: job "`+string(jobB)+`" has no dead-lettered command at index 5`, human)
+	out = mustSpoolctl(ctx, t, append([]string{"dlq", "replay", "--json", "--max-attempts", "2", "--job", string(jobB)}, replayArgs...)...)
+	res = dlq.ReplayResult{}
+	require.NoError(t, json.Unmarshal([]byte(out), &res))
+	require.Equal(t, 3, res.Refused)
+	require.Len(t, res.Refusals, 3)
+	require.Zero(t, res.Replayed)
+	require.Equal(t, sourceBefore, countRecords(ctx, t, dev.broker, "spool.commands"), "nothing forged is sent")
+	// Named explicitly, another topic is allowed; the ledger still decides.
+	out = mustSpoolctl(ctx, t, append([]string{"dlq", "replay", "--json", "--dry-run", "--to-topic", "spool.other", "--max-attempts", "2",
+		"--job", string(jobB)}, replayArgs...)...)
+	res = dlq.ReplayResult{}
+	// An object per dead letter, then the result.
+	for dec := json.NewDecoder(strings.NewReader(out)); dec.More(); {
+		res = dlq.ReplayResult{}
+		require.NoError(t, dec.Decode(&res))
+	}
+	require.Equal(t, 2, res.Refused, "the other tenant's and the unknown place: %+v", res.Refusals)
+	require.Equal(t, 1, res.Replayed, "the dead letter naming spool.other, which matches the ledger")
+	require.Equal(t, sourceBefore, countRecords(ctx, t, dev.broker, "spool.commands"))
+	require.Equal(t, &pipelineJob{pipeline.JobCompletedWithErrors, pipeline.Counts{Applied: 7, DeadLettered: 3}}, wait(jobB))
+}
+
+// recordedLedger is a snapshot of what spool recorded of dead letters.
+type recordedLedger map[pipeline.Origin]*pipeline.DeadLetterRecord
+
+func (l recordedLedger) LookupDeadLetter(_ context.Context, job pipeline.JobID, index int64) (*pipeline.DeadLetterRecord, error) {
+	return l[pipeline.Origin{Job: job, Index: index}], nil
 }
 
 type pipelineJob struct {

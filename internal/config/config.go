@@ -49,7 +49,19 @@ type Kafka struct {
 	DLQTopic          string   `mapstructure:"dlq_topic"`
 	Partitions        int      `mapstructure:"partitions"`
 	ReplicationFactor int      `mapstructure:"replication_factor"`
+	MaxMessageBytes   int      `mapstructure:"max_message_bytes"`
 	Group             string   `mapstructure:"group"`
+}
+
+// TopicMaxMessageBytes is the max.message.bytes spool gives the topics it
+// creates: kafka.max_message_bytes, or room for a record of
+// ingress.max_record_bytes with spool's key and headers, and for a dead
+// letter of it (64 KiB more).
+func (k Kafka) TopicMaxMessageBytes(maxRecordBytes int) int {
+	if k.MaxMessageBytes > 0 {
+		return k.MaxMessageBytes
+	}
+	return maxRecordBytes + 64<<10
 }
 
 // HTTP configures ingress.
@@ -338,6 +350,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.Group == "" {
 		bad("kafka.group", "must be set")
+	}
+	if c.Kafka.MaxMessageBytes != 0 && (c.Kafka.MaxMessageBytes < 16<<10 || c.Kafka.MaxMessageBytes > 32<<20) {
+		bad("kafka.max_message_bytes", "must be 0 (derived) or between 16 KiB and 32 MiB, got %d", c.Kafka.MaxMessageBytes)
 	}
 	for key, addr := range map[string]string{"http.addr": c.HTTP.Addr, "metrics.addr": c.Metrics.Addr, "ingress.metrics_addr": c.Ingress.MetricsAddr} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {

@@ -19,6 +19,7 @@ var Keys = []Key{
 	{"kafka.dlq_topic", "spool.commands.dlq", "dead-letter topic"},
 	{"kafka.partitions", 12, "partitions when spool creates its topics"},
 	{"kafka.replication_factor", -1, "replication factor when spool creates its topics (-1: broker default)"},
+	{"kafka.max_message_bytes", 0, "max.message.bytes spool gives its topics when it creates them (0: ingress.max_record_bytes + 64 KiB, room for a record of that size with its headers and a dead letter of it)"},
 	{"kafka.group", "spool-processor", "consumer group of the processors"},
 	{"http.addr", ":8080", "ingress listen address"},
 	{"metrics.addr", ":9090", "processor metrics and health listen address"},

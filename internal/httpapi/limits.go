@@ -19,9 +19,14 @@ type Limits struct {
 	ReadIdleTimeout time.Duration
 	MaxBodyBytes    int64
 	MaxRecordBytes  int
-	MaxRecords      int64
-	MaxRejections   int
-	MaxLag          int64
+	// MaxKafkaRecordBytes bounds a record as Kafka measures it
+	// (pipeline.Record.BatchBytes: key, value and headers with their
+	// overhead): the commands topic's max.message.bytes and the producer's
+	// batch limit. A record over it is rejected alone. 0: no bound.
+	MaxKafkaRecordBytes int
+	MaxRecords          int64
+	MaxRejections       int
+	MaxLag              int64
 	// MaxDecompressedBytes bounds the body once its Content-Encoding is
 	// undone; MaxDecompressionRatio bounds decompressed over sent bytes,
 	// past the first ratioGrace bytes.

@@ -243,10 +243,13 @@ type upload struct {
 	defaultEntity string
 
 	received, rejected atomic.Int64
-	shown              []Rejection
-	shownBytes         int
-	pending            []pipeline.Failure
-	pendingBytes       int
+	// rejMu guards shown and pending: a record Kafka refuses as too large
+	// is rejected from its produce callback.
+	rejMu        sync.Mutex
+	shown        []Rejection
+	shownBytes   int
+	pending      []pipeline.Failure
+	pendingBytes int
 
 	acks     sync.WaitGroup
 	accepted atomic.Int64
@@ -283,11 +286,8 @@ func (u *upload) read(ctx context.Context, records pipeline.UploadReader) error 
 			return nil
 		}
 		u.add(ctx, cmd, err)
-		if len(u.pending) >= failureFlush || u.pendingBytes >= maxPendingBytes {
-			if err := u.s.cfg.Jobs.AddFailures(ctx, u.job, u.pending); err != nil {
-				return fmt.Errorf("%w: recording rejections: %w", errStore, err)
-			}
-			u.pending, u.pendingBytes = u.pending[:0], 0
+		if err := u.flushRejections(ctx); err != nil {
+			return err
 		}
 	}
 }
@@ -307,15 +307,28 @@ func (u *upload) add(ctx context.Context, cmd pipeline.Command, decodeErr error)
 	if err == nil {
 		rec, err = pipeline.NewRecord(&cmd, u.job, u.who.Tenant, index)
 	}
+	if limit := u.s.cfg.Limits.MaxKafkaRecordBytes; err == nil && limit > 0 && rec.BatchBytes() > limit {
+		err = pipeline.Errorf(pipeline.ClassTooLarge,
+			"record is %d bytes as a Kafka record (key, value and spool's headers), over the %d bytes that topic %s takes",
+			rec.BatchBytes(), limit, u.s.cfg.Topic)
+	}
 	if err != nil {
 		u.reject(index, cmd.ID, err)
 		return
 	}
 	u.acks.Add(1)
 	start := time.Now()
+	id := cmd.ID
 	u.s.cfg.Producer.Produce(ctx, u.s.cfg.Topic, &rec, func(err error) {
 		defer u.acks.Done()
 		u.s.cfg.Observer.Produced(time.Since(start))
+		if pipeline.ClassOf(err) == pipeline.ClassTooLarge {
+			// Kafka refused this record alone (the topic's limit was
+			// lowered since ingress read it): the record's fault, not the
+			// upload's.
+			u.reject(index, id, err)
+			return
+		}
 		if err != nil {
 			u.errMu.Lock()
 			if u.err == nil {
@@ -328,11 +341,28 @@ func (u *upload) add(ctx context.Context, cmd pipeline.Command, decodeErr error)
 	})
 }
 
+// flushRejections records the pending rejections once there are enough of
+// them, in count or bytes.
+func (u *upload) flushRejections(ctx context.Context) error {
+	u.rejMu.Lock()
+	defer u.rejMu.Unlock()
+	if len(u.pending) < failureFlush && u.pendingBytes < maxPendingBytes {
+		return nil
+	}
+	if err := u.s.cfg.Jobs.AddFailures(ctx, u.job, u.pending); err != nil {
+		return fmt.Errorf("%w: recording rejections: %w", errStore, err)
+	}
+	u.pending, u.pendingBytes = u.pending[:0], 0
+	return nil
+}
+
 // reject records a refused record. What it keeps is bounded whatever the
 // record held: the id and message are cut to printable excerpts, the answer
 // lists at most Limits.MaxRejections (and maxShownBytes), and the failure
 // rows wait in batches of at most failureFlush (and maxPendingBytes).
 func (u *upload) reject(index int64, id pipeline.CommandID, err error) {
+	u.rejMu.Lock()
+	defer u.rejMu.Unlock()
 	u.rejected.Add(1)
 	class := pipeline.ClassOf(err)
 	id = pipeline.CommandID(pipeline.Printable(string(id), maxIDBytes))

@@ -31,7 +31,6 @@ func TestClassify(t *testing.T) {
 		{&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, pipeline.ClassTransient},
 		{syscall.ECONNRESET, pipeline.ClassTransient},
 		// Never permanent: a broker problem is not the command's fault.
-		{kerr.MessageTooLarge, pipeline.ClassInternal},
 		{kerr.TopicAuthorizationFailed, pipeline.ClassInternal},
 		{errors.New("odd"), pipeline.ClassInternal},
 	}
@@ -40,6 +39,20 @@ func TestClassify(t *testing.T) {
 		require.Equal(t, tt.want, pipeline.ClassOf(got), "%v", tt.err)
 		require.False(t, pipeline.IsPermanent(got), "%v", tt.err)
 		require.ErrorIs(t, got, tt.err)
+	}
+	// A record too large for the topic or the producer is permanent for
+	// that record: the same bytes never fit, so retrying would stall its
+	// partition for ever. franz-go refuses a record over its batch limit
+	// before sending, wrapping MESSAGE_TOO_LARGE with the size.
+	for _, err := range []error{
+		kerr.MessageTooLarge,
+		kerr.RecordListTooLarge,
+		fmt.Errorf("%w (uncompressed_bytes=%d)", kerr.MessageTooLarge, 1048576),
+	} {
+		got := classify(fmt.Errorf("producing: %w", err))
+		require.Equal(t, pipeline.ClassTooLarge, pipeline.ClassOf(got), "%v", err)
+		require.True(t, pipeline.IsPermanent(got), "%v", err)
+		require.ErrorIs(t, got, err)
 	}
 	require.NoError(t, classify(nil))
 	require.ErrorIs(t, classify(context.Canceled), context.Canceled)

@@ -22,6 +22,11 @@ type ProducerConfig struct {
 	MaxBufferedBytes int
 	// Linger lets records gather into bigger batches.
 	Linger time.Duration
+	// BatchMaxBytes is franz-go's ProducerBatchMaxBytes: the largest record
+	// batch it sends, and so the largest record it takes
+	// (pipeline.Record.BatchBytes). Set it to the topic's max.message.bytes
+	// (MaxMessageBytes); 0 leaves franz-go's default, 1,000,012.
+	BatchMaxBytes int
 	// Hooks are franz-go hooks (client metrics) for the producer's client.
 	Hooks  []any
 	Logger *slog.Logger
@@ -55,6 +60,9 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 	}
 	if cfg.MaxBufferedBytes > 0 {
 		opts = append(opts, kgo.MaxBufferedBytes(cfg.MaxBufferedBytes))
+	}
+	if cfg.BatchMaxBytes > 0 {
+		opts = append(opts, kgo.ProducerBatchMaxBytes(int32(min(cfg.BatchMaxBytes, MaxBatchBytes))))
 	}
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
@@ -126,12 +134,19 @@ func EnsureTopicsWith(ctx context.Context, brokers []string, partitions int32, r
 	return nil
 }
 
-// classify marks Kafka errors: retriable protocol errors, timeouts and
-// connection failures are transient; the rest is internal (never permanent
-// for a command, since a broker problem is never the command's fault).
+// classify marks Kafka errors: a record too large for the topic or the
+// producer (the broker's MESSAGE_TOO_LARGE or RECORD_LIST_TOO_LARGE, or
+// franz-go refusing a record larger than its batch limit before sending it,
+// which it reports as MESSAGE_TOO_LARGE too) is permanent for that record,
+// since the same bytes will never fit; retriable protocol errors, timeouts
+// and connection failures are transient; the rest is internal (never
+// permanent, since a broker problem is not the command's fault).
 func classify(err error) error {
 	if err == nil || errors.Is(err, context.Canceled) {
 		return err
+	}
+	if errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) {
+		return pipeline.Classify(pipeline.ClassTooLarge, err)
 	}
 	if kerr.IsRetriable(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, kgo.ErrRecordTimeout) ||
 		errors.Is(err, kgo.ErrRecordRetries) || isNetErr(err) {

@@ -352,3 +352,21 @@ func (s *Store) PruneJobs(ctx context.Context, retention time.Duration) (int64, 
 
 // Ping checks that the database answers.
 func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
+
+// LookupDeadLetter returns what was recorded when the command at index of
+// job was dead-lettered (its failure row, with outcome dead_lettered, and
+// the job's tenant), or nil when there is none. It implements dlq.Ledger.
+func (s *Store) LookupDeadLetter(ctx context.Context, job pipeline.JobID, index int64) (*pipeline.DeadLetterRecord, error) {
+	var r pipeline.DeadLetterRecord
+	err := s.pool.QueryRow(ctx, `SELECT j.tenant, f.command_id, f.value_sha256, f.command
+		FROM spool_job_failures f JOIN spool_jobs j ON j.job_id = f.job_id
+		WHERE f.job_id = $1 AND f.idx = $2 AND f.outcome = 'dead_lettered'`, clean(string(job)), index).
+		Scan(&r.Tenant, &r.ID, &r.ValueHash, &r.Command)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, classify(fmt.Errorf("looking up dead letter %d of job %s: %w", index, job, err))
+	}
+	return &r, nil
+}

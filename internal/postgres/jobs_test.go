@@ -2,7 +2,9 @@ package postgres_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -247,4 +249,39 @@ func TestRedeliveredRecordsCountOnce(t *testing.T) {
 	var failures int
 	require.NoError(t, b.store.Failures(ctx, "tenant", "job-1", func(pipeline.Failure) error { failures++; return nil }))
 	require.Equal(t, 2, failures, "the dead letter and the conflict, once each")
+}
+
+// TestLookupDeadLetter: a dead-lettered command's failure row keeps the
+// SHA-256 of its value, and the whole value when the dead letter could not
+// carry it (KeepValue); a replay checks dead letters against it. Rows that
+// are not dead letters, and other places, are not found.
+func TestLookupDeadLetter(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant"))
+	require.NoError(t, b.store.FinishUpload(ctx, "job-1", pipeline.UploadResult{Received: 3, Accepted: 3}))
+	values := map[int64][]byte{}
+	poison := func(i int, m *pipeline.Message) {
+		m.Index = int64(i)
+		values[m.Index] = m.Record.Value
+		if i > 0 {
+			m.Err = pipeline.Errorf(pipeline.ClassConstraint, "refused")
+			m.KeepValue = i == 2
+		}
+	}
+	b.writeMessages(t, 0, poison, cust("c-0", "k0", 1, "a"), cust("c-1", "k1", 1, "b"), cust("c-2", "k2", 1, "c"))
+	for i := range int64(3) {
+		rec, err := b.store.LookupDeadLetter(ctx, "job-1", i)
+		require.NoError(t, err)
+		if i == 0 {
+			require.Nil(t, rec, "applied, not a dead letter")
+			continue
+		}
+		sum := sha256.Sum256(values[i])
+		require.Equal(t, &pipeline.DeadLetterRecord{Tenant: "tenant", ID: pipeline.CommandID(fmt.Sprintf("c-%d", i)),
+			ValueHash: sum[:], Command: map[bool][]byte{true: values[i]}[i == 2]}, rec)
+	}
+	rec, err := b.store.LookupDeadLetter(ctx, "job-2", 1)
+	require.NoError(t, err)
+	require.Nil(t, rec)
 }

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -606,8 +607,13 @@ func queueFailures(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome)
 			if id == "" {
 				id = pipeline.CommandID(m.Record.Key)
 			}
+			sum := sha256.Sum256(m.Record.Value)
 			f = pipeline.Failure{Index: m.Index, ID: id, Stage: pipeline.StageProcessor,
-				Outcome: pipeline.OutcomeDeadLettered, Class: pipeline.ClassOf(m.Err), Error: m.Err.Error()}
+				Outcome: pipeline.OutcomeDeadLettered, Class: pipeline.ClassOf(m.Err), Error: m.Err.Error(),
+				ValueHash: sum[:]}
+			if m.KeepValue {
+				f.Command = m.Record.Value
+			}
 		default:
 			continue
 		}
@@ -623,12 +629,14 @@ func queueFailures(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome)
 	}
 	if len(again) > 0 {
 		idx, classes, msgs := make([]int64, len(again)), make([]string, len(again)), make([]string, len(again))
+		commands := make([][]byte, len(again))
 		for i, f := range again {
-			idx[i], classes[i], msgs[i] = f.Index, string(f.Class), clean(f.Error)
+			idx[i], classes[i], msgs[i], commands[i] = f.Index, string(f.Class), clean(f.Error), f.Command
 		}
-		q.Queue(`UPDATE spool_job_failures f SET error_class = r.class, error = r.error, created_at = now()
-			FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS r(job_id, idx, class, error)
-			WHERE f.job_id = r.job_id AND f.idx = r.idx AND f.outcome = 'dead_lettered'`, againJobs, idx, classes, msgs)
+		q.Queue(`UPDATE spool_job_failures f SET error_class = r.class, error = r.error, created_at = now(),
+				command = coalesce(f.command, r.command)
+			FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bytea[]) AS r(job_id, idx, class, error, command)
+			WHERE f.job_id = r.job_id AND f.idx = r.idx AND f.outcome = 'dead_lettered'`, againJobs, idx, classes, msgs, commands)
 	}
 }
 
@@ -638,16 +646,19 @@ func queueFailureRows(q *pgx.Batch, jobs []string, fs []pipeline.Failure) {
 	idx := make([]int64, len(fs))
 	ids, stages, outcomes, classes, msgs := make([]string, len(fs)), make([]string, len(fs)), make([]string, len(fs)),
 		make([]string, len(fs)), make([]string, len(fs))
+	commands, hashes := make([][]byte, len(fs)), make([][]byte, len(fs))
 	for i, f := range fs {
 		idx[i], ids[i], stages[i], outcomes[i], classes[i], msgs[i] = f.Index, clean(string(f.ID)), f.Stage, string(f.Outcome),
 			string(f.Class), clean(f.Error)
+		commands[i], hashes[i] = f.Command, f.ValueHash
 		jobs[i] = clean(jobs[i])
 	}
-	q.Queue(`INSERT INTO spool_job_failures AS f (job_id, idx, command_id, stage, outcome, error_class, error)
-		SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+	q.Queue(`INSERT INTO spool_job_failures AS f (job_id, idx, command_id, stage, outcome, error_class, error, command, value_sha256)
+		SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bytea[], $9::bytea[])
 		ON CONFLICT (job_id, idx) DO UPDATE SET command_id = EXCLUDED.command_id, stage = EXCLUDED.stage,
-			outcome = EXCLUDED.outcome, error_class = EXCLUDED.error_class, error = EXCLUDED.error, created_at = now()`,
-		jobs, idx, ids, stages, outcomes, classes, msgs)
+			outcome = EXCLUDED.outcome, error_class = EXCLUDED.error_class, error = EXCLUDED.error, created_at = now(),
+			command = EXCLUDED.command, value_sha256 = EXCLUDED.value_sha256`,
+		jobs, idx, ids, stages, outcomes, classes, msgs, commands, hashes)
 }
 
 // clean makes text storable and showable: PostgreSQL text refuses NUL and
