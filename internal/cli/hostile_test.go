@@ -69,7 +69,18 @@ func TestCLIShowsHostileTextEscaped(t *testing.T) {
 			JobID: pipeline.JobID("job" + hostile), Tenant: "acme" + hostile, CommandID: pipeline.CommandID(hostile),
 			Index: 3, Instance: "p" + hostile,
 		}
-		return e.Record()
+		// spool's publisher escapes what it writes; another producer's
+		// dead letter need not: the headers carry the raw bytes.
+		raw := map[string]string{dlq.HeaderError: e.Error, dlq.HeaderErrorClass: string(e.ErrorClass),
+			dlq.HeaderSourceTopic: e.SourceTopic, dlq.HeaderJobID: string(e.JobID), dlq.HeaderTenant: e.Tenant,
+			dlq.HeaderCommandID: string(e.CommandID), dlq.HeaderInstance: e.Instance}
+		r := e.Record()
+		for i, h := range r.Headers {
+			if v, ok := raw[h.Key]; ok {
+				r.Headers[i].Value = []byte(v)
+			}
+		}
+		return r
 	}
 	require.NoError(t, producer.ProduceSync(ctx, topic, envelope(value), envelope([]byte("not json "+hostile))))
 
