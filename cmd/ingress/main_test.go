@@ -57,6 +57,7 @@ auth:
     - {tenant: other, key_sha256: %s, entities: [events]}
 ingress:
   read_idle_timeout: 5s
+  metrics_addr: "127.0.0.1:0"
   max_concurrent_uploads: 12
   max_concurrent_uploads_per_tenant: 8
 entities:
@@ -264,6 +265,20 @@ func TestHostileUploads(t *testing.T) {
 		a := h.post(t, "acme-key", "/v1/jobs", "application/x-ndjson", true, body)
 		require.Equal(t, http.StatusRequestEntityTooLarge, a.status, "%s", a.body)
 		require.Contains(t, a.json(t)["detail"], "ingress.max_decompression_ratio")
+	})
+
+	h.peak(t, "records of ingress.max_record_bytes", func(t *testing.T) {
+		pr, pw := io.Pipe()
+		go func() {
+			name := strings.Repeat("n", 1<<20-200)
+			for i := range 40 {
+				fmt.Fprintf(pw, `{"id":"big-%d","entity":"customers","version":1,"data":{"customer_id":"k%d","name":"%s"}}`+"\n", i, i, name)
+			}
+			pw.Close()
+		}()
+		a := h.post(t, "acme-key", "/v1/jobs", "application/x-ndjson", false, pr)
+		require.Equal(t, http.StatusAccepted, a.status, "%s", a.body)
+		require.EqualValues(t, 40, a.json(t)["accepted"], "a record of the limit fits the topic spool created")
 	})
 
 	h.peak(t, "a tenant writing an entity it may not", func(t *testing.T) {
