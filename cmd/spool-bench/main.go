@@ -28,7 +28,7 @@ func main() {
 	flag.DurationVar(&cfg.LatencyFor, "latency-for", 10*time.Second, "how long the latency stage uploads")
 	flag.Uint64Var(&cfg.Seed, "seed", 1, "workload seed")
 	flag.IntVar(&cfg.Partitions, "partitions", 12, "partitions of the topics")
-	flag.BoolVar(&cfg.WriteOnly, "write-only", false, "run the write path's stages only (backlog, references, processor)")
+	flag.StringVar(&cfg.Stages, "stages", bench.StagesAll, "stages to run: all, write (the write path: backlog, references, naive consumer, processor) or processor (the backlog and the processor's drain)")
 	flag.StringVar(&cfg.Profile, "profile", "", "directory for the drain's processor CPU profile; also samples PostgreSQL's wait events")
 	flag.Parse()
 	cfg.UploadBytes = *upload << 20

@@ -39,14 +39,24 @@ type Config struct {
 	LatencyFor  time.Duration
 	Seed        uint64
 	Partitions  int
-	// WriteOnly runs the write path's stages only.
-	WriteOnly bool
+	// Stages picks what runs: StagesAll, StagesWrite (the write path's
+	// stages: backlog, references, naive consumer, processor) or
+	// StagesProcessor (the backlog and the processor's drain, for quick
+	// measurements while changing the processor).
+	Stages string
 	// Profile, when set, is a directory where the drain's processor CPU
 	// profile is written, and asks for PostgreSQL's wait events sampled
 	// during the drain.
 	Profile string
 	Out     io.Writer
 }
+
+// The stage sets Config.Stages names.
+const (
+	StagesAll       = "all"
+	StagesWrite     = "write"
+	StagesProcessor = "processor"
+)
 
 // Result is one system's run.
 type Result struct {
@@ -101,7 +111,7 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		return nil, err
 	}
 	results = append(results, write...)
-	if cfg.WriteOnly {
+	if cfg.Stages != StagesAll {
 		Report(cfg.Out, results)
 		return results, nil
 	}

@@ -124,6 +124,13 @@ func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error)
 		return nil, err
 	}
 	results = append(results, produce)
+	if e.cfg.Stages == StagesProcessor {
+		proc, err := e.drain(ctx, w.N)
+		if err != nil {
+			return nil, err
+		}
+		return append(results, proc), e.check(ctx, sysProcessor, "customers", want)
+	}
 
 	var decoded int
 	consume, err := timed(sysConsume, w.N, func() error {

@@ -115,32 +115,45 @@ func (s *Store) SettleOpenJobs(ctx context.Context) error {
 // whose dead letters a replay moved reopens or completes again; without
 // names, the open jobs are.
 func (s *Store) settle(ctx context.Context, ids []string) error {
+	var q pgx.Batch
+	var changing []string
+	queueSettleCheck(&q, ids, &changing)
+	if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
+		return classify(fmt.Errorf("settling jobs: %w", err))
+	}
+	return s.settleChanging(ctx, changing)
+}
+
+// queueSettleCheck queues the search for the jobs (the named ones, or the
+// open ones when ids is nil) whose state their counts would change; once it
+// has run, changing holds them. Most settles change nothing (a job stays
+// processing), and the search takes no lock.
+func queueSettleCheck(q *pgx.Batch, ids []string, changing *[]string) {
 	// Two filters rather than one with OR, so that each plan uses its index.
 	filter, args := "j.state IN ('queued', 'processing')", []any{}
 	if ids != nil {
 		filter = "j.job_id = ANY ($1) AND j.state IN ('queued', 'processing', 'completed', 'completed_with_errors')"
 		args = append(args, ids)
 	}
-	// Most settles change nothing (a job stays processing): find the jobs
-	// whose state would change without taking a lock.
-	changing, err := s.pool.Query(ctx, strings.Replace(settleState, "{{filter}}", filter, 1)+`
-		SELECT n.job_id FROM n JOIN c USING (job_id) WHERE c.state <> n.state`, args...)
-	if err != nil {
-		return classify(fmt.Errorf("settling jobs: %w", err))
-	}
-	ids, err = pgx.CollectRows(changing, pgx.RowTo[string])
-	if err != nil {
-		return classify(fmt.Errorf("settling jobs: %w", err))
-	}
+	q.Queue(strings.Replace(settleState, "{{filter}}", filter, 1)+`
+		SELECT n.job_id FROM n JOIN c USING (job_id) WHERE c.state <> n.state`, args...).Query(func(rows pgx.Rows) error {
+		var err error
+		*changing, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+}
+
+// settleChanging moves the jobs a settle check found to their new state.
+func (s *Store) settleChanging(ctx context.Context, ids []string) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	// Then lock those (in one order, so that settles never deadlock) and
+	// Lock the jobs (in one order, so that settles never deadlock) and
 	// read their counts again in a second statement, whose snapshot is
 	// taken after the locks: a settle that read counts before another
 	// settle's commit can then never write an older state over a newer one.
 	// One batch is one implicit transaction and one round trip.
-	filter = "j.job_id = ANY ($1) AND j.state IN ('queued', 'processing', 'completed', 'completed_with_errors')"
+	filter := "j.job_id = ANY ($1) AND j.state IN ('queued', 'processing', 'completed', 'completed_with_errors')"
 	var q pgx.Batch
 	q.Queue(`SELECT j.job_id FROM spool_jobs j WHERE `+filter+` ORDER BY j.job_id FOR UPDATE`, ids)
 	q.Queue(strings.Replace(settleState, "{{filter}}", filter, 1)+`

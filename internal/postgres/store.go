@@ -155,21 +155,49 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.O
 	if err := tx.Commit(ctx); err != nil {
 		// The commit may have happened with its answer lost: repair anyway,
 		// which is always safe.
-		s.repairGroups(after, groups)
+		s.afterCommit(after, b.Partition, groups, nil)
 		return nil, classify(fmt.Errorf("committing batch of %d: %w", len(b.Messages), err))
 	}
-	// After the commit, so that the last of two racing transactions sees
-	// both: the later of a delete and an older upsert of one key sees the
-	// tombstone and the row, and the last batch of a job sees all its
-	// counters. A job is settled only once its batch's repair succeeded; the
-	// periodic sweep (repair, then settle) catches what fails here.
-	if !s.repairGroups(after, groups) {
-		return outcomes, nil
-	}
-	if err := s.SettleJobs(after, jobsOf(b)); err != nil {
-		s.logger.Warn("settling jobs after batch", "partition", b.Partition, "error", err)
-	}
+	s.afterCommit(after, b.Partition, groups, jobsOf(b))
 	return outcomes, nil
+}
+
+// afterCommit repairs the keys of a committed batch's versioned groups and
+// settles its jobs, in one round trip (and a second when a job's state
+// changes). After the commit, so that the last of two racing transactions
+// sees both: the later of a delete and an older upsert of one key sees the
+// tombstone and the row, and the last batch of a job sees all its
+// counters. The repairs and the settle's search are one implicit
+// transaction, so a job is settled only once its batch's repair succeeded;
+// what fails here (briefly retried) the periodic sweep (repair, then
+// settle) catches.
+func (s *Store) afterCommit(ctx context.Context, partition int32, groups []pipeline.Group, jobs []pipeline.JobID) {
+	ids := make([]string, len(jobs))
+	for i, id := range jobs {
+		ids[i] = string(id)
+	}
+	err := briefly(ctx, func() error {
+		var q pgx.Batch
+		for _, g := range groups {
+			if err := s.queueRepair(&q, g.Entity, g.Keys); err != nil {
+				return err
+			}
+		}
+		var changing []string
+		if len(ids) > 0 {
+			queueSettleCheck(&q, ids, &changing)
+		}
+		if q.Len() == 0 {
+			return nil
+		}
+		if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
+			return classify(fmt.Errorf("repairing rows behind tombstones and settling jobs: %w", err))
+		}
+		return s.settleChanging(ctx, changing)
+	})
+	if err != nil {
+		s.logger.Warn("repairing and settling after a batch; the periodic sweep will retry", "partition", partition, "error", err)
+	}
 }
 
 // claim is a batch's ledger claim: the candidates by id, then, once the
@@ -413,12 +441,19 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 	if e.Versioned() {
 		aliases = append(aliases, "ver")
 		params = append(params, fmt.Sprintf("$%d::bigint[]", len(cols)+1))
-		casts = append(casts, "u.ver", tombstoneKey(e, "u.")+" AS spool_key")
+		casts = append(casts, "u.ver")
+		if g.Op == pipeline.OpDelete {
+			casts = append(casts, tombstoneKey(e, "u.")+" AS spool_key")
+		}
 		targetCols = append(targetCols, quoteIdent(e.VersionColumn))
 		values = append(values, "v.ver")
 		target = fmt.Sprintf("$%d::text", len(cols)+2)
-		tombstoned = fmt.Sprintf(`EXISTS (SELECT 1 FROM spool_tombstones x
-			WHERE x.target = %s AND x.key = v.spool_key AND x.version >= v.ver)`, target)
+		// The first EXISTS, not correlated, runs once per statement: while
+		// the target has no tombstones at all (no delete yet, or all swept),
+		// no row computes its tombstone key or probes for it.
+		tombstoned = fmt.Sprintf(`(EXISTS (SELECT 1 FROM spool_tombstones WHERE target = %[1]s)
+			AND EXISTS (SELECT 1 FROM spool_tombstones x
+				WHERE x.target = %[1]s AND x.key = %[2]s AND x.version >= v.ver))`, target, tombstoneKey(e, "v."))
 	}
 	input := fmt.Sprintf(`SELECT u.spool_ord, %s FROM unnest(%s) WITH ORDINALITY AS u(%s, spool_ord)`,
 		strings.Join(casts, ", "), strings.Join(params, ", "), strings.Join(aliases, ", "))
@@ -699,28 +734,25 @@ func briefly(ctx context.Context, fn func() error) error {
 	return err
 }
 
-// repairGroups repairs the keys of a batch's versioned groups, retrying
-// failures briefly. It reports whether every repair succeeded.
-func (s *Store) repairGroups(ctx context.Context, groups []pipeline.Group) bool {
-	ok := true
-	for _, g := range groups {
-		if !g.Entity.Versioned() {
-			continue
-		}
-		if err := briefly(ctx, func() error { return s.repair(ctx, g.Entity, g.Keys) }); err != nil {
-			s.logger.Warn("repairing rows behind tombstones; the periodic sweep will retry", "entity", g.Entity.Name, "error", err)
-			ok = false
-		}
+// repair deletes rows of the given keys (as made by KeyOf or read from
+// spool_tombstones) that are older than their key's tombstone. Under READ
+// COMMITTED a delete and an older upsert of one key, committing
+// concurrently, can each miss the other's write; run after each commit, the
+// later of the two repairs what both missed.
+func (s *Store) repair(ctx context.Context, e *pipeline.Entity, keys []string) error {
+	var q pgx.Batch
+	if err := s.queueRepair(&q, e, keys); err != nil || q.Len() == 0 {
+		return err
 	}
-	return ok
+	if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
+		return classify(fmt.Errorf("repairing %d keys of %s: %w", len(keys), e.Name, err))
+	}
+	return nil
 }
 
-// repair deletes rows of the given keys (as made by KeyOf or read from
-// spool_tombstones) that are older than their key's tombstone. Under READ COMMITTED a delete and an older upsert of one key,
-// committing concurrently, can each miss the other's write; run after each
-// commit, the later of the two repairs what both missed.
-func (s *Store) repair(ctx context.Context, e *pipeline.Entity, keys []string) error {
-	if len(keys) == 0 {
+// queueRepair queues repair's statement, for versioned entities only.
+func (s *Store) queueRepair(q *pgx.Batch, e *pipeline.Entity, keys []string) error {
+	if !e.Versioned() || len(keys) == 0 {
 		return nil
 	}
 	cols := make([][]string, len(e.Key))
@@ -741,9 +773,7 @@ func (s *Store) repair(ctx context.Context, e *pipeline.Entity, keys []string) e
 		args = append(args, c)
 	}
 	args = append(args, e.QualifiedName())
-	if _, err := s.pool.Exec(ctx, s.repairSQL(e), args...); err != nil {
-		return classify(fmt.Errorf("repairing %d keys of %s: %w", len(keys), e.Name, err))
-	}
+	q.Queue(s.repairSQL(e), args...)
 	return nil
 }
 
@@ -761,11 +791,14 @@ func (s *Store) repairSQL(e *pipeline.Entity) string {
 		join = append(join, fmt.Sprintf("t.%s = v.%s", quoteIdent(k), a))
 	}
 	n := len(e.Key)
-	sql := fmt.Sprintf(`WITH v AS (SELECT %s, %s AS spool_key FROM unnest(%s) AS u(%s))
+	// The uncorrelated EXISTS runs once: a target without tombstones (no
+	// delete yet, or all swept) costs no key computed or probed.
+	sql := fmt.Sprintf(`WITH v AS (SELECT %s, %s AS spool_key FROM unnest(%s) AS u(%s)
+			WHERE EXISTS (SELECT 1 FROM spool_tombstones WHERE target = $%[5]d))
 		DELETE FROM %s.%s t USING v, spool_tombstones x
-		WHERE x.target = $%d AND x.key = v.spool_key AND %s AND t.%s < x.version`,
+		WHERE x.target = $%[5]d AND x.key = v.spool_key AND %[8]s AND t.%[9]s < x.version`,
 		strings.Join(casts, ", "), tombstoneKey(e, "u."), strings.Join(params, ", "), strings.Join(aliases, ", "),
-		quoteIdent(e.Schema), quoteIdent(e.Table), n+1, strings.Join(join, " AND "), quoteIdent(e.VersionColumn))
+		n+1, quoteIdent(e.Schema), quoteIdent(e.Table), strings.Join(join, " AND "), quoteIdent(e.VersionColumn))
 	s.sqlCache.Add(sig, sql)
 	return sql
 }
