@@ -39,6 +39,11 @@ const (
 	sysIngress    = "ingress"
 )
 
+// referenceBatch is the COPY+upsert+ledger reference's transaction size,
+// its best on this machine (docs/benchmarks.md: 5,000 ran 92k/s, 10,000 and
+// 20,000 96k/s at two connections).
+const referenceBatch = 10_000
+
 // limitRow turns a workload command into the limits' row.
 func limitRow(c *pipeline.Command) postgres.LimitRow {
 	str := func(k string) string {
@@ -174,7 +179,7 @@ func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error)
 			return nil, err
 		}
 		upsert, err := timed(system, w.N, func() error {
-			return e.db.CopyUpsertLedger(ctx, table, rows, 5000, conns)
+			return e.db.CopyUpsertLedger(ctx, table, rows, referenceBatch, conns)
 		})
 		if err != nil {
 			return nil, err
@@ -346,6 +351,9 @@ func (e *env) drain(ctx context.Context, n int) (Result, error) {
 	}
 	err = e.waitCommitted(ctx, p, benchGroup, backlogTopic, int64(n), nil)
 	elapsed, busy := time.Since(start), machineBusy()-machine
+	if e.cfg.Profile != "" && err == nil {
+		e.saveProfile(ctx, strings.TrimSuffix(metricsURL, "/metrics")+"/debug/pprof/allocs", "processor.allocs.pprof")
+	}
 	stopProfiling()
 	profiled.Wait()
 	if err != nil {
@@ -369,7 +377,12 @@ func (e *env) profile(ctx context.Context, base string) {
 		return
 	case <-time.After(time.Second):
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, int(profileFor.Seconds())), nil)
+	e.saveProfile(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, int(profileFor.Seconds())), "processor.cpu.pprof")
+}
+
+// saveProfile writes what url answers to name in Config.Profile.
+func (e *env) saveProfile(ctx context.Context, url, name string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return
 	}
@@ -379,7 +392,7 @@ func (e *env) profile(ctx context.Context, base string) {
 		return
 	}
 	defer resp.Body.Close()
-	path := filepath.Join(e.cfg.Profile, "processor.cpu.pprof")
+	path := filepath.Join(e.cfg.Profile, name)
 	f, err := os.Create(path)
 	if err == nil {
 		_, err = io.Copy(f, resp.Body)
@@ -389,7 +402,7 @@ func (e *env) profile(ctx context.Context, base string) {
 		fmt.Fprintf(e.cfg.Out, "writing %s: %v\n", path, err)
 		return
 	}
-	fmt.Fprintf(e.cfg.Out, "processor CPU profile of the drain: %s (go tool pprof -top %s)\n", path, path)
+	fmt.Fprintf(e.cfg.Out, "processor profile of the drain: %s (go tool pprof -top %s)\n", path, path)
 }
 
 // profileFor is how long the drain's profile lasts at most; a drain that
