@@ -97,9 +97,9 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.O
 	if err := c.settleRepeats(repeats, set); err != nil {
 		return nil, err
 	}
-	fresh := make([]*pipeline.Message, 0, len(c.claimed))
+	fresh := make([]*pipeline.Message, 0, c.inserted)
 	for _, m := range candidates {
-		if c.claimed[m] {
+		if _, known := c.known[m]; !known {
 			fresh = append(fresh, m)
 		}
 	}
@@ -201,12 +201,12 @@ func (s *Store) afterCommit(ctx context.Context, partition int32, groups []pipel
 }
 
 // claim is a batch's ledger claim: the candidates by id, then, once the
-// claim's answer is read, those the ledger did not know and what it knew of
-// the others.
+// claim's answer is read, how many of them it inserted and what the ledger
+// knew of the others.
 type claim struct {
 	candidates []*pipeline.Message
 	byKey      map[pipeline.Key]*pipeline.Message
-	claimed    map[*pipeline.Message]bool
+	inserted   int
 	known      map[*pipeline.Message]ledgerEntry
 }
 
@@ -217,13 +217,14 @@ type ledgerEntry struct {
 }
 
 // queueClaim queues the insert of the candidates' ids into the ledger. Its
-// answer names the ids it inserted and, for the others, the claim already
-// there. (The statement's snapshot, taken before its insert, would not see
-// the inserted rows anyway; NOT IN skips looking for them, through a hash
-// of what the insert returned.)
+// answer is how many ids it inserted and, for each of the others, the claim
+// already there: one row per repeat, not one per command. (The statement's
+// snapshot, taken before its insert, would not see the inserted rows
+// anyway; NOT IN skips looking for them, through a hash of what the insert
+// returned.)
 func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
 	c := &claim{candidates: candidates, byKey: make(map[pipeline.Key]*pipeline.Message, len(candidates)),
-		claimed: make(map[*pipeline.Message]bool, len(candidates)), known: map[*pipeline.Message]ledgerEntry{}}
+		known: map[*pipeline.Message]ledgerEntry{}}
 	if len(candidates) == 0 {
 		return c
 	}
@@ -247,22 +248,19 @@ func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
 			INSERT INTO spool_ledger (tenant, command_id, payload_hash, origin)
 			SELECT t, id, h, o FROM u ORDER BY t, id
 			ON CONFLICT DO NOTHING
-			RETURNING tenant, command_id)
-		SELECT tenant, command_id, true, NULL::bytea, NULL::bigint FROM ins
-		UNION ALL
-		SELECT l.tenant, l.command_id, false, l.payload_hash, l.origin
-		FROM u JOIN spool_ledger l ON l.tenant = u.t AND l.command_id = u.id
-		WHERE (u.t, u.id) NOT IN (SELECT tenant, command_id FROM ins)`,
+			RETURNING tenant, command_id),
+		known AS (
+			SELECT l.tenant, l.command_id, l.payload_hash, l.origin
+			FROM u JOIN spool_ledger l ON l.tenant = u.t AND l.command_id = u.id
+			WHERE (u.t, u.id) NOT IN (SELECT tenant, command_id FROM ins))
+		SELECT n.inserted, k.tenant, k.command_id, k.payload_hash, k.origin
+		FROM (SELECT count(*) AS inserted FROM ins) n LEFT JOIN known k ON true`,
 		tenants, ids, hashes, origins).Query(func(rows pgx.Rows) error {
-		var k pipeline.Key
-		var claimed bool
+		var tenant, id *string
 		var e ledgerEntry
-		_, err := pgx.ForEachRow(rows, []any{&k.Tenant, &k.ID, &claimed, &e.hash, &e.origin}, func() error {
-			m := c.byKey[k]
-			if claimed {
-				c.claimed[m] = true
-			} else {
-				c.known[m] = e // pgx scans each row's hash and origin into new memory
+		_, err := pgx.ForEachRow(rows, []any{&c.inserted, &tenant, &id, &e.hash, &e.origin}, func() error {
+			if tenant != nil {
+				c.known[c.byKey[pipeline.Key{Tenant: *tenant, ID: pipeline.CommandID(*id)}]] = e // pgx scans each row's hash and origin into new memory
 			}
 			return nil
 		})
@@ -275,16 +273,13 @@ func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
 // in the batch, against the ledger's claim: another payload is a conflict,
 // the claiming record itself redelivered, anything else a duplicate.
 func (c *claim) settleRepeats(repeats map[*pipeline.Message][]*pipeline.Message, set func(*pipeline.Message, pipeline.Outcome)) error {
-	vanished := 0
-	for _, m := range c.candidates {
-		if c.claimed[m] {
-			continue
-		}
-		e, ok := c.known[m]
-		if !ok {
-			vanished++
-			continue
-		}
+	if vanished := len(c.candidates) - c.inserted - len(c.known); vanished > 0 {
+		// Neither inserted nor there before the claim began: another
+		// transaction claimed the id meanwhile (a partition changing hands),
+		// or the sweeper removed the claim. A retry of the batch settles it.
+		return pipeline.Errorf(pipeline.ClassTransient, "%d command ids were claimed or swept by another transaction while the batch ran", vanished)
+	}
+	for m, e := range c.known {
 		for _, m := range append([]*pipeline.Message{m}, repeats[m]...) {
 			o, identified := m.Origin()
 			switch {
@@ -296,12 +291,6 @@ func (c *claim) settleRepeats(repeats map[*pipeline.Message][]*pipeline.Message,
 				set(m, pipeline.OutcomeDuplicate)
 			}
 		}
-	}
-	if vanished > 0 {
-		// Neither inserted nor there before the claim began: another
-		// transaction claimed the id meanwhile (a partition changing hands),
-		// or the sweeper removed the claim. A retry of the batch settles it.
-		return pipeline.Errorf(pipeline.ClassTransient, "%d command ids were claimed or swept by another transaction while the batch ran", vanished)
 	}
 	return nil
 }
