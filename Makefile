@@ -22,11 +22,12 @@ build:
 BENCH_N ?= 1000000
 BENCH_UPLOAD_MIB ?= 1024
 BENCH_LATENCY_FOR ?= 10s
+BENCH_ARGS ?=
 
 ## bench: spool against this machine's limits, side by side (docs/benchmarks.md)
 bench: build
 	@scripts/ensure-postgres
-	bin/spool-bench -n $(BENCH_N) -upload-mib $(BENCH_UPLOAD_MIB) -latency-for $(BENCH_LATENCY_FOR)
+	bin/spool-bench -n $(BENCH_N) -upload-mib $(BENCH_UPLOAD_MIB) -latency-for $(BENCH_LATENCY_FOR) $(BENCH_ARGS)
 
 FAULTS_N ?= 200000
 FAULTS_SEED ?= 0

@@ -48,7 +48,11 @@ type Config struct {
 	// profile is written, and asks for PostgreSQL's wait events sampled
 	// during the drain.
 	Profile string
-	Out     io.Writer
+	// MaxMachineRatio fails the run when the processor's steady drain costs
+	// the machine more CPU per command than this many times the best
+	// reference's (0: no bound).
+	MaxMachineRatio float64
+	Out             io.Writer
 }
 
 // The stage sets Config.Stages names.
@@ -73,6 +77,9 @@ type Result struct {
 	PeakRSS int64
 	// Limit names the result this one is a ratio to.
 	Limit string
+	// Steady, for the processor, is its drain from the first commit seen:
+	// the records committed after it, the time and the machine's CPU.
+	Steady *Result
 }
 
 // PerSecond is the result's throughput.

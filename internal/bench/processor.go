@@ -210,7 +210,24 @@ func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error)
 	}
 	proc.Limit = best.System
 	results = append(results, proc)
-	return results, nil
+	return results, e.guard(proc, best)
+}
+
+// guard reports the steady drain's machine CPU per command against the
+// reference's, and fails the run past Config.MaxMachineRatio.
+func (e *env) guard(proc, reference Result) error {
+	s := proc.Steady
+	if s == nil || s.Records == 0 || reference.Machine == 0 {
+		return nil
+	}
+	ours, theirs := s.MicrosPerRecord(s.Machine), reference.MicrosPerRecord(reference.Machine)
+	ratio := ours / theirs
+	fmt.Fprintf(e.cfg.Out, "processor's steady drain (from its first commit, %d commands): %.0f/s, %.1f machine µs a command, %.2f× the %s's %.1f\n",
+		s.Records, s.PerSecond(), ours, ratio, reference.System, theirs)
+	if max := e.cfg.MaxMachineRatio; max > 0 && ratio > max {
+		return fmt.Errorf("the processor's machine CPU per command is %.2f× the %s's, over the bound of %.2f×", ratio, reference.System, max)
+	}
+	return nil
 }
 
 // produce sends the workload's records to topic, as ingress would make
@@ -349,8 +366,20 @@ func (e *env) drain(ctx context.Context, n int) (Result, error) {
 		go func() { defer profiled.Done(); e.profile(pctx, strings.TrimSuffix(metricsURL, "/metrics")) }()
 		go func() { defer profiled.Done(); e.sampleWaits(pctx, waits) }()
 	}
-	err = e.waitCommitted(ctx, p, benchGroup, backlogTopic, int64(n), nil)
+	// The steady drain runs from the first commit seen: the processor's
+	// start-up (connecting, joining the group) is out of it.
+	var steady Result
+	var steadyMachine time.Duration
+	var steadyStart time.Time
+	err = e.waitCommitted(ctx, p, benchGroup, backlogTopic, int64(n), func(done int64) {
+		if done > 0 && steadyStart.IsZero() {
+			steadyStart, steadyMachine, steady.Records = time.Now(), machineBusy(), int64(n)-done
+		}
+	})
 	elapsed, busy := time.Since(start), machineBusy()-machine
+	if !steadyStart.IsZero() {
+		steady.Elapsed, steady.Machine = time.Since(steadyStart), machineBusy()-steadyMachine
+	}
 	if e.cfg.Profile != "" && err == nil {
 		e.saveProfile(ctx, strings.TrimSuffix(metricsURL, "/metrics")+"/debug/pprof/allocs", "processor.allocs.pprof")
 	}
@@ -366,7 +395,8 @@ func (e *env) drain(ctx context.Context, n int) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	return Result{System: sysProcessor, Records: int64(n), Elapsed: elapsed, CPU: u.CPU, Machine: busy, PeakRSS: u.PeakRSS}, nil
+	return Result{System: sysProcessor, Records: int64(n), Elapsed: elapsed, CPU: u.CPU, Machine: busy, PeakRSS: u.PeakRSS,
+		Steady: &steady}, nil
 }
 
 // profile writes a CPU profile of the processor's drain, from a second in
