@@ -118,9 +118,10 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		return nil, err
 	}
 	results = append(results, write...)
+	guard := e.guard(results) // reported last, after the table
 	if cfg.Stages != StagesAll {
 		Report(cfg.Out, results)
-		return results, nil
+		return results, guard
 	}
 	rate, err := e.rateStage(ctx, cfg.N)
 	if err != nil {
@@ -153,7 +154,7 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		lat.Rate, cfg.LatencyFor, lat.Jobs, lat.PerJob, lat.P50.Round(time.Millisecond), lat.P99.Round(time.Millisecond),
 		lat.Max.Round(time.Millisecond), lat.Cores, runtime.NumCPU(), lat.Machine,
 		lat.Batches.Count, lat.Batches.MeanSize(), lat.Batches.MeanDuration().Round(time.Millisecond))
-	return results, nil
+	return results, guard
 }
 
 // Report prints results as a table with each result's ratio to its limit.

@@ -209,14 +209,19 @@ func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error)
 		return nil, err
 	}
 	proc.Limit = best.System
-	results = append(results, proc)
-	return results, e.guard(proc, best)
+	return append(results, proc), nil
 }
 
 // guard reports the steady drain's machine CPU per command against the
-// reference's, and fails the run past Config.MaxMachineRatio.
-func (e *env) guard(proc, reference Result) error {
-	s := proc.Steady
+// reference's (the result the processor's is a ratio to), and fails the
+// run past Config.MaxMachineRatio.
+func (e *env) guard(results []Result) error {
+	by := map[string]Result{}
+	for _, r := range results {
+		by[r.System] = r
+	}
+	proc := by[sysProcessor]
+	reference, s := by[proc.Limit], proc.Steady
 	if s == nil || s.Records == 0 || reference.Machine == 0 {
 		return nil
 	}
