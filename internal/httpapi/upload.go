@@ -87,7 +87,13 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	case "", "identity":
 	case "gzip":
 		gz, err := gzip.NewReader(body)
-		if err != nil {
+		var bound *boundError
+		switch {
+		case errors.As(err, &bound):
+			status, detail := readStatus(err)
+			writeProblem(w, status, detail)
+			return
+		case err != nil:
 			writeProblem(w, http.StatusBadRequest, "body is not valid gzip: "+err.Error())
 			return
 		}
