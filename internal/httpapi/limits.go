@@ -12,7 +12,8 @@ import (
 
 // Limits bound what one upload may cost: its size before and after
 // decompression, its records, its rejections, how many uploads run at once
-// and how slowly one may send. A zero bound is no bound.
+// and how slowly one may send. MaxLag and the bounds after it are off at
+// zero.
 type Limits struct {
 	// ReadIdleTimeout cuts off an upload that sends nothing for this long;
 	// each read pushes the deadline on, so a long healthy upload lives.
@@ -44,8 +45,9 @@ type Limits struct {
 // the first bytes of a stream may gzip far better than the rest.
 const ratioGrace = 1 << 20
 
-// boundError is an upload past a configured bound, answered 413 (or 408
-// when too slow); the message names the configuration key.
+// boundError is an upload past a configured bound, answered with Status:
+// 413 past a size, 408 for an idle or trickling upload, 429 past a
+// concurrency bound. The message names the configuration key.
 type boundError struct {
 	Key    string
 	Status int
