@@ -29,7 +29,7 @@ func main() {
 	flag.Uint64Var(&cfg.Seed, "seed", 1, "workload seed")
 	flag.IntVar(&cfg.Partitions, "partitions", 12, "partitions of the topics")
 	flag.StringVar(&cfg.Stages, "stages", bench.StagesAll, "stages to run: all, write (the write path: backlog, references, naive consumer, processor) or processor (the backlog and the processor's drain)")
-	flag.Float64Var(&cfg.MaxMachineRatio, "max-machine-ratio", 0, "fail when the processor's steady drain costs more machine CPU per command than this many times the best reference's (0: no bound)")
+	flag.Float64Var(&cfg.MaxCPURatio, "max-cpu-ratio", 0, "fail when the processor's steady drain costs more CPU per command, its own and PostgreSQL's, than this many times the best reference's (0: no bound)")
 	flag.StringVar(&cfg.Profile, "profile", "", "directory for the drain's processor CPU profile; also samples PostgreSQL's wait events")
 	flag.Parse()
 	cfg.UploadBytes = *upload << 20

@@ -48,10 +48,11 @@ type Config struct {
 	// profile is written, and asks for PostgreSQL's wait events sampled
 	// during the drain.
 	Profile string
-	// MaxMachineRatio fails the run when the processor's steady drain costs
-	// the machine more CPU per command than this many times the best
-	// reference's (0: no bound).
-	MaxMachineRatio float64
+	// MaxCPURatio fails the run when the processor's steady drain costs
+	// more CPU per command, its own and PostgreSQL's, than this many times
+	// the best reference's (0: no bound). Other load on the machine does not
+	// count against it.
+	MaxCPURatio float64
 	Out             io.Writer
 }
 
@@ -72,6 +73,10 @@ type Result struct {
 	// Machine is every process's CPU time during the run (PostgreSQL, the
 	// broker, the client): on a machine the run keeps busy, the truest cost.
 	Machine time.Duration
+	// Database is PostgreSQL's CPU time during the run (every postgres
+	// process): with CPU, the system's own cost, whatever else the machine
+	// runs meanwhile.
+	Database time.Duration
 	// PeakRSS is the process's peak resident memory, 0 where the process
 	// is the benchmark itself and the figure would mean nothing.
 	PeakRSS int64

@@ -124,6 +124,38 @@ func ProcUsage(pid int) (Usage, error) {
 	return u, s.Err()
 }
 
+// CommandCPU is the CPU time spent so far by the processes named comm
+// (as /proc/PID/stat names them, e.g. "postgres") and by their children
+// that have exited and been waited for: a server's forked backends that
+// come and go are counted once, whatever else runs on the machine.
+func CommandCPU(comm string) (time.Duration, error) {
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	var ticks int64
+	for _, d := range dirs {
+		if _, err := strconv.Atoi(d.Name()); err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + d.Name() + "/stat")
+		if err != nil {
+			continue // gone meanwhile
+		}
+		open, end := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
+		if open < 0 || end < open || string(stat[open+1:end]) != comm {
+			continue
+		}
+		// utime, stime, cutime and cstime are fields 14 to 17 of the line.
+		rest := strings.Fields(string(stat[end+2:]))
+		for _, f := range rest[11:15] {
+			n, _ := strconv.ParseInt(f, 10, 64)
+			ticks += n
+		}
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
 // MachineBusy is the CPU time every process on the machine has spent so
 // far (user, nice, system, irq and softirq of /proc/stat's first line):
 // the difference over a stage, less the processes measured one by one, is
