@@ -53,7 +53,7 @@ type Config struct {
 	// the best reference's (0: no bound). Other load on the machine does not
 	// count against it.
 	MaxCPURatio float64
-	Out             io.Writer
+	Out         io.Writer
 }
 
 // The stage sets Config.Stages names.
