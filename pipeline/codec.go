@@ -103,7 +103,7 @@ func decodeCommandValue(value []byte) (DecodedCommand, error) {
 // decides differently (FuzzDecodeCommand holds it to encoding/json).
 func decodePlainCommand(b []byte) (DecodedCommand, bool) {
 	var cmd DecodedCommand
-	if !utf8.Valid(b) || !json.Valid(b) {
+	if !validJSON(b) {
 		return cmd, false
 	}
 	if b = b[skipSpace(b, 0):]; b[0] != '{' {
