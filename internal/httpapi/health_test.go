@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -14,32 +13,16 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/spoolhq/spool/internal/harness"
 )
-
-// syncBuffer is a log sink safe for the handler's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestReadyzAnswersGenericReason: /readyz names the dependency that is down
 // and nothing of its error (hosts, users, database names); the error goes
 // to the log, once per outage rather than once per probe.
 func TestReadyzAnswersGenericReason(t *testing.T) {
 	t.Parallel()
-	var logs syncBuffer
+	var logs harness.LockedBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	var mu sync.Mutex
 	var pingErr error
@@ -89,7 +72,7 @@ func TestReadyzAnswersGenericReason(t *testing.T) {
 // changing error is logged again at most once a minute.
 func TestDependencyStatesRelogOnChange(t *testing.T) {
 	t.Parallel()
-	var logs syncBuffer
+	var logs harness.LockedBuffer
 	s := newDependencyStates(slog.New(slog.NewTextHandler(&logs, nil)))
 	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	s.now = func() time.Time { return now }
