@@ -3,8 +3,8 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"slices"
 	"sort"
-	"strings"
 )
 
 // Batch is a contiguous run of one partition's records, applied in one
@@ -178,23 +178,31 @@ func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) 
 		}
 	}
 
+	// A group is a generation, entity, op and column set; its signature is
+	// made in one reused buffer, so that only a new group allocates.
 	type sigKey struct {
 		gen int
 		sig string
 	}
 	groups := make(map[sigKey]*Group)
 	var sigs []sigKey
+	var sig []byte
+	var cols []string
 	for _, sl := range slots {
 		m := sl.msg
 		e := es[m.Command.Entity]
-		var cols []string
+		cols = cols[:0]
 		if m.Command.Op == OpUpsert {
-			cols = dataColumns(e, sl.data)
+			cols = dataColumns(cols, e, sl.data)
 		}
-		sk := sigKey{sl.gen, e.Name + "\x00" + string(m.Command.Op) + "\x00" + strings.Join(cols, "\x00")}
-		g, ok := groups[sk]
+		sig = append(append(append(sig[:0], e.Name...), 0), m.Command.Op...)
+		for _, c := range cols {
+			sig = append(append(sig, 0), c...)
+		}
+		g, ok := groups[sigKey{sl.gen, string(sig)}]
 		if !ok {
-			g = &Group{Entity: e, Op: m.Command.Op, Columns: cols, Generation: sl.gen}
+			sk := sigKey{sl.gen, string(sig)}
+			g = &Group{Entity: e, Op: m.Command.Op, Columns: slices.Clone(cols), Generation: sl.gen}
 			groups[sk] = g
 			sigs = append(sigs, sk)
 		}
@@ -225,14 +233,15 @@ func merge(base, over Fields) Fields {
 	return m
 }
 
-func dataColumns(e *Entity, data Fields) []string {
-	cols := make([]string, 0, len(data))
+// dataColumns appends the data's columns other than the key to cols,
+// sorted.
+func dataColumns(cols []string, e *Entity, data Fields) []string {
 	for _, f := range data {
 		if !e.isKey(f.Name) {
 			cols = append(cols, f.Name)
 		}
 	}
-	sort.Strings(cols)
+	slices.Sort(cols)
 	return cols
 }
 

@@ -46,12 +46,18 @@ const (
 
 // Header returns the value of the first header named key.
 func (r *Record) Header(key string) (string, bool) {
+	v, ok := r.header(key)
+	return string(v), ok
+}
+
+// header is Header's value as it is held, not copied.
+func (r *Record) header(key string) ([]byte, bool) {
 	for _, h := range r.Headers {
 		if h.Key == key {
-			return string(h.Value), true
+			return h.Value, true
 		}
 	}
-	return "", false
+	return nil, false
 }
 
 // DecodeCommand parses one uploaded JSON object into a Command. Unknown
@@ -353,16 +359,25 @@ func (m *Message) Origin() (Origin, bool) {
 // DecodeRecord turns a commands-topic record into a Message, validating it
 // against the entities this processor knows. It never fails: a bad record
 // comes back with Err set, so that it is dead-lettered on its own.
-func DecodeRecord(r Record, es Entities) Message {
+func DecodeRecord(r Record, es Entities) Message { return decodeRecord(r, es, nil) }
+
+// decodeRecord is DecodeRecord; a batch's records mostly share their job
+// and tenant, so each takes prev's strings (when set) where its headers
+// hold the same, rather than a copy of its own.
+func decodeRecord(r Record, es Entities, prev *Message) Message {
+	var prevJob, prevTenant string
+	if prev != nil {
+		prevJob, prevTenant = string(prev.JobID), prev.Tenant
+	}
 	m := Message{Record: r, Hash: hashPayload(r.Value)}
-	m.JobID = JobID(headerOr(&r, HeaderJobID))
-	m.Tenant = headerOr(&r, HeaderTenant)
-	m.ReplayOf = headerOr(&r, HeaderReplayOf)
+	m.JobID = JobID(headerLike(&r, HeaderJobID, prevJob))
+	m.Tenant = headerLike(&r, HeaderTenant, prevTenant)
+	m.ReplayOf = headerLike(&r, HeaderReplayOf, "")
 	m.Index = -1 // unknown, and no origin, unless the header says
-	if s, ok := r.Header(HeaderIndex); ok {
-		n, err := strconv.ParseInt(s, 10, 64)
+	if v, ok := r.header(HeaderIndex); ok {
+		n, err := parseIndex(v)
 		if err != nil {
-			m.Err = Errorf(ClassInvalidCommand, "header %s=%s is not an integer", HeaderIndex, Quote(s))
+			m.Err = Errorf(ClassInvalidCommand, "header %s=%s is not an integer", HeaderIndex, Quote(string(v)))
 			return m
 		}
 		m.Index = n
@@ -383,15 +398,20 @@ func DecodeRecord(r Record, es Entities) Message {
 	return m
 }
 
-// share points m's job and tenant at prev's when they are equal, so that a
-// batch holds one copy of them rather than one per command.
-func (m *Message) share(prev *Message) {
-	if m.JobID == prev.JobID {
-		m.JobID = prev.JobID
+// parseIndex reads the index header: strconv.ParseInt's decision, without
+// its copy of the text for the common plain digits.
+func parseIndex(v []byte) (int64, error) {
+	if len(v) == 0 || len(v) > 18 {
+		return strconv.ParseInt(string(v), 10, 64)
 	}
-	if m.Tenant == prev.Tenant {
-		m.Tenant = prev.Tenant
+	var n int64
+	for _, c := range v {
+		if !isDigit(c) {
+			return strconv.ParseInt(string(v), 10, 64)
+		}
+		n = n*10 + int64(c-'0')
 	}
+	return n, nil
 }
 
 // invalidUTF8At is the offset of the first byte of b that is not valid UTF-8.
@@ -406,9 +426,17 @@ func invalidUTF8At(b []byte) int {
 	return len(b)
 }
 
-func headerOr(r *Record, key string) string {
-	v, _ := r.Header(key)
-	return v
+// headerLike returns the header's value, as like when equal to it (so
+// without a copy of its own), "" when absent.
+func headerLike(r *Record, key, like string) string {
+	v, ok := r.header(key)
+	switch {
+	case !ok:
+		return ""
+	case string(v) == like:
+		return like
+	}
+	return string(v)
 }
 
 func hashPayload(b []byte) PayloadHash {

@@ -123,7 +123,7 @@ func (es Entities) validate(id CommandID, entity *string, op *Op, version *int64
 		if name == e.VersionColumn {
 			return Errorf(ClassInvalidCommand, "column %q is the version column: set it with the command's version field", name)
 		}
-		if _, err := col.Text(v); err != nil {
+		if err := col.check(v); err != nil {
 			return err
 		}
 	}
@@ -157,35 +157,69 @@ func isNull(v json.RawMessage) bool { return len(v) == 0 || string(v) == "null" 
 // or nil for SQL NULL. It is the one place that decides whether a value fits
 // its column.
 func (c Column) Text(v json.RawMessage) (*string, error) {
+	s, null, err := c.Value(v)
+	if err != nil || null {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// Value is Text as a value: the text, or null for SQL NULL.
+func (c Column) Value(v json.RawMessage) (text string, null bool, err error) {
+	return c.convert(v, true)
+}
+
+// check is Text's decision alone: validation's, which needs no text and so
+// makes none for the common values (a plain string, a number).
+func (c Column) check(v json.RawMessage) error {
+	_, _, err := c.convert(v, false)
+	return err
+}
+
+// convert decides whether v fits the column and, when keep is set,
+// returns its text. Without keep the text may be left empty.
+func (c Column) convert(v json.RawMessage, keep bool) (s string, null bool, err error) {
 	v = bytes.TrimSpace(v)
 	if isNull(v) {
 		if c.NotNull {
-			return nil, Errorf(ClassTypeMismatch, "column %q is NOT NULL; got null", c.Name)
+			return "", false, Errorf(ClassTypeMismatch, "column %q is NOT NULL; got null", c.Name)
 		}
-		return nil, nil
+		return "", true, nil
 	}
 	if c.Kind == KindJSON {
-		s := string(v)
-		return &s, nil
+		if keep {
+			s = string(v)
+		}
+		return s, false, nil
 	}
-	var s string
 	switch v[0] {
 	case '"':
-		if plain, ok := plainString(v); ok {
-			s = plain
-		} else if err := json.Unmarshal(v, &s); err != nil {
-			return nil, Errorf(ClassInvalidCommand, "column %q: %v", c.Name, BoundError(err))
+		inner, plain := plainBytes(v)
+		switch {
+		case plain && !keep && (c.Kind == KindText || c.Kind == KindOther):
+			return "", false, nil
+		case plain && !keep && c.Kind == KindNumeric && isDecimal(inner):
+			return "", false, nil
+		case plain:
+			s = string(inner)
+		default:
+			if err := json.Unmarshal(v, &s); err != nil {
+				return "", false, Errorf(ClassInvalidCommand, "column %q: %v", c.Name, BoundError(err))
+			}
 		}
 	case '{', '[':
-		return nil, c.mismatch("an object or array")
+		return "", false, c.mismatch("an object or array")
 	case 't', 'f':
 		if c.Kind != KindBoolean && c.Kind != KindText {
-			return nil, c.mismatch("a boolean")
+			return "", false, c.mismatch("a boolean")
 		}
 		s = string(v)
 	default:
 		if c.Kind == KindBoolean {
-			return nil, c.mismatch("a number")
+			return "", false, c.mismatch("a number")
+		}
+		if !keep && c.Kind != KindInteger && (c.Kind != KindNumeric || isDecimal(v)) {
+			return "", false, nil
 		}
 		s = string(v)
 	}
@@ -193,47 +227,56 @@ func (c Column) Text(v json.RawMessage) (*string, error) {
 	case KindInteger:
 		n, ok := new(big.Int).SetString(strings.TrimSpace(s), 10)
 		if !ok {
-			return nil, c.mismatch(Quote(s))
+			return "", false, c.mismatch(Quote(s))
 		}
 		s = n.String()
 	case KindNumeric:
 		if !isDecimal(strings.TrimSpace(s)) && !isSpecialNumeric(s) {
-			return nil, c.mismatch(Quote(s))
+			return "", false, c.mismatch(Quote(s))
 		}
 	case KindBoolean:
 		b, err := strconv.ParseBool(s)
 		if err != nil {
-			return nil, c.mismatch(Quote(s))
+			return "", false, c.mismatch(Quote(s))
 		}
 		s = strconv.FormatBool(b)
 	}
-	return &s, nil
+	return s, false, nil
 }
 
 // plainString returns the text of a JSON string that holds no escapes, no
 // control characters and only valid UTF-8: its bytes between the quotes,
 // which is what encoding/json would decode, without its reflection.
 func plainString(v []byte) (string, bool) {
-	if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
+	inner, ok := plainBytes(v)
+	if !ok {
 		return "", false
+	}
+	return string(inner), true
+}
+
+// plainBytes is plainString's bytes, without copying them.
+func plainBytes(v []byte) ([]byte, bool) {
+	if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
+		return nil, false
 	}
 	inner := v[1 : len(v)-1]
 	for _, c := range inner {
 		if c == '"' || c == '\\' || c < 0x20 {
-			return "", false
+			return nil, false
 		}
 	}
 	if !utf8.Valid(inner) {
-		return "", false
+		return nil, false
 	}
-	return string(inner), true
+	return inner, true
 }
 
 // isDecimal reports whether s is a number as PostgreSQL's numeric and
 // floating-point types read it: a sign, digits with at most one point
 // among them, and an exponent. (big.Rat, used before, was slow here and
 // took fractions and hexadecimal that PostgreSQL refuses.)
-func isDecimal(s string) bool {
+func isDecimal[T ~string | ~[]byte](s T) bool {
 	i, digits := 0, 0
 	if i < len(s) && (s[i] == '+' || s[i] == '-') {
 		i++
@@ -285,17 +328,37 @@ func (c Column) mismatch(got string) error {
 // refuses an upsert that touches one row twice), and tombstones can name
 // the row. ParseKey inverts it.
 func (e *Entity) KeyOf(data Fields) (string, error) {
-	parts := make([]string, len(e.Key))
+	var buf [128]byte
+	out := append(buf[:0], '[')
 	for i, k := range e.Key {
 		v, _ := data.Get(k)
-		t, err := e.Columns[k].Text(v)
+		t, null, err := e.Columns[k].convert(v, true)
 		if err != nil {
 			return "", err
 		}
-		if t == nil {
+		if null {
 			return "", Errorf(ClassMissingKey, "data lacks key column %q of entity %q", k, e.Name)
 		}
-		parts[i] = *t
+		if out != nil && i > 0 {
+			out = append(out, ',')
+		}
+		if out != nil {
+			out = appendPlainJSON(out, t)
+		}
+	}
+	if out == nil {
+		return e.marshalKey(data)
+	}
+	return string(append(out, ']')), nil
+}
+
+// marshalKey is KeyOf through encoding/json, for keys with bytes it escapes.
+func (e *Entity) marshalKey(data Fields) (string, error) {
+	parts := make([]string, len(e.Key))
+	for i, k := range e.Key {
+		v, _ := data.Get(k)
+		t, _, _ := e.Columns[k].convert(v, true) // checked by KeyOf
+		parts[i] = t
 	}
 	b, err := json.Marshal(parts)
 	if err != nil {
@@ -304,11 +367,60 @@ func (e *Entity) KeyOf(data Fields) (string, error) {
 	return string(b), nil
 }
 
+// appendPlainJSON appends s as json.Marshal writes it when that is s
+// between quotes (no byte it escapes); otherwise it returns nil, and the
+// caller asks encoding/json.
+func appendPlainJSON(out []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' || separatorAt(s, i) {
+			return nil
+		}
+	}
+	if !utf8.ValidString(s) {
+		return nil
+	}
+	out = append(out, '"')
+	out = append(out, s...)
+	return append(out, '"')
+}
+
 // ParseKey splits a key made by KeyOf into the key columns' texts.
 func (e *Entity) ParseKey(key string) ([]string, error) {
+	if parts, ok := plainKey(key, len(e.Key)); ok {
+		return parts, nil
+	}
 	var parts []string
 	if err := json.Unmarshal([]byte(key), &parts); err != nil || len(parts) != len(e.Key) {
 		return nil, fmt.Errorf("key %s of entity %s is not a %d-part key", Quote(key), e.Name, len(e.Key))
 	}
 	return parts, nil
+}
+
+// plainKey splits a key of n plain strings (no escapes, as KeyOf and
+// PostgreSQL's json_build_array write them most of the time) without
+// encoding/json: what json.Unmarshal would find.
+func plainKey(key string, n int) ([]string, bool) {
+	rest, ok := strings.CutPrefix(key, "[")
+	if !ok {
+		return nil, false
+	}
+	parts := make([]string, 0, n)
+	for i := range n {
+		if i > 0 {
+			if rest, ok = strings.CutPrefix(rest, ","); !ok {
+				return nil, false
+			}
+			rest = strings.TrimLeft(rest, " ")
+		}
+		end := strings.IndexByte(rest[min(1, len(rest)):], '"') + 1
+		if !strings.HasPrefix(rest, `"`) || end <= 0 {
+			return nil, false
+		}
+		p, ok := plainString([]byte(rest[:end+1]))
+		if !ok {
+			return nil, false
+		}
+		parts, rest = append(parts, p), rest[end+1:]
+	}
+	return parts, rest == "]"
 }

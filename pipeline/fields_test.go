@@ -3,6 +3,7 @@ package pipeline
 import (
 	"encoding/json"
 	"maps"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -140,5 +141,62 @@ func FuzzEncodeCommand(f *testing.F) {
 		got, _ = encodeCommand(&cmd)
 		want, _ = json.Marshal(&cmd)
 		require.Equal(t, string(want), string(got))
+	})
+}
+
+// FuzzColumnCheck holds validation's check, which skips making the text, to
+// Text's decision: for every kind, the same value is taken or refused alike.
+func FuzzColumnCheck(f *testing.F) {
+	for _, s := range []string{`"Ada"`, `42`, `null`, `"007"`, `"10.50"`, `1e3`, `" +1. "`, `"NaN"`, `true`, `"true"`, `{}`, `[1]`,
+		`"1/3"`, `"a\"b"`, "\"\xff\"", ` 1 `, `"1e"`, `-0.5E-3`, `""`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, v []byte) {
+		for kind := KindText; kind <= KindOther; kind++ {
+			c := Column{Name: "c", Type: "t", Kind: kind, NotNull: kind == KindInteger}
+			_, want := c.Text(v)
+			got := c.check(v)
+			if (want == nil) != (got == nil) || (want != nil && want.Error() != got.Error()) {
+				t.Fatalf("kind %d, %q: Text says %v, check says %v", kind, v, want, got)
+			}
+		}
+	})
+}
+
+// FuzzKey holds KeyOf, which writes plain keys itself, to json.Marshal of
+// the key's texts, and ParseKey, which splits plain keys itself, to
+// json.Unmarshal: the same key, the same parts.
+func FuzzKey(f *testing.F) {
+	for _, s := range []string{`"a"`, `"a<b"`, `"é"`, `7`, `"\u2028"`, `"a\"b"`, "\"\xff\"", `"a&b"`, `","`} {
+		f.Add([]byte(s), []byte(`"x"`))
+	}
+	f.Fuzz(func(t *testing.T, a, b []byte) {
+		e := &Entity{Name: "e", Key: []string{"a", "b"}, Columns: map[string]Column{
+			"a": {Name: "a", Type: "text", Kind: KindText}, "b": {Name: "b", Type: "text", Kind: KindText}}}
+		var data Fields
+		data.set("a", a)
+		data.set("b", b)
+		key, err := e.KeyOf(data)
+		if err != nil {
+			return
+		}
+		ta, _ := e.Columns["a"].Text(a)
+		tb, _ := e.Columns["b"].Text(b)
+		want, err := json.Marshal([]string{*ta, *tb})
+		require.NoError(t, err)
+		require.Equal(t, string(want), key)
+		var viaJSON []string
+		require.NoError(t, json.Unmarshal([]byte(key), &viaJSON))
+		parts, err := e.ParseKey(key)
+		require.NoError(t, err)
+		require.Equal(t, viaJSON, parts)
+		// PostgreSQL's json_build_array(…)::text puts a space after commas.
+		spaced := strings.Replace(key, `","`, `", "`, 1)
+		viaJSON = nil
+		if json.Unmarshal([]byte(spaced), &viaJSON) == nil && len(viaJSON) == 2 {
+			parts, err := e.ParseKey(spaced)
+			require.NoError(t, err)
+			require.Equal(t, viaJSON, parts)
+		}
 	})
 }

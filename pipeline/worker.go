@@ -241,13 +241,12 @@ func (w *Worker) flush(ctx context.Context, n int) error {
 		return nil
 	}
 	recs := w.buf[skip:n]
-	msgs := make([]*Message, len(recs))
+	// One allocation for the batch's messages, not one each.
+	slab, msgs := make([]Message, len(recs)), make([]*Message, len(recs))
+	var prev *Message
 	for i := range recs {
-		m := DecodeRecord(recs[i], w.cfg.Entities)
-		if i > 0 {
-			m.share(msgs[i-1])
-		}
-		msgs[i] = &m
+		slab[i] = decodeRecord(recs[i], w.cfg.Entities, prev)
+		prev, msgs[i] = &slab[i], &slab[i]
 	}
 	err := w.apply(ctx, msgs)
 	if errors.Is(err, ErrFenced) {

@@ -351,14 +351,19 @@ func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, stale func(*pipeline
 	args := make([]any, 0, len(cols)+1)
 	for _, c := range cols {
 		col := e.Columns[c]
-		vals := make([]*string, len(g.Rows))
+		// The texts in one slice, pointed at: an allocation per column, not
+		// per value.
+		texts, vals := make([]string, len(g.Rows)), make([]*string, len(g.Rows))
 		for i, row := range g.Rows {
 			raw, _ := row.Get(c)
-			v, err := col.Text(raw)
+			text, null, err := col.Value(raw)
 			if err != nil {
 				return err
 			}
-			vals[i] = v
+			if !null {
+				texts[i] = text
+				vals[i] = &texts[i]
+			}
 		}
 		args = append(args, vals)
 	}
