@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -15,8 +16,11 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/spoolhq/spool/internal/harness"
 	"github.com/spoolhq/spool/internal/kafka"
+	"github.com/spoolhq/spool/internal/metrics"
 	"github.com/spoolhq/spool/internal/postgres"
 	"github.com/spoolhq/spool/pipeline"
 )
@@ -44,17 +48,16 @@ const (
 // 20,000 96k/s at two connections).
 const referenceBatch = 10_000
 
-// limitRow turns a workload command into the limits' row.
+// limitRow turns a workload command into the limits' row (without the
+// ledger's hash, which only the reference's drain needs: recordRow).
 func limitRow(c *pipeline.Command) postgres.LimitRow {
 	str := func(k string) string {
 		var s string
 		_ = json.Unmarshal(c.Data[k], &s)
 		return s
 	}
-	value, _ := json.Marshal(c)
-	h := sha256.Sum256(value)
 	return postgres.LimitRow{Tenant: "default", ID: string(c.ID), Key: str("customer_id"), Name: str("name"),
-		Email: str("email"), Balance: str("balance"), Version: *c.Version, Hash: h[:16]}
+		Email: str("email"), Balance: str("balance"), Version: *c.Version}
 }
 
 // oracle is each key's final row, as TableRows prints it.
@@ -121,15 +124,7 @@ func machineBusy() time.Duration {
 // consumer, and drained by spool's processor.
 func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error) {
 	var results []Result
-	cmds := make([]pipeline.Command, w.N)
-	for i := range cmds {
-		cmds[i] = w.Command(i)
-	}
 	want := oracle(w.Final())
-	rows := make([]postgres.LimitRow, len(cmds))
-	for i := range cmds {
-		rows[i] = limitRow(&cmds[i])
-	}
 
 	produce, err := e.produce(ctx, backlogTopic, sysProduce, w)
 	if err != nil {
@@ -185,9 +180,7 @@ func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error)
 		if err := e.db.CreateTables(ctx, table); err != nil {
 			return nil, err
 		}
-		upsert, err := timed(system, w.N, func() error {
-			return e.db.CopyUpsertLedger(ctx, table, rows, referenceBatch, conns)
-		})
+		upsert, err := timed(system, w.N, func() error { return e.reference(ctx, table, conns) })
 		if err != nil {
 			return nil, err
 		}
@@ -217,6 +210,69 @@ func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error)
 	}
 	proc.Limit = best.System
 	return append(results, proc), nil
+}
+
+// reference drains the backlog into table the fastest plain exactly-once
+// way, on conns connections: one goroutine reads and decodes the records
+// into batches of referenceBatch while the connections write the batches
+// before them (Limits.CopyUpsertLedger).
+func (e *env) reference(ctx context.Context, table string, conns int) error {
+	g, ctx := errgroup.WithContext(ctx)
+	batches := make(chan []postgres.LimitRow, conns)
+	g.Go(func() error { return e.db.CopyUpsertLedger(ctx, table, batches, conns) })
+	g.Go(func() error {
+		defer close(batches)
+		batch := make([]postgres.LimitRow, 0, referenceBatch)
+		send := func() error {
+			select {
+			case batches <- batch:
+				batch = make([]postgres.LimitRow, 0, referenceBatch)
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		err := kafka.Reader{Brokers: e.brokers}.Read(ctx, backlogTopic, -1, func(r pipeline.Record) error {
+			row, err := recordRow(r.Value)
+			if err != nil {
+				return err
+			}
+			if batch = append(batch, row); len(batch) == referenceBatch {
+				return send()
+			}
+			return nil
+		})
+		if err != nil || len(batch) == 0 {
+			return err
+		}
+		return send()
+	})
+	return g.Wait()
+}
+
+// recordRow decodes a backlog record into the reference's row, as a plain
+// consumer would: the command's JSON, its data's strings, and a hash of the
+// record's value for the ledger.
+func recordRow(value []byte) (postgres.LimitRow, error) {
+	c, err := pipeline.DecodeCommand(value)
+	if err != nil {
+		return postgres.LimitRow{}, err
+	}
+	if c.Version == nil {
+		return postgres.LimitRow{}, fmt.Errorf("command %s has no version", c.ID)
+	}
+	str := func(k string) string {
+		raw := c.Data[k]
+		if len(raw) >= 2 && raw[0] == '"' && raw[len(raw)-1] == '"' && bytes.IndexByte(raw, '\\') < 0 {
+			return string(raw[1 : len(raw)-1])
+		}
+		var s string
+		_ = json.Unmarshal(raw, &s)
+		return s
+	}
+	h := sha256.Sum256(value)
+	return postgres.LimitRow{Tenant: "default", ID: string(c.ID), Key: str("customer_id"), Name: str("name"),
+		Email: str("email"), Balance: str("balance"), Version: *c.Version, Hash: h[:16]}, nil
 }
 
 // guard reports the steady drain's machine CPU per command against the
@@ -391,10 +447,18 @@ func (e *env) drain(ctx context.Context, n int) (Result, error) {
 		}
 	})
 	elapsed, busy := time.Since(start), machineBusy()-machine
+	if batches, err := metrics.ScrapeBatches(ctx, metricsURL); err == nil && batches.Count > 0 {
+		fmt.Fprintf(e.cfg.Out, "processor's drain: %d batches of %.0f commands on average, %s each from being taken up to commit\n",
+			batches.Count, batches.MeanSize(), batches.MeanDuration().Round(time.Millisecond))
+	}
 	if !steadyStart.IsZero() {
 		u, _ := p.Usage()
 		steady.Elapsed, steady.CPU = time.Since(steadyStart), u.CPU-at.CPU
 		steady.Machine, steady.Database = machineBusy()-at.Machine, databaseCPU()-at.Database
+	}
+	if s := steady; s.Records > 0 {
+		fmt.Fprintf(e.cfg.Out, "processor's steady drain: %.0f/s; µs a command: the machine's %.1f, the processor's %.1f, PostgreSQL's %.1f\n",
+			s.PerSecond(), s.MicrosPerRecord(s.Machine), s.MicrosPerRecord(s.CPU), s.MicrosPerRecord(s.Database))
 	}
 	if e.cfg.Profile != "" && err == nil {
 		e.saveProfile(ctx, strings.TrimSuffix(metricsURL, "/metrics")+"/debug/pprof/allocs", "processor.allocs.pprof")

@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -69,24 +68,27 @@ func (l *Limits) Copy(ctx context.Context, table string, rows []LimitRow) error 
 // CopyUpsertLedger writes commands the fastest plain exactly-once way: per
 // batch, one transaction that COPYs the batch into a temp table, claims its
 // ids in the ledger, and upserts the claimed rows, one per key (the highest
-// version), under the version guard. conns connections take the batches in
-// turn; each statement touches rows in key order, so that concurrent
-// batches lock them in one order. It does not count jobs, fence offsets,
-// tell stale from applied or handle deletes.
-func (l *Limits) CopyUpsertLedger(ctx context.Context, table string, rows []LimitRow, batch, conns int) error {
+// version), under the version guard. conns connections take the batches
+// from the channel as they come, until it is closed; each statement touches
+// rows in key order, so that concurrent batches lock them in one order. It
+// does not count jobs, fence offsets, tell stale from applied or handle
+// deletes. The balance travels as text and is cast by the upsert: pgx
+// encodes a Go string into a numeric COPY column through a failed attempt
+// and an error value per row, which cost the client more than the cast
+// costs PostgreSQL.
+func (l *Limits) CopyUpsertLedger(ctx context.Context, table string, batches <-chan []LimitRow, conns int) error {
 	upsert := fmt.Sprintf(`WITH claimed AS (
 			INSERT INTO %[2]s (tenant, command_id, payload_hash)
 			SELECT DISTINCT ON (tenant, command_id) tenant, command_id, payload_hash FROM limit_stage
 			ORDER BY tenant, command_id
 			ON CONFLICT DO NOTHING RETURNING tenant, command_id)
 		INSERT INTO %[1]s AS t (customer_id, name, email, balance, version)
-		SELECT DISTINCT ON (s.customer_id) s.customer_id, s.name, s.email, s.balance, s.version
+		SELECT DISTINCT ON (s.customer_id) s.customer_id, s.name, s.email, s.balance::numeric(18,2), s.version
 		FROM limit_stage s JOIN claimed c USING (tenant, command_id)
 		ORDER BY s.customer_id, s.version DESC
 		ON CONFLICT (customer_id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
 			balance = EXCLUDED.balance, version = EXCLUDED.version
 		WHERE t.version < EXCLUDED.version`, pgx.Identifier{table}.Sanitize(), pgx.Identifier{table + "_ledger"}.Sanitize())
-	var next atomic.Int64 // the next batch's first row
 	g, ctx := errgroup.WithContext(ctx)
 	for range conns {
 		g.Go(func() error {
@@ -96,15 +98,20 @@ func (l *Limits) CopyUpsertLedger(ctx context.Context, table string, rows []Limi
 			}
 			defer conn.Release()
 			if _, err := conn.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS limit_stage (tenant text, command_id text, payload_hash bytea,
-				customer_id text, name text, email text, balance numeric(18,2), version bigint) ON COMMIT DELETE ROWS`); err != nil {
+				customer_id text, name text, email text, balance text, version bigint) ON COMMIT DELETE ROWS`); err != nil {
 				return err
 			}
 			for {
-				start := int(next.Add(int64(batch))) - batch
-				if start >= len(rows) {
-					return nil
+				var part []LimitRow
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case b, ok := <-batches:
+					if !ok {
+						return nil
+					}
+					part = b
 				}
-				part := rows[start:min(start+batch, len(rows))]
 				err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 					_, err := tx.CopyFrom(ctx, pgx.Identifier{"limit_stage"},
 						[]string{"tenant", "command_id", "payload_hash", "customer_id", "name", "email", "balance", "version"},
@@ -119,7 +126,7 @@ func (l *Limits) CopyUpsertLedger(ctx context.Context, table string, rows []Limi
 					return err
 				})
 				if err != nil {
-					return fmt.Errorf("copy+upsert+ledger batch at %d: %w", start, err)
+					return fmt.Errorf("copy+upsert+ledger batch of %d from %s: %w", len(part), part[0].ID, err)
 				}
 			}
 		})
