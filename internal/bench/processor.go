@@ -44,8 +44,10 @@ const (
 )
 
 // referenceBatch is the COPY+upsert+ledger reference's transaction size,
-// its best on this machine (docs/benchmarks.md: 5,000 ran 92k/s, 10,000 and
-// 20,000 96k/s at two connections).
+// its best on this machine when it wrote rows prepared in memory
+// (docs/benchmarks.md: 5,000 ran 92k/s, 10,000 and 20,000 96k/s at two
+// connections); draining the broker, 5,000 and 20,000 are still to be
+// tried on a quiet machine.
 const referenceBatch = 10_000
 
 // limitRow turns a workload command into the limits' row (without the
