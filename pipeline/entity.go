@@ -153,23 +153,14 @@ func validateID(id CommandID) error {
 
 func isNull(v json.RawMessage) bool { return len(v) == 0 || string(v) == "null" }
 
-// Text converts a JSON value to the text PostgreSQL parses for this column,
-// or nil for SQL NULL. It is the one place that decides whether a value fits
-// its column.
-func (c Column) Text(v json.RawMessage) (*string, error) {
-	s, null, err := c.Value(v)
-	if err != nil || null {
-		return nil, err
-	}
-	return &s, nil
-}
-
-// Value is Text as a value: the text, or null for SQL NULL.
+// Value converts a JSON value to the text PostgreSQL parses for this
+// column, or null for SQL NULL. It is the one place that decides whether a
+// value fits its column.
 func (c Column) Value(v json.RawMessage) (text string, null bool, err error) {
 	return c.convert(v, true)
 }
 
-// check is Text's decision alone: validation's, which needs no text and so
+// check is Value's decision alone: validation's, which needs no text and so
 // makes none for the common values (a plain string, a number).
 func (c Column) check(v json.RawMessage) error {
 	_, _, err := c.convert(v, false)
@@ -332,7 +323,7 @@ func (e *Entity) KeyOf(data Fields) (string, error) {
 	out := append(buf[:0], '[')
 	for i, k := range e.Key {
 		v, _ := data.Get(k)
-		t, null, err := e.Columns[k].convert(v, true)
+		t, null, err := e.Columns[k].Value(v)
 		if err != nil {
 			return "", err
 		}
@@ -357,7 +348,7 @@ func (e *Entity) marshalKey(data Fields) (string, error) {
 	parts := make([]string, len(e.Key))
 	for i, k := range e.Key {
 		v, _ := data.Get(k)
-		t, _, _ := e.Columns[k].convert(v, true) // checked by KeyOf
+		t, _, _ := e.Columns[k].Value(v) // checked by KeyOf
 		parts[i] = t
 	}
 	b, err := json.Marshal(parts)

@@ -32,7 +32,7 @@ type Field struct {
 }
 
 // Get returns the named column's value; a missing one is nil, which
-// Column.Text takes for null, as it does a map's.
+// Column.Value takes for null, as it does a map's.
 func (fs Fields) Get(name string) (json.RawMessage, bool) {
 	for _, f := range fs {
 		if f.Name == name {

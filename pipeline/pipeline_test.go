@@ -112,7 +112,7 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-func TestColumnText(t *testing.T) {
+func TestColumnValue(t *testing.T) {
 	t.Parallel()
 	str := func(s string) *string { return &s }
 	tests := []struct {
@@ -137,16 +137,19 @@ func TestColumnText(t *testing.T) {
 		{KindOther, `"2026-01-02T03:04:05Z"`, str("2026-01-02T03:04:05Z")},
 	}
 	for _, tt := range tests {
-		got, err := Column{Name: "c", Kind: tt.kind}.Text(json.RawMessage(tt.in))
+		got, null, err := Column{Name: "c", Kind: tt.kind}.Value(json.RawMessage(tt.in))
 		require.NoError(t, err, tt.in)
-		require.Equal(t, tt.want, got, tt.in)
+		require.Equal(t, tt.want == nil, null, tt.in)
+		if tt.want != nil {
+			require.Equal(t, *tt.want, got, tt.in)
+		}
 	}
 }
 
-func TestColumnTextRefusesWhatPostgreSQLRefuses(t *testing.T) {
+func TestColumnValueRefusesWhatPostgreSQLRefuses(t *testing.T) {
 	t.Parallel()
 	for _, in := range []string{`"1/3"`, `"0x10"`, `"1_000"`, `"."`, `"e3"`, `"1e"`, `"1e+"`, `"--1"`, `"1.2.3"`, `"1 2"`, `""`, `"0x1p-2"`} {
-		_, err := Column{Name: "c", Type: "numeric", Kind: KindNumeric}.Text(json.RawMessage(in))
+		_, _, err := Column{Name: "c", Type: "numeric", Kind: KindNumeric}.Value(json.RawMessage(in))
 		require.ErrorContains(t, err, `column "c" has type numeric; got`, in)
 		require.Equal(t, ClassTypeMismatch, ClassOf(err), in)
 	}

@@ -100,8 +100,11 @@ func BenchmarkWriteBatch(b *testing.B) {
 					d := m.Command.Data
 					text := func(c string) *string {
 						raw, _ := d.Get(c)
-						v, _ := es["customers"].Columns[c].Text(raw)
-						return v
+						v, null, _ := es["customers"].Columns[c].Value(raw)
+						if null {
+							return nil
+						}
+						return &v
 					}
 					r := []any{*text("customer_id"), text("name"), text("email"), text("balance"), *m.Command.Version}
 					// The limit must collapse per key too, or the upsert fails.
