@@ -42,8 +42,11 @@ type Config struct {
 	// Stages picks what runs: StagesAll, StagesWrite (the write path's
 	// stages: backlog, references, naive consumer, processor) or
 	// StagesProcessor (the backlog and the processor's drain, for quick
-	// measurements while changing the processor).
+	// measurements while changing the processor) or StagesLatency (the
+	// latency stage alone, on empty tables).
 	Stages string
+	// Processors is how many processors StagesProcessor's drain runs.
+	Processors int
 	// Profile, when set, is a directory where the drain's processor CPU
 	// profile is written, and asks for PostgreSQL's wait events sampled
 	// during the drain.
@@ -61,6 +64,7 @@ const (
 	StagesAll       = "all"
 	StagesWrite     = "write"
 	StagesProcessor = "processor"
+	StagesLatency   = "latency"
 )
 
 // Result is one system's run.
@@ -77,6 +81,10 @@ type Result struct {
 	// process): with CPU, the system's own cost, whatever else the machine
 	// runs meanwhile.
 	Database time.Duration
+	// WAL is the write-ahead log PostgreSQL wrote during the run, in bytes:
+	// what the writes cost the disk, and a large part of what they cost
+	// PostgreSQL's CPU.
+	WAL int64
 	// PeakRSS is the process's peak resident memory, 0 where the process
 	// is the benchmark itself and the figure would mean nothing.
 	PeakRSS int64
@@ -115,6 +123,14 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		return nil, err
 	}
 	defer e.close()
+	if cfg.Stages == StagesLatency {
+		lat, err := e.latencyStage(ctx, cfg.LatencyRate, cfg.LatencyFor)
+		if err != nil {
+			return nil, fmt.Errorf("latency: %w", err)
+		}
+		e.reportLatency(lat)
+		return nil, nil
+	}
 	var results []Result
 	backlog := Workload{N: cfg.N, Seed: cfg.Seed}
 	fmt.Fprintf(cfg.Out, "write path: %d commands, %d keys, seed %d, %d partitions\n", backlog.N, len(backlog.Final()), cfg.Seed, cfg.Partitions)
@@ -153,13 +169,17 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	Report(cfg.Out, results)
 	fmt.Fprintf(cfg.Out, "rate limit: asked %.0f/s, held %.0f/s (%+.1f%%) over %.1f s\n",
 		rate.Asked, rate.Held, (rate.Held/rate.Asked-1)*100, rate.Window.Seconds())
-	fmt.Fprintf(cfg.Out, "202 to applied at %.0f commands/s for %s (%d jobs of %d): p50 %s, p99 %s, max %s; "+
-		"CPU busy %.2f of %d cores (broker, ingress, processor, client), the machine's %.2f; "+
-		"%d batches of %.0f commands on average, %s each from being taken up to commit\n",
-		lat.Rate, cfg.LatencyFor, lat.Jobs, lat.PerJob, lat.P50.Round(time.Millisecond), lat.P99.Round(time.Millisecond),
-		lat.Max.Round(time.Millisecond), lat.Cores, runtime.NumCPU(), lat.Machine,
-		lat.Batches.Count, lat.Batches.MeanSize(), lat.Batches.MeanDuration().Round(time.Millisecond))
+	e.reportLatency(lat)
 	return results, guard
+}
+
+func (e *env) reportLatency(lat LatencyResult) {
+	fmt.Fprintf(e.cfg.Out, "202 to applied at %.0f commands/s for %s (%d jobs of %d): p50 %s, p99 %s, max %s; "+
+		"CPU busy %.2f of %d cores (broker, ingress, processor, client), PostgreSQL's %.2f, the machine's %.2f; "+
+		"%d batches of %.0f commands on average, %s each from being taken up to commit\n",
+		lat.Rate, e.cfg.LatencyFor, lat.Jobs, lat.PerJob, lat.P50.Round(time.Millisecond), lat.P99.Round(time.Millisecond),
+		lat.Max.Round(time.Millisecond), lat.Cores, runtime.NumCPU(), lat.Database, lat.Machine,
+		lat.Batches.Count, lat.Batches.MeanSize(), lat.Batches.MeanDuration().Round(time.Millisecond))
 }
 
 // Report prints results as a table with each result's ratio to its limit.
@@ -169,11 +189,14 @@ func Report(w io.Writer, results []Result) {
 		by[r.System] = r
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "system\trecords\tseconds\trecords/s\tratio\tto\tCPU s\tCPU µs/rec\tmachine µs/rec\tpeak RSS MiB\t")
+	fmt.Fprintln(tw, "system\trecords\tseconds\trecords/s\tratio\tto\tCPU s\tCPU µs/rec\tmachine µs/rec\tWAL B/rec\tpeak RSS MiB\t")
 	for _, r := range results {
-		ratio, rss, machine := "", "-", "-"
+		ratio, rss, machine, wal := "", "-", "-", "-"
 		if l, ok := by[r.Limit]; ok {
 			ratio = fmt.Sprintf("%.2f×", r.PerSecond()/l.PerSecond())
+		}
+		if r.WAL > 0 {
+			wal = fmt.Sprintf("%.0f", float64(r.WAL)/float64(max(r.Records, 1)))
 		}
 		if r.PeakRSS > 0 {
 			rss = fmt.Sprintf("%.0f", float64(r.PeakRSS)/(1<<20))
@@ -181,8 +204,8 @@ func Report(w io.Writer, results []Result) {
 		if r.Machine > 0 {
 			machine = fmt.Sprintf("%.1f", r.MicrosPerRecord(r.Machine))
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.0f\t%s\t%s\t%.1f\t%.1f\t%s\t%s\t\n", r.System, r.Records, r.Elapsed.Seconds(),
-			r.PerSecond(), ratio, r.Limit, r.CPU.Seconds(), r.MicrosPerRecord(r.CPU), machine, rss)
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.0f\t%s\t%s\t%.1f\t%.1f\t%s\t%s\t%s\t\n", r.System, r.Records, r.Elapsed.Seconds(),
+			r.PerSecond(), ratio, r.Limit, r.CPU.Seconds(), r.MicrosPerRecord(r.CPU), machine, wal, rss)
 	}
 	_ = tw.Flush()
 }

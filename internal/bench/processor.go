@@ -29,6 +29,8 @@ import (
 const (
 	backlogTopic = "bench.commands"
 	benchGroup   = "spool-bench"
+	// backlogJob is the job the backlog's records say they belong to.
+	backlogJob = "bench-job"
 )
 
 // Names of the systems, as the table prints them.
@@ -39,6 +41,7 @@ const (
 	sysCopyUpsert = "COPY+upsert+ledger" // at 1, 2 and 4 connections: "COPY+upsert+ledger ×2"
 	sysNaive      = "naive consumer"
 	sysProcessor  = "processor"
+	sysProcessors = "processor ×3"
 	sysRawProduce = "raw produce"
 	sysIngress    = "ingress"
 )
@@ -96,15 +99,22 @@ func selfUsage() harness.Usage {
 }
 
 // timed runs fn and reports it as system's result over n records, with this
-// process's CPU and the machine's.
-func timed(system string, n int, fn func() error) (Result, error) {
-	before, machine, database := selfUsage(), machineBusy(), databaseCPU()
+// process's CPU, the machine's and the WAL written.
+func (e *env) timed(ctx context.Context, system string, n int, fn func() error) (Result, error) {
+	before, machine, database, wal := selfUsage(), machineBusy(), databaseCPU(), e.walPosition(ctx)
 	start := time.Now()
 	if err := fn(); err != nil {
 		return Result{}, fmt.Errorf("%s: %w", system, err)
 	}
 	return Result{System: system, Records: int64(n), Elapsed: time.Since(start), CPU: selfUsage().Sub(before).CPU,
-		Machine: machineBusy() - machine, Database: databaseCPU() - database}, nil
+		Machine: machineBusy() - machine, Database: databaseCPU() - database, WAL: e.walPosition(ctx) - wal}, nil
+}
+
+// walPosition is the database's WAL position (0 where it cannot be read,
+// which leaves the column empty).
+func (e *env) walPosition(ctx context.Context) int64 {
+	pos, _ := e.db.WALPosition(ctx)
+	return pos
 }
 
 // databaseCPU is PostgreSQL's CPU time so far, when it runs on this
@@ -134,15 +144,19 @@ func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error)
 	}
 	results = append(results, produce)
 	if e.cfg.Stages == StagesProcessor {
-		proc, err := e.drain(ctx, w.N)
+		system := sysProcessor
+		if e.cfg.Processors > 1 {
+			system = fmt.Sprintf("%s ×%d", sysProcessor, e.cfg.Processors)
+		}
+		proc, err := e.drain(ctx, system, benchGroup, w.N, max(1, e.cfg.Processors))
 		if err != nil {
 			return nil, err
 		}
-		return append(results, proc), e.check(ctx, sysProcessor, "customers", want)
+		return append(results, proc), e.checkDrain(ctx, system, w, want)
 	}
 
 	var decoded int
-	consume, err := timed(sysConsume, w.N, func() error {
+	consume, err := e.timed(ctx, sysConsume, w.N, func() error {
 		return kafka.Reader{Brokers: e.brokers}.Read(ctx, backlogTopic, -1, func(r pipeline.Record) error {
 			if _, err := pipeline.DecodeCommand(r.Value); err != nil {
 				return err
@@ -166,7 +180,7 @@ func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error)
 	for _, c := range w.Final() {
 		finals = append(finals, limitRow(&c))
 	}
-	copyRes, err := timed(sysCopy, len(finals), func() error { return e.db.Copy(ctx, "limit_copy", finals) })
+	copyRes, err := e.timed(ctx, sysCopy, len(finals), func() error { return e.db.Copy(ctx, "limit_copy", finals) })
 	if err != nil {
 		return nil, err
 	}
@@ -182,7 +196,7 @@ func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error)
 		if err := e.db.CreateTables(ctx, table); err != nil {
 			return nil, err
 		}
-		upsert, err := timed(system, w.N, func() error { return e.reference(ctx, table, conns) })
+		upsert, err := e.timed(ctx, system, w.N, func() error { return e.reference(ctx, table, conns) })
 		if err != nil {
 			return nil, err
 		}
@@ -203,15 +217,45 @@ func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error)
 	naive.Limit = best.System
 	results = append(results, naive)
 
-	proc, err := e.drain(ctx, w.N)
+	proc, err := e.drain(ctx, sysProcessor, benchGroup, w.N, 1)
 	if err != nil {
 		return nil, err
 	}
-	if err := e.check(ctx, sysProcessor, "customers", want); err != nil {
+	if err := e.checkDrain(ctx, sysProcessor, w, want); err != nil {
 		return nil, err
 	}
 	proc.Limit = best.System
-	return append(results, proc), nil
+	results = append(results, proc)
+
+	// Three processors of another group drain the backlog afresh, sharing
+	// its partitions: no faster on two cores, but no slower either.
+	if err := e.db.ForgetWrites(ctx, "customers"); err != nil {
+		return nil, err
+	}
+	three, err := e.drain(ctx, sysProcessors, benchGroup+"-3", w.N, 3)
+	if err != nil {
+		return nil, err
+	}
+	three.Limit = sysProcessor
+	return append(results, three), e.checkDrain(ctx, sysProcessors, w, want)
+}
+
+// checkDrain checks a processors' drain: the customers table against the
+// oracle, and the job's counters against the workload: every command
+// counted once, the repeats as duplicates.
+func (e *env) checkDrain(ctx context.Context, system string, w Workload, want map[string]string) error {
+	if err := e.check(ctx, system, "customers", want); err != nil {
+		return err
+	}
+	c, err := e.db.JobCounts(ctx, backlogJob)
+	if err != nil {
+		return err
+	}
+	repeats := w.Repeats()
+	if got := c.Applied + c.Stale + c.Duplicate + c.Conflict + c.DeadLettered; got != int64(w.N) || c.Duplicate != repeats {
+		return fmt.Errorf("%s: the job counts %d commands (%+v), the workload has %d, %d of them repeats", system, got, c, w.N, repeats)
+	}
+	return nil
 }
 
 // reference drains the backlog into table the fastest plain exactly-once
@@ -314,13 +358,13 @@ func (e *env) produce(ctx context.Context, topic, system string, w Workload) (Re
 		return Result{}, err
 	}
 	defer p.Close()
-	res, err := timed(system, w.N, func() error {
+	res, err := e.timed(ctx, system, w.N, func() error {
 		var wg sync.WaitGroup
 		var once sync.Once
 		var failed error
 		for i := range w.N {
 			c := w.Command(i)
-			rec, err := pipeline.NewRecord(&c, "bench-job", "default", int64(i))
+			rec, err := pipeline.NewRecord(&c, backlogJob, "default", int64(i))
 			if err != nil {
 				once.Do(func() { failed = err })
 				break
@@ -348,7 +392,7 @@ func (e *env) produce(ctx context.Context, topic, system string, w Workload) (Re
 func (e *env) naive(ctx context.Context, n int) (Result, error) {
 	final := map[string]pipeline.Command{}
 	done := 0
-	res, err := timed(sysNaive, n, func() error {
+	res, err := e.timed(ctx, sysNaive, n, func() error {
 		err := kafka.Reader{Brokers: e.brokers}.Read(ctx, backlogTopic, -1, func(r pipeline.Record) error {
 			if done == n {
 				return errStop
@@ -395,9 +439,10 @@ func (e *env) startProcessor(name, topic, group, extra string) (*harness.Proc, s
 	return p, "http://" + metricsAddr + "/metrics", err
 }
 
-// waitCommitted waits until group's processors committed n records of
-// topic, calling each (if set) with the count at every look.
-func (e *env) waitCommitted(ctx context.Context, p *harness.Proc, group, topic string, n int64, each func(int64)) error {
+// waitCommitted waits until group's processors ps committed n records of
+// topic, calling each (if set) with the count at every look. It fails when
+// one of them exits.
+func (e *env) waitCommitted(ctx context.Context, ps []*harness.Proc, group, topic string, n int64, each func(int64)) error {
 	for {
 		done, err := e.db.SumOffsets(ctx, group, topic)
 		if err != nil {
@@ -409,61 +454,100 @@ func (e *env) waitCommitted(ctx context.Context, p *harness.Proc, group, topic s
 		if done >= n {
 			return nil
 		}
+		for _, p := range ps {
+			select {
+			case <-p.Exited():
+				return fmt.Errorf("processor exited after %d of %d records:\n%s", done, n, p.Log())
+			default:
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-p.Exited():
-			return fmt.Errorf("processor exited after %d of %d records:\n%s", done, n, p.Log())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
 
-// drain starts a processor on the backlog and times it until every record
-// is committed (the stored offsets sum to n). With Config.Profile it also
-// profiles the processor and samples PostgreSQL's wait events meanwhile.
-func (e *env) drain(ctx context.Context, n int) (Result, error) {
-	start, machine := time.Now(), machineBusy()
-	p, metricsURL, err := e.startProcessor("processor", backlogTopic, benchGroup, "")
-	if err != nil {
-		return Result{}, err
+// drain starts procs processors of group on the backlog and times them
+// until every record is committed (the stored offsets sum to n): CPU is
+// theirs summed, PeakRSS the largest. With Config.Profile it also profiles
+// the first processor and samples PostgreSQL's wait events meanwhile.
+func (e *env) drain(ctx context.Context, system, group string, n, procs int) (Result, error) {
+	start, machine, wal := time.Now(), machineBusy(), e.walPosition(ctx)
+	ps, urls := make([]*harness.Proc, procs), make([]string, procs)
+	for i := range ps {
+		p, url, err := e.startProcessor(fmt.Sprintf("%s-%d", group, i), backlogTopic, group, "")
+		if err != nil {
+			return Result{}, err
+		}
+		defer p.Stop()
+		ps[i], urls[i] = p, url
 	}
-	defer p.Stop()
+	usage := func() (sum harness.Usage, err error) {
+		for _, p := range ps {
+			u, uerr := p.Usage()
+			sum.CPU, sum.PeakRSS, err = sum.CPU+u.CPU, max(sum.PeakRSS, u.PeakRSS), errors.Join(err, uerr)
+		}
+		return sum, err
+	}
 	var profiled sync.WaitGroup
 	waits := map[string]int64{}
 	pctx, stopProfiling := context.WithCancel(ctx)
-	if e.cfg.Profile != "" {
+	profiling := e.cfg.Profile != "" && procs == 1
+	if profiling {
 		profiled.Add(2)
-		go func() { defer profiled.Done(); e.profile(pctx, strings.TrimSuffix(metricsURL, "/metrics")) }()
+		go func() { defer profiled.Done(); e.profile(pctx, strings.TrimSuffix(urls[0], "/metrics")) }()
 		go func() { defer profiled.Done(); e.sampleWaits(pctx, waits) }()
 	}
-	// The steady drain runs from the first commit seen: the processor's
-	// start-up (connecting, joining the group) is out of it.
+	// The steady drain runs from when every processor has committed a
+	// batch: their start-up (connecting, joining the group, the group
+	// handing partitions from the first to join to the others) is out of
+	// it.
 	var steady, at Result // at: the counters when the steady drain began
 	var steadyStart time.Time
-	err = e.waitCommitted(ctx, p, benchGroup, backlogTopic, int64(n), func(done int64) {
-		if done > 0 && steadyStart.IsZero() {
-			u, _ := p.Usage()
+	working := make([]bool, procs)
+	allWorking := func() bool {
+		for i, url := range urls {
+			if !working[i] {
+				b, err := metrics.ScrapeBatches(ctx, url)
+				working[i] = err == nil && b.Count > 0
+			}
+			if !working[i] {
+				return false
+			}
+		}
+		return true
+	}
+	err := e.waitCommitted(ctx, ps, group, backlogTopic, int64(n), func(done int64) {
+		if done > 0 && steadyStart.IsZero() && (procs == 1 || allWorking()) {
+			u, _ := usage()
 			steadyStart, steady.Records = time.Now(), int64(n)-done
-			at = Result{CPU: u.CPU, Machine: machineBusy(), Database: databaseCPU()}
+			at = Result{CPU: u.CPU, Machine: machineBusy(), Database: databaseCPU(), WAL: e.walPosition(ctx)}
 		}
 	})
-	elapsed, busy := time.Since(start), machineBusy()-machine
-	if batches, err := metrics.ScrapeBatches(ctx, metricsURL); err == nil && batches.Count > 0 {
-		fmt.Fprintf(e.cfg.Out, "processor's drain: %d batches of %.0f commands on average, %s each from being taken up to commit\n",
-			batches.Count, batches.MeanSize(), batches.MeanDuration().Round(time.Millisecond))
+	elapsed, busy, wal := time.Since(start), machineBusy()-machine, e.walPosition(ctx)-wal
+	var batches metrics.Batches
+	for _, url := range urls {
+		if b, err := metrics.ScrapeBatches(ctx, url); err == nil {
+			batches = batches.Add(b)
+		}
+	}
+	if batches.Count > 0 {
+		fmt.Fprintf(e.cfg.Out, "%s's drain: %d batches of %.0f commands on average, %s each from being taken up to commit\n",
+			system, batches.Count, batches.MeanSize(), batches.MeanDuration().Round(time.Millisecond))
 	}
 	if !steadyStart.IsZero() {
-		u, _ := p.Usage()
+		u, _ := usage()
 		steady.Elapsed, steady.CPU = time.Since(steadyStart), u.CPU-at.CPU
-		steady.Machine, steady.Database = machineBusy()-at.Machine, databaseCPU()-at.Database
+		steady.Machine, steady.Database, steady.WAL = machineBusy()-at.Machine, databaseCPU()-at.Database, e.walPosition(ctx)-at.WAL
 	}
 	if s := steady; s.Records > 0 {
-		fmt.Fprintf(e.cfg.Out, "processor's steady drain: %.0f/s; µs a command: the machine's %.1f, the processor's %.1f, PostgreSQL's %.1f\n",
-			s.PerSecond(), s.MicrosPerRecord(s.Machine), s.MicrosPerRecord(s.CPU), s.MicrosPerRecord(s.Database))
+		fmt.Fprintf(e.cfg.Out, "%s's steady drain: %.0f/s; µs a command: the machine's %.1f, the processor's %.1f, PostgreSQL's %.1f; WAL %.0f bytes a command\n",
+			system, s.PerSecond(), s.MicrosPerRecord(s.Machine), s.MicrosPerRecord(s.CPU), s.MicrosPerRecord(s.Database), float64(s.WAL)/float64(s.Records))
 	}
-	if e.cfg.Profile != "" && err == nil {
-		e.saveProfile(ctx, strings.TrimSuffix(metricsURL, "/metrics")+"/debug/pprof/allocs", "processor.allocs.pprof")
+	if profiling && err == nil {
+		e.saveProfile(ctx, strings.TrimSuffix(urls[0], "/metrics")+"/debug/pprof/allocs", "processor.allocs.pprof")
 	}
 	stopProfiling()
 	profiled.Wait()
@@ -473,11 +557,11 @@ func (e *env) drain(ctx context.Context, n int) (Result, error) {
 	if len(waits) > 0 {
 		e.printWaits(waits)
 	}
-	u, err := p.Usage()
+	u, err := usage()
 	if err != nil {
 		return Result{}, err
 	}
-	return Result{System: sysProcessor, Records: int64(n), Elapsed: elapsed, CPU: u.CPU, Machine: busy, PeakRSS: u.PeakRSS,
+	return Result{System: system, Records: int64(n), Elapsed: elapsed, CPU: u.CPU, Machine: busy, WAL: wal, PeakRSS: u.PeakRSS,
 		Steady: &steady}, nil
 }
 

@@ -35,7 +35,7 @@ func (e *env) rateStage(ctx context.Context, n int) (RateResult, error) {
 	defer p.Stop()
 	var from, to int64
 	var t0, t1 time.Time
-	err = e.waitCommitted(ctx, p, group, backlogTopic, target, func(done int64) {
+	err = e.waitCommitted(ctx, []*harness.Proc{p}, group, backlogTopic, target, func(done int64) {
 		now := time.Now()
 		if t0.IsZero() && done >= target/10 {
 			from, t0 = done, now
@@ -61,9 +61,9 @@ type LatencyResult struct {
 	Batches metrics.Batches
 	// Cores is the CPU the broker, ingress, processor and this client used
 	// meanwhile, in cores (CPU seconds per second), and Machine what every
-	// process used (PostgreSQL the most of the rest), to tell a saturated
-	// machine from a slow path.
-	Cores, Machine float64
+	// process used, and Database PostgreSQL's share of it, to tell a
+	// saturated machine from a slow path.
+	Cores, Machine, Database float64
 }
 
 // latencyStage starts an ingress and a processor on their own topic and
@@ -105,7 +105,7 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 	if _, err := client.Upload(ctx, strings.NewReader(warm.String()), apiclient.UploadOptions{ContentType: "application/x-ndjson"}); err != nil {
 		return LatencyResult{}, err
 	}
-	if err := e.waitCommitted(ctx, p, group, topic, int64(warmup.N), nil); err != nil {
+	if err := e.waitCommitted(ctx, []*harness.Proc{p}, group, topic, int64(warmup.N), nil); err != nil {
 		return LatencyResult{}, err
 	}
 
@@ -133,7 +133,7 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 	if err != nil {
 		return LatencyResult{}, err
 	}
-	cpu0, t0 := cpu(), time.Now()
+	cpu0, database0, t0 := cpu(), databaseCPU(), time.Now()
 	machine0, err := harness.MachineBusy()
 	if err != nil {
 		return LatencyResult{}, err
@@ -163,7 +163,7 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 	if failed != nil {
 		return LatencyResult{}, failed
 	}
-	if err := e.waitCommitted(ctx, p, group, topic, int64(warmup.N+jobs*perJob), nil); err != nil {
+	if err := e.waitCommitted(ctx, []*harness.Proc{p}, group, topic, int64(warmup.N+jobs*perJob), nil); err != nil {
 		return LatencyResult{}, err
 	}
 	machine1, err := harness.MachineBusy()
@@ -171,7 +171,7 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 		return LatencyResult{}, err
 	}
 	elapsed := time.Since(t0).Seconds()
-	cores, machine := (cpu()-cpu0).Seconds()/elapsed, (machine1-machine0).Seconds()/elapsed
+	cores, machine, database := (cpu()-cpu0).Seconds()/elapsed, (machine1-machine0).Seconds()/elapsed, (databaseCPU()-database0).Seconds()/elapsed
 	batches, err := metrics.ScrapeBatches(ctx, metricsURL)
 	if err != nil {
 		return LatencyResult{}, err
@@ -195,6 +195,6 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 		lat = append(lat, max(0, done[id].Sub(accepted[j])))
 	}
 	slices.Sort(lat)
-	return LatencyResult{Rate: rate, Jobs: jobs, PerJob: perJob, Cores: cores, Machine: machine, Batches: batches,
+	return LatencyResult{Rate: rate, Jobs: jobs, PerJob: perJob, Cores: cores, Machine: machine, Database: database, Batches: batches,
 		P50: lat[len(lat)/2], P99: lat[len(lat)*99/100], Max: lat[len(lat)-1]}, nil
 }

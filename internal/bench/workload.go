@@ -34,7 +34,7 @@ const Entity = "customers"
 // Command returns command i.
 func (w Workload) Command(i int) pipeline.Command {
 	r := rand.New(rand.NewPCG(w.Seed, uint64(i)))
-	if i > 0 && r.Float64() < repeatShare {
+	if repeats(i, r) {
 		return w.Command(r.IntN(i))
 	}
 	keys := max(1, w.N*6/10)
@@ -54,6 +54,22 @@ func (w Workload) Command(i int) pipeline.Command {
 		Version: &version,
 		Data:    data,
 	}
+}
+
+// repeats draws from command i's generator whether it repeats an earlier
+// command.
+func repeats(i int, r *rand.Rand) bool { return i > 0 && r.Float64() < repeatShare }
+
+// Repeats is how many commands repeat an earlier one: the duplicates a
+// drain must count, every other command being applied or stale.
+func (w Workload) Repeats() int64 {
+	var n int64
+	for i := range w.N {
+		if repeats(i, rand.New(rand.NewPCG(w.Seed, uint64(i)))) {
+			n++
+		}
+	}
+	return n
 }
 
 func quote(s string) json.RawMessage { return json.RawMessage(strconv.Quote(s)) }

@@ -39,6 +39,10 @@ type ConsumerConfig struct {
 	Logger *slog.Logger
 }
 
+// heartbeatInterval is how often a member tells the group it lives, and
+// hears of rebalances.
+const heartbeatInterval = time.Second
+
 // fetchMaxWait bounds how long a fetch waits for records to arrive.
 const fetchMaxWait = 250 * time.Millisecond
 
@@ -86,6 +90,11 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.SessionTimeout(cfg.SessionTimeout),
 		kgo.RebalanceTimeout(cfg.RebalanceTimeout),
+		// Members learn of a rebalance from their heartbeat's answer, and a
+		// cooperative rebalance that moves partitions takes two: with
+		// Kafka's default of 3 s, a processor joining a busy group left most
+		// partitions unowned for 3.5 s. A heartbeat a second costs nothing.
+		kgo.HeartbeatInterval(heartbeatInterval),
 		kgo.ConsumeTopics(cfg.Topic),
 		kgo.DisableAutoCommit(),
 		kgo.FetchMaxBytes(cfg.FetchMaxBytes),
@@ -210,6 +219,9 @@ func (c *Consumer) loadOffset(ctx context.Context, p int32) (int64, error) {
 
 func (c *Consumer) assigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
 	ps := assigned[c.cfg.Topic]
+	if len(ps) > 0 {
+		c.cfg.Logger.Info("partitions assigned", "partitions", ps)
+	}
 	// A pause left from an earlier ownership must not outlive it. (The
 	// callback's client, since c.cl may not be set yet on the first call.)
 	cl.ResumeFetchPartitions(map[string][]int32{c.cfg.Topic: ps})
@@ -271,14 +283,20 @@ func (c *Consumer) committer(p int32) func(int64) {
 
 // revoked lets each revoked partition's worker flush its batch and stop.
 func (c *Consumer) revoked(_ context.Context, _ *kgo.Client, revoked map[string][]int32) {
-	c.stop(revoked[c.cfg.Topic], false)
+	if ps := revoked[c.cfg.Topic]; len(ps) > 0 {
+		c.cfg.Logger.Info("partitions revoked; flushing their batches", "partitions", ps)
+		c.stop(ps, false)
+	}
 }
 
 // lost abandons workers of partitions that may already belong to another
 // member: they stop without flushing, and whatever they were committing is
 // fenced by the database.
 func (c *Consumer) lost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
-	c.stop(lost[c.cfg.Topic], true)
+	if ps := lost[c.cfg.Topic]; len(ps) > 0 {
+		c.cfg.Logger.Warn("partitions lost; abandoning their batches", "partitions", ps)
+		c.stop(ps, true)
+	}
 }
 
 func (c *Consumer) stop(partitions []int32, abandon bool) {

@@ -24,6 +24,11 @@ func (b Batches) Sub(before Batches) Batches {
 	return Batches{Count: b.Count - before.Count, Records: b.Records - before.Records, Time: b.Time - before.Time}
 }
 
+// Add is b and other's batches together (two processors', say).
+func (b Batches) Add(other Batches) Batches {
+	return Batches{Count: b.Count + other.Count, Records: b.Records + other.Records, Time: b.Time + other.Time}
+}
+
 // MeanSize is the records per batch.
 func (b Batches) MeanSize() float64 { return b.Records / float64(max(b.Count, 1)) }
 

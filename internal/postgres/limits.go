@@ -8,6 +8,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/spoolhq/spool/pipeline"
 )
 
 // The limits spool is measured against (cmd/spool-bench): the same writes
@@ -162,6 +164,33 @@ func (l *Limits) SumOffsets(ctx context.Context, group, topic string) (int64, er
 // completed yet are absent).
 func (l *Limits) JobsCompleted(ctx context.Context, ids []string) (map[string]time.Time, error) {
 	return pairs[time.Time](ctx, l.pool, `SELECT job_id, completed_at FROM spool_jobs WHERE job_id = ANY ($1) AND completed_at IS NOT NULL`, ids)
+}
+
+// JobCounts sums a job's outcome counters over its partitions.
+func (l *Limits) JobCounts(ctx context.Context, job string) (pipeline.Counts, error) {
+	var c pipeline.Counts
+	err := l.pool.QueryRow(ctx, `SELECT coalesce(sum(applied), 0), coalesce(sum(duplicate), 0), coalesce(sum(stale), 0),
+		coalesce(sum(conflict), 0), coalesce(sum(dead_lettered), 0) FROM spool_job_counts WHERE job_id = $1`, job).Scan(
+		&c.Applied, &c.Duplicate, &c.Stale, &c.Conflict, &c.DeadLettered)
+	return c, err
+}
+
+// ForgetWrites empties table and what spool's processors remember of
+// the commands they applied (ledger, counters, failures, tombstones), so
+// that another group of processors can drain the same backlog afresh.
+func (l *Limits) ForgetWrites(ctx context.Context, table string) error {
+	_, err := l.pool.Exec(ctx, `TRUNCATE `+pgx.Identifier{table}.Sanitize()+`, spool_ledger, spool_job_counts,
+		spool_job_failures, spool_job_repeats, spool_tombstones`)
+	return err
+}
+
+// WALPosition is where the database's write-ahead log is, in bytes since
+// its beginning: the difference of two is the WAL written between them, by
+// everything the database did meanwhile.
+func (l *Limits) WALPosition(ctx context.Context) (int64, error) {
+	var pos int64
+	err := l.pool.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint`).Scan(&pos)
+	return pos, err
 }
 
 // WaitEvents samples what the database's active backends (but this one)
