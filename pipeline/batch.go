@@ -114,8 +114,6 @@ type Group struct {
 	// merged within the batch, theirs combined in offset order).
 	Messages []*Message
 	Rows     []Fields
-	// Keys holds each row's canonical key text (Entity.KeyOf).
-	Keys []string
 	// Generation orders groups: a row deleted and then upserted in one
 	// batch is written by two statements, the delete's first.
 	Generation int
@@ -208,7 +206,6 @@ func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) 
 		}
 		g.Messages = append(g.Messages, m)
 		g.Rows = append(g.Rows, sl.data)
-		g.Keys = append(g.Keys, sl.key)
 	}
 	sort.Slice(sigs, func(i, j int) bool {
 		if sigs[i].gen != sigs[j].gen {

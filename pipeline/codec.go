@@ -391,7 +391,7 @@ func decodeRecord(r Record, es Entities, prev *Message) Message {
 		m.Err = Errorf(ClassInvalidCommand, "record key %s differs from command id %s", Quote(string(r.Key)), Quote(string(cmd.ID)))
 		return m
 	}
-	if err := es.validate(cmd.ID, &cmd.Entity, &cmd.Op, cmd.Version, cmd.Data, ""); err != nil {
+	if err := es.validateFields(cmd.ID, &cmd.Entity, &cmd.Op, cmd.Version, cmd.Data); err != nil {
 		m.Err = err
 	}
 	m.Command = cmd

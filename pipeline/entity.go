@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"iter"
 	"math/big"
 	"sort"
 	"strconv"
@@ -74,29 +73,61 @@ const MaxIDLength = 128
 // and checks it against the configured entities. The error is classified and
 // names the problem so that a client can fix the record.
 func (es Entities) Validate(cmd *Command, defaultEntity string) error {
-	return es.validate(cmd.ID, &cmd.Entity, &cmd.Op, cmd.Version, dataMap(cmd.Data), defaultEntity)
-}
-
-// columnValues is a command's data as validate reads it: Command's map, or
-// a DecodedCommand's Fields.
-type columnValues interface {
-	Get(name string) (json.RawMessage, bool)
-	All() iter.Seq2[string, json.RawMessage]
-}
-
-func (es Entities) validate(id CommandID, entity *string, op *Op, version *int64, data columnValues, defaultEntity string) error {
-	if err := validateID(id); err != nil {
+	e, err := es.entityOf(cmd.ID, &cmd.Entity, &cmd.Op, cmd.Version, defaultEntity)
+	if err != nil {
 		return err
+	}
+	for _, k := range e.Key {
+		if err := e.checkKey(k, cmd.Data[k]); err != nil {
+			return err
+		}
+	}
+	for name, v := range cmd.Data {
+		if err := e.checkColumn(name, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateFields is Validate for a record's command, whose data are Fields
+// and whose defaults were filled by ingress. (Its loops are its own, not
+// Validate's through an interface: that cost an iterator's allocations a
+// command.)
+func (es Entities) validateFields(id CommandID, entity *string, op *Op, version *int64, data Fields) error {
+	e, err := es.entityOf(id, entity, op, version, "")
+	if err != nil {
+		return err
+	}
+	for _, k := range e.Key {
+		v, _ := data.Get(k)
+		if err := e.checkKey(k, v); err != nil {
+			return err
+		}
+	}
+	for _, f := range data {
+		if err := e.checkColumn(f.Name, f.Value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// entityOf checks what a command holds besides its data, fills its
+// defaults and returns its entity.
+func (es Entities) entityOf(id CommandID, entity *string, op *Op, version *int64, defaultEntity string) (*Entity, error) {
+	if err := validateID(id); err != nil {
+		return nil, err
 	}
 	if *entity == "" {
 		*entity = defaultEntity
 	}
 	if *entity == "" {
-		return Errorf(ClassUnknownEntity, "entity is missing and the upload names no default (?entity=)")
+		return nil, Errorf(ClassUnknownEntity, "entity is missing and the upload names no default (?entity=)")
 	}
 	e, ok := es[*entity]
 	if !ok {
-		return Errorf(ClassUnknownEntity, "entity %s is not configured (known: %s)", Quote(*entity), strings.Join(es.Names(), ", "))
+		return nil, Errorf(ClassUnknownEntity, "entity %s is not configured (known: %s)", Quote(*entity), strings.Join(es.Names(), ", "))
 	}
 	*entity = e.Name // the entity's own string, not one per command
 	switch *op {
@@ -104,30 +135,32 @@ func (es Entities) validate(id CommandID, entity *string, op *Op, version *int64
 		*op = OpUpsert
 	case OpUpsert, OpDelete:
 	default:
-		return Errorf(ClassInvalidCommand, "op %s is not one of upsert, delete", Quote(string(*op)))
+		return nil, Errorf(ClassInvalidCommand, "op %s is not one of upsert, delete", Quote(string(*op)))
 	}
 	if e.Versioned() && version == nil {
-		return Errorf(ClassMissingKey, "version is required: entity %q is guarded by column %q", e.Name, e.VersionColumn)
+		return nil, Errorf(ClassMissingKey, "version is required: entity %q is guarded by column %q", e.Name, e.VersionColumn)
 	}
-	for _, k := range e.Key {
-		v, ok := data.Get(k)
-		if !ok || isNull(v) {
-			return Errorf(ClassMissingKey, "data lacks key column %q of entity %q", k, e.Name)
-		}
-	}
-	for name, v := range data.All() {
-		col, ok := e.Columns[name]
-		if !ok {
-			return Errorf(ClassUnknownColumn, "column %s does not exist in %s", Quote(name), e.QualifiedName())
-		}
-		if name == e.VersionColumn {
-			return Errorf(ClassInvalidCommand, "column %q is the version column: set it with the command's version field", name)
-		}
-		if err := col.check(v); err != nil {
-			return err
-		}
+	return e, nil
+}
+
+// checkKey checks that the value of key column k is there.
+func (e *Entity) checkKey(k string, v json.RawMessage) error {
+	if isNull(v) {
+		return Errorf(ClassMissingKey, "data lacks key column %q of entity %q", k, e.Name)
 	}
 	return nil
+}
+
+// checkColumn checks that a command may write v into column name.
+func (e *Entity) checkColumn(name string, v json.RawMessage) error {
+	col, ok := e.Columns[name]
+	if !ok {
+		return Errorf(ClassUnknownColumn, "column %s does not exist in %s", Quote(name), e.QualifiedName())
+	}
+	if name == e.VersionColumn {
+		return Errorf(ClassInvalidCommand, "column %q is the version column: set it with the command's version field", name)
+	}
+	return col.check(v)
 }
 
 // QualifiedName is schema.table for messages (not SQL: quoting is the
@@ -157,82 +190,92 @@ func isNull(v json.RawMessage) bool { return len(v) == 0 || string(v) == "null" 
 // column, or null for SQL NULL. It is the one place that decides whether a
 // value fits its column.
 func (c Column) Value(v json.RawMessage) (text string, null bool, err error) {
-	return c.convert(v, true)
+	b, null, err := c.AppendValue(nil, v)
+	return string(b), null, err
+}
+
+// AppendValue is Value appending the text to dst, so that a caller
+// converting many values can keep their texts in one buffer.
+func (c Column) AppendValue(dst []byte, v json.RawMessage) (out []byte, null bool, err error) {
+	return c.convert(dst, v, true)
 }
 
 // check is Value's decision alone: validation's, which needs no text and so
 // makes none for the common values (a plain string, a number).
 func (c Column) check(v json.RawMessage) error {
-	_, _, err := c.convert(v, false)
+	_, _, err := c.convert(nil, v, false)
 	return err
 }
 
-// convert decides whether v fits the column and, when keep is set,
-// returns its text. Without keep the text may be left empty.
-func (c Column) convert(v json.RawMessage, keep bool) (s string, null bool, err error) {
+// convert decides whether v fits the column and, when keep is set, appends
+// its text to dst. Without keep the text may be left out.
+func (c Column) convert(dst []byte, v json.RawMessage, keep bool) (out []byte, null bool, err error) {
 	v = bytes.TrimSpace(v)
 	if isNull(v) {
 		if c.NotNull {
-			return "", false, Errorf(ClassTypeMismatch, "column %q is NOT NULL; got null", c.Name)
+			return dst, false, Errorf(ClassTypeMismatch, "column %q is NOT NULL; got null", c.Name)
 		}
-		return "", true, nil
+		return dst, true, nil
 	}
 	if c.Kind == KindJSON {
 		if keep {
-			s = string(v)
+			dst = append(dst, v...)
 		}
-		return s, false, nil
+		return dst, false, nil
 	}
+	var s []byte // the value's text, before the column's kind checks it
 	switch v[0] {
 	case '"':
 		inner, plain := plainBytes(v)
 		switch {
 		case plain && !keep && (c.Kind == KindText || c.Kind == KindOther):
-			return "", false, nil
+			return dst, false, nil
 		case plain && !keep && c.Kind == KindNumeric && isDecimal(inner):
-			return "", false, nil
+			return dst, false, nil
 		case plain:
-			s = string(inner)
+			s = inner
 		default:
-			if err := json.Unmarshal(v, &s); err != nil {
-				return "", false, Errorf(ClassInvalidCommand, "column %q: %v", c.Name, BoundError(err))
+			var str string
+			if err := json.Unmarshal(v, &str); err != nil {
+				return dst, false, Errorf(ClassInvalidCommand, "column %q: %v", c.Name, BoundError(err))
 			}
+			s = []byte(str)
 		}
 	case '{', '[':
-		return "", false, c.mismatch("an object or array")
+		return dst, false, c.mismatch("an object or array")
 	case 't', 'f':
 		if c.Kind != KindBoolean && c.Kind != KindText {
-			return "", false, c.mismatch("a boolean")
+			return dst, false, c.mismatch("a boolean")
 		}
-		s = string(v)
+		s = v
 	default:
 		if c.Kind == KindBoolean {
-			return "", false, c.mismatch("a number")
+			return dst, false, c.mismatch("a number")
 		}
 		if !keep && c.Kind != KindInteger && (c.Kind != KindNumeric || isDecimal(v)) {
-			return "", false, nil
+			return dst, false, nil
 		}
-		s = string(v)
+		s = v
 	}
 	switch c.Kind {
 	case KindInteger:
-		n, ok := new(big.Int).SetString(strings.TrimSpace(s), 10)
+		n, ok := new(big.Int).SetString(string(bytes.TrimSpace(s)), 10)
 		if !ok {
-			return "", false, c.mismatch(Quote(s))
+			return dst, false, c.mismatch(Quote(string(s)))
 		}
-		s = n.String()
+		return n.Append(dst, 10), false, nil
 	case KindNumeric:
-		if !isDecimal(strings.TrimSpace(s)) && !isSpecialNumeric(s) {
-			return "", false, c.mismatch(Quote(s))
+		if !isDecimal(bytes.TrimSpace(s)) && !isSpecialNumeric(string(s)) {
+			return dst, false, c.mismatch(Quote(string(s)))
 		}
 	case KindBoolean:
-		b, err := strconv.ParseBool(s)
+		b, err := strconv.ParseBool(string(s))
 		if err != nil {
-			return "", false, c.mismatch(Quote(s))
+			return dst, false, c.mismatch(Quote(string(s)))
 		}
-		s = strconv.FormatBool(b)
+		return strconv.AppendBool(dst, b), false, nil
 	}
-	return s, false, nil
+	return append(dst, s...), false, nil
 }
 
 // plainString returns the text of a JSON string that holds no escapes, no

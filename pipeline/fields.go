@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"iter"
-	"maps"
 	"slices"
 )
 
@@ -40,17 +39,6 @@ func (fs Fields) Get(name string) (json.RawMessage, bool) {
 		}
 	}
 	return nil, false
-}
-
-// All yields each column with its value.
-func (fs Fields) All() iter.Seq2[string, json.RawMessage] {
-	return func(yield func(string, json.RawMessage) bool) {
-		for _, f := range fs {
-			if !yield(f.Name, f.Value) {
-				return
-			}
-		}
-	}
 }
 
 // set replaces the named column's value, or adds the column.
@@ -176,13 +164,3 @@ func endsLiteral(c byte) bool {
 	}
 	return false
 }
-
-// dataMap lets Validate read Command's data as it reads Fields.
-type dataMap map[string]json.RawMessage
-
-func (d dataMap) Get(name string) (json.RawMessage, bool) {
-	v, ok := d[name]
-	return v, ok
-}
-
-func (d dataMap) All() iter.Seq2[string, json.RawMessage] { return maps.All(d) }

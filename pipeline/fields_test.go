@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"encoding/json"
-	"maps"
 	"strings"
 	"testing"
 
@@ -23,7 +22,11 @@ func requireSameAsCommand(t *testing.T, value []byte) {
 	require.Equal(t, DecodedCommand{ID: cmd.ID, Entity: cmd.Entity, Op: cmd.Op, Version: cmd.Version}, DecodedCommand{ID: w.ID, Entity: w.Entity, Op: w.Op, Version: w.Version})
 	require.Len(t, w.Data, len(cmd.Data), "each name once")
 	if len(cmd.Data) > 0 {
-		require.Equal(t, cmd.Data, maps.Collect(w.Data.All()))
+		got := map[string]json.RawMessage{}
+		for _, f := range w.Data {
+			got[f.Name] = f.Value
+		}
+		require.Equal(t, cmd.Data, got)
 	}
 }
 

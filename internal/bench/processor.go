@@ -603,7 +603,7 @@ func (e *env) saveProfile(ctx context.Context, url, name string) {
 
 // profileFor is how long the drain's profile lasts at most; a drain that
 // ends sooner cuts it short (and an empty profile is not written).
-const profileFor = 15 * time.Second
+const profileFor = 8 * time.Second
 
 // sampleWaits adds PostgreSQL's wait events to waits every 20 ms until ctx
 // ends.

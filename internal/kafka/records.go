@@ -14,28 +14,35 @@ func toKgo(r *pipeline.Record, topic string) *kgo.Record {
 	return &kgo.Record{Topic: topic, Key: r.Key, Value: r.Value, Headers: hs}
 }
 
-// fromKgo copies fetched records out of franz-go's buffers, each into one
-// buffer for its bytes and one slice for its headers. A fetched record points
-// into its batch's decompressed buffer, which it would keep whole, framing
-// and all, for as long as it waits for its batch to be written; copied, a
-// record keeps only its own bytes, whichever records of its fetch are gone.
+// fromKgo copies fetched records out of franz-go's buffers, all of a
+// fetched slice into one buffer for their bytes and one slice for their
+// headers. A fetched record points into its batch's decompressed buffer,
+// which it would keep whole, framing and all, for as long as it waits for
+// its batch to be written; copied, the slice's records keep only their own
+// bytes, until the last of them is written. Two allocations a slice, not two
+// a record.
 func fromKgo(krecs []*kgo.Record) []pipeline.Record {
-	recs := make([]pipeline.Record, len(krecs))
-	for i, kr := range krecs {
-		size := len(kr.Key) + len(kr.Value)
+	size, headers := 0, 0
+	for _, kr := range krecs {
+		size += len(kr.Key) + len(kr.Value)
 		for _, h := range kr.Headers {
 			size += len(h.Value)
 		}
-		buf := make([]byte, 0, size)
-		keep := func(b []byte) []byte {
-			if b == nil {
-				return nil // a null key or value stays null
-			}
-			start := len(buf)
-			buf = append(buf, b...)
-			return buf[start:len(buf):len(buf)]
+		headers += len(kr.Headers)
+	}
+	buf := make([]byte, 0, size)
+	keep := func(b []byte) []byte {
+		if b == nil {
+			return nil // a null key or value stays null
 		}
-		hs := make([]pipeline.Header, len(kr.Headers))
+		start := len(buf)
+		buf = append(buf, b...)
+		return buf[start:len(buf):len(buf)]
+	}
+	recs, slab := make([]pipeline.Record, len(krecs)), make([]pipeline.Header, headers)
+	for i, kr := range krecs {
+		hs := slab[:len(kr.Headers):len(kr.Headers)]
+		slab = slab[len(kr.Headers):]
 		for j, h := range kr.Headers {
 			hs[j] = pipeline.Header{Key: headerName(h.Key), Value: keep(h.Value)}
 		}

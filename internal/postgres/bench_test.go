@@ -6,12 +6,14 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/spoolhq/spool/internal/harness"
 	"github.com/spoolhq/spool/internal/pgtest"
 	"github.com/spoolhq/spool/internal/postgres"
 	"github.com/spoolhq/spool/pipeline"
@@ -49,6 +51,22 @@ func benchBatches(b *testing.B, es pipeline.Entities, n, size int) []*pipeline.B
 	return out
 }
 
+// measure reports, when done is called, rows/s and the CPU a row cost this
+// process (the client) and PostgreSQL (every postgres process).
+func measure(b *testing.B, rows int) (done func()) {
+	client, _ := harness.ProcUsage(os.Getpid())
+	database, _ := harness.CommandCPU("postgres")
+	start := time.Now()
+	return func() {
+		elapsed := time.Since(start)
+		client2, _ := harness.ProcUsage(os.Getpid())
+		database2, _ := harness.CommandCPU("postgres")
+		b.ReportMetric(float64(rows)/elapsed.Seconds(), "rows/s")
+		b.ReportMetric(float64((client2.CPU-client.CPU).Microseconds())/float64(rows), "client-µs/row")
+		b.ReportMetric(float64((database2-database).Microseconds())/float64(rows), "pg-µs/row")
+	}
+}
+
 func benchSetup(b *testing.B) (*pgtest.DB, pipeline.Entities) {
 	db := pgtest.New(b)
 	db.Exec(b, `CREATE TABLE customers (customer_id text PRIMARY KEY, name text, email text,
@@ -63,23 +81,24 @@ func benchSetup(b *testing.B) (*pgtest.DB, pipeline.Entities) {
 // collapse, guarded upsert, tombstone check, counters, offset CAS, and the
 // repair after commit) against the limit measured in the same run on the
 // same rows: COPY into a temp table, a version-guarded INSERT … ON CONFLICT
-// and a ledger insert in one transaction.
+// and a ledger insert in one transaction. Each reports the CPU a row cost
+// the client and PostgreSQL, one caller at a time.
 //
-//	go test ./internal/postgres -run '^$' -bench WriteBatch -benchtime 20x
+//	go test ./internal/postgres -run '^$' -bench WriteBatch -benchtime 300x
 func BenchmarkWriteBatch(b *testing.B) {
-	for _, size := range []int{1000, 5000, 10000} {
+	for _, size := range []int{2000, 10000} {
 		b.Run(fmt.Sprintf("spool/batch=%d", size), func(b *testing.B) {
 			db, es := benchSetup(b)
 			store := postgres.NewStore(db.Pool, es, "bench", slog.New(slog.NewTextHandler(io.Discard, nil)))
 			batches := benchBatches(b, es, b.N, size)
 			b.ResetTimer()
-			start := time.Now()
+			done := measure(b, b.N*size)
 			for _, batch := range batches {
 				if _, err := store.WriteBatch(context.Background(), batch); err != nil {
 					b.Fatal(err)
 				}
 			}
-			b.ReportMetric(float64(b.N*size)/time.Since(start).Seconds(), "rows/s")
+			done()
 		})
 		b.Run(fmt.Sprintf("copy-limit/batch=%d", size), func(b *testing.B) {
 			db, es := benchSetup(b)
@@ -91,7 +110,7 @@ func BenchmarkWriteBatch(b *testing.B) {
 			_, err = conn.Exec(ctx, `CREATE TEMP TABLE stage (customer_id text, name text, email text, balance numeric(18,2), version bigint) ON COMMIT DELETE ROWS`)
 			require.NoError(b, err)
 			b.ResetTimer()
-			start := time.Now()
+			done := measure(b, b.N*size)
 			for _, batch := range batches {
 				rows := make([][]any, 0, len(batch.Messages))
 				ledger := make([][]any, 0, len(batch.Messages))
@@ -136,7 +155,7 @@ func BenchmarkWriteBatch(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			b.ReportMetric(float64(b.N*size)/time.Since(start).Seconds(), "rows/s")
+			done()
 		})
 	}
 }

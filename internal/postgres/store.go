@@ -115,12 +115,17 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.O
 	// Redeliveries are among duplicates, conflicts and dead letters, all
 	// known by now; what the groups' writes find stale is not among them.
 	queueRedeliveries(&q, b, outcomes)
+	var repairs []keys
 	for _, g := range groups {
 		for _, m := range g.Messages {
 			set(m, pipeline.OutcomeApplied)
 		}
-		if err := s.queueGroup(&q, &g, func(m *pipeline.Message) { set(m, pipeline.OutcomeStale) }); err != nil {
+		written, err := s.queueGroup(&q, &g, func(m *pipeline.Message) { set(m, pipeline.OutcomeStale) })
+		if err != nil {
 			return nil, err
+		}
+		if g.Entity.Versioned() {
+			repairs = append(repairs, written)
 		}
 	}
 	if err := tx.SendBatch(ctx, &q).Close(); err != nil {
@@ -155,11 +160,37 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.O
 	if err := tx.Commit(ctx); err != nil {
 		// The commit may have happened with its answer lost: repair anyway,
 		// which is always safe.
-		s.afterCommit(after, b.Partition, groups, nil)
+		s.afterCommit(after, b.Partition, repairs, nil)
 		return nil, classify(fmt.Errorf("committing batch of %d: %w", len(b.Messages), err))
 	}
-	s.afterCommit(after, b.Partition, groups, jobsOf(b))
+	s.afterCommit(after, b.Partition, repairs, jobsOf(b))
 	return outcomes, nil
+}
+
+// keys are an entity's keys as the text of each key column, one array a
+// column in the order of Entity.Key.
+type keys struct {
+	entity *pipeline.Entity
+	cols   []texts
+}
+
+// parseKeys turns keys made by KeyOf (or read from spool_tombstones) into
+// keys.
+func parseKeys(e *pipeline.Entity, ks []string) (keys, error) {
+	cols := make([]texts, len(e.Key))
+	for i := range cols {
+		cols[i] = make(texts, len(ks))
+	}
+	for j, k := range ks {
+		parts, err := e.ParseKey(k)
+		if err != nil {
+			return keys{}, err
+		}
+		for i := range parts {
+			cols[i][j] = &parts[i]
+		}
+	}
+	return keys{entity: e, cols: cols}, nil
 }
 
 // afterCommit repairs the keys of a committed batch's versioned groups and
@@ -171,17 +202,15 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.O
 // transaction, so a job is settled only once its batch's repair succeeded;
 // what fails here (briefly retried) the periodic sweep (repair, then
 // settle) catches.
-func (s *Store) afterCommit(ctx context.Context, partition int32, groups []pipeline.Group, jobs []pipeline.JobID) {
+func (s *Store) afterCommit(ctx context.Context, partition int32, repairs []keys, jobs []pipeline.JobID) {
 	ids := make([]string, len(jobs))
 	for i, id := range jobs {
 		ids[i] = string(id)
 	}
 	err := briefly(ctx, func() error {
 		var q pgx.Batch
-		for _, g := range groups {
-			if err := s.queueRepair(&q, g.Entity, g.Keys); err != nil {
-				return err
-			}
+		for _, r := range repairs {
+			s.queueRepair(&q, r)
 		}
 		var changing []string
 		if len(ids) > 0 {
@@ -228,22 +257,22 @@ func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
 	if len(candidates) == 0 {
 		return c
 	}
-	tenants := make([]string, len(candidates))
-	ids := make([]string, len(candidates))
-	hashes := make([][]byte, len(candidates))
-	origins := make([]*int64, len(candidates))
+	n := len(candidates)
+	tenants, ids, hashes, origins := make(texts, n), make(texts, n), make(byteas, n), make(int8s, n)
+	hashSlices, sums := make([][]byte, n), make([]int64, n)
 	for i, m := range candidates {
-		tenants[i], ids[i], hashes[i] = m.Tenant, string(m.Command.ID), m.Hash[:]
+		tenants[i], ids[i] = &m.Tenant, (*string)(&m.Command.ID)
+		hashSlices[i], hashes[i] = m.Hash[:], &hashSlices[i]
 		if o, ok := m.Origin(); ok {
-			sum := o.Sum()
-			origins[i] = &sum
+			sums[i], origins[i] = o.Sum(), &sums[i]
 		}
 		c.byKey[pipeline.Key{Tenant: m.Tenant, ID: m.Command.ID}] = m
 	}
 	// Sorted inserts take index locks in one order, so that two batches
 	// claiming overlapping ids wait for each other instead of deadlocking.
 	q.Queue(`
-		WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[]) AS u(t, id, h, o)),
+		WITH u AS (SELECT t COLLATE "C" AS t, id COLLATE "C" AS id, h, o
+			FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[]) AS u(t, id, h, o)),
 		ins AS (
 			INSERT INTO spool_ledger (tenant, command_id, payload_hash, origin)
 			SELECT t, id, h, o FROM u ORDER BY t, id
@@ -344,61 +373,71 @@ func queueRedeliveries(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outc
 }
 
 // queueGroup queues one group's statement; once it has run, stale is
-// called with each command the version guard skipped.
-func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, stale func(*pipeline.Message)) error {
+// called with each command the version guard skipped. It returns the
+// group's keys.
+func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, stale func(*pipeline.Message)) (keys, error) {
 	e := g.Entity
 	cols := append(append([]string{}, e.Key...), g.Columns...)
 	args := make([]any, 0, len(cols)+1)
+	written := keys{entity: e}
+	// A column's texts are made in one buffer and become one string, which
+	// each value is a part of: a few allocations a column, not one a value.
+	var buf []byte
+	ends, nulls := make([]int, len(g.Rows)), make([]bool, len(g.Rows))
 	for _, c := range cols {
 		col := e.Columns[c]
-		// The texts in one slice, pointed at: an allocation per column, not
-		// per value.
-		texts, vals := make([]string, len(g.Rows)), make([]*string, len(g.Rows))
+		buf = buf[:0]
 		for i, row := range g.Rows {
 			raw, _ := row.Get(c)
-			text, null, err := col.Value(raw)
-			if err != nil {
-				return err
+			var err error
+			if buf, nulls[i], err = col.AppendValue(buf, raw); err != nil {
+				return keys{}, err
 			}
-			if !null {
-				texts[i] = text
-				vals[i] = &texts[i]
+			ends[i] = len(buf)
+		}
+		all, parts, vals := string(buf), make([]string, len(g.Rows)), make(texts, len(g.Rows))
+		start := 0
+		for i, end := range ends {
+			if !nulls[i] {
+				parts[i] = all[start:end]
+				vals[i] = &parts[i]
 			}
+			start = end
 		}
 		args = append(args, vals)
+		if len(args) <= len(e.Key) {
+			written.cols = append(written.cols, vals)
+		}
 	}
 	if e.Versioned() {
-		vers := make([]int64, len(g.Messages))
+		vers := make(int8s, len(g.Messages))
 		for i, m := range g.Messages {
-			vers[i] = *m.Command.Version
+			vers[i] = m.Command.Version
 		}
 		args = append(args, vers, e.QualifiedName())
 	}
 	q.Queue(s.groupSQL(g, cols), args...).Query(func(rows pgx.Rows) error {
-		ords, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		// The statement lists the ordinals of the rows it wrote (upsert)
+		// or found stale (delete), for versioned entities.
+		listed := make([]bool, len(g.Messages))
+		var ord int64
+		_, err := pgx.ForEachRow(rows, []any{&ord}, func() error {
+			listed[ord-1] = true
+			return nil
+		})
 		if err != nil {
 			return classify(fmt.Errorf("%s %d rows of %s: %w", gerund(g.Op), len(g.Messages), e.Name, err))
 		}
-		switch {
-		case !e.Versioned():
-		case g.Op == pipeline.OpDelete:
-			for _, o := range ords {
-				stale(g.Messages[o-1])
-			}
-		default:
-			written := make([]bool, len(g.Messages))
-			for _, o := range ords {
-				written[o-1] = true
-			}
+		if e.Versioned() {
 			for i, m := range g.Messages {
-				if !written[i] {
+				if listed[i] == (g.Op == pipeline.OpDelete) {
 					stale(m)
 				}
 			}
 		}
 		return nil
 	})
-	return nil
+	return written, nil
 }
 
 // groupSQL builds (once per shape) the statement for a group. Values travel
@@ -733,42 +772,33 @@ func briefly(ctx context.Context, fn func() error) error {
 // COMMITTED a delete and an older upsert of one key, committing
 // concurrently, can each miss the other's write; run after each commit, the
 // later of the two repairs what both missed.
-func (s *Store) repair(ctx context.Context, e *pipeline.Entity, keys []string) error {
-	var q pgx.Batch
-	if err := s.queueRepair(&q, e, keys); err != nil || q.Len() == 0 {
+func (s *Store) repair(ctx context.Context, e *pipeline.Entity, ks []string) error {
+	k, err := parseKeys(e, ks)
+	if err != nil {
 		return err
 	}
+	var q pgx.Batch
+	if s.queueRepair(&q, k); q.Len() == 0 {
+		return nil
+	}
 	if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
-		return classify(fmt.Errorf("repairing %d keys of %s: %w", len(keys), e.Name, err))
+		return classify(fmt.Errorf("repairing %d keys of %s: %w", len(ks), e.Name, err))
 	}
 	return nil
 }
 
 // queueRepair queues repair's statement, for versioned entities only.
-func (s *Store) queueRepair(q *pgx.Batch, e *pipeline.Entity, keys []string) error {
-	if !e.Versioned() || len(keys) == 0 {
-		return nil
+func (s *Store) queueRepair(q *pgx.Batch, k keys) {
+	e := k.entity
+	if !e.Versioned() || len(k.cols) == 0 || len(k.cols[0]) == 0 {
+		return
 	}
-	cols := make([][]string, len(e.Key))
-	for i := range cols {
-		cols[i] = make([]string, len(keys))
-	}
-	for j, k := range keys {
-		parts, err := e.ParseKey(k)
-		if err != nil {
-			return err
-		}
-		for i, p := range parts {
-			cols[i][j] = p
-		}
-	}
-	args := make([]any, 0, len(cols)+1)
-	for _, c := range cols {
+	args := make([]any, 0, len(k.cols)+1)
+	for _, c := range k.cols {
 		args = append(args, c)
 	}
 	args = append(args, e.QualifiedName())
 	q.Queue(s.repairSQL(e), args...)
-	return nil
 }
 
 func (s *Store) repairSQL(e *pipeline.Entity) string {
