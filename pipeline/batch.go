@@ -76,7 +76,7 @@ func (b *Batch) Dedupe(outcomes []Outcome) (candidates []*Message, repeats map[*
 			switch o, identified := m.Origin(); {
 			case e.hash != m.Hash:
 				outcomes[i] = OutcomeConflict
-			case identified && e.origin == o:
+			case identified && e.hasOrigin && e.origin == o.Sum():
 				outcomes[i] = OutcomeRedelivered
 			default:
 				outcomes[i] = OutcomeDuplicate

@@ -282,6 +282,30 @@ func TestRecentSettlesHotRepeats(t *testing.T) {
 	require.NotPanics(t, func() { off.remember([]*Message{a}, []Outcome{OutcomeApplied}) })
 }
 
+// TestRecentSlotHoldsTheNewestID: ids that share a slot displace each
+// other, and an id the slot no longer holds goes to the database, however
+// its tenant and id split the same bytes.
+func TestRecentSlotHoldsTheNewestID(t *testing.T) {
+	t.Parallel()
+	r := NewRecent(1, time.Hour) // one slot for every id
+	a := msg(t, 0, "ab", `{"id":"c","entity":"customers","version":1,"data":{"customer_id":"k"}}`)
+	b := msg(t, 1, "a", `{"id":"bc","entity":"customers","version":1,"data":{"customer_id":"k"}}`)
+	r.remember([]*Message{a}, []Outcome{OutcomeApplied})
+	_, ok := r.lookup(Key{"ab", "c"})
+	require.True(t, ok)
+	_, ok = r.lookup(Key{"a", "bc"})
+	require.False(t, ok, "another tenant and id with the same bytes")
+	r.remember([]*Message{b}, []Outcome{OutcomeStale})
+	_, ok = r.lookup(Key{"ab", "c"})
+	require.False(t, ok, "displaced by a newer id")
+	e, ok := r.lookup(Key{"a", "bc"})
+	require.True(t, ok)
+	require.Equal(t, b.Hash, e.hash)
+	o, _ := b.Origin()
+	require.True(t, e.hasOrigin)
+	require.Equal(t, o.Sum(), e.origin)
+}
+
 func TestPlanKeepsSequentialEffectWithoutVersions(t *testing.T) {
 	t.Parallel()
 	es := testEntities()

@@ -47,11 +47,11 @@ const (
 )
 
 // referenceBatch is the COPY+upsert+ledger reference's transaction size,
-// its best on this machine when it wrote rows prepared in memory
-// (docs/benchmarks.md: 5,000 ran 92k/s, 10,000 and 20,000 96k/s at two
-// connections); draining the broker, 5,000 and 20,000 are still to be
-// tried on a quiet machine.
-const referenceBatch = 10_000
+// its best draining the broker on this machine (docs/benchmarks.md, one
+// quiet hour, N = 1,000,000, best of 1, 2 and 4 connections: 5,000 ran
+// 79.6k/s at 19.8 machine µs a command, 10,000 85.1k/s at 19.4, 20,000
+// 92.7k/s at 18.5, 40,000 92.8k/s at 18.1).
+const referenceBatch = 40_000
 
 // limitRow turns a workload command into the limits' row (without the
 // ledger's hash, which only the reference's drain needs: recordRow).
