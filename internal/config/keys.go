@@ -25,7 +25,7 @@ var Keys = []Key{
 	{"metrics.addr", ":9090", "processor metrics and health listen address"},
 	{"metrics.pprof", false, "serve Go's /debug/pprof/ on the metrics listeners (metrics.addr, ingress.metrics_addr), never on the API port, for profiling"},
 	{"processor.rate_limit", 0.0, "rows/s per processor, 0 = unlimited"},
-	{"processor.batch_size", 2000, "flush a partition's batch at this many records"},
+	{"processor.batch_size", 3000, "flush a partition's batch at this many records"},
 	{"processor.batch_max_wait", 200 * time.Millisecond, "flush a partition's batch when its oldest record is this old"},
 	{"processor.flush_timeout", 30 * time.Second, "how long the last flush on shutdown may take"},
 	{"processor.session_timeout", 10 * time.Second, "how long the group waits for a processor that stopped heartbeating (it crashed) before its partitions move to the others"},

@@ -84,7 +84,7 @@ func benchSetup(b *testing.B) (*pgtest.DB, pipeline.Entities) {
 // and a ledger insert in one transaction. Each reports the CPU a row cost
 // the client and PostgreSQL, one caller at a time.
 //
-//	go test ./internal/postgres -run '^$' -bench WriteBatch -benchtime 300x
+//	go test ./internal/postgres -run '^$' -bench WriteBatch -benchtime 100x
 func BenchmarkWriteBatch(b *testing.B) {
 	for _, size := range []int{2000, 10000} {
 		b.Run(fmt.Sprintf("spool/batch=%d", size), func(b *testing.B) {
