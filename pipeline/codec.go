@@ -63,7 +63,7 @@ func (r *Record) header(key string) ([]byte, bool) {
 // DecodeCommand parses one uploaded JSON object into a Command. Unknown
 // fields are refused so that a typo ("verison") is reported, not ignored.
 func DecodeCommand(line []byte) (Command, error) {
-	if d, ok := decodePlainCommand(line); ok {
+	if d, ok := decodePlainCommand(line, false); ok {
 		cmd := Command{ID: d.ID, Entity: d.Entity, Op: d.Op, Version: d.Version}
 		if d.Data != nil {
 			cmd.Data = make(map[string]json.RawMessage, len(d.Data))
@@ -81,9 +81,10 @@ func DecodeCommand(line []byte) (Command, error) {
 }
 
 // decodeCommandValue parses a command record's value as DecodeCommand does,
-// into a DecodedCommand.
+// into a DecodedCommand whose data are parts of value (a record's value
+// lives as long as its Message).
 func decodeCommandValue(value []byte) (DecodedCommand, error) {
-	if cmd, ok := decodePlainCommand(value); ok {
+	if cmd, ok := decodePlainCommand(value, true); ok {
 		return cmd, nil
 	}
 	var cmd DecodedCommand
@@ -106,8 +107,9 @@ func decodeCommandValue(value []byte) (DecodedCommand, error) {
 // the version an integer or absent. It reports false for anything else
 // (another spelling, a duplicate, an escape, a wrong type), which
 // decodeCommand then decodes or refuses in its own words; so it never
-// decides differently (FuzzDecodeCommand holds it to encoding/json).
-func decodePlainCommand(b []byte) (DecodedCommand, bool) {
+// decides differently (FuzzDecodeCommand holds it to encoding/json). With
+// alias the data's values are parts of b; without, of a copy.
+func decodePlainCommand(b []byte, alias bool) (DecodedCommand, bool) {
 	var cmd DecodedCommand
 	if !validJSON(b) {
 		return cmd, false
@@ -135,7 +137,10 @@ func decodePlainCommand(b []byte) (DecodedCommand, bool) {
 			cmd.Version, ok = &n, err == nil
 		case `"data"`:
 			bit = 1 << 4
-			ok = cmd.Data.UnmarshalJSON(v) == nil
+			if !alias {
+				v = bytes.Clone(v)
+			}
+			ok = cmd.Data.decode(v) == nil
 			if ok && cmd.Data == nil && v[0] == '{' {
 				cmd.Data = Fields{} // an empty object, not null: DecodeCommand's map is empty, not nil
 			}

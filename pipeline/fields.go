@@ -59,6 +59,12 @@ var errNotObject = errors.New("data is not a JSON object")
 // object given twice) keeps the last value. encoding/json hands it one
 // complete, valid value.
 func (fs *Fields) UnmarshalJSON(b []byte) error {
+	return fs.decode(bytes.Clone(b)) // encoding/json may reuse b
+}
+
+// decode is UnmarshalJSON keeping the values inside b, for a caller whose
+// b lives as long as the Fields (a record's value, which its Message keeps).
+func (fs *Fields) decode(b []byte) error {
 	if string(b) == "null" {
 		*fs = nil
 		return nil
@@ -66,7 +72,6 @@ func (fs *Fields) UnmarshalJSON(b []byte) error {
 	if len(b) == 0 || b[0] != '{' {
 		return errNotObject
 	}
-	b = bytes.Clone(b)
 	n := 0
 	for range members(b) {
 		n++

@@ -36,6 +36,17 @@ func testEntities() Entities {
 	}
 }
 
+// TestDecodeCommandCopiesData: a decoded command's data outlive the line
+// it came from, which an upload's reader reuses for the next line.
+func TestDecodeCommandCopiesData(t *testing.T) {
+	t.Parallel()
+	line := []byte(`{"id":"c-1","entity":"customers","data":{"customer_id":"cust-1"}}`)
+	cmd, err := DecodeCommand(line)
+	require.NoError(t, err)
+	clear(line)
+	require.JSONEq(t, `"cust-1"`, string(cmd.Data["customer_id"]))
+}
+
 func TestDecodeCommand(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
