@@ -228,7 +228,8 @@ func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error)
 	results = append(results, proc)
 
 	// Three processors of another group drain the backlog afresh, sharing
-	// its partitions: no faster on two cores, but no slower either.
+	// its partitions: on two cores they cannot be faster than one, and
+	// should not be slower.
 	if err := e.db.ForgetWrites(ctx, "customers"); err != nil {
 		return nil, err
 	}
