@@ -33,7 +33,7 @@ const Entity = "customers"
 
 // Command returns command i.
 func (w Workload) Command(i int) pipeline.Command {
-	r := rand.New(rand.NewPCG(w.Seed, uint64(i)))
+	r := w.rng(i)
 	if repeats(i, r) {
 		return w.Command(r.IntN(i))
 	}
@@ -56,6 +56,9 @@ func (w Workload) Command(i int) pipeline.Command {
 	}
 }
 
+// rng is command i's generator.
+func (w Workload) rng(i int) *rand.Rand { return rand.New(rand.NewPCG(w.Seed, uint64(i))) }
+
 // repeats draws from command i's generator whether it repeats an earlier
 // command.
 func repeats(i int, r *rand.Rand) bool { return i > 0 && r.Float64() < repeatShare }
@@ -65,7 +68,7 @@ func repeats(i int, r *rand.Rand) bool { return i > 0 && r.Float64() < repeatSha
 func (w Workload) Repeats() int64 {
 	var n int64
 	for i := range w.N {
-		if repeats(i, rand.New(rand.NewPCG(w.Seed, uint64(i)))) {
+		if repeats(i, w.rng(i)) {
 			n++
 		}
 	}
