@@ -34,10 +34,19 @@ const (
 
 // Column is one column of an entity's table, as read from the catalog.
 type Column struct {
-	Name    string
-	Type    string // as format_type prints it, e.g. "numeric(18,2)"
-	Kind    ColumnKind
-	NotNull bool
+	Name string
+	Type string // as format_type prints it, e.g. "numeric(18,2)"
+	// CastType is Type without its modifier ("numeric", "bpchar"): values
+	// are cast to it, and the column's modifier applies as they are
+	// stored, which refuses a value too long for character varying(n)
+	// where a cast to Type would cut it short.
+	CastType string
+	Kind     ColumnKind
+	NotNull  bool
+	// MaxChars is n of character varying(n) and character(n), 0 for
+	// other types: a longer value is refused (unless what is over is
+	// spaces, which PostgreSQL drops).
+	MaxChars int
 }
 
 // Entity is a configured target table with its catalog columns.
@@ -228,7 +237,9 @@ func (c Column) convert(dst []byte, v json.RawMessage, keep bool) (out []byte, n
 	case '"':
 		inner, plain := plainBytes(v)
 		switch {
-		case plain && !keep && (c.Kind == KindText || c.Kind == KindOther):
+		case plain && !keep && c.Kind == KindText:
+			return dst, false, c.checkLength(inner)
+		case plain && !keep && c.Kind == KindOther:
 			return dst, false, nil
 		case plain && !keep && c.Kind == KindNumeric && isDecimal(inner):
 			return dst, false, nil
@@ -253,7 +264,7 @@ func (c Column) convert(dst []byte, v json.RawMessage, keep bool) (out []byte, n
 			return dst, false, c.mismatch("a number")
 		}
 		if !keep && c.Kind != KindInteger && (c.Kind != KindNumeric || isDecimal(v)) {
-			return dst, false, nil
+			return dst, false, c.checkLength(v)
 		}
 		s = v
 	}
@@ -274,8 +285,32 @@ func (c Column) convert(dst []byte, v json.RawMessage, keep bool) (out []byte, n
 			return dst, false, c.mismatch(Quote(string(s)))
 		}
 		return strconv.AppendBool(dst, b), false, nil
+	case KindText:
+		if err := c.checkLength(s); err != nil {
+			return dst, false, err
+		}
 	}
 	return append(dst, s...), false, nil
+}
+
+// checkLength refuses a text longer than MaxChars characters, as
+// PostgreSQL does when storing it, unless only spaces are over.
+func (c Column) checkLength(s []byte) error {
+	if c.MaxChars == 0 || len(s) <= c.MaxChars {
+		return nil // no more characters than bytes
+	}
+	n, cut := 0, len(s)
+	for i := range string(s) {
+		if n == c.MaxChars {
+			cut = i
+			break
+		}
+		n++
+	}
+	if len(bytes.TrimRight(s[cut:], " ")) == 0 {
+		return nil
+	}
+	return Errorf(ClassTypeMismatch, "column %q is %s, at most %d characters; got %d", c.Name, c.Type, c.MaxChars, utf8.RuneCount(s))
 }
 
 // plainString returns the text of a JSON string that holds no escapes, no

@@ -166,6 +166,25 @@ func TestColumnValueRefusesWhatPostgreSQLRefuses(t *testing.T) {
 	}
 }
 
+// TestColumnValueRefusesOverLongText: character varying(n) and
+// character(n) take at most n characters, counted as characters, not
+// bytes; PostgreSQL drops spaces past n and refuses anything else.
+func TestColumnValueRefusesOverLongText(t *testing.T) {
+	t.Parallel()
+	c := Column{Name: "code", Type: "character varying(5)", Kind: KindText, MaxChars: 5}
+	for _, in := range []string{`"abcde"`, `"ééééé"`, `"abc  "`, `"abcde   "`, `12345`, `"a\u00e9cde"`} {
+		_, _, err := c.Value(json.RawMessage(in))
+		require.NoError(t, err, in)
+		require.NoError(t, c.check(json.RawMessage(in)), in)
+	}
+	for _, in := range []string{`"abcdef"`, `"ééééé é"`, `123456`, `"a\u00e9cdef"`, `"abcde  x"`} {
+		_, _, err := c.Value(json.RawMessage(in))
+		require.ErrorContains(t, err, `column "code" is character varying(5), at most 5 characters; got `, in)
+		require.Equal(t, ClassTypeMismatch, ClassOf(err), in)
+		require.Error(t, c.check(json.RawMessage(in)), in)
+	}
+}
+
 func TestNewRecordIsCanonical(t *testing.T) {
 	t.Parallel()
 	a, err := DecodeCommand([]byte(`{"data":{"name":"x","customer_id":"a"},"id":"c-1","entity":"customers","version":2}`))

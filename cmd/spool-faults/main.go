@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -47,7 +48,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if _, err := faults.Run(ctx, cfg); err != nil {
-		fmt.Fprintf(os.Stderr, "spool-faults (seed %d): %v\n", cfg.Seed, err)
+		// The cause comes first, the processes' logs after it; the cause
+		// is repeated last, where a CI log's tail shows it.
+		cause, _, _ := strings.Cut(err.Error(), "\n")
+		fmt.Fprintf(os.Stderr, "spool-faults (seed %d): %v\nspool-faults (seed %[1]d) failed: %s\n", cfg.Seed, err, cause)
 		os.Exit(1)
 	}
 }

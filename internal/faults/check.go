@@ -27,9 +27,12 @@ type verdict struct {
 	// with the audit, or that never finished.
 	Rows, Jobs int
 	// Abandoned are jobs no client got an answer for (their ingress died
-	// or answered 5xx), all failed as they should be.
-	Abandoned int
-	Problems  []string
+	// or answered 5xx), failed as they should be; Unanswered, jobs whose
+	// ingress finished the upload and died before its answer reached the
+	// client (which resent it under another job): complete, every
+	// accepted command with an outcome.
+	Abandoned, Unanswered int
+	Problems              []string
 }
 
 func (v *verdict) ok() bool {
@@ -210,9 +213,15 @@ func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*post
 		if answered[id] {
 			continue
 		}
-		v.Abandoned++
-		if j.State != string(pipeline.JobFailed) {
-			v.problem(&v.Jobs, "job %s, which no client got an answer for, is %s, not failed", id, j.State)
+		finished := (j.State == string(pipeline.JobCompleted) || j.State == string(pipeline.JobCompletedWithErrors)) &&
+			j.Outcomes() == j.Accepted && j.Received == j.Accepted+j.Rejected
+		switch {
+		case j.State == string(pipeline.JobFailed):
+			v.Abandoned++
+		case finished:
+			v.Unanswered++
+		default:
+			v.problem(&v.Jobs, "job %s, which no client got an answer for, is %s, neither failed nor finished: %+v", id, j.State, *j)
 		}
 	}
 	if applied != v.Writes {

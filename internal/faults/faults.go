@@ -282,8 +282,8 @@ func (r *Report) print(out io.Writer) {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", k.Kind, k.Count, k.Measured, k.Median.Round(time.Millisecond), k.Max.Round(time.Millisecond))
 	}
 	_ = tw.Flush()
-	fmt.Fprintf(out, "%d commands (%d rejected by ingress, %d poison) in %d uploads, %d resent; %d writes audited; %d jobs abandoned by a killed ingress or a 5xx, all failed\n",
-		r.Commands, r.Rejects, r.Poison, r.Uploads, r.Resent, r.Writes, r.Abandoned)
+	fmt.Fprintf(out, "%d commands (%d rejected by ingress, %d poison) in %d uploads, %d resent; %d writes audited; %d jobs abandoned by a killed ingress or a 5xx, all failed; %d finished with their answer lost to a killed ingress\n",
+		r.Commands, r.Rejects, r.Poison, r.Uploads, r.Resent, r.Writes, r.Abandoned, r.Unanswered)
 	fmt.Fprintf(out, "lost %d, doubled %d, misplaced %d, rows off the oracle %d, jobs wrong %d; run %s, drained %s after the last answer and fault\n",
 		r.Lost, r.Doubled, r.Misplaced, r.Rows, r.Jobs, r.Elapsed.Round(time.Second), r.Drain.Round(100*time.Millisecond))
 	for _, p := range r.Problems {

@@ -38,12 +38,24 @@ func LoadEntities(ctx context.Context, pool *pgxpool.Pool, specs []EntitySpec) (
 }
 
 func loadEntity(ctx context.Context, pool *pgxpool.Pool, s EntitySpec) (*pipeline.Entity, error) {
+	// A column's kind, cast type and length come from its base type: a
+	// domain's, followed down to the type it is made of, with the modifier
+	// (varchar(3)) wherever along the way it was given. An explicit cast to
+	// a domain over varchar(3) cuts like one to varchar(3).
 	rows, err := pool.Query(ctx, `
-		SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname, t.typcategory, a.attnotnull
+		SELECT a.attname, format_type(a.atttypid, a.atttypmod), format_type(b.oid, -1), t.typname, t.typcategory, a.attnotnull,
+			CASE WHEN t.typname IN ('varchar', 'bpchar') AND b.typmod > 4 THEN b.typmod - 4 ELSE 0 END
 		FROM pg_attribute a
 		JOIN pg_class c ON c.oid = a.attrelid
 		JOIN pg_namespace n ON n.oid = c.relnamespace
-		JOIN pg_type t ON t.oid = a.atttypid
+		CROSS JOIN LATERAL (
+			WITH RECURSIVE d (oid, typmod, depth) AS (
+				SELECT a.atttypid, a.atttypmod, 0
+				UNION ALL
+				SELECT t.typbasetype, CASE WHEN d.typmod = -1 THEN t.typtypmod ELSE d.typmod END, d.depth + 1
+				FROM d JOIN pg_type t ON t.oid = d.oid WHERE t.typtype = 'd')
+			SELECT oid, typmod FROM d ORDER BY depth DESC LIMIT 1) b
+		JOIN pg_type t ON t.oid = b.oid
 		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 		  AND a.attnum > 0 AND NOT a.attisdropped`, s.Schema, s.Table)
 	if err != nil {
@@ -54,7 +66,7 @@ func loadEntity(ctx context.Context, pool *pgxpool.Pool, s EntitySpec) (*pipelin
 		var c pipeline.Column
 		var typname string
 		var category byte
-		if err := rows.Scan(&c.Name, &c.Type, &typname, &category, &c.NotNull); err != nil {
+		if err := rows.Scan(&c.Name, &c.Type, &c.CastType, &typname, &category, &c.NotNull, &c.MaxChars); err != nil {
 			return nil, classify(err)
 		}
 		c.Kind = kindOf(typname, category)

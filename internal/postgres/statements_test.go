@@ -18,11 +18,11 @@ func TestStatementCacheIsBounded(t *testing.T) {
 	t.Parallel()
 	const bound = 16
 	e := &pipeline.Entity{Name: "wide", Schema: "public", Table: "wide", Key: []string{"id"},
-		Columns: map[string]pipeline.Column{"id": {Name: "id", Type: "text"}}}
+		Columns: map[string]pipeline.Column{"id": {Name: "id", Type: "text", CastType: "text"}}}
 	const width = 8 // 2^8 column sets
 	for i := range width {
 		c := fmt.Sprintf("c%d", i)
-		e.Columns[c] = pipeline.Column{Name: c, Type: "text"}
+		e.Columns[c] = pipeline.Column{Name: c, Type: "text", CastType: "text"}
 	}
 	s := newStore(nil, pipeline.Entities{e.Name: e}, "g", slog.New(slog.NewTextHandler(io.Discard, nil)), bound)
 	group := func(set int) (*pipeline.Group, []string) {

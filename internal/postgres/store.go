@@ -457,7 +457,7 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 		a := fmt.Sprintf("a%d", i)
 		aliases = append(aliases, a)
 		params = append(params, fmt.Sprintf("$%d::text[]", i+1))
-		casts = append(casts, fmt.Sprintf("u.%s::%s AS %s", a, e.Columns[c].Type, a))
+		casts = append(casts, fmt.Sprintf("u.%s::%s AS %s", a, e.Columns[c].CastType, a))
 		if i < len(e.Key) {
 			keyJoin = append(keyJoin, fmt.Sprintf("t.%s = v.%s", quoteIdent(c), a))
 			keyOrder = append(keyOrder, "v."+a)
@@ -811,7 +811,7 @@ func (s *Store) repairSQL(e *pipeline.Entity) string {
 		a := fmt.Sprintf("a%d", i)
 		aliases = append(aliases, a)
 		params = append(params, fmt.Sprintf("$%d::text[]", i+1))
-		casts = append(casts, fmt.Sprintf("u.%s::%s AS %s", a, e.Columns[k].Type, a))
+		casts = append(casts, fmt.Sprintf("u.%s::%s AS %s", a, e.Columns[k].CastType, a))
 		join = append(join, fmt.Sprintf("t.%s = v.%s", quoteIdent(k), a))
 	}
 	n := len(e.Key)

@@ -356,3 +356,60 @@ func TestClaimRacingAnotherClaimIsRetried(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []pipeline.Outcome{conflict, applied}, out, "c1 was claimed with another payload")
 }
+
+// TestWriteBatchRefusesWhatACastWouldCut: values are cast to the column's
+// type without its modifier, so that storing them applies it: a value too
+// long for character varying(n) fails the batch (and is then dead-lettered
+// on its own) instead of being cut to n characters, which would merge two
+// keys into one row. Validation refuses such values before they get here
+// (TestColumnValueRefusesOverLongText); the columns are narrowed after the
+// entity was loaded, as a migration under a running processor would.
+func TestWriteBatchRefusesWhatACastWouldCut(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	db.Exec(t, `CREATE DOMAIN short AS varchar(3); CREATE DOMAIN shorter AS short CHECK (VALUE <> 'no');
+		CREATE TABLE codes (code varchar(5) PRIMARY KEY, label char(4), flags bit(3), tag shorter, version bigint NOT NULL)`)
+	es, err := postgres.LoadEntities(context.Background(), db.Pool, []postgres.EntitySpec{
+		{Name: "codes", Schema: db.Schema, Table: "codes", Key: []string{"code"}, VersionColumn: "version"}})
+	require.NoError(t, err)
+	cols := es["codes"].Columns
+	require.Equal(t, 5, cols["code"].MaxChars)
+	require.Equal(t, "character varying", cols["code"].CastType)
+	require.Equal(t, "bpchar", cols["label"].CastType)
+	require.Equal(t, `"bit"`, cols["flags"].CastType)
+	require.Equal(t, "character varying", cols["tag"].CastType)
+	require.Equal(t, 3, cols["tag"].MaxChars)
+	require.Equal(t, pipeline.KindText, cols["tag"].Kind)
+	db.Exec(t, `ALTER TABLE codes ALTER COLUMN code TYPE varchar(3), ALTER COLUMN label TYPE char(2)`)
+	store := postgres.NewStore(db.Pool, es, "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	write := func(offset int64, line string) error {
+		cmd, err := pipeline.DecodeCommand([]byte(line))
+		require.NoError(t, err)
+		rec, err := pipeline.NewRecord(&cmd, "job-1", "tenant", offset)
+		require.NoError(t, err)
+		rec.Offset = offset
+		m := pipeline.DecodeRecord(rec, es)
+		m.Err = nil // as if validated against a wider column
+		_, err = store.WriteBatch(context.Background(), &pipeline.Batch{Topic: "t", Partition: 0,
+			PrevOffset: offset - 1, NextOffset: offset + 1, Messages: []*pipeline.Message{&m}})
+		return err
+	}
+	require.NoError(t, write(0, `{"id":"a","entity":"codes","version":1,"data":{"code":"abc","label":"x"}}`))
+	for i, tt := range []struct{ line, err string }{
+		{`{"id":"b","entity":"codes","version":2,"data":{"code":"abcd","label":"y"}}`, "value too long for type character varying(3)"},
+		{`{"id":"c","entity":"codes","version":2,"data":{"code":"abc","label":"xyz"}}`, "value too long for type character(2)"},
+		{`{"id":"d","entity":"codes","version":2,"data":{"code":"abc","flags":"1011"}}`, "bit string length 4 does not match type bit(3)"},
+	} {
+		err := write(int64(i+1), tt.line)
+		require.ErrorContains(t, err, tt.err, tt.line)
+		require.True(t, pipeline.IsPermanent(err), tt.line)
+	}
+	// A domain's own length is checked before the database sees the value.
+	_, _, err = cols["tag"].Value([]byte(`"abcd"`))
+	require.ErrorContains(t, err, `column "tag" is shorter, at most 3 characters; got 4`)
+	var label string
+	var version int64
+	require.NoError(t, db.Pool.QueryRow(context.Background(), `SELECT label, version FROM codes WHERE code = 'abc'`).Scan(&label, &version))
+	require.Equal(t, "x ", label)
+	require.Equal(t, int64(1), version, "a cut value must not overwrite the row")
+}
