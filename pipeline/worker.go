@@ -252,7 +252,7 @@ func (w *Worker) flush(ctx context.Context, n int) error {
 	if errors.Is(err, ErrFenced) {
 		// The records below the stored offset are applied; the next flush
 		// skips them and goes on from there.
-		next, lerr := w.cfg.LoadOffset(ctx)
+		next, lerr := w.loadOffset(ctx)
 		if lerr != nil {
 			return lerr
 		}
@@ -265,6 +265,25 @@ func (w *Worker) flush(ctx context.Context, n int) error {
 	}
 	w.drop(n)
 	return nil
+}
+
+// loadOffset reads the stored offset, retrying transient errors (a
+// database restarting) for as long as ctx lives: a fenced batch must not
+// stop the processor because the database was away just then.
+func (w *Worker) loadOffset(ctx context.Context) (int64, error) {
+	var next int64
+	err := backoff.Retry(func() error {
+		var err error
+		next, err = w.cfg.LoadOffset(ctx)
+		if err != nil && IsPermanent(err) {
+			return backoff.Permanent(err)
+		}
+		if err != nil && ctx.Err() == nil {
+			w.cfg.Logger.Warn("reading the stored offset after a fenced batch; retrying", "error", BoundError(err))
+		}
+		return err
+	}, backoff.WithContext(w.cfg.Backoff(), ctx))
+	return next, err
 }
 
 // drop removes the first n buffered records. The slots they leave are

@@ -154,21 +154,37 @@ func TestWorkerIsolatesPoison(t *testing.T) {
 
 // TestWorkerReloadsWhenFenced: when the stored offset moved (another
 // processor, or our own commit whose acknowledgement was lost), the worker
-// reloads it, skips the records below it and goes on.
+// reloads it, skips the records below it and goes on. Reading it while
+// the database is away is retried, never the end of the worker (and with
+// it the processor).
 func TestWorkerReloadsWhenFenced(t *testing.T) {
 	t.Parallel()
-	store := &fakeStore{next: 5} // records 0–4 were applied elsewhere
-	cfg := testWorkerConfig(store, &fakeDLQ{}, 10, time.Millisecond)
-	fenceFirstBatch(&cfg, store)
-	w := NewWorker(cfg, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- w.Run(ctx) }()
-	require.NoError(t, w.Feed(ctx, records(10, 0)))
-	waitNext(t, store, 10)
-	cancel()
-	require.NoError(t, <-done)
-	require.Equal(t, []CommandID{"c-5", "c-6", "c-7", "c-8", "c-9"}, store.applied)
+	for _, failures := range []int{0, 2} {
+		t.Run(fmt.Sprintf("%d failed reads", failures), func(t *testing.T) {
+			t.Parallel()
+			store := &fakeStore{next: 5} // records 0–4 were applied elsewhere
+			cfg := testWorkerConfig(store, &fakeDLQ{}, 10, time.Millisecond)
+			fenceFirstBatch(&cfg, store)
+			load, left := cfg.LoadOffset, failures
+			cfg.LoadOffset = func(ctx context.Context) (int64, error) {
+				if left > 0 {
+					left--
+					return 0, Errorf(ClassTransient, "the database is restarting")
+				}
+				return load(ctx)
+			}
+			w := NewWorker(cfg, 1)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error)
+			go func() { done <- w.Run(ctx) }()
+			require.NoError(t, w.Feed(ctx, records(10, 0)))
+			waitNext(t, store, 10)
+			cancel()
+			require.NoError(t, <-done)
+			require.Zero(t, left)
+			require.Equal(t, []CommandID{"c-5", "c-6", "c-7", "c-8", "c-9"}, store.applied)
+		})
+	}
 }
 
 // TestWorkerAbandonDropsTheBuffer: a lost partition's worker stops without

@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/spoolhq/spool/dlq"
+	"github.com/spoolhq/spool/internal/broker"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -258,4 +260,28 @@ func TestRateLimitHeld(t *testing.T) {
 	require.GreaterOrEqual(t, elapsed, 3*time.Second)
 	require.InEpsilon(t, limit, rate, 0.10)
 	require.Equal(t, pipeline.JobCompleted, s.wait(t, up.id).state)
+}
+
+// TestProcessorWaitsForKafka: a processor started while its broker is
+// still down (a broker restarting as a deployment rolls) waits for it with
+// backoff, as it waits for PostgreSQL, instead of exiting.
+func TestProcessorWaitsForKafka(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	s.startProcessor(t, map[string]any{"kafka.brokers": []string{addr}})
+	time.Sleep(time.Second)
+	b, err := broker.Start(broker.Config{Addr: addr})
+	require.NoError(t, err)
+	t.Cleanup(b.Close)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addr))
+	require.NoError(t, err)
+	defer cl.Close()
+	require.Eventually(t, func() bool {
+		topics, err := kadm.NewClient(cl).ListTopics(context.Background())
+		return err == nil && topics.Has("spool.commands") && topics.Has("spool.commands.dlq")
+	}, 15*time.Second, 100*time.Millisecond, "the processor never created its topics on the late broker")
 }

@@ -68,7 +68,7 @@ func (in *Ingress) run(ctx context.Context) error {
 	}
 	defer pool.Close()
 	m := metrics.New(metrics.NewRegistry())
-	if err := ensureTopics(ctx, c); err != nil {
+	if err := ensureTopics(ctx, c, in.logger); err != nil {
 		return err
 	}
 	limit := recordLimit(ctx, c, c.Kafka.Topic, in.logger)

@@ -61,7 +61,7 @@ func (p *Processor) run(ctx context.Context) error {
 	}
 	defer pool.Close()
 	store := postgres.NewStore(pool, entities, c.Kafka.Group, p.logger)
-	if err := ensureTopics(ctx, c); err != nil {
+	if err := ensureTopics(ctx, c, p.logger); err != nil {
 		return err
 	}
 	m := metrics.New(metrics.NewRegistry())
