@@ -10,7 +10,7 @@ import (
 )
 
 // ResendFor bounds how long Resend keeps sending an upload. It outlasts an
-// ingress that died mid-upload: its restart, and the lease (30 s) after
+// ingress that died mid-upload: its restart, and the lease (10 s) after
 // which the upload's Idempotency-Key may be taken over.
 const ResendFor = 3 * time.Minute
 

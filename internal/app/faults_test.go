@@ -285,3 +285,25 @@ func TestProcessorWaitsForKafka(t *testing.T) {
 		return err == nil && topics.Has("spool.commands") && topics.Has("spool.commands.dlq")
 	}, 15*time.Second, 100*time.Millisecond, "the processor never created its topics on the late broker")
 }
+
+// TestCleanStopHandsOverAtOnce: a processor stopped cleanly (a rolling
+// deployment's SIGTERM) flushes, leaves the group and its partitions move
+// to the one left at once, not after the session timeout (30 s here):
+// commands uploaded right after the stop are applied within seconds.
+func TestCleanStopHandsOverAtOnce(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, map[string]any{"processor.session_timeout": "30s"})
+	s.startProcessor(t, nil)
+	stopSecond := s.startProcessor(t, nil)
+	warm := newWorkload(5, 400, 400, 0, 1)
+	warm.check(t, s, warm.run(t, s)) // both own partitions and have written
+	stopSecond()
+	stopped := time.Now()
+	w := newWorkload(6, 400, 400, 0, 1)
+	jobs := w.run(t, s)
+	for _, id := range jobs {
+		s.wait(t, id)
+	}
+	require.Less(t, time.Since(stopped), 15*time.Second,
+		"the stopped processor's partitions waited for its session to time out")
+}

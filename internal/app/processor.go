@@ -91,7 +91,8 @@ func (p *Processor) run(ctx context.Context) error {
 		FetchMaxBytes: c.Processor.FetchMaxBytes, FetchMaxPartitionBytes: c.Processor.FetchMaxPartitionBytes,
 		// A rebalance waits for revoked partitions' last flushes.
 		SessionTimeout: c.Processor.SessionTimeout, RebalanceTimeout: c.Processor.FlushTimeout + 30*time.Second,
-		Offsets: store, Hooks: []any{m.KafkaHooks("consumer")}, Logger: p.logger,
+		Protocol: c.Kafka.GroupProtocol,
+		Offsets:  store, Hooks: []any{m.KafkaHooks("consumer")}, Logger: p.logger,
 		NewWorker: func(partition int32, next int64, committed func(int64)) *pipeline.Worker {
 			return pipeline.NewWorker(pipeline.WorkerConfig{
 				Topic: c.Kafka.Topic, Partition: partition, NextOffset: next,

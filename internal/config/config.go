@@ -51,6 +51,7 @@ type Kafka struct {
 	ReplicationFactor int      `mapstructure:"replication_factor"`
 	MaxMessageBytes   int      `mapstructure:"max_message_bytes"`
 	Group             string   `mapstructure:"group"`
+	GroupProtocol     string   `mapstructure:"group_protocol"`
 }
 
 // TopicMaxMessageBytes is the max.message.bytes spool gives the topics it
@@ -350,6 +351,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.Group == "" {
 		bad("kafka.group", "must be set")
+	}
+	if c.Kafka.GroupProtocol != "consumer" && c.Kafka.GroupProtocol != "classic" {
+		bad("kafka.group_protocol", "must be consumer or classic, got %q", c.Kafka.GroupProtocol)
 	}
 	if c.Kafka.MaxMessageBytes != 0 && (c.Kafka.MaxMessageBytes < 16<<10 || c.Kafka.MaxMessageBytes > 32<<20) {
 		bad("kafka.max_message_bytes", "must be 0 (derived) or between 16 KiB and 32 MiB, got %d", c.Kafka.MaxMessageBytes)

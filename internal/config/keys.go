@@ -21,6 +21,7 @@ var Keys = []Key{
 	{"kafka.replication_factor", -1, "replication factor when spool creates its topics (-1: broker default)"},
 	{"kafka.max_message_bytes", 0, "max.message.bytes spool gives its topics when it creates them (0: ingress.max_record_bytes + 64 KiB, room for a record of that size with its headers and a dead letter of it)"},
 	{"kafka.group", "spool-processor", "consumer group of the processors"},
+	{"kafka.group_protocol", "consumer", "consumer: KIP-848, the brokers assign partitions and a member joins or leaves without stopping the others (Kafka 4.0+; older brokers get classic); classic: the client-side cooperative rebalance"},
 	{"http.addr", ":8080", "ingress listen address"},
 	{"metrics.addr", ":9090", "processor metrics and health listen address"},
 	{"metrics.pprof", false, "serve Go's /debug/pprof/ on the metrics listeners (metrics.addr, ingress.metrics_addr), never on the API port, for profiling"},

@@ -21,8 +21,8 @@ type IdempotencyStore interface {
 }
 
 // heartbeatEvery keeps an upload's lease (its idempotency key's, its
-// job's: postgres.UploadLease, 30 s) alive while it streams.
-const heartbeatEvery = 10 * time.Second
+// job's: postgres.UploadLease, 10 s) alive while it streams.
+const heartbeatEvery = 2 * time.Second
 
 // idempotencyKey reads the header. The draft makes it a structured-field
 // string ("…"); the bare form most clients send is accepted too.

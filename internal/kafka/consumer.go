@@ -29,7 +29,10 @@ type ConsumerConfig struct {
 	// heartbeating; RebalanceTimeout how long a rebalance waits for members
 	// to rejoin, which includes flushing revoked partitions.
 	SessionTimeout, RebalanceTimeout time.Duration
-	Offsets                          OffsetStore
+	// Protocol is the group protocol: "consumer" (KIP-848, where the
+	// brokers support it) or "classic".
+	Protocol string
+	Offsets  OffsetStore
 	// NewWorker builds the worker of a newly assigned partition, starting
 	// at next (the stored offset, or -1). committed must be wired to the
 	// worker's WorkerConfig.Committed.
@@ -85,7 +88,13 @@ type running struct {
 // NewConsumer connects a group member; Run starts consuming.
 func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	c := &Consumer{cfg: cfg, workers: make(map[int32]*running), offsets: make(map[int32]int64)}
-	cl, err := kgo.NewClient(
+	var protocol []kgo.Opt
+	if cfg.Protocol == ProtocolConsumer {
+		// The cooperative-sticky balancer is what franz-go asks for under
+		// KIP-848, and what it falls back to on brokers without it.
+		protocol = []kgo.Opt{kgo.Balancers(kgo.CooperativeStickyBalancer()), kgo.ServerSideBalancer()}
+	}
+	cl, err := kgo.NewClient(append(protocol,
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.SessionTimeout(cfg.SessionTimeout),
@@ -109,7 +118,7 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 		kgo.OnPartitionsLost(c.lost),
 		kgo.WithLogger(slogLogger{cfg.Logger}),
 		kgo.WithHooks(hooks(cfg.Hooks)...),
-	)
+	)...)
 	if err != nil {
 		return nil, fmt.Errorf("creating kafka consumer: %w", err)
 	}
@@ -121,6 +130,9 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 // (each flushes what it holds) and leaves the group.
 func (c *Consumer) Run(ctx context.Context) error {
 	defer c.close()
+	if c.cfg.Protocol == ProtocolConsumer {
+		c.configureGroup(ctx)
+	}
 	pollCtx, stopPoll := context.WithCancel(ctx)
 	defer stopPoll()
 	c.failMu.Lock()

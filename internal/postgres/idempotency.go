@@ -15,7 +15,12 @@ import (
 // job) may go without a heartbeat from its ingress before it counts as
 // abandoned: its ingress died. Another request may then take the key over,
 // and the job is marked failed.
-const UploadLease = 30 * time.Second
+//
+// Ten seconds is five missed heartbeats (httpapi's, every 2 s): a client
+// resending after its ingress died waits that long for the key, not half
+// a minute, while a live upload keeps its key through a database away for
+// several seconds.
+const UploadLease = 10 * time.Second
 
 // ClaimIdempotencyKey claims a tenant's key for a new request. It returns
 // owned when this request should run (the key was new, expired past window,

@@ -181,7 +181,7 @@ func TestAbandonJobs(t *testing.T) {
 	}
 	require.NoError(t, b.store.ProgressJob(ctx, "dead", pipeline.UploadResult{Received: 7, Accepted: 6, Rejected: 1}))
 	require.NoError(t, b.store.FinishUpload(ctx, "done", pipeline.UploadResult{}))
-	b.db.Exec(t, `UPDATE spool_jobs SET updated_at = now() - interval '31 seconds'`)
+	b.db.Exec(t, `UPDATE spool_jobs SET updated_at = now() - interval '11 seconds'`)
 	require.NoError(t, b.store.ProgressJob(ctx, "alive", pipeline.UploadResult{Received: 1, Accepted: 1}))
 	require.NoError(t, b.store.ProgressJob(ctx, "done", pipeline.UploadResult{Received: 9}), "a finished job's progress is ignored")
 

@@ -1,0 +1,76 @@
+package kafka
+
+import (
+	"context"
+	"slices"
+	"strconv"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// The group protocols a Consumer speaks (kafka.group_protocol).
+const (
+	// ProtocolConsumer is KIP-848's: the group coordinator assigns
+	// partitions and each member reconciles on its own heartbeats, so a
+	// member joining, leaving or dying never stops the others' fetching.
+	ProtocolConsumer = "consumer"
+	// ProtocolClassic is the JoinGroup/SyncGroup protocol with the
+	// cooperative-sticky balancer: every rebalance waits for every member
+	// to rejoin.
+	ProtocolClassic = "classic"
+)
+
+// configureGroup prepares a KIP-848 group. It reports whether the brokers
+// speak KIP-848 (franz-go falls back to the classic protocol when they do
+// not), and sets the group's session timeout and heartbeat interval, which
+// under KIP-848 are the group's configs (consumer.session.timeout.ms,
+// consumer.heartbeat.interval.ms) rather than each member's. A refusal
+// (a broker minimum above the timeout, no ALTER_CONFIGS permission) is
+// logged: the brokers' defaults then apply.
+func (c *Consumer) configureGroup(ctx context.Context) {
+	log := c.cfg.Logger.With("group", c.cfg.Group)
+	versions, err := kmsg.NewPtrApiVersionsRequest().RequestWith(ctx, c.cl)
+	if err == nil {
+		err = kerr.ErrorForCode(versions.ErrorCode)
+	}
+	if err != nil {
+		log.Warn("asking the brokers which group protocols they speak", "error", err)
+		return
+	}
+	heartbeat := slices.IndexFunc(versions.ApiKeys, func(k kmsg.ApiVersionsResponseApiKey) bool {
+		return k.ApiKey == int16(kmsg.ConsumerGroupHeartbeat) && k.MaxVersion >= 1
+	})
+	if heartbeat < 0 {
+		log.Info("the brokers do not speak KIP-848 (Kafka 4.0+); the group uses the classic protocol")
+		return
+	}
+	req := kmsg.NewPtrIncrementalAlterConfigsRequest()
+	res := kmsg.NewIncrementalAlterConfigsRequestResource()
+	res.ResourceType = kmsg.ConfigResourceTypeGroupConfig
+	res.ResourceName = c.cfg.Group
+	for name, value := range map[string]int64{
+		"consumer.session.timeout.ms":    c.cfg.SessionTimeout.Milliseconds(),
+		"consumer.heartbeat.interval.ms": heartbeatInterval.Milliseconds(),
+	} {
+		cfg := kmsg.NewIncrementalAlterConfigsRequestResourceConfig()
+		cfg.Name, cfg.Op = name, kmsg.IncrementalAlterConfigOpSet
+		v := strconv.FormatInt(value, 10)
+		cfg.Value = &v
+		res.Configs = append(res.Configs, cfg)
+	}
+	req.Resources = append(req.Resources, res)
+	resp, err := req.RequestWith(ctx, c.cl)
+	if err == nil && len(resp.Resources) > 0 {
+		err = kerr.ErrorForCode(resp.Resources[0].ErrorCode)
+		if err != nil && resp.Resources[0].ErrorMessage != nil {
+			log = log.With("broker_says", *resp.Resources[0].ErrorMessage)
+		}
+	}
+	if err != nil {
+		log.Warn("setting the group's session timeout; a crashed processor's partitions move after the brokers' group.consumer.session.timeout.ms instead",
+			"session_timeout", c.cfg.SessionTimeout, "error", err)
+		return
+	}
+	log.Info("group protocol: consumer (KIP-848)", "session_timeout", c.cfg.SessionTimeout, "heartbeat", heartbeatInterval)
+}
