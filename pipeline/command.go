@@ -209,7 +209,10 @@ type UploadResult struct {
 // IdempotentRecord is what an Idempotency-Key remembers of its first
 // request: the body's fingerprint and the answer, or that it is in flight.
 type IdempotentRecord struct {
-	InFlight    bool
+	InFlight bool
+	// LeaseLeft is how long an in-flight key's owner still holds it
+	// without another heartbeat: when a retry may take it over.
+	LeaseLeft   time.Duration
 	Fingerprint []byte
 	Status      int
 	Location    string

@@ -32,7 +32,8 @@ func Resendable(err error) bool {
 // Resend calls send, a whole upload under one Idempotency-Key, until it
 // succeeds, fails for good (Resendable says no), ctx ends or ResendFor has
 // passed, waiting between attempts 1 s, 2 s, 4 s … up to 15 s, or the
-// server's Retry-After when longer. The key makes every resend safe: the
+// server's Retry-After when longer; a 409's Retry-After (when the key's
+// lease runs out) is followed as it is. The key makes every resend safe: the
 // server replays the answer of an upload that did go through. notify, when
 // set, hears of each failed attempt before its wait.
 func Resend(ctx context.Context, send func(context.Context) (*httpapi.UploadView, error), notify func(attempt int, err error, wait time.Duration)) (*httpapi.UploadView, error) {
@@ -44,7 +45,10 @@ func Resend(ctx context.Context, send func(context.Context) (*httpapi.UploadView
 		}
 		wait := min(time.Duration(1<<(attempt-1))*time.Second, 15*time.Second)
 		var apiErr *Error
-		if errors.As(err, &apiErr) && apiErr.RetryAfter > wait {
+		switch {
+		case errors.As(err, &apiErr) && apiErr.Status == http.StatusConflict && apiErr.RetryAfter > 0:
+			wait = apiErr.RetryAfter // when the key's lease runs out: the server knows
+		case errors.As(err, &apiErr) && apiErr.RetryAfter > wait:
 			wait = apiErr.RetryAfter
 		}
 		if time.Now().Add(wait).After(deadline) {

@@ -56,3 +56,31 @@ func TestResend(t *testing.T) {
 	require.EqualValues(t, 3, calls.Load(), "a 422 is not sent again")
 	require.True(t, apiclient.Resendable(errors.New("connection reset by peer")))
 }
+
+// TestResendFollowsAConflictsRetryAfter: a 409 says when the key's lease
+// runs out, and the resend comes then, sooner than its own backoff would.
+func TestResendFollowsAConflictsRetryAfter(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		switch calls.Add(1) {
+		case 1:
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case 2:
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusConflict)
+		default:
+			w.WriteHeader(http.StatusAccepted)
+			_, _ = io.WriteString(w, `{"job_id":"j-1","accepted":1}`)
+		}
+	}))
+	defer srv.Close()
+	c := &apiclient.Client{Server: srv.URL}
+	var waits []time.Duration
+	_, err := apiclient.Resend(context.Background(), func(ctx context.Context) (*httpapi.UploadView, error) {
+		return c.Upload(ctx, strings.NewReader("{}\n"), apiclient.UploadOptions{ContentType: "application/x-ndjson", IdempotencyKey: "k-1"})
+	}, func(_ int, _ error, wait time.Duration) { waits = append(waits, wait) })
+	require.NoError(t, err)
+	require.Equal(t, []time.Duration{time.Second, time.Second}, waits, "the second wait is the 409's, not the backoff's 2 s")
+}

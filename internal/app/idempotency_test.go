@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ type answer struct {
 	status   int
 	replayed string
 	location string
+	retry    string // Retry-After
 	body     map[string]any
 }
 
@@ -32,7 +34,8 @@ func (s *stack) postKeyed(t *testing.T, key, body string) answer {
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	a := answer{status: resp.StatusCode, replayed: resp.Header.Get("Idempotent-Replayed"), location: resp.Header.Get("Location")}
+	a := answer{status: resp.StatusCode, replayed: resp.Header.Get("Idempotent-Replayed"), location: resp.Header.Get("Location"),
+		retry: resp.Header.Get("Retry-After")}
 	_ = json.Unmarshal(raw, &a.body)
 	return a
 }
@@ -92,6 +95,10 @@ func TestIdempotencyKeyConcurrent(t *testing.T) {
 		case http.StatusAccepted:
 			jobs[a.body["job_id"]] = true
 		case http.StatusConflict:
+			// Retry when the owner's lease would run out (postgres.UploadLease, 10 s).
+			secs, err := strconv.Atoi(a.retry)
+			require.NoError(t, err, "a 409 says when to retry")
+			require.True(t, secs >= 1 && secs <= 11, a.retry)
 		default:
 			t.Fatalf("unexpected answer %d %v", a.status, a.body)
 		}

@@ -6,6 +6,7 @@ import (
 	"hash"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -49,6 +50,9 @@ func idempotencyKey(r *http.Request) (string, bool) {
 // one runs; once done, 422 if this body differs, else the first answer.
 func (s *Server) replay(w http.ResponseWriter, body io.Reader, fingerprint hash.Hash, rec *pipeline.IdempotentRecord) {
 	if rec.InFlight {
+		// Retry once the owner's lease has run out: if it died, the retry
+		// takes the key over; if it lives, the retry meets its answer.
+		w.Header().Set("Retry-After", strconv.Itoa(int(rec.LeaseLeft.Seconds())+1))
 		writeProblem(w, http.StatusConflict, "a request with this Idempotency-Key is still in progress; retry later")
 		return
 	}

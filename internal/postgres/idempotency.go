@@ -55,8 +55,11 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, tenant, key string, win
 		var state string
 		var status *int32
 		var location *string
-		err = tx.QueryRow(ctx, `SELECT state, fingerprint, status, location, body FROM spool_idempotency_keys
-			WHERE tenant = $1 AND key = $2`, tenant, key).Scan(&state, &r.Fingerprint, &status, &location, &r.Body)
+		var leaseLeftMs float64
+		err = tx.QueryRow(ctx, `SELECT state, fingerprint, status, location, body,
+				greatest(extract(epoch FROM updated_at + $3::interval - now()) * 1000, 0)
+			FROM spool_idempotency_keys
+			WHERE tenant = $1 AND key = $2`, tenant, key, UploadLease).Scan(&state, &r.Fingerprint, &status, &location, &r.Body, &leaseLeftMs)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return pipeline.Errorf(pipeline.ClassTransient, "idempotency key %q vanished while claiming it", key)
 		}
@@ -64,6 +67,7 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, tenant, key string, win
 			return err
 		}
 		r.InFlight = state == "in_flight"
+		r.LeaseLeft = time.Duration(leaseLeftMs) * time.Millisecond
 		if status != nil {
 			r.Status = int(*status)
 		}
