@@ -57,6 +57,12 @@ type Entity struct {
 	Key           []string
 	VersionColumn string
 	Columns       map[string]Column
+	// KeysRoundTrip is set when every key column prints a stored value as
+	// exactly the text it was written as, and equal keys have equal texts:
+	// text or varchar under a deterministic collation, and integers (whose
+	// text Column.AppendValue makes canonical). A store can then tell the
+	// rows a statement wrote by the keys it returns.
+	KeysRoundTrip bool
 }
 
 // Versioned reports whether the entity guards writes by version.

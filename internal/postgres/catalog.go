@@ -44,7 +44,8 @@ func loadEntity(ctx context.Context, pool *pgxpool.Pool, s EntitySpec) (*pipelin
 	// a domain over varchar(3) cuts like one to varchar(3).
 	rows, err := pool.Query(ctx, `
 		SELECT a.attname, format_type(a.atttypid, a.atttypmod), format_type(b.oid, -1), t.typname, t.typcategory, a.attnotnull,
-			CASE WHEN t.typname IN ('varchar', 'bpchar') AND b.typmod > 4 THEN b.typmod - 4 ELSE 0 END
+			CASE WHEN t.typname IN ('varchar', 'bpchar') AND b.typmod > 4 THEN b.typmod - 4 ELSE 0 END,
+			coalesce((SELECT co.collisdeterministic FROM pg_collation co WHERE co.oid = a.attcollation), true)
 		FROM pg_attribute a
 		JOIN pg_class c ON c.oid = a.attrelid
 		JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -62,15 +63,18 @@ func loadEntity(ctx context.Context, pool *pgxpool.Pool, s EntitySpec) (*pipelin
 		return nil, classify(fmt.Errorf("reading columns of %s.%s: %w", s.Schema, s.Table, err))
 	}
 	cols := make(map[string]pipeline.Column)
+	roundTrips := map[string]bool{} // a column's values print back as written
 	for rows.Next() {
 		var c pipeline.Column
 		var typname string
 		var category byte
-		if err := rows.Scan(&c.Name, &c.Type, &c.CastType, &typname, &category, &c.NotNull, &c.MaxChars); err != nil {
+		var deterministic bool
+		if err := rows.Scan(&c.Name, &c.Type, &c.CastType, &typname, &category, &c.NotNull, &c.MaxChars, &deterministic); err != nil {
 			return nil, classify(err)
 		}
 		c.Kind = kindOf(typname, category)
 		cols[c.Name] = c
+		roundTrips[c.Name] = c.Kind == pipeline.KindInteger || (deterministic && (typname == "text" || typname == "varchar"))
 	}
 	if err := rows.Err(); err != nil {
 		return nil, classify(fmt.Errorf("reading columns of %s.%s: %w", s.Schema, s.Table, err))
@@ -95,39 +99,57 @@ func loadEntity(ctx context.Context, pool *pgxpool.Pool, s EntitySpec) (*pipelin
 			return nil, fmt.Errorf("version column %q cannot be a key column", s.VersionColumn)
 		}
 	}
-	if err := checkUniqueKey(ctx, pool, s); err != nil {
+	deterministic, err := checkUniqueKey(ctx, pool, s)
+	if err != nil {
 		return nil, err
 	}
-	return &pipeline.Entity{
+	e := &pipeline.Entity{
 		Name: s.Name, Schema: s.Schema, Table: s.Table,
 		Key: s.Key, VersionColumn: s.VersionColumn, Columns: cols,
-	}, nil
+		KeysRoundTrip: deterministic,
+	}
+	for _, k := range s.Key {
+		e.KeysRoundTrip = e.KeysRoundTrip && roundTrips[k]
+	}
+	return e, nil
 }
 
-func checkUniqueKey(ctx context.Context, pool *pgxpool.Pool, s EntitySpec) error {
+// checkUniqueKey finds the unique indexes on exactly the key columns, which
+// ON CONFLICT (key) infers as its arbiters; deterministic reports whether
+// all of them compare the key bytewise-equal (no nondeterministic
+// collation).
+func checkUniqueKey(ctx context.Context, pool *pgxpool.Pool, s EntitySpec) (deterministic bool, err error) {
 	rows, err := pool.Query(ctx, `
-		SELECT array_agg(a.attname ORDER BY a.attname)
+		SELECT array_agg(a.attname ORDER BY a.attname),
+			bool_and(coalesce(co.collisdeterministic, true))
 		FROM pg_index i
 		JOIN pg_class c ON c.oid = i.indrelid
 		JOIN pg_namespace n ON n.oid = c.relnamespace
 		JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
+		LEFT JOIN pg_collation co ON co.oid = i.indcollation[array_position(i.indkey::int2[], a.attnum) - 1]
 		WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
 		GROUP BY i.indexrelid`, s.Schema, s.Table)
 	if err != nil {
-		return classify(fmt.Errorf("reading unique indexes of %s.%s: %w", s.Schema, s.Table, err))
-	}
-	sets, err := pgx.CollectRows(rows, pgx.RowTo[[]string])
-	if err != nil {
-		return classify(fmt.Errorf("reading unique indexes of %s.%s: %w", s.Schema, s.Table, err))
+		return false, classify(fmt.Errorf("reading unique indexes of %s.%s: %w", s.Schema, s.Table, err))
 	}
 	want := slices.Clone(s.Key)
 	slices.Sort(want)
-	for _, set := range sets {
+	found, deterministic := false, true
+	var set []string
+	var det bool
+	_, err = pgx.ForEachRow(rows, []any{&set, &det}, func() error {
 		if slices.Equal(set, want) {
-			return nil
+			found, deterministic = true, deterministic && det
 		}
+		return nil
+	})
+	if err != nil {
+		return false, classify(fmt.Errorf("reading unique indexes of %s.%s: %w", s.Schema, s.Table, err))
 	}
-	return fmt.Errorf("no primary key or unique index on (%s) in %s.%s: upserts need one", strings.Join(s.Key, ", "), s.Schema, s.Table)
+	if !found {
+		return false, fmt.Errorf("no primary key or unique index on (%s) in %s.%s: upserts need one", strings.Join(s.Key, ", "), s.Schema, s.Table)
+	}
+	return deterministic, nil
 }
 
 func kindOf(typname string, category byte) pipeline.ColumnKind {

@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -417,14 +418,20 @@ func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, stale func(*pipeline
 		args = append(args, vers, e.QualifiedName())
 	}
 	q.Queue(s.groupSQL(g, cols), args...).Query(func(rows pgx.Rows) error {
-		// The statement lists the ordinals of the rows it wrote (upsert)
-		// or found stale (delete), for versioned entities.
+		// The statement lists the rows it wrote (upsert) or found stale
+		// (delete), for versioned entities: by their keys where they round
+		// trip, else by their ordinals.
 		listed := make([]bool, len(g.Messages))
-		var ord int64
-		_, err := pgx.ForEachRow(rows, []any{&ord}, func() error {
-			listed[ord-1] = true
-			return nil
-		})
+		var err error
+		if e.Versioned() && g.Op == pipeline.OpUpsert && e.KeysRoundTrip {
+			err = matchWritten(rows, written.cols, listed)
+		} else {
+			var ord int64
+			_, err = pgx.ForEachRow(rows, []any{&ord}, func() error {
+				listed[ord-1] = true
+				return nil
+			})
+		}
 		if err != nil {
 			return classify(fmt.Errorf("%s %d rows of %s: %w", gerund(g.Op), len(g.Messages), e.Name, err))
 		}
@@ -438,6 +445,48 @@ func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, stale func(*pipeline
 		return nil
 	})
 	return written, nil
+}
+
+// matchWritten marks in listed the group's rows whose keys the statement
+// returned: each key column's text, as cols holds them.
+func matchWritten(rows pgx.Rows, cols []texts, listed []bool) error {
+	index := make(map[string]int, len(listed))
+	var buf []byte
+	keyOf := func(i int) string {
+		if len(cols) == 1 {
+			return *cols[0][i]
+		}
+		buf = buf[:0]
+		for _, c := range cols {
+			buf = append(append(buf, *c[i]...), 0)
+		}
+		return string(buf)
+	}
+	for i := range listed {
+		index[keyOf(i)] = i
+	}
+	defer rows.Close()
+	for rows.Next() {
+		raw := rows.RawValues()
+		var i int
+		var ok bool
+		if len(raw) == 1 {
+			i, ok = index[string(raw[0])]
+		} else {
+			buf = buf[:0]
+			for _, v := range raw {
+				buf = append(append(buf, v...), 0)
+			}
+			i, ok = index[string(buf)]
+		}
+		if !ok {
+			// The catalog said these keys print back as written; if one
+			// does not, the outcomes cannot be told: never guess.
+			return pipeline.Errorf(pipeline.ClassInternal, "the upsert returned key %s, which the batch did not send", pipeline.Quote(string(bytes.Join(raw, []byte{0}))))
+		}
+		listed[i] = true
+	}
+	return rows.Err()
 }
 
 // groupSQL builds (once per shape) the statement for a group. Values travel
@@ -530,6 +579,16 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 			strings.Join(keyOrder, ", "), keyCols, onConflict)
 		if !e.Versioned() {
 			sql = fmt.Sprintf(`WITH v AS (%s) %s`, input, insert)
+			break
+		}
+		if e.KeysRoundTrip {
+			// The written rows' keys, matched to the group's in Go
+			// (matchWritten): the input is read once, not kept for a join.
+			var ret []string
+			for _, k := range e.Key {
+				ret = append(ret, fmt.Sprintf("t.%s::text", quoteIdent(k)))
+			}
+			sql = fmt.Sprintf(`WITH v AS (%s) %s RETURNING %s`, input, insert, strings.Join(ret, ", "))
 			break
 		}
 		var retJoin []string

@@ -413,3 +413,53 @@ func TestWriteBatchRefusesWhatACastWouldCut(t *testing.T) {
 	require.Equal(t, "x ", label)
 	require.Equal(t, int64(1), version, "a cut value must not overwrite the row")
 }
+
+// TestStaleToldWhateverTheKey: an upsert tells the rows it wrote from the
+// stale ones by the keys it returns where keys print back as written (text,
+// varchar, integers), and by joining on its input where they may not
+// (char(n) pads; a nondeterministic collation calls 'Ab' and 'aB' one key).
+// Each key is spelled another way in the second batch.
+func TestStaleToldWhateverTheKey(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	db.Exec(t, `CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+		CREATE TABLE k_text (k text PRIMARY KEY, v text, version bigint NOT NULL);
+		CREATE TABLE k_int (k int PRIMARY KEY, v text, version bigint NOT NULL);
+		CREATE TABLE k_comp (region varchar(10), n bigint, v text, version bigint NOT NULL, PRIMARY KEY (region, n));
+		CREATE TABLE k_char (k char(4) PRIMARY KEY, v text, version bigint NOT NULL);
+		CREATE TABLE k_ci (k text COLLATE ci PRIMARY KEY, v text, version bigint NOT NULL)`)
+	for _, tt := range []struct {
+		table     string
+		key       []string
+		roundTrip bool
+		a1, a2, b string // key data: a as first spelled, a respelled, another key
+	}{
+		{"k_text", []string{"k"}, true, `"k":"a"`, `"k":"a"`, `"k":"b"`},
+		{"k_int", []string{"k"}, true, `"k":7`, `"k":"007"`, `"k":8`},
+		{"k_comp", []string{"region", "n"}, true, `"region":"eu","n":1`, `"region":"eu","n":"+1"`, `"region":"eu","n":2`},
+		{"k_char", []string{"k"}, false, `"k":"ab"`, `"k":"ab  "`, `"k":"b"`},
+		{"k_ci", []string{"k"}, false, `"k":"Ab"`, `"k":"aB"`, `"k":"b"`},
+	} {
+		t.Run(tt.table, func(t *testing.T) {
+			es, err := postgres.LoadEntities(context.Background(), db.Pool, []postgres.EntitySpec{
+				{Name: tt.table, Schema: db.Schema, Table: tt.table, Key: tt.key, VersionColumn: "version"}})
+			require.NoError(t, err)
+			require.Equal(t, tt.roundTrip, es[tt.table].KeysRoundTrip)
+			b := &testBundle{db: db, es: es, next: map[int32]int64{},
+				store: postgres.NewStore(db.Pool, es, "g-"+tt.table, slog.New(slog.NewTextHandler(io.Discard, nil)))}
+			cmd := func(id, key string, version int) string {
+				return fmt.Sprintf(`{"id":"%s-%s","entity":%q,"version":%d,"data":{%s,"v":"%s@%d"}}`, tt.table, id, tt.table, version, key, id, version)
+			}
+			out, err := b.write(t, 0, cmd("c1", tt.a1, 2), cmd("c2", tt.b, 1))
+			require.NoError(t, err)
+			require.Equal(t, []pipeline.Outcome{applied, applied}, out)
+			out, err = b.write(t, 0, cmd("c3", tt.a2, 1), cmd("c4", tt.b, 3), cmd("c5", tt.a2, 2))
+			require.NoError(t, err)
+			require.Equal(t, []pipeline.Outcome{stale, applied}, []pipeline.Outcome{out[0], out[1]})
+			require.Equal(t, stale, out[2], "the same version as the row's is stale")
+			var rows int
+			require.NoError(t, db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM `+tt.table).Scan(&rows))
+			require.Equal(t, 2, rows)
+		})
+	}
+}
