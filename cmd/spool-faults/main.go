@@ -37,6 +37,7 @@ func main() {
 	flag.IntVar(&cfg.BrokerKills, "broker-kills", 5, "broker SIGKILLs (and restarts on the same data)")
 	verbose := flag.Bool("v", false, "log each fault and each resend as it happens, and the processes at level info")
 	flag.BoolVar(&cfg.Keep, "keep", false, "keep the run's directory (broker data, process logs)")
+	flag.DurationVar(&cfg.MaxStall, "max-stall", 30*time.Second, "fail the run when the processors commit nothing for longer while records wait (0: no bound)")
 	flag.Parse()
 	if *verbose {
 		cfg.Log = os.Stderr

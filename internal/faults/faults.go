@@ -44,6 +44,9 @@ type Config struct {
 	// Keep leaves the run's directory (the broker's data, every process's
 	// log) in place, for a look after a failed run.
 	Keep bool
+	// MaxStall fails a run whose processors committed nothing for longer
+	// while records waited (0: no bound).
+	MaxStall time.Duration
 }
 
 // Report is a run's outcome.
@@ -54,6 +57,9 @@ type Report struct {
 	// Elapsed is the whole run; Drain, from the last answer and the last
 	// fault until every record was processed and every job finished.
 	Elapsed, Drain time.Duration
+	// Stall is the longest stretch in which records waited and the
+	// processors committed none; StallAt, when it began.
+	Stall, StallAt time.Duration
 }
 
 // Run runs the stack, the clients and the faults, then checks. It fails
@@ -106,6 +112,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		measuring: measuring, gap: max(300*time.Millisecond, planned/time.Duration(len(kinds)+1))}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	stalls := &stallWatch{audit: audit, brokers: []string{s.brokerAddr}, start: start}
+	go stalls.run(measuring)
 	injected := make(chan error, 1)
 	go func() { injected <- in.run(runCtx, kinds) }()
 	answers, upErr := cl.run(runCtx)
@@ -124,6 +132,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	stopMeasuring()
 	in.wg.Wait()
 	rep := &Report{Faults: in.summary(), Uploads: len(answers), Elapsed: time.Since(start), Drain: time.Since(quiet)}
+	rep.Stall, rep.StallAt = stalls.result()
 	for _, a := range answers {
 		rep.Resent += a.Attempts - 1
 	}
@@ -133,6 +142,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep.print(cfg.Out)
 	if !rep.ok() {
 		return rep, errors.New("invariants broken (see above)")
+	}
+	if cfg.MaxStall > 0 && rep.Stall > cfg.MaxStall {
+		return rep, fmt.Errorf("the processors committed nothing for %s while records waited (from %s into the run), over -max-stall %s",
+			rep.Stall.Round(100*time.Millisecond), rep.StallAt.Round(100*time.Millisecond), cfg.MaxStall)
 	}
 	if err := selfCheck(ctx, audit, []string{s.brokerAddr}, w, answers); err != nil {
 		return rep, err
@@ -286,6 +299,8 @@ func (r *Report) print(out io.Writer) {
 		r.Commands, r.Rejects, r.Poison, r.Uploads, r.Resent, r.Writes, r.Abandoned, r.Unanswered)
 	fmt.Fprintf(out, "lost %d, doubled %d, misplaced %d, rows off the oracle %d, jobs wrong %d; run %s, drained %s after the last answer and fault\n",
 		r.Lost, r.Doubled, r.Misplaced, r.Rows, r.Jobs, r.Elapsed.Round(time.Second), r.Drain.Round(100*time.Millisecond))
+	fmt.Fprintf(out, "longest stall (records waiting, none committed): %s, from %s into the run\n",
+		r.Stall.Round(100*time.Millisecond), r.StallAt.Round(100*time.Millisecond))
 	for _, p := range r.Problems {
 		fmt.Fprintln(out, "  -", p)
 	}
