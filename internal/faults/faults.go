@@ -131,6 +131,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	stopMeasuring()
 	in.wg.Wait()
+	for i, f := range in.faults {
+		next := time.Now()
+		if i+1 < len(in.faults) {
+			next = in.faults[i+1].began
+		}
+		f.Committed, _ = stalls.recovery(f.began, next)
+	}
 	rep := &Report{Faults: in.summary(), Uploads: len(answers), Elapsed: time.Since(start), Drain: time.Since(quiet)}
 	rep.Stall, rep.StallAt = stalls.result()
 	for _, a := range answers {
@@ -290,9 +297,10 @@ func (e *eventLog) log(format string, args ...any) {
 
 func (r *Report) print(out io.Writer) {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "fault\tinjected\tfollowed by a write\tnext write after (median)\t(max)")
+	fmt.Fprintln(tw, "fault\tinjected\tfollowed by a write\tnext write after (median)\t(max)\twith records waiting\ttheir next commit after (median)\t(max)")
 	for _, k := range r.Faults {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", k.Kind, k.Count, k.Measured, k.Median.Round(time.Millisecond), k.Max.Round(time.Millisecond))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%d\t%s\t%s\n", k.Kind, k.Count, k.Measured, k.Median.Round(time.Millisecond), k.Max.Round(time.Millisecond),
+			k.CommitMeasured, k.CommitMedian.Round(time.Millisecond), k.CommitMax.Round(time.Millisecond))
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(out, "%d commands (%d rejected by ingress, %d poison) in %d uploads, %d resent; %d writes audited; %d jobs abandoned by a killed ingress or a 5xx, all failed; %d finished with their answer lost to a killed ingress\n",

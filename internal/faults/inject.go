@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -29,6 +30,12 @@ type fault struct {
 	// Recovered is how long after the fault the audit saw the next write:
 	// the system made progress again. Zero when no write followed.
 	Recovered time.Duration
+	// Committed is how long records that waited after the fault (before
+	// the next one) waited for the processors' next commit
+	// (stallWatch.recovery): their recovery, apart from the uploads'.
+	// Zero when no records waited.
+	Committed time.Duration
+	began     time.Time
 	Detail    string
 }
 
@@ -92,8 +99,8 @@ func (in *injector) run(ctx context.Context, kinds []string) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		f := &fault{Kind: kind, At: time.Since(in.start)}
 		began := time.Now()
+		f := &fault{Kind: kind, At: began.Sub(in.start), began: began}
 		if err := in.inject(ctx, f); err != nil {
 			return fmt.Errorf("%s at %s: %w", kind, f.At.Round(time.Millisecond), err)
 		}
@@ -183,6 +190,7 @@ func (in *injector) summary() []kindSummary {
 	by := map[string][]time.Duration{}
 	var order []string
 	count := map[string]int{}
+	committed := map[string][]time.Duration{}
 	for _, f := range in.faults {
 		if count[f.Kind] == 0 {
 			order = append(order, f.Kind)
@@ -191,27 +199,39 @@ func (in *injector) summary() []kindSummary {
 		if f.Recovered > 0 {
 			by[f.Kind] = append(by[f.Kind], f.Recovered)
 		}
+		if f.Committed > 0 {
+			committed[f.Kind] = append(committed[f.Kind], f.Committed)
+		}
 	}
 	sort.Strings(order)
 	var out []kindSummary
 	for _, k := range order {
-		ds := by[k]
-		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-		s := kindSummary{Kind: k, Count: count[k], Measured: len(ds)}
-		if len(ds) > 0 {
-			s.Median, s.Max = ds[len(ds)/2], ds[len(ds)-1]
-		}
+		s := kindSummary{Kind: k, Count: count[k], Measured: len(by[k]), CommitMeasured: len(committed[k])}
+		s.Median, s.Max = medianMax(by[k])
+		s.CommitMedian, s.CommitMax = medianMax(committed[k])
 		out = append(out, s)
 	}
 	return out
 }
 
+// medianMax is the median and the largest of ds (zero for none).
+func medianMax(ds []time.Duration) (median, largest time.Duration) {
+	if len(ds) == 0 {
+		return 0, 0
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2], ds[len(ds)-1]
+}
+
 type kindSummary struct {
 	Kind string
 	// Count faults were injected; Measured of them were followed by a
-	// write, the median and worst Recovered of which are given.
-	Count, Measured int
-	Median, Max     time.Duration
+	// write, the median and worst Recovered of which are given;
+	// CommitMeasured had records waiting after them, the median and worst
+	// Committed of which are given.
+	Count, Measured, CommitMeasured int
+	Median, Max                     time.Duration
+	CommitMedian, CommitMax         time.Duration
 }
 
 // gate lets uploads start up to an allowance.

@@ -27,6 +27,14 @@ type stallWatch struct {
 	mu      sync.Mutex
 	longest time.Duration
 	at      time.Duration // when the longest began, since the run began
+	samples []sample
+}
+
+// sample is one look at the backlog: the processors' stored offsets and
+// the topic's end offsets, summed over partitions.
+type sample struct {
+	at        time.Time
+	done, end int64
 }
 
 // run samples until ctx ends.
@@ -44,6 +52,11 @@ func (w *stallWatch) run(ctx context.Context) {
 		done, err1 := w.audit.SumOffsets(ctx, group, topic)
 		end, err2 := kafka.Reader{Brokers: w.brokers}.EndOffsets(ctx, topic)
 		now := time.Now()
+		if errors.Join(err1, err2) == nil {
+			w.mu.Lock()
+			w.samples = append(w.samples, sample{at: now, done: done, end: end})
+			w.mu.Unlock()
+		}
 		switch {
 		case errors.Join(err1, err2) != nil:
 		case done != last:
@@ -72,4 +85,31 @@ func (w *stallWatch) result() (longest, at time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.longest, w.at
+}
+
+// recovery is how long after began the processors first committed
+// records that were waiting: from the fault, or from when records next
+// waited if none did then, to the first sample whose stored offsets moved
+// past that. ok is false when no records waited from began until next
+// (the next fault, which the wait would be laid to as well).
+func (w *stallWatch) recovery(began, next time.Time) (d time.Duration, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var from time.Time
+	var base int64
+	for _, s := range w.samples {
+		switch {
+		case s.at.Before(began):
+		case from.IsZero() && !s.at.Before(next):
+			return 0, false
+		case from.IsZero() && s.end > s.done:
+			from, base = s.at, s.done
+			if s.at.Sub(began) <= stallEvery {
+				from = began // records were already waiting when the fault came
+			}
+		case !from.IsZero() && s.done > base:
+			return s.at.Sub(from), true
+		}
+	}
+	return 0, false
 }
