@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
+
 	"github.com/spoolhq/spool/internal/httpapi"
 )
 
@@ -31,19 +33,25 @@ func Resendable(err error) bool {
 
 // Resend calls send, a whole upload under one Idempotency-Key, until it
 // succeeds, fails for good (Resendable says no), ctx ends or ResendFor has
-// passed, waiting between attempts 1 s, 2 s, 4 s … up to 15 s, or the
+// passed, waiting between attempts 1 s, 2 s, 4 s, then 5 s, each ±30% so
+// that clients cut off together do not come back together, or the
 // server's Retry-After when longer; a 409's Retry-After (when the key's
-// lease runs out) is followed as it is. The key makes every resend safe: the
-// server replays the answer of an upload that did go through. notify, when
-// set, hears of each failed attempt before its wait.
+// lease runs out) is followed as it is. An ingress restarting is back in
+// seconds: a longer wait would only leave the upload idle. The key makes
+// every resend safe: the server replays the answer of an upload that did
+// go through. notify, when set, hears of each failed attempt before its
+// wait.
 func Resend(ctx context.Context, send func(context.Context) (*httpapi.UploadView, error), notify func(attempt int, err error, wait time.Duration)) (*httpapi.UploadView, error) {
 	deadline := time.Now().Add(ResendFor)
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval, b.RandomizationFactor, b.MaxElapsedTime = time.Second, 5*time.Second, 0.3, 0
+	b.Reset()
 	for attempt := 1; ; attempt++ {
 		res, err := send(ctx)
 		if !Resendable(err) || ctx.Err() != nil {
 			return res, err
 		}
-		wait := min(time.Duration(1<<(attempt-1))*time.Second, 15*time.Second)
+		wait := b.NextBackOff()
 		var apiErr *Error
 		switch {
 		case errors.As(err, &apiErr) && apiErr.Status == http.StatusConflict && apiErr.RetryAfter > 0:
