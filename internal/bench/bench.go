@@ -51,10 +51,10 @@ type Config struct {
 	// profile is written, and asks for PostgreSQL's wait events sampled
 	// during the drain.
 	Profile string
-	// MaxCPURatio fails the run when the processor's steady drain costs
-	// more CPU per command, its own and PostgreSQL's, than this many times
-	// the best reference's (0: no bound). Other load on the machine does not
-	// count against it.
+	// MaxCPURatio fails the run (with ErrOverCPUBound) when the
+	// processor's steady drain costs more CPU per command, its own and
+	// PostgreSQL's, than this many times the best reference's (0: no
+	// bound). Other load on the machine does not count against it.
 	MaxCPURatio float64
 	Out         io.Writer
 }
@@ -114,6 +114,10 @@ type env struct {
 	dir     string
 	logger  *slog.Logger
 }
+
+// ErrOverCPUBound marks a run whose every check passed but whose
+// processor cost more CPU per command than Config.MaxCPURatio allows.
+var ErrOverCPUBound = errors.New("over the CPU bound")
 
 // Run runs every stage and prints the table. It fails when any stage's
 // result is wrong.

@@ -341,7 +341,8 @@ func (e *env) guard(results []Result) error {
 		"its own and PostgreSQL's CPU %.1f µs a command, %.2f× the %s's %.1f\n",
 		s.Records, s.PerSecond(), s.MicrosPerRecord(s.Machine), ours, ratio, reference.System, theirs)
 	if max := e.cfg.MaxCPURatio; max > 0 && ratio > max {
-		return fmt.Errorf("the processor's CPU per command (its own and PostgreSQL's) is %.2f× the %s's, over the bound of %.2f×", ratio, reference.System, max)
+		return fmt.Errorf("%w: the processor's CPU per command (its own and PostgreSQL's) is %.2f× the %s's, over the bound of %.2f×",
+			ErrOverCPUBound, ratio, reference.System, max)
 	}
 	return nil
 }
