@@ -3,6 +3,7 @@ package apiclient
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"net/http"
 	"time"
 
@@ -18,9 +19,12 @@ const ResendFor = 3 * time.Minute
 
 // Resendable reports whether an upload that failed with err may be sent
 // again under the same Idempotency-Key: its answer was 409 (the same key
-// still in progress), 429, 503, or lost on the network.
+// still in progress), 429, 503, or lost on the network. A file that cannot
+// be opened or read is not the network's fault: sending it again cannot
+// help.
 func Resendable(err error) bool {
-	if err == nil {
+	var pathErr *fs.PathError
+	if err == nil || errors.As(err, &pathErr) {
 		return false
 	}
 	var apiErr *Error

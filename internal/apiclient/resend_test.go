@@ -3,9 +3,12 @@ package apiclient_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -55,6 +58,8 @@ func TestResend(t *testing.T) {
 	require.Equal(t, http.StatusUnprocessableEntity, apiErr.Status)
 	require.EqualValues(t, 3, calls.Load(), "a 422 is not sent again")
 	require.True(t, apiclient.Resendable(errors.New("connection reset by peer")))
+	_, openErr := os.Open(filepath.Join(t.TempDir(), "missing.ndjson"))
+	require.False(t, apiclient.Resendable(fmt.Errorf("uploading: %w", openErr)), "a missing file is not sent again")
 }
 
 // TestResendFollowsAConflictsRetryAfter: a 409 says when the key's lease
