@@ -142,20 +142,42 @@ func Finished(s pipeline.JobState) bool {
 	return false
 }
 
+// UnreachableFor bounds how long WaitJob keeps polling a server it cannot
+// reach: long enough for an ingress to restart, or a rollout to replace
+// every ingress, not for ever at a wrong address.
+const UnreachableFor = 2 * time.Minute
+
 // WaitJob polls a job until it is finished, calling progress after each
-// poll.
+// poll. A 503 or 429 is followed after its Retry-After, and a server that
+// cannot be reached is polled again for up to UnreachableFor.
 func (c *Client) WaitJob(ctx context.Context, id pipeline.JobID, every time.Duration, progress func(*httpapi.JobView)) (*httpapi.JobView, error) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var unreachable time.Time // since when every poll failed on the network
 	for {
 		j, err := c.Job(ctx, id)
 		var apiErr *Error
-		if errors.As(err, &apiErr) && (apiErr.Status == http.StatusServiceUnavailable || apiErr.Status == http.StatusTooManyRequests) {
-			// The server asked us to come back later: keep following.
+		var netErr *url.Error // the request did not get an answer
+		wait := time.Duration(0)
+		switch {
+		case errors.As(err, &apiErr) && (apiErr.Status == http.StatusServiceUnavailable || apiErr.Status == http.StatusTooManyRequests):
+			wait = max(every, apiErr.RetryAfter) // the server asked us to come back later
+		case errors.As(err, &netErr) && ctx.Err() == nil:
+			if unreachable.IsZero() {
+				unreachable = time.Now()
+			}
+			if time.Since(unreachable) > UnreachableFor {
+				return nil, fmt.Errorf("the server was unreachable for %s: %w", UnreachableFor, err)
+			}
+			wait = max(every, time.Second)
+		case err == nil:
+			unreachable = time.Time{}
+		}
+		if wait > 0 {
 			select {
 			case <-ctx.Done():
 				return nil, ctx.Err()
-			case <-time.After(max(every, apiErr.RetryAfter)):
+			case <-time.After(wait):
 				continue
 			}
 		}

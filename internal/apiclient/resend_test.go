@@ -18,6 +18,7 @@ import (
 
 	"github.com/spoolhq/spool/internal/apiclient"
 	"github.com/spoolhq/spool/internal/httpapi"
+	"github.com/spoolhq/spool/pipeline"
 )
 
 // TestResend: an upload answered 409 (its key still in flight) is sent
@@ -90,4 +91,26 @@ func TestResendFollowsAConflictsRetryAfter(t *testing.T) {
 	require.Len(t, waits, 2)
 	require.GreaterOrEqual(t, waits[0], time.Second, "a 503's Retry-After is a floor")
 	require.Equal(t, time.Second, waits[1], "the second wait is the 409's, not the backoff's 2 s")
+}
+
+// TestWaitJobOutlastsARestart: polls that get no answer (an ingress
+// restarting) are made again, and the wait ends with the job's answer.
+func TestWaitJobOutlastsARestart(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) <= 2 {
+			conn, _, err := w.(http.Hijacker).Hijack()
+			require.NoError(t, err)
+			conn.Close() // no answer at all
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"job_id":"j-1","state":"completed","progress":1}`)
+	}))
+	defer srv.Close()
+	c := &apiclient.Client{Server: srv.URL}
+	j, err := c.WaitJob(context.Background(), "j-1", 10*time.Millisecond, nil)
+	require.NoError(t, err)
+	require.Equal(t, pipeline.JobCompleted, j.State)
+	require.EqualValues(t, 3, calls.Load())
 }
