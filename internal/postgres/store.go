@@ -490,9 +490,11 @@ func matchWritten(rows pgx.Rows, cols []texts, listed []bool) error {
 }
 
 // groupSQL builds (once per shape) the statement for a group. Values travel
-// as text arrays and are cast to the column types, so one statement of any
-// size is one round trip. For versioned entities it returns the 1-based
-// ordinals of the written rows (upsert) or of the stale ones (delete).
+// as text arrays and are cast to the column types (without their modifiers,
+// which storing them applies), so one statement of any size is one round
+// trip. For versioned entities it returns the written rows' keys (upsert,
+// where Entity.KeysRoundTrip), else the 1-based ordinals of the written
+// rows (upsert) or of the stale ones (delete).
 func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 	// The statement depends on entity, op and columns, not the generation.
 	sig := g.Entity.Name + "\x00" + string(g.Op) + "\x00" + strings.Join(g.Columns, "\x00")
