@@ -193,6 +193,14 @@ func (l *Limits) WALPosition(ctx context.Context) (int64, error) {
 	return pos, err
 }
 
+// Checkpoint writes every dirty buffer out now, so that a measurement
+// that starts after it does not pay for an earlier one's (a checkpoint
+// landing in a drain of seconds adds its writes to that drain alone).
+func (l *Limits) Checkpoint(ctx context.Context) error {
+	_, err := l.pool.Exec(ctx, `CHECKPOINT`)
+	return err
+}
+
 // WaitEvents samples what the database's active backends (but this one)
 // are doing: their wait event as "type:event", or "CPU" when they wait on
 // nothing, with how many are at it.
