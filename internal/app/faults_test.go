@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -160,7 +161,10 @@ func TestBackendTerminationsAreRetried(t *testing.T) {
 			if err == nil {
 				killed.Add(n)
 			}
-			time.Sleep(150 * time.Millisecond)
+			// Every 100–500 ms: a fixed interval shorter than a batch's
+			// round trips on a slow machine would let no batch through at
+			// all (a livelock of the test, not of the processor).
+			time.Sleep(time.Duration(100+rand.IntN(400)) * time.Millisecond)
 		}
 	}()
 	w.check(t, s, jobs)
