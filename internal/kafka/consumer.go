@@ -52,9 +52,11 @@ const fetchMaxWait = 250 * time.Millisecond
 // Consumer is a member of the processors' consumer group. Each assigned
 // partition gets a worker goroutine; records go to it in fetch order.
 //
-// Rebalances use franz-go's default cooperative-sticky balancer with plain
-// callbacks: on revoke the worker finishes its in-flight batch before the
-// partition moves on; on loss it is abandoned without a flush. Correctness
+// Partitions are assigned by the brokers under KIP-848 (Protocol
+// "consumer"), or by franz-go's cooperative-sticky balancer under the
+// classic protocol, with plain callbacks either way: on revoke the worker
+// finishes its in-flight batch before the partition moves on; on loss it is
+// abandoned without a flush. Correctness
 // does not depend on either: every batch moves the stored offset by
 // compare-and-set, so a worker that lost its partition cannot commit over
 // the new owner's work, and a fenced worker reloads the stored offset.
