@@ -1,8 +1,11 @@
 package pipeline
 
 import (
+	"context"
 	"errors"
 	"fmt"
+
+	"github.com/cenkalti/backoff/v4"
 )
 
 // ErrorClass names why a command failed. Classes are stable strings: they
@@ -90,4 +93,21 @@ func IsPermanent(err error) bool {
 	default:
 		return true
 	}
+}
+
+// RetryTransient calls fn until it succeeds, fails for good (IsPermanent)
+// or ctx ends, waiting between calls as policy says; retrying, when set,
+// hears of each error that is tried again. A processor must not stop over
+// a transient error (SPEC §4.5): this is how its one-off reads wait one out.
+func RetryTransient(ctx context.Context, policy backoff.BackOff, retrying func(error), fn func() error) error {
+	return backoff.Retry(func() error {
+		err := fn()
+		if err != nil && IsPermanent(err) {
+			return backoff.Permanent(err)
+		}
+		if err != nil && ctx.Err() == nil && retrying != nil {
+			retrying(err)
+		}
+		return err
+	}, backoff.WithContext(policy, ctx))
 }

@@ -272,17 +272,12 @@ func (w *Worker) flush(ctx context.Context, n int) error {
 // stop the processor because the database was away just then.
 func (w *Worker) loadOffset(ctx context.Context) (int64, error) {
 	var next int64
-	err := backoff.Retry(func() error {
-		var err error
+	err := RetryTransient(ctx, w.cfg.Backoff(), func(err error) {
+		w.cfg.Logger.Warn("reading the stored offset after a fenced batch; retrying", "error", BoundError(err))
+	}, func() (err error) {
 		next, err = w.cfg.LoadOffset(ctx)
-		if err != nil && IsPermanent(err) {
-			return backoff.Permanent(err)
-		}
-		if err != nil && ctx.Err() == nil {
-			w.cfg.Logger.Warn("reading the stored offset after a fenced batch; retrying", "error", BoundError(err))
-		}
 		return err
-	}, backoff.WithContext(w.cfg.Backoff(), ctx))
+	})
 	return next, err
 }
 

@@ -375,7 +375,7 @@ func (e *env) guard(results []Result) error {
 	if s == nil || s.Records == 0 || reference.CPU+reference.Database == 0 {
 		return nil
 	}
-	ours, theirs := s.MicrosPerRecord(s.CPU+s.Database), reference.MicrosPerRecord(reference.CPU+reference.Database)
+	ours, theirs := cpuPerRecord(s), cpuPerRecord(&reference)
 	ratio := ours / theirs
 	fmt.Fprintf(e.cfg.Out, "%s's steady drain (from its first commit, %d commands): %.0f/s, %.1f machine µs a command; "+
 		"its own and PostgreSQL's CPU %.1f µs a command, %.2f× the %s's %.1f\n",

@@ -52,19 +52,18 @@ func (w *stallWatch) run(ctx context.Context) {
 		done, err1 := w.audit.SumOffsets(ctx, group, topic)
 		end, err2 := kafka.Reader{Brokers: w.brokers}.EndOffsets(ctx, topic)
 		now := time.Now()
-		if errors.Join(err1, err2) == nil {
+		if errors.Join(err1, err2) == nil { // else unknown: a stall spans it
 			w.mu.Lock()
 			w.samples = append(w.samples, sample{at: now, done: done, end: end})
 			w.mu.Unlock()
-		}
-		switch {
-		case errors.Join(err1, err2) != nil:
-		case done != last:
-			last, since = done, time.Time{}
-		case end <= done:
-			since = time.Time{}
-		case since.IsZero():
-			since = now
+			switch {
+			case done != last:
+				last, since = done, time.Time{}
+			case end <= done:
+				since = time.Time{}
+			case since.IsZero():
+				since = now
+			}
 		}
 		if !since.IsZero() {
 			w.note(now.Sub(since), since.Sub(w.start))

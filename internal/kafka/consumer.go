@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/spoolhq/spool/pipeline"
@@ -56,10 +57,10 @@ const fetchMaxWait = 250 * time.Millisecond
 // "consumer"), or by franz-go's cooperative-sticky balancer under the
 // classic protocol, with plain callbacks either way: on revoke the worker
 // finishes its in-flight batch before the partition moves on; on loss it is
-// abandoned without a flush. Correctness
-// does not depend on either: every batch moves the stored offset by
-// compare-and-set, so a worker that lost its partition cannot commit over
-// the new owner's work, and a fenced worker reloads the stored offset.
+// abandoned without a flush. Correctness does not depend on either: every
+// batch moves the stored offset by compare-and-set, so a worker that lost
+// its partition cannot commit over the new owner's work, and a fenced
+// worker reloads the stored offset.
 type Consumer struct {
 	cfg ConsumerConfig
 	cl  *kgo.Client
@@ -215,20 +216,17 @@ func (c *Consumer) feed(partition int32, r *running) {
 // what is not permanent (a database restart, a terminated backend) until
 // ctx ends: a processor must not stop over a transient error (SPEC §4.5).
 func (c *Consumer) loadOffset(ctx context.Context, p int32) (int64, error) {
-	wait := 100 * time.Millisecond
-	for {
-		next, err := c.cfg.Offsets.LoadOffset(ctx, c.cfg.Topic, p)
-		if err == nil || pipeline.IsPermanent(err) {
-			return next, err
-		}
-		c.cfg.Logger.Warn("loading a partition's stored offset; retrying", "partition", p, "in", wait, "error", err)
-		select {
-		case <-ctx.Done():
-			return 0, err
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 5*time.Second)
-	}
+	policy := backoff.NewExponentialBackOff()
+	policy.InitialInterval, policy.MaxInterval, policy.MaxElapsedTime = 100*time.Millisecond, 5*time.Second, 0
+	policy.Reset()
+	var next int64
+	err := pipeline.RetryTransient(ctx, policy, func(err error) {
+		c.cfg.Logger.Warn("loading a partition's stored offset; retrying", "partition", p, "error", err)
+	}, func() (err error) {
+		next, err = c.cfg.Offsets.LoadOffset(ctx, c.cfg.Topic, p)
+		return err
+	})
+	return next, err
 }
 
 func (c *Consumer) assigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
