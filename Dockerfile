@@ -1,7 +1,7 @@
 # One small non-root image with the three binaries: ingress (the default),
 # processor and spoolctl (migrate, dlq, jobs). No shell: probes use the HTTP
 # endpoints (/healthz, /readyz) from outside.
-FROM golang:1.26 AS build
+FROM golang:1.26.8 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download

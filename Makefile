@@ -41,10 +41,12 @@ faults: build
 	@scripts/ensure-postgres
 	bin/spool-faults -n $(FAULTS_N) -seed $(FAULTS_SEED) -postgres-restart "$(FAULTS_PG_RESTART)" $(FAULTS_ARGS)
 
+## vet: go vet, gofmt, and golangci-lint (.golangci.yaml: the package boundaries, and the linters)
 vet:
 	$(GO) vet ./...
+	"$$(scripts/ensure-golangci-lint)" run ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	@! $(GO) list -deps ./cmd/ingress ./cmd/processor | grep -q kfake || { echo "ingress/processor must not link kfake"; exit 1; }
 
 clean:
-	rm -rf bin .spool-dev .spool-broker
+	rm -rf bin .tools .spool-dev .spool-broker

@@ -140,3 +140,24 @@ func TestDockerfileBuildsTheBinaries(t *testing.T) {
 	require.Contains(t, df, "USER nonroot")
 	require.Contains(t, df, "CGO_ENABLED=0")
 }
+
+// TestToolchainsAgreeWithGoMod: the Go that go.mod requires is the one the
+// README tells a new machine to have and the one the image builds with, so
+// that neither drifts when go.mod moves.
+func TestToolchainsAgreeWithGoMod(t *testing.T) {
+	mod, err := os.ReadFile("../go.mod")
+	require.NoError(t, err)
+	var version string
+	for line := range strings.Lines(string(mod)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "go "); ok {
+			version = v
+		}
+	}
+	require.NotEmpty(t, version, "go.mod has no go line")
+	readme, err := os.ReadFile("../README.md")
+	require.NoError(t, err)
+	require.Contains(t, string(readme), "Go "+version+" or newer", "the README's prerequisites")
+	dockerfile, err := os.ReadFile("../Dockerfile")
+	require.NoError(t, err)
+	require.Contains(t, string(dockerfile), "FROM golang:"+version+" ", "the Dockerfile's build image")
+}

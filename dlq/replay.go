@@ -22,14 +22,14 @@ func CheckpointTopic(dlqTopic string) string { return dlqTopic + ".replayed" }
 type Action string
 
 const (
-	// ActionReplay: sent back to its source topic (or would be, in a dry run).
+	// ActionReplay means it was sent back to its source topic (or would be, in a dry run).
 	ActionReplay Action = "replay"
-	// ActionSkip: an earlier replay sent it already.
+	// ActionSkip means an earlier replay sent it already.
 	ActionSkip Action = "already_replayed"
-	// ActionPark: it failed MaxAttempts times; it stays in the dead-letter
+	// ActionPark means it failed MaxAttempts times; it stays in the dead-letter
 	// topic until an operator raises the bound.
 	ActionPark Action = "parked"
-	// ActionRefuse: it does not match what spool recorded when it
+	// ActionRefuse means it does not match what spool recorded when it
 	// dead-lettered the command (or names another topic): never sent.
 	ActionRefuse Action = "refused"
 )

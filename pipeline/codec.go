@@ -120,7 +120,7 @@ func decodePlainCommand(b []byte, alias bool) (DecodedCommand, bool) {
 	var seen uint8
 	for name, v := range members(b) {
 		var bit uint8
-		ok := true
+		var ok bool
 		switch string(name) {
 		case `"id"`:
 			bit = 1 << 0

@@ -41,23 +41,23 @@ type Command struct {
 type Outcome string
 
 const (
-	// OutcomeApplied: the command changed (or, for a delete, cleared) its row.
+	// OutcomeApplied means the command changed (or, for a delete, cleared) its row.
 	OutcomeApplied Outcome = "applied"
-	// OutcomeDuplicate: the id was applied before within the dedupe window.
+	// OutcomeDuplicate means the id was applied before within the dedupe window.
 	OutcomeDuplicate Outcome = "duplicate"
-	// OutcomeStale: the stored row (or a command in the same batch) carries
+	// OutcomeStale means the stored row (or a command in the same batch) carries
 	// a version at least as new.
 	OutcomeStale Outcome = "stale"
-	// OutcomeConflict: the id was seen before with a different payload.
+	// OutcomeConflict means the id was seen before with a different payload.
 	OutcomeConflict Outcome = "conflict"
-	// OutcomeDeadLettered: the command failed permanently and was parked in
+	// OutcomeDeadLettered means the command failed permanently and was parked in
 	// the dead-letter topic.
 	OutcomeDeadLettered Outcome = "dead_lettered"
-	// OutcomeRejected: ingress refused the record, which never became a
+	// OutcomeRejected means ingress refused the record, which never became a
 	// command. It is counted as rejected on its job, not among the accepted,
 	// and listed among the job's failures.
 	OutcomeRejected Outcome = "rejected"
-	// OutcomeRedelivered: the record is one Kafka delivered again (a
+	// OutcomeRedelivered means the record is one Kafka delivered again (a
 	// producer resent it after a broker failed before acknowledging): the
 	// same place of the same job, whose outcome was counted when it first
 	// came. It changes nothing and is counted nowhere, so that a job's
@@ -103,18 +103,18 @@ func (c Counts) Done() int64 {
 type JobState string
 
 const (
-	// JobReceiving: the upload is still streaming in.
+	// JobReceiving means the upload is still streaming in.
 	JobReceiving JobState = "receiving"
-	// JobQueued: every accepted command is in Kafka; none has an outcome yet.
+	// JobQueued means every accepted command is in Kafka; none has an outcome yet.
 	JobQueued JobState = "queued"
-	// JobProcessing: some accepted commands have an outcome.
+	// JobProcessing means some accepted commands have an outcome.
 	JobProcessing JobState = "processing"
-	// JobCompleted: every accepted command has an outcome and none failed.
+	// JobCompleted means every accepted command has an outcome and none failed.
 	JobCompleted JobState = "completed"
-	// JobCompletedWithErrors: done, and some commands were rejected,
+	// JobCompletedWithErrors means every accepted command has an outcome, and some commands were rejected,
 	// conflicting or dead-lettered.
 	JobCompletedWithErrors JobState = "completed_with_errors"
-	// JobFailed: the upload broke off. What was accepted before is still
+	// JobFailed means the upload broke off. What was accepted before is still
 	// applied and counted.
 	JobFailed JobState = "failed"
 )

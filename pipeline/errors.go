@@ -14,35 +14,35 @@ import (
 type ErrorClass string
 
 const (
-	// ClassInvalidCommand: the record is not a well-formed command.
+	// ClassInvalidCommand means the record is not a well-formed command.
 	ClassInvalidCommand ErrorClass = "invalid_command"
-	// ClassUnknownEntity: the entity is not configured.
+	// ClassUnknownEntity means the entity is not configured.
 	ClassUnknownEntity ErrorClass = "unknown_entity"
-	// ClassUnknownColumn: data names a column the table does not have.
+	// ClassUnknownColumn means data names a column the table does not have.
 	ClassUnknownColumn ErrorClass = "unknown_column"
-	// ClassForbidden: the API key that uploaded the command may not write
+	// ClassForbidden means the API key that uploaded the command may not write
 	// its entity.
 	ClassForbidden ErrorClass = "forbidden_entity"
-	// ClassMissingKey: data lacks a key column (or a versioned entity's
+	// ClassMissingKey means data lacks a key column (or a versioned entity's
 	// command lacks its version).
 	ClassMissingKey ErrorClass = "missing_key"
-	// ClassTypeMismatch: a value does not fit its column's type.
+	// ClassTypeMismatch means a value does not fit its column's type.
 	ClassTypeMismatch ErrorClass = "type_mismatch"
-	// ClassConstraint: the database refused the row (SQLSTATE class 23).
+	// ClassConstraint means the database refused the row (SQLSTATE class 23).
 	ClassConstraint ErrorClass = "constraint_violation"
-	// ClassDataException: the database could not convert or store a value
+	// ClassDataException means the database could not convert or store a value
 	// (SQLSTATE class 22).
 	ClassDataException ErrorClass = "data_exception"
-	// ClassTooLarge: the record is larger than Kafka takes (the topic's
+	// ClassTooLarge means the record is larger than Kafka takes (the topic's
 	// max.message.bytes or the producer's batch limit). Permanent: resending
 	// the same bytes cannot help.
 	ClassTooLarge ErrorClass = "too_large"
-	// ClassConflict: the id was seen before with a different payload.
+	// ClassConflict means the id was seen before with a different payload.
 	ClassConflict ErrorClass = "conflict"
-	// ClassTransient: connection loss, timeout, serialization failure,
+	// ClassTransient covers connection loss, timeout, serialization failure,
 	// deadlock, broker unavailable. Retried, never dead-lettered.
 	ClassTransient ErrorClass = "transient"
-	// ClassInternal: anything unclassified. Treated as transient by the
+	// ClassInternal is anything unclassified. Treated as transient by the
 	// processor, since retrying is safe and dead-lettering is not reversible
 	// without an operator.
 	ClassInternal ErrorClass = "internal"

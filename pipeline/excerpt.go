@@ -24,13 +24,13 @@ func Quote(s string) string { return `"` + escape(s, MaxQuote, true) + `"` }
 
 // Printable makes text safe to store and to show on a terminal: valid
 // UTF-8, every non-printable rune (control, format, invalid byte) escaped
-// as Go escapes it, at most max bytes with "…" marking a cut. Text that is
+// as Go escapes it, at most limit bytes with "…" marking a cut. Text that is
 // already printable and short enough comes back unchanged.
-func Printable(s string, max int) string {
-	if len(s) <= max && isPrintable(s) {
+func Printable(s string, limit int) string {
+	if len(s) <= limit && isPrintable(s) {
 		return s
 	}
-	return escape(s, max, false)
+	return escape(s, limit, false)
 }
 
 // BoundError is err's message as it may be stored and shown: Printable,
@@ -47,9 +47,9 @@ func isPrintable(s string) bool {
 }
 
 // escape writes s's runes, escaping those strconv.Quote escapes (and, when
-// quoted, the quote and backslash). When the whole does not fit in max
+// quoted, the quote and backslash). When the whole does not fit in limit
 // bytes, it ends at the last rune that leaves room for "…".
-func escape(s string, max int, quoted bool) string {
+func escape(s string, limit int, quoted bool) string {
 	const ellipsis = "…"
 	var b strings.Builder
 	keep := 0 // the output's length at the last rune that leaves room for the ellipsis
@@ -60,11 +60,11 @@ func escape(s string, max int, quoted bool) string {
 			q := strconv.Quote(piece)
 			piece = q[1 : len(q)-1]
 		}
-		if b.Len()+len(piece) > max {
+		if b.Len()+len(piece) > limit {
 			return b.String()[:keep] + ellipsis
 		}
 		b.WriteString(piece)
-		if b.Len() <= max-len(ellipsis) {
+		if b.Len() <= limit-len(ellipsis) {
 			keep = b.Len()
 		}
 		i += size

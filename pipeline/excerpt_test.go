@@ -52,17 +52,17 @@ func TestQuoteBoundsHostileInput(t *testing.T) {
 }
 
 // FuzzPrintable holds the bound: whatever the input, the output is valid
-// UTF-8, at most max bytes, holds no control character, and is the input
+// UTF-8, at most limit bytes, holds no control character, and is the input
 // itself when that was printable and short enough.
 func FuzzPrintable(f *testing.F) {
 	for _, s := range []string{"", "abc", "\x1b[31m", "\u00ad", "\xff\xfe", `"\`, "日本語"} {
 		f.Add(s, 16)
 	}
-	f.Fuzz(func(t *testing.T, s string, max int) {
-		if max < 4 || max > 4096 {
+	f.Fuzz(func(t *testing.T, s string, limit int) {
+		if limit < 4 || limit > 4096 {
 			return
 		}
-		for _, out := range []string{Printable(s, max), strings.Trim(Quote(s), `"`)} {
+		for _, out := range []string{Printable(s, limit), strings.Trim(Quote(s), `"`)} {
 			if !utf8.ValidString(out) {
 				t.Fatalf("invalid UTF-8: %q", out)
 			}
@@ -72,13 +72,13 @@ func FuzzPrintable(f *testing.F) {
 				}
 			}
 		}
-		if p := Printable(s, max); len(p) > max {
-			t.Fatalf("%d bytes over %d", len(p), max)
+		if p := Printable(s, limit); len(p) > limit {
+			t.Fatalf("%d bytes over %d", len(p), limit)
 		}
 		if len(Quote(s)) > MaxQuote+2 {
 			t.Fatalf("quote of %d bytes", len(Quote(s)))
 		}
-		if len(s) <= max && isPrintable(s) && Printable(s, max) != s {
+		if len(s) <= limit && isPrintable(s) && Printable(s, limit) != s {
 			t.Fatalf("printable %q changed", s)
 		}
 	})

@@ -102,8 +102,8 @@ type lineReader struct {
 	buf []byte
 }
 
-func newLineReader(r io.Reader, max int) *lineReader {
-	return &lineReader{r: bufio.NewReaderSize(r, 64<<10), max: max}
+func newLineReader(r io.Reader, limit int) *lineReader {
+	return &lineReader{r: bufio.NewReaderSize(r, 64<<10), max: limit}
 }
 
 func (l *lineReader) next() ([]byte, error) {
@@ -174,8 +174,8 @@ type jsonArrayReader struct {
 	done    bool
 }
 
-func newJSONArrayReader(body io.Reader, max int) *jsonArrayReader {
-	g := &guard{r: body, limit: max}
+func newJSONArrayReader(body io.Reader, limit int) *jsonArrayReader {
+	g := &guard{r: body, limit: limit}
 	return &jsonArrayReader{g: g, dec: json.NewDecoder(g)}
 }
 
@@ -335,7 +335,7 @@ func bodyErr(err error) error {
 	}
 	if errors.Is(err, io.EOF) {
 		// A body that stops early is cut short, not complete.
-		return &BodyError{Err: fmt.Errorf("%v: %w", err, io.ErrUnexpectedEOF)}
+		return &BodyError{Err: fmt.Errorf("%v: %w", err, io.ErrUnexpectedEOF)} //nolint:errorlint // io.EOF is named, not wrapped: this body did not end
 	}
 	return &BodyError{Err: err}
 }

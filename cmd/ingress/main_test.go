@@ -20,9 +20,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/spoolhq/spool/internal/harness"
 	"github.com/spoolhq/spool/internal/kafkatest"
 	"github.com/spoolhq/spool/internal/pgtest"
+	"github.com/spoolhq/spool/internal/tools/harness"
 	"github.com/spoolhq/spool/pipeline"
 )
 

@@ -12,9 +12,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/spoolhq/spool/internal/harness"
 	"github.com/spoolhq/spool/internal/kafkatest"
 	"github.com/spoolhq/spool/internal/pgtest"
+	"github.com/spoolhq/spool/internal/tools/harness"
 )
 
 // TestSIGTERMExitsZero runs the real binary: it becomes ready, and on

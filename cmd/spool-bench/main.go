@@ -13,14 +13,16 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/spoolhq/spool/internal/bench"
-	"github.com/spoolhq/spool/internal/pgtest"
+	"github.com/spoolhq/spool/internal/tools/bench"
+	"github.com/spoolhq/spool/internal/tools/tooldb"
 )
 
-func main() {
+func main() { os.Exit(run()) }
+
+func run() int {
 	cfg := bench.Config{Out: os.Stdout}
 	flag.StringVar(&cfg.BinDir, "bin", "bin", "directory of the built binaries (make build)")
-	flag.StringVar(&cfg.DatabaseURL, "database-url", pgtest.BaseURL(), "PostgreSQL to use (TEST_DATABASE_URL)")
+	flag.StringVar(&cfg.DatabaseURL, "database-url", tooldb.BaseURL(), "PostgreSQL to use (TEST_DATABASE_URL)")
 	flag.StringVar(&cfg.Schema, "schema", "spool_bench", "schema the run drops and creates")
 	flag.IntVar(&cfg.N, "n", 1_000_000, "commands in the workload")
 	upload := flag.Int64("upload-mib", 1024, "least size of the ingress stage's upload, in MiB")
@@ -40,8 +42,9 @@ func main() {
 	if _, err := bench.Run(ctx, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "spool-bench:", err)
 		if errors.Is(err, bench.ErrOverCPUBound) {
-			os.Exit(3) // measured and checked, but too costly: CI measures once more
+			return 3 // measured and checked, but too costly: CI measures once more
 		}
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }

@@ -13,14 +13,16 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/spoolhq/spool/internal/faults"
-	"github.com/spoolhq/spool/internal/pgtest"
+	"github.com/spoolhq/spool/internal/tools/faults"
+	"github.com/spoolhq/spool/internal/tools/tooldb"
 )
 
-func main() {
+func main() { os.Exit(run()) }
+
+func run() int {
 	cfg := faults.Config{Out: os.Stdout}
 	flag.StringVar(&cfg.BinDir, "bin", "bin", "directory of the built binaries (make build)")
-	flag.StringVar(&cfg.DatabaseURL, "database-url", pgtest.BaseURL(), "PostgreSQL to use (TEST_DATABASE_URL)")
+	flag.StringVar(&cfg.DatabaseURL, "database-url", tooldb.BaseURL(), "PostgreSQL to use (TEST_DATABASE_URL)")
 	flag.StringVar(&cfg.Schema, "schema", "spool_faults", "schema the run drops and creates")
 	flag.IntVar(&cfg.N, "n", 200_000, "commands to send")
 	flag.IntVar(&cfg.UploadSize, "upload-size", 2_000, "commands per upload")
@@ -53,6 +55,7 @@ func main() {
 		// is repeated last, where a CI log's tail shows it.
 		cause, _, _ := strings.Cut(err.Error(), "\n")
 		fmt.Fprintf(os.Stderr, "spool-faults (seed %d): %v\nspool-faults (seed %[1]d) failed: %s\n", cfg.Seed, err, cause)
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }

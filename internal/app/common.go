@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/time/rate"
 
 	"github.com/spoolhq/spool/internal/config"
@@ -42,7 +41,7 @@ func NewLogger(c config.Log) *slog.Logger {
 // catalog, waiting with backoff while PostgreSQL is starting or its
 // connections fail; a configuration error (a missing table, say) fails at
 // once.
-func openDatabase(ctx context.Context, c *config.Config, logger *slog.Logger) (*pgxpool.Pool, pipeline.Entities, error) {
+func openDatabase(ctx context.Context, c *config.Config, logger *slog.Logger) (*postgres.DB, pipeline.Entities, error) {
 	specs, err := entitySpecs(c.Entities)
 	if err != nil {
 		return nil, nil, err

@@ -6,6 +6,7 @@ import (
 	"encoding/csv"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spoolhq/spool/internal/apiclient"
+	"github.com/spoolhq/spool/internal/tooltest"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -176,9 +178,8 @@ func TestUIInBrowser(t *testing.T) {
 	t.Parallel()
 	script, err := filepath.Abs("../../test/ui/ui.mjs")
 	require.NoError(t, err)
-	if _, err := os.Stat(filepath.Join(filepath.Dir(script), "node_modules", "playwright-core")); err != nil {
-		t.Fatalf("playwright-core is not installed: run scripts/ensure-browser (make test does)")
-	}
+	_, err = os.Stat(filepath.Join(filepath.Dir(script), "node_modules", "playwright-core"))
+	tooltest.Need(t, "playwright-core", "run scripts/ensure-browser (make test does)", err == nil && tooltest.OnPath("node"))
 	sum := sha256.Sum256([]byte("ui-secret"))
 	s := newStack(t, map[string]any{
 		"auth.disabled": false,
@@ -200,7 +201,7 @@ func TestUIInBrowser(t *testing.T) {
 	cmd := exec.CommandContext(ctx, "node", script, s.server, "ui-secret", string(completed), string(failed), "bad-4", shots)
 	out, err := cmd.Output()
 	var stderr string
-	if ee, ok := err.(*exec.ExitError); ok {
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 		stderr = string(ee.Stderr)
 	}
 	require.NoError(t, err, "node %s: %s", script, stderr)

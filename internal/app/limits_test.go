@@ -125,7 +125,7 @@ func TestRecordsAndDeadLettersFitKafka(t *testing.T) {
 	defer producer.Close()
 	require.NoError(t, kafka.EnsureTopics(ctx, s.brokers, 1, -1, dlq.CheckpointTopic("spool.commands.dlq")))
 	res, err := dlq.Replay(ctx, kafka.Reader{Brokers: s.brokers}, producer, "spool.commands.dlq", dlq.ReplayOptions{
-		Topic: "spool.commands", Ledger: postgres.NewStore(s.db.Pool, nil, "", nil), Filter: dlq.Filter{Job: job}})
+		Topic: "spool.commands", Ledger: postgres.NewStore(s.db.Postgres, nil, "", nil), Filter: dlq.Filter{Job: job}})
 	require.NoError(t, err)
 	require.Equal(t, dlq.ReplayResult{Selected: 1, Replayed: 1}, res)
 	// (The job stays completed_with_errors: it has a rejection.)

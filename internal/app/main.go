@@ -29,8 +29,10 @@ func stopped(ctx context.Context, err error) error {
 }
 
 // Main is the whole main function of a server binary: flags, config, logger,
-// then build and run under SIGINT/SIGTERM. It exits non-zero on failure.
-func Main(name string, flagKeys []string, build func(*config.Config, *slog.Logger) (Runner, error)) {
+// then build and run under SIGINT/SIGTERM. It returns the process's exit
+// code: 2 for a configuration it cannot use, 1 for a failure, 0 for a clean
+// stop.
+func Main(name string, flagKeys []string, build func(*config.Config, *slog.Logger) (Runner, error)) int {
 	fs := pflag.NewFlagSet(name, pflag.ExitOnError)
 	file := fs.String("config", "", "config file (default: $SPOOL_CONFIG, else ./spool.yaml if present)")
 	config.AddFlags(fs, nil, flagKeys...)
@@ -38,7 +40,7 @@ func Main(name string, flagKeys []string, build func(*config.Config, *slog.Logge
 	c, err := config.Load(config.Options{Flags: fs, File: *file})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
-		os.Exit(2)
+		return 2
 	}
 	logger := NewLogger(c.Log).With("service", name)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -49,8 +51,8 @@ func Main(name string, flagKeys []string, build func(*config.Config, *slog.Logge
 	}
 	if err != nil {
 		logger.Error("stopped", "error", err)
-		stop()
-		os.Exit(1)
+		return 1
 	}
 	logger.Info("stopped cleanly")
+	return 0
 }

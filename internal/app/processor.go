@@ -165,18 +165,18 @@ func (p *Processor) sweepLoop(ctx context.Context, store *postgres.Store, m *met
 			ids, tombstones, err := store.SweepLedger(ctx, p.cfg.Dedupe.Window)
 			warn("sweeping the dedupe ledger", err)
 			if err == nil {
-				m.Swept("ledger", ids)
-				m.Swept("tombstones", tombstones)
+				m.Swept(metrics.SweepLedger, ids)
+				m.Swept(metrics.SweepTombstones, tombstones)
 			}
 			keys, err := store.SweepIdempotencyKeys(ctx, p.cfg.Ingress.IdempotencyWindow)
 			warn("sweeping idempotency keys", err)
 			if err == nil {
-				m.Swept("idempotency_keys", keys)
+				m.Swept(metrics.SweepIdempotencyKeys, keys)
 			}
 			jobs, err := store.PruneJobs(ctx, p.cfg.Jobs.Retention)
 			warn("pruning finished jobs", err)
 			if err == nil {
-				m.Swept("jobs", jobs)
+				m.Swept(metrics.SweepJobs, jobs)
 			}
 			if rows, err := store.LedgerRows(ctx); err == nil {
 				m.SetLedgerRows(rows)

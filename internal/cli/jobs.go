@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -25,9 +26,7 @@ func newJobsCmd() *cobra.Command {
 			return printJob(cmd.OutOrStdout(), j, out)
 		})
 	wait := jobCmd("wait", "Follow a job to its end; exit non-zero unless it completed without failures", "text or json",
-		func(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error {
-			return waitJob(cmd, client, id, out)
-		})
+		waitJob)
 	failures := jobCmd("failures", "List a job's rejected, conflicting and dead-lettered commands, by input index",
 		"text, json (NDJSON) or csv", printFailures)
 	cmd.AddCommand(get, newJobsListCmd(), failures, wait)
@@ -177,7 +176,9 @@ func printFailures(cmd *cobra.Command, client *apiclient.Client, id pipeline.Job
 			break
 		} else if err != nil {
 			_ = pr.CloseWithError(err)
-			<-errc
+			if lerr := <-errc; lerr != nil && !errors.Is(lerr, io.ErrClosedPipe) {
+				return lerr // the listing broke off first
+			}
 			return err
 		}
 		n++

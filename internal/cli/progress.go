@@ -83,9 +83,10 @@ func (c *recordCounter) json(p []byte) (n int64) {
 		case c.escape:
 			c.escape = false
 		case c.inString:
-			if b == '\\' {
+			switch b {
+			case '\\':
 				c.escape = true
-			} else if b == '"' {
+			case '"':
 				c.inString = false
 			}
 		case b == '"':

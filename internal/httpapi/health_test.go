@@ -14,7 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/spoolhq/spool/internal/harness"
+	"github.com/spoolhq/spool/internal/tools/harness"
 )
 
 // TestReadyzAnswersGenericReason: /readyz names the dependency that is down

@@ -10,7 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func inflate(t *testing.T, data []byte, max int64, ratio int) (int64, error) {
+func inflate(t *testing.T, data []byte, bound int64, ratio int) (int64, error) {
 	var z bytes.Buffer
 	zw := gzip.NewWriter(&z)
 	_, err := zw.Write(data)
@@ -19,7 +19,7 @@ func inflate(t *testing.T, data []byte, max int64, ratio int) (int64, error) {
 	sent := &countingReader{r: &z}
 	gz, err := gzip.NewReader(sent)
 	require.NoError(t, err)
-	return io.Copy(io.Discard, &inflateBound{r: gz, sent: sent, max: max, ratio: ratio})
+	return io.Copy(io.Discard, &inflateBound{r: gz, sent: sent, max: bound, ratio: ratio})
 }
 
 func TestInflateBound(t *testing.T) {
@@ -47,10 +47,10 @@ func TestInflateBound(t *testing.T) {
 func FuzzInflateBound(f *testing.F) {
 	f.Add([]byte("{}\n"), uint32(10), uint8(0))
 	f.Add(bytes.Repeat([]byte{'\n'}, 4096), uint32(1000), uint8(10))
-	f.Fuzz(func(t *testing.T, data []byte, max uint32, ratio uint8) {
-		n, err := inflate(t, data, int64(max), int(ratio))
-		if max > 0 && n > int64(max) {
-			t.Fatalf("delivered %d bytes past the bound %d", n, max)
+	f.Fuzz(func(t *testing.T, data []byte, bound uint32, ratio uint8) {
+		n, err := inflate(t, data, int64(bound), int(ratio))
+		if bound > 0 && n > int64(bound) {
+			t.Fatalf("delivered %d bytes past the bound %d", n, bound)
 		}
 		var be *boundError
 		switch {
@@ -62,8 +62,8 @@ func FuzzInflateBound(f *testing.F) {
 			if be.Key != "ingress.max_decompressed_bytes" && be.Key != "ingress.max_decompression_ratio" {
 				t.Fatalf("refused under %s", be.Key)
 			}
-			if be.Key == "ingress.max_decompressed_bytes" && int64(len(data)) <= int64(max) {
-				t.Fatalf("a %d-byte body refused under a bound of %d", len(data), max)
+			if be.Key == "ingress.max_decompressed_bytes" && int64(len(data)) <= int64(bound) {
+				t.Fatalf("a %d-byte body refused under a bound of %d", len(data), bound)
 			}
 		default:
 			t.Fatalf("unexpected error %v", err)

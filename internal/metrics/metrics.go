@@ -3,6 +3,7 @@ package metrics
 import (
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -86,10 +87,26 @@ func New(reg *prometheus.Registry) *Metrics {
 		[]string{"partition"})
 	reg.MustRegister(m.lag)
 	m.ledgerRows = gauge("spool_ledger_rows", "Command ids in the dedupe ledger (PostgreSQL's estimate).")
-	m.sweeps = counter("spool_sweeps_total", "Sweeps of expired rows run, by kind: ledger, idempotency_keys, jobs.", "kind")
+	m.sweeps = counter("spool_sweeps_total", "Sweeps of expired rows run, by kind: "+strings.Join(SweepKinds, ", ")+".", "kind")
 	m.swept = counter("spool_swept_rows_total", "Rows removed by sweeps, by kind.", "kind")
+	for _, kind := range SweepKinds {
+		m.sweeps.WithLabelValues(kind)
+		m.swept.WithLabelValues(kind)
+	}
 	return m
 }
+
+// The kinds of rows the processor's maintenance sweeps, the kind label of
+// spool_sweeps_total and spool_swept_rows_total.
+const (
+	SweepLedger          = "ledger"
+	SweepTombstones      = "tombstones"
+	SweepIdempotencyKeys = "idempotency_keys"
+	SweepJobs            = "jobs"
+)
+
+// SweepKinds lists every sweep kind: the series exist from the start, at 0.
+var SweepKinds = []string{SweepLedger, SweepTombstones, SweepIdempotencyKeys, SweepJobs}
 
 // NewRegistry returns an empty registry for New.
 func NewRegistry() *prometheus.Registry { return prometheus.NewRegistry() }
@@ -120,10 +137,10 @@ func (m *Metrics) Upload(code int, accepted, rejected, bytes int64) {
 	m.uploadBytes.Add(float64(bytes))
 }
 
-// Produced implements httpapi.Observer.
 // Uploading implements httpapi.Observer.
 func (m *Metrics) Uploading(delta int) { m.uploading.Add(float64(delta)) }
 
+// Produced implements httpapi.Observer.
 func (m *Metrics) Produced(d time.Duration) { m.produceLatency.Observe(d.Seconds()) }
 
 // BatchWritten implements pipeline.Observer.

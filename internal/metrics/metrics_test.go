@@ -25,8 +25,8 @@ func TestMetricsCount(t *testing.T) {
 	m.Upload(503, 2, 0, 10)
 	m.BatchWritten(3, time.Second, []pipeline.Outcome{pipeline.OutcomeApplied, pipeline.OutcomeApplied, pipeline.OutcomeDuplicate})
 	m.SetLag(map[int32]int64{0: 5, 3: 7})
-	m.Swept("jobs", 4)
-	m.Swept("jobs", 0)
+	m.Swept(metrics.SweepJobs, 4)
+	m.Swept(metrics.SweepJobs, 0)
 	m.RateWaited(1500 * time.Millisecond)
 	expected := `
 # HELP spool_ingress_records_total Upload records, by outcome: accepted (acknowledged by Kafka) or rejected.
@@ -51,12 +51,18 @@ spool_processor_consumer_lag{partition="3"} 7
 # HELP spool_processor_rate_limit_wait_seconds_total Time batches spent waiting for the rate limiter.
 # TYPE spool_processor_rate_limit_wait_seconds_total counter
 spool_processor_rate_limit_wait_seconds_total 1.5
-# HELP spool_sweeps_total Sweeps of expired rows run, by kind: ledger, idempotency_keys, jobs.
+# HELP spool_sweeps_total Sweeps of expired rows run, by kind: ledger, tombstones, idempotency_keys, jobs.
 # TYPE spool_sweeps_total counter
+spool_sweeps_total{kind="idempotency_keys"} 0
 spool_sweeps_total{kind="jobs"} 2
+spool_sweeps_total{kind="ledger"} 0
+spool_sweeps_total{kind="tombstones"} 0
 # HELP spool_swept_rows_total Rows removed by sweeps, by kind.
 # TYPE spool_swept_rows_total counter
+spool_swept_rows_total{kind="idempotency_keys"} 0
 spool_swept_rows_total{kind="jobs"} 4
+spool_swept_rows_total{kind="ledger"} 0
+spool_swept_rows_total{kind="tombstones"} 0
 `
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(expected), "spool_ingress_records_total",
 		"spool_ingress_uploads_total", "spool_ingress_upload_bytes_total", "spool_processor_records_total",
@@ -82,7 +88,7 @@ func TestNamesFollowConventions(t *testing.T) {
 	m.Retried(pipeline.ClassTransient)
 	m.DeadLettered(pipeline.ClassConstraint)
 	m.SetLag(map[int32]int64{0: 1})
-	m.Swept("ledger", 1)
+	m.Swept(metrics.SweepLedger, 1)
 
 	problems, err := testutil.GatherAndLint(reg)
 	require.NoError(t, err)
@@ -100,6 +106,43 @@ func TestNamesFollowConventions(t *testing.T) {
 		}
 	}
 	require.Equal(t, 17, n, "every spool metric was gathered")
+}
+
+// TestHelpNamesWhatIsEmitted: a help text that lists a label's values
+// ("by kind: a, b.") lists exactly the values emitted, and docs/metrics.md
+// names each of them in the metric's row.
+func TestHelpNamesWhatIsEmitted(t *testing.T) {
+	t.Parallel()
+	reg := metrics.NewRegistry()
+	metrics.New(reg)
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	docs, err := os.ReadFile("../../docs/metrics.md")
+	require.NoError(t, err)
+	listed := regexp.MustCompile(`by (\w+): ([\w, ]+)\.$`)
+	checked := 0
+	for _, f := range families {
+		m := listed.FindStringSubmatch(f.GetHelp())
+		if m == nil {
+			continue
+		}
+		checked++
+		var emitted []string
+		for _, s := range f.GetMetric() {
+			for _, l := range s.GetLabel() {
+				if l.GetName() == m[1] {
+					emitted = append(emitted, l.GetValue())
+				}
+			}
+		}
+		named := strings.Split(m[2], ", ")
+		require.ElementsMatch(t, named, emitted, "%s's help names its %s values", f.GetName(), m[1])
+		row := regexp.MustCompile("(?m)^\\| `" + f.GetName() + "` \\|.*$").FindString(string(docs))
+		for _, v := range named {
+			require.Contains(t, row, "`"+v+"`", "docs/metrics.md's row of %s", f.GetName())
+		}
+	}
+	require.Positive(t, checked)
 }
 
 // TestDashboardNamesRealMetrics: every metric the Grafana dashboard queries
@@ -138,23 +181,4 @@ func TestDashboardNamesRealMetrics(t *testing.T) {
 		}
 	}
 	require.Greater(t, queried, 20)
-}
-
-func TestScrapeBatches(t *testing.T) {
-	t.Parallel()
-	reg := metrics.NewRegistry()
-	m := metrics.New(reg)
-	m.BatchWritten(100, 100*time.Millisecond, nil)
-	m.BatchWritten(300, 300*time.Millisecond, nil)
-	srv := httptest.NewServer(m.Handler())
-	defer srv.Close()
-	b, err := metrics.ScrapeBatches(t.Context(), srv.URL)
-	require.NoError(t, err)
-	require.Equal(t, uint64(2), b.Count)
-	require.InDelta(t, 200, b.MeanSize(), 1e-9)
-	require.InDelta(t, float64(200*time.Millisecond), float64(b.MeanDuration()), float64(time.Microsecond))
-	m.BatchWritten(50, time.Second, nil)
-	later, err := metrics.ScrapeBatches(t.Context(), srv.URL)
-	require.NoError(t, err)
-	require.Equal(t, metrics.Batches{Count: 1, Records: 50, Time: time.Second}, later.Sub(b))
 }

@@ -5,34 +5,30 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net/url"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/internal/tools/tooldb"
 )
-
-// DefaultURL is used when TEST_DATABASE_URL is unset.
-const DefaultURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 
 // DB is one test's schema.
 type DB struct {
-	Pool   *pgxpool.Pool
-	Schema string
+	// Pool is for the test's own queries.
+	Pool *pgxpool.Pool
+	// Postgres is the same pool for spool's code under test.
+	Postgres *postgres.DB
+	Schema   string
 	// URL connects with search_path set to Schema, for code under test
 	// that opens its own pool.
 	URL string
 }
 
-// BaseURL is the test database's URL.
-func BaseURL() string {
-	if u := os.Getenv("TEST_DATABASE_URL"); u != "" {
-		return u
-	}
-	return DefaultURL
-}
+// BaseURL is the test database's URL: TEST_DATABASE_URL, or the local
+// PostgreSQL.
+func BaseURL() string { return tooldb.BaseURL() }
 
 // New creates a fresh schema, applies spool's migrations in it and drops
 // it when the test ends.
@@ -44,24 +40,13 @@ func New(t testing.TB) *DB {
 	_, _ = rand.Read(b)
 	schema := "spooltest_" + hex.EncodeToString(b)
 
-	admin, err := postgres.Open(ctx, BaseURL(), 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+	if err := tooldb.ResetSchema(ctx, BaseURL(), schema); err != nil {
 		t.Fatalf("creating schema (is PostgreSQL running at %s?): %v", BaseURL(), err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		admin, err := postgres.Open(ctx, BaseURL(), 2)
-		if err != nil {
-			t.Errorf("dropping schema %s: %v", schema, err)
-			return
-		}
-		defer admin.Close()
-		if _, err := admin.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
+		if err := tooldb.DropSchema(ctx, BaseURL(), schema); err != nil {
 			t.Errorf("dropping schema %s: %v", schema, err)
 		}
 	})
@@ -74,12 +59,17 @@ func New(t testing.TB) *DB {
 	q.Set("search_path", schema)
 	u.RawQuery = q.Encode()
 	db := &DB{Schema: schema, URL: u.String()}
-	db.Pool, err = postgres.Open(ctx, db.URL, 8)
+	cfg, err := pgxpool.ParseConfig(db.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.MaxConns = 8
+	if db.Pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(db.Pool.Close)
-	if _, err := postgres.Migrate(ctx, db.Pool); err != nil {
+	db.Postgres = postgres.FromPool(db.Pool)
+	if _, err := postgres.Migrate(ctx, db.Postgres); err != nil {
 		t.Fatal(err)
 	}
 	return db

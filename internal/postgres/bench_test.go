@@ -13,9 +13,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/spoolhq/spool/internal/harness"
 	"github.com/spoolhq/spool/internal/pgtest"
 	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/internal/tools/harness"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -71,7 +71,7 @@ func benchSetup(b *testing.B) (*pgtest.DB, pipeline.Entities) {
 	db := pgtest.New(b)
 	db.Exec(b, `CREATE TABLE customers (customer_id text PRIMARY KEY, name text, email text,
 		balance numeric(18,2), version bigint NOT NULL, updated_at timestamptz)`)
-	es, err := postgres.LoadEntities(context.Background(), db.Pool, []postgres.EntitySpec{
+	es, err := postgres.LoadEntities(context.Background(), db.Postgres, []postgres.EntitySpec{
 		{Name: "customers", Schema: db.Schema, Table: "customers", Key: []string{"customer_id"}, VersionColumn: "version"}})
 	require.NoError(b, err)
 	return db, es
@@ -89,7 +89,7 @@ func BenchmarkWriteBatch(b *testing.B) {
 	for _, size := range []int{2000, 10000} {
 		b.Run(fmt.Sprintf("spool/batch=%d", size), func(b *testing.B) {
 			db, es := benchSetup(b)
-			store := postgres.NewStore(db.Pool, es, "bench", slog.New(slog.NewTextHandler(io.Discard, nil)))
+			store := postgres.NewStore(db.Postgres, es, "bench", slog.New(slog.NewTextHandler(io.Discard, nil)))
 			batches := benchBatches(b, es, b.N, size)
 			b.ResetTimer()
 			done := measure(b, b.N*size)

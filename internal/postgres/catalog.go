@@ -25,10 +25,10 @@ type EntitySpec struct {
 // LoadEntities reads each entity's columns and types from the catalog and
 // checks that the table, the key columns (backed by a unique index, which
 // ON CONFLICT needs) and the version column exist.
-func LoadEntities(ctx context.Context, pool *pgxpool.Pool, specs []EntitySpec) (pipeline.Entities, error) {
+func LoadEntities(ctx context.Context, db *DB, specs []EntitySpec) (pipeline.Entities, error) {
 	es := make(pipeline.Entities, len(specs))
 	for _, s := range specs {
-		e, err := loadEntity(ctx, pool, s)
+		e, err := loadEntity(ctx, db.pool, s)
 		if err != nil {
 			return nil, fmt.Errorf("entity %s: %w", s.Name, err)
 		}

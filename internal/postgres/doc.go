@@ -1,4 +1,5 @@
-// Package postgres is spool's only pgx importer: the embedded migrations,
+// Package postgres is the product's only pgx importer (tooling has
+// internal/tools/tooldb, tests internal/pgtest): the embedded migrations,
 // the entity catalog read at start-up, the batch writer that applies a
 // partition's batch in one transaction (dedupe claim, set-based upserts and
 // deletes under the version guard, job counters, failures and the offset

@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 //go:embed migrations/*.sql
@@ -48,12 +47,12 @@ func migrations() ([]migration, error) {
 // current schema. It is idempotent and safe when several processes start at
 // once: a session advisory lock serializes them. It returns the names of the
 // migrations it applied.
-func Migrate(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
+func Migrate(ctx context.Context, db *DB) ([]string, error) {
 	ms, err := migrations()
 	if err != nil {
 		return nil, err
 	}
-	conn, err := pool.Acquire(ctx)
+	conn, err := db.pool.Acquire(ctx)
 	if err != nil {
 		return nil, classify(fmt.Errorf("acquiring connection for migrations: %w", err))
 	}
@@ -103,8 +102,8 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
 // EnsureDemoCustomers creates the demo entity's table of spoolctl dev in
 // the connection's current schema when it is missing, and returns its
 // qualified name.
-func EnsureDemoCustomers(ctx context.Context, pool *pgxpool.Pool) (string, error) {
-	_, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS customers (
+func EnsureDemoCustomers(ctx context.Context, db *DB) (string, error) {
+	_, err := db.pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS customers (
 		customer_id text PRIMARY KEY,
 		name        text,
 		email       text,
@@ -115,7 +114,7 @@ func EnsureDemoCustomers(ctx context.Context, pool *pgxpool.Pool) (string, error
 		return "", fmt.Errorf("creating demo table customers: %w", err)
 	}
 	var schema string
-	if err := pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+	if err := db.pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
 		return "", fmt.Errorf("reading current schema: %w", err)
 	}
 	return schema + ".customers", nil

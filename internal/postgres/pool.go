@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -27,8 +26,12 @@ func parsePoolConfig(url string) (*pgxpool.Config, error) {
 	return cfg, nil
 }
 
-// Open returns a connection pool of at most maxConns connections.
-func Open(ctx context.Context, url string, maxConns int) (*pgxpool.Pool, error) {
+// DB is a pool of connections to spool's database: what the rest of spool
+// holds, so that pgx stays in this package.
+type DB struct{ pool *pgxpool.Pool }
+
+// Open returns a pool of at most maxConns connections.
+func Open(ctx context.Context, url string, maxConns int) (*DB, error) {
 	cfg, err := parsePoolConfig(url)
 	if err != nil {
 		return nil, err
@@ -38,8 +41,18 @@ func Open(ctx context.Context, url string, maxConns int) (*pgxpool.Pool, error) 
 	if err != nil {
 		return nil, fmt.Errorf("opening database pool: %w", err)
 	}
-	return pool, nil
+	return &DB{pool: pool}, nil
 }
+
+// FromPool is a DB on a pool opened elsewhere: by tests, which query the
+// same schema with pgx themselves.
+func FromPool(pool *pgxpool.Pool) *DB { return &DB{pool: pool} }
+
+// Close closes every connection, waiting for those in use.
+func (db *DB) Close() { db.pool.Close() }
+
+// Ping checks that the database answers.
+func (db *DB) Ping(ctx context.Context) error { return db.pool.Ping(ctx) }
 
 // EnsureDatabase creates the database named in url when it is missing, by
 // connecting to the server's "postgres" database. spoolctl dev uses it so
@@ -68,33 +81,6 @@ func EnsureDatabase(ctx context.Context, url string) error {
 		return fmt.Errorf("creating database %s: %w", name, err)
 	}
 	return nil
-}
-
-// collect runs sql and scans each row into a map.
-func collect[V any](ctx context.Context, pool *pgxpool.Pool, scan func(pgx.Rows, map[string]V) error, sql string, args ...any) (map[string]V, error) {
-	rows, err := pool.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := map[string]V{}
-	for rows.Next() {
-		if err := scan(rows, out); err != nil {
-			return nil, err
-		}
-	}
-	return out, rows.Err()
-}
-
-// pairs runs sql, whose rows are a key and a value, into a map.
-func pairs[V any](ctx context.Context, pool *pgxpool.Pool, sql string, args ...any) (map[string]V, error) {
-	return collect(ctx, pool, func(r pgx.Rows, out map[string]V) error {
-		var k string
-		var v V
-		err := r.Scan(&k, &v)
-		out[k] = v
-		return err
-	}, sql, args...)
 }
 
 // texts, int8s and byteas are one-dimensional array parameters of values

@@ -44,8 +44,5 @@ func TestRedactionAgreesWithPgconn(t *testing.T) {
 		_, err := postgres.Open(context.Background(), s, 2)
 		require.Error(t, err, s)
 		require.NotContains(t, err.Error(), pw, s)
-		_, err = postgres.LockRun(context.Background(), s, "x")
-		require.Error(t, err, s)
-		require.NotContains(t, err.Error(), pw, s)
 	}
 }

@@ -38,8 +38,8 @@ const sqlCacheSize = 1024
 
 // NewStore returns a store writing the given entities; group names the
 // consumer group whose offsets it keeps.
-func NewStore(pool *pgxpool.Pool, entities pipeline.Entities, group string, logger *slog.Logger) *Store {
-	return newStore(pool, entities, group, logger, sqlCacheSize)
+func NewStore(db *DB, entities pipeline.Entities, group string, logger *slog.Logger) *Store {
+	return newStore(db.pool, entities, group, logger, sqlCacheSize)
 }
 
 func newStore(pool *pgxpool.Pool, entities pipeline.Entities, group string, logger *slog.Logger, cacheSize int) *Store {

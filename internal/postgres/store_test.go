@@ -29,13 +29,13 @@ func setup(t *testing.T) *testBundle {
 		customer_id text PRIMARY KEY, name text, balance numeric(18,2) CHECK (balance >= 0),
 		version bigint NOT NULL)`)
 	db.Exec(t, `CREATE TABLE lines (order_id text, line int, qty int, note text, PRIMARY KEY (order_id, line))`)
-	es, err := postgres.LoadEntities(context.Background(), db.Pool, []postgres.EntitySpec{
+	es, err := postgres.LoadEntities(context.Background(), db.Postgres, []postgres.EntitySpec{
 		{Name: "customers", Schema: db.Schema, Table: "customers", Key: []string{"customer_id"}, VersionColumn: "version"},
 		{Name: "lines", Schema: db.Schema, Table: "lines", Key: []string{"order_id", "line"}},
 	})
 	require.NoError(t, err)
 	return &testBundle{db: db, es: es, next: map[int32]int64{},
-		store: postgres.NewStore(db.Pool, es, "g", slog.New(slog.NewTextHandler(io.Discard, nil)))}
+		store: postgres.NewStore(db.Postgres, es, "g", slog.New(slog.NewTextHandler(io.Discard, nil)))}
 }
 
 // write applies lines as one batch of partition p, continuing its offsets.
@@ -219,7 +219,7 @@ func TestLoadEntitiesRefusesBadConfig(t *testing.T) {
 		{postgres.EntitySpec{Name: "x", Schema: b.db.Schema, Table: "customers", Key: []string{"customer_id"}, VersionColumn: "ver"}, `version column "ver" does not exist`},
 		{postgres.EntitySpec{Name: "x", Schema: b.db.Schema, Table: "customers", Key: []string{"customer_id"}, VersionColumn: "name"}, `version column "name" is text`},
 	} {
-		_, err := postgres.LoadEntities(ctx, b.db.Pool, []postgres.EntitySpec{tt.spec})
+		_, err := postgres.LoadEntities(ctx, b.db.Postgres, []postgres.EntitySpec{tt.spec})
 		require.ErrorContains(t, err, tt.want)
 	}
 }
@@ -270,11 +270,11 @@ func TestTombstoneNamesTheValueNotTheSpelling(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.db.Exec(t, `CREATE TABLE things (id uuid PRIMARY KEY, label text, version bigint NOT NULL)`)
-	es, err := postgres.LoadEntities(context.Background(), b.db.Pool, []postgres.EntitySpec{
+	es, err := postgres.LoadEntities(context.Background(), b.db.Postgres, []postgres.EntitySpec{
 		{Name: "things", Schema: b.db.Schema, Table: "things", Key: []string{"id"}, VersionColumn: "version"}})
 	require.NoError(t, err)
 	b.es = es
-	b.store = postgres.NewStore(b.db.Pool, es, "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b.store = postgres.NewStore(b.db.Postgres, es, "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	out, err := b.write(t, 0, `{"id":"d","entity":"things","op":"delete","version":5,"data":{"id":"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"}}`)
 	require.NoError(t, err)
 	require.Equal(t, []pipeline.Outcome{applied}, out)
@@ -369,7 +369,7 @@ func TestWriteBatchRefusesWhatACastWouldCut(t *testing.T) {
 	db := pgtest.New(t)
 	db.Exec(t, `CREATE DOMAIN short AS varchar(3); CREATE DOMAIN shorter AS short CHECK (VALUE <> 'no');
 		CREATE TABLE codes (code varchar(5) PRIMARY KEY, label char(4), flags bit(3), tag shorter, version bigint NOT NULL)`)
-	es, err := postgres.LoadEntities(context.Background(), db.Pool, []postgres.EntitySpec{
+	es, err := postgres.LoadEntities(context.Background(), db.Postgres, []postgres.EntitySpec{
 		{Name: "codes", Schema: db.Schema, Table: "codes", Key: []string{"code"}, VersionColumn: "version"}})
 	require.NoError(t, err)
 	cols := es["codes"].Columns
@@ -381,7 +381,7 @@ func TestWriteBatchRefusesWhatACastWouldCut(t *testing.T) {
 	require.Equal(t, 3, cols["tag"].MaxChars)
 	require.Equal(t, pipeline.KindText, cols["tag"].Kind)
 	db.Exec(t, `ALTER TABLE codes ALTER COLUMN code TYPE varchar(3), ALTER COLUMN label TYPE char(2)`)
-	store := postgres.NewStore(db.Pool, es, "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	store := postgres.NewStore(db.Postgres, es, "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	write := func(offset int64, line string) error {
 		cmd, err := pipeline.DecodeCommand([]byte(line))
 		require.NoError(t, err)
@@ -441,12 +441,12 @@ func TestStaleToldWhateverTheKey(t *testing.T) {
 		{"k_ci", []string{"k"}, false, `"k":"Ab"`, `"k":"aB"`, `"k":"b"`},
 	} {
 		t.Run(tt.table, func(t *testing.T) {
-			es, err := postgres.LoadEntities(context.Background(), db.Pool, []postgres.EntitySpec{
+			es, err := postgres.LoadEntities(context.Background(), db.Postgres, []postgres.EntitySpec{
 				{Name: tt.table, Schema: db.Schema, Table: tt.table, Key: tt.key, VersionColumn: "version"}})
 			require.NoError(t, err)
 			require.Equal(t, tt.roundTrip, es[tt.table].KeysRoundTrip)
 			b := &testBundle{db: db, es: es, next: map[int32]int64{},
-				store: postgres.NewStore(db.Pool, es, "g-"+tt.table, slog.New(slog.NewTextHandler(io.Discard, nil)))}
+				store: postgres.NewStore(db.Postgres, es, "g-"+tt.table, slog.New(slog.NewTextHandler(io.Discard, nil)))}
 			cmd := func(id, key string, version int) string {
 				return fmt.Sprintf(`{"id":"%s-%s","entity":%q,"version":%d,"data":{%s,"v":"%s@%d"}}`, tt.table, id, tt.table, version, key, id, version)
 			}

@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/internal/tools/tooldb"
 )
 
 // The kinds of fault.
@@ -66,7 +66,7 @@ func plan(cfg Config, r *rand.Rand) []string {
 // apart, and measures each one's recovery.
 type injector struct {
 	s      *stack
-	audit  *postgres.Audit
+	audit  *tooldb.Audit
 	cl     *clients
 	r      *rand.Rand
 	start  time.Time

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spoolhq/spool/dlq"
 	"github.com/spoolhq/spool/internal/kafka"
-	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/internal/tools/tooldb"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -51,7 +51,7 @@ func (v *verdict) problem(counter *int, format string, args ...any) {
 
 // check compares the database, the dead-letter topic and the jobs with the
 // workload and the clients' answers.
-func check(ctx context.Context, a *postgres.Audit, brokers []string, w *workload, answers []answer) (*verdict, error) {
+func check(ctx context.Context, a *tooldb.Audit, brokers []string, w *workload, answers []answer) (*verdict, error) {
 	v := &verdict{Commands: len(w.cmds)}
 	writes, err := a.AuditWrites(ctx)
 	if err != nil {
@@ -160,7 +160,7 @@ func check(ctx context.Context, a *postgres.Audit, brokers []string, w *workload
 // checkJobs checks each answered job's counts against its upload and the
 // audit, that every other job failed, and that all jobs together counted
 // exactly the audit's writes as applied.
-func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*postgres.AuditJob, writes map[string]int, dead map[string]bool) {
+func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*tooldb.AuditJob, writes map[string]int, dead map[string]bool) {
 	uploadsOf := map[string]int{} // command id → uploads it is in
 	for _, u := range w.uploads {
 		for _, i := range u {
@@ -198,7 +198,7 @@ func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*post
 		if rejects+poison > 0 {
 			state = pipeline.JobCompletedWithErrors
 		}
-		want := postgres.AuditJob{ID: id, State: string(state), Received: n, Accepted: n - rejects, Rejected: rejects,
+		want := tooldb.AuditJob{ID: id, State: string(state), Received: n, Accepted: n - rejects, Rejected: rejects,
 			DeadLettered: poison, Failed: rejects + poison}
 		got := *j
 		got.Applied, got.Duplicate, got.Stale, got.Conflict, got.Error = 0, 0, 0, 0, ""

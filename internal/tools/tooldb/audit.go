@@ -1,4 +1,4 @@
-package postgres
+package tooldb
 
 import (
 	"context"
@@ -20,7 +20,7 @@ type Audit struct{ pool *pgxpool.Pool }
 
 // OpenAudit connects to url (whose search_path names the run's schema).
 func OpenAudit(ctx context.Context, url string) (*Audit, error) {
-	pool, err := Open(ctx, url, 4)
+	pool, err := open(ctx, url, 4)
 	if err != nil {
 		return nil, err
 	}
@@ -153,11 +153,4 @@ func (a *Audit) TerminateBackends(ctx context.Context, app string) (int, error) 
 // topic: the sum of the stored next offsets.
 func (a *Audit) SumOffsets(ctx context.Context, group, topic string) (int64, error) {
 	return sumOffsets(ctx, a.pool, group, topic)
-}
-
-func sumOffsets(ctx context.Context, pool *pgxpool.Pool, group, topic string) (int64, error) {
-	var n int64
-	err := pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM spool_offsets WHERE consumer_group = $1 AND topic = $2`,
-		group, topic).Scan(&n)
-	return n, err
 }

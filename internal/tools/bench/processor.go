@@ -19,10 +19,9 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/spoolhq/spool/internal/harness"
 	"github.com/spoolhq/spool/internal/kafka"
-	"github.com/spoolhq/spool/internal/metrics"
-	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/internal/tools/harness"
+	"github.com/spoolhq/spool/internal/tools/tooldb"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -57,13 +56,13 @@ const referenceBatch = 40_000
 
 // limitRow turns a workload command into the limits' row (without the
 // ledger's hash, which only the reference's drain needs: recordRow).
-func limitRow(c *pipeline.Command) postgres.LimitRow {
+func limitRow(c *pipeline.Command) tooldb.LimitRow {
 	str := func(k string) string {
 		var s string
 		_ = json.Unmarshal(c.Data[k], &s)
 		return s
 	}
-	return postgres.LimitRow{Tenant: "default", ID: string(c.ID), Key: str("customer_id"), Name: str("name"),
+	return tooldb.LimitRow{Tenant: "default", ID: string(c.ID), Key: str("customer_id"), Name: str("name"),
 		Email: str("email"), Balance: str("balance"), Version: *c.Version}
 }
 
@@ -188,7 +187,7 @@ func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error)
 	if err := e.db.CreateTables(ctx, "limit_copy", "limit_naive"); err != nil {
 		return nil, err
 	}
-	finals := make([]postgres.LimitRow, 0, len(want))
+	finals := make([]tooldb.LimitRow, 0, len(want))
 	for _, c := range w.Final() {
 		finals = append(finals, limitRow(&c))
 	}
@@ -293,15 +292,15 @@ func (e *env) checkDrain(ctx context.Context, system string, w Workload, want ma
 // before them (Limits.CopyUpsertLedger).
 func (e *env) reference(ctx context.Context, table string, conns int) error {
 	g, ctx := errgroup.WithContext(ctx)
-	batches := make(chan []postgres.LimitRow, conns)
+	batches := make(chan []tooldb.LimitRow, conns)
 	g.Go(func() error { return e.db.CopyUpsertLedger(ctx, table, batches, conns) })
 	g.Go(func() error {
 		defer close(batches)
-		batch := make([]postgres.LimitRow, 0, referenceBatch)
+		batch := make([]tooldb.LimitRow, 0, referenceBatch)
 		send := func() error {
 			select {
 			case batches <- batch:
-				batch = make([]postgres.LimitRow, 0, referenceBatch)
+				batch = make([]tooldb.LimitRow, 0, referenceBatch)
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()
@@ -328,13 +327,13 @@ func (e *env) reference(ctx context.Context, table string, conns int) error {
 // recordRow decodes a backlog record into the reference's row, as a plain
 // consumer would: the command's JSON, its data's strings, and a hash of the
 // record's value for the ledger.
-func recordRow(value []byte) (postgres.LimitRow, error) {
+func recordRow(value []byte) (tooldb.LimitRow, error) {
 	c, err := pipeline.DecodeCommand(value)
 	if err != nil {
-		return postgres.LimitRow{}, err
+		return tooldb.LimitRow{}, err
 	}
 	if c.Version == nil {
-		return postgres.LimitRow{}, fmt.Errorf("command %s has no version", c.ID)
+		return tooldb.LimitRow{}, fmt.Errorf("command %s has no version", c.ID)
 	}
 	str := func(k string) string {
 		raw := c.Data[k]
@@ -346,7 +345,7 @@ func recordRow(value []byte) (postgres.LimitRow, error) {
 		return s
 	}
 	h := sha256.Sum256(value)
-	return postgres.LimitRow{Tenant: "default", ID: string(c.ID), Key: str("customer_id"), Name: str("name"),
+	return tooldb.LimitRow{Tenant: "default", ID: string(c.ID), Key: str("customer_id"), Name: str("name"),
 		Email: str("email"), Balance: str("balance"), Version: *c.Version, Hash: h[:16]}, nil
 }
 
@@ -380,9 +379,9 @@ func (e *env) guard(results []Result) error {
 	fmt.Fprintf(e.cfg.Out, "%s's steady drain (from its first commit, %d commands): %.0f/s, %.1f machine µs a command; "+
 		"its own and PostgreSQL's CPU %.1f µs a command, %.2f× the %s's %.1f\n",
 		proc.System, s.Records, s.PerSecond(), s.MicrosPerRecord(s.Machine), ours, ratio, reference.System, theirs)
-	if max := e.cfg.MaxCPURatio; max > 0 && ratio > max {
+	if bound := e.cfg.MaxCPURatio; bound > 0 && ratio > bound {
 		return fmt.Errorf("%w: the processor's CPU per command (its own and PostgreSQL's) is %.2f× the %s's, over the bound of %.2f×",
-			ErrOverCPUBound, ratio, reference.System, max)
+			ErrOverCPUBound, ratio, reference.System, bound)
 	}
 	return nil
 }
@@ -453,7 +452,7 @@ func (e *env) naive(ctx context.Context, n int) (Result, error) {
 			done++
 			return nil
 		})
-		if err == errStop {
+		if errors.Is(err, errStop) {
 			return nil
 		}
 		return err
@@ -553,7 +552,7 @@ func (e *env) drain(ctx context.Context, system, group string, n, procs int) (Re
 	allWorking := func() bool {
 		for i, url := range urls {
 			if !working[i] {
-				b, err := metrics.ScrapeBatches(ctx, url)
+				b, err := scrapeBatches(ctx, url)
 				working[i] = err == nil && b.Count > 0
 			}
 			if !working[i] {
@@ -570,9 +569,9 @@ func (e *env) drain(ctx context.Context, system, group string, n, procs int) (Re
 		}
 	})
 	elapsed, busy, wal := time.Since(start), machineBusy()-machine, e.walPosition(ctx)-wal
-	var batches metrics.Batches
+	var batches Batches
 	for _, url := range urls {
-		if b, err := metrics.ScrapeBatches(ctx, url); err == nil {
+		if b, err := scrapeBatches(ctx, url); err == nil {
 			batches = batches.Add(b)
 		}
 	}

@@ -1,4 +1,4 @@
-package postgres
+package tooldb
 
 import (
 	"context"
@@ -20,7 +20,7 @@ type Limits struct{ pool *pgxpool.Pool }
 
 // OpenLimits connects for the limits (and spool's own tables there).
 func OpenLimits(ctx context.Context, url string) (*Limits, error) {
-	pool, err := Open(ctx, url, 4)
+	pool, err := open(ctx, url, 4)
 	if err != nil {
 		return nil, err
 	}
@@ -208,28 +208,4 @@ func (l *Limits) WaitEvents(ctx context.Context) (map[string]int64, error) {
 	return pairs[int64](ctx, l.pool, `SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU'), count(*)
 		FROM pg_stat_activity WHERE state = 'active' AND datname = current_database() AND pid <> pg_backend_pid()
 		GROUP BY 1`)
-}
-
-// LockRun takes a session advisory lock named name on its own connection,
-// so that two runs (benchmarks, fault suites) cannot share a schema (one
-// would drop the other's tables under it). release frees it.
-func LockRun(ctx context.Context, url, name string) (release func(), err error) {
-	cfg, err := pgx.ParseConfig(url)
-	if err != nil {
-		return nil, errUnreadableURL
-	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	var ok bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, "spool-bench:"+name).Scan(&ok); err != nil {
-		conn.Close(ctx)
-		return nil, err
-	}
-	if !ok {
-		conn.Close(ctx)
-		return nil, fmt.Errorf("another run uses schema %s: wait for it, or pass another -schema", name)
-	}
-	return func() { conn.Close(context.Background()) }, nil
 }

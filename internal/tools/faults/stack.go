@@ -15,7 +15,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/spoolhq/spool/internal/harness"
+	"github.com/spoolhq/spool/internal/tools/harness"
 )
 
 // The run's topic, dead-letter topic and processor group.
@@ -191,7 +191,7 @@ func (s *stack) kill(slot **harness.Proc) {
 func (s *stack) restartPostgres(ctx context.Context) error {
 	cmd := exec.CommandContext(ctx, "sh", "-c", s.cfg.PostgresRestart)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("restarting PostgreSQL (%s): %v: %s", s.cfg.PostgresRestart, err, out)
+		return fmt.Errorf("restarting PostgreSQL (%s): %w: %s", s.cfg.PostgresRestart, err, out)
 	}
 	return nil
 }

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/spoolhq/spool/internal/kafka"
-	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/internal/tools/tooldb"
 )
 
 // stallEvery is how often the stall watch samples the backlog.
@@ -20,7 +20,7 @@ const stallEvery = 250 * time.Millisecond
 // resends) is not a stall. Samples the broker or the database cannot
 // answer are skipped: a stall spans them.
 type stallWatch struct {
-	audit   *postgres.Audit
+	audit   *tooldb.Audit
 	brokers []string
 	start   time.Time
 

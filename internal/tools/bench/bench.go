@@ -13,8 +13,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/spoolhq/spool/internal/harness"
 	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/internal/tools/harness"
+	"github.com/spoolhq/spool/internal/tools/tooldb"
 )
 
 // Config is one benchmark run.
@@ -108,7 +109,7 @@ type env struct {
 	cfg     Config
 	dbURL   string
 	brokers []string
-	db      *postgres.Limits
+	db      *tooldb.Limits
 	unlock  func()
 	procs   []*harness.Proc
 	dir     string
@@ -232,29 +233,24 @@ func setup(ctx context.Context, cfg Config) (e *env, err error) {
 	q.Set("search_path", cfg.Schema)
 	u.RawQuery = q.Encode()
 	e.dbURL = u.String()
-	if e.unlock, err = postgres.LockRun(ctx, cfg.DatabaseURL, cfg.Schema); err != nil {
+	if e.unlock, err = tooldb.LockRun(ctx, cfg.DatabaseURL, cfg.Schema); err != nil {
 		return e, err
 	}
-	admin, err := postgres.Open(ctx, cfg.DatabaseURL, 2)
-	if err != nil {
-		return e, err
-	}
-	defer admin.Close()
-	if _, err := admin.Exec(ctx, fmt.Sprintf("DROP SCHEMA IF EXISTS %q CASCADE; CREATE SCHEMA %[1]q", cfg.Schema)); err != nil {
+	if err := tooldb.ResetSchema(ctx, cfg.DatabaseURL, cfg.Schema); err != nil {
 		return e, fmt.Errorf("creating schema %s: %w", cfg.Schema, err)
 	}
-	pool, err := postgres.Open(ctx, e.dbURL, 2)
+	db, err := postgres.Open(ctx, e.dbURL, 2)
 	if err != nil {
 		return e, err
 	}
-	defer pool.Close()
-	if _, err := postgres.Migrate(ctx, pool); err != nil {
+	defer db.Close()
+	if _, err := postgres.Migrate(ctx, db); err != nil {
 		return e, err
 	}
-	if _, err := postgres.EnsureDemoCustomers(ctx, pool); err != nil {
+	if _, err := postgres.EnsureDemoCustomers(ctx, db); err != nil {
 		return e, err
 	}
-	if e.db, err = postgres.OpenLimits(ctx, e.dbURL); err != nil {
+	if e.db, err = tooldb.OpenLimits(ctx, e.dbURL); err != nil {
 		return e, err
 	}
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spoolhq/spool/internal/kafka"
 	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/internal/tools/tooldb"
 )
 
 // Config is one fault run.
@@ -119,7 +120,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	answers, upErr := cl.run(runCtx)
 	if upErr != nil {
 		cancel()
-		<-injected
+		if err := <-injected; err != nil && !errors.Is(err, context.Canceled) {
+			upErr = errors.Join(upErr, fmt.Errorf("injecting faults: %w", err))
+		}
 		return nil, fmt.Errorf("%w\n%s", upErr, s.logs())
 	}
 	if err := <-injected; err != nil {
@@ -163,7 +166,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 // selfCheck breaks the database on purpose after a clean check and checks
 // again: a checker that cannot fail would prove nothing.
-func selfCheck(ctx context.Context, audit *postgres.Audit, brokers []string, w *workload, answers []answer) error {
+func selfCheck(ctx context.Context, audit *tooldb.Audit, brokers []string, w *workload, answers []answer) error {
 	var evs []string
 	for _, c := range w.cmds {
 		if c.Entity == events && !c.Poison && !c.Reject && c.Repeat < 0 && len(evs) < 2 {
@@ -191,8 +194,8 @@ func selfCheck(ctx context.Context, audit *postgres.Audit, brokers []string, w *
 // audit. It returns the checker's connection and the URL spool's processes
 // use (the schema, and an application_name whose backends the PostgreSQL
 // faults terminate).
-func prepare(ctx context.Context, cfg Config) (audit *postgres.Audit, procURL string, unlock func(), err error) {
-	unlock, err = postgres.LockRun(ctx, cfg.DatabaseURL, cfg.Schema)
+func prepare(ctx context.Context, cfg Config) (audit *tooldb.Audit, procURL string, unlock func(), err error) {
+	unlock, err = tooldb.LockRun(ctx, cfg.DatabaseURL, cfg.Schema)
 	if err != nil {
 		return nil, "", nil, err
 	}
@@ -201,12 +204,7 @@ func prepare(ctx context.Context, cfg Config) (audit *postgres.Audit, procURL st
 			unlock()
 		}
 	}()
-	admin, err := postgres.Open(ctx, cfg.DatabaseURL, 1)
-	if err != nil {
-		return nil, "", nil, err
-	}
-	defer admin.Close()
-	if _, err := admin.Exec(ctx, fmt.Sprintf("DROP SCHEMA IF EXISTS %q CASCADE; CREATE SCHEMA %[1]q", cfg.Schema)); err != nil {
+	if err := tooldb.ResetSchema(ctx, cfg.DatabaseURL, cfg.Schema); err != nil {
 		return nil, "", nil, fmt.Errorf("creating schema %s: %w", cfg.Schema, err)
 	}
 	checkURL, err := withParams(cfg.DatabaseURL, "search_path", cfg.Schema, "application_name", cfg.appName()+":checker")
@@ -216,15 +214,15 @@ func prepare(ctx context.Context, cfg Config) (audit *postgres.Audit, procURL st
 	if procURL, err = withParams(cfg.DatabaseURL, "search_path", cfg.Schema, "application_name", cfg.appName()); err != nil {
 		return nil, "", nil, err
 	}
-	pool, err := postgres.Open(ctx, checkURL, 1)
+	db, err := postgres.Open(ctx, checkURL, 1)
 	if err != nil {
 		return nil, "", nil, err
 	}
-	defer pool.Close()
-	if _, err := postgres.Migrate(ctx, pool); err != nil {
+	defer db.Close()
+	if _, err := postgres.Migrate(ctx, db); err != nil {
 		return nil, "", nil, err
 	}
-	if audit, err = postgres.OpenAudit(ctx, checkURL); err != nil {
+	if audit, err = tooldb.OpenAudit(ctx, checkURL); err != nil {
 		return nil, "", nil, err
 	}
 	if err = audit.Exec(ctx, tables); err == nil {
@@ -244,7 +242,7 @@ const drainFor = 3 * time.Minute
 
 // drain waits until the processors have committed every record of the
 // topic and no job is open; it fails when a process died unasked.
-func drain(ctx context.Context, a *postgres.Audit, brokers []string, s *stack) error {
+func drain(ctx context.Context, a *tooldb.Audit, brokers []string, s *stack) error {
 	deadline := time.Now().Add(drainFor)
 	var last string
 	for time.Now().Before(deadline) {

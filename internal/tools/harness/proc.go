@@ -208,9 +208,9 @@ func (p *Proc) WaitFor(ctx context.Context, what string, ready func() error) err
 		}
 		select {
 		case <-p.exited:
-			return fmt.Errorf("%s exited: %v\n%s", p.Name, err, p.Log())
+			return fmt.Errorf("%s exited: %w\n%s", p.Name, err, p.Log())
 		case <-ctx.Done():
-			return fmt.Errorf("%s not %s: %v\n%s", p.Name, what, err, p.Log())
+			return fmt.Errorf("%s not %s: %w\n%s", p.Name, what, err, p.Log())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

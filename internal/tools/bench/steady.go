@@ -9,8 +9,7 @@ import (
 	"time"
 
 	"github.com/spoolhq/spool/internal/apiclient"
-	"github.com/spoolhq/spool/internal/harness"
-	"github.com/spoolhq/spool/internal/metrics"
+	"github.com/spoolhq/spool/internal/tools/harness"
 )
 
 // RateResult is how well a processor held processor.rate_limit.
@@ -58,7 +57,7 @@ type LatencyResult struct {
 	P50, P99, Max time.Duration
 	// Batches are the processor's batches meanwhile: their size and time
 	// tell how much of a job's wait is the write's.
-	Batches metrics.Batches
+	Batches Batches
 	// Cores is the CPU the broker, ingress, processor and this client used
 	// meanwhile, in cores (CPU seconds per second), and Machine what every
 	// process used, and Database PostgreSQL's share of it, to tell a
@@ -129,7 +128,7 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 		}
 		return total
 	}
-	batches0, err := metrics.ScrapeBatches(ctx, metricsURL)
+	batches0, err := scrapeBatches(ctx, metricsURL)
 	if err != nil {
 		return LatencyResult{}, err
 	}
@@ -172,7 +171,7 @@ func (e *env) latencyStage(ctx context.Context, rate float64, d time.Duration) (
 	}
 	elapsed := time.Since(t0).Seconds()
 	cores, machine, database := (cpu()-cpu0).Seconds()/elapsed, (machine1-machine0).Seconds()/elapsed, (databaseCPU()-database0).Seconds()/elapsed
-	batches, err := metrics.ScrapeBatches(ctx, metricsURL)
+	batches, err := scrapeBatches(ctx, metricsURL)
 	if err != nil {
 		return LatencyResult{}, err
 	}

@@ -1,4 +1,4 @@
-package metrics
+package bench
 
 import (
 	"context"
@@ -35,8 +35,8 @@ func (b Batches) MeanSize() float64 { return b.Records / float64(max(b.Count, 1)
 // MeanDuration is a batch's mean time from being taken up to its commit.
 func (b Batches) MeanDuration() time.Duration { return b.Time / time.Duration(max(b.Count, 1)) }
 
-// ScrapeBatches reads a processor's metrics at url (its /metrics).
-func ScrapeBatches(ctx context.Context, url string) (Batches, error) {
+// scrapeBatches reads a processor's metrics at url (its /metrics).
+func scrapeBatches(ctx context.Context, url string) (Batches, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return Batches{}, err

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/spoolhq/spool/internal/apiclient"
-	"github.com/spoolhq/spool/internal/harness"
 	"github.com/spoolhq/spool/internal/kafka"
+	"github.com/spoolhq/spool/internal/tools/harness"
 )
 
 // Topics: the raw produce limit's records, and ingress's.
