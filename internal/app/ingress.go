@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/spoolhq/spool/internal/config"
 	"github.com/spoolhq/spool/internal/httpapi"
@@ -82,13 +83,12 @@ func (in *Ingress) run(ctx context.Context) error {
 	}
 	defer producer.Close()
 	var backlog func() int64
+	var lag *kafka.LagMonitor
 	if c.Ingress.MaxLag > 0 {
-		lag, err := kafka.NewLagMonitor(c.Kafka.Brokers, c.Kafka.Topic, c.Kafka.Group, lagEvery, in.logger)
-		if err != nil {
+		if lag, err = kafka.NewLagMonitor(c.Kafka.Brokers, c.Kafka.Topic, c.Kafka.Group, lagEvery, in.logger); err != nil {
 			return err
 		}
 		defer lag.Close()
-		go lag.Run(ctx)
 		backlog = lag.Lag
 	}
 	keys := httpapi.Keys{}
@@ -128,27 +128,37 @@ func (in *Ingress) run(ctx context.Context) error {
 		Metrics:  m.Handler(),
 		Logger:   in.logger,
 	})
-	ops := serveOps(in.metricsLn, in.logger, m.Handler(), c.Metrics.Pprof,
+	stopOps := serveOps(in.metricsLn, in.logger, m.Handler(), c.Metrics.Pprof,
 		httpapi.Dependency{Name: "PostgreSQL", Ping: store.Ping}, httpapi.Dependency{Name: "Kafka", Ping: producer.Ping})
-	defer ops.Close()
+	defer stopOps()
 	srv := &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(in.logger.Handler(), slog.LevelWarn),
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(in.ln) }()
+	// The parts run until one fails or the stop comes; Run waits for all
+	// of them, so nothing outlives it.
+	g, gctx := errgroup.WithContext(ctx)
+	if lag != nil {
+		g.Go(func() error { lag.Run(gctx); return nil })
+	}
+	g.Go(func() error {
+		if err := srv.Serve(in.ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serving http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		// Uploads in flight finish and get their answers.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			return fmt.Errorf("shutting down http: %w", err)
+		}
+		return nil
+	})
 	in.logger.Info("ingress listening", "addr", in.ln.Addr().String(), "metrics_addr", in.metricsLn.Addr().String(), "topic", c.Kafka.Topic)
-	select {
-	case err := <-errc:
-		return fmt.Errorf("serving http: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("shutting down http: %w", err)
-	}
-	return nil
+	return g.Wait()
 }

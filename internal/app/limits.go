@@ -3,35 +3,13 @@ package app
 import (
 	"context"
 	"log/slog"
-	"strconv"
 	"strings"
 	"time"
-
-	"github.com/cenkalti/backoff/v4"
 
 	"github.com/spoolhq/spool/internal/config"
 	"github.com/spoolhq/spool/internal/kafka"
 	"github.com/spoolhq/spool/pipeline"
 )
-
-// ensureTopics creates spool's topics that are missing, with room for a
-// record of ingress.max_record_bytes (kafka.max_message_bytes).
-// It waits with backoff while the brokers are unreachable (a broker
-// restarting as spool starts), as openDatabase waits for PostgreSQL.
-func ensureTopics(ctx context.Context, c *config.Config, logger *slog.Logger) error {
-	return backoff.Retry(func() error {
-		err := kafka.EnsureTopicsWith(ctx, c.Kafka.Brokers, int32(c.Kafka.Partitions), int16(c.Kafka.ReplicationFactor),
-			map[string]string{"max.message.bytes": strconv.Itoa(c.Kafka.TopicMaxMessageBytes(c.Ingress.MaxRecordBytes))},
-			c.Kafka.Topic, c.Kafka.DLQTopic)
-		if err != nil && pipeline.ClassOf(err) != pipeline.ClassTransient {
-			return backoff.Permanent(err)
-		}
-		if err != nil {
-			logger.Warn("waiting for Kafka", "brokers", c.Kafka.Brokers, "error", err)
-		}
-		return err
-	}, backoff.WithContext(startupBackoff(), ctx))
-}
 
 // describeTimeout bounds reading a topic's config at start-up: a broker
 // that does not answer it leaves the fallback, not a hung start.

@@ -56,3 +56,14 @@ func Main(name string, flagKeys []string, build func(*config.Config, *slog.Logge
 	logger.Info("stopped cleanly")
 	return 0
 }
+
+// NewLogger builds the process logger from config.
+func NewLogger(c config.Log) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}

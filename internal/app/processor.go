@@ -9,6 +9,9 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
+	"golang.org/x/sync/errgroup"
+
 	"github.com/spoolhq/spool/dlq"
 	"github.com/spoolhq/spool/internal/config"
 	"github.com/spoolhq/spool/internal/httpapi"
@@ -18,12 +21,12 @@ import (
 	"github.com/spoolhq/spool/pipeline"
 )
 
-// settleInterval is how often the processor settles every open job and
-// repairs rows behind recent tombstones, to catch a processor that died
-// between a commit and the follow-up it runs after each commit.
+// settleInterval is how often the processor's maintenance repairs rows
+// behind recent tombstones and settles every open job, to catch a processor
+// that died between a commit and the follow-up it runs after each commit.
 const settleInterval = 5 * time.Second
 
-// ledgerSweepEvery is how many settle intervals pass between ledger sweeps.
+// ledgerSweepEvery is how many settle intervals pass between sweeps.
 const ledgerSweepEvery = 12
 
 // Processor consumes the commands topic and applies it to PostgreSQL.
@@ -115,72 +118,55 @@ func (p *Processor) run(ctx context.Context) error {
 	}
 	defer lag.Close()
 
-	ops := serveOps(p.ln, p.logger, m.Handler(), c.Metrics.Pprof,
+	stopOps := serveOps(p.ln, p.logger, m.Handler(), c.Metrics.Pprof,
 		httpapi.Dependency{Name: "PostgreSQL", Ping: store.Ping}, httpapi.Dependency{Name: "Kafka", Ping: producer.Ping})
-	defer ops.Close()
+	defer stopOps()
 
+	maintenance := &Maintenance{Store: store, Metrics: m, Logger: p.logger,
+		Interval: settleInterval, SweepEvery: ledgerSweepEvery,
+		DedupeWindow: c.Dedupe.Window, IdempotencyWindow: c.Ingress.IdempotencyWindow, JobRetention: c.Jobs.Retention}
+	// The parts run until one fails, the consumer ends or the stop comes;
+	// Run waits for all of them, so nothing outlives it.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go p.sweepLoop(ctx, store, m)
-	go every(ctx, lagEvery, func() {
-		if byPartition, err := lag.MeasurePartitions(ctx); err == nil {
-			m.SetLag(byPartition)
-		}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return maintenance.Run(ctx) })
+	g.Go(func() error {
+		every(ctx, lagEvery, func() {
+			if byPartition, err := lag.MeasurePartitions(ctx); err == nil {
+				m.SetLag(byPartition)
+			}
+		})
+		return nil
 	})
-	p.logger.Info("processor consuming", "topic", c.Kafka.Topic, "group", c.Kafka.Group, "instance", instance)
-	return consumer.Run(ctx)
+	g.Go(func() error {
+		defer cancel()
+		p.logger.Info("processor consuming", "topic", c.Kafka.Topic, "group", c.Kafka.Group, "instance", instance)
+		return consumer.Run(ctx)
+	})
+	return g.Wait()
 }
 
-func (p *Processor) sweepLoop(ctx context.Context, store *postgres.Store, m *metrics.Metrics) {
-	t := time.NewTicker(settleInterval)
+// retryBackoff is the policy for transient errors while processing: it
+// never gives up on its own; the context ends it.
+func retryBackoff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 100 * time.Millisecond
+	b.MaxInterval = 10 * time.Second
+	b.MaxElapsedTime = 0
+	return b
+}
+
+// every calls fn now and then every interval until ctx is done.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
-	// The first repair looks an hour back, to cover a restart; later ones
-	// start where the last successful one did.
-	repairFrom := time.Now().Add(-time.Hour)
-	for tick := 0; ; tick++ {
+	for {
+		fn()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		warn := func(what string, err error) {
-			if err != nil && ctx.Err() == nil {
-				p.logger.Warn(what, "error", err)
-			}
-		}
-		// Repair first: a job settles as completed only once no row of it
-		// can still be behind a tombstone.
-		started, err := store.RepairSince(ctx, repairFrom)
-		warn("repairing rows behind recent tombstones", err)
-		if err == nil {
-			repairFrom = started.Add(-time.Minute)
-			warn("settling open jobs", store.SettleOpenJobs(ctx))
-		}
-		abandoned, err := store.AbandonJobs(ctx)
-		warn("marking abandoned uploads failed", err)
-		if abandoned > 0 {
-			p.logger.Warn("marked uploads failed whose ingress stopped mid-upload", "jobs", abandoned)
-		}
-		if tick%ledgerSweepEvery == 0 {
-			ids, tombstones, err := store.SweepLedger(ctx, p.cfg.Dedupe.Window)
-			warn("sweeping the dedupe ledger", err)
-			if err == nil {
-				m.Swept(metrics.SweepLedger, ids)
-				m.Swept(metrics.SweepTombstones, tombstones)
-			}
-			keys, err := store.SweepIdempotencyKeys(ctx, p.cfg.Ingress.IdempotencyWindow)
-			warn("sweeping idempotency keys", err)
-			if err == nil {
-				m.Swept(metrics.SweepIdempotencyKeys, keys)
-			}
-			jobs, err := store.PruneJobs(ctx, p.cfg.Jobs.Retention)
-			warn("pruning finished jobs", err)
-			if err == nil {
-				m.Swept(metrics.SweepJobs, jobs)
-			}
-			if rows, err := store.LedgerRows(ctx); err == nil {
-				m.SetLedgerRows(rows)
-			}
 		}
 	}
 }

@@ -72,6 +72,9 @@ func loadEntity(ctx context.Context, pool *pgxpool.Pool, s EntitySpec) (*pipelin
 		if err := rows.Scan(&c.Name, &c.Type, &c.CastType, &typname, &category, &c.NotNull, &c.MaxChars, &deterministic); err != nil {
 			return nil, classify(err)
 		}
+		if !typeName(c.Type) || !typeName(c.CastType) {
+			return nil, fmt.Errorf("column %q of %s.%s has type %s, which spool cannot name in a statement", c.Name, s.Schema, s.Table, c.Type)
+		}
 		c.Kind = kindOf(typname, category)
 		cols[c.Name] = c
 		roundTrips[c.Name] = c.Kind == pipeline.KindInteger || (deterministic && (typname == "text" || typname == "varchar"))
@@ -170,6 +173,3 @@ func kindOf(typname string, category byte) pipeline.ColumnKind {
 		return pipeline.KindOther
 	}
 }
-
-// quoteIdent quotes an identifier for SQL text.
-func quoteIdent(s string) string { return pgx.Identifier{s}.Sanitize() }

@@ -77,7 +77,7 @@ func EnsureDatabase(ctx context.Context, url string) error {
 	if exists {
 		return nil
 	}
-	if _, err := pool.Exec(ctx, `CREATE DATABASE `+quoteIdent(name)); err != nil {
+	if _, err := pool.Exec(ctx, `CREATE DATABASE `+string(ident(name))); err != nil {
 		return fmt.Errorf("creating database %s: %w", name, err)
 	}
 	return nil

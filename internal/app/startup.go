@@ -1,0 +1,110 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/spoolhq/spool/internal/config"
+	"github.com/spoolhq/spool/internal/kafka"
+	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// openDatabase connects and loads the configured entities from the
+// catalog, waiting with backoff while PostgreSQL is starting or its
+// connections fail; a configuration error (a missing table, say) fails at
+// once.
+func openDatabase(ctx context.Context, c *config.Config, logger *slog.Logger) (*postgres.DB, pipeline.Entities, error) {
+	specs, err := entitySpecs(c.Entities)
+	if err != nil {
+		return nil, nil, err
+	}
+	pool, err := postgres.Open(ctx, c.Database.URL, c.Database.MaxConns)
+	if err != nil {
+		return nil, nil, err
+	}
+	var es pipeline.Entities
+	err = backoff.Retry(func() error {
+		if err := pool.Ping(ctx); err != nil {
+			logger.Warn("waiting for PostgreSQL", "database", c.Database, "error", err)
+			return err
+		}
+		es, err = postgres.LoadEntities(ctx, pool, specs)
+		if err != nil && pipeline.ClassOf(err) != pipeline.ClassTransient {
+			return backoff.Permanent(fmt.Errorf("loading entities: %w", err))
+		}
+		if err != nil {
+			logger.Warn("retrying to load entities", "error", err)
+		}
+		return err
+	}, backoff.WithContext(startupBackoff(), ctx))
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	if len(es) == 0 {
+		logger.Warn("no entities configured: every command will be rejected; add an entities: section to spool.yaml")
+	}
+	return pool, es, nil
+}
+
+// ensureTopics creates spool's topics that are missing, with room for a
+// record of ingress.max_record_bytes (kafka.max_message_bytes).
+// It waits with backoff while the brokers are unreachable (a broker
+// restarting as spool starts), as openDatabase waits for PostgreSQL.
+func ensureTopics(ctx context.Context, c *config.Config, logger *slog.Logger) error {
+	return backoff.Retry(func() error {
+		err := kafka.EnsureTopicsWith(ctx, c.Kafka.Brokers, int32(c.Kafka.Partitions), int16(c.Kafka.ReplicationFactor),
+			map[string]string{"max.message.bytes": strconv.Itoa(c.Kafka.TopicMaxMessageBytes(c.Ingress.MaxRecordBytes))},
+			c.Kafka.Topic, c.Kafka.DLQTopic)
+		if err != nil && pipeline.ClassOf(err) != pipeline.ClassTransient {
+			return backoff.Permanent(err)
+		}
+		if err != nil {
+			logger.Warn("waiting for Kafka", "brokers", c.Kafka.Brokers, "error", err)
+		}
+		return err
+	}, backoff.WithContext(startupBackoff(), ctx))
+}
+
+func entitySpecs(m map[string]config.EntityConfig) ([]postgres.EntitySpec, error) {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	specs := make([]postgres.EntitySpec, 0, len(m))
+	for _, n := range names {
+		e := m[n]
+		schema, table, err := e.SplitTable()
+		if err != nil {
+			return nil, fmt.Errorf("config entities.%s.table: %w", n, err)
+		}
+		specs = append(specs, postgres.EntitySpec{Name: n, Schema: schema, Table: table, Key: e.Key, VersionColumn: e.VersionColumn})
+	}
+	return specs, nil
+}
+
+func startupBackoff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 200 * time.Millisecond
+	b.MaxInterval = 5 * time.Second
+	b.MaxElapsedTime = 2 * time.Minute
+	return b
+}
+
+// listen opens the listener configured at key, naming the key on failure.
+func listen(key, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s %s: %w", key, addr, err)
+	}
+	return ln, nil
+}

@@ -1,0 +1,152 @@
+package postgres
+
+import (
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// claim is a batch's ledger claim: the candidates by id, then, once the
+// claim's answer is read, how many of them it inserted and what the ledger
+// knew of the others.
+type claim struct {
+	candidates []*pipeline.Message
+	byKey      map[pipeline.Key]*pipeline.Message
+	inserted   int
+	known      map[*pipeline.Message]ledgerEntry
+}
+
+// ledgerEntry is what the ledger knows of an id claimed before.
+type ledgerEntry struct {
+	hash   []byte
+	origin *int64
+}
+
+// queueClaim queues the insert of the candidates' ids into the ledger. Its
+// answer is how many ids it inserted and, for each of the others, the claim
+// already there: one row per repeat, not one per command. (The statement's
+// snapshot, taken before its insert, would not see the inserted rows
+// anyway; NOT IN skips looking for them, through a hash of what the insert
+// returned.)
+func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
+	c := &claim{candidates: candidates, byKey: make(map[pipeline.Key]*pipeline.Message, len(candidates)),
+		known: map[*pipeline.Message]ledgerEntry{}}
+	if len(candidates) == 0 {
+		return c
+	}
+	n := len(candidates)
+	tenants, ids, hashes, origins := make(texts, n), make(texts, n), make(byteas, n), make(int8s, n)
+	hashSlices, sums := make([][]byte, n), make([]int64, n)
+	for i, m := range candidates {
+		tenants[i], ids[i] = &m.Tenant, (*string)(&m.Command.ID)
+		hashSlices[i], hashes[i] = m.Hash[:], &hashSlices[i]
+		if o, ok := m.Origin(); ok {
+			sums[i], origins[i] = o.Sum(), &sums[i]
+		}
+		c.byKey[pipeline.Key{Tenant: m.Tenant, ID: m.Command.ID}] = m
+	}
+	// Sorted inserts take index locks in one order, so that two batches
+	// claiming overlapping ids wait for each other instead of deadlocking.
+	q.Queue(`
+		WITH u AS (SELECT t COLLATE "C" AS t, id COLLATE "C" AS id, h, o
+			FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[]) AS u(t, id, h, o)),
+		ins AS (
+			INSERT INTO spool_ledger (tenant, command_id, payload_hash, origin)
+			SELECT t, id, h, o FROM u ORDER BY t, id
+			ON CONFLICT DO NOTHING
+			RETURNING tenant, command_id),
+		known AS (
+			SELECT l.tenant, l.command_id, l.payload_hash, l.origin
+			FROM u JOIN spool_ledger l ON l.tenant = u.t AND l.command_id = u.id
+			WHERE (u.t, u.id) NOT IN (SELECT tenant, command_id FROM ins))
+		SELECT n.inserted, k.tenant, k.command_id, k.payload_hash, k.origin
+		FROM (SELECT count(*) AS inserted FROM ins) n LEFT JOIN known k ON true`,
+		tenants, ids, hashes, origins).Query(func(rows pgx.Rows) error {
+		var tenant, id *string
+		var e ledgerEntry
+		_, err := pgx.ForEachRow(rows, []any{&c.inserted, &tenant, &id, &e.hash, &e.origin}, func() error {
+			if tenant != nil {
+				c.known[c.byKey[pipeline.Key{Tenant: *tenant, ID: pipeline.CommandID(*id)}]] = e // pgx scans each row's hash and origin into new memory
+			}
+			return nil
+		})
+		return err
+	})
+	return c
+}
+
+// settleRepeats settles the candidates the ledger knew, and their repeats
+// in the batch, against the ledger's claim: another payload is a conflict,
+// the claiming record itself redelivered, anything else a duplicate.
+func (c *claim) settleRepeats(repeats map[*pipeline.Message][]*pipeline.Message, set func(*pipeline.Message, pipeline.Outcome)) error {
+	if vanished := len(c.candidates) - c.inserted - len(c.known); vanished > 0 {
+		// Neither inserted nor there before the claim began: another
+		// transaction claimed the id meanwhile (a partition changing hands),
+		// or the sweeper removed the claim. A retry of the batch settles it.
+		return pipeline.Errorf(pipeline.ClassTransient, "%d command ids were claimed or swept by another transaction while the batch ran", vanished)
+	}
+	for m, e := range c.known {
+		for _, m := range append([]*pipeline.Message{m}, repeats[m]...) {
+			o, identified := m.Origin()
+			switch {
+			case string(e.hash) != string(m.Hash[:]):
+				set(m, pipeline.OutcomeConflict)
+			case identified && e.origin != nil && *e.origin == o.Sum():
+				set(m, pipeline.OutcomeRedelivered) // the claim is this very record's
+			default:
+				set(m, pipeline.OutcomeDuplicate)
+			}
+		}
+	}
+	return nil
+}
+
+// queueRedeliveries queues the turning into redelivered of the duplicates,
+// conflicts and dead letters whose origin already has that outcome: records
+// Kafka delivered again in an earlier batch. Failures are remembered per
+// job and index already; duplicates are remembered here, in
+// spool_job_repeats. (Applied and stale records were told apart when
+// claiming, by the origin the ledger keeps.)
+func queueRedeliveries(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
+	var jobs []string
+	var idx []int64
+	var outs []string
+	at := map[pipeline.Origin]int{}
+	for i, m := range b.Messages {
+		o, ok := m.Origin()
+		if !ok {
+			continue
+		}
+		switch outcomes[i] {
+		case pipeline.OutcomeDuplicate, pipeline.OutcomeConflict, pipeline.OutcomeDeadLettered:
+			jobs, idx, outs = append(jobs, string(o.Job)), append(idx, o.Index), append(outs, string(outcomes[i]))
+			at[o] = i
+		}
+	}
+	if len(jobs) == 0 {
+		return
+	}
+	q.Queue(`
+		WITH b AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) AS b(job_id, idx, outcome)),
+		fresh AS (
+			INSERT INTO spool_job_repeats (job_id, idx)
+			SELECT job_id, idx FROM b WHERE outcome = 'duplicate' ORDER BY job_id, idx
+			ON CONFLICT DO NOTHING
+			RETURNING job_id, idx)
+		SELECT b.job_id, b.idx FROM b
+		WHERE (b.outcome = 'duplicate' AND NOT EXISTS (SELECT 1 FROM fresh WHERE fresh.job_id = b.job_id AND fresh.idx = b.idx))
+		   OR (b.outcome <> 'duplicate' AND EXISTS (SELECT 1 FROM spool_job_failures f
+				WHERE f.job_id = b.job_id AND f.idx = b.idx AND f.outcome = b.outcome))`, jobs, idx, outs).Query(func(rows pgx.Rows) error {
+		var o pipeline.Origin
+		_, err := pgx.ForEachRow(rows, []any{&o.Job, &o.Index}, func() error {
+			outcomes[at[o]] = pipeline.OutcomeRedelivered
+			return nil
+		})
+		if err != nil {
+			return classify(fmt.Errorf("looking for redelivered records: %w", err))
+		}
+		return nil
+	})
+}

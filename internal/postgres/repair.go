@@ -1,0 +1,111 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// repair deletes rows of the given keys (as made by KeyOf or read from
+// spool_tombstones) that are older than their key's tombstone. Under READ
+// COMMITTED a delete and an older upsert of one key, committing
+// concurrently, can each miss the other's write; run after each commit, the
+// later of the two repairs what both missed.
+func (s *Store) repair(ctx context.Context, e *pipeline.Entity, ks []string) error {
+	k, err := parseKeys(e, ks)
+	if err != nil {
+		return err
+	}
+	var q pgx.Batch
+	if s.queueRepair(&q, k); q.Len() == 0 {
+		return nil
+	}
+	if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
+		return classify(fmt.Errorf("repairing %d keys of %s: %w", len(ks), e.Name, err))
+	}
+	return nil
+}
+
+// queueRepair queues repair's statement, for versioned entities only.
+func (s *Store) queueRepair(q *pgx.Batch, k keys) {
+	e := k.entity
+	if !e.Versioned() || len(k.cols) == 0 || len(k.cols[0]) == 0 {
+		return
+	}
+	args := make([]any, 0, len(k.cols)+1)
+	for _, c := range k.cols {
+		args = append(args, c)
+	}
+	args = append(args, e.QualifiedName())
+	q.Queue(s.repairSQL(e), args...)
+}
+
+func (s *Store) repairSQL(e *pipeline.Entity) string {
+	sig := e.Name + "\x00repair"
+	if sql, ok := s.sqlCache.Get(sig); ok {
+		return sql
+	}
+	var aliases, params, casts, keyJoin []string
+	for i, k := range e.Key {
+		a := fmt.Sprintf("a%d", i)
+		aliases = append(aliases, a)
+		params = append(params, fmt.Sprintf("$%d::text[]", i+1))
+		casts = append(casts, fmt.Sprintf("u.%s::%s AS %s", a, castType(e.Columns[k]), a))
+		keyJoin = append(keyJoin, fmt.Sprintf("t.%s = v.%s", ident(k), a))
+	}
+	n := len(e.Key)
+	// The uncorrelated EXISTS runs once: a target without tombstones (no
+	// delete yet, or all swept) costs no key computed or probed.
+	sql := fmt.Sprintf(`WITH v AS (SELECT %s, %s AS spool_key FROM unnest(%s) AS u(%s)
+			WHERE EXISTS (SELECT 1 FROM spool_tombstones WHERE target = $%[5]d))
+		DELETE FROM %s t USING v, spool_tombstones x
+		WHERE x.target = $%[5]d AND x.key = v.spool_key AND %[7]s AND t.%[8]s < x.version`,
+		strings.Join(casts, ", "), tombstoneKey(e, "u."), strings.Join(params, ", "), strings.Join(aliases, ", "),
+		n+1, table(e), strings.Join(keyJoin, " AND "), ident(e.VersionColumn))
+	s.sqlCache.Add(sig, sql)
+	return sql
+}
+
+// RepairSince repairs the keys of tombstones written since the given
+// database time, catching a processor that died (or a database that was
+// away) between a commit and its repair. It returns the database time it
+// started at: the next call passes that, less a margin, so that no
+// tombstone falls between two calls however long one of them was delayed.
+func (s *Store) RepairSince(ctx context.Context, since time.Time) (time.Time, error) {
+	byTarget := make(map[string]*pipeline.Entity, len(s.entities))
+	for _, e := range s.entities {
+		if e.Versioned() {
+			byTarget[e.QualifiedName()] = e
+		}
+	}
+	var started time.Time
+	if err := s.pool.QueryRow(ctx, `SELECT now()`).Scan(&started); err != nil {
+		return since, classify(fmt.Errorf("reading the database clock: %w", err))
+	}
+	rows, err := s.pool.Query(ctx, `SELECT target, key FROM spool_tombstones WHERE deleted_at >= $1`, since)
+	if err != nil {
+		return since, classify(fmt.Errorf("reading recent tombstones: %w", err))
+	}
+	keys := make(map[*pipeline.Entity][]string)
+	var target, key string
+	_, err = pgx.ForEachRow(rows, []any{&target, &key}, func() error {
+		if e := byTarget[target]; e != nil {
+			keys[e] = append(keys[e], key)
+		}
+		return nil
+	})
+	if err != nil {
+		return since, classify(fmt.Errorf("reading recent tombstones: %w", err))
+	}
+	for e, ks := range keys {
+		if err := s.repair(ctx, e, ks); err != nil {
+			return since, err
+		}
+	}
+	return started, nil
+}

@@ -1,0 +1,293 @@
+package postgres
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// keys are an entity's keys as the text of each key column, one array a
+// column in the order of Entity.Key.
+type keys struct {
+	entity *pipeline.Entity
+	cols   []texts
+}
+
+// parseKeys turns keys made by KeyOf (or read from spool_tombstones) into
+// keys.
+func parseKeys(e *pipeline.Entity, ks []string) (keys, error) {
+	cols := make([]texts, len(e.Key))
+	for i := range cols {
+		cols[i] = make(texts, len(ks))
+	}
+	for j, k := range ks {
+		parts, err := e.ParseKey(k)
+		if err != nil {
+			return keys{}, err
+		}
+		for i := range parts {
+			cols[i][j] = &parts[i]
+		}
+	}
+	return keys{entity: e, cols: cols}, nil
+}
+
+// queueGroup queues one group's statement; once it has run, stale is
+// called with each command the version guard skipped. It returns the
+// group's keys.
+func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, stale func(*pipeline.Message)) (keys, error) {
+	e := g.Entity
+	cols := append(append([]string{}, e.Key...), g.Columns...)
+	args := make([]any, 0, len(cols)+1)
+	written := keys{entity: e}
+	// A column's texts are made in one buffer and become one string, which
+	// each value is a part of: a few allocations a column, not one a value.
+	var buf []byte
+	ends, nulls := make([]int, len(g.Rows)), make([]bool, len(g.Rows))
+	for _, c := range cols {
+		col := e.Columns[c]
+		buf = buf[:0]
+		for i, row := range g.Rows {
+			raw, _ := row.Get(c)
+			var err error
+			if buf, nulls[i], err = col.AppendValue(buf, raw); err != nil {
+				return keys{}, err
+			}
+			ends[i] = len(buf)
+		}
+		all, parts, vals := string(buf), make([]string, len(g.Rows)), make(texts, len(g.Rows))
+		start := 0
+		for i, end := range ends {
+			if !nulls[i] {
+				parts[i] = all[start:end]
+				vals[i] = &parts[i]
+			}
+			start = end
+		}
+		args = append(args, vals)
+		if len(args) <= len(e.Key) {
+			written.cols = append(written.cols, vals)
+		}
+	}
+	if e.Versioned() {
+		vers := make(int8s, len(g.Messages))
+		for i, m := range g.Messages {
+			vers[i] = m.Command.Version
+		}
+		args = append(args, vers, e.QualifiedName())
+	}
+	q.Queue(s.groupSQL(g, cols), args...).Query(func(rows pgx.Rows) error {
+		// The statement lists the rows it wrote (upsert) or found stale
+		// (delete), for versioned entities: by their keys where they round
+		// trip, else by their ordinals.
+		listed := make([]bool, len(g.Messages))
+		var err error
+		if e.Versioned() && g.Op == pipeline.OpUpsert && e.KeysRoundTrip {
+			err = matchWritten(rows, written.cols, listed)
+		} else {
+			var ord int64
+			_, err = pgx.ForEachRow(rows, []any{&ord}, func() error {
+				listed[ord-1] = true
+				return nil
+			})
+		}
+		if err != nil {
+			return classify(fmt.Errorf("%s %d rows of %s: %w", gerund(g.Op), len(g.Messages), e.Name, err))
+		}
+		if e.Versioned() {
+			for i, m := range g.Messages {
+				if listed[i] == (g.Op == pipeline.OpDelete) {
+					stale(m)
+				}
+			}
+		}
+		return nil
+	})
+	return written, nil
+}
+
+// matchWritten marks in listed the group's rows whose keys the statement
+// returned: each key column's text, as cols holds them.
+func matchWritten(rows pgx.Rows, cols []texts, listed []bool) error {
+	index := make(map[string]int, len(listed))
+	var buf []byte
+	keyOf := func(i int) string {
+		if len(cols) == 1 {
+			return *cols[0][i]
+		}
+		buf = buf[:0]
+		for _, c := range cols {
+			buf = append(append(buf, *c[i]...), 0)
+		}
+		return string(buf)
+	}
+	for i := range listed {
+		index[keyOf(i)] = i
+	}
+	defer rows.Close()
+	for rows.Next() {
+		raw := rows.RawValues()
+		var i int
+		var ok bool
+		if len(raw) == 1 {
+			i, ok = index[string(raw[0])]
+		} else {
+			buf = buf[:0]
+			for _, v := range raw {
+				buf = append(append(buf, v...), 0)
+			}
+			i, ok = index[string(buf)]
+		}
+		if !ok {
+			// The catalog said these keys print back as written; if one
+			// does not, the outcomes cannot be told: never guess.
+			return pipeline.Errorf(pipeline.ClassInternal, "the upsert returned key %s, which the batch did not send", pipeline.Quote(string(bytes.Join(raw, []byte{0}))))
+		}
+		listed[i] = true
+	}
+	return rows.Err()
+}
+
+// groupSQL builds (once per shape) the statement for a group. Values travel
+// as text arrays and are cast to the column types (without their modifiers,
+// which storing them applies), so one statement of any size is one round
+// trip. For versioned entities it returns the written rows' keys (upsert,
+// where Entity.KeysRoundTrip), else the 1-based ordinals of the written
+// rows (upsert) or of the stale ones (delete).
+func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
+	// The statement depends on entity, op and columns, not the generation.
+	sig := g.Entity.Name + "\x00" + string(g.Op) + "\x00" + strings.Join(g.Columns, "\x00")
+	if sql, ok := s.sqlCache.Get(sig); ok {
+		return sql
+	}
+	e := g.Entity
+	tbl := table(e)
+	var aliases, params, casts, keyJoin, keyOrder []string
+	for i, c := range cols {
+		a := fmt.Sprintf("a%d", i)
+		aliases = append(aliases, a)
+		params = append(params, fmt.Sprintf("$%d::text[]", i+1))
+		casts = append(casts, fmt.Sprintf("u.%s::%s AS %s", a, castType(e.Columns[c]), a))
+		if i < len(e.Key) {
+			keyJoin = append(keyJoin, fmt.Sprintf("t.%s = v.%s", ident(c), a))
+			keyOrder = append(keyOrder, "v."+a)
+		}
+	}
+	targetCols := idents(cols)
+	values := make([]string, len(aliases))
+	for i, a := range aliases {
+		values[i] = "v." + a
+	}
+	// Versioned groups also pass the target's name, to consult and keep
+	// tombstones, named by the key as PostgreSQL prints the typed values.
+	target, tombstoned := "", "false"
+	if e.Versioned() {
+		aliases = append(aliases, "ver")
+		params = append(params, fmt.Sprintf("$%d::bigint[]", len(cols)+1))
+		casts = append(casts, "u.ver")
+		if g.Op == pipeline.OpDelete {
+			casts = append(casts, tombstoneKey(e, "u.")+" AS spool_key")
+		}
+		targetCols = append(targetCols, ident(e.VersionColumn))
+		values = append(values, "v.ver")
+		target = fmt.Sprintf("$%d::text", len(cols)+2)
+		// The first EXISTS, not correlated, runs once per statement: while
+		// the target has no tombstones at all (no delete yet, or all swept),
+		// no row computes its tombstone key or probes for it.
+		tombstoned = fmt.Sprintf(`(EXISTS (SELECT 1 FROM spool_tombstones WHERE target = %[1]s)
+			AND EXISTS (SELECT 1 FROM spool_tombstones x
+				WHERE x.target = %[1]s AND x.key = %[2]s AND x.version >= v.ver))`, target, tombstoneKey(e, "v."))
+	}
+	input := fmt.Sprintf(`SELECT u.spool_ord, %s FROM unnest(%s) WITH ORDINALITY AS u(%s, spool_ord)`,
+		strings.Join(casts, ", "), strings.Join(params, ", "), strings.Join(aliases, ", "))
+	keyCols := join(idents(e.Key), ", ")
+
+	var sql string
+	switch {
+	case g.Op == pipeline.OpDelete && e.Versioned():
+		ver := ident(e.VersionColumn)
+		// Every sub-statement sees the snapshot from before the statement,
+		// so the final SELECT finds what was stale going in: a row or a
+		// tombstone at least as new.
+		sql = fmt.Sprintf(`WITH v AS (%s),
+			d AS (DELETE FROM %s t USING v WHERE %s AND t.%s < v.ver),
+			ts AS (INSERT INTO spool_tombstones AS x (target, key, version)
+				SELECT %s, v.spool_key, v.ver FROM v ORDER BY v.spool_key
+				ON CONFLICT (target, key) DO UPDATE SET version = EXCLUDED.version, deleted_at = now()
+				WHERE x.version < EXCLUDED.version)
+			SELECT v.spool_ord FROM v
+			WHERE EXISTS (SELECT 1 FROM %s t WHERE %s AND t.%s >= v.ver) OR %s`,
+			input, tbl, strings.Join(keyJoin, " AND "), ver, target,
+			tbl, strings.Join(keyJoin, " AND "), ver, tombstoned)
+	case g.Op == pipeline.OpDelete:
+		sql = fmt.Sprintf(`WITH v AS (%s) DELETE FROM %s t USING v WHERE %s`,
+			input, tbl, strings.Join(keyJoin, " AND "))
+	default:
+		var set []string
+		for _, c := range targetCols[len(e.Key):] {
+			set = append(set, fmt.Sprintf("%s = EXCLUDED.%s", c, c))
+		}
+		onConflict := "DO NOTHING"
+		if len(set) > 0 {
+			onConflict = "DO UPDATE SET " + strings.Join(set, ", ")
+			if e.Versioned() {
+				onConflict += fmt.Sprintf(" WHERE t.%s < EXCLUDED.%s", ident(e.VersionColumn), ident(e.VersionColumn))
+			}
+		}
+		// ORDER BY key takes row locks in one order across workers.
+		insert := fmt.Sprintf(`INSERT INTO %s AS t (%s) SELECT %s FROM v WHERE NOT %s ORDER BY %s ON CONFLICT (%s) %s`,
+			tbl, join(targetCols, ", "), strings.Join(values, ", "), tombstoned,
+			strings.Join(keyOrder, ", "), keyCols, onConflict)
+		if !e.Versioned() {
+			sql = fmt.Sprintf(`WITH v AS (%s) %s`, input, insert)
+			break
+		}
+		if e.KeysRoundTrip {
+			// The written rows' keys, matched to the group's in Go
+			// (matchWritten): the input is read once, not kept for a join.
+			var ret []string
+			for _, k := range e.Key {
+				ret = append(ret, fmt.Sprintf("t.%s::text", ident(k)))
+			}
+			sql = fmt.Sprintf(`WITH v AS (%s) %s RETURNING %s`, input, insert, strings.Join(ret, ", "))
+			break
+		}
+		var retJoin []string
+		for i, k := range e.Key {
+			retJoin = append(retJoin, fmt.Sprintf("w.%s = v.a%d", ident(k), i))
+		}
+		returning := idents(e.Key)
+		for i, k := range returning {
+			returning[i] = "t." + k
+		}
+		sql = fmt.Sprintf(`WITH v AS (%s), w AS (%s RETURNING %s)
+			SELECT v.spool_ord FROM v JOIN w ON %s`,
+			input, insert, join(returning, ", "), strings.Join(retJoin, " AND "))
+	}
+	s.sqlCache.Add(sig, sql)
+	return sql
+}
+
+// tombstoneKey is the SQL expression naming a row in spool_tombstones: a
+// JSON array of the key values cast to their column types and printed by
+// PostgreSQL, so that every spelling of one value ('ABC…' and 'abc…' for a
+// uuid, 1.0 and 1 for a numeric) names the same row. prefix qualifies the
+// unnest aliases a0, a1, ….
+func tombstoneKey(e *pipeline.Entity, prefix string) string {
+	parts := make([]string, len(e.Key))
+	for i, k := range e.Key {
+		parts[i] = fmt.Sprintf("(%sa%d::%s)::text", prefix, i, columnType(e.Columns[k]))
+	}
+	return "json_build_array(" + strings.Join(parts, ", ") + ")::text"
+}
+
+func gerund(op pipeline.Op) string {
+	if op == pipeline.OpDelete {
+		return "deleting"
+	}
+	return "upserting"
+}

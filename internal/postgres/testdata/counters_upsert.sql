@@ -1,0 +1,1 @@
+WITH v AS (SELECT u.spool_ord, u.a0::bigint AS a0, u.a1::bigint AS a1 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(a0, a1, spool_ord)) INSERT INTO "public"."counters" AS t ("id", "n") SELECT v.a0, v.a1 FROM v WHERE NOT false ORDER BY v.a0 ON CONFLICT ("id") DO UPDATE SET "n" = EXCLUDED."n"

@@ -1,0 +1,1 @@
+WITH v AS (SELECT u.spool_ord, u.a0::bigint AS a0 FROM unnest($1::text[]) WITH ORDINALITY AS u(a0, spool_ord)) INSERT INTO "public"."counters" AS t ("id") SELECT v.a0 FROM v WHERE NOT false ORDER BY v.a0 ON CONFLICT ("id") DO NOTHING

@@ -1,0 +1,3 @@
+WITH v AS (SELECT u.spool_ord, u.a0::text AS a0, u.ver FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS u(a0, ver, spool_ord)) INSERT INTO "public"."customers" AS t ("customer_id", "version") SELECT v.a0, v.ver FROM v WHERE NOT (EXISTS (SELECT 1 FROM spool_tombstones WHERE target = $3::text)
+			AND EXISTS (SELECT 1 FROM spool_tombstones x
+				WHERE x.target = $3::text AND x.key = json_build_array((v.a0::text)::text)::text AND x.version >= v.ver)) ORDER BY v.a0 ON CONFLICT ("customer_id") DO UPDATE SET "version" = EXCLUDED."version" WHERE t."version" < EXCLUDED."version" RETURNING t."customer_id"::text
