@@ -21,17 +21,7 @@ import (
 func TestStoreConformance(t *testing.T) {
 	t.Parallel()
 	storetest.Run(t, func(t *testing.T) *storetest.Backend {
-		db := pgtest.New(t)
-		db.Exec(t, `CREATE TABLE customers (
-			customer_id text PRIMARY KEY, name text, balance numeric(18,2) CHECK (balance >= 0),
-			version bigint NOT NULL)`)
-		db.Exec(t, `CREATE TABLE lines (order_id text, line int, qty int, note text, PRIMARY KEY (order_id, line))`)
-		es, err := postgres.LoadEntities(t.Context(), db.Postgres, []postgres.EntitySpec{
-			{Name: "customers", Schema: db.Schema, Table: "customers", Key: []string{"customer_id"}, VersionColumn: "version"},
-			{Name: "lines", Schema: db.Schema, Table: "lines", Key: []string{"order_id", "line"}},
-		})
-		require.NoError(t, err)
-		store := postgres.NewStore(db.Postgres, es, "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
+		db, es, store := newSuiteStore(t)
 		return &storetest.Backend{
 			Store: store, Entities: es, LoadOffset: store.LoadOffset,
 			Customers: func(ctx context.Context) (map[string]string, error) {
@@ -61,6 +51,23 @@ func TestStoreConformance(t *testing.T) {
 			},
 		}
 	})
+}
+
+// newSuiteStore makes a schema with the suite's tables (customers and
+// lines, as storetest.Backend describes them) and a store writing them.
+func newSuiteStore(t *testing.T) (*pgtest.DB, pipeline.Entities, *postgres.Store) {
+	t.Helper()
+	db := pgtest.New(t)
+	db.Exec(t, `CREATE TABLE customers (
+		customer_id text PRIMARY KEY, name text, balance numeric(18,2) CHECK (balance >= 0),
+		version bigint NOT NULL)`)
+	db.Exec(t, `CREATE TABLE lines (order_id text, line int, qty int, note text, PRIMARY KEY (order_id, line))`)
+	es, err := postgres.LoadEntities(t.Context(), db.Postgres, []postgres.EntitySpec{
+		{Name: "customers", Schema: db.Schema, Table: "customers", Key: []string{"customer_id"}, VersionColumn: "version"},
+		{Name: "lines", Schema: db.Schema, Table: "lines", Key: []string{"order_id", "line"}},
+	})
+	require.NoError(t, err)
+	return db, es, postgres.NewStore(db.Postgres, es, "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
 }
 
 // collect reads rows of a key and a value into a map.

@@ -24,18 +24,8 @@ type testBundle struct {
 
 func setup(t *testing.T) *testBundle {
 	t.Helper()
-	db := pgtest.New(t)
-	db.Exec(t, `CREATE TABLE customers (
-		customer_id text PRIMARY KEY, name text, balance numeric(18,2) CHECK (balance >= 0),
-		version bigint NOT NULL)`)
-	db.Exec(t, `CREATE TABLE lines (order_id text, line int, qty int, note text, PRIMARY KEY (order_id, line))`)
-	es, err := postgres.LoadEntities(context.Background(), db.Postgres, []postgres.EntitySpec{
-		{Name: "customers", Schema: db.Schema, Table: "customers", Key: []string{"customer_id"}, VersionColumn: "version"},
-		{Name: "lines", Schema: db.Schema, Table: "lines", Key: []string{"order_id", "line"}},
-	})
-	require.NoError(t, err)
-	return &testBundle{db: db, es: es, next: map[int32]int64{},
-		store: postgres.NewStore(db.Postgres, es, "g", slog.New(slog.NewTextHandler(io.Discard, nil)))}
+	db, es, store := newSuiteStore(t)
+	return &testBundle{db: db, es: es, next: map[int32]int64{}, store: store}
 }
 
 // write applies lines as one batch of partition p, continuing its offsets.
