@@ -35,10 +35,28 @@ var ErrJobNotFound = errors.New("job not found")
 
 // Store applies batches. Implementations must be atomic: the dedupe claims,
 // the writes, the job counters, the failures and the offset commit together
-// or not at all.
+// or not at all. pipeline/storetest is the suite a Store must pass.
 type Store interface {
-	// WriteBatch returns each message's outcome, in the order of b.Messages.
-	WriteBatch(ctx context.Context, b *Batch) ([]Outcome, error)
+	// WriteBatch applies b, of which the worker's Dedupe settled what it
+	// could without the database (d), and returns each message's outcome,
+	// in the order of b.Messages: d.Outcomes with the candidates' filled
+	// in (and a settled one turned redelivered where the store knows its
+	// record counted already).
+	WriteBatch(ctx context.Context, b *Batch, d *Deduped) ([]Outcome, error)
+}
+
+// Deduped is what Dedupe settled of a batch before the database is asked.
+type Deduped struct {
+	// Outcomes has a slot per message of the batch: the outcome Dedupe
+	// gave it, or "" for a candidate.
+	Outcomes []Outcome
+	// Candidates are the messages left for the store to claim and write:
+	// the first occurrence of each id the pre-filter does not know.
+	Candidates []*Message
+	// Repeats are each candidate's later occurrences in the batch: should
+	// the store know the candidate's id, they are settled against what it
+	// knows, as the candidate is.
+	Repeats map[*Message][]*Message
 }
 
 // Key identifies a command id within its tenant, the scope of dedupe.
@@ -51,14 +69,14 @@ type Key struct {
 // twice inside the batch (redelivered), ids the Recent pre-filter knows,
 // and repeats inside the batch (the first occurrence of an id stays a
 // candidate, a later one with the same payload is a duplicate, with another
-// payload a conflict). Messages that failed decoding are dead-lettered. It
-// returns the candidates, and the later occurrences of each: should the
-// database know a candidate's id, they are settled against what it knows,
-// as the candidate is (a redelivered record among them then tells).
-func (b *Batch) Dedupe(outcomes []Outcome) (candidates []*Message, repeats map[*Message][]*Message) {
+// payload a conflict). Messages that failed decoding are dead-lettered. The
+// worker calls it before each attempt at writing the batch.
+func (b *Batch) Dedupe() *Deduped {
+	outcomes := make([]Outcome, len(b.Messages))
+	var repeats map[*Message][]*Message
 	seen := make(map[Key]*Message, len(b.Messages))
 	delivered := make(map[Origin]*Message, len(b.Messages))
-	candidates = make([]*Message, 0, len(b.Messages))
+	candidates := make([]*Message, 0, len(b.Messages))
 	for i, m := range b.Messages {
 		if o, ok := m.Origin(); ok {
 			if first, ok := delivered[o]; ok && first.Hash == m.Hash {
@@ -98,7 +116,7 @@ func (b *Batch) Dedupe(outcomes []Outcome) (candidates []*Message, repeats map[*
 		seen[k] = m
 		candidates = append(candidates, m)
 	}
-	return candidates, repeats
+	return &Deduped{Outcomes: outcomes, Candidates: candidates, Repeats: repeats}
 }
 
 // Group is a set of commands written by one set-based statement: same

@@ -245,10 +245,9 @@ func TestDedupeWithinBatch(t *testing.T) {
 	otherTenant := msg(t, 3, "t2", `{"id":"c-1","entity":"customers","version":1,"data":{"customer_id":"a"}}`)
 	bad := &Message{Err: Errorf(ClassInvalidCommand, "bad")}
 	b := &Batch{Messages: []*Message{a, again, changed, otherTenant, bad}}
-	outcomes := make([]Outcome, 5)
-	cands, _ := b.Dedupe(outcomes)
-	require.Equal(t, []*Message{a, otherTenant}, cands)
-	require.Equal(t, []Outcome{"", OutcomeDuplicate, OutcomeConflict, "", OutcomeDeadLettered}, outcomes)
+	d := b.Dedupe()
+	require.Equal(t, []*Message{a, otherTenant}, d.Candidates)
+	require.Equal(t, []Outcome{"", OutcomeDuplicate, OutcomeConflict, "", OutcomeDeadLettered}, d.Outcomes)
 }
 
 func TestPlanCollapsesPerRow(t *testing.T) {
@@ -295,17 +294,15 @@ func TestRecentSettlesHotRepeats(t *testing.T) {
 	otherTenant := msg(t, 4, "u", `{"id":"a","entity":"customers","version":1,"data":{"customer_id":"k"}}`)
 	dAgain := msg(t, 5, "t", `{"id":"d","entity":"customers","version":1,"data":{"customer_id":"k"}}`)
 	b := &Batch{Messages: []*Message{again, changed, otherTenant, dAgain}, Recent: r}
-	outcomes := make([]Outcome, 4)
-	cands, _ := b.Dedupe(outcomes)
-	require.Equal(t, []*Message{otherTenant, dAgain}, cands, "unknown ids still go to the database")
-	require.Equal(t, []Outcome{OutcomeDuplicate, OutcomeConflict, "", ""}, outcomes)
+	d := b.Dedupe()
+	require.Equal(t, []*Message{otherTenant, dAgain}, d.Candidates, "unknown ids still go to the database")
+	require.Equal(t, []Outcome{OutcomeDuplicate, OutcomeConflict, "", ""}, d.Outcomes)
 
 	// Near the end of the window the cache steps aside: the ledger may
 	// forget the id before the cache would.
 	now = now.Add(100 * time.Hour)
-	outcomes = make([]Outcome, 1)
-	cands, _ = (&Batch{Messages: []*Message{again}, Recent: r}).Dedupe(outcomes)
-	require.Len(t, cands, 1)
+	d = (&Batch{Messages: []*Message{again}, Recent: r}).Dedupe()
+	require.Len(t, d.Candidates, 1)
 
 	var off *Recent
 	require.Nil(t, NewRecent(0, time.Hour))
@@ -382,19 +379,17 @@ func TestDedupeRedelivered(t *testing.T) {
 	copyOfA.Record.Offset = 7
 	elsewhere := msg(t, 3, "t", line)
 	b := &Batch{Messages: []*Message{a, copyOfA, elsewhere}, Recent: r}
-	outcomes := make([]Outcome, 3)
-	cands, repeats := b.Dedupe(outcomes)
-	require.Equal(t, []*Message{a}, cands)
-	require.Equal(t, []Outcome{"", OutcomeRedelivered, OutcomeDuplicate}, outcomes)
-	require.Equal(t, map[*Message][]*Message{a: {elsewhere}}, repeats, "settled against the ledger should it know a")
+	d := b.Dedupe()
+	require.Equal(t, []*Message{a}, d.Candidates)
+	require.Equal(t, []Outcome{"", OutcomeRedelivered, OutcomeDuplicate}, d.Outcomes)
+	require.Equal(t, map[*Message][]*Message{a: {elsewhere}}, d.Repeats, "settled against the ledger should it know a")
 
 	r.remember([]*Message{a}, []Outcome{OutcomeApplied})
 	replay := msg(t, 0, "t", line)
 	replay.ReplayOf = "spool.commands.dlq:0:0"
-	outcomes = make([]Outcome, 3)
-	cands, _ = (&Batch{Messages: []*Message{copyOfA, elsewhere, replay}, Recent: r}).Dedupe(outcomes)
-	require.Empty(t, cands)
-	require.Equal(t, []Outcome{OutcomeRedelivered, OutcomeDuplicate, OutcomeDuplicate}, outcomes)
+	d = (&Batch{Messages: []*Message{copyOfA, elsewhere, replay}, Recent: r}).Dedupe()
+	require.Empty(t, d.Candidates)
+	require.Equal(t, []Outcome{OutcomeRedelivered, OutcomeDuplicate, OutcomeDuplicate}, d.Outcomes)
 	var c Counts
 	c.Add(OutcomeRedelivered)
 	require.Zero(t, c.Done(), "a redelivered record counts nowhere")

@@ -351,8 +351,10 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 			}
 			dead = nil
 		}
+		// Repeats the worker can tell without the database are settled
+		// before each attempt: the pre-filter learns from each commit.
 		var err error
-		outcomes, err = w.cfg.Store.WriteBatch(ctx, b)
+		outcomes, err = w.cfg.Store.WriteBatch(ctx, b, b.Dedupe())
 		if err == nil && len(outcomes) == len(msgs) {
 			w.cfg.Recent.remember(msgs, outcomes)
 		}

@@ -25,7 +25,7 @@ type fakeStore struct {
 	dead      []CommandID
 }
 
-func (s *fakeStore) WriteBatch(_ context.Context, b *Batch) ([]Outcome, error) {
+func (s *fakeStore) WriteBatch(_ context.Context, b *Batch, _ *Deduped) ([]Outcome, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.transient > 0 {
@@ -251,12 +251,12 @@ type slowStore struct {
 	starts []time.Time
 }
 
-func (s *slowStore) WriteBatch(ctx context.Context, b *Batch) ([]Outcome, error) {
+func (s *slowStore) WriteBatch(ctx context.Context, b *Batch, d *Deduped) ([]Outcome, error) {
 	s.mu.Lock()
 	s.starts = append(s.starts, time.Now())
 	s.mu.Unlock()
 	time.Sleep(s.took)
-	return s.fakeStore.WriteBatch(ctx, b)
+	return s.fakeStore.WriteBatch(ctx, b, d)
 }
 
 // Records handed over while a batch is written have waited from then on:

@@ -94,7 +94,7 @@ func BenchmarkWriteBatch(b *testing.B) {
 			b.ResetTimer()
 			done := measure(b, b.N*size)
 			for _, batch := range batches {
-				if _, err := store.WriteBatch(context.Background(), batch); err != nil {
+				if _, err := store.WriteBatch(context.Background(), batch, batch.Dedupe()); err != nil {
 					b.Fatal(err)
 				}
 			}

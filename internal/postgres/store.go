@@ -74,9 +74,8 @@ func (s *Store) LoadOffset(ctx context.Context, topic string, partition int32) (
 // ids it did not insert. So a batch is three round trips and the commit,
 // and a row written by the batch stays locked for the last of them and the
 // commit only.
-func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch) ([]pipeline.Outcome, error) {
-	outcomes := make([]pipeline.Outcome, len(b.Messages))
-	candidates, repeats := b.Dedupe(outcomes)
+func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.Deduped) ([]pipeline.Outcome, error) {
+	outcomes, candidates, repeats := d.Outcomes, d.Candidates, d.Repeats
 	index := make(map[*pipeline.Message]int, len(b.Messages))
 	for i, m := range b.Messages {
 		index[m] = i

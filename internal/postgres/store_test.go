@@ -57,7 +57,7 @@ func (b *testBundle) writeEdited(t *testing.T, p int32, edit func(i int, m *pipe
 		}
 		batch.Messages = append(batch.Messages, &m)
 	}
-	out, err := b.store.WriteBatch(context.Background(), batch)
+	out, err := b.store.WriteBatch(context.Background(), batch, batch.Dedupe())
 	if err == nil {
 		b.next[p] = batch.NextOffset
 	}
@@ -277,8 +277,8 @@ func TestWriteBatchRefusesWhatACastWouldCut(t *testing.T) {
 		rec.Offset = offset
 		m := pipeline.DecodeRecord(rec, es)
 		m.Err = nil // as if validated against a wider column
-		_, err = store.WriteBatch(context.Background(), &pipeline.Batch{Topic: "t", Partition: 0,
-			PrevOffset: offset - 1, NextOffset: offset + 1, Messages: []*pipeline.Message{&m}})
+		b := &pipeline.Batch{Topic: "t", Partition: 0, PrevOffset: offset - 1, NextOffset: offset + 1, Messages: []*pipeline.Message{&m}}
+		_, err = store.WriteBatch(context.Background(), b, b.Dedupe())
 		return err
 	}
 	require.NoError(t, write(0, `{"id":"a","entity":"codes","version":1,"data":{"code":"abc","label":"x"}}`))

@@ -112,7 +112,7 @@ func (s *suite) writeMessages(t *testing.T, p int32, msgs []*pipeline.Message) (
 	for i, m := range msgs {
 		m.Record.Topic, m.Record.Partition, m.Record.Offset = Topic, p, start+int64(i)
 	}
-	out, err := s.Store.WriteBatch(t.Context(), b)
+	out, err := s.Store.WriteBatch(t.Context(), b, b.Dedupe())
 	if err == nil {
 		s.next[p] = b.NextOffset
 	}
