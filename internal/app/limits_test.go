@@ -15,6 +15,7 @@ import (
 	"github.com/spoolhq/spool/dlq"
 	"github.com/spoolhq/spool/internal/kafka"
 	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/internal/upload"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -23,7 +24,7 @@ import (
 // index), as Kafka measures it.
 func kafkaSize(t *testing.T, line string, index int64) int {
 	t.Helper()
-	r, err := pipeline.NewUploadReader(pipeline.FormatNDJSON, strings.NewReader(line+"\n"), pipeline.UploadOptions{MaxRecordBytes: 8 << 20})
+	r, err := upload.NDJSON.NewReader(strings.NewReader(line+"\n"), upload.Options{MaxRecordBytes: 8 << 20})
 	require.NoError(t, err)
 	cmd, err := r.Next()
 	require.NoError(t, err)

@@ -2,113 +2,69 @@ package cli
 
 import (
 	"compress/gzip"
+	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
+
+	"github.com/spoolhq/spool/internal/upload"
+	"github.com/spoolhq/spool/pipeline"
 )
 
 // recordCounter counts the records of an upload body as it streams past,
-// without decoding them: non-blank lines of NDJSON, rows of CSV after the
-// header (a newline inside quotes does not end a row), objects at the top
-// level of a JSON array. The server's count in the answer is the truth; this
-// is what the progress shows meanwhile.
+// with the reader ingress decodes the format with (upload.Formats), so that
+// both count alike: a record the server will reject counts too, as it does
+// in the server's received. The server's answer is the truth; this is what
+// the progress shows meanwhile. A body the reader cannot read further stops
+// the counting, never the upload.
 type recordCounter struct {
-	format  string
+	*io.PipeWriter
 	records atomic.Int64
-
-	blank    bool // no content yet on the current line (NDJSON, CSV)
-	header   bool // CSV: the header row has been seen
-	inString bool // inside a JSON string or a quoted CSV field
-	escape   bool // JSON: the last byte was a backslash inside a string
-	depth    int  // JSON: nesting depth, the array itself is 1
+	done    chan struct{}
 }
 
-func newRecordCounter(format string) *recordCounter {
-	return &recordCounter{format: format, blank: true}
+// countBound is the largest record the counter reads: far past what a
+// server takes, so that the counter never gives up before the server does.
+const countBound = 64 << 20
+
+// newRecordCounter counts records of format; params are the upload's CSV
+// parameters (id_column, version_column, op), as sent.
+func newRecordCounter(format upload.Format, params url.Values) *recordCounter {
+	pr, pw := io.Pipe()
+	c := &recordCounter{PipeWriter: pw, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		defer func() { _, _ = io.Copy(io.Discard, pr) }() // the upload goes on whatever the count does
+		r, err := format.NewReader(pr, upload.Options{MaxRecordBytes: countBound, IDColumn: params.Get("id_column"),
+			VersionColumn: params.Get("version_column"), Op: pipeline.Op(params.Get("op"))})
+		if err != nil {
+			return
+		}
+		for {
+			_, err := r.Next()
+			var body *upload.BodyError
+			if errors.Is(err, io.EOF) || errors.As(err, &body) {
+				return
+			}
+			c.records.Add(1)
+		}
+	}()
+	return c
 }
 
 // Count reports the records seen so far.
 func (c *recordCounter) Count() int64 { return c.records.Load() }
 
-// Write implements io.Writer and never fails.
-func (c *recordCounter) Write(p []byte) (int, error) {
-	var n int64
-	switch c.format {
-	case "json":
-		n = c.json(p)
-	default:
-		n = c.lines(p)
-	}
-	c.records.Add(n)
-	return len(p), nil
-}
-
-func (c *recordCounter) lines(p []byte) (n int64) {
-	csv := c.format == "csv"
-	for _, b := range p {
-		switch {
-		case csv && b == '"':
-			c.inString = !c.inString
-			c.blank = false
-		case b == '\n' && !c.inString:
-			n += c.endLine()
-		case b != ' ' && b != '\t' && b != '\r':
-			c.blank = false
-		}
-	}
-	return n
-}
-
-// endLine counts the line just ended, unless it was blank or the CSV header.
-func (c *recordCounter) endLine() int64 {
-	blank := c.blank
-	c.blank = true
-	switch {
-	case blank:
-		return 0
-	case c.format == "csv" && !c.header:
-		c.header = true
-		return 0
-	}
-	return 1
-}
-
-func (c *recordCounter) json(p []byte) (n int64) {
-	for _, b := range p {
-		switch {
-		case c.escape:
-			c.escape = false
-		case c.inString:
-			switch b {
-			case '\\':
-				c.escape = true
-			case '"':
-				c.inString = false
-			}
-		case b == '"':
-			c.inString = true
-		case b == '[' || b == '{':
-			if b == '{' && c.depth == 1 {
-				n++
-			}
-			c.depth++
-		case b == ']' || b == '}':
-			c.depth--
-		}
-	}
-	return n
-}
-
-// Close counts a last line that had no newline.
+// Close ends the body and waits for its last records to be counted.
 func (c *recordCounter) Close() error {
-	if c.format != "json" {
-		c.records.Add(c.endLine())
-	}
-	return nil
+	err := c.PipeWriter.Close()
+	<-c.done
+	return err
 }
 
 // gunzipTo returns a writer that decompresses what is written to it into w,

@@ -20,6 +20,7 @@ import (
 
 	"github.com/spoolhq/spool/internal/apiclient"
 	"github.com/spoolhq/spool/internal/httpapi"
+	"github.com/spoolhq/spool/internal/upload"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -49,8 +50,6 @@ a terminal, a plain line every 10 seconds otherwise.
 	return cmd
 }
 
-var contentTypes = map[string]string{"ndjson": "application/x-ndjson", "json": "application/json", "csv": "text/csv"}
-
 func runUpload(cmd *cobra.Command, args []string) error {
 	f := cmd.Flags()
 	client, err := newClient(cmd)
@@ -58,15 +57,12 @@ func runUpload(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	path := args[0]
-	format, _ := f.GetString("format")
+	name, _ := f.GetString("format")
 	gz := strings.HasSuffix(path, ".gz")
-	if format == "" {
-		format = strings.TrimPrefix(filepath.Ext(strings.TrimSuffix(path, ".gz")), ".")
-		if format == "jsonl" {
-			format = "ndjson"
-		}
+	if name == "" {
+		name = strings.TrimPrefix(filepath.Ext(strings.TrimSuffix(path, ".gz")), ".")
 	}
-	ct, ok := contentTypes[format]
+	format, ok := upload.ByName(name)
 	if !ok {
 		return fmt.Errorf("cannot tell the format of %s: use --format ndjson|json|csv", path)
 	}
@@ -83,7 +79,7 @@ func runUpload(cmd *cobra.Command, args []string) error {
 			params.Set(param, v)
 		}
 	}
-	opts := apiclient.UploadOptions{ContentType: ct, Gzip: gz, Entity: entity, IdempotencyKey: key, ExtraParameters: params}
+	opts := apiclient.UploadOptions{ContentType: format.MediaType, Gzip: gz, Entity: entity, IdempotencyKey: key, ExtraParameters: params}
 	compress, _ := f.GetBool("gzip")
 	res, err := uploadWithRetry(cmd, client, path, format, compress, opts)
 	if err != nil {
@@ -112,7 +108,7 @@ func runUpload(cmd *cobra.Command, args []string) error {
 
 // uploadWithRetry sends the file, again where apiclient.Resend says it is
 // safe and useful.
-func uploadWithRetry(cmd *cobra.Command, client *apiclient.Client, path, format string, compress bool, o apiclient.UploadOptions) (*httpapi.UploadView, error) {
+func uploadWithRetry(cmd *cobra.Command, client *apiclient.Client, path string, format upload.Format, compress bool, o apiclient.UploadOptions) (*httpapi.UploadView, error) {
 	return apiclient.Resend(cmd.Context(), func(context.Context) (*httpapi.UploadView, error) {
 		return uploadOnce(cmd, client, path, format, compress, o)
 	}, func(attempt int, err error, wait time.Duration) {
@@ -122,7 +118,7 @@ func uploadWithRetry(cmd *cobra.Command, client *apiclient.Client, path, format 
 
 // uploadOnce streams the file, compressing it on the way when asked, and
 // shows its bytes and records as they go.
-func uploadOnce(cmd *cobra.Command, client *apiclient.Client, path, format string, compress bool, o apiclient.UploadOptions) (*httpapi.UploadView, error) {
+func uploadOnce(cmd *cobra.Command, client *apiclient.Client, path string, format upload.Format, compress bool, o apiclient.UploadOptions) (*httpapi.UploadView, error) {
 	file, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -132,7 +128,7 @@ func uploadOnce(cmd *cobra.Command, client *apiclient.Client, path, format strin
 	if err != nil {
 		return nil, err
 	}
-	counter := newRecordCounter(format)
+	counter := newRecordCounter(format, o.ExtraParameters)
 	sink := io.WriteCloser(counter)
 	if o.Gzip {
 		sink = gunzipTo(counter)

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/spoolhq/spool/internal/upload"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -118,7 +119,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusForbidden, fmt.Sprintf("this API key may not write entity %s", pipeline.Quote(defaultEntity)))
 		return
 	}
-	records, err := pipeline.NewUploadReader(mt, body, pipeline.UploadOptions{
+	records, err := upload.NewReader(mt, body, upload.Options{
 		MaxRecordBytes: s.cfg.Limits.MaxRecordBytes,
 		IDColumn:       q.Get("id_column"),
 		VersionColumn:  q.Get("version_column"),
@@ -126,7 +127,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	})
 	if err != nil {
 		status := http.StatusUnsupportedMediaType
-		if mt == pipeline.FormatCSV {
+		if mt == upload.CSV.MediaType {
 			status = http.StatusBadRequest
 		}
 		writeProblem(w, status, err.Error())
@@ -175,14 +176,14 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 }
 
 // runUpload creates the job, streams the records and answers.
-func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, who Principal, defaultEntity string, records pipeline.UploadReader, sent *countingReader) {
+func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, who Principal, defaultEntity string, records upload.Reader, sent *countingReader) {
 	job := s.cfg.NewJobID()
 	if err := s.cfg.Jobs.CreateJob(ctx, job, who.Tenant); err != nil {
 		s.log(ctx).Error("creating job", "error", err)
 		writeUnavailable(w, 2*time.Second, "the job store is unavailable", "")
 		return
 	}
-	u := &upload{s: s, job: job, who: who, defaultEntity: defaultEntity}
+	u := &uploadRun{s: s, job: job, who: who, defaultEntity: defaultEntity}
 	// The job's heartbeat: a job whose ingress dies stops beating and is
 	// marked failed after postgres.UploadLease.
 	stop := s.heartbeat(ctx, "recording upload progress", func(ctx context.Context) error {
@@ -202,7 +203,7 @@ func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, who Princ
 	if storeErr != nil {
 		s.log(ctx).Error("finishing upload", "job_id", job, "error", storeErr)
 	}
-	var bodyErr *pipeline.BodyError
+	var bodyErr *upload.BodyError
 	var bound *boundError
 	var tooLarge *http.MaxBytesError
 	status := http.StatusAccepted
@@ -241,8 +242,8 @@ func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, who Princ
 	}
 }
 
-// upload is the state of one streaming upload.
-type upload struct {
+// uploadRun is the state of one streaming upload.
+type uploadRun struct {
 	s             *Server
 	job           pipeline.JobID
 	who           Principal
@@ -264,24 +265,24 @@ type upload struct {
 }
 
 // result is the upload's counts so far.
-func (u *upload) result() pipeline.UploadResult {
+func (u *uploadRun) result() pipeline.UploadResult {
 	return pipeline.UploadResult{Received: u.received.Load(), Accepted: u.accepted.Load(), Rejected: u.rejected.Load()}
 }
 
-func (u *upload) produceErr() error {
+func (u *uploadRun) produceErr() error {
 	u.errMu.Lock()
 	defer u.errMu.Unlock()
 	return u.err
 }
 
 // read consumes the records until the body ends, breaks, or Kafka fails.
-func (u *upload) read(ctx context.Context, records pipeline.UploadReader) error {
+func (u *uploadRun) read(ctx context.Context, records upload.Reader) error {
 	for {
 		cmd, err := records.Next()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
-		var bodyErr *pipeline.BodyError
+		var bodyErr *upload.BodyError
 		if errors.As(err, &bodyErr) {
 			return err
 		}
@@ -300,7 +301,7 @@ func (u *upload) read(ctx context.Context, records pipeline.UploadReader) error 
 
 // add validates one record (decodeErr: the reader already refused it) and
 // produces it, or rejects it.
-func (u *upload) add(ctx context.Context, cmd pipeline.Command, decodeErr error) {
+func (u *uploadRun) add(ctx context.Context, cmd pipeline.Command, decodeErr error) {
 	index := u.received.Add(1) - 1
 	err := decodeErr
 	if err == nil {
@@ -349,7 +350,7 @@ func (u *upload) add(ctx context.Context, cmd pipeline.Command, decodeErr error)
 
 // flushRejections records the pending rejections once there are enough of
 // them, in count or bytes.
-func (u *upload) flushRejections(ctx context.Context) error {
+func (u *uploadRun) flushRejections(ctx context.Context) error {
 	u.rejMu.Lock()
 	defer u.rejMu.Unlock()
 	if len(u.pending) < failureFlush && u.pendingBytes < maxPendingBytes {
@@ -366,7 +367,7 @@ func (u *upload) flushRejections(ctx context.Context) error {
 // record held: the id and message are cut to printable excerpts, the answer
 // lists at most Limits.MaxRejections (and maxShownBytes), and the failure
 // rows wait in batches of at most failureFlush (and maxPendingBytes).
-func (u *upload) reject(index int64, id pipeline.CommandID, err error) {
+func (u *uploadRun) reject(index int64, id pipeline.CommandID, err error) {
 	u.rejMu.Lock()
 	defer u.rejMu.Unlock()
 	u.rejected.Add(1)

@@ -1,4 +1,4 @@
-package pipeline
+package upload
 
 import (
 	"errors"
@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/spoolhq/spool/pipeline"
 )
 
 type readResult struct {
@@ -15,12 +17,12 @@ type readResult struct {
 	bodyErr  error
 }
 
-func readAll(t testing.TB, mediaType, body string, o UploadOptions) readResult {
+func readAll(t testing.TB, mediaType, body string, o Options) readResult {
 	t.Helper()
 	if o.MaxRecordBytes == 0 {
 		o.MaxRecordBytes = 1 << 10
 	}
-	r, err := NewUploadReader(mediaType, strings.NewReader(body), o)
+	r, err := NewReader(mediaType, strings.NewReader(body), o)
 	require.NoError(t, err)
 	var res readResult
 	for i := 0; ; i++ {
@@ -34,7 +36,7 @@ func readAll(t testing.TB, mediaType, body string, o UploadOptions) readResult {
 			return res
 		}
 		if err != nil {
-			require.True(t, IsPermanent(err), "per-record errors are classified: %v", err)
+			require.True(t, pipeline.IsPermanent(err), "per-record errors are classified: %v", err)
 			res.rejected = append(res.rejected, i)
 			continue
 		}
@@ -45,7 +47,7 @@ func readAll(t testing.TB, mediaType, body string, o UploadOptions) readResult {
 func TestNDJSONReader(t *testing.T) {
 	t.Parallel()
 	body := `{"id":"a","data":{}}` + "\n\n" + `not json` + "\n" + `{"id":"` + strings.Repeat("x", 2000) + `","data":{}}` + "\n" + `{"id":"b","data":{}}`
-	res := readAll(t, FormatNDJSON, body, UploadOptions{})
+	res := readAll(t, NDJSON.MediaType, body, Options{})
 	require.Equal(t, []string{"a", "b"}, res.ids)
 	require.Equal(t, []int{1, 2}, res.rejected, "a bad line and an oversize line are rejected alone")
 	require.NoError(t, res.bodyErr)
@@ -53,7 +55,7 @@ func TestNDJSONReader(t *testing.T) {
 
 func TestJSONArrayReader(t *testing.T) {
 	t.Parallel()
-	res := readAll(t, FormatJSON, ` [ {"id":"a","data":{}}, {"id":"b","verison":1,"data":{}}, {"id":"c","data":{}} ] `, UploadOptions{})
+	res := readAll(t, JSON.MediaType, ` [ {"id":"a","data":{}}, {"id":"b","verison":1,"data":{}}, {"id":"c","data":{}} ] `, Options{})
 	require.Equal(t, []string{"a", "c"}, res.ids)
 	require.Equal(t, []int{1}, res.rejected)
 	require.NoError(t, res.bodyErr)
@@ -66,7 +68,7 @@ func TestJSONArrayReader(t *testing.T) {
 		``:                              "reading the JSON array",
 		`[{"id":"a","data":{"x":"` + strings.Repeat("y", 100<<10) + `"}}]`: "longer than",
 	} {
-		res := readAll(t, FormatJSON, body, UploadOptions{})
+		res := readAll(t, JSON.MediaType, body, Options{})
 		require.ErrorContains(t, res.bodyErr, want, body[:min(len(body), 40)])
 	}
 }
@@ -79,9 +81,9 @@ func TestCSVReader(t *testing.T) {
 		"c3,k3\n" + // ragged
 		"c4,k4,\"Grace, H\",x\n" + // bad version
 		"c5,k5,\"multi\nline\",5\n"
-	r, err := NewUploadReader(FormatCSV, strings.NewReader(body), UploadOptions{MaxRecordBytes: 1024, IDColumn: "command", VersionColumn: "ver"})
+	r, err := NewReader(CSV.MediaType, strings.NewReader(body), Options{MaxRecordBytes: 1024, IDColumn: "command", VersionColumn: "ver"})
 	require.NoError(t, err)
-	var got []Command
+	var got []pipeline.Command
 	var errs []string
 	for {
 		cmd, err := r.Next()
@@ -95,9 +97,9 @@ func TestCSVReader(t *testing.T) {
 		got = append(got, cmd)
 	}
 	require.Len(t, got, 3)
-	require.Equal(t, CommandID("c1"), got[0].ID)
+	require.Equal(t, pipeline.CommandID("c1"), got[0].ID)
 	require.Equal(t, int64(3), *got[0].Version)
-	require.Equal(t, OpUpsert, got[0].Op)
+	require.Equal(t, pipeline.OpUpsert, got[0].Op)
 	require.Equal(t, `"Ada"`, string(got[0].Data["name"]))
 	require.Equal(t, `null`, string(got[1].Data["name"]), "an empty cell is NULL")
 	require.Equal(t, `"multi\nline"`, string(got[2].Data["name"]))
@@ -108,10 +110,10 @@ func TestCSVReader(t *testing.T) {
 		"name\nx\n":    `no id column "id"`,
 		"id,id\na,b\n": "empty or repeated",
 	} {
-		res := readAll(t, FormatCSV, body, UploadOptions{})
+		res := readAll(t, CSV.MediaType, body, Options{})
 		require.ErrorContains(t, res.bodyErr, want)
 	}
-	_, err = NewUploadReader("text/plain", strings.NewReader(""), UploadOptions{})
+	_, err = NewReader("text/plain", strings.NewReader(""), Options{})
 	require.ErrorContains(t, err, "is not supported")
 }
 
@@ -123,16 +125,16 @@ func fuzzReader(f *testing.F, mediaType string, seeds ...string) {
 	for _, s := range seeds {
 		f.Add(s)
 	}
-	es := Entities{"customers": {Name: "customers", Schema: "public", Table: "customers", Key: []string{"id"},
-		Columns: map[string]Column{"id": {Name: "id", Type: "text"}, "n": {Name: "n", Type: "numeric", Kind: KindNumeric},
-			"b": {Name: "b", Type: "boolean", Kind: KindBoolean}, "i": {Name: "i", Type: "bigint", Kind: KindInteger}}}}
+	es := pipeline.Entities{"customers": {Name: "customers", Schema: "public", Table: "customers", Key: []string{"id"},
+		Columns: map[string]pipeline.Column{"id": {Name: "id", Type: "text"}, "n": {Name: "n", Type: "numeric", Kind: pipeline.KindNumeric},
+			"b": {Name: "b", Type: "boolean", Kind: pipeline.KindBoolean}, "i": {Name: "i", Type: "bigint", Kind: pipeline.KindInteger}}}}
 	bounded := func(t *testing.T, err error) {
-		if msg := err.Error(); len(msg) > 2*MaxErrorBytes {
+		if msg := err.Error(); len(msg) > 2*pipeline.MaxErrorBytes {
 			t.Fatalf("a %d-byte message: %.200q…", len(msg), msg)
 		}
 	}
 	f.Fuzz(func(t *testing.T, body string) {
-		r, err := NewUploadReader(mediaType, strings.NewReader(body), UploadOptions{MaxRecordBytes: 64 << 10, VersionColumn: "v"})
+		r, err := NewReader(mediaType, strings.NewReader(body), Options{MaxRecordBytes: 64 << 10, VersionColumn: "v"})
 		require.NoError(t, err)
 		for i := 0; i <= len(body)+1; i++ {
 			cmd, err := r.Next()
@@ -156,16 +158,16 @@ func fuzzReader(f *testing.F, mediaType string, seeds ...string) {
 var long = strings.Repeat("\u00ad\u001b", 2000)
 
 func FuzzNDJSON(f *testing.F) {
-	fuzzReader(f, FormatNDJSON, `{"id":"a","data":{"k":1}}`+"\n"+`{"id":"b"}`, "\n\n\n", `{"id":`,
+	fuzzReader(f, NDJSON.MediaType, `{"id":"a","data":{"k":1}}`+"\n"+`{"id":"b"}`, "\n\n\n", `{"id":`,
 		`{"id":"`+long+`","entity":"`+long+`","op":"`+long+`","data":{"`+long+`":"`+long+`","n":"`+long+`"}}`,
 		`{"id":"a","data":{"id":"k","i":"`+long+`","b":"`+long+`"}}`)
 }
 
 func FuzzJSONArray(f *testing.F) {
-	fuzzReader(f, FormatJSON, `[{"id":"a","data":{"k":1}},{"id":"b","data":{}}]`, `[]`, `[`, `[{}]`)
+	fuzzReader(f, JSON.MediaType, `[{"id":"a","data":{"k":1}},{"id":"b","data":{}}]`, `[]`, `[`, `[{}]`)
 }
 
 func FuzzCSV(f *testing.F) {
-	fuzzReader(f, FormatCSV, "id,v,name\na,1,x\nb,2,\"y\"\n", "id\n", "id,v\n\"a,1\n", "",
+	fuzzReader(f, CSV.MediaType, "id,v,name\na,1,x\nb,2,\"y\"\n", "id\n", "id,v\n\"a,1\n", "",
 		"id,v,"+long+"\na,1,x\n", "id,v,n\na,"+long+",1\nb,1,"+long+"\n")
 }

@@ -1,4 +1,4 @@
-package pipeline
+package upload
 
 import (
 	"bufio"
@@ -8,20 +8,72 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/spoolhq/spool/pipeline"
 )
 
-// Upload formats, by media type.
-const (
-	FormatNDJSON = "application/x-ndjson"
-	FormatJSON   = "application/json"
-	FormatCSV    = "text/csv"
+// Format is one format spool takes uploads in: the name a client gives
+// it (spoolctl's --format, a file's extension), the media type it is sent
+// as, and the reader ingress decodes it with — the one registry ingress and
+// the CLI share.
+type Format struct {
+	Name      string
+	MediaType string
+	// Aliases are other media types taken as this format.
+	Aliases []string
+	// Extensions are the file extensions, without the dot, that name it.
+	Extensions []string
+	newReader  func(body io.Reader, o Options) (Reader, error)
+}
+
+// The formats spool takes.
+var (
+	NDJSON = Format{Name: "ndjson", MediaType: "application/x-ndjson",
+		Aliases:    []string{"application/ndjson", "application/jsonl", "application/x-jsonlines"},
+		Extensions: []string{"ndjson", "jsonl"},
+		newReader: func(body io.Reader, o Options) (Reader, error) {
+			return &ndjsonReader{lines: newLineReader(body, o.MaxRecordBytes), max: o.MaxRecordBytes}, nil
+		}}
+	JSON = Format{Name: "json", MediaType: "application/json", Extensions: []string{"json"},
+		newReader: func(body io.Reader, o Options) (Reader, error) {
+			return newJSONArrayReader(body, o.MaxRecordBytes), nil
+		}}
+	CSV = Format{Name: "csv", MediaType: "text/csv", Extensions: []string{"csv"},
+		newReader: func(body io.Reader, o Options) (Reader, error) { return newCSVReader(body, o) }}
 )
 
-// UploadOptions qualify how an upload's records become commands.
-type UploadOptions struct {
+// Formats lists every format, in the order messages name them.
+var Formats = []Format{NDJSON, JSON, CSV}
+
+// ByMediaType is the format sent as mediaType (or one of its aliases).
+func ByMediaType(mediaType string) (Format, bool) {
+	for _, f := range Formats {
+		if f.MediaType == mediaType || slices.Contains(f.Aliases, mediaType) {
+			return f, true
+		}
+	}
+	return Format{}, false
+}
+
+// ByName is the format named name, or whose file extension name is.
+func ByName(name string) (Format, bool) {
+	for _, f := range Formats {
+		if f.Name == name || slices.Contains(f.Extensions, name) {
+			return f, true
+		}
+	}
+	return Format{}, false
+}
+
+// NewReader returns the format's reader of body.
+func (f Format) NewReader(body io.Reader, o Options) (Reader, error) { return f.newReader(body, o) }
+
+// Options qualify how an upload's records become commands.
+type Options struct {
 	// MaxRecordBytes bounds one record. An oversize NDJSON line is rejected
 	// on its own; in a JSON array or CSV body, where the next record cannot
 	// be found without reading this one, it ends the upload.
@@ -31,15 +83,15 @@ type UploadOptions struct {
 	// other column is data; an empty cell is NULL.
 	IDColumn      string
 	VersionColumn string
-	Op            Op
+	Op            pipeline.Op
 }
 
-// UploadReader yields an upload's records in order. Next returns the next
-// command; a classified *Error rejects that record alone and reading goes
+// Reader yields an upload's records in order. Next returns the next
+// command; a classified *pipeline.Error rejects that record alone and reading goes
 // on; io.EOF ends the upload; any other error (*BodyError) means the body
 // cannot be read further.
-type UploadReader interface {
-	Next() (Command, error)
+type Reader interface {
+	Next() (pipeline.Command, error)
 }
 
 // BodyError is a fault of the whole body: it cannot be parsed further.
@@ -52,19 +104,15 @@ type BodyError struct {
 func (e *BodyError) Error() string { return e.Err.Error() }
 func (e *BodyError) Unwrap() error { return e.Err }
 
-// NewUploadReader returns the reader for a media type, or an error naming
-// the supported ones.
-func NewUploadReader(mediaType string, body io.Reader, o UploadOptions) (UploadReader, error) {
-	switch mediaType {
-	case FormatNDJSON, "application/ndjson", "application/jsonl", "application/x-jsonlines":
-		return &ndjsonReader{lines: newLineReader(body, o.MaxRecordBytes), max: o.MaxRecordBytes}, nil
-	case FormatJSON:
-		return newJSONArrayReader(body, o.MaxRecordBytes), nil
-	case FormatCSV:
-		return newCSVReader(body, o)
-	default:
-		return nil, fmt.Errorf("Content-Type %s is not supported; send %s, %s or %s", Quote(mediaType), FormatNDJSON, FormatJSON, FormatCSV)
+// NewReader returns the reader for a media type, or an error naming the
+// supported ones.
+func NewReader(mediaType string, body io.Reader, o Options) (Reader, error) {
+	f, ok := ByMediaType(mediaType)
+	if !ok {
+		return nil, fmt.Errorf("Content-Type %s is not supported; send %s, %s or %s", pipeline.Quote(mediaType),
+			NDJSON.MediaType, JSON.MediaType, CSV.MediaType)
 	}
+	return f.NewReader(body, o)
 }
 
 // ndjsonReader reads one JSON object a line; blank lines are skipped.
@@ -73,20 +121,20 @@ type ndjsonReader struct {
 	max   int
 }
 
-func (r *ndjsonReader) Next() (Command, error) {
+func (r *ndjsonReader) Next() (pipeline.Command, error) {
 	for {
 		line, err := r.lines.next()
 		if errors.Is(err, errLineTooLong) {
-			return Command{}, Errorf(ClassInvalidCommand, "record is longer than %d bytes", r.max)
+			return pipeline.Command{}, pipeline.Errorf(pipeline.ClassInvalidCommand, "record is longer than %d bytes", r.max)
 		}
 		if errors.Is(err, io.EOF) {
-			return Command{}, io.EOF
+			return pipeline.Command{}, io.EOF
 		}
 		if err != nil {
-			return Command{}, bodyErr(err)
+			return pipeline.Command{}, bodyErr(err)
 		}
 		if len(bytes.TrimSpace(line)) > 0 {
-			return DecodeCommand(line)
+			return pipeline.DecodeCommand(line)
 		}
 	}
 }
@@ -179,62 +227,62 @@ func newJSONArrayReader(body io.Reader, limit int) *jsonArrayReader {
 	return &jsonArrayReader{g: g, dec: json.NewDecoder(g)}
 }
 
-func (r *jsonArrayReader) Next() (Command, error) {
+func (r *jsonArrayReader) Next() (pipeline.Command, error) {
 	if r.done {
-		return Command{}, io.EOF
+		return pipeline.Command{}, io.EOF
 	}
 	if !r.started {
 		tok, err := r.dec.Token()
 		if err != nil {
-			return Command{}, bodyErr(fmt.Errorf("reading the JSON array: %w", err))
+			return pipeline.Command{}, bodyErr(fmt.Errorf("reading the JSON array: %w", err))
 		}
 		if d, ok := tok.(json.Delim); !ok || d != '[' {
-			return Command{}, bodyErr(errors.New("the body must be a JSON array of commands"))
+			return pipeline.Command{}, bodyErr(errors.New("the body must be a JSON array of commands"))
 		}
 		r.started = true
 	}
 	r.g.reset()
 	if !r.dec.More() {
 		if _, err := r.dec.Token(); err != nil {
-			return Command{}, bodyErr(fmt.Errorf("reading the JSON array: %w", err))
+			return pipeline.Command{}, bodyErr(fmt.Errorf("reading the JSON array: %w", err))
 		}
 		if _, err := r.dec.Token(); !errors.Is(err, io.EOF) {
-			return Command{}, bodyErr(errors.New("trailing data after the JSON array"))
+			return pipeline.Command{}, bodyErr(errors.New("trailing data after the JSON array"))
 		}
 		r.done = true
-		return Command{}, io.EOF
+		return pipeline.Command{}, io.EOF
 	}
 	start := r.dec.InputOffset()
 	var raw json.RawMessage
 	if err := r.dec.Decode(&raw); err != nil {
-		return Command{}, bodyErr(fmt.Errorf("reading the JSON array: %w", err))
+		return pipeline.Command{}, bodyErr(fmt.Errorf("reading the JSON array: %w", err))
 	}
 	if r.dec.InputOffset()-start > int64(r.g.limit) {
-		return Command{}, Errorf(ClassInvalidCommand, "record is longer than %d bytes", r.g.limit)
+		return pipeline.Command{}, pipeline.Errorf(pipeline.ClassInvalidCommand, "record is longer than %d bytes", r.g.limit)
 	}
-	return DecodeCommand(raw)
+	return pipeline.DecodeCommand(raw)
 }
 
 // csvReader turns rows under a header into commands.
 type csvReader struct {
 	g       *guard
 	r       *csv.Reader
-	o       UploadOptions
+	o       Options
 	header  []string
 	idCol   int
 	verCol  int
 	dataCol []int
 }
 
-func newCSVReader(body io.Reader, o UploadOptions) (*csvReader, error) {
+func newCSVReader(body io.Reader, o Options) (*csvReader, error) {
 	if o.IDColumn == "" {
 		o.IDColumn = "id"
 	}
 	if o.Op == "" {
-		o.Op = OpUpsert
+		o.Op = pipeline.OpUpsert
 	}
-	if o.Op != OpUpsert && o.Op != OpDelete {
-		return nil, fmt.Errorf("op %s is not one of upsert, delete", Quote(string(o.Op)))
+	if o.Op != pipeline.OpUpsert && o.Op != pipeline.OpDelete {
+		return nil, fmt.Errorf("op %s is not one of upsert, delete", pipeline.Quote(string(o.Op)))
 	}
 	g := &guard{r: body, limit: o.MaxRecordBytes}
 	cr := csv.NewReader(g)
@@ -257,7 +305,7 @@ func (c *csvReader) readHeader() error {
 		name = strings.TrimSpace(strings.TrimPrefix(name, "\uFEFF"))
 		c.header[i] = name
 		if name == "" || seen[name] {
-			return bodyErr(fmt.Errorf("CSV header column %d is empty or repeated (%s)", i+1, Quote(name)))
+			return bodyErr(fmt.Errorf("CSV header column %d is empty or repeated (%s)", i+1, pipeline.Quote(name)))
 		}
 		seen[name] = true
 		switch name {
@@ -270,45 +318,45 @@ func (c *csvReader) readHeader() error {
 		}
 	}
 	if c.idCol < 0 {
-		return bodyErr(fmt.Errorf("the CSV header has no id column %s (set ?id_column=)", Quote(c.o.IDColumn)))
+		return bodyErr(fmt.Errorf("the CSV header has no id column %s (set ?id_column=)", pipeline.Quote(c.o.IDColumn)))
 	}
 	if c.o.VersionColumn != "" && c.verCol < 0 {
-		return bodyErr(fmt.Errorf("the CSV header has no version column %s", Quote(c.o.VersionColumn)))
+		return bodyErr(fmt.Errorf("the CSV header has no version column %s", pipeline.Quote(c.o.VersionColumn)))
 	}
 	return nil
 }
 
-func (c *csvReader) Next() (Command, error) {
+func (c *csvReader) Next() (pipeline.Command, error) {
 	if c.header == nil {
 		if err := c.readHeader(); err != nil {
-			return Command{}, err
+			return pipeline.Command{}, err
 		}
 	}
 	c.g.reset()
 	row, err := c.r.Read()
 	if errors.Is(err, io.EOF) {
-		return Command{}, io.EOF
+		return pipeline.Command{}, io.EOF
 	}
 	var pe *csv.ParseError
 	if errors.As(err, &pe) && !errors.Is(err, csv.ErrFieldCount) {
-		return Command{}, Errorf(ClassInvalidCommand, "CSV row at line %d: %v", pe.StartLine, pe.Err)
+		return pipeline.Command{}, pipeline.Errorf(pipeline.ClassInvalidCommand, "CSV row at line %d: %v", pe.StartLine, pe.Err)
 	}
 	if err != nil && !errors.Is(err, csv.ErrFieldCount) {
-		return Command{}, bodyErr(err)
+		return pipeline.Command{}, bodyErr(err)
 	}
 	if len(row) != len(c.header) {
-		return Command{}, Errorf(ClassInvalidCommand, "CSV row has %d fields; the header has %d", len(row), len(c.header))
+		return pipeline.Command{}, pipeline.Errorf(pipeline.ClassInvalidCommand, "CSV row has %d fields; the header has %d", len(row), len(c.header))
 	}
 	for i, v := range row {
 		if !utf8.ValidString(v) {
-			return Command{}, Errorf(ClassInvalidCommand, "CSV column %s is not valid UTF-8", Quote(c.header[i]))
+			return pipeline.Command{}, pipeline.Errorf(pipeline.ClassInvalidCommand, "CSV column %s is not valid UTF-8", pipeline.Quote(c.header[i]))
 		}
 	}
-	cmd := Command{ID: CommandID(row[c.idCol]), Op: c.o.Op, Data: make(map[string]json.RawMessage, len(c.dataCol))}
+	cmd := pipeline.Command{ID: pipeline.CommandID(row[c.idCol]), Op: c.o.Op, Data: make(map[string]json.RawMessage, len(c.dataCol))}
 	if c.verCol >= 0 {
 		v, err := strconv.ParseInt(strings.TrimSpace(row[c.verCol]), 10, 64)
 		if err != nil {
-			return cmd, Errorf(ClassInvalidCommand, "version %s is not an integer", Quote(row[c.verCol]))
+			return cmd, pipeline.Errorf(pipeline.ClassInvalidCommand, "version %s is not an integer", pipeline.Quote(row[c.verCol]))
 		}
 		cmd.Version = &v
 	}
@@ -319,7 +367,7 @@ func (c *csvReader) Next() (Command, error) {
 		}
 		b, err := json.Marshal(row[i])
 		if err != nil {
-			return cmd, Errorf(ClassInvalidCommand, "column %s: %v", Quote(c.header[i]), err)
+			return cmd, pipeline.Errorf(pipeline.ClassInvalidCommand, "column %s: %v", pipeline.Quote(c.header[i]), err)
 		}
 		cmd.Data[c.header[i]] = b
 	}
