@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -230,18 +231,30 @@ func TestWorkerQueueBoundsWaitingSlices(t *testing.T) {
 // a partition no more come, and the partition would stall behind them.
 func TestWorkerFlushesAfterAFencedTimedFlush(t *testing.T) {
 	t.Parallel()
-	store := &fakeStore{next: 5} // records 0–4 were applied by another processor
-	cfg := testWorkerConfig(store, &fakeDLQ{}, 100, 5*time.Millisecond)
-	fenceFirstBatch(&cfg, store)
-	w := NewWorker(cfg, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- w.Run(ctx) }()
-	require.NoError(t, w.Feed(ctx, records(10, 0))) // fewer than a batch: only the timer flushes them
-	waitNext(t, store, 10, "the records above the stored offset were never written")
-	cancel()
-	require.NoError(t, <-done)
-	require.Equal(t, []CommandID{"c-5", "c-6", "c-7", "c-8", "c-9"}, store.applied)
+	synctest.Test(t, func(t *testing.T) {
+		const wait = time.Second
+		store := &fakeStore{next: 5} // records 0–4 were applied by another processor
+		cfg := testWorkerConfig(store, &fakeDLQ{}, 100, wait)
+		fenceFirstBatch(&cfg, store)
+		w := NewWorker(cfg, 1)
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error)
+		go func() { done <- w.Run(ctx) }()
+		require.NoError(t, w.Feed(ctx, records(10, 0))) // fewer than a batch: only the timer flushes them
+		applied := func() int {
+			synctest.Wait()
+			store.mu.Lock()
+			defer store.mu.Unlock()
+			return len(store.applied)
+		}
+		time.Sleep(wait + time.Millisecond) // the timed flush, fenced: the stored offset reloaded
+		require.Zero(t, applied())
+		time.Sleep(wait) // due again one BatchMaxWait later, with no more records coming
+		require.Equal(t, 5, applied(), "the records above the stored offset were never written")
+		cancel()
+		require.NoError(t, <-done)
+		require.Equal(t, []CommandID{"c-5", "c-6", "c-7", "c-8", "c-9"}, store.applied)
+	})
 }
 
 // slowStore takes a while over each batch, noting when each began.
@@ -261,30 +274,30 @@ func (s *slowStore) WriteBatch(ctx context.Context, b *Batch, d *Deduped) ([]Out
 
 // Records handed over while a batch is written have waited from then on:
 // their batch is due BatchMaxWait after the hand-over, not after the write.
+// On synctest's clock, so the gap is exact.
 func TestWorkerCountsTheWaitFromTheHandOver(t *testing.T) {
 	t.Parallel()
-	const wait = 400 * time.Millisecond
-	store := &slowStore{took: wait}
-	cfg := testWorkerConfig(&store.fakeStore, &fakeDLQ{}, 100, wait)
-	cfg.Store = store
-	w := NewWorker(cfg, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- w.Run(ctx) }()
-	recs := records(20, 0)
-	require.NoError(t, w.Feed(ctx, recs[:10]))
-	require.Eventually(t, func() bool {
-		store.mu.Lock()
-		defer store.mu.Unlock()
-		return len(store.starts) == 1
-	}, 5*time.Second, time.Millisecond)
-	require.NoError(t, w.Feed(ctx, recs[10:])) // blocks until the first write is done
-	waitNext(t, &store.fakeStore, 20)
-	cancel()
-	require.NoError(t, <-done)
-	// Handed over at the first write's start, due BatchMaxWait later: as
-	// soon as the first write ends. Counted from the take, it would be
-	// BatchMaxWait after that (two waits after the first write began).
-	gap := store.starts[1].Sub(store.starts[0])
-	require.Less(t, gap, wait+wait/2, "the second batch waited a whole BatchMaxWait after the first was written")
+	synctest.Test(t, func(t *testing.T) {
+		const wait = 400 * time.Millisecond
+		store := &slowStore{took: wait}
+		cfg := testWorkerConfig(&store.fakeStore, &fakeDLQ{}, 100, wait)
+		cfg.Store = store
+		w := NewWorker(cfg, 1)
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error)
+		go func() { done <- w.Run(ctx) }()
+		recs := records(20, 0)
+		require.NoError(t, w.Feed(ctx, recs[:10])) // fewer than a batch: flushed for its age
+		time.Sleep(wait)
+		synctest.Wait()
+		require.Len(t, store.starts, 1, "the first batch is being written")
+		require.NoError(t, w.Feed(ctx, recs[10:])) // handed over now, taken once the write ends
+		waitNext(t, &store.fakeStore, 20)
+		cancel()
+		require.NoError(t, <-done)
+		// Handed over at the first write's start, due BatchMaxWait later: as
+		// the first write ends. Counted from the take, it would be one more
+		// BatchMaxWait.
+		require.Equal(t, wait, store.starts[1].Sub(store.starts[0]))
+	})
 }
