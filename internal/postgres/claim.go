@@ -104,8 +104,9 @@ func (c *claim) settleRepeats(repeats map[*pipeline.Message][]*pipeline.Message,
 }
 
 // queueRedeliveries queues the turning into redelivered of the duplicates,
-// conflicts and dead letters whose origin already has that outcome: records
-// Kafka delivered again in an earlier batch. Failures are remembered per
+// conflicts and dead letters whose origin already has that outcome, or had
+// a dead letter a replay moved: records Kafka delivered again after an
+// earlier batch counted them. Failures are remembered per
 // job and index already; duplicates are remembered here, in
 // spool_job_repeats. (Applied and stale records were told apart when
 // claiming, by the origin the ledger keeps.)
@@ -138,7 +139,8 @@ func queueRedeliveries(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outc
 		SELECT b.job_id, b.idx FROM b
 		WHERE (b.outcome = 'duplicate' AND NOT EXISTS (SELECT 1 FROM fresh WHERE fresh.job_id = b.job_id AND fresh.idx = b.idx))
 		   OR (b.outcome <> 'duplicate' AND EXISTS (SELECT 1 FROM spool_job_failures f
-				WHERE f.job_id = b.job_id AND f.idx = b.idx AND f.outcome = b.outcome))`, jobs, idx, outs).Query(func(rows pgx.Rows) error {
+				WHERE f.job_id = b.job_id AND f.idx = b.idx AND f.outcome = b.outcome))
+		   OR EXISTS (SELECT 1 FROM spool_job_replays p WHERE p.job_id = b.job_id AND p.idx = b.idx)`, jobs, idx, outs).Query(func(rows pgx.Rows) error {
 		var o pipeline.Origin
 		_, err := pgx.ForEachRow(rows, []any{&o.Job, &o.Index}, func() error {
 			outcomes[at[o]] = pipeline.OutcomeRedelivered

@@ -48,7 +48,8 @@ const conflictError = "id was seen before with a different payload"
 // queueMoves moves replayed commands' counts out of dead_lettered, each only
 // if its job still lists it as a dead letter: the move deletes that failure
 // row (or turns it into a conflict), so a dead letter replayed twice moves
-// once.
+// once. The moved places are remembered (spool_job_replays), so that a copy
+// of the original record Kafka delivers later is told as redelivered.
 func queueMoves(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
 	moves := pipeline.ReplayMoves(b.Messages, outcomes)
 	if len(moves) == 0 {
@@ -62,12 +63,14 @@ func queueMoves(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
 		cleared AS (
 			DELETE FROM spool_job_failures f USING r
 			WHERE f.job_id = r.job_id AND f.idx = r.idx AND f.outcome = 'dead_lettered' AND r.outcome <> 'conflict'
-			RETURNING r.job_id, r.outcome),
+			RETURNING r.job_id, r.idx, r.outcome),
 		conflicted AS (
 			UPDATE spool_job_failures f SET outcome = 'conflict', error_class = 'conflict', error = $5, created_at = now()
 			FROM r WHERE f.job_id = r.job_id AND f.idx = r.idx AND f.outcome = 'dead_lettered' AND r.outcome = 'conflict'
-			RETURNING r.job_id, r.outcome),
-		moved AS (SELECT * FROM cleared UNION ALL SELECT * FROM conflicted)
+			RETURNING r.job_id, r.idx, r.outcome),
+		moved AS (SELECT * FROM cleared UNION ALL SELECT * FROM conflicted),
+		remembered AS (INSERT INTO spool_job_replays (job_id, idx)
+			SELECT job_id, idx FROM moved ORDER BY job_id, idx ON CONFLICT DO NOTHING)
 		INSERT INTO spool_job_counts AS c (job_id, partition, applied, duplicate, stale, conflict, dead_lettered)
 		SELECT job_id, $4,
 			count(*) FILTER (WHERE outcome = 'applied'), count(*) FILTER (WHERE outcome = 'duplicate'),

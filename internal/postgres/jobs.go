@@ -351,7 +351,8 @@ func (s *Store) PruneJobs(ctx context.Context, retention time.Duration) (int64, 
 				RETURNING job_id),
 			counts AS (DELETE FROM spool_job_counts WHERE job_id IN (SELECT job_id FROM gone)),
 			failures AS (DELETE FROM spool_job_failures WHERE job_id IN (SELECT job_id FROM gone)),
-			repeats AS (DELETE FROM spool_job_repeats WHERE job_id IN (SELECT job_id FROM gone))
+			repeats AS (DELETE FROM spool_job_repeats WHERE job_id IN (SELECT job_id FROM gone)),
+			replays AS (DELETE FROM spool_job_replays WHERE job_id IN (SELECT job_id FROM gone))
 			SELECT count(*) FROM gone`, retention, pruneBatch).Scan(&n)
 		if err != nil {
 			return total, classify(fmt.Errorf("pruning jobs: %w", err))

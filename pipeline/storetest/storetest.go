@@ -46,6 +46,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) *Backend) {
 		{"OffsetFencing", testOffsetFencing},
 		{"RedeliveredRecordCountsOnce", testRedeliveredRecordCountsOnce},
 		{"DeadLettersCountedAndListed", testDeadLettersCountedAndListed},
+		{"ReplayedDeadLetterRedeliveredCountsOnce", testReplayedDeadLetterRedeliveredCountsOnce},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -282,4 +283,36 @@ func testDeadLettersCountedAndListed(t *testing.T, s *suite) {
 	require.Equal(t, deadLettered, f.Outcome)
 	require.Equal(t, pipeline.ClassConstraint, f.Class)
 	require.NotEmpty(t, f.ValueHash, "a replay checks a dead letter against its value's hash")
+}
+
+// testReplayedDeadLetterRedeliveredCountsOnce: once a replay of a dead
+// letter is applied, its count moves from dead_lettered to applied; a copy
+// of the original record Kafka delivers after that — failing as before, or
+// not, now that the cause is gone — counts nowhere.
+func testReplayedDeadLetterRedeliveredCountsOnce(t *testing.T, s *suite) {
+	const line = `{"id":"c1","entity":"customers","version":1,"data":{"customer_id":"a","name":"a"}}`
+	poisoned := func() *pipeline.Message {
+		m := s.message(t, line, 0)
+		m.Err = pipeline.Errorf(pipeline.ClassConstraint, "new row violates check constraint")
+		return m
+	}
+	out, err := s.writeMessages(t, 0, []*pipeline.Message{poisoned()})
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{deadLettered}, out)
+	require.Equal(t, pipeline.Counts{DeadLettered: 1}, s.counts(t))
+
+	replay := s.message(t, line, 0)
+	replay.ReplayOf = "spool.commands.dlq:0:0"
+	out, err = s.writeMessages(t, 0, []*pipeline.Message{replay})
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{applied}, out)
+	require.Equal(t, pipeline.Counts{Applied: 1}, s.counts(t), "the replay moved the count")
+
+	for _, again := range []*pipeline.Message{poisoned(), s.message(t, line, 0)} {
+		out, err = s.writeMessages(t, 0, []*pipeline.Message{again})
+		require.NoError(t, err)
+		require.Equal(t, []pipeline.Outcome{redelivered}, out, "failing again: %v", again.Err)
+	}
+	require.Equal(t, pipeline.Counts{Applied: 1}, s.counts(t))
+	require.Equal(t, map[string]string{"a": "a@1"}, s.customers(t))
 }

@@ -180,7 +180,7 @@ func (l *Limits) JobCounts(ctx context.Context, job string) (pipeline.Counts, er
 // that another group of processors can drain the same backlog afresh.
 func (l *Limits) ForgetWrites(ctx context.Context, table string) error {
 	_, err := l.pool.Exec(ctx, `TRUNCATE `+pgx.Identifier{table}.Sanitize()+`, spool_ledger, spool_job_counts,
-		spool_job_failures, spool_job_repeats, spool_tombstones`)
+		spool_job_failures, spool_job_repeats, spool_job_replays, spool_tombstones`)
 	return err
 }
 
