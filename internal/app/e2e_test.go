@@ -49,11 +49,16 @@ func newStack(t *testing.T, overrides map[string]any) *stack {
 // ingress starts (to create topics by hand, say).
 func newStackWith(t *testing.T, overrides map[string]any, before func(brokers []string)) *stack {
 	t.Helper()
+	return newStackOn(t, kafkatest.NewCluster(t), overrides, before)
+}
+
+// newStackOn is newStackWith on a broker of the test's choice.
+func newStackOn(t *testing.T, b *broker.Broker, overrides map[string]any, before func(brokers []string)) *stack {
+	t.Helper()
 	db := pgtest.New(t)
 	db.Exec(t, `CREATE TABLE customers (
 		customer_id text PRIMARY KEY, name text, email text, balance numeric(18,2) CHECK (balance >= 0),
 		version bigint NOT NULL, updated_at timestamptz)`)
-	b := kafkatest.NewCluster(t)
 	s := &stack{brokers: []string{b.Addr()}, broker: b, db: db, base: map[string]any{
 		"database.url":             db.URL,
 		"kafka.brokers":            []string{b.Addr()},

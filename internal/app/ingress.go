@@ -69,13 +69,17 @@ func (in *Ingress) run(ctx context.Context) error {
 	}
 	defer pool.Close()
 	m := metrics.New(metrics.NewRegistry())
-	if err := ensureTopics(ctx, c, in.logger); err != nil {
+	cluster, err := KafkaCluster(c.Kafka)
+	if err != nil {
 		return err
 	}
-	limit := recordLimit(ctx, c, c.Kafka.Topic, in.logger)
+	if err := ensureTopics(ctx, c, cluster, in.logger); err != nil {
+		return err
+	}
+	limit := recordLimit(ctx, cluster, c.Kafka.Topic, in.logger)
 	checkRecordLimit(c, limit, httpapi.DefaultTenant, in.logger)
 	producer, err := kafka.NewProducer(kafka.ProducerConfig{
-		Brokers: c.Kafka.Brokers, MaxBufferedBytes: kafka.UploadBufferBytes, Linger: kafka.UploadLinger,
+		Cluster: cluster, MaxBufferedBytes: kafka.UploadBufferBytes, Linger: kafka.UploadLinger,
 		BatchMaxBytes: limit, Hooks: []any{m.KafkaHooks("producer")}, Logger: in.logger,
 	})
 	if err != nil {
@@ -85,7 +89,7 @@ func (in *Ingress) run(ctx context.Context) error {
 	var backlog func() int64
 	var lag *kafka.LagMonitor
 	if c.Ingress.MaxLag > 0 {
-		if lag, err = kafka.NewLagMonitor(c.Kafka.Brokers, c.Kafka.Topic, c.Kafka.Group, lagEvery, in.logger); err != nil {
+		if lag, err = kafka.NewLagMonitor(cluster, c.Kafka.Topic, c.Kafka.Group, lagEvery, in.logger); err != nil {
 			return err
 		}
 		defer lag.Close()

@@ -21,10 +21,10 @@ const describeTimeout = 10 * time.Second
 // DescribeConfigs permission, say), it is kafka.DefaultMaxMessageBytes, and a
 // log line says so. The producer's batch limit is set to it, so the two
 // agree.
-func recordLimit(ctx context.Context, c *config.Config, topic string, logger *slog.Logger) int {
+func recordLimit(ctx context.Context, cluster kafka.Cluster, topic string, logger *slog.Logger) int {
 	ctx, cancel := context.WithTimeout(ctx, describeTimeout)
 	defer cancel()
-	limits, err := kafka.MaxMessageBytes(ctx, c.Kafka.Brokers, topic)
+	limits, err := kafka.MaxMessageBytes(ctx, cluster, topic)
 	if err != nil {
 		logger.Warn("reading the topic's max.message.bytes; assuming Kafka's old default",
 			"topic", topic, "assumed", kafka.DefaultMaxMessageBytes, "error", err)

@@ -38,6 +38,6 @@ func TestRecordLimitAtStartUp(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	c.Kafka.Brokers = []string{"127.0.0.1:1"}
-	require.Equal(t, kafka.DefaultMaxMessageBytes, recordLimit(ctx, c, "spool.commands", logger))
+	require.Equal(t, kafka.DefaultMaxMessageBytes, recordLimit(ctx, kafka.Plaintext(c.Kafka.Brokers...), "spool.commands", logger))
 	require.Contains(t, logs.String(), "reading the topic's max.message.bytes; assuming Kafka's old default")
 }

@@ -49,11 +49,11 @@ func TestRecordsAndDeadLettersFitKafka(t *testing.T) {
 	const maxRecord = 1 << 20 // ingress.max_record_bytes' default
 	const kafkaDefault = 1_048_588
 	s := newStackWith(t, map[string]any{"kafka.partitions": 1}, func(brokers []string) {
-		require.NoError(t, kafka.EnsureTopicsWith(ctx, brokers, 1, -1,
+		require.NoError(t, kafka.EnsureTopicsWith(ctx, kafka.Plaintext(brokers...), 1, -1,
 			map[string]string{"max.message.bytes": strconv.Itoa(kafkaDefault)}, "spool.commands.dlq"))
 	})
 	s.startProcessor(t, nil)
-	limits, err := kafka.MaxMessageBytes(ctx, s.brokers, "spool.commands", "spool.commands.dlq")
+	limits, err := kafka.MaxMessageBytes(ctx, kafka.Plaintext(s.brokers...), "spool.commands", "spool.commands.dlq")
 	require.NoError(t, err)
 	limit := limits["spool.commands"]
 	require.Equal(t, maxRecord+64<<10, limit, "spool made its commands topic with room for a record of ingress.max_record_bytes")
@@ -121,11 +121,11 @@ func TestRecordsAndDeadLettersFitKafka(t *testing.T) {
 	// Fixed, and replayed: the whole command from the failure row is sent
 	// and applied.
 	s.db.Exec(t, `ALTER TABLE customers DROP CONSTRAINT customers_balance_check`)
-	producer, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: s.brokers, BatchMaxBytes: limit})
+	producer, err := kafka.NewProducer(kafka.ProducerConfig{Cluster: kafka.Plaintext(s.brokers...), BatchMaxBytes: limit})
 	require.NoError(t, err)
 	defer producer.Close()
-	require.NoError(t, kafka.EnsureTopics(ctx, s.brokers, 1, -1, dlq.CheckpointTopic("spool.commands.dlq")))
-	res, err := dlq.Replay(ctx, kafka.Reader{Brokers: s.brokers}, producer, "spool.commands.dlq", dlq.ReplayOptions{
+	require.NoError(t, kafka.EnsureTopics(ctx, kafka.Plaintext(s.brokers...), 1, -1, dlq.CheckpointTopic("spool.commands.dlq")))
+	res, err := dlq.Replay(ctx, kafka.Reader{Cluster: kafka.Plaintext(s.brokers...)}, producer, "spool.commands.dlq", dlq.ReplayOptions{
 		Topic: "spool.commands", Ledger: postgres.NewStore(s.db.Postgres, nil, "", nil), Filter: dlq.Filter{Job: job}})
 	require.NoError(t, err)
 	require.Equal(t, dlq.ReplayResult{Selected: 1, Replayed: 1}, res)

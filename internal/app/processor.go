@@ -64,14 +64,18 @@ func (p *Processor) run(ctx context.Context) error {
 	}
 	defer pool.Close()
 	store := postgres.NewStore(pool, entities, c.Kafka.Group, p.logger)
-	if err := ensureTopics(ctx, c, p.logger); err != nil {
+	cluster, err := KafkaCluster(c.Kafka)
+	if err != nil {
+		return err
+	}
+	if err := ensureTopics(ctx, c, cluster, p.logger); err != nil {
 		return err
 	}
 	m := metrics.New(metrics.NewRegistry())
 	// Dead letters are bounded by what the dead-letter topic takes, and the
 	// producer's batch limit agrees, so that a dead letter always fits.
-	dlqLimit := recordLimit(ctx, c, c.Kafka.DLQTopic, p.logger)
-	producer, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: c.Kafka.Brokers, BatchMaxBytes: dlqLimit,
+	dlqLimit := recordLimit(ctx, cluster, c.Kafka.DLQTopic, p.logger)
+	producer, err := kafka.NewProducer(kafka.ProducerConfig{Cluster: cluster, BatchMaxBytes: dlqLimit,
 		Hooks: []any{m.KafkaHooks("dlq-producer")}, Logger: p.logger})
 	if err != nil {
 		return err
@@ -90,7 +94,7 @@ func (p *Processor) run(ctx context.Context) error {
 	}
 
 	consumer, err := kafka.NewConsumer(kafka.ConsumerConfig{
-		Brokers: c.Kafka.Brokers, Topic: c.Kafka.Topic, Group: c.Kafka.Group,
+		Cluster: cluster, Topic: c.Kafka.Topic, Group: c.Kafka.Group,
 		FetchMaxBytes: c.Processor.FetchMaxBytes, FetchMaxPartitionBytes: c.Processor.FetchMaxPartitionBytes,
 		// A rebalance waits for revoked partitions' last flushes.
 		SessionTimeout: c.Processor.SessionTimeout, RebalanceTimeout: c.Processor.FlushTimeout + 30*time.Second,
@@ -112,7 +116,7 @@ func (p *Processor) run(ctx context.Context) error {
 		return err
 	}
 
-	lag, err := kafka.NewLagMonitor(c.Kafka.Brokers, c.Kafka.Topic, c.Kafka.Group, lagEvery, p.logger)
+	lag, err := kafka.NewLagMonitor(cluster, c.Kafka.Topic, c.Kafka.Group, lagEvery, p.logger)
 	if err != nil {
 		return err
 	}

@@ -2,9 +2,12 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sort"
 	"strconv"
 	"time"
@@ -59,19 +62,52 @@ func openDatabase(ctx context.Context, c *config.Config, logger *slog.Logger) (*
 // record of ingress.max_record_bytes (kafka.max_message_bytes).
 // It waits with backoff while the brokers are unreachable (a broker
 // restarting as spool starts), as openDatabase waits for PostgreSQL.
-func ensureTopics(ctx context.Context, c *config.Config, logger *slog.Logger) error {
+func ensureTopics(ctx context.Context, c *config.Config, cluster kafka.Cluster, logger *slog.Logger) error {
 	return backoff.Retry(func() error {
-		err := kafka.EnsureTopicsWith(ctx, c.Kafka.Brokers, int32(c.Kafka.Partitions), int16(c.Kafka.ReplicationFactor),
+		err := kafka.EnsureTopicsWith(ctx, cluster, int32(c.Kafka.Partitions), int16(c.Kafka.ReplicationFactor),
 			map[string]string{"max.message.bytes": strconv.Itoa(c.Kafka.TopicMaxMessageBytes(c.Ingress.MaxRecordBytes))},
 			c.Kafka.Topic, c.Kafka.DLQTopic)
 		if err != nil && pipeline.ClassOf(err) != pipeline.ClassTransient {
 			return backoff.Permanent(err)
 		}
 		if err != nil {
-			logger.Warn("waiting for Kafka", "brokers", c.Kafka.Brokers, "error", err)
+			logger.Warn("waiting for Kafka", "brokers", cluster.String(), "error", err)
 		}
 		return err
 	}, backoff.WithContext(startupBackoff(), ctx))
+}
+
+// KafkaCluster is how spool reaches Kafka as configured: the brokers, TLS
+// with the CA, client certificate and server name of kafka.tls.*, and SASL
+// with the credentials of kafka.sasl.*. A file that cannot be read or holds
+// no certificate is an error naming its key.
+func KafkaCluster(k config.Kafka) (kafka.Cluster, error) {
+	cluster := kafka.Cluster{Brokers: k.Brokers,
+		SASL: kafka.SASL{Mechanism: k.SASL.Mechanism, Username: k.SASL.Username, Password: k.SASL.Password, Token: k.SASL.Token}}
+	if !k.TLS.On() {
+		return cluster, nil
+	}
+	t := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: k.TLS.ServerName,
+		InsecureSkipVerify: k.TLS.InsecureSkipVerify} //nolint:gosec // kafka.tls.insecure_skip_verify is the operator's explicit choice
+	if k.TLS.CAFile != "" {
+		pem, err := os.ReadFile(k.TLS.CAFile)
+		if err != nil {
+			return kafka.Cluster{}, fmt.Errorf("config kafka.tls.ca_file: %w", err)
+		}
+		t.RootCAs = x509.NewCertPool()
+		if !t.RootCAs.AppendCertsFromPEM(pem) {
+			return kafka.Cluster{}, fmt.Errorf("config kafka.tls.ca_file: %s holds no PEM certificate", k.TLS.CAFile)
+		}
+	}
+	if k.TLS.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(k.TLS.CertFile, k.TLS.KeyFile)
+		if err != nil {
+			return kafka.Cluster{}, fmt.Errorf("config kafka.tls.cert_file and key_file: %w", err)
+		}
+		t.Certificates = []tls.Certificate{cert}
+	}
+	cluster.TLS = t
+	return cluster, nil
 }
 
 func entitySpecs(m map[string]config.EntityConfig) ([]postgres.EntitySpec, error) {

@@ -1,8 +1,10 @@
 package broker
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
+	"strings"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 )
@@ -17,6 +19,31 @@ type Config struct {
 	Partitions int
 	// SyncWrites fsyncs every produce before acknowledging it.
 	SyncWrites bool
+	// TLS, when set, is the listener's: clients must speak TLS.
+	TLS *tls.Config
+	// Users, when any, turn SASL on: each connection must authenticate as
+	// one of them. They are superusers (ACLs do not apply).
+	Users []User
+}
+
+// User is a SASL user of the broker.
+type User struct {
+	// Mechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+	Mechanism, Name, Password string
+}
+
+// ParseUser reads MECHANISM:NAME:PASSWORD.
+func ParseUser(s string) (User, error) {
+	parts := strings.SplitN(s, ":", 3)
+	if len(parts) != 3 || parts[1] == "" {
+		return User{}, fmt.Errorf("SASL user %q is not MECHANISM:NAME:PASSWORD", s)
+	}
+	u := User{Mechanism: strings.ToUpper(parts[0]), Name: parts[1], Password: parts[2]}
+	switch u.Mechanism {
+	case "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
+		return u, nil
+	}
+	return User{}, fmt.Errorf("SASL mechanism %q of user %s: the embedded broker speaks PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512", parts[0], u.Name)
 }
 
 // Broker is a running embedded broker.
@@ -46,6 +73,15 @@ func Start(cfg Config) (*Broker, error) {
 	}
 	if cfg.SyncWrites {
 		opts = append(opts, kfake.SyncWrites())
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, kfake.TLS(cfg.TLS))
+	}
+	if len(cfg.Users) > 0 {
+		opts = append(opts, kfake.EnableSASL())
+		for _, u := range cfg.Users {
+			opts = append(opts, kfake.Superuser(u.Mechanism, u.Name, u.Password))
+		}
 	}
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {

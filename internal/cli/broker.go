@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"crypto/tls"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -18,12 +19,40 @@ func newBrokerCmd() *cobra.Command {
 			dir, _ := cmd.Flags().GetString("data-dir")
 			parts, _ := cmd.Flags().GetInt("partitions")
 			sync, _ := cmd.Flags().GetBool("sync-writes")
-			b, err := broker.Start(broker.Config{Addr: addr, DataDir: dir, Partitions: parts, SyncWrites: sync})
+			cfg := broker.Config{Addr: addr, DataDir: dir, Partitions: parts, SyncWrites: sync}
+			cert, _ := cmd.Flags().GetString("tls-cert")
+			key, _ := cmd.Flags().GetString("tls-key")
+			if (cert == "") != (key == "") {
+				return fmt.Errorf("--tls-cert and --tls-key go together")
+			}
+			if cert != "" {
+				pair, err := tls.LoadX509KeyPair(cert, key)
+				if err != nil {
+					return fmt.Errorf("--tls-cert and --tls-key: %w", err)
+				}
+				cfg.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+			}
+			users, _ := cmd.Flags().GetStringArray("sasl-user")
+			for _, s := range users {
+				u, err := broker.ParseUser(s)
+				if err != nil {
+					return fmt.Errorf("--sasl-user: %w", err)
+				}
+				cfg.Users = append(cfg.Users, u)
+			}
+			b, err := broker.Start(cfg)
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			fmt.Fprintf(cmd.OutOrStdout(), "broker listening on %s, data in %s\n", b.Addr(), dir)
+			how := "plaintext"
+			if cfg.TLS != nil {
+				how = "TLS"
+			}
+			if len(cfg.Users) > 0 {
+				how += fmt.Sprintf(", SASL (%d users)", len(cfg.Users))
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "broker listening on %s (%s), data in %s\n", b.Addr(), how, dir)
 			<-cmd.Context().Done()
 			return nil
 		},
@@ -32,5 +61,8 @@ func newBrokerCmd() *cobra.Command {
 	cmd.Flags().String("data-dir", ".spool-broker", "where the broker keeps its data")
 	cmd.Flags().Int("partitions", 12, "partitions of auto-created topics")
 	cmd.Flags().Bool("sync-writes", false, "fsync every produce before acknowledging it")
+	cmd.Flags().String("tls-cert", "", "PEM certificate of a TLS listener (with --tls-key): clients set kafka.tls.ca_file to its CA")
+	cmd.Flags().String("tls-key", "", "PEM private key of --tls-cert")
+	cmd.Flags().StringArray("sasl-user", nil, "MECHANISM:NAME:PASSWORD of a SASL user (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512); repeat for more; any turns SASL on")
 	return cmd
 }

@@ -64,7 +64,7 @@ func filterFlags(cmd *cobra.Command) {
 type dlqTarget struct {
 	reader  kafka.Reader
 	topic   string
-	brokers []string
+	cluster kafka.Cluster
 	replica int16
 	// commands is the commands topic (kafka.topic), where replays go;
 	// database the job ledger's URL (database.url), which replays check.
@@ -77,15 +77,19 @@ func loadDLQTarget(cmd *cobra.Command) (*dlqTarget, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &dlqTarget{brokers: c.Kafka.Brokers, topic: c.Kafka.DLQTopic, replica: int16(c.Kafka.ReplicationFactor),
-		commands: c.Kafka.Topic, database: c.Database.URL}
 	if b, _ := cmd.Flags().GetStringSlice("brokers"); len(b) > 0 {
-		t.brokers = b
+		c.Kafka.Brokers = b
 	}
+	cluster, err := app.KafkaCluster(c.Kafka) // kafka.tls.* and kafka.sasl.* as the servers have them
+	if err != nil {
+		return nil, err
+	}
+	t := &dlqTarget{cluster: cluster, topic: c.Kafka.DLQTopic, replica: int16(c.Kafka.ReplicationFactor),
+		commands: c.Kafka.Topic, database: c.Database.URL}
 	if topic, _ := cmd.Flags().GetString("topic"); topic != "" {
 		t.topic = topic
 	}
-	t.reader = kafka.Reader{Brokers: t.brokers}
+	t.reader = kafka.Reader{Cluster: t.cluster}
 	return t, nil
 }
 
@@ -382,11 +386,11 @@ func runReplay(cmd *cobra.Command, _ []string) error {
 	}
 
 	// Only the checkpoint's keys matter: compaction keeps it small.
-	if err := kafka.EnsureTopicsWith(ctx, t.brokers, 1, t.replica, map[string]string{"cleanup.policy": "compact"},
+	if err := kafka.EnsureTopicsWith(ctx, t.cluster, 1, t.replica, map[string]string{"cleanup.policy": "compact"},
 		dlq.CheckpointTopic(t.topic)); err != nil {
 		return err
 	}
-	producer, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: t.brokers, Logger: app.NewLogger(config.Log{Level: "error"})})
+	producer, err := kafka.NewProducer(kafka.ProducerConfig{Cluster: t.cluster, Logger: app.NewLogger(config.Log{Level: "error"})})
 	if err != nil {
 		return err
 	}

@@ -142,7 +142,7 @@ func TestDLQReplay(t *testing.T) {
 			perPartition[l[:strings.IndexByte(l, ':')]]++
 		}
 	} else {
-		require.NoError(t, kafka.Reader{Brokers: []string{dev.broker}}.Read(ctx, "spool.commands.dlq", dlq.AllPartitions, func(r pipeline.Record) error {
+		require.NoError(t, kafka.Reader{Cluster: kafka.Plaintext(dev.broker)}.Read(ctx, "spool.commands.dlq", dlq.AllPartitions, func(r pipeline.Record) error {
 			perPartition[strconv.Itoa(int(r.Partition))]++
 			return nil
 		}))
@@ -269,8 +269,8 @@ func TestDLQReplay(t *testing.T) {
 	// Even sent twice (a replay whose checkpoint was lost), the commands
 	// apply nothing twice and move no count twice: the ledger and the
 	// failure rows see to it.
-	reader := kafka.Reader{Brokers: []string{dev.broker}}
-	producer, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: []string{dev.broker}, Logger: testLogger(t)})
+	reader := kafka.Reader{Cluster: kafka.Plaintext(dev.broker)}
+	producer, err := kafka.NewProducer(kafka.ProducerConfig{Cluster: kafka.Plaintext(dev.broker), Logger: testLogger(t)})
 	require.NoError(t, err)
 	defer producer.Close()
 	// With the checkpoint lost, the ledger alone refuses them now: the
@@ -399,7 +399,7 @@ func (w withoutCheckpoint) Read(ctx context.Context, topic string, p int32, fn f
 func countRecords(ctx context.Context, t *testing.T, broker, topic string) int {
 	t.Helper()
 	n := 0
-	require.NoError(t, kafka.Reader{Brokers: []string{broker}}.Read(ctx, topic, dlq.AllPartitions, func(pipeline.Record) error {
+	require.NoError(t, kafka.Reader{Cluster: kafka.Plaintext(broker)}.Read(ctx, topic, dlq.AllPartitions, func(pipeline.Record) error {
 		n++
 		return nil
 	}))

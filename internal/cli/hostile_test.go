@@ -53,8 +53,8 @@ func TestCLIShowsHostileTextEscaped(t *testing.T) {
 	cluster := kafkatest.NewCluster(t)
 	brokers := []string{cluster.Addr()}
 	const topic = "hostile.dlq"
-	require.NoError(t, kafka.EnsureTopics(ctx, brokers, 1, 1, topic))
-	producer, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: brokers, Logger: testLogger(t)})
+	require.NoError(t, kafka.EnsureTopics(ctx, kafka.Plaintext(brokers...), 1, 1, topic))
+	producer, err := kafka.NewProducer(kafka.ProducerConfig{Cluster: kafka.Plaintext(brokers...), Logger: testLogger(t)})
 	require.NoError(t, err)
 	defer producer.Close()
 	now := time.Now().UTC()

@@ -44,14 +44,49 @@ func (d Database) LogValue() slog.Value {
 
 // Kafka configures brokers and topics.
 type Kafka struct {
-	Brokers           []string `mapstructure:"brokers"`
-	Topic             string   `mapstructure:"topic"`
-	DLQTopic          string   `mapstructure:"dlq_topic"`
-	Partitions        int      `mapstructure:"partitions"`
-	ReplicationFactor int      `mapstructure:"replication_factor"`
-	MaxMessageBytes   int      `mapstructure:"max_message_bytes"`
-	Group             string   `mapstructure:"group"`
-	GroupProtocol     string   `mapstructure:"group_protocol"`
+	Brokers           []string  `mapstructure:"brokers"`
+	Topic             string    `mapstructure:"topic"`
+	DLQTopic          string    `mapstructure:"dlq_topic"`
+	Partitions        int       `mapstructure:"partitions"`
+	ReplicationFactor int       `mapstructure:"replication_factor"`
+	MaxMessageBytes   int       `mapstructure:"max_message_bytes"`
+	Group             string    `mapstructure:"group"`
+	GroupProtocol     string    `mapstructure:"group_protocol"`
+	TLS               KafkaTLS  `mapstructure:"tls"`
+	SASL              KafkaSASL `mapstructure:"sasl"`
+}
+
+// KafkaTLS configures TLS to the brokers.
+type KafkaTLS struct {
+	Enabled            bool   `mapstructure:"enabled"`
+	CAFile             string `mapstructure:"ca_file"`
+	CertFile           string `mapstructure:"cert_file"`
+	KeyFile            string `mapstructure:"key_file"`
+	ServerName         string `mapstructure:"server_name"`
+	InsecureSkipVerify bool   `mapstructure:"insecure_skip_verify"`
+}
+
+// On reports whether TLS is asked for: enabled, or any setting of it given.
+func (t KafkaTLS) On() bool {
+	return t.Enabled || t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "" || t.InsecureSkipVerify
+}
+
+// KafkaSASL configures SASL authentication to the brokers. Each secret may
+// be given in a file instead (a mounted secret), whose content, trailing
+// newline trimmed, replaces the setting when the config is loaded.
+type KafkaSASL struct {
+	Mechanism    string `mapstructure:"mechanism"`
+	Username     string `mapstructure:"username"`
+	UsernameFile string `mapstructure:"username_file"`
+	Password     string `mapstructure:"password"`
+	PasswordFile string `mapstructure:"password_file"`
+	Token        string `mapstructure:"token"`
+	TokenFile    string `mapstructure:"token_file"`
+}
+
+// LogValue keeps the secrets out of logs.
+func (s KafkaSASL) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("mechanism", s.Mechanism), slog.String("username", s.Username))
 }
 
 // TopicMaxMessageBytes is the max.message.bytes spool gives the topics it
@@ -294,10 +329,40 @@ func Load(opts Options) (*Config, error) {
 		}
 		c.Auth.Keys = append(c.Auth.Keys, keys...)
 	}
+	if err := c.Kafka.SASL.readFiles(); err != nil {
+		return nil, err
+	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// readFiles fills each secret given as a file from that file; a secret
+// given both ways is refused.
+func (s *KafkaSASL) readFiles() error {
+	for _, f := range []struct {
+		key   string
+		value *string
+		file  string
+	}{
+		{"kafka.sasl.username", &s.Username, s.UsernameFile},
+		{"kafka.sasl.password", &s.Password, s.PasswordFile},
+		{"kafka.sasl.token", &s.Token, s.TokenFile},
+	} {
+		if f.file == "" {
+			continue
+		}
+		if *f.value != "" {
+			return fmt.Errorf("invalid config: %s and %s_file are both set: give one", f.key, f.key)
+		}
+		b, err := os.ReadFile(f.file)
+		if err != nil {
+			return fmt.Errorf("invalid config: %s_file: %w", f.key, err)
+		}
+		*f.value = strings.TrimRight(string(b), "\r\n")
+	}
+	return nil
 }
 
 // loadKeysFile reads {keys: [{tenant, key_sha256, entities}]} from a YAML
@@ -354,6 +419,23 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.GroupProtocol != "consumer" && c.Kafka.GroupProtocol != "classic" {
 		bad("kafka.group_protocol", "must be consumer or classic, got %q", c.Kafka.GroupProtocol)
+	}
+	if (c.Kafka.TLS.CertFile == "") != (c.Kafka.TLS.KeyFile == "") {
+		bad("kafka.tls.cert_file", "a client certificate needs its key: set kafka.tls.cert_file and kafka.tls.key_file together")
+	}
+	c.Kafka.SASL.Mechanism = strings.ToUpper(c.Kafka.SASL.Mechanism)
+	switch s := c.Kafka.SASL; s.Mechanism {
+	case "":
+	case "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "AWS_MSK_IAM":
+		if s.Username == "" || s.Password == "" {
+			bad("kafka.sasl.mechanism", "%s needs kafka.sasl.username and kafka.sasl.password (or their _file variants)", s.Mechanism)
+		}
+	case "OAUTHBEARER":
+		if s.Token == "" {
+			bad("kafka.sasl.mechanism", "OAUTHBEARER needs kafka.sasl.token (or kafka.sasl.token_file)")
+		}
+	default:
+		bad("kafka.sasl.mechanism", "must be PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER or AWS_MSK_IAM, got %q", s.Mechanism)
 	}
 	if c.Kafka.MaxMessageBytes != 0 && (c.Kafka.MaxMessageBytes < 16<<10 || c.Kafka.MaxMessageBytes > 32<<20) {
 		bad("kafka.max_message_bytes", "must be 0 (derived) or between 16 KiB and 32 MiB, got %d", c.Kafka.MaxMessageBytes)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -164,4 +165,35 @@ func TestOneKeyOneTenant(t *testing.T) {
 func TestMemoryLimitNotNegative(t *testing.T) {
 	_, err := Load(Options{Overrides: map[string]any{"auth.disabled": true, "processor.memory_limit": -1}})
 	require.ErrorContains(t, err, "processor.memory_limit")
+}
+
+// TestKafkaSecurity: TLS and SASL settings are checked as a whole, a
+// secret may come from a file (a mounted secret, its newline trimmed) but
+// not from both, and the secrets stay out of logs.
+func TestKafkaSecurity(t *testing.T) {
+	dir := t.TempDir()
+	pwFile := dir + "/password"
+	require.NoError(t, os.WriteFile(pwFile, []byte("from-file\n"), 0o600))
+	c, err := Load(Options{Overrides: map[string]any{"auth.disabled": true, "kafka.sasl.mechanism": "scram-sha-512",
+		"kafka.sasl.username": "spool", "kafka.sasl.password_file": pwFile, "kafka.tls.ca_file": "/ca.pem"}})
+	require.NoError(t, err)
+	require.Equal(t, "SCRAM-SHA-512", c.Kafka.SASL.Mechanism)
+	require.Equal(t, "from-file", c.Kafka.SASL.Password)
+	require.True(t, c.Kafka.TLS.On(), "a CA file asks for TLS")
+	require.NotContains(t, fmt.Sprint(c.Kafka.SASL.LogValue()), "from-file")
+
+	for _, tt := range []struct {
+		set  map[string]any
+		want string
+	}{
+		{map[string]any{"kafka.sasl.mechanism": "GSSAPI"}, "kafka.sasl.mechanism: must be PLAIN, SCRAM-SHA-256"},
+		{map[string]any{"kafka.sasl.mechanism": "PLAIN", "kafka.sasl.username": "u"}, "PLAIN needs kafka.sasl.username and kafka.sasl.password"},
+		{map[string]any{"kafka.sasl.mechanism": "OAUTHBEARER"}, "OAUTHBEARER needs kafka.sasl.token"},
+		{map[string]any{"kafka.sasl.password": "p", "kafka.sasl.password_file": pwFile}, "kafka.sasl.password and kafka.sasl.password_file are both set"},
+		{map[string]any{"kafka.sasl.token_file": dir + "/missing"}, "kafka.sasl.token_file"},
+		{map[string]any{"kafka.tls.cert_file": "/c.pem"}, "kafka.tls.cert_file: a client certificate needs its key"},
+	} {
+		_, err := Load(Options{Overrides: tt.set})
+		require.ErrorContains(t, err, tt.want, "%v", tt.set)
+	}
 }

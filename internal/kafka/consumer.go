@@ -21,7 +21,7 @@ type OffsetStore interface {
 
 // ConsumerConfig configures a Consumer.
 type ConsumerConfig struct {
-	Brokers                []string
+	Cluster                Cluster
 	Topic                  string
 	Group                  string
 	FetchMaxBytes          int32
@@ -97,8 +97,7 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 		// KIP-848, and what it falls back to on brokers without it.
 		protocol = []kgo.Opt{kgo.Balancers(kgo.CooperativeStickyBalancer()), kgo.ServerSideBalancer()}
 	}
-	cl, err := kgo.NewClient(append(protocol,
-		kgo.SeedBrokers(cfg.Brokers...),
+	cl, err := cfg.Cluster.newClient(append(protocol,
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.SessionTimeout(cfg.SessionTimeout),
 		kgo.RebalanceTimeout(cfg.RebalanceTimeout),

@@ -3,5 +3,9 @@
 // topic creation, and the group consumer that gives each assigned partition
 // its own pipeline.Worker, starting it from the offset stored in PostgreSQL.
 // The group speaks KIP-848's consumer protocol where the brokers do, the
-// classic cooperative one elsewhere (group.go).
+// classic cooperative one elsewhere (group.go). Every client reaches the
+// brokers through a Cluster (cluster.go): TLS and SASL through franz-go's
+// own dialer and mechanisms, and the errors a cluster that refuses spool
+// gives (an untrusted certificate, refused credentials, TLS expected)
+// explained and not retried.
 package kafka

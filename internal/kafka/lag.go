@@ -28,8 +28,8 @@ type LagMonitor struct {
 }
 
 // NewLagMonitor connects; Run measures every interval. Close it when done.
-func NewLagMonitor(brokers []string, topic, group string, every time.Duration, logger *slog.Logger) (*LagMonitor, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.WithLogger(slogLogger{logger}))
+func NewLagMonitor(cluster Cluster, topic, group string, every time.Duration, logger *slog.Logger) (*LagMonitor, error) {
+	cl, err := cluster.newClient(kgo.WithLogger(slogLogger{logger}))
 	if err != nil {
 		return nil, fmt.Errorf("creating kafka lag client: %w", err)
 	}

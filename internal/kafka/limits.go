@@ -6,7 +6,6 @@ import (
 	"strconv"
 
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // DefaultMaxMessageBytes is what spool assumes of a topic whose
@@ -24,8 +23,8 @@ const MaxBatchBytes = 32 << 20
 // (the topic's own setting, else the broker's message.max.bytes). A topic
 // that does not exist or whose config cannot be read is an error: the caller
 // decides what to fall back to.
-func MaxMessageBytes(ctx context.Context, brokers []string, topics ...string) (map[string]int, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+func MaxMessageBytes(ctx context.Context, cluster Cluster, topics ...string) (map[string]int, error) {
+	cl, err := cluster.newClient()
 	if err != nil {
 		return nil, fmt.Errorf("creating kafka admin client: %w", err)
 	}

@@ -47,19 +47,19 @@ func TestBatchBytesPinsTheLimits(t *testing.T) {
 	defer cancel()
 	brokers := []string{b.Addr()}
 	const limit = 200_000
-	require.NoError(t, kafka.EnsureTopicsWith(ctx, brokers, 1, -1,
+	require.NoError(t, kafka.EnsureTopicsWith(ctx, kafka.Plaintext(brokers...), 1, -1,
 		map[string]string{"max.message.bytes": strconv.Itoa(limit)}, "small"))
-	require.NoError(t, kafka.EnsureTopics(ctx, brokers, 1, -1, "default"))
+	require.NoError(t, kafka.EnsureTopics(ctx, kafka.Plaintext(brokers...), 1, -1, "default"))
 
-	got, err := kafka.MaxMessageBytes(ctx, brokers, "small", "default")
+	got, err := kafka.MaxMessageBytes(ctx, kafka.Plaintext(brokers...), "small", "default")
 	require.NoError(t, err)
 	require.Equal(t, limit, got["small"])
 	require.Positive(t, got["default"])
-	_, err = kafka.MaxMessageBytes(ctx, brokers, "missing")
+	_, err = kafka.MaxMessageBytes(ctx, kafka.Plaintext(brokers...), "missing")
 	require.Error(t, err)
 
 	// The producer's own limit.
-	p, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: brokers, BatchMaxBytes: limit})
+	p, err := kafka.NewProducer(kafka.ProducerConfig{Cluster: kafka.Plaintext(brokers...), BatchMaxBytes: limit})
 	require.NoError(t, err)
 	defer p.Close()
 	require.NoError(t, p.ProduceSync(ctx, "small", recordOf(t, limit)))
@@ -68,7 +68,7 @@ func TestBatchBytesPinsTheLimits(t *testing.T) {
 
 	// The broker's: a producer allowing more, the topic's max.message.bytes
 	// refuses what BatchBytes says is over it.
-	loose, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: brokers, BatchMaxBytes: 2 * limit})
+	loose, err := kafka.NewProducer(kafka.ProducerConfig{Cluster: kafka.Plaintext(brokers...), BatchMaxBytes: 2 * limit})
 	require.NoError(t, err)
 	defer loose.Close()
 	require.NoError(t, loose.ProduceSync(ctx, "small", recordOf(t, limit)))

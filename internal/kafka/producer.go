@@ -16,7 +16,7 @@ import (
 
 // ProducerConfig configures a Producer.
 type ProducerConfig struct {
-	Brokers []string
+	Cluster Cluster
 	// MaxBufferedBytes bounds what may wait for acknowledgement; Produce
 	// blocks past it, which is how a slow broker slows an upload down.
 	MaxBufferedBytes int
@@ -51,7 +51,6 @@ type Producer struct {
 // NewProducer connects a producer.
 func NewProducer(cfg ProducerConfig) (*Producer, error) {
 	opts := []kgo.Opt{
-		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(cfg.Linger),
 		kgo.RecordDeliveryTimeout(30 * time.Second),
@@ -64,7 +63,7 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 	if cfg.BatchMaxBytes > 0 {
 		opts = append(opts, kgo.ProducerBatchMaxBytes(int32(min(cfg.BatchMaxBytes, MaxBatchBytes))))
 	}
-	cl, err := kgo.NewClient(opts...)
+	cl, err := cfg.Cluster.newClient(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("creating kafka producer: %w", err)
 	}
@@ -102,13 +101,13 @@ func hooks(hs []any) []kgo.Hook {
 }
 
 // EnsureTopics creates the topics that do not exist yet.
-func EnsureTopics(ctx context.Context, brokers []string, partitions int32, replication int16, topics ...string) error {
-	return EnsureTopicsWith(ctx, brokers, partitions, replication, nil, topics...)
+func EnsureTopics(ctx context.Context, cluster Cluster, partitions int32, replication int16, topics ...string) error {
+	return EnsureTopicsWith(ctx, cluster, partitions, replication, nil, topics...)
 }
 
 // EnsureTopicsWith is EnsureTopics with topic configs (cleanup.policy, …)
 // for the topics it creates; existing topics are left as they are.
-func EnsureTopicsWith(ctx context.Context, brokers []string, partitions int32, replication int16, configs map[string]string, topics ...string) error {
+func EnsureTopicsWith(ctx context.Context, cluster Cluster, partitions int32, replication int16, configs map[string]string, topics ...string) error {
 	var cfg map[string]*string
 	if len(configs) > 0 {
 		cfg = make(map[string]*string, len(configs))
@@ -116,7 +115,9 @@ func EnsureTopicsWith(ctx context.Context, brokers []string, partitions int32, r
 			cfg[k] = &v
 		}
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	// Its caller waits for the brokers with backoff of its own, and logs
+	// each try: franz-go's retries would only hide them.
+	cl, err := cluster.newClient(kgo.RetryTimeout(dialTimeout))
 	if err != nil {
 		return fmt.Errorf("creating kafka admin client: %w", err)
 	}
@@ -124,6 +125,9 @@ func EnsureTopicsWith(ctx context.Context, brokers []string, partitions int32, r
 	adm := kadm.NewClient(cl)
 	resps, err := adm.CreateTopics(ctx, partitions, replication, cfg, topics...)
 	if err != nil {
+		if why := cluster.explainClosed(ctx, err); why != nil {
+			return pipeline.Classify(pipeline.ClassInternal, why)
+		}
 		return classify(fmt.Errorf("creating topics: %w", err))
 	}
 	for _, r := range resps.Sorted() {
@@ -147,6 +151,9 @@ func classify(err error) error {
 	}
 	if errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) {
 		return pipeline.Classify(pipeline.ClassTooLarge, err)
+	}
+	if access := accessError(err); access != nil {
+		return pipeline.Classify(pipeline.ClassInternal, access)
 	}
 	if kerr.IsRetriable(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, kgo.ErrRecordTimeout) ||
 		errors.Is(err, kgo.ErrRecordRetries) || isNetErr(err) {

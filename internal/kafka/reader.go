@@ -18,7 +18,7 @@ import (
 // Reader reads whole topics without a consumer group: the tools' view of
 // the dead-letter topic and the replay checkpoint.
 type Reader struct {
-	Brokers []string
+	Cluster Cluster
 	Logger  *slog.Logger
 }
 
@@ -116,7 +116,7 @@ func (r Reader) EndOffsets(ctx context.Context, topic string) (int64, error) {
 // (not the high watermark: records of a transaction still open are not
 // read yet).
 func (r Reader) bounds(ctx context.Context, topic string) (starts, ends kadm.ListedOffsets, err error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(r.Brokers...), kgo.WithLogger(slogLogger{r.logger()}))
+	cl, err := r.Cluster.newClient(kgo.WithLogger(slogLogger{r.logger()}))
 	if err != nil {
 		return nil, nil, fmt.Errorf("creating kafka client: %w", err)
 	}
@@ -132,7 +132,7 @@ func (r Reader) bounds(ctx context.Context, topic string) (starts, ends kadm.Lis
 }
 
 func (r Reader) readPartition(ctx context.Context, topic string, p int32, from kgo.Offset, end int64, fn func(pipeline.Record) error) error {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(r.Brokers...), kgo.WithLogger(slogLogger{r.logger()}),
+	cl, err := r.Cluster.newClient(kgo.WithLogger(slogLogger{r.logger()}),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {p: from}}),
 		// Transaction markers come through, so that a partition ending in
 		// one is seen to end; aborted records do not.

@@ -25,9 +25,9 @@ func TestReaderReadsToTheEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	brokers := []string{b.Addr()}
-	require.NoError(t, kafka.EnsureTopics(ctx, brokers, 2, -1, "t", "empty"))
+	require.NoError(t, kafka.EnsureTopics(ctx, kafka.Plaintext(brokers...), 2, -1, "t", "empty"))
 
-	plain, err := kafka.NewProducer(kafka.ProducerConfig{Brokers: brokers})
+	plain, err := kafka.NewProducer(kafka.ProducerConfig{Cluster: kafka.Plaintext(brokers...)})
 	require.NoError(t, err)
 	defer plain.Close()
 	for i := range 3 {
@@ -42,7 +42,7 @@ func TestReaderReadsToTheEnd(t *testing.T) {
 		require.NoError(t, txn.EndTransaction(ctx, commit))
 	}
 
-	r := kafka.Reader{Brokers: brokers}
+	r := kafka.Reader{Cluster: kafka.Plaintext(brokers...)}
 	var keys []string
 	start := time.Now()
 	require.NoError(t, r.Read(ctx, "t", -1, func(rec pipeline.Record) error {
@@ -67,7 +67,7 @@ func TestEnsureTopicsWithConfigs(t *testing.T) {
 	b := kafkatest.NewCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	require.NoError(t, kafka.EnsureTopicsWith(ctx, []string{b.Addr()}, 1, -1, map[string]string{"cleanup.policy": "compact"}, "compacted"))
+	require.NoError(t, kafka.EnsureTopicsWith(ctx, kafka.Plaintext(b.Addr()), 1, -1, map[string]string{"cleanup.policy": "compact"}, "compacted"))
 	cl, err := kgo.NewClient(kgo.SeedBrokers(b.Addr()))
 	require.NoError(t, err)
 	defer cl.Close()

@@ -76,7 +76,7 @@ func (e *env) ingress(ctx context.Context, w Workload) (Result, error) {
 
 // expectRecords checks that topic holds exactly n records.
 func (e *env) expectRecords(ctx context.Context, topic string, n int64) error {
-	m, err := kafka.NewLagMonitor(e.brokers, topic, "spool-bench-count", time.Second, e.logger)
+	m, err := kafka.NewLagMonitor(kafka.Plaintext(e.brokers...), topic, "spool-bench-count", time.Second, e.logger)
 	if err != nil {
 		return err
 	}

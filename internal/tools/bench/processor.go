@@ -168,7 +168,7 @@ func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error)
 
 	var decoded int
 	consume, err := e.timed(ctx, sysConsume, w.N, func() error {
-		return kafka.Reader{Brokers: e.brokers}.Read(ctx, backlogTopic, -1, func(r pipeline.Record) error {
+		return kafka.Reader{Cluster: kafka.Plaintext(e.brokers...)}.Read(ctx, backlogTopic, -1, func(r pipeline.Record) error {
 			if _, err := pipeline.DecodeCommand(r.Value); err != nil {
 				return err
 			}
@@ -306,7 +306,7 @@ func (e *env) reference(ctx context.Context, table string, conns int) error {
 				return ctx.Err()
 			}
 		}
-		err := kafka.Reader{Brokers: e.brokers}.Read(ctx, backlogTopic, -1, func(r pipeline.Record) error {
+		err := kafka.Reader{Cluster: kafka.Plaintext(e.brokers...)}.Read(ctx, backlogTopic, -1, func(r pipeline.Record) error {
 			row, err := recordRow(r.Value)
 			if err != nil {
 				return err
@@ -389,11 +389,11 @@ func (e *env) guard(results []Result) error {
 // produce sends the workload's records to topic, as ingress would make
 // them, with ingress's producer settings; every one acknowledged.
 func (e *env) produce(ctx context.Context, topic, system string, w Workload) (Result, error) {
-	if err := kafka.EnsureTopics(ctx, e.brokers, int32(e.cfg.Partitions), -1, topic); err != nil {
+	if err := kafka.EnsureTopics(ctx, kafka.Plaintext(e.brokers...), int32(e.cfg.Partitions), -1, topic); err != nil {
 		return Result{}, err
 	}
 	p, err := kafka.NewProducer(kafka.ProducerConfig{
-		Brokers: e.brokers, MaxBufferedBytes: kafka.UploadBufferBytes, Linger: kafka.UploadLinger, Logger: e.logger,
+		Cluster: kafka.Plaintext(e.brokers...), MaxBufferedBytes: kafka.UploadBufferBytes, Linger: kafka.UploadLinger, Logger: e.logger,
 	})
 	if err != nil {
 		return Result{}, err
@@ -434,7 +434,7 @@ func (e *env) naive(ctx context.Context, n int) (Result, error) {
 	final := map[string]pipeline.Command{}
 	done := 0
 	res, err := e.timed(ctx, sysNaive, n, func() error {
-		err := kafka.Reader{Brokers: e.brokers}.Read(ctx, backlogTopic, -1, func(r pipeline.Record) error {
+		err := kafka.Reader{Cluster: kafka.Plaintext(e.brokers...)}.Read(ctx, backlogTopic, -1, func(r pipeline.Record) error {
 			if done == n {
 				return errStop
 			}

@@ -66,7 +66,7 @@ func check(ctx context.Context, a *tooldb.Audit, brokers []string, w *workload, 
 		return nil, fmt.Errorf("reading jobs: %w", err)
 	}
 	dead := map[string]bool{}
-	err = kafka.Reader{Brokers: brokers}.Read(ctx, dlqTopic, -1, func(r pipeline.Record) error {
+	err = kafka.Reader{Cluster: kafka.Plaintext(brokers...)}.Read(ctx, dlqTopic, -1, func(r pipeline.Record) error {
 		e, err := dlq.Parse(r)
 		if err != nil {
 			return err

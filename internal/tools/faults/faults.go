@@ -250,7 +250,7 @@ func drain(ctx context.Context, a *tooldb.Audit, brokers []string, s *stack) err
 			return fmt.Errorf("a process died on its own: %v", d)
 		}
 		done, err1 := a.SumOffsets(ctx, group, topic)
-		end, err2 := kafka.Reader{Brokers: brokers}.EndOffsets(ctx, topic)
+		end, err2 := kafka.Reader{Cluster: kafka.Plaintext(brokers...)}.EndOffsets(ctx, topic)
 		jobs, err3 := a.Jobs(ctx)
 		if err := errors.Join(err1, err2, err3); err != nil {
 			last = err.Error()

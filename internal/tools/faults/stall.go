@@ -50,7 +50,7 @@ func (w *stallWatch) run(ctx context.Context) {
 		case <-t.C:
 		}
 		done, err1 := w.audit.SumOffsets(ctx, group, topic)
-		end, err2 := kafka.Reader{Brokers: w.brokers}.EndOffsets(ctx, topic)
+		end, err2 := kafka.Reader{Cluster: kafka.Plaintext(w.brokers...)}.EndOffsets(ctx, topic)
 		now := time.Now()
 		if errors.Join(err1, err2) == nil { // else unknown: a stall spans it
 			w.mu.Lock()

@@ -129,6 +129,10 @@ with auth.existingSecret, the API keys file mounted from that Secret.
 - name: SPOOL_AUTH_KEYS_FILE
   value: /etc/spool-auth/keys.yaml
 {{- end }}
+{{- if .Values.kafka.existingSecret }}
+- name: SPOOL_KAFKA_SASL_PASSWORD_FILE
+  value: /etc/spool-kafka/password
+{{- end }}
 {{- end }}
 
 {{/* Volumes of ingress and processor pods: spool.yaml, the keys, /tmp. */}}
@@ -147,6 +151,17 @@ with auth.existingSecret, the API keys file mounted from that Secret.
       - key: {{ .Values.auth.secretKey }}
         path: keys.yaml
 {{- end }}
+{{- if .Values.kafka.existingSecret }}
+- name: kafka
+  secret:
+    secretName: {{ .Values.kafka.existingSecret }}
+    items:
+      - key: {{ .Values.kafka.secretKey }}
+        path: password
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "spool.volumeMounts" -}}
@@ -159,5 +174,13 @@ with auth.existingSecret, the API keys file mounted from that Secret.
 - name: auth
   mountPath: /etc/spool-auth
   readOnly: true
+{{- end }}
+{{- if .Values.kafka.existingSecret }}
+- name: kafka
+  mountPath: /etc/spool-kafka
+  readOnly: true
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
