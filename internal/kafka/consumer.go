@@ -132,11 +132,13 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 // (each flushes what it holds) and leaves the group.
 func (c *Consumer) Run(ctx context.Context) error {
 	defer c.close()
-	if c.cfg.Protocol == ProtocolConsumer {
-		c.configureGroup(ctx)
-	}
 	pollCtx, stopPoll := context.WithCancel(ctx)
 	defer stopPoll()
+	if c.cfg.Protocol == ProtocolConsumer && c.configureGroup(ctx) {
+		var configuring sync.WaitGroup
+		configuring.Go(func() { c.keepGroupConfigured(pollCtx) })
+		defer func() { stopPoll(); configuring.Wait() }() // before close
+	}
 	c.failMu.Lock()
 	c.stopPoll = stopPoll
 	c.failMu.Unlock()

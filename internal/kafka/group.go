@@ -2,8 +2,10 @@ package kafka
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -27,8 +29,9 @@ const (
 // under KIP-848 are the group's configs (consumer.session.timeout.ms,
 // consumer.heartbeat.interval.ms) rather than each member's. A refusal
 // (a broker minimum above the timeout, no ALTER_CONFIGS permission) is
-// logged: the brokers' defaults then apply.
-func (c *Consumer) configureGroup(ctx context.Context) {
+// logged: the brokers' defaults then apply. It reports whether the group
+// speaks KIP-848 with spool's configs.
+func (c *Consumer) configureGroup(ctx context.Context) bool {
 	log := c.cfg.Logger.With("group", c.cfg.Group)
 	versions, err := kmsg.NewPtrApiVersionsRequest().RequestWith(ctx, c.cl)
 	if err == nil {
@@ -36,15 +39,54 @@ func (c *Consumer) configureGroup(ctx context.Context) {
 	}
 	if err != nil {
 		log.Warn("asking the brokers which group protocols they speak", "error", err)
-		return
+		return false
 	}
 	heartbeat := slices.IndexFunc(versions.ApiKeys, func(k kmsg.ApiVersionsResponseApiKey) bool {
 		return k.ApiKey == int16(kmsg.ConsumerGroupHeartbeat) && k.MaxVersion >= 1
 	})
 	if heartbeat < 0 {
 		log.Info("the brokers do not speak KIP-848 (Kafka 4.0+); the group uses the classic protocol")
-		return
+		return false
 	}
+	if err := c.setGroupConfigs(ctx); err != nil {
+		log.Warn("setting the group's session timeout; a crashed processor's partitions move after the brokers' group.consumer.session.timeout.ms instead",
+			"session_timeout", c.cfg.SessionTimeout, "error", err)
+		return false
+	}
+	log.Info("group protocol: consumer (KIP-848)", "session_timeout", c.cfg.SessionTimeout, "heartbeat", heartbeatInterval)
+	return true
+}
+
+// groupConfigsEvery is how often a KIP-848 group's configs are set again.
+// A broker should keep them, and Kafka does; the embedded broker forgets
+// them when it is killed, and with them the session timeout: a processor
+// that crashed after that held its partitions for Kafka's default 45 s
+// (docs/reliability.md). Set again, they cost a request every few seconds
+// and bound that to a few seconds more than the session timeout.
+const groupConfigsEvery = 5 * time.Second
+
+// keepGroupConfigured sets the group's configs again every
+// groupConfigsEvery until ctx ends.
+func (c *Consumer) keepGroupConfigured(ctx context.Context) {
+	t := time.NewTicker(groupConfigsEvery)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := c.setGroupConfigs(ctx)
+		if err != nil && !failing && ctx.Err() == nil {
+			c.cfg.Logger.Warn("setting the group's session timeout again", "group", c.cfg.Group, "error", err)
+		}
+		failing = err != nil
+	}
+}
+
+// setGroupConfigs sets the group's session timeout and heartbeat interval.
+func (c *Consumer) setGroupConfigs(ctx context.Context) error {
 	req := kmsg.NewPtrIncrementalAlterConfigsRequest()
 	res := kmsg.NewIncrementalAlterConfigsRequestResource()
 	res.ResourceType = kmsg.ConfigResourceTypeGroupConfig
@@ -64,13 +106,8 @@ func (c *Consumer) configureGroup(ctx context.Context) {
 	if err == nil && len(resp.Resources) > 0 {
 		err = kerr.ErrorForCode(resp.Resources[0].ErrorCode)
 		if err != nil && resp.Resources[0].ErrorMessage != nil {
-			log = log.With("broker_says", *resp.Resources[0].ErrorMessage)
+			err = fmt.Errorf("%w: %s", err, *resp.Resources[0].ErrorMessage)
 		}
 	}
-	if err != nil {
-		log.Warn("setting the group's session timeout; a crashed processor's partitions move after the brokers' group.consumer.session.timeout.ms instead",
-			"session_timeout", c.cfg.SessionTimeout, "error", err)
-		return
-	}
-	log.Info("group protocol: consumer (KIP-848)", "session_timeout", c.cfg.SessionTimeout, "heartbeat", heartbeatInterval)
+	return err
 }
