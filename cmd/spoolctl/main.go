@@ -18,6 +18,6 @@ func main() {
 	if err != nil {
 		// The error may carry a server's or a database's words: printable.
 		fmt.Fprintln(os.Stderr, "spoolctl:", pipeline.Printable(err.Error(), 4*pipeline.MaxErrorBytes))
-		os.Exit(1)
+		os.Exit(cli.ExitCode(err))
 	}
 }

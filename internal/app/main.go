@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/spoolhq/spool/internal/buildinfo"
 	"github.com/spoolhq/spool/internal/config"
 )
 
@@ -35,8 +36,13 @@ func stopped(ctx context.Context, err error) error {
 func Main(name string, flagKeys []string, build func(*config.Config, *slog.Logger) (Runner, error)) int {
 	fs := pflag.NewFlagSet(name, pflag.ExitOnError)
 	file := fs.String("config", "", "config file (default: $SPOOL_CONFIG, else ./spool.yaml if present)")
+	version := fs.Bool("version", false, "print the version (module, commit, Go) and exit")
 	config.AddFlags(fs, nil, flagKeys...)
 	_ = fs.Parse(os.Args[1:])
+	if *version {
+		fmt.Println(name, buildinfo.String()) //nolint:forbidigo // the whole answer to --version
+		return 0
+	}
 	c, err := config.Load(config.Options{Flags: fs, File: *file})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)

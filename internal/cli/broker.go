@@ -13,7 +13,7 @@ func newBrokerCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "broker",
 		Short: "Run the embedded Kafka-protocol broker alone, so that ingress and processors can run as separate processes",
-		Args:  cobra.NoArgs,
+		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			addr, _ := cmd.Flags().GetString("addr")
 			dir, _ := cmd.Flags().GetString("data-dir")

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
+	"os"
 	"regexp"
 	"testing"
 	"time"
@@ -76,6 +78,47 @@ func TestDevUploadWait(t *testing.T) {
 	zipped.SetErr(io.Discard)
 	require.NoError(t, zipped.ExecuteContext(uctx), gz.String())
 	require.Contains(t, gz.String(), "received 25, accepted 25")
+
+	// Standard input, with -o json and --wait: one JSON document, the
+	// upload's answer and the job at its end.
+	body, err := os.ReadFile("../../examples/customers.ndjson")
+	require.NoError(t, err)
+	var piped bytes.Buffer
+	stdin := cli.New()
+	stdin.SetArgs([]string{"upload", "-", "--format", "ndjson", "--wait", "-o", "json", "--timeout", "1m", "--server", dev.server})
+	stdin.SetIn(bytes.NewReader(body))
+	stdin.SetOut(&piped)
+	stdin.SetErr(io.Discard)
+	require.NoError(t, stdin.ExecuteContext(uctx), piped.String())
+	var doc struct {
+		Upload struct{ Accepted int } `json:"upload"`
+		Job    struct{ State string } `json:"job"`
+	}
+	dec := json.NewDecoder(&piped)
+	require.NoError(t, dec.Decode(&doc))
+	require.False(t, dec.More(), "one document")
+	require.Equal(t, 25, doc.Upload.Accepted)
+	require.Equal(t, "completed", doc.Job.State)
+
+	// Exit codes a script can tell apart.
+	for _, tt := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"jobs", "get", "x", "--no-such-flag"}, cli.ExitUsage},
+		{[]string{"jobs", "get"}, cli.ExitUsage},
+		{[]string{"jobs", "get", "x", "-o", "yaml", "--server", dev.server}, cli.ExitUsage},
+		{[]string{"upload", "data.txt", "--server", dev.server}, cli.ExitUsage},
+		{[]string{"jobs", "get", "x", "--server", "http://127.0.0.1:1"}, cli.ExitUnreachable},
+		{[]string{"jobs", "get", id[1], "--server", dev.server}, cli.ExitOK},
+	} {
+		c := cli.New()
+		c.SetArgs(tt.args)
+		c.SetOut(io.Discard)
+		c.SetErr(io.Discard)
+		err := c.ExecuteContext(uctx)
+		require.Equal(t, tt.code, cli.ExitCode(err), "spoolctl %v: %v", tt.args, err)
+	}
 
 	require.NoError(t, dev.stop(), "dev must stop cleanly on cancel")
 }

@@ -29,7 +29,7 @@ func newDevCmd() *cobra.Command {
 --data-dir, the database migrated (and created if missing), ingress and one
 processor. With no entities configured it creates and serves the demo entity
 customers. Auth is off unless --api-key TENANT:KEY is given. Ctrl-C stops it.`,
-		Args: cobra.NoArgs,
+		Args: usageArgs(cobra.NoArgs),
 		RunE: runDev,
 	}
 	f := cmd.Flags()

@@ -45,7 +45,19 @@ func dlqFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringSlice("brokers", nil, "seed brokers (default: kafka.brokers, env SPOOL_KAFKA_BROKERS)")
 	f.String("topic", "", "dead-letter topic (default: kafka.dlq_topic)")
-	f.Bool("json", false, "machine-readable output")
+	f.StringP("output", "o", "text", "text or json (NDJSON where a listing streams)")
+	f.Bool("json", false, "the same as -o json (kept for scripts written before -o)")
+}
+
+// jsonOutput reports whether a dlq command prints JSON (-o json, or the
+// older --json), refusing any other -o than text.
+func jsonOutput(cmd *cobra.Command) (bool, error) {
+	out, _ := cmd.Flags().GetString("output")
+	old, _ := cmd.Flags().GetBool("json")
+	if err := checkOutput(out, "text", "json"); err != nil {
+		return false, err
+	}
+	return out == "json" || old, nil
 }
 
 // filterFlags adds the selection flags of list, stats and replay.
@@ -158,13 +170,16 @@ func newDLQListCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List dead letters, oldest first per partition",
-		Args:  cobra.NoArgs,
+		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			t, flt, err := loadSelection(cmd)
 			if err != nil {
 				return err
 			}
-			asJSON, _ := cmd.Flags().GetBool("json")
+			asJSON, err := jsonOutput(cmd)
+			if err != nil {
+				return err
+			}
 			limit, _ := cmd.Flags().GetInt("limit")
 			w := cmd.OutOrStdout()
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -208,7 +223,7 @@ func newDLQStatsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "stats",
 		Short: "Count dead letters by error class, job and entity",
-		Args:  cobra.NoArgs,
+		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			t, flt, err := loadSelection(cmd)
 			if err != nil {
@@ -226,7 +241,9 @@ func newDLQStatsCmd() *cobra.Command {
 				return err
 			}
 			w := cmd.OutOrStdout()
-			if asJSON, _ := cmd.Flags().GetBool("json"); asJSON {
+			if asJSON, err := jsonOutput(cmd); err != nil {
+				return err
+			} else if asJSON {
 				return writeJSONOut(w, st)
 			}
 			fmt.Fprintf(w, "%d dead letters in %s\n", st.Total, t.topic)
@@ -256,7 +273,7 @@ func newDLQShowCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "show PARTITION:OFFSET",
 		Short: "Show one dead letter with every header and its value pretty-printed",
-		Args:  cobra.ExactArgs(1),
+		Args:  usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, o, err := parseCoordinates(args[0])
 			if err != nil {
@@ -272,7 +289,9 @@ func newDLQShowCmd() *cobra.Command {
 			}
 			w := cmd.OutOrStdout()
 			e, perr := dlq.Parse(rec)
-			if asJSON, _ := cmd.Flags().GetBool("json"); asJSON {
+			if asJSON, err := jsonOutput(cmd); err != nil {
+				return err
+			} else if asJSON {
 				if perr != nil {
 					return perr
 				}
@@ -315,7 +334,7 @@ its job, index, tenant, command id and value must match, and its source-topic
 header must name kafka.topic (or use --to-topic). Anything else is refused,
 reported and counted, never sent. A dead letter whose value was cut to fit the
 dead-letter topic is sent with the whole command kept in that row.`,
-		Args: cobra.NoArgs,
+		Args: usageArgs(cobra.NoArgs),
 		RunE: runReplay,
 	}
 	dlqFlags(cmd)
@@ -336,7 +355,10 @@ func runReplay(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	asJSON, _ := f.GetBool("json")
+	asJSON, err := jsonOutput(cmd)
+	if err != nil {
+		return err
+	}
 	dry, _ := f.GetBool("dry-run")
 	limit, _ := f.GetInt("limit")
 	perSecond, _ := f.GetFloat64("rate")

@@ -122,6 +122,7 @@ func TestDLQReplay(t *testing.T) {
 	require.Contains(t, failuresTable, "20 failures")
 	_, err := spoolctl(ctx, t, append([]string{"jobs", "wait", string(jobA)}, server...)...)
 	require.ErrorContains(t, err, "ended completed_with_errors", "wait exits non-zero when the job has failures")
+	require.Equal(t, cli.ExitFailed, cli.ExitCode(err))
 
 	// An ordinary Kafka client reads the dead letters and their headers.
 	haveKcat := tooltest.Have(t, "kcat", "apt-get install kcat (make test installs it)", tooltest.OnPath("kcat"))

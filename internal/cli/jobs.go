@@ -17,7 +17,7 @@ import (
 
 func newJobsCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "jobs", Short: "Follow jobs through the API"}
-	get := jobCmd("get", "Show a job's state and counts", "text or json",
+	get := jobCmd("get", "Show a job's state and counts", []string{"text", "json"},
 		func(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error {
 			j, err := client.Job(cmd.Context(), id)
 			if err != nil {
@@ -25,31 +25,37 @@ func newJobsCmd() *cobra.Command {
 			}
 			return printJob(cmd.OutOrStdout(), j, out)
 		})
-	wait := jobCmd("wait", "Follow a job to its end; exit non-zero unless it completed without failures", "text or json",
-		waitJob)
-	failures := jobCmd("failures", "List a job's rejected, conflicting and dead-lettered commands, by input index",
-		"text, json (NDJSON) or csv", printFailures)
+	wait := jobCmd("wait", "Follow a job to its end; exit non-zero unless it completed without failures", []string{"text", "json"},
+		func(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error {
+			return waitJob(cmd, client, id, out, nil)
+		})
+	addTimeoutFlag(wait)
+	failures := jobCmd("failures", "List a job's rejected, conflicting and dead-lettered commands, by input index (json: NDJSON)",
+		[]string{"text", "json", "csv"}, printFailures)
 	cmd.AddCommand(get, newJobsListCmd(), failures, wait)
 	return cmd
 }
 
 // jobCmd is a jobs subcommand on one JOB_ID with an -o flag.
-func jobCmd(name, short, outputs string, run func(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error) *cobra.Command {
+func jobCmd(name, short string, outputs []string, run func(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   name + " JOB_ID",
 		Short: short,
-		Args:  cobra.ExactArgs(1),
+		Args:  usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			client, err := newClient(cmd)
 			if err != nil {
 				return err
 			}
 			out, _ := cmd.Flags().GetString("output")
+			if err := checkOutput(out, outputs...); err != nil {
+				return err
+			}
 			return run(cmd, client, pipeline.JobID(args[0]), out)
 		},
 	}
 	addClientFlags(cmd)
-	cmd.Flags().StringP("output", "o", "text", outputs)
+	cmd.Flags().StringP("output", "o", "text", joinOr(outputs))
 	return cmd
 }
 
@@ -57,7 +63,7 @@ func newJobsListCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List your jobs, newest first",
-		Args:  cobra.NoArgs,
+		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			client, err := newClient(cmd)
 			if err != nil {
@@ -69,6 +75,9 @@ func newJobsListCmd() *cobra.Command {
 			cursor, _ := f.GetString("cursor")
 			all, _ := f.GetBool("all")
 			out, _ := f.GetString("output")
+			if err := checkOutput(out, "text", "json"); err != nil {
+				return err
+			}
 			w := cmd.OutOrStdout()
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 			if out != "json" {
@@ -154,9 +163,6 @@ func printFailures(cmd *cobra.Command, client *apiclient.Client, id pipeline.Job
 		return client.Failures(cmd.Context(), id, "ndjson", w)
 	case "csv":
 		return client.Failures(cmd.Context(), id, "csv", w)
-	case "text":
-	default:
-		return fmt.Errorf("-o %s: use text, json or csv", out)
 	}
 	// The table is written as the listing streams in.
 	pr, pw := io.Pipe()

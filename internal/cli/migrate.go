@@ -13,7 +13,7 @@ func newMigrateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "migrate",
 		Short: "Apply spool's database migrations (idempotent; safe to run concurrently)",
-		Args:  cobra.NoArgs,
+		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// migrate needs only the database: auth is the servers' concern.
 			c, err := loadConfig(cmd, config.Options{Defaults: map[string]any{"auth.disabled": true}})

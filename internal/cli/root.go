@@ -4,6 +4,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/spoolhq/spool/internal/apiclient"
+	"github.com/spoolhq/spool/internal/buildinfo"
 	"github.com/spoolhq/spool/internal/config"
 )
 
@@ -12,9 +13,12 @@ func New() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "spoolctl",
 		Short:         "Operate spool: run it locally, migrate, upload, follow jobs",
+		Long:          "Operate spool: run it locally, migrate, upload, follow jobs.\n\n" + exitCodes,
+		Version:       buildinfo.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withCode(ExitUsage, err) })
 	root.PersistentFlags().String("config", "", "config file (default: $SPOOL_CONFIG, else ./spool.yaml if present)")
 	root.AddCommand(newDevCmd(), newBrokerCmd(), newMigrateCmd(), newUploadCmd(), newJobsCmd(), newDLQCmd())
 	return root
@@ -24,7 +28,8 @@ func New() *cobra.Command {
 func loadConfig(cmd *cobra.Command, opts config.Options) (*config.Config, error) {
 	opts.Flags = cmd.Flags()
 	opts.File, _ = cmd.Flags().GetString("config")
-	return config.Load(opts)
+	c, err := config.Load(opts)
+	return c, withCode(ExitUsage, err)
 }
 
 // addClientFlags adds --server and --api-key to a command that calls the API.
@@ -36,7 +41,7 @@ func addClientFlags(cmd *cobra.Command) {
 func newClient(cmd *cobra.Command) (*apiclient.Client, error) {
 	c, err := config.LoadClient(cmd.Flags())
 	if err != nil {
-		return nil, err
+		return nil, withCode(ExitUsage, err)
 	}
 	return &apiclient.Client{Server: c.Server, APIKey: c.APIKey}, nil
 }

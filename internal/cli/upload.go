@@ -32,8 +32,13 @@ func newUploadCmd() *cobra.Command {
 extension (.ndjson/.jsonl, .json, .csv; .gz is sent gzip-encoded) or --format;
 --gzip compresses a plain file on the fly. A bar shows bytes and records sent on
 a terminal, a plain line every 10 seconds otherwise.
---wait follows the job to its end and exits non-zero if anything failed.`,
-		Args: cobra.ExactArgs(1),
+FILE - reads standard input (with --format), kept in a temporary file so that
+a resend can send it again.
+--wait follows the job to its end and exits non-zero if anything failed
+(--timeout bounds the wait).
+
+` + exitCodes,
+		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: runUpload,
 	}
 	addClientFlags(cmd)
@@ -46,7 +51,8 @@ a terminal, a plain line every 10 seconds otherwise.
 	f.String("op", "", "CSV: upsert or delete for every row (server default: upsert)")
 	f.Bool("gzip", false, "compress the file on the fly (a .gz file is sent as it is)")
 	f.Bool("wait", false, "follow the job to its end; exit non-zero if anything failed")
-	f.StringP("output", "o", "text", "text or json")
+	f.StringP("output", "o", "text", "text or json (with --wait: one document, the upload's answer and the job)")
+	addTimeoutFlag(cmd)
 	return cmd
 }
 
@@ -64,11 +70,22 @@ func runUpload(cmd *cobra.Command, args []string) error {
 	}
 	format, ok := upload.ByName(name)
 	if !ok {
-		return fmt.Errorf("cannot tell the format of %s: use --format ndjson|json|csv", path)
+		return withCode(ExitUsage, fmt.Errorf("cannot tell the format of %s: use --format ndjson|json|csv", path))
+	}
+	if path == "-" {
+		// A resend needs the body again: standard input is kept in a
+		// temporary file first.
+		if path, err = spoolStdin(cmd.InOrStdin()); err != nil {
+			return err
+		}
+		defer os.Remove(path)
 	}
 	entity, _ := f.GetString("entity")
 	key, _ := f.GetString("idempotency-key")
 	out, _ := f.GetString("output")
+	if err := checkOutput(out, "text", "json"); err != nil {
+		return err
+	}
 	if key == "" {
 		key = newIdempotencyKey()
 		fmt.Fprintf(cmd.ErrOrStderr(), "idempotency key %s (pass --idempotency-key %s to retry this upload safely)\n", key, key)
@@ -86,19 +103,22 @@ func runUpload(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	w := cmd.OutOrStdout()
-	if out == "json" {
+	wait, _ := f.GetBool("wait")
+	switch {
+	case out == "json" && wait: // one document, with the job, once it ends
+	case out == "json":
 		if err := writeJSONOut(w, res); err != nil {
 			return err
 		}
-	} else {
+	default:
 		fmt.Fprintf(w, "job %s %s: received %d, accepted %d, rejected %d\n", field(string(res.JobID)), field(string(res.State)),
 			res.Received, res.Accepted, res.Rejected)
 		for _, r := range res.Rejections {
 			fmt.Fprintf(w, "  rejected #%d %s: %s\n", r.Index, pipeline.Quote(string(r.ID)), shown(r.Error, pipeline.MaxErrorBytes))
 		}
 	}
-	if wait, _ := f.GetBool("wait"); wait {
-		return waitJob(cmd, client, res.JobID, out)
+	if wait {
+		return waitJob(cmd, client, res.JobID, out, res)
 	}
 	if res.Rejected > 0 {
 		return fmt.Errorf("%d records rejected", res.Rejected)
@@ -173,14 +193,46 @@ func newIdempotencyKey() string {
 	return hex.EncodeToString(b)
 }
 
+// spoolStdin copies r to a temporary file and returns its path.
+func spoolStdin(r io.Reader) (string, error) {
+	f, err := os.CreateTemp("", "spoolctl-stdin-*")
+	if err != nil {
+		return "", fmt.Errorf("keeping standard input for resends: %w", err)
+	}
+	_, err = io.Copy(f, r)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", fmt.Errorf("reading standard input: %w", err)
+	}
+	return f.Name(), nil
+}
+
+// addTimeoutFlag adds --timeout to a command that follows a job.
+func addTimeoutFlag(cmd *cobra.Command) {
+	cmd.Flags().Duration("timeout", 0, "give up following the job after this long (exit 3); 0: no bound")
+}
+
 // waitJob follows a job to its end and fails unless it completed cleanly.
-func waitJob(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error {
+// With -o json and the upload that made the job, it prints one document:
+// {"upload": …, "job": …}.
+func waitJob(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string, upload *httpapi.UploadView) error {
+	ctx := cmd.Context()
+	if timeout, _ := cmd.Flags().GetDuration("timeout"); timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
 	var bar *progressbar.ProgressBar
 	if term.IsTerminal(int(os.Stderr.Fd())) {
 		bar = progressbar.NewOptions(1000, progressbar.OptionSetDescription("job "+field(string(id))),
 			progressbar.OptionSetWriter(os.Stderr), progressbar.OptionClearOnFinish())
 	}
-	j, err := client.WaitJob(cmd.Context(), id, 300*time.Millisecond, func(j *httpapi.JobView) {
+	var last *httpapi.JobView
+	j, err := client.WaitJob(ctx, id, 300*time.Millisecond, func(j *httpapi.JobView) {
+		last = j
 		if bar != nil {
 			_ = bar.Set(int(j.Progress * 1000))
 		}
@@ -188,14 +240,33 @@ func waitJob(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, ou
 	if bar != nil {
 		_ = bar.Finish()
 	}
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && cmd.Context().Err() == nil {
+		state := "not yet seen"
+		if last != nil {
+			state = string(last.State)
+		}
+		timeout, _ := cmd.Flags().GetDuration("timeout")
+		return withCode(ExitUnreachable, fmt.Errorf("--timeout %s passed; job %s is %s", timeout, field(string(id)), field(state)))
+	}
 	if err != nil {
 		return err
 	}
-	if err := printJob(cmd.OutOrStdout(), j, out); err != nil {
+	if upload != nil && out == "json" {
+		err = writeJSONOut(cmd.OutOrStdout(), struct {
+			Upload *httpapi.UploadView `json:"upload"`
+			Job    *httpapi.JobView    `json:"job"`
+		}{upload, j})
+	} else {
+		err = printJob(cmd.OutOrStdout(), j, out)
+	}
+	if err != nil {
 		return err
 	}
-	if j.State != pipeline.JobCompleted {
-		return fmt.Errorf("job %s ended %s", field(string(j.JobID)), field(string(j.State)))
+	switch j.State {
+	case pipeline.JobCompleted:
+		return nil
+	case pipeline.JobFailed:
+		return withCode(ExitJobFailed, fmt.Errorf("job %s ended %s", field(string(j.JobID)), field(string(j.State))))
 	}
-	return nil
+	return withCode(ExitFailed, fmt.Errorf("job %s ended %s", field(string(j.JobID)), field(string(j.State))))
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/twmb/franz-go/plugin/kprom"
 
+	"github.com/spoolhq/spool/internal/buildinfo"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -45,6 +46,11 @@ type Metrics struct {
 func New(reg *prometheus.Registry) *Metrics {
 	m := &Metrics{reg: reg, gat: reg}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	build := buildinfo.Read()
+	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "spool_build_info",
+		Help: "What this binary was built from: 1, labelled by version, commit and Go version."}, []string{"version", "commit", "go_version"})
+	info.WithLabelValues(build.Version, build.Commit, build.GoVersion).Set(1)
+	reg.MustRegister(info)
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
 		c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
 		reg.MustRegister(c)
