@@ -29,6 +29,16 @@ type Config struct {
 	Auth      Auth                    `mapstructure:"auth"`
 	Log       Log                     `mapstructure:"log"`
 	Entities  map[string]EntityConfig `mapstructure:"entities"`
+	// Client is spoolctl's: the servers read past it.
+	Client ClientFile `mapstructure:"client"`
+}
+
+// ClientFile is the client section of a config file: where spoolctl's
+// upload and jobs find ingress, below --server/SPOOL_SERVER and
+// --api-key/SPOOL_API_KEY.
+type ClientFile struct {
+	Server     string `mapstructure:"server"`
+	APIKeyFile string `mapstructure:"api_key_file"`
 }
 
 // Database configures the PostgreSQL connection.
@@ -276,16 +286,7 @@ func Load(opts Options) (*Config, error) {
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
 
-	file := opts.File
-	if file == "" {
-		file = os.Getenv("SPOOL_CONFIG")
-	}
-	if file == "" {
-		if _, err := os.Stat("spool.yaml"); err == nil {
-			file = "spool.yaml"
-		}
-	}
-	if file != "" {
+	if file := configFile(opts.File); file != "" {
 		v.SetConfigFile(file)
 		if err := v.ReadInConfig(); err != nil {
 			return nil, fmt.Errorf("reading config file %s: %w", file, err)
@@ -681,11 +682,49 @@ type Client struct {
 	APIKey string
 }
 
-// LoadClient reads --server/SPOOL_SERVER and --api-key/SPOOL_API_KEY.
+// configFile is the config file to read: the one named (--config), else
+// SPOOL_CONFIG's, else ./spool.yaml when present; empty for none.
+func configFile(named string) string {
+	if named != "" {
+		return named
+	}
+	if f := os.Getenv("SPOOL_CONFIG"); f != "" {
+		return f
+	}
+	if _, err := os.Stat("spool.yaml"); err == nil {
+		return "spool.yaml"
+	}
+	return ""
+}
+
+// LoadClient reads --server/SPOOL_SERVER and --api-key/SPOOL_API_KEY, over
+// the config file's client.server and client.api_key_file (the file named
+// by --config, SPOOL_CONFIG or ./spool.yaml).
 func LoadClient(fs *pflag.FlagSet) (Client, error) {
 	v := viper.New()
 	v.SetDefault("server", "http://127.0.0.1:8080")
 	v.SetDefault("api_key", "")
+	named := ""
+	if f := fs.Lookup("config"); f != nil {
+		named = f.Value.String()
+	}
+	if file := configFile(named); file != "" {
+		fv := viper.New()
+		fv.SetConfigFile(file)
+		if err := fv.ReadInConfig(); err != nil {
+			return Client{}, fmt.Errorf("reading config file %s: %w", file, err)
+		}
+		if s := fv.GetString("client.server"); s != "" {
+			v.SetDefault("server", s)
+		}
+		if kf := fv.GetString("client.api_key_file"); kf != "" {
+			b, err := os.ReadFile(kf)
+			if err != nil {
+				return Client{}, fmt.Errorf("config client.api_key_file: %w", err)
+			}
+			v.SetDefault("api_key", strings.TrimRight(string(b), "\r\n"))
+		}
+	}
 	v.SetEnvPrefix("SPOOL")
 	v.AutomaticEnv()
 	err := errors.Join(v.BindPFlag("server", fs.Lookup("server")), v.BindPFlag("api_key", fs.Lookup("api-key")))

@@ -197,3 +197,30 @@ func TestKafkaSecurity(t *testing.T) {
 		require.ErrorContains(t, err, tt.want, "%v", tt.set)
 	}
 }
+
+// TestClientFromConfigFile: spoolctl's upload and jobs find ingress in the
+// config file's client section, below the environment and the flags, and
+// the servers read past that section.
+func TestClientFromConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := dir + "/key"
+	require.NoError(t, os.WriteFile(keyFile, []byte("k-123\n"), 0o600))
+	file := dir + "/spool.yaml"
+	require.NoError(t, os.WriteFile(file, []byte("auth: {disabled: true}\nclient:\n  server: https://spool.example.com\n  api_key_file: "+keyFile+"\n"), 0o600))
+	flags := func(args ...string) *pflag.FlagSet {
+		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		fs.String("config", "", "")
+		fs.String("server", "http://127.0.0.1:8080", "")
+		fs.String("api-key", "", "")
+		require.NoError(t, fs.Parse(args))
+		return fs
+	}
+	c, err := LoadClient(flags("--config", file))
+	require.NoError(t, err)
+	require.Equal(t, Client{Server: "https://spool.example.com", APIKey: "k-123"}, c)
+	c, err = LoadClient(flags("--config", file, "--server", "http://other:8080"))
+	require.NoError(t, err)
+	require.Equal(t, "http://other:8080", c.Server, "a flag ranks above the file")
+	_, err = Load(Options{File: file})
+	require.NoError(t, err, "the servers read past the client section")
+}

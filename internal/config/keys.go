@@ -36,6 +36,8 @@ var Keys = []Key{
 	{"kafka.sasl.token_file", "", "file holding kafka.sasl.token (a mounted secret, refreshed by its owner: read at start-up)"},
 	{"kafka.group_protocol", "consumer", "consumer: KIP-848, the brokers assign partitions and a member joins or leaves without stopping the others (Kafka 4.0+; older brokers get classic); classic: the client-side cooperative rebalance"},
 	{"http.addr", ":8080", "ingress listen address"},
+	{"client.server", "", "spoolctl upload and jobs: ingress's base URL, below --server and SPOOL_SERVER (servers ignore it)"},
+	{"client.api_key_file", "", "spoolctl upload and jobs: a file holding the API key, below --api-key and SPOOL_API_KEY (servers ignore it)"},
 	{"metrics.addr", ":9090", "processor metrics and health listen address"},
 	{"metrics.pprof", false, "serve Go's /debug/pprof/ on the metrics listeners (metrics.addr, ingress.metrics_addr), never on the API port, for profiling"},
 	{"processor.rate_limit", 0.0, "rows/s per processor, 0 = unlimited"},
