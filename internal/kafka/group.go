@@ -57,16 +57,17 @@ func (c *Consumer) configureGroup(ctx context.Context) bool {
 	return true
 }
 
-// groupConfigsEvery is how often a KIP-848 group's configs are set again.
+// groupConfigsEvery is how often a KIP-848 group's configs are checked.
 // A broker should keep them, and Kafka does; the embedded broker forgets
 // them when it is killed, and with them the session timeout: a processor
 // that crashed after that held its partitions for Kafka's default 45 s
-// (docs/reliability.md). Set again, they cost a request every few seconds
-// and bound that to a few seconds more than the session timeout.
+// (docs/reliability.md). Checked, they cost a read every few seconds, and
+// are set again only when they are gone (a write would add a record to
+// Kafka's metadata log each time).
 const groupConfigsEvery = 5 * time.Second
 
-// keepGroupConfigured sets the group's configs again every
-// groupConfigsEvery until ctx ends.
+// keepGroupConfigured sets the group's configs again, every
+// groupConfigsEvery until ctx ends, when the brokers no longer have them.
 func (c *Consumer) keepGroupConfigured(ctx context.Context) {
 	t := time.NewTicker(groupConfigsEvery)
 	defer t.Stop()
@@ -77,12 +78,42 @@ func (c *Consumer) keepGroupConfigured(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		err := c.setGroupConfigs(ctx)
+		held, err := c.groupConfigsHeld(ctx)
+		if err == nil && !held {
+			err = c.setGroupConfigs(ctx)
+		}
 		if err != nil && !failing && ctx.Err() == nil {
 			c.cfg.Logger.Warn("setting the group's session timeout again", "group", c.cfg.Group, "error", err)
 		}
 		failing = err != nil
 	}
+}
+
+// groupConfigsHeld reports whether the brokers hold the group's session
+// timeout as spool set it.
+func (c *Consumer) groupConfigsHeld(ctx context.Context) (bool, error) {
+	req := kmsg.NewPtrDescribeConfigsRequest()
+	res := kmsg.NewDescribeConfigsRequestResource()
+	res.ResourceType = kmsg.ConfigResourceTypeGroupConfig
+	res.ResourceName = c.cfg.Group
+	res.ConfigNames = []string{"consumer.session.timeout.ms"}
+	req.Resources = append(req.Resources, res)
+	resp, err := req.RequestWith(ctx, c.cl)
+	if err != nil {
+		return false, err
+	}
+	want := strconv.FormatInt(c.cfg.SessionTimeout.Milliseconds(), 10)
+	for _, r := range resp.Resources {
+		if err := kerr.ErrorForCode(r.ErrorCode); err != nil {
+			return false, err
+		}
+		for _, cfg := range r.Configs {
+			if cfg.Name == "consumer.session.timeout.ms" && cfg.Value != nil && *cfg.Value == want {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }
 
 // setGroupConfigs sets the group's session timeout and heartbeat interval.
