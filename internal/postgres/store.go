@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -209,18 +210,21 @@ const afterCommitTimeout = 10 * time.Second
 const briefAttempts = 5
 
 // briefly runs fn until it succeeds, fails permanently, ctx ends or
-// briefAttempts are spent, backing off from 50 ms.
+// briefAttempts are spent, backing off from 50 ms (with jitter, so that
+// partitions failing together do not retry together).
 func briefly(ctx context.Context, fn func() error) error {
-	var err error
-	for attempt := range briefAttempts {
-		if err = fn(); err == nil || ctx.Err() != nil || pipeline.IsPermanent(err) {
-			return err
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 50 * time.Millisecond
+	var last error
+	err := backoff.Retry(func() error {
+		last = fn()
+		if last != nil && pipeline.IsPermanent(last) {
+			return backoff.Permanent(last)
 		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(time.Duration(50<<attempt) * time.Millisecond):
-		}
+		return last
+	}, backoff.WithContext(backoff.WithMaxRetries(b, briefAttempts-1), ctx))
+	if err != nil && last != nil {
+		return last // the database's word, not the context's, for the log
 	}
 	return err
 }
