@@ -69,6 +69,7 @@ func (in *Ingress) run(ctx context.Context) error {
 	}
 	defer pool.Close()
 	m := metrics.New(metrics.NewRegistry())
+	m.ObservePool(func() metrics.PoolStats { return metrics.PoolStats(pool.Stats()) })
 	cluster, err := KafkaCluster(c.Kafka)
 	if err != nil {
 		return err

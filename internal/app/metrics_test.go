@@ -48,12 +48,15 @@ func TestMetricsFollowTheWork(t *testing.T) {
 	require.Equal(t, 1.0, scrape(t, ingress, `spool_ingress_uploads_total{code="202"}`))
 	require.Equal(t, 1.0, scrape(t, ingress, `spool_http_requests_total{code="202",route="POST /v1/jobs"}`))
 	require.Positive(t, scrape(t, ingress, `spool_ingress_produce_latency_seconds_count`))
+	require.Equal(t, 1.0, scrape(t, ingress, `spool_http_request_duration_seconds_count{route="POST /v1/jobs"}`))
+	require.Positive(t, scrape(t, ingress, `spool_db_max_connections`))
 	require.Positive(t, scrape(t, ingress, `spool_kafka_produce_bytes_total{client="producer",node_id="0",topic="spool.commands"}`))
 
 	require.Equal(t, 99.0, scrape(t, processor, `spool_processor_records_total{outcome="applied"}`))
 	require.Equal(t, 1.0, scrape(t, processor, `spool_processor_records_total{outcome="dead_lettered"}`))
 	require.Equal(t, 1.0, scrape(t, processor, `spool_processor_dead_letters_total{error_class="constraint_violation"}`))
 	require.Positive(t, scrape(t, processor, `spool_processor_batch_size_count`))
+	require.Positive(t, scrape(t, processor, `spool_db_connections{state="idle"}`)+scrape(t, processor, `spool_db_connections{state="acquired"}`))
 	require.Equal(t, 0.0, scrape(t, processor, `spool_processor_batches_in_flight`))
 	deadline := time.Now().Add(30 * time.Second)
 	for scrape(t, processor, `spool_processor_consumer_lag{partition="0"}`) != 0 ||

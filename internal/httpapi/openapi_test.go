@@ -138,7 +138,7 @@ type routeRecorder struct {
 	seen map[served]bool
 }
 
-func (r *routeRecorder) Request(route string, code int) {
+func (r *routeRecorder) Request(route string, code int, _ time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.seen[served{route, code}] = true

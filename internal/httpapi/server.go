@@ -48,8 +48,9 @@ type Producer interface {
 // Observer is told of requests and uploads, for metrics. Its methods must be
 // cheap and safe for concurrent use.
 type Observer interface {
-	// Request: a request to route (the ServeMux pattern) was answered code.
-	Request(route string, code int)
+	// Request: a request to route (the ServeMux pattern) was answered code,
+	// d after it came in (for an upload: once its answer was written).
+	Request(route string, code int, d time.Duration)
 	// Upload: an upload that created a job was answered code, having read
 	// bytes of body and accepted and rejected so many records.
 	Upload(code int, accepted, rejected, bytes int64)
@@ -62,10 +63,10 @@ type Observer interface {
 
 type nopObserver struct{}
 
-func (nopObserver) Request(string, int)             {}
-func (nopObserver) Upload(int, int64, int64, int64) {}
-func (nopObserver) Produced(time.Duration)          {}
-func (nopObserver) Uploading(int)                   {}
+func (nopObserver) Request(string, int, time.Duration) {}
+func (nopObserver) Upload(int, int64, int64, int64)    {}
+func (nopObserver) Produced(time.Duration)             {}
+func (nopObserver) Uploading(int)                      {}
 
 // Config wires a Server.
 type Config struct {
@@ -149,14 +150,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Request-ID", id)
 	r = r.WithContext(context.WithValue(r.Context(), loggerKey{}, s.cfg.Logger.With("request_id", id)))
 	sw := &statusWriter{ResponseWriter: w}
+	start := time.Now()
 	defer func() {
 		// A handler that cut its answer off (http.ErrAbortHandler) counts
 		// as aborted.
 		if v := recover(); v != nil {
-			s.cfg.Observer.Request(r.Pattern, codeAborted)
+			s.cfg.Observer.Request(r.Pattern, codeAborted, time.Since(start))
 			panic(v)
 		}
-		s.cfg.Observer.Request(r.Pattern, sw.code())
+		s.cfg.Observer.Request(r.Pattern, sw.code(), time.Since(start))
 	}()
 	s.mux.ServeHTTP(sw, r)
 }

@@ -38,6 +38,7 @@ type Metrics struct {
 	inFlight      prometheus.Gauge
 	lag           *prometheus.GaugeVec
 	ledgerRows    prometheus.Gauge
+	httpDuration  *prometheus.HistogramVec
 	sweeps        *prometheus.CounterVec
 	swept         *prometheus.CounterVec
 }
@@ -73,6 +74,10 @@ func New(reg *prometheus.Registry) *Metrics {
 	}
 
 	m.httpRequests = counter("spool_http_requests_total", "HTTP requests answered by ingress, by route and status code.", "route", "code")
+	m.httpDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "spool_http_request_duration_seconds",
+		Help:    "Time from a request's arrival to its answer, by route (an upload's includes streaming its body).",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}}, []string{"route"})
+	reg.MustRegister(m.httpDuration)
 	m.uploads = counter("spool_ingress_uploads_total", "Uploads (POST /v1/jobs) answered, by status code.", "code")
 	m.uploadRecords = counter("spool_ingress_records_total", "Upload records, by outcome: accepted (acknowledged by Kafka) or rejected.", "outcome")
 	m.uploadBytes = single("spool_ingress_upload_bytes_total", "Upload body bytes read, as sent (compressed when gzip).")
@@ -131,8 +136,9 @@ func (m *Metrics) KafkaHooks(name string) any {
 }
 
 // Request implements httpapi.Observer.
-func (m *Metrics) Request(route string, code int) {
+func (m *Metrics) Request(route string, code int, d time.Duration) {
 	m.httpRequests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+	m.httpDuration.WithLabelValues(route).Observe(d.Seconds())
 }
 
 // Upload implements httpapi.Observer.
@@ -200,4 +206,47 @@ func (m *Metrics) SetLedgerRows(n int64) { m.ledgerRows.Set(float64(n)) }
 func (m *Metrics) Swept(kind string, rows int64) {
 	m.sweeps.WithLabelValues(kind).Inc()
 	m.swept.WithLabelValues(kind).Add(float64(rows))
+}
+
+// PoolStats is a database connection pool at a moment (postgres.DB.Stats).
+type PoolStats struct {
+	Acquired, Idle, Max int32
+	EmptyAcquires       int64
+	AcquireTime         time.Duration
+}
+
+// ObservePool reports a connection pool, read at each scrape: its
+// connections by state, its bound, and how often and how long getting one
+// waited.
+func (m *Metrics) ObservePool(stats func() PoolStats) {
+	m.reg.MustRegister(poolCollector{stats: stats})
+}
+
+var (
+	poolConns = prometheus.NewDesc("spool_db_connections",
+		"PostgreSQL connections of the pool, by state: acquired (in use) or idle.", []string{"state"}, nil)
+	poolMax = prometheus.NewDesc("spool_db_max_connections",
+		"The pool's bound, database.max_conns.", nil, nil)
+	poolEmptyAcquires = prometheus.NewDesc("spool_db_acquires_waited_total",
+		"Acquisitions that waited because no connection was idle: a pool too small for the load.", nil, nil)
+	poolAcquireTime = prometheus.NewDesc("spool_db_acquire_seconds_total",
+		"Time spent acquiring connections from the pool.", nil, nil)
+)
+
+type poolCollector struct{ stats func() PoolStats }
+
+func (poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- poolConns
+	ch <- poolMax
+	ch <- poolEmptyAcquires
+	ch <- poolAcquireTime
+}
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.stats()
+	ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.Acquired), "acquired")
+	ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.Idle), "idle")
+	ch <- prometheus.MustNewConstMetric(poolMax, prometheus.GaugeValue, float64(s.Max))
+	ch <- prometheus.MustNewConstMetric(poolEmptyAcquires, prometheus.CounterValue, float64(s.EmptyAcquires))
+	ch <- prometheus.MustNewConstMetric(poolAcquireTime, prometheus.CounterValue, s.AcquireTime.Seconds())
 }

@@ -82,13 +82,14 @@ func TestNamesFollowConventions(t *testing.T) {
 	reg := metrics.NewRegistry()
 	m := metrics.New(reg)
 	// Vectors are gathered once they have a series.
-	m.Request("POST /v1/jobs", 202)
+	m.Request("POST /v1/jobs", 202, 40*time.Millisecond)
 	m.Upload(202, 1, 0, 1)
 	m.BatchWritten(1, time.Millisecond, []pipeline.Outcome{pipeline.OutcomeApplied})
 	m.Retried(pipeline.ClassTransient)
 	m.DeadLettered(pipeline.ClassConstraint)
 	m.SetLag(map[int32]int64{0: 1})
 	m.Swept(metrics.SweepLedger, 1)
+	m.ObservePool(func() metrics.PoolStats { return metrics.PoolStats{Acquired: 2, Idle: 1, Max: 8} })
 
 	problems, err := testutil.GatherAndLint(reg)
 	require.NoError(t, err)
@@ -105,7 +106,7 @@ func TestNamesFollowConventions(t *testing.T) {
 			require.Contains(t, string(docs), "`"+f.GetName()+"`", "docs/metrics.md must list %s", f.GetName())
 		}
 	}
-	require.Equal(t, 18, n, "every spool metric was gathered")
+	require.Equal(t, 23, n, "every spool metric was gathered")
 }
 
 // TestHelpNamesWhatIsEmitted: a help text that lists a label's values

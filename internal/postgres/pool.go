@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -53,6 +54,24 @@ func (db *DB) Close() { db.pool.Close() }
 
 // Ping checks that the database answers.
 func (db *DB) Ping(ctx context.Context) error { return db.pool.Ping(ctx) }
+
+// PoolStats is the connection pool at a moment, for metrics.
+type PoolStats struct {
+	// Acquired and Idle are the connections in use and waiting for use;
+	// Max is database.max_conns.
+	Acquired, Idle, Max int32
+	// EmptyAcquires counts acquisitions that had to wait for a connection
+	// (none idle); AcquireTime is the time all acquisitions took.
+	EmptyAcquires int64
+	AcquireTime   time.Duration
+}
+
+// Stats reads the pool's statistics.
+func (db *DB) Stats() PoolStats {
+	s := db.pool.Stat()
+	return PoolStats{Acquired: s.AcquiredConns(), Idle: s.IdleConns(), Max: s.MaxConns(),
+		EmptyAcquires: s.EmptyAcquireCount(), AcquireTime: s.AcquireDuration()}
+}
 
 // EnsureDatabase creates the database named in url when it is missing, by
 // connecting to the server's "postgres" database. spoolctl dev uses it so
