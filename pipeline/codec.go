@@ -42,6 +42,10 @@ const (
 	// its value is the dead letter's TOPIC:PARTITION:OFFSET. The processor
 	// counts such a command by moving it out of its job's dead letters.
 	HeaderReplayOf = "spool-replay-of"
+	// HeaderTraceparent carries the W3C trace context of the upload a
+	// record came from, when ingress traces (tracing.enabled), so that the
+	// processor's batch span links back to it.
+	HeaderTraceparent = "traceparent"
 )
 
 // Header returns the value of the first header named key.

@@ -82,7 +82,10 @@ type WorkerConfig struct {
 	Backoff func() backoff.BackOff
 	// Observer, when set, is told of batches, retries and dead letters.
 	Observer Observer
-	Logger   *slog.Logger
+	// Tracer, when set, traces each batch written, linked to the uploads
+	// its records came from.
+	Tracer Tracer
+	Logger *slog.Logger
 }
 
 // Worker applies one partition's records in batches, in offset order.
@@ -311,7 +314,7 @@ func (w *Worker) apply(ctx context.Context, msgs []*Message) error {
 
 // write dead-letters what is already known to be bad, then commits the
 // batch, retrying transient failures with backoff for as long as ctx lives.
-func (w *Worker) write(ctx context.Context, msgs []*Message) error {
+func (w *Worker) write(ctx context.Context, msgs []*Message) (err error) {
 	obs := w.cfg.Observer
 	if obs == nil {
 		obs = nopObserver{}
@@ -319,6 +322,11 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) error {
 	start := time.Now()
 	obs.InFlight(1)
 	defer obs.InFlight(-1)
+	if w.cfg.Tracer != nil {
+		var end func(error)
+		ctx, end = w.cfg.Tracer.StartBatch(ctx, w.cfg.Partition, len(msgs), traceparents(msgs))
+		defer func() { end(err) }()
+	}
 	b := &Batch{
 		Topic:      w.cfg.Topic,
 		Partition:  w.cfg.Partition,

@@ -68,6 +68,11 @@ func (in *Ingress) run(ctx context.Context) error {
 		return err
 	}
 	defer pool.Close()
+	tracer, stopTracing, err := startTracing(ctx, c.Tracing, "spool-ingress")
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	m := metrics.New(metrics.NewRegistry())
 	m.ObservePool(func() metrics.PoolStats { return metrics.PoolStats(pool.Stats()) })
 	cluster, err := KafkaCluster(c.Kafka)
@@ -130,6 +135,7 @@ func (in *Ingress) run(ctx context.Context) error {
 		},
 		NewJobID: func() pipeline.JobID { return pipeline.JobID(uuid.Must(uuid.NewV7()).String()) },
 		Observer: m,
+		Tracer:   uploadTracer(tracer),
 		Metrics:  m.Handler(),
 		Logger:   in.logger,
 	})

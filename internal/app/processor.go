@@ -71,6 +71,11 @@ func (p *Processor) run(ctx context.Context) error {
 	if err := ensureTopics(ctx, c, cluster, p.logger); err != nil {
 		return err
 	}
+	tracer, stopTracing, err := startTracing(ctx, c.Tracing, "spool-processor")
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	m := metrics.New(metrics.NewRegistry())
 	m.ObservePool(func() metrics.PoolStats { return metrics.PoolStats(pool.Stats()) })
 	// Dead letters are bounded by what the dead-letter topic takes, and the
@@ -109,7 +114,7 @@ func (p *Processor) run(ctx context.Context) error {
 				Entities:     entities, Store: store, DeadLetters: deadLetters, Limiter: limiter, Committed: committed,
 				LoadOffset: func(ctx context.Context) (int64, error) { return store.LoadOffset(ctx, c.Kafka.Topic, partition) },
 				Recent:     pipeline.NewRecent(c.Dedupe.CacheSize, c.Dedupe.Window),
-				Backoff:    retryBackoff, Observer: m, Logger: p.logger.With("partition", partition),
+				Backoff:    retryBackoff, Observer: m, Tracer: batchTracer(tracer), Logger: p.logger.With("partition", partition),
 			}, c.Processor.Queue)
 		},
 	})

@@ -15,8 +15,10 @@ import (
 	"github.com/cenkalti/backoff/v4"
 
 	"github.com/spoolhq/spool/internal/config"
+	"github.com/spoolhq/spool/internal/httpapi"
 	"github.com/spoolhq/spool/internal/kafka"
 	"github.com/spoolhq/spool/internal/postgres"
+	"github.com/spoolhq/spool/internal/tracing"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -143,4 +145,37 @@ func listen(key, addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("listening on %s %s: %w", key, addr, err)
 	}
 	return ln, nil
+}
+
+// startTracing starts the binary's tracer when tracing.enabled; stop sends
+// what is buffered, within a few seconds of the stop.
+func startTracing(ctx context.Context, c config.Tracing, service string) (t *tracing.Tracing, stop func(), err error) {
+	if !c.Enabled {
+		return nil, func() {}, nil
+	}
+	t, err = tracing.New(ctx, service, c.Endpoint, c.SampleRatio)
+	if err != nil {
+		return nil, nil, err
+	}
+	return t, func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = t.Shutdown(sctx)
+	}, nil
+}
+
+// uploadTracer and batchTracer are t as the interface each side takes, nil
+// (no tracing) when t is.
+func uploadTracer(t *tracing.Tracing) httpapi.Tracer {
+	if t == nil {
+		return nil
+	}
+	return t
+}
+
+func batchTracer(t *tracing.Tracing) pipeline.Tracer {
+	if t == nil {
+		return nil
+	}
+	return t
 }

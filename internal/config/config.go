@@ -30,7 +30,15 @@ type Config struct {
 	Log       Log                     `mapstructure:"log"`
 	Entities  map[string]EntityConfig `mapstructure:"entities"`
 	// Client is spoolctl's: the servers read past it.
-	Client ClientFile `mapstructure:"client"`
+	Client  ClientFile `mapstructure:"client"`
+	Tracing Tracing    `mapstructure:"tracing"`
+}
+
+// Tracing configures OpenTelemetry tracing.
+type Tracing struct {
+	Enabled     bool    `mapstructure:"enabled"`
+	Endpoint    string  `mapstructure:"endpoint"`
+	SampleRatio float64 `mapstructure:"sample_ratio"`
 }
 
 // ClientFile is the client section of a config file: where spoolctl's
@@ -420,6 +428,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.GroupProtocol != "consumer" && c.Kafka.GroupProtocol != "classic" {
 		bad("kafka.group_protocol", "must be consumer or classic, got %q", c.Kafka.GroupProtocol)
+	}
+	if c.Tracing.SampleRatio < 0 || c.Tracing.SampleRatio > 1 {
+		bad("tracing.sample_ratio", "must be between 0 and 1, got %v", c.Tracing.SampleRatio)
 	}
 	if (c.Kafka.TLS.CertFile == "") != (c.Kafka.TLS.KeyFile == "") {
 		bad("kafka.tls.cert_file", "a client certificate needs its key: set kafka.tls.cert_file and kafka.tls.key_file together")

@@ -61,6 +61,14 @@ type Observer interface {
 	Uploading(delta int)
 }
 
+// Tracer traces uploads. StartUpload begins an upload's span, continuing
+// the trace its request carries (the W3C traceparent header), and returns
+// the context the upload runs under, the traceparent its records carry to
+// the processors, and the span's end, told the answer's status.
+type Tracer interface {
+	StartUpload(ctx context.Context, header http.Header, job pipeline.JobID) (context.Context, string, func(status int))
+}
+
 type nopObserver struct{}
 
 func (nopObserver) Request(string, int, time.Duration) {}
@@ -79,6 +87,8 @@ type Config struct {
 	Topic             string
 	Keys              Keys
 	Limits            Limits
+	// Tracer, when set, traces each upload.
+	Tracer Tracer
 	// Backlog, when set with Limits.MaxLag, turns uploads away with 429
 	// while the processors are that far behind.
 	Backlog  func() int64

@@ -140,7 +140,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if key == "" {
-		s.runUpload(ctx, w, who, defaultEntity, records, sent)
+		s.runUpload(ctx, w, r.Header, who, defaultEntity, records, sent)
 		return
 	}
 	owned, rec, err := s.cfg.Idempotency.ClaimIdempotencyKey(ctx, tenant, key, s.cfg.IdempotencyWindow)
@@ -159,7 +159,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return s.cfg.Idempotency.HeartbeatIdempotencyKey(ctx, tenant, key)
 	})
 	answer := newCapture()
-	s.runUpload(ctx, answer, who, defaultEntity, records, sent)
+	s.runUpload(ctx, answer, r.Header, who, defaultEntity, records, sent)
 	stop()
 	_, drainErr := io.Copy(io.Discard, body)
 	var stored *pipeline.IdempotentRecord
@@ -176,14 +176,24 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 }
 
 // runUpload creates the job, streams the records and answers.
-func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, who Principal, defaultEntity string, records upload.Reader, sent *countingReader) {
+func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, header http.Header, who Principal, defaultEntity string,
+	records upload.Reader, sent *countingReader,
+) {
 	job := s.cfg.NewJobID()
+	var traceparent string
+	var status int
+	if s.cfg.Tracer != nil {
+		var end func(status int)
+		ctx, traceparent, end = s.cfg.Tracer.StartUpload(ctx, header, job)
+		defer func() { end(status) }()
+	}
 	if err := s.cfg.Jobs.CreateJob(ctx, job, who.Tenant); err != nil {
 		s.log(ctx).Error("creating job", "error", err)
+		status = http.StatusServiceUnavailable
 		writeUnavailable(w, 2*time.Second, "the job store is unavailable", "")
 		return
 	}
-	u := &uploadRun{s: s, job: job, who: who, defaultEntity: defaultEntity}
+	u := &uploadRun{s: s, job: job, who: who, defaultEntity: defaultEntity, traceparent: traceparent}
 	// The job's heartbeat: a job whose ingress dies stops beating and is
 	// marked failed after postgres.UploadLease.
 	stop := s.heartbeat(ctx, "recording upload progress", func(ctx context.Context) error {
@@ -206,7 +216,7 @@ func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, who Princ
 	var bodyErr *upload.BodyError
 	var bound *boundError
 	var tooLarge *http.MaxBytesError
-	status := http.StatusAccepted
+	status = http.StatusAccepted
 	defer func() {
 		s.cfg.Observer.Upload(status, res.Accepted, res.Rejected, sent.n)
 		s.log(ctx).Debug("upload answered", "job_id", job, "status", status, "received", res.Received,
@@ -248,6 +258,9 @@ type uploadRun struct {
 	job           pipeline.JobID
 	who           Principal
 	defaultEntity string
+	// traceparent, when the upload is traced, is carried by each record
+	// (pipeline.HeaderTraceparent).
+	traceparent string
 
 	received, rejected atomic.Int64
 	// rejMu guards shown and pending: a record Kafka refuses as too large
@@ -313,6 +326,9 @@ func (u *uploadRun) add(ctx context.Context, cmd pipeline.Command, decodeErr err
 	var rec pipeline.Record
 	if err == nil {
 		rec, err = pipeline.NewRecord(&cmd, u.job, u.who.Tenant, index)
+	}
+	if err == nil && u.traceparent != "" {
+		rec.Headers = append(rec.Headers, pipeline.Header{Key: pipeline.HeaderTraceparent, Value: []byte(u.traceparent)})
 	}
 	if limit := u.s.cfg.Limits.MaxKafkaRecordBytes; err == nil && limit > 0 && rec.BatchBytes() > limit {
 		err = pipeline.Errorf(pipeline.ClassTooLarge,

@@ -1,0 +1,8 @@
+// Package tracing is spool's only OpenTelemetry importer: with
+// tracing.enabled, ingress and the processor export spans over OTLP/HTTP.
+// An upload's span continues the trace its request carries (the W3C
+// traceparent header) and hands its own context to every record it
+// produces (pipeline.HeaderTraceparent); a processor's batch span links to
+// the uploads of its records, so one upload can be followed from its
+// request into the batches that wrote it to PostgreSQL.
+package tracing
