@@ -36,7 +36,7 @@ type User struct {
 func ParseUser(s string) (User, error) {
 	parts := strings.SplitN(s, ":", 3)
 	if len(parts) != 3 || parts[1] == "" {
-		return User{}, fmt.Errorf("SASL user %q is not MECHANISM:NAME:PASSWORD", s)
+		return User{}, fmt.Errorf("a SASL user is MECHANISM:NAME:PASSWORD; %q is not (the rest is not shown)", parts[0])
 	}
 	u := User{Mechanism: strings.ToUpper(parts[0]), Name: parts[1], Password: parts[2]}
 	switch u.Mechanism {

@@ -106,6 +106,7 @@ func TestDevUploadWait(t *testing.T) {
 		code int
 	}{
 		{[]string{"jobs", "get", "x", "--no-such-flag"}, cli.ExitUsage},
+		{[]string{"bogus"}, cli.ExitUsage},
 		{[]string{"jobs", "get"}, cli.ExitUsage},
 		{[]string{"jobs", "get", "x", "-o", "yaml", "--server", dev.server}, cli.ExitUsage},
 		{[]string{"upload", "data.txt", "--server", dev.server}, cli.ExitUsage},

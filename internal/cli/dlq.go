@@ -94,7 +94,7 @@ func loadDLQTarget(cmd *cobra.Command) (*dlqTarget, error) {
 	}
 	cluster, err := app.KafkaCluster(c.Kafka) // kafka.tls.* and kafka.sasl.* as the servers have them
 	if err != nil {
-		return nil, err
+		return nil, withCode(ExitUsage, err)
 	}
 	t := &dlqTarget{cluster: cluster, topic: c.Kafka.DLQTopic, replica: int16(c.Kafka.ReplicationFactor),
 		commands: c.Kafka.Topic, database: c.Database.URL}

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"fmt"
+
 	"github.com/spf13/cobra"
 
 	"github.com/spoolhq/spool/internal/apiclient"
@@ -19,6 +21,13 @@ func New() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withCode(ExitUsage, err) })
+	root.Args = cobra.ArbitraryArgs
+	root.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return withCode(ExitUsage, fmt.Errorf("unknown command %q for spoolctl (spoolctl --help lists them)", args[0]))
+		}
+		return cmd.Help()
+	}
 	root.PersistentFlags().String("config", "", "config file (default: $SPOOL_CONFIG, else ./spool.yaml if present)")
 	root.AddCommand(newDevCmd(), newBrokerCmd(), newMigrateCmd(), newUploadCmd(), newJobsCmd(), newDLQCmd())
 	return root

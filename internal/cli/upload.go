@@ -72,6 +72,10 @@ func runUpload(cmd *cobra.Command, args []string) error {
 	if !ok {
 		return withCode(ExitUsage, fmt.Errorf("cannot tell the format of %s: use --format ndjson|json|csv", path))
 	}
+	out, _ := f.GetString("output")
+	if err := checkOutput(out, "text", "json"); err != nil {
+		return err
+	}
 	if path == "-" {
 		// A resend needs the body again: standard input is kept in a
 		// temporary file first.
@@ -82,10 +86,6 @@ func runUpload(cmd *cobra.Command, args []string) error {
 	}
 	entity, _ := f.GetString("entity")
 	key, _ := f.GetString("idempotency-key")
-	out, _ := f.GetString("output")
-	if err := checkOutput(out, "text", "json"); err != nil {
-		return err
-	}
 	if key == "" {
 		key = newIdempotencyKey()
 		fmt.Fprintf(cmd.ErrOrStderr(), "idempotency key %s (pass --idempotency-key %s to retry this upload safely)\n", key, key)
@@ -210,6 +210,15 @@ func spoolStdin(r io.Reader) (string, error) {
 	return f.Name(), nil
 }
 
+// writeUploadAndJob writes upload --wait -o json's one document: the
+// upload's answer and the job as last seen (null if never).
+func writeUploadAndJob(w io.Writer, upload *httpapi.UploadView, job *httpapi.JobView) error {
+	return writeJSONOut(w, struct {
+		Upload *httpapi.UploadView `json:"upload"`
+		Job    *httpapi.JobView    `json:"job"`
+	}{upload, job})
+}
+
 // addTimeoutFlag adds --timeout to a command that follows a job.
 func addTimeoutFlag(cmd *cobra.Command) {
 	cmd.Flags().Duration("timeout", 0, "give up following the job after this long (exit 3); 0: no bound")
@@ -240,6 +249,9 @@ func waitJob(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, ou
 	if bar != nil {
 		_ = bar.Finish()
 	}
+	if err != nil && upload != nil && out == "json" {
+		_ = writeUploadAndJob(cmd.OutOrStdout(), upload, last) // the upload's answer (its job id) still reaches a script
+	}
 	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && cmd.Context().Err() == nil {
 		state := "not yet seen"
 		if last != nil {
@@ -252,10 +264,7 @@ func waitJob(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, ou
 		return err
 	}
 	if upload != nil && out == "json" {
-		err = writeJSONOut(cmd.OutOrStdout(), struct {
-			Upload *httpapi.UploadView `json:"upload"`
-			Job    *httpapi.JobView    `json:"job"`
-		}{upload, j})
+		err = writeUploadAndJob(cmd.OutOrStdout(), upload, j)
 	} else {
 		err = printJob(cmd.OutOrStdout(), j, out)
 	}

@@ -728,7 +728,8 @@ func LoadClient(fs *pflag.FlagSet) (Client, error) {
 		if s := fv.GetString("client.server"); s != "" {
 			v.SetDefault("server", s)
 		}
-		if kf := fv.GetString("client.api_key_file"); kf != "" {
+		keyGiven := os.Getenv("SPOOL_API_KEY") != "" || (fs.Lookup("api-key") != nil && fs.Changed("api-key"))
+		if kf := fv.GetString("client.api_key_file"); kf != "" && !keyGiven {
 			b, err := os.ReadFile(kf)
 			if err != nil {
 				return Client{}, fmt.Errorf("config client.api_key_file: %w", err)

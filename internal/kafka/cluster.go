@@ -151,7 +151,13 @@ func (c Cluster) explainClosed(ctx context.Context, err error) error {
 	if !errors.Is(err, io.EOF) {
 		return nil
 	}
+	if c.TLS == nil && c.speaksTLS(ctx) {
+		return fmt.Errorf("the brokers speak TLS and spool does not (set kafka.tls.enabled, and kafka.tls.ca_file for a private CA): %w", err)
+	}
 	if c.SASL.Mechanism != "" {
+		// Apache Kafka closes a connection that sends a request before
+		// authenticating, so this tells only brokers that answer one (the
+		// embedded broker): elsewhere the error stays as it was.
 		bare := c
 		bare.SASL = SASL{}
 		if bare.answers(ctx) {
@@ -160,14 +166,25 @@ func (c Cluster) explainClosed(ctx context.Context, err error) error {
 				c.SASL.Mechanism, c.SASL.Username, err)
 		}
 	}
-	if c.TLS == nil {
-		withTLS := c
-		withTLS.TLS = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // only to tell whether the listener speaks TLS
-		if withTLS.answers(ctx) {
-			return fmt.Errorf("the brokers speak TLS and spool does not (set kafka.tls.enabled, and kafka.tls.ca_file for a private CA): %w", err)
-		}
-	}
 	return nil
+}
+
+// speaksTLS reports whether the first broker completes a TLS handshake: a
+// bare handshake, no Kafka request and no credentials sent, whatever the
+// certificate (only the protocol is asked about).
+func (c Cluster) speaksTLS(ctx context.Context) bool {
+	if len(c.Brokers) == 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true}} //nolint:gosec // nothing is sent: only the handshake is tried
+	conn, err := d.DialContext(ctx, "tcp", c.Brokers[0])
+	if err != nil {
+		return false
+	}
+	_ = conn.Close()
+	return true
 }
 
 // answers reports whether a broker answers an ApiVersions request, which

@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -23,14 +24,15 @@ const (
 	ProtocolClassic = "classic"
 )
 
-// configureGroup prepares a KIP-848 group. It reports whether the brokers
+// configureGroup prepares a KIP-848 group. It checks that the brokers
 // speak KIP-848 (franz-go falls back to the classic protocol when they do
 // not), and sets the group's session timeout and heartbeat interval, which
 // under KIP-848 are the group's configs (consumer.session.timeout.ms,
 // consumer.heartbeat.interval.ms) rather than each member's. A refusal
 // (a broker minimum above the timeout, no ALTER_CONFIGS permission) is
-// logged: the brokers' defaults then apply. It reports whether the group
-// speaks KIP-848 with spool's configs.
+// logged: the brokers' defaults then apply. It reports whether the configs
+// are worth keeping set (keepGroupConfigured): the group speaks KIP-848,
+// and the brokers took them or failed for a passing reason.
 func (c *Consumer) configureGroup(ctx context.Context) bool {
 	log := c.cfg.Logger.With("group", c.cfg.Group)
 	versions, err := kmsg.NewPtrApiVersionsRequest().RequestWith(ctx, c.cl)
@@ -49,12 +51,21 @@ func (c *Consumer) configureGroup(ctx context.Context) bool {
 		return false
 	}
 	if err := c.setGroupConfigs(ctx); err != nil {
-		log.Warn("setting the group's session timeout; a crashed processor's partitions move after the brokers' group.consumer.session.timeout.ms instead",
+		// Tried again by keepGroupConfigured, unless refused for good.
+		log.Warn("setting the group's session timeout; until it is set, a crashed processor's partitions move after the brokers' group.consumer.session.timeout.ms",
 			"session_timeout", c.cfg.SessionTimeout, "error", err)
-		return false
+		return !refusedForGood(err)
 	}
 	log.Info("group protocol: consumer (KIP-848)", "session_timeout", c.cfg.SessionTimeout, "heartbeat", heartbeatInterval)
 	return true
+}
+
+// refusedForGood reports whether the brokers will not take the group's
+// configs however often they are asked: no permission, a policy, a value
+// out of their bounds.
+func refusedForGood(err error) bool {
+	return errors.Is(err, kerr.ClusterAuthorizationFailed) || errors.Is(err, kerr.GroupAuthorizationFailed) ||
+		errors.Is(err, kerr.PolicyViolation) || errors.Is(err, kerr.InvalidConfig) || errors.Is(err, kerr.InvalidRequest)
 }
 
 // groupConfigsEvery is how often a KIP-848 group's configs are checked.
