@@ -54,9 +54,10 @@ type Observer interface {
 	// Upload: an upload that created a job was answered code, having read
 	// bytes of body and accepted and rejected so many records.
 	Upload(code int, accepted, rejected, bytes int64)
-	// Produced: the broker acknowledged a record d after it was handed to
-	// the producer.
-	Produced(d time.Duration)
+	// Produced: the broker answered for a record d after it was handed to
+	// the producer: acknowledged (err nil), or refused, classified
+	// (pipeline.ClassOf).
+	Produced(d time.Duration, err error)
 	// Uploading: an upload took (+1) or gave back (-1) its slot.
 	Uploading(delta int)
 }
@@ -73,7 +74,7 @@ type nopObserver struct{}
 
 func (nopObserver) Request(string, int, time.Duration) {}
 func (nopObserver) Upload(int, int64, int64, int64)    {}
-func (nopObserver) Produced(time.Duration)             {}
+func (nopObserver) Produced(time.Duration, error)      {}
 func (nopObserver) Uploading(int)                      {}
 
 // Config wires a Server.

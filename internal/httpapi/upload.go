@@ -344,7 +344,7 @@ func (u *uploadRun) add(ctx context.Context, cmd pipeline.Command, decodeErr err
 	id := cmd.ID
 	u.s.cfg.Producer.Produce(ctx, u.s.cfg.Topic, &rec, func(err error) {
 		defer u.acks.Done()
-		u.s.cfg.Observer.Produced(time.Since(start))
+		u.s.cfg.Observer.Produced(time.Since(start), err)
 		if pipeline.ClassOf(err) == pipeline.ClassTooLarge {
 			// Kafka refused this record alone (the topic's limit was
 			// lowered since ingress read it): the record's fault, not the

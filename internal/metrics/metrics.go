@@ -27,6 +27,7 @@ type Metrics struct {
 	uploadRecords  *prometheus.CounterVec
 	uploadBytes    prometheus.Counter
 	produceLatency prometheus.Histogram
+	produceErrors  *prometheus.CounterVec
 	uploading      prometheus.Gauge
 
 	batchSize     prometheus.Histogram
@@ -84,6 +85,8 @@ func New(reg *prometheus.Registry) *Metrics {
 	m.uploading = gauge("spool_ingress_uploads_in_progress", "Uploads being read now, all tenants together (bounded by ingress.max_concurrent_uploads).")
 	m.produceLatency = histogram("spool_ingress_produce_latency_seconds", "From handing a record to the producer to the broker's acknowledgement.",
 		prometheus.ExponentialBuckets(0.001, 2, 14))
+	m.produceErrors = counter("spool_ingress_produce_errors_total",
+		"Records the producer could not get acknowledged, by error class: too_large (refused alone), transient (broker away, timeout), internal.", "class")
 
 	m.batchSize = histogram("spool_processor_batch_size", "Records per committed batch.", prometheus.ExponentialBuckets(1, 4, 9))
 	m.batchDuration = histogram("spool_processor_batch_duration_seconds",
@@ -153,7 +156,13 @@ func (m *Metrics) Upload(code int, accepted, rejected, bytes int64) {
 func (m *Metrics) Uploading(delta int) { m.uploading.Add(float64(delta)) }
 
 // Produced implements httpapi.Observer.
-func (m *Metrics) Produced(d time.Duration) { m.produceLatency.Observe(d.Seconds()) }
+func (m *Metrics) Produced(d time.Duration, err error) {
+	if err != nil {
+		m.produceErrors.WithLabelValues(string(pipeline.ClassOf(err))).Inc()
+		return
+	}
+	m.produceLatency.Observe(d.Seconds())
+}
 
 // BatchWritten implements pipeline.Observer.
 func (m *Metrics) BatchWritten(size int, d time.Duration, outcomes []pipeline.Outcome) {
