@@ -63,16 +63,16 @@ func (in *Ingress) run(ctx context.Context) error {
 	defer in.ln.Close()
 	defer in.metricsLn.Close()
 	c := in.cfg
-	pool, entities, err := openDatabase(ctx, c, in.logger)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
 	tracer, stopTracing, err := startTracing(ctx, c.Tracing, "spool-ingress")
 	if err != nil {
 		return err
 	}
 	defer stopTracing()
+	pool, entities, err := openDatabase(ctx, c, dbSpans(tracer), in.logger)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
 	m := metrics.New(metrics.NewRegistry())
 	m.ObservePool(func() metrics.PoolStats { return metrics.PoolStats(pool.Stats()) })
 	cluster, err := KafkaCluster(c.Kafka)

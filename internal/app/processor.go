@@ -58,7 +58,12 @@ func (p *Processor) run(ctx context.Context) error {
 	if c.Processor.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(c.Processor.MemoryLimit)
 	}
-	pool, entities, err := openDatabase(ctx, c, p.logger)
+	tracer, stopTracing, err := startTracing(ctx, c.Tracing, "spool-processor")
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	pool, entities, err := openDatabase(ctx, c, dbSpans(tracer), p.logger)
 	if err != nil {
 		return err
 	}
@@ -71,11 +76,6 @@ func (p *Processor) run(ctx context.Context) error {
 	if err := ensureTopics(ctx, c, cluster, p.logger); err != nil {
 		return err
 	}
-	tracer, stopTracing, err := startTracing(ctx, c.Tracing, "spool-processor")
-	if err != nil {
-		return err
-	}
-	defer stopTracing()
 	m := metrics.New(metrics.NewRegistry())
 	m.ObservePool(func() metrics.PoolStats { return metrics.PoolStats(pool.Stats()) })
 	// Dead letters are bounded by what the dead-letter topic takes, and the

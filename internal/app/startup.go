@@ -26,12 +26,12 @@ import (
 // catalog, waiting with backoff while PostgreSQL is starting or its
 // connections fail; a configuration error (a missing table, say) fails at
 // once.
-func openDatabase(ctx context.Context, c *config.Config, logger *slog.Logger) (*postgres.DB, pipeline.Entities, error) {
+func openDatabase(ctx context.Context, c *config.Config, spans postgres.Spans, logger *slog.Logger) (*postgres.DB, pipeline.Entities, error) {
 	specs, err := entitySpecs(c.Entities)
 	if err != nil {
 		return nil, nil, err
 	}
-	pool, err := postgres.Open(ctx, c.Database.URL, c.Database.MaxConns)
+	pool, err := postgres.OpenTraced(ctx, c.Database.URL, c.Database.MaxConns, spans)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -174,6 +174,13 @@ func uploadTracer(t *tracing.Tracing) httpapi.Tracer {
 }
 
 func batchTracer(t *tracing.Tracing) pipeline.Tracer {
+	if t == nil {
+		return nil
+	}
+	return t
+}
+
+func dbSpans(t *tracing.Tracing) postgres.Spans {
 	if t == nil {
 		return nil
 	}

@@ -23,8 +23,9 @@ import (
 
 // TestTracingFollowsAnUpload: with tracing.enabled, an upload whose request
 // carries a W3C traceparent gets a span in that trace, and the processor's
-// batch that writes its records links back to that span — sent over
-// OTLP/HTTP to a receiver that decodes what a collector would.
+// batch that writes its records links back to that span; the statements
+// each sends to PostgreSQL are their children — sent over OTLP/HTTP to a
+// receiver that decodes what a collector would.
 func TestTracingFollowsAnUpload(t *testing.T) {
 	t.Parallel()
 	var mu sync.Mutex
@@ -103,14 +104,27 @@ func TestTracingFollowsAnUpload(t *testing.T) {
 		return upload != nil
 	}, 30*time.Second, 100*time.Millisecond, "no upload span in the request's trace")
 	require.Equal(t, parentID, hex.EncodeToString(upload.ParentSpanId), "the upload's span continues the request's")
+	var batch *tracepb.Span
 	require.Eventually(t, func() bool {
 		for _, sp := range find("spool.batch") {
 			for _, l := range sp.Links {
 				if bytes.Equal(l.TraceId, upload.TraceId) && bytes.Equal(l.SpanId, upload.SpanId) {
-					return true
+					batch = sp
 				}
 			}
 		}
-		return false
+		return batch != nil
 	}, 30*time.Second, 100*time.Millisecond, "no batch span links to the upload's")
+	// Into PostgreSQL: the batch's statements are its children, the
+	// upload's job records the upload's.
+	childOf := func(parent *tracepb.Span) bool {
+		for _, sp := range append(find("postgres.batch"), find("postgres.query")...) {
+			if bytes.Equal(sp.ParentSpanId, parent.SpanId) && bytes.Equal(sp.TraceId, parent.TraceId) {
+				return true
+			}
+		}
+		return false
+	}
+	require.Eventually(t, func() bool { return childOf(batch) && childOf(upload) }, 30*time.Second, 100*time.Millisecond,
+		"the statements of the batch and of the upload are not their spans' children")
 }

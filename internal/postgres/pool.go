@@ -33,11 +33,20 @@ type DB struct{ pool *pgxpool.Pool }
 
 // Open returns a pool of at most maxConns connections.
 func Open(ctx context.Context, url string, maxConns int) (*DB, error) {
+	return OpenTraced(ctx, url, maxConns, nil)
+}
+
+// OpenTraced is Open with a span for each statement and batch of
+// statements, under the caller's (tracing.enabled); nil spans: none.
+func OpenTraced(ctx context.Context, url string, maxConns int, spans Spans) (*DB, error) {
 	cfg, err := parsePoolConfig(url)
 	if err != nil {
 		return nil, err
 	}
 	cfg.MaxConns = int32(maxConns)
+	if spans != nil {
+		cfg.ConnConfig.Tracer = spanTracer{spans: spans}
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("opening database pool: %w", err)

@@ -86,3 +86,30 @@ func (t *Tracing) StartBatch(ctx context.Context, partition int32, records int, 
 		span.End()
 	}
 }
+
+// StartSpan implements postgres.Spans: a child span of the one ctx carries,
+// for a statement or batch of statements; nothing when ctx carries none,
+// so that housekeeping outside any upload or batch starts no traces.
+func (t *Tracing) StartSpan(ctx context.Context, name string, attrs map[string]any) (context.Context, func(error)) {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return ctx, func(error) {}
+	}
+	kv := make([]attribute.KeyValue, 0, len(attrs))
+	for k, v := range attrs {
+		switch v := v.(type) {
+		case string:
+			kv = append(kv, attribute.String(k, v))
+		case int:
+			kv = append(kv, attribute.Int(k, v))
+		}
+	}
+	ctx, span := t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(append(kv, attribute.String("db.system", "postgresql"))...))
+	return ctx, func(err error) {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, pipeline.BoundError(err))
+		}
+		span.End()
+	}
+}
