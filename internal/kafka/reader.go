@@ -101,15 +101,25 @@ func (r Reader) ReadOne(ctx context.Context, topic string, partition int32, offs
 // EndOffsets sums the end offsets of topic's partitions: a group that has
 // consumed it all has committed offsets summing to that.
 func (r Reader) EndOffsets(ctx context.Context, topic string) (int64, error) {
-	_, ends, err := r.bounds(ctx, topic)
+	ends, err := r.PartitionEnds(ctx, topic)
 	var total int64
+	for _, end := range ends {
+		total += end
+	}
+	return total, err
+}
+
+// PartitionEnds is EndOffsets partition by partition.
+func (r Reader) PartitionEnds(ctx context.Context, topic string) (map[int32]int64, error) {
+	_, ends, err := r.bounds(ctx, topic)
+	out := map[int32]int64{}
 	ends.Each(func(end kadm.ListedOffset) {
 		if end.Err != nil && err == nil {
 			err = classify(fmt.Errorf("listing offsets of %s partition %d: %w", topic, end.Partition, end.Err))
 		}
-		total += max(end.Offset, 0)
+		out[end.Partition] = max(end.Offset, 0)
 	})
-	return total, err
+	return out, err
 }
 
 // bounds lists each partition's first offset and its last stable offset

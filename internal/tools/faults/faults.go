@@ -61,6 +61,11 @@ type Report struct {
 	// Stall is the longest stretch in which records waited and the
 	// processors committed none; StallAt, when it began.
 	Stall, StallAt time.Duration
+	// PartitionStall is the longest such stretch of one partition
+	// (StallPartition), the others' commits notwithstanding; from
+	// PartitionStallAt. Reported, not bounded.
+	PartitionStall, PartitionStallAt time.Duration
+	StallPartition                   int32
 }
 
 // Run runs the stack, the clients and the faults, then checks. It fails
@@ -143,6 +148,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	rep := &Report{Faults: in.summary(), Uploads: len(answers), Elapsed: time.Since(start), Drain: time.Since(quiet)}
 	rep.Stall, rep.StallAt = stalls.result()
+	rep.PartitionStall, rep.StallPartition, rep.PartitionStallAt = stalls.partitionResult()
 	for _, a := range answers {
 		rep.Resent += a.Attempts - 1
 	}
@@ -307,6 +313,8 @@ func (r *Report) print(out io.Writer) {
 		r.Lost, r.Doubled, r.Misplaced, r.Rows, r.Jobs, r.Elapsed.Round(time.Second), r.Drain.Round(100*time.Millisecond))
 	fmt.Fprintf(out, "longest stall (records waiting, none committed): %s, from %s into the run\n",
 		r.Stall.Round(100*time.Millisecond), r.StallAt.Round(100*time.Millisecond))
+	fmt.Fprintf(out, "longest stall of one partition (its records waiting, none of them committed): %s, partition %d, from %s into the run\n",
+		r.PartitionStall.Round(100*time.Millisecond), r.StallPartition, r.PartitionStallAt.Round(100*time.Millisecond))
 	for _, p := range r.Problems {
 		fmt.Fprintln(out, "  -", p)
 	}

@@ -18,7 +18,10 @@ const stallEvery = 250 * time.Millisecond
 // (their stored offsets, which every batch moves, did not move). A
 // stretch without writes for want of records (the uploads waiting on their
 // resends) is not a stall. Samples the broker or the database cannot
-// answer are skipped: a stall spans them.
+// answer are skipped: a stall spans them. It also measures the longest
+// stall of any one partition, which the others' commits hide from the
+// whole: a partition held by a member that is gone waits for its session
+// timeout however busy the others are.
 type stallWatch struct {
 	audit   *tooldb.Audit
 	brokers []string
@@ -28,6 +31,10 @@ type stallWatch struct {
 	longest time.Duration
 	at      time.Duration // when the longest began, since the run began
 	samples []sample
+
+	partLongest   time.Duration
+	partAt        time.Duration
+	partLongestOf int32
 }
 
 // sample is one look at the backlog: the processors' stored offsets and
@@ -43,19 +50,34 @@ func (w *stallWatch) run(ctx context.Context) {
 	defer t.Stop()
 	last := int64(-1)
 	var since time.Time // records have waited, none committed, since then
+	parts := map[int32]*partWatch{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		done, err1 := w.audit.SumOffsets(ctx, group, topic)
-		end, err2 := kafka.Reader{Cluster: kafka.Plaintext(w.brokers...)}.EndOffsets(ctx, topic)
+		dones, err1 := w.audit.Offsets(ctx, group, topic)
+		ends, err2 := kafka.Reader{Cluster: kafka.Plaintext(w.brokers...)}.PartitionEnds(ctx, topic)
 		now := time.Now()
+		var done, end int64
+		for p, e := range ends {
+			done, end = done+dones[p], end+e
+		}
 		if errors.Join(err1, err2) == nil { // else unknown: a stall spans it
 			w.mu.Lock()
 			w.samples = append(w.samples, sample{at: now, done: done, end: end})
 			w.mu.Unlock()
+			for p, e := range ends {
+				pw := parts[p]
+				if pw == nil {
+					pw = &partWatch{last: -1}
+					parts[p] = pw
+				}
+				if d, began, ok := pw.observe(now, dones[p], e); ok {
+					w.notePartition(p, d, began.Sub(w.start))
+				}
+			}
 			switch {
 			case done != last:
 				last, since = done, time.Time{}
@@ -77,6 +99,45 @@ func (w *stallWatch) note(d, at time.Duration) {
 	if d > w.longest {
 		w.longest, w.at = d, at
 	}
+}
+
+// partWatch is one partition's stall, as run follows the whole's.
+type partWatch struct {
+	last  int64
+	since time.Time
+}
+
+// observe takes a sample of the partition's stored and end offsets and
+// reports how long it has stalled, if it has.
+func (pw *partWatch) observe(now time.Time, done, end int64) (d time.Duration, began time.Time, stalled bool) {
+	switch {
+	case done != pw.last:
+		pw.last, pw.since = done, time.Time{}
+	case end <= done:
+		pw.since = time.Time{}
+	case pw.since.IsZero():
+		pw.since = now
+	}
+	if pw.since.IsZero() {
+		return 0, time.Time{}, false
+	}
+	return now.Sub(pw.since), pw.since, true
+}
+
+func (w *stallWatch) notePartition(p int32, d, at time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if d > w.partLongest {
+		w.partLongest, w.partAt, w.partLongestOf = d, at, p
+	}
+}
+
+// partitionResult is the longest stall of one partition, which, and when
+// it began.
+func (w *stallWatch) partitionResult() (longest time.Duration, partition int32, at time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.partLongest, w.partLongestOf, w.partAt
 }
 
 // result is the longest stall and when it began.

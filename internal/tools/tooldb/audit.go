@@ -149,6 +149,22 @@ func (a *Audit) TerminateBackends(ctx context.Context, app string) (int, error) 
 	return n, err
 }
 
+// Offsets are the group's stored next offsets on topic, by partition.
+func (a *Audit) Offsets(ctx context.Context, group, topic string) (map[int32]int64, error) {
+	rows, err := a.pool.Query(ctx, `SELECT partition, next_offset FROM spool_offsets WHERE consumer_group = $1 AND topic = $2`, group, topic)
+	if err != nil {
+		return nil, err
+	}
+	out := map[int32]int64{}
+	var p int32
+	var next int64
+	_, err = pgx.ForEachRow(rows, []any{&p, &next}, func() error {
+		out[p] = next
+		return nil
+	})
+	return out, err
+}
+
 // SumOffsets is how many records the group's processors have committed on
 // topic: the sum of the stored next offsets.
 func (a *Audit) SumOffsets(ctx context.Context, group, topic string) (int64, error) {
