@@ -119,8 +119,13 @@ func check(ctx context.Context, a *tooldb.Audit, brokers []string, w *workload, 
 			if n > 0 || failed[c.ID] != string(pipeline.OutcomeRejected) {
 				v.problem(&v.Misplaced, "rejected command %s: %d writes, failure outcome %q", c.ID, n, failed[c.ID])
 			}
-		case c.Poison && c.Entity == customers && !dead[c.ID] && newest[c.Key] > c.Version && failed[c.ID] == "":
-			v.Poison++ // stale: a newer version was written first, so it never reached the table
+		case c.Poison && c.Entity == customers && newest[c.Key] > c.Version && failed[c.ID] == "":
+			// Stale: a newer version was written first, so it never reached
+			// the table. It may still sit in the dead-letter topic: an
+			// attempt that published it was fenced or killed before its
+			// commit, and the next attempt found it stale. Such an orphan
+			// has no failure row, so a replay refuses it.
+			v.Poison++
 		case c.Poison:
 			v.Poison++
 			if n > 0 || !dead[c.ID] || failed[c.ID] != string(pipeline.OutcomeDeadLettered) {
@@ -153,14 +158,14 @@ func check(ctx context.Context, a *tooldb.Audit, brokers []string, w *workload, 
 		}
 	}
 
-	v.checkJobs(w, answers, jobs, writes, dead)
+	v.checkJobs(w, answers, jobs, writes, failed)
 	return v, nil
 }
 
 // checkJobs checks each answered job's counts against its upload and the
 // audit, that every other job failed, and that all jobs together counted
 // exactly the audit's writes as applied.
-func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*tooldb.AuditJob, writes map[string]int, dead map[string]bool) {
+func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*tooldb.AuditJob, writes map[string]int, failed map[string]string) {
 	uploadsOf := map[string]int{} // command id → uploads it is in
 	for _, u := range w.uploads {
 		for _, i := range u {
@@ -186,8 +191,8 @@ func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*tool
 			switch {
 			case c.Reject:
 				rejects++
-			case c.Poison && dead[c.ID]:
-				poison++ // dead-lettered, not stale
+			case c.Poison && failed[c.ID] == string(pipeline.OutcomeDeadLettered):
+				poison++ // dead-lettered, not stale (whatever orphans the topic holds)
 			case writes[c.ID] > 0 && uploadsOf[c.ID] == 1 && ans.Attempts == 1:
 				sure++ // written, and by no other job
 			case writes[c.ID] > 0:
