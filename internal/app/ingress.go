@@ -68,7 +68,7 @@ func (in *Ingress) run(ctx context.Context) error {
 		return err
 	}
 	defer stopTracing()
-	pool, entities, err := openDatabase(ctx, c, dbSpans(tracer), in.logger)
+	pool, entities, err := openDatabase(ctx, c, tracer.statements, in.logger)
 	if err != nil {
 		return err
 	}
@@ -135,7 +135,7 @@ func (in *Ingress) run(ctx context.Context) error {
 		},
 		NewJobID: func() pipeline.JobID { return pipeline.JobID(uuid.Must(uuid.NewV7()).String()) },
 		Observer: m,
-		Tracer:   uploadTracer(tracer),
+		Tracer:   tracer.uploads,
 		Metrics:  m.Handler(),
 		Logger:   in.logger,
 	})

@@ -63,7 +63,7 @@ func (p *Processor) run(ctx context.Context) error {
 		return err
 	}
 	defer stopTracing()
-	pool, entities, err := openDatabase(ctx, c, dbSpans(tracer), p.logger)
+	pool, entities, err := openDatabase(ctx, c, tracer.statements, p.logger)
 	if err != nil {
 		return err
 	}
@@ -114,7 +114,7 @@ func (p *Processor) run(ctx context.Context) error {
 				Entities:     entities, Store: store, DeadLetters: deadLetters, Limiter: limiter, Committed: committed,
 				LoadOffset: func(ctx context.Context) (int64, error) { return store.LoadOffset(ctx, c.Kafka.Topic, partition) },
 				Recent:     pipeline.NewRecent(c.Dedupe.CacheSize, c.Dedupe.Window),
-				Backoff:    retryBackoff, Observer: m, Tracer: batchTracer(tracer), Logger: p.logger.With("partition", partition),
+				Backoff:    retryBackoff, Observer: m, Tracer: tracer.batches, Logger: p.logger.With("partition", partition),
 			}, c.Processor.Queue)
 		},
 	})

@@ -147,42 +147,27 @@ func listen(key, addr string) (net.Listener, error) {
 	return ln, nil
 }
 
+// tracers is the binary's tracer as each part takes it; all nil (no
+// tracing, and no per-batch work for it) unless tracing.enabled.
+type tracers struct {
+	uploads    httpapi.Tracer
+	batches    pipeline.Tracer
+	statements postgres.Spans
+}
+
 // startTracing starts the binary's tracer when tracing.enabled; stop sends
 // what is buffered, within a few seconds of the stop.
-func startTracing(ctx context.Context, c config.Tracing, service string) (t *tracing.Tracing, stop func(), err error) {
+func startTracing(ctx context.Context, c config.Tracing, service string) (tracers, func(), error) {
 	if !c.Enabled {
-		return nil, func() {}, nil
+		return tracers{}, func() {}, nil
 	}
-	t, err = tracing.New(ctx, service, c.Endpoint, c.SampleRatio)
+	t, err := tracing.New(ctx, service, c.Endpoint, c.SampleRatio)
 	if err != nil {
-		return nil, nil, err
+		return tracers{}, nil, err
 	}
-	return t, func() {
+	return tracers{uploads: t, batches: t, statements: t}, func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = t.Shutdown(sctx)
 	}, nil
-}
-
-// uploadTracer and batchTracer are t as the interface each side takes, nil
-// (no tracing) when t is.
-func uploadTracer(t *tracing.Tracing) httpapi.Tracer {
-	if t == nil {
-		return nil
-	}
-	return t
-}
-
-func batchTracer(t *tracing.Tracing) pipeline.Tracer {
-	if t == nil {
-		return nil
-	}
-	return t
-}
-
-func dbSpans(t *tracing.Tracing) postgres.Spans {
-	if t == nil {
-		return nil
-	}
-	return t
 }

@@ -48,8 +48,7 @@ type sample struct {
 func (w *stallWatch) run(ctx context.Context) {
 	t := time.NewTicker(stallEvery)
 	defer t.Stop()
-	last := int64(-1)
-	var since time.Time // records have waited, none committed, since then
+	whole := &partWatch{last: -1} // the topic as one: its stall is the run's
 	parts := map[int32]*partWatch{}
 	for {
 		select {
@@ -78,17 +77,10 @@ func (w *stallWatch) run(ctx context.Context) {
 					w.notePartition(p, d, began.Sub(w.start))
 				}
 			}
-			switch {
-			case done != last:
-				last, since = done, time.Time{}
-			case end <= done:
-				since = time.Time{}
-			case since.IsZero():
-				since = now
-			}
+			whole.observe(now, done, end)
 		}
-		if !since.IsZero() {
-			w.note(now.Sub(since), since.Sub(w.start))
+		if !whole.since.IsZero() { // a sample that failed is spanned
+			w.note(now.Sub(whole.since), whole.since.Sub(w.start))
 		}
 	}
 }
@@ -101,14 +93,14 @@ func (w *stallWatch) note(d, at time.Duration) {
 	}
 }
 
-// partWatch is one partition's stall, as run follows the whole's.
+// partWatch follows a stall: of one partition, or of the whole topic.
 type partWatch struct {
-	last  int64
-	since time.Time
+	last  int64     // the stored offset last seen
+	since time.Time // records have waited, none committed, since then
 }
 
-// observe takes a sample of the partition's stored and end offsets and
-// reports how long it has stalled, if it has.
+// observe takes a sample of the stored and end offsets and reports how
+// long they have stalled, if they have.
 func (pw *partWatch) observe(now time.Time, done, end int64) (d time.Duration, began time.Time, stalled bool) {
 	switch {
 	case done != pw.last:
