@@ -133,7 +133,8 @@ type Group struct {
 	Messages []*Message
 	Rows     []Fields
 	// Generation orders groups: a row deleted and then upserted in one
-	// batch is written by two statements, the delete's first.
+	// batch is written by two statements, the delete's first; so is a row
+	// inserted or updated after another command of the batch.
 	Generation int
 }
 
@@ -144,7 +145,10 @@ type Group struct {
 // applied one by one). Without versions, later upserts of a row merge their
 // columns over earlier ones, a delete supersedes what came before it, and an
 // upsert after a delete starts a new generation; superseded commands count
-// as applied, having been overwritten within the batch. fresh must be in
+// as applied, having been overwritten within the batch. Inserts and updates
+// of a row are never merged with its other commands: each starts a new
+// generation, and so does a command after one (a batch that repeats one key
+// with such ops costs a statement a command for that key). fresh must be in
 // offset order. Plan returns the outcome it decided for each superseded
 // command.
 func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) {
@@ -174,6 +178,14 @@ func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) 
 			cur = &slot{key: key, msg: m, data: m.Command.Data}
 			current[rk] = cur
 			slots = append(slots, cur)
+		case m.Command.Op.Conditional() || cur.msg.Command.Op.Conditional():
+			// An insert or an update, or a command after one: its effect
+			// depends on whether the row is there, which only the database
+			// knows once the command before has run. It runs after that
+			// one, in a generation of its own.
+			next := &slot{gen: cur.gen + 1, key: key, msg: m, data: m.Command.Data}
+			current[rk] = next
+			slots = append(slots, next)
 		case e.Versioned():
 			if *m.Command.Version > *cur.msg.Command.Version {
 				superseded[cur.msg] = OutcomeStale
@@ -208,7 +220,7 @@ func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) 
 		m := sl.msg
 		e := es[m.Command.Entity]
 		cols = cols[:0]
-		if m.Command.Op == OpUpsert {
+		if m.Command.Op.Writes() {
 			cols = dataColumns(cols, e, sl.data)
 		}
 		sig = append(append(append(sig[:0], e.Name...), 0), m.Command.Op...)

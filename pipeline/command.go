@@ -3,6 +3,8 @@ package pipeline
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -21,7 +23,36 @@ const (
 	OpUpsert Op = "upsert"
 	// OpDelete removes the row named by the key columns in Data.
 	OpDelete Op = "delete"
+	// OpInsert inserts the row only when its key is absent; otherwise the
+	// command's outcome is exists.
+	OpInsert Op = "insert"
+	// OpUpdate updates the columns named in Data only when the row is
+	// present; otherwise the command's outcome is missing.
+	OpUpdate Op = "update"
 )
+
+// Ops lists every op, upsert (the default) first.
+var Ops = []Op{OpUpsert, OpDelete, OpInsert, OpUpdate}
+
+// OpNames lists the ops for messages: "upsert, delete, insert, update".
+func OpNames() string {
+	names := make([]string, len(Ops))
+	for i, op := range Ops {
+		names[i] = string(op)
+	}
+	return strings.Join(names, ", ")
+}
+
+// Valid tells whether op is one spool knows.
+func (op Op) Valid() bool { return slices.Contains(Ops, op) }
+
+// Conditional tells whether the op's effect depends on whether the row is
+// there: the outcome of an insert or an update is known only once the
+// database answers.
+func (op Op) Conditional() bool { return op == OpInsert || op == OpUpdate }
+
+// Writes tells whether the op writes data columns (all but delete).
+func (op Op) Writes() bool { return op != OpDelete }
 
 // Command is one write, as uploaded and as carried in a Kafka record value.
 //
@@ -50,6 +81,15 @@ const (
 	OutcomeStale Outcome = "stale"
 	// OutcomeConflict means the id was seen before with a different payload.
 	OutcomeConflict Outcome = "conflict"
+	// OutcomeExists means an insert found its row already there (and not
+	// at a version at least as new, which is stale).
+	OutcomeExists Outcome = "exists"
+	// OutcomeMissing means an update found no row to update (and no
+	// tombstone at a version at least as new, which is stale).
+	OutcomeMissing Outcome = "missing"
+	// OutcomeAborted means the command's job was aborted before the command
+	// was applied, so it was skipped.
+	OutcomeAborted Outcome = "aborted"
 	// OutcomeDeadLettered means the command failed permanently and was parked in
 	// the dead-letter topic.
 	OutcomeDeadLettered Outcome = "dead_lettered"
@@ -71,6 +111,9 @@ type Counts struct {
 	Duplicate    int64 `json:"duplicate"`
 	Stale        int64 `json:"stale"`
 	Conflict     int64 `json:"conflict"`
+	Exists       int64 `json:"exists"`
+	Missing      int64 `json:"missing"`
+	Aborted      int64 `json:"aborted"`
 	DeadLettered int64 `json:"dead_lettered"`
 }
 
@@ -85,6 +128,12 @@ func (c *Counts) Add(o Outcome) {
 		c.Stale++
 	case OutcomeConflict:
 		c.Conflict++
+	case OutcomeExists:
+		c.Exists++
+	case OutcomeMissing:
+		c.Missing++
+	case OutcomeAborted:
+		c.Aborted++
 	case OutcomeDeadLettered:
 		c.DeadLettered++
 	case OutcomeRedelivered:
@@ -96,8 +145,36 @@ func (c *Counts) Add(o Outcome) {
 
 // Done is the number of commands that reached an outcome.
 func (c Counts) Done() int64 {
-	return c.Applied + c.Duplicate + c.Stale + c.Conflict + c.DeadLettered
+	return c.Applied + c.Duplicate + c.Stale + c.Conflict + c.Exists + c.Missing + c.Aborted + c.DeadLettered
 }
+
+// Get returns the count of one outcome (0 for one not counted here).
+func (c *Counts) Get(o Outcome) int64 {
+	switch o {
+	case OutcomeApplied:
+		return c.Applied
+	case OutcomeDuplicate:
+		return c.Duplicate
+	case OutcomeStale:
+		return c.Stale
+	case OutcomeConflict:
+		return c.Conflict
+	case OutcomeExists:
+		return c.Exists
+	case OutcomeMissing:
+		return c.Missing
+	case OutcomeAborted:
+		return c.Aborted
+	case OutcomeDeadLettered:
+		return c.DeadLettered
+	}
+	return 0
+}
+
+// CountedOutcomes are the outcomes Counts tallies, in the order the API
+// and the tools show them.
+var CountedOutcomes = []Outcome{OutcomeApplied, OutcomeDuplicate, OutcomeStale, OutcomeConflict,
+	OutcomeExists, OutcomeMissing, OutcomeAborted, OutcomeDeadLettered}
 
 // JobState is where a job stands.
 type JobState string

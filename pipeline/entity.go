@@ -148,9 +148,10 @@ func (es Entities) entityOf(id CommandID, entity *string, op *Op, version *int64
 	switch *op {
 	case "":
 		*op = OpUpsert
-	case OpUpsert, OpDelete:
 	default:
-		return nil, Errorf(ClassInvalidCommand, "op %s is not one of upsert, delete", Quote(string(*op)))
+		if !op.Valid() {
+			return nil, Errorf(ClassInvalidCommand, "op %s is not one of %s", Quote(string(*op)), OpNames())
+		}
 	}
 	if e.Versioned() && version == nil {
 		return nil, Errorf(ClassMissingKey, "version is required: entity %q is guarded by column %q", e.Name, e.VersionColumn)

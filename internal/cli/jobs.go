@@ -136,8 +136,9 @@ func printJob(w io.Writer, j *httpapi.JobView, out string) error {
 	fmt.Fprintf(tw, "progress\t%.1f%%\n", j.Progress*100)
 	c := j.Counts
 	fmt.Fprintf(tw, "received\t%d\naccepted\t%d\nrejected\t%d\n", c.Received, c.Accepted, c.Rejected)
-	fmt.Fprintf(tw, "applied\t%d\nduplicate\t%d\nstale\t%d\nconflict\t%d\ndead_lettered\t%d\n",
-		c.Applied, c.Duplicate, c.Stale, c.Conflict, c.DeadLettered)
+	for _, o := range pipeline.CountedOutcomes {
+		fmt.Fprintf(tw, "%s\t%d\n", o, c.Get(o))
+	}
 	fmt.Fprintf(tw, "created\t%s\n", j.CreatedAt.Format(time.RFC3339))
 	if j.CompletedAt != nil {
 		fmt.Fprintf(tw, "completed\t%s\n", j.CompletedAt.Format(time.RFC3339))

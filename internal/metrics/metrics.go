@@ -178,12 +178,13 @@ func (m *Metrics) BatchWritten(size int, d time.Duration, outcomes []pipeline.Ou
 			redelivered++
 		}
 	}
-	for o, n := range map[pipeline.Outcome]int64{pipeline.OutcomeApplied: c.Applied, pipeline.OutcomeDuplicate: c.Duplicate,
-		pipeline.OutcomeStale: c.Stale, pipeline.OutcomeConflict: c.Conflict, pipeline.OutcomeDeadLettered: c.DeadLettered,
-		pipeline.OutcomeRedelivered: redelivered} {
-		if n > 0 {
+	for _, o := range pipeline.CountedOutcomes {
+		if n := c.Get(o); n > 0 {
 			m.records.WithLabelValues(string(o)).Add(float64(n))
 		}
+	}
+	if redelivered > 0 {
+		m.records.WithLabelValues(string(pipeline.OutcomeRedelivered)).Add(float64(redelivered))
 	}
 }
 

@@ -33,8 +33,9 @@ func TestStoreConformance(t *testing.T) {
 			Counts: func(ctx context.Context, job pipeline.JobID) (pipeline.Counts, error) {
 				var c pipeline.Counts
 				err := db.Pool.QueryRow(ctx, `SELECT coalesce(sum(applied), 0), coalesce(sum(duplicate), 0), coalesce(sum(stale), 0),
-					coalesce(sum(conflict), 0), coalesce(sum(dead_lettered), 0) FROM spool_job_counts WHERE job_id = $1`, job).
-					Scan(&c.Applied, &c.Duplicate, &c.Stale, &c.Conflict, &c.DeadLettered)
+					coalesce(sum(conflict), 0), coalesce(sum("exists"), 0), coalesce(sum(missing), 0), coalesce(sum(aborted), 0),
+					coalesce(sum(dead_lettered), 0) FROM spool_job_counts WHERE job_id = $1`, job).
+					Scan(&c.Applied, &c.Duplicate, &c.Stale, &c.Conflict, &c.Exists, &c.Missing, &c.Aborted, &c.DeadLettered)
 				return c, err
 			},
 			Failures: func(ctx context.Context, job pipeline.JobID) ([]pipeline.Failure, error) {

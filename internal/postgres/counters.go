@@ -8,6 +8,10 @@ import (
 	"github.com/spoolhq/spool/pipeline"
 )
 
+// countColumns are spool_job_counts' tallies, in pipeline.CountedOutcomes'
+// order.
+const countColumns = `applied, duplicate, stale, conflict, "exists", missing, aborted, dead_lettered`
+
 // addCounts ends an INSERT INTO spool_job_counts AS c: counts add up.
 const addCounts = `
 		ON CONFLICT (job_id, partition) DO UPDATE SET
@@ -15,31 +19,38 @@ const addCounts = `
 			duplicate = c.duplicate + EXCLUDED.duplicate,
 			stale = c.stale + EXCLUDED.stale,
 			conflict = c.conflict + EXCLUDED.conflict,
+			"exists" = c."exists" + EXCLUDED."exists",
+			missing = c.missing + EXCLUDED.missing,
+			aborted = c.aborted + EXCLUDED.aborted,
 			dead_lettered = c.dead_lettered + EXCLUDED.dead_lettered`
 
 func queueCounts(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
 	counts := pipeline.JobCounts(b.Messages, outcomes)
 	var jobs []string
-	var applied, duplicate, stale, conflict, dead []int64
+	// One array an outcome, in pipeline.CountedOutcomes' order.
+	tallies := make([][]int64, len(pipeline.CountedOutcomes))
 	for job, c := range counts {
 		if job == "" {
 			continue // a record without a job (produced by another tool) has no counters
 		}
 		jobs = append(jobs, string(job))
-		applied = append(applied, c.Applied)
-		duplicate = append(duplicate, c.Duplicate)
-		stale = append(stale, c.Stale)
-		conflict = append(conflict, c.Conflict)
-		dead = append(dead, c.DeadLettered)
+		for i, o := range pipeline.CountedOutcomes {
+			tallies[i] = append(tallies[i], c.Get(o))
+		}
 	}
 	if len(jobs) == 0 {
 		return
 	}
-	q.Queue(`INSERT INTO spool_job_counts AS c (job_id, partition, applied, duplicate, stale, conflict, dead_lettered)
-		SELECT j, $2, a, du, s, co, de FROM unnest($1::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[]) AS u(j, a, du, s, co, de)
+	args := []any{jobs, b.Partition}
+	for _, t := range tallies {
+		args = append(args, t)
+	}
+	q.Queue(`INSERT INTO spool_job_counts AS c (job_id, partition, `+countColumns+`)
+		SELECT j, $2, a, du, s, co, ex, mi, ab, de
+		FROM unnest($1::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])
+			AS u(j, a, du, s, co, ex, mi, ab, de)
 		ORDER BY j
-		`+addCounts,
-		jobs, b.Partition, applied, duplicate, stale, conflict, dead)
+		`+addCounts, args...)
 }
 
 // conflictError is the failure message of a conflicting command.
@@ -71,10 +82,12 @@ func queueMoves(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
 		moved AS (SELECT * FROM cleared UNION ALL SELECT * FROM conflicted),
 		remembered AS (INSERT INTO spool_job_replays (job_id, idx)
 			SELECT job_id, idx FROM moved ORDER BY job_id, idx ON CONFLICT DO NOTHING)
-		INSERT INTO spool_job_counts AS c (job_id, partition, applied, duplicate, stale, conflict, dead_lettered)
+		INSERT INTO spool_job_counts AS c (job_id, partition, `+countColumns+`)
 		SELECT job_id, $4,
 			count(*) FILTER (WHERE outcome = 'applied'), count(*) FILTER (WHERE outcome = 'duplicate'),
-			count(*) FILTER (WHERE outcome = 'stale'), count(*) FILTER (WHERE outcome = 'conflict'), -count(*)
+			count(*) FILTER (WHERE outcome = 'stale'), count(*) FILTER (WHERE outcome = 'conflict'),
+			count(*) FILTER (WHERE outcome = 'exists'), count(*) FILTER (WHERE outcome = 'missing'),
+			count(*) FILTER (WHERE outcome = 'aborted'), -count(*)
 		FROM moved GROUP BY job_id ORDER BY job_id
 		`+addCounts,
 		jobs, idx, to, b.Partition, conflictError)

@@ -174,7 +174,7 @@ func (s *Store) settleChanging(ctx context.Context, ids []string) error {
 const settleState = `
 	WITH c AS (
 		SELECT j.job_id, j.state, j.accepted, j.rejected,
-			coalesce(sum(c.applied + c.duplicate + c.stale + c.conflict + c.dead_lettered), 0) AS done,
+			coalesce(sum(c.applied + c.duplicate + c.stale + c.conflict + c."exists" + c.missing + c.aborted + c.dead_lettered), 0) AS done,
 			coalesce(sum(c.conflict + c.dead_lettered), 0) AS bad
 		FROM spool_jobs j LEFT JOIN spool_job_counts c ON c.job_id = j.job_id
 		WHERE {{filter}}
@@ -192,11 +192,11 @@ const settleState = `
 const jobSelect = `
 	SELECT j.job_id, j.tenant, j.state, j.received, j.accepted, j.rejected, j.error,
 		j.created_at, j.updated_at, j.completed_at,
-		coalesce(c.applied, 0), coalesce(c.duplicate, 0), coalesce(c.stale, 0),
-		coalesce(c.conflict, 0), coalesce(c.dead_lettered, 0)
+		coalesce(c.applied, 0), coalesce(c.duplicate, 0), coalesce(c.stale, 0), coalesce(c.conflict, 0),
+		coalesce(c."exists", 0), coalesce(c.missing, 0), coalesce(c.aborted, 0), coalesce(c.dead_lettered, 0)
 	FROM spool_jobs j LEFT JOIN LATERAL (
-		SELECT sum(applied) AS applied, sum(duplicate) AS duplicate, sum(stale) AS stale,
-			sum(conflict) AS conflict, sum(dead_lettered) AS dead_lettered
+		SELECT sum(applied) AS applied, sum(duplicate) AS duplicate, sum(stale) AS stale, sum(conflict) AS conflict,
+			sum("exists") AS "exists", sum(missing) AS missing, sum(aborted) AS aborted, sum(dead_lettered) AS dead_lettered
 		FROM spool_job_counts WHERE job_id = j.job_id) c ON true`
 
 func scanJob(row pgx.Row) (*pipeline.Job, error) {
@@ -204,7 +204,8 @@ func scanJob(row pgx.Row) (*pipeline.Job, error) {
 	var errMsg *string
 	err := row.Scan(&j.ID, &j.Tenant, &j.State, &j.Received, &j.Accepted, &j.Rejected, &errMsg,
 		&j.CreatedAt, &j.UpdatedAt, &j.CompletedAt,
-		&j.Counts.Applied, &j.Counts.Duplicate, &j.Counts.Stale, &j.Counts.Conflict, &j.Counts.DeadLettered)
+		&j.Counts.Applied, &j.Counts.Duplicate, &j.Counts.Stale, &j.Counts.Conflict,
+		&j.Counts.Exists, &j.Counts.Missing, &j.Counts.Aborted, &j.Counts.DeadLettered)
 	if err != nil {
 		return nil, err
 	}

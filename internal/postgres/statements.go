@@ -36,10 +36,11 @@ func parseKeys(e *pipeline.Entity, ks []string) (keys, error) {
 	return keys{entity: e, cols: cols}, nil
 }
 
-// queueGroup queues one group's statement; once it has run, stale is
-// called with each command the version guard skipped. It returns the
-// group's keys.
-func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, stale func(*pipeline.Message)) (keys, error) {
+// queueGroup queues one group's statement; once it has run, skipped is
+// called with each command that did not apply and its outcome: stale where
+// the version guard skipped it, exists or missing where an insert found its
+// row or an update did not. It returns the group's keys.
+func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, skipped func(*pipeline.Message, pipeline.Outcome)) (keys, error) {
 	e := g.Entity
 	cols := append(append([]string{}, e.Key...), g.Columns...)
 	args := make([]any, 0, len(cols)+1)
@@ -81,6 +82,20 @@ func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, stale func(*pipeline
 		args = append(args, vers, e.QualifiedName())
 	}
 	q.Queue(s.groupSQL(g, cols), args...).Query(func(rows pgx.Rows) error {
+		if g.Op.Conditional() {
+			// The statement lists the rows that did not apply, by their
+			// ordinals, with their outcomes.
+			var ord int64
+			var o pipeline.Outcome
+			_, err := pgx.ForEachRow(rows, []any{&ord, &o}, func() error {
+				skipped(g.Messages[ord-1], o)
+				return nil
+			})
+			if err != nil {
+				return classify(fmt.Errorf("%s %d rows of %s: %w", gerund(g.Op), len(g.Messages), e.Name, err))
+			}
+			return nil
+		}
 		// The statement lists the rows it wrote (upsert) or found stale
 		// (delete), for versioned entities: by their keys where they round
 		// trip, else by their ordinals.
@@ -101,7 +116,7 @@ func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, stale func(*pipeline
 		if e.Versioned() {
 			for i, m := range g.Messages {
 				if listed[i] == (g.Op == pipeline.OpDelete) {
-					stale(m)
+					skipped(m, pipeline.OutcomeStale)
 				}
 			}
 		}
@@ -157,7 +172,8 @@ func matchWritten(rows pgx.Rows, cols []texts, listed []bool) error {
 // which storing them applies), so one statement of any size is one round
 // trip. For versioned entities it returns the written rows' keys (upsert,
 // where Entity.KeysRoundTrip), else the 1-based ordinals of the written
-// rows (upsert) or of the stale ones (delete).
+// rows (upsert) or of the stale ones (delete); inserts and updates return
+// the ordinals of the rows that did not apply, with their outcome.
 func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 	// The statement depends on entity, op and columns, not the generation.
 	sig := g.Entity.Name + "\x00" + string(g.Op) + "\x00" + strings.Join(g.Columns, "\x00")
@@ -166,7 +182,7 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 	}
 	e := g.Entity
 	tbl := table(e)
-	var aliases, params, casts, keyJoin, keyOrder []string
+	var aliases, params, casts, keyJoin, keyOrder, lockedJoin, writtenJoin []string
 	for i, c := range cols {
 		a := fmt.Sprintf("a%d", i)
 		aliases = append(aliases, a)
@@ -175,6 +191,8 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 		if i < len(e.Key) {
 			keyJoin = append(keyJoin, fmt.Sprintf("t.%s = v.%s", ident(c), a))
 			keyOrder = append(keyOrder, "v."+a)
+			lockedJoin = append(lockedJoin, fmt.Sprintf("t.%s = l.%s", ident(c), a))
+			writtenJoin = append(writtenJoin, fmt.Sprintf("w.%s = v.%s", ident(c), a))
 		}
 	}
 	targetCols := idents(cols)
@@ -226,6 +244,54 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 	case g.Op == pipeline.OpDelete:
 		sql = fmt.Sprintf(`WITH v AS (%s) DELETE FROM %s t USING v WHERE %s`,
 			input, tbl, strings.Join(keyJoin, " AND "))
+	case g.Op.Conditional():
+		// Both list the rows that did not apply with their outcome. The
+		// final SELECT sees the snapshot from before the statement: a row
+		// or a tombstone at least as new going in makes the command stale,
+		// else it is exists (insert) or missing (update).
+		newer := "false"
+		if e.Versioned() {
+			newer = fmt.Sprintf("EXISTS (SELECT 1 FROM %s t WHERE %s AND t.%s >= v.ver) OR %s",
+				tbl, strings.Join(keyJoin, " AND "), ident(e.VersionColumn), tombstoned)
+		}
+		if g.Op == pipeline.OpInsert {
+			returning := idents(e.Key)
+			for i, k := range returning {
+				returning[i] = "t." + k
+			}
+			sql = fmt.Sprintf(`WITH v AS (%s),
+			w AS (INSERT INTO %s AS t (%s) SELECT %s FROM v WHERE NOT %s ORDER BY %s ON CONFLICT (%s) DO NOTHING RETURNING %s)
+			SELECT v.spool_ord, CASE WHEN %s THEN 'stale' ELSE 'exists' END FROM v
+			WHERE NOT EXISTS (SELECT 1 FROM w WHERE %s)`,
+				input, tbl, join(targetCols, ", "), strings.Join(values, ", "), tombstoned,
+				strings.Join(keyOrder, ", "), keyCols, join(returning, ", "),
+				newer, strings.Join(writtenJoin, " AND "))
+			break
+		}
+		// An update locks its rows in key order first, as an upsert takes
+		// them, so that concurrent batches wait for each other instead of
+		// deadlocking; a row it locked and the guard let through is
+		// updated. With nothing to set (the key alone, unversioned), the
+		// lock is the whole update.
+		var set []string
+		for i, c := range targetCols[len(e.Key):] {
+			set = append(set, fmt.Sprintf("%s = l.%s", c, strings.TrimPrefix(values[len(e.Key)+i], "v.")))
+		}
+		written := "SELECT l.spool_ord FROM l"
+		if len(set) > 0 {
+			guard := ""
+			if e.Versioned() {
+				guard = fmt.Sprintf(" AND t.%s < l.ver", ident(e.VersionColumn))
+			}
+			written = fmt.Sprintf("UPDATE %s t SET %s FROM l WHERE %s%s RETURNING l.spool_ord",
+				tbl, strings.Join(set, ", "), strings.Join(lockedJoin, " AND "), guard)
+		}
+		sql = fmt.Sprintf(`WITH v AS (%s),
+			l AS (SELECT v.* FROM %s t JOIN v ON %s ORDER BY %s FOR UPDATE OF t),
+			w AS (%s)
+			SELECT v.spool_ord, CASE WHEN %s THEN 'stale' ELSE 'missing' END FROM v
+			WHERE v.spool_ord NOT IN (SELECT spool_ord FROM w)`,
+			input, tbl, strings.Join(keyJoin, " AND "), strings.Join(keyOrder, ", "), written, newer)
 	default:
 		var set []string
 		for _, c := range targetCols[len(e.Key):] {
@@ -286,8 +352,13 @@ func tombstoneKey(e *pipeline.Entity, prefix string) string {
 }
 
 func gerund(op pipeline.Op) string {
-	if op == pipeline.OpDelete {
+	switch op {
+	case pipeline.OpDelete:
 		return "deleting"
+	case pipeline.OpInsert:
+		return "inserting"
+	case pipeline.OpUpdate:
+		return "updating"
 	}
 	return "upserting"
 }

@@ -55,8 +55,8 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/ w
 
 // TestStatementShapes shows every shape of statement built at run time,
 // as golden files (testdata/*.sql; go test -run TestStatementShapes
-// -update rewrites them): upserts with columns to set and with the key
-// alone, deletes, and the repair, for a versioned entity whose keys round
+// -update rewrites them): upserts, inserts and updates with columns to
+// set and with the key alone, deletes, and the repair, for a versioned entity whose keys round
 // trip, a versioned one with a composite key that does not (so the
 // statement joins its input), and an unversioned one.
 func TestStatementShapes(t *testing.T) {
@@ -92,6 +92,14 @@ func TestStatementShapes(t *testing.T) {
 		{"counters_upsert", counters, pipeline.OpUpsert, []string{"n"}},
 		{"counters_upsert_key_only", counters, pipeline.OpUpsert, nil},
 		{"counters_delete", counters, pipeline.OpDelete, nil},
+		{"customers_insert", customers, pipeline.OpInsert, []string{"balance", "name"}},
+		{"customers_update", customers, pipeline.OpUpdate, []string{"balance", "name"}},
+		{"customers_update_key_only", customers, pipeline.OpUpdate, nil},
+		{"events_insert", events, pipeline.OpInsert, []string{"at", "payload"}},
+		{"events_update", events, pipeline.OpUpdate, []string{"at", "payload"}},
+		{"counters_insert", counters, pipeline.OpInsert, []string{"n"}},
+		{"counters_update", counters, pipeline.OpUpdate, []string{"n"}},
+		{"counters_update_key_only", counters, pipeline.OpUpdate, nil},
 	}
 	for _, sh := range shapes {
 		g := &pipeline.Group{Entity: sh.entity, Op: sh.op, Columns: sh.columns}

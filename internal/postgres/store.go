@@ -118,7 +118,7 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 		for _, m := range g.Messages {
 			set(m, pipeline.OutcomeApplied)
 		}
-		written, err := s.queueGroup(&q, &g, func(m *pipeline.Message) { set(m, pipeline.OutcomeStale) })
+		written, err := s.queueGroup(&q, &g, set)
 		if err != nil {
 			return nil, err
 		}

@@ -281,8 +281,8 @@ func newCSVReader(body io.Reader, o Options) (*csvReader, error) {
 	if o.Op == "" {
 		o.Op = pipeline.OpUpsert
 	}
-	if o.Op != pipeline.OpUpsert && o.Op != pipeline.OpDelete {
-		return nil, fmt.Errorf("op %s is not one of upsert, delete", pipeline.Quote(string(o.Op)))
+	if !o.Op.Valid() {
+		return nil, fmt.Errorf("op %s is not one of %s", pipeline.Quote(string(o.Op)), pipeline.OpNames())
 	}
 	g := &guard{r: body, limit: o.MaxRecordBytes}
 	cr := csv.NewReader(g)

@@ -42,6 +42,9 @@ func Run(t *testing.T, newBackend func(t *testing.T) *Backend) {
 		{"Outcomes", testOutcomes},
 		{"DeleteLeavesTombstone", testDeleteLeavesTombstone},
 		{"UnversionedCompositeKey", testUnversionedCompositeKey},
+		{"InsertAndUpdate", testInsertAndUpdate},
+		{"InsertAndUpdateUnversioned", testInsertAndUpdateUnversioned},
+		{"InsertAndUpdateInOneBatch", testInsertAndUpdateInOneBatch},
 		{"FailedBatchLeavesNothing", testFailedBatchLeavesNothing},
 		{"OffsetFencing", testOffsetFencing},
 		{"RedeliveredRecordCountsOnce", testRedeliveredRecordCountsOnce},
@@ -68,6 +71,8 @@ const (
 	conflict     = pipeline.OutcomeConflict
 	deadLettered = pipeline.OutcomeDeadLettered
 	redelivered  = pipeline.OutcomeRedelivered
+	exists       = pipeline.OutcomeExists
+	missing      = pipeline.OutcomeMissing
 )
 
 type suite struct {
@@ -138,6 +143,12 @@ func cust(id, key string, version int, name string) string {
 	return fmt.Sprintf(`{"id":%q,"entity":"customers","version":%d,"data":{"customer_id":%q,"name":%q}}`, id, version, key, name)
 }
 
+// cmd is a customers command of any op.
+func cmd(op pipeline.Op, id, key string, version int, name string) string {
+	return fmt.Sprintf(`{"id":%q,"entity":"customers","op":%q,"version":%d,"data":{"customer_id":%q,"name":%q}}`,
+		id, op, version, key, name)
+}
+
 func del(id, key string, version int) string {
 	return fmt.Sprintf(`{"id":%q,"entity":"customers","op":"delete","version":%d,"data":{"customer_id":%q}}`, id, version, key)
 }
@@ -202,6 +213,90 @@ func testUnversionedCompositeKey(t *testing.T, s *suite) {
 	lines, err := s.Lines(t.Context())
 	require.NoError(t, err)
 	require.Equal(t, map[string]int64{"o/1": 2}, lines)
+}
+
+// testInsertAndUpdate: an insert applies only where its row is absent
+// (else exists), an update only where it is present (else missing); the
+// version guard comes first for both, against the row or a tombstone: a
+// command not newer than either is stale, whatever its op.
+func testInsertAndUpdate(t *testing.T, s *suite) {
+	_, err := s.write(t, 0, cust("s1", "present", 2, "p2"), cust("s2", "kept", 2, "k2"),
+		del("s3", "gone-new", 5), del("s4", "gone-old", 2), del("s5", "gone-new-2", 5), del("s6", "gone-old-2", 2))
+	require.NoError(t, err)
+	before := s.counts(t)
+
+	out, err := s.write(t, 0,
+		cmd(pipeline.OpInsert, "i1", "absent", 1, "a1"),       // absent: applied
+		cmd(pipeline.OpInsert, "i2", "present", 3, "x"),       // present, older: exists
+		cmd(pipeline.OpInsert, "i3", "kept", 1, "x"),          // present, not older: stale
+		cmd(pipeline.OpInsert, "i4", "gone-new", 3, "x"),      // a newer tombstone: stale
+		cmd(pipeline.OpInsert, "i5", "gone-old", 3, "back"),   // an older tombstone: applied
+		cmd(pipeline.OpUpdate, "u1", "nowhere", 1, "x"),       // absent: missing
+		cmd(pipeline.OpUpdate, "u2", "gone-new-2", 3, "x"),    // a newer tombstone: stale
+		cmd(pipeline.OpUpdate, "u3", "gone-old-2", 3, "x"),    // an older tombstone, no row: missing
+		cmd(pipeline.OpInsert, "i6", "present-2", 1, "first"), // absent: applied
+	)
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{applied, exists, stale, stale, applied, missing, stale, missing, applied}, out)
+
+	out, err = s.write(t, 1,
+		cmd(pipeline.OpUpdate, "u4", "present", 3, "p3"), // present, older: applied
+		cmd(pipeline.OpUpdate, "u5", "kept", 2, "x"),     // present, same version: stale
+		cmd(pipeline.OpUpdate, "u6", "present-2", 4, ""), // present: applied, the name emptied
+	)
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{applied, stale, applied}, out)
+	require.Equal(t, map[string]string{"present": "p3@3", "kept": "k2@2", "absent": "a1@1", "gone-old": "back@3",
+		"present-2": "@4"}, s.customers(t))
+	after := s.counts(t)
+	require.Equal(t, pipeline.Counts{Applied: 5, Stale: 4, Exists: 1, Missing: 2},
+		pipeline.Counts{Applied: after.Applied - before.Applied, Stale: after.Stale - before.Stale,
+			Exists: after.Exists, Missing: after.Missing})
+}
+
+// testInsertAndUpdateUnversioned: without versions, presence alone decides.
+func testInsertAndUpdateUnversioned(t *testing.T, s *suite) {
+	line := func(op pipeline.Op, id string, n, qty int) string {
+		return fmt.Sprintf(`{"id":%q,"entity":"lines","op":%q,"data":{"order_id":"o","line":%d,"qty":%d}}`, id, op, n, qty)
+	}
+	_, err := s.write(t, 0, line(pipeline.OpUpsert, "l1", 1, 1))
+	require.NoError(t, err)
+	out, err := s.write(t, 0,
+		line(pipeline.OpInsert, "l2", 1, 9), // present: exists
+		line(pipeline.OpInsert, "l3", 2, 2), // absent: applied
+		line(pipeline.OpUpdate, "l4", 3, 9), // absent: missing
+		`{"id":"l5","entity":"lines","op":"update","data":{"order_id":"o","line":1,"note":"n"}}`, // present: applied, qty kept
+		`{"id":"l6","entity":"lines","op":"update","data":{"order_id":"o","line":2}}`,            // the key alone: applied, nothing changed
+		`{"id":"l7","entity":"lines","op":"update","data":{"order_id":"o","line":4}}`,            // the key alone, absent: missing
+	)
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{exists, applied, missing, applied, applied, missing}, out)
+	lines, err := s.Lines(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, map[string]int64{"o/1": 1, "o/2": 2}, lines)
+	require.Equal(t, pipeline.Counts{Applied: 4, Exists: 1, Missing: 2}, s.counts(t))
+}
+
+// testInsertAndUpdateInOneBatch: commands of one key with inserts and
+// updates among them have the effect they would have applied one by one,
+// in offset order.
+func testInsertAndUpdateInOneBatch(t *testing.T, s *suite) {
+	out, err := s.write(t, 0,
+		cmd(pipeline.OpInsert, "m1", "m", 1, "m1"), // absent: applied
+		cmd(pipeline.OpUpdate, "m2", "m", 2, "m2"), // present now: applied
+		cmd(pipeline.OpInsert, "m3", "m", 3, "m3"), // present: exists
+		cmd(pipeline.OpUpdate, "n1", "n", 1, "n1"), // absent: missing
+		cust("n2", "n", 2, "n2"),                   // upsert: applied
+		cmd(pipeline.OpUpdate, "n3", "n", 3, "n3"), // present now: applied
+		cmd(pipeline.OpUpdate, "n4", "n", 1, "x"),  // older than the row now: stale
+		del("o1", "o", 1),                          // absent: applied, a tombstone at 1
+		cmd(pipeline.OpInsert, "o2", "o", 1, "x"),  // not newer than the tombstone: stale
+		cmd(pipeline.OpInsert, "o3", "o", 2, "o2"), // newer: applied
+	)
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{applied, applied, exists, missing, applied, applied, stale, applied, stale, applied}, out)
+	require.Equal(t, map[string]string{"m": "m2@2", "n": "n3@3", "o": "o2@2"}, s.customers(t))
+	require.Equal(t, pipeline.Counts{Applied: 6, Stale: 2, Exists: 1, Missing: 1}, s.counts(t))
 }
 
 // testFailedBatchLeavesNothing: a batch the target refuses leaves no row,

@@ -131,6 +131,7 @@ async function loadJob(id) {
   const c = j.counts;
   for (const [name, n] of [["received", c.received], ["rejected", c.rejected], ["accepted", c.accepted],
     ["applied", c.applied], ["duplicate", c.duplicate], ["stale", c.stale], ["conflict", c.conflict],
+    ["exists", c.exists], ["missing", c.missing], ["aborted", c.aborted],
     ["dead-lettered", c.dead_lettered], ["progress", (j.progress * 100).toFixed(1) + "%"]]) {
     const row = counts.insertRow();
     cell(row, name);

@@ -280,7 +280,7 @@ func (e *env) checkDrain(ctx context.Context, system string, w Workload, want ma
 		return err
 	}
 	repeats := w.Repeats()
-	if got := c.Applied + c.Stale + c.Duplicate + c.Conflict + c.DeadLettered; got != int64(w.N) || c.Duplicate != repeats {
+	if got := c.Done(); got != int64(w.N) || c.Duplicate != repeats {
 		return fmt.Errorf("%s: the job counts %d commands (%+v), the workload has %d, %d of them repeats", system, got, c, w.N, repeats)
 	}
 	return nil

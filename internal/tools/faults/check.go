@@ -204,7 +204,7 @@ func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*tool
 			state = pipeline.JobCompletedWithErrors
 		}
 		want := tooldb.AuditJob{ID: id, State: string(state), Received: n, Accepted: n - rejects, Rejected: rejects,
-			DeadLettered: poison, Failed: rejects + poison}
+			Counts: pipeline.Counts{DeadLettered: poison}, Failed: rejects + poison}
 		got := *j
 		got.Applied, got.Duplicate, got.Stale, got.Conflict, got.Error = 0, 0, 0, 0, ""
 		if got != want || j.Outcomes() != n-rejects || j.Applied < sure || j.Applied > sure+maybe || j.Conflict != 0 {

@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/spoolhq/spool/pipeline"
 )
 
 // The fault suite's view of the database (cmd/spool-faults): its tables,
@@ -84,28 +86,28 @@ func (a *Audit) Dump(ctx context.Context, table, key string, columns ...string) 
 // AuditJob is one job as spool recorded it: its upload's counts and the
 // sums of its outcome counters.
 type AuditJob struct {
-	ID, State, Error                                          string
-	Received, Accepted, Rejected                              int64
-	Applied, Duplicate, Stale, Conflict, DeadLettered, Failed int64
+	ID, State, Error             string
+	Received, Accepted, Rejected int64
+	pipeline.Counts
+	Failed int64
 }
 
 // Outcomes is the number of commands of the job with an outcome.
-func (j *AuditJob) Outcomes() int64 {
-	return j.Applied + j.Duplicate + j.Stale + j.Conflict + j.DeadLettered
-}
+func (j *AuditJob) Outcomes() int64 { return j.Done() }
 
 // Jobs reads every job with its counters and its number of failure rows.
 func (a *Audit) Jobs(ctx context.Context) (map[string]*AuditJob, error) {
 	return collect(ctx, a.pool, func(r pgx.Rows, out map[string]*AuditJob) error {
 		var j AuditJob
 		err := r.Scan(&j.ID, &j.State, &j.Error, &j.Received, &j.Accepted, &j.Rejected,
-			&j.Applied, &j.Duplicate, &j.Stale, &j.Conflict, &j.DeadLettered, &j.Failed)
+			&j.Applied, &j.Duplicate, &j.Stale, &j.Conflict, &j.Exists, &j.Missing, &j.Aborted, &j.DeadLettered, &j.Failed)
 		out[j.ID] = &j
 		return err
 	}, `
 		SELECT j.job_id, j.state, coalesce(j.error, ''), j.received, j.accepted, j.rejected,
 			coalesce(sum(c.applied), 0), coalesce(sum(c.duplicate), 0), coalesce(sum(c.stale), 0),
-			coalesce(sum(c.conflict), 0), coalesce(sum(c.dead_lettered), 0),
+			coalesce(sum(c.conflict), 0), coalesce(sum(c."exists"), 0), coalesce(sum(c.missing), 0),
+			coalesce(sum(c.aborted), 0), coalesce(sum(c.dead_lettered), 0),
 			(SELECT count(*) FROM spool_job_failures f WHERE f.job_id = j.job_id)
 		FROM spool_jobs j LEFT JOIN spool_job_counts c ON c.job_id = j.job_id
 		GROUP BY j.job_id`)

@@ -170,8 +170,9 @@ func (l *Limits) JobsCompleted(ctx context.Context, ids []string) (map[string]ti
 func (l *Limits) JobCounts(ctx context.Context, job string) (pipeline.Counts, error) {
 	var c pipeline.Counts
 	err := l.pool.QueryRow(ctx, `SELECT coalesce(sum(applied), 0), coalesce(sum(duplicate), 0), coalesce(sum(stale), 0),
-		coalesce(sum(conflict), 0), coalesce(sum(dead_lettered), 0) FROM spool_job_counts WHERE job_id = $1`, job).Scan(
-		&c.Applied, &c.Duplicate, &c.Stale, &c.Conflict, &c.DeadLettered)
+		coalesce(sum(conflict), 0), coalesce(sum("exists"), 0), coalesce(sum(missing), 0), coalesce(sum(aborted), 0),
+		coalesce(sum(dead_lettered), 0) FROM spool_job_counts WHERE job_id = $1`, job).Scan(
+		&c.Applied, &c.Duplicate, &c.Stale, &c.Conflict, &c.Exists, &c.Missing, &c.Aborted, &c.DeadLettered)
 	return c, err
 }
 
