@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sort"
 )
@@ -32,6 +33,17 @@ var ErrFenced = errors.New("partition offset was moved by another processor")
 // ErrJobNotFound is returned for a job that does not exist, or belongs to
 // another tenant: the two are indistinguishable on purpose.
 var ErrJobNotFound = errors.New("job not found")
+
+// JobFinishedError is returned for a change a finished job does not take
+// (an abort of a completed job).
+type JobFinishedError struct {
+	ID    JobID
+	State JobState
+}
+
+func (e *JobFinishedError) Error() string {
+	return fmt.Sprintf("job %s is %s already", e.ID, e.State)
+}
 
 // Store applies batches. Implementations must be atomic: the dedupe claims,
 // the writes, the job counters, the failures and the offset commit together
@@ -71,7 +83,13 @@ type Key struct {
 // candidate, a later one with the same payload is a duplicate, with another
 // payload a conflict). Messages that failed decoding are dead-lettered. The
 // worker calls it before each attempt at writing the batch.
-func (b *Batch) Dedupe() *Deduped {
+func (b *Batch) Dedupe() *Deduped { return b.DedupeAborting(nil) }
+
+// DedupeAborting is Dedupe with the messages aborted says yes to (the
+// commands of an aborted job) settled as aborted, unless they were
+// delivered twice in the batch or failed decoding: they take no part in
+// the dedupe, so that a later repeat of their id is a candidate.
+func (b *Batch) DedupeAborting(aborted func(*Message) bool) *Deduped {
 	outcomes := make([]Outcome, len(b.Messages))
 	var repeats map[*Message][]*Message
 	seen := make(map[Key]*Message, len(b.Messages))
@@ -87,6 +105,10 @@ func (b *Batch) Dedupe() *Deduped {
 		}
 		if m.Err != nil {
 			outcomes[i] = OutcomeDeadLettered
+			continue
+		}
+		if aborted != nil && aborted(m) {
+			outcomes[i] = OutcomeAborted
 			continue
 		}
 		k := Key{m.Tenant, m.Command.ID}

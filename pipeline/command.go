@@ -194,7 +194,23 @@ const (
 	// JobFailed means the upload broke off. What was accepted before is still
 	// applied and counted.
 	JobFailed JobState = "failed"
+	// JobAborted means the job was aborted: its commands not applied by then
+	// are skipped by the processors as aborted, and counted so.
+	JobAborted JobState = "aborted"
 )
+
+// JobStates lists every state, in the order a job goes through them.
+var JobStates = []JobState{JobReceiving, JobQueued, JobProcessing, JobCompleted, JobCompletedWithErrors, JobFailed, JobAborted}
+
+// Finished tells whether the state is final: no state follows it (though
+// a failed or aborted job's commands may still be counting in).
+func (s JobState) Finished() bool {
+	switch s {
+	case JobCompleted, JobCompletedWithErrors, JobFailed, JobAborted:
+		return true
+	}
+	return false
+}
 
 // Job is a job's status as the API shows it.
 type Job struct {

@@ -89,7 +89,7 @@ func (r *Recent) remember(msgs []*Message, outcomes []Outcome) {
 	}
 	now := r.now().UnixNano()
 	for i, m := range msgs {
-		if outcomes[i] == OutcomeApplied || outcomes[i] == OutcomeStale {
+		if claimed(outcomes[i]) {
 			s, id := r.slot(Key{m.Tenant, m.Command.ID})
 			e := recentEntry{hash: m.Hash}
 			if o, ok := m.Origin(); ok {
@@ -98,4 +98,14 @@ func (r *Recent) remember(msgs []*Message, outcomes []Outcome) {
 			*s = recentSlot{id: id, claimed: now, recentEntry: e}
 		}
 	}
+}
+
+// claimed tells whether a command with this outcome claimed its id in the
+// ledger: it was fresh and written (or found stale, present or absent).
+func claimed(o Outcome) bool {
+	switch o {
+	case OutcomeApplied, OutcomeStale, OutcomeExists, OutcomeMissing:
+		return true
+	}
+	return false
 }

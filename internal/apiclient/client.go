@@ -88,6 +88,20 @@ func (c *Client) Job(ctx context.Context, id pipeline.JobID) (*httpapi.JobView, 
 	return &v, nil
 }
 
+// AbortJob aborts a job and returns it, aborted; a finished job is an
+// *Error with Status 409.
+func (c *Client) AbortJob(ctx context.Context, id pipeline.JobID) (*httpapi.JobView, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url("/v1/jobs/"+url.PathEscape(string(id))+"/abort"), nil)
+	if err != nil {
+		return nil, err
+	}
+	var v httpapi.JobView
+	if err := c.do(req, &v); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
 // JobsOptions select a page of jobs.
 type JobsOptions struct {
 	State  pipeline.JobState
@@ -131,15 +145,6 @@ func (c *Client) Failures(ctx context.Context, id pipeline.JobID, format string,
 		return err
 	}
 	return c.do(req, w)
-}
-
-// Finished reports whether a job state is final.
-func Finished(s pipeline.JobState) bool {
-	switch s {
-	case pipeline.JobCompleted, pipeline.JobCompletedWithErrors, pipeline.JobFailed:
-		return true
-	}
-	return false
 }
 
 // UnreachableFor bounds how long WaitJob keeps polling a server it cannot
@@ -187,7 +192,7 @@ func (c *Client) WaitJob(ctx context.Context, id pipeline.JobID, every time.Dura
 		if progress != nil {
 			progress(j)
 		}
-		if Finished(j.State) && (j.State != pipeline.JobFailed || j.Progress >= 1) {
+		if j.State.Finished() && (j.State == pipeline.JobCompleted || j.State == pipeline.JobCompletedWithErrors || j.Progress >= 1) {
 			return j, nil
 		}
 		select {

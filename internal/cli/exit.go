@@ -21,14 +21,15 @@ const (
 	// ExitUnreachable: the server, broker or database did not answer, or
 	// --timeout passed.
 	ExitUnreachable = 3
-	// ExitJobFailed: the job itself failed (its upload broke off).
+	// ExitJobFailed: the job itself failed (its upload broke off) or was
+	// aborted.
 	ExitJobFailed = 4
 )
 
 // exitCodes is the help's account of the codes.
 const exitCodes = `Exit codes: 0 done (and the job completed cleanly); 1 the job ended with errors, or another failure;
 2 usage: a bad flag, argument, output format or configuration; 3 the server, broker or database did
-not answer, or --timeout passed; 4 the job failed.`
+not answer, or --timeout passed; 4 the job failed or was aborted.`
 
 // exitError is an error with the exit code it ends spoolctl with.
 type exitError struct {

@@ -32,7 +32,15 @@ func newJobsCmd() *cobra.Command {
 	addTimeoutFlag(wait)
 	failures := jobCmd("failures", "List a job's rejected, conflicting and dead-lettered commands, by input index (json: NDJSON)",
 		[]string{"text", "json", "csv"}, printFailures)
-	cmd.AddCommand(get, newJobsListCmd(), failures, wait)
+	abort := jobCmd("abort", "Abort a job: its commands not applied yet are skipped, counted as aborted", []string{"text", "json"},
+		func(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error {
+			j, err := client.AbortJob(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			return printJob(cmd.OutOrStdout(), j, out)
+		})
+	cmd.AddCommand(get, newJobsListCmd(), failures, wait, abort)
 	return cmd
 }
 

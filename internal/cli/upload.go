@@ -274,7 +274,7 @@ func waitJob(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, ou
 	switch j.State {
 	case pipeline.JobCompleted:
 		return nil
-	case pipeline.JobFailed:
+	case pipeline.JobFailed, pipeline.JobAborted:
 		return withCode(ExitJobFailed, fmt.Errorf("job %s ended %s", field(string(j.JobID)), field(string(j.State))))
 	}
 	return withCode(ExitFailed, fmt.Errorf("job %s ended %s", field(string(j.JobID)), field(string(j.State))))

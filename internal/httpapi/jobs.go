@@ -6,7 +6,9 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -74,6 +76,24 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, viewOf(j))
 }
 
+// abortJob stops a job: its commands not applied yet end aborted. A
+// finished job cannot be aborted (409).
+func (s *Server) abortJob(w http.ResponseWriter, r *http.Request) {
+	j, err := s.cfg.Jobs.AbortJob(r.Context(), tenantOf(r.Context()), pipeline.JobID(r.PathValue("job_id")))
+	var finished *pipeline.JobFinishedError
+	switch {
+	case errors.Is(err, pipeline.ErrJobNotFound):
+		writeProblem(w, http.StatusNotFound, "no job "+r.PathValue("job_id"))
+	case errors.As(err, &finished):
+		writeProblem(w, http.StatusConflict, fmt.Sprintf("job %s is %s already: only a job receiving, queued or processing can be aborted",
+			r.PathValue("job_id"), finished.State))
+	case err != nil:
+		s.unavailable(w, r, "aborting the job", err)
+	default:
+		writeJSON(w, http.StatusOK, viewOf(j))
+	}
+}
+
 // unavailable answers 503 for a store that failed, logging why.
 func (s *Server) unavailable(w http.ResponseWriter, r *http.Request, what string, err error) {
 	s.log(r.Context()).Error(what, "error", err)
@@ -125,21 +145,11 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-var states = []pipeline.JobState{pipeline.JobReceiving, pipeline.JobQueued, pipeline.JobProcessing,
-	pipeline.JobCompleted, pipeline.JobCompletedWithErrors, pipeline.JobFailed}
-
-func knownState(s pipeline.JobState) bool {
-	for _, k := range states {
-		if s == k {
-			return true
-		}
-	}
-	return false
-}
+func knownState(s pipeline.JobState) bool { return slices.Contains(pipeline.JobStates, s) }
 
 func stateNames() []string {
-	names := make([]string, len(states))
-	for i, s := range states {
+	names := make([]string, len(pipeline.JobStates))
+	for i, s := range pipeline.JobStates {
 		names[i] = string(s)
 	}
 	return names

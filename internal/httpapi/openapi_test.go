@@ -58,6 +58,19 @@ func (f *fakeJobs) Job(_ context.Context, tenant string, id pipeline.JobID) (*pi
 	}
 	return nil, pipeline.ErrJobNotFound
 }
+func (f *fakeJobs) AbortJob(ctx context.Context, tenant string, id pipeline.JobID) (*pipeline.Job, error) {
+	j, err := f.Job(ctx, tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if j.State.Finished() {
+		return nil, &pipeline.JobFinishedError{ID: id, State: j.State}
+	}
+	j.State = pipeline.JobAborted
+	return j, nil
+}
 func (f *fakeJobs) Jobs(_ context.Context, tenant string, q pipeline.JobQuery) ([]*pipeline.Job, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -244,7 +257,11 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 	do("GET", "/v1/jobs/job-1/failures?format=xml", "", "", "", 400)
 	do("GET", "/v1/jobs/nope/failures", "", "", "", 404)
 	do("GET", "/v1/dead-letters", "", "", "", 200)
+	do("POST", "/v1/jobs/job-1/abort", "", "", "", 200)
+	do("POST", "/v1/jobs/job-1/abort", "", "", "", 409)
+	do("POST", "/v1/jobs/nope/abort", "", "", "", 404)
 	jobs.readFail = true
+	do("POST", "/v1/jobs/job-1/abort", "", "", "", 503)
 	do("GET", "/v1/jobs/job-1", "", "", "", 503)
 	do("GET", "/v1/jobs", "", "", "", 503)
 	do("GET", "/v1/jobs/job-1/failures", "", "", "", 503)
@@ -256,7 +273,7 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 	do("GET", "/openapi.yaml", "", "", "", 200)
 	// Without a key: 401 on both API routes.
 	for _, r := range []struct{ method, path string }{{"POST", "/v1/jobs"}, {"GET", "/v1/jobs/job-1"}, {"GET", "/v1/jobs"},
-		{"GET", "/v1/jobs/job-1/failures"}, {"GET", "/v1/dead-letters"}} {
+		{"GET", "/v1/jobs/job-1/failures"}, {"GET", "/v1/dead-letters"}, {"POST", "/v1/jobs/job-1/abort"}} {
 		req, err := http.NewRequest(r.method, srv.URL+r.path, strings.NewReader(good))
 		require.NoError(t, err)
 		resp, err := http.DefaultClient.Do(req)

@@ -32,6 +32,9 @@ type Jobs interface {
 	ProgressJob(ctx context.Context, id pipeline.JobID, r pipeline.UploadResult) error
 	FinishUpload(ctx context.Context, id pipeline.JobID, r pipeline.UploadResult) error
 	Job(ctx context.Context, tenant string, id pipeline.JobID) (*pipeline.Job, error)
+	// AbortJob aborts a tenant's job and returns it; a finished job is a
+	// *pipeline.JobFinishedError.
+	AbortJob(ctx context.Context, tenant string, id pipeline.JobID) (*pipeline.Job, error)
 	Jobs(ctx context.Context, tenant string, q pipeline.JobQuery) ([]*pipeline.Job, error)
 	Failures(ctx context.Context, tenant string, id pipeline.JobID, fn func(pipeline.Failure) error) error
 	DeadLetters(ctx context.Context, tenant string) (map[pipeline.ErrorClass]int64, error)
@@ -121,6 +124,7 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("GET /v1/jobs", s.authenticate(s.listJobs))
 	s.mux.HandleFunc("GET /v1/jobs/{job_id}", s.authenticate(s.getJob))
 	s.mux.HandleFunc("GET /v1/jobs/{job_id}/failures", s.authenticate(s.listFailures))
+	s.mux.HandleFunc("POST /v1/jobs/{job_id}/abort", s.authenticate(s.abortJob))
 	s.mux.HandleFunc("GET /v1/dead-letters", s.authenticate(s.deadLetters))
 	handleHealth(s.mux, cfg.Logger, Dependency{"PostgreSQL", cfg.Jobs.Ping}, Dependency{"Kafka", cfg.Producer.Ping})
 	s.mux.HandleFunc("GET /openapi.yaml", func(w http.ResponseWriter, _ *http.Request) {

@@ -152,3 +152,53 @@ func queueRedeliveries(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outc
 		return nil
 	})
 }
+
+// queueAbortedRedeliveries queues the turning into redelivered of the
+// aborted commands that are records Kafka delivered again: their place
+// was counted when they first came (applied or stale by the ledger's
+// origin, conflict or dead-lettered by a failure row, moved by a replay,
+// duplicate or aborted by spool_job_repeats, where each aborted command's
+// place is remembered).
+func queueAbortedRedeliveries(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
+	var jobs, tenants, ids []string
+	var idx, origins []int64
+	at := map[pipeline.Origin]int{}
+	for i, m := range b.Messages {
+		o, ok := m.Origin()
+		if !ok || outcomes[i] != pipeline.OutcomeAborted {
+			continue
+		}
+		jobs, idx, origins = append(jobs, string(o.Job)), append(idx, o.Index), append(origins, o.Sum())
+		tenants, ids = append(tenants, m.Tenant), append(ids, string(m.Command.ID))
+		at[o] = i
+	}
+	if len(jobs) == 0 {
+		return
+	}
+	q.Queue(`
+		WITH a AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[])
+			AS a(job_id, idx, tenant, command_id, origin)),
+		counted AS (
+			SELECT a.job_id, a.idx FROM a
+			WHERE EXISTS (SELECT 1 FROM spool_job_failures f WHERE f.job_id = a.job_id AND f.idx = a.idx)
+			   OR EXISTS (SELECT 1 FROM spool_job_replays p WHERE p.job_id = a.job_id AND p.idx = a.idx)
+			   OR EXISTS (SELECT 1 FROM spool_ledger l
+					WHERE l.tenant = a.tenant COLLATE "C" AND l.command_id = a.command_id COLLATE "C" AND l.origin = a.origin)),
+		fresh AS (
+			INSERT INTO spool_job_repeats (job_id, idx)
+			SELECT job_id, idx FROM a WHERE (job_id, idx) NOT IN (SELECT job_id, idx FROM counted) ORDER BY job_id, idx
+			ON CONFLICT DO NOTHING
+			RETURNING job_id, idx)
+		SELECT a.job_id, a.idx FROM a WHERE (a.job_id, a.idx) NOT IN (SELECT job_id, idx FROM fresh)`,
+		jobs, idx, tenants, ids, origins).Query(func(rows pgx.Rows) error {
+		var o pipeline.Origin
+		_, err := pgx.ForEachRow(rows, []any{&o.Job, &o.Index}, func() error {
+			outcomes[at[o]] = pipeline.OutcomeRedelivered
+			return nil
+		})
+		if err != nil {
+			return classify(fmt.Errorf("looking for redelivered aborted records: %w", err))
+		}
+		return nil
+	})
+}

@@ -38,6 +38,13 @@ func TestStoreConformance(t *testing.T) {
 					Scan(&c.Applied, &c.Duplicate, &c.Stale, &c.Conflict, &c.Exists, &c.Missing, &c.Aborted, &c.DeadLettered)
 				return c, err
 			},
+			Abort: func(ctx context.Context, job pipeline.JobID) error {
+				if err := store.CreateJob(ctx, job, "tenant"); err != nil {
+					return err
+				}
+				_, err := store.AbortJob(ctx, "tenant", job)
+				return err
+			},
 			Failures: func(ctx context.Context, job pipeline.JobID) ([]pipeline.Failure, error) {
 				rows, err := db.Pool.Query(ctx, `SELECT idx, command_id, outcome, error_class, value_sha256
 					FROM spool_job_failures WHERE job_id = $1 ORDER BY idx`, job)

@@ -49,8 +49,11 @@ func (s *Store) FinishUpload(ctx context.Context, id pipeline.JobID, r pipeline.
 		m := clean(r.Err.Error())
 		msg = &m
 	}
+	// A job aborted while its upload ran stays aborted, with the upload's
+	// final counts.
 	_, err := s.pool.Exec(ctx, `UPDATE spool_jobs
-		SET state = $2, received = $3, accepted = $4, rejected = $5, error = $6, updated_at = now()
+		SET state = CASE WHEN state = 'aborted' THEN state ELSE $2 END, received = $3, accepted = $4, rejected = $5,
+			error = CASE WHEN state = 'aborted' THEN error ELSE $6 END, updated_at = now()
 		WHERE job_id = $1`, id, state, r.Received, r.Accepted, r.Rejected, msg)
 	if err != nil {
 		return classify(fmt.Errorf("finishing upload of job %s: %w", id, err))
@@ -62,11 +65,35 @@ func (s *Store) FinishUpload(ctx context.Context, id pipeline.JobID, r pipeline.
 // upload's heartbeat, so that AbandonJobs leaves the job alone.
 func (s *Store) ProgressJob(ctx context.Context, id pipeline.JobID, r pipeline.UploadResult) error {
 	_, err := s.pool.Exec(ctx, `UPDATE spool_jobs SET received = $2, accepted = $3, rejected = $4, updated_at = now()
-		WHERE job_id = $1 AND state = 'receiving'`, id, r.Received, r.Accepted, r.Rejected)
+		WHERE job_id = $1 AND (state = 'receiving' OR (state = 'aborted' AND received <= $2))`, id, r.Received, r.Accepted, r.Rejected)
 	if err != nil {
 		return classify(fmt.Errorf("recording the progress of job %s: %w", id, err))
 	}
 	return nil
+}
+
+// AbortJob aborts a tenant's job that is receiving, queued or processing:
+// the processors skip its commands not applied yet, which end aborted
+// (counted as such, so the job's counts still add up), and it is aborted
+// from now on. Commands applied before stay applied. A finished job is a
+// *pipeline.JobFinishedError.
+func (s *Store) AbortJob(ctx context.Context, tenant string, id pipeline.JobID) (*pipeline.Job, error) {
+	var state pipeline.JobState
+	err := s.pool.QueryRow(ctx, `
+		WITH j AS (SELECT job_id, state FROM spool_jobs WHERE job_id = $1 AND tenant = $2 FOR UPDATE),
+		a AS (UPDATE spool_jobs t SET state = 'aborted', completed_at = now(), updated_at = now()
+			FROM j WHERE t.job_id = j.job_id AND j.state IN ('receiving', 'queued', 'processing'))
+		SELECT state FROM j`, id, tenant).Scan(&state)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, pipeline.ErrJobNotFound
+	}
+	if err != nil {
+		return nil, classify(fmt.Errorf("aborting job %s: %w", id, err))
+	}
+	if state.Finished() {
+		return nil, &pipeline.JobFinishedError{ID: id, State: state}
+	}
+	return s.Job(ctx, tenant, id)
 }
 
 // abandonedError is the error of a job whose ingress died mid-upload.
@@ -335,9 +362,9 @@ func (s *Store) DeadLetters(ctx context.Context, tenant string) (map[pipeline.Er
 // holds its locks briefly.
 const pruneBatch = 1000
 
-// PruneJobs removes jobs that finished (completed, completed_with_errors or
-// failed) more than retention ago, with their counters and failures. It
-// returns how many went.
+// PruneJobs removes jobs that finished (completed, completed_with_errors,
+// failed or aborted) more than retention ago, with their counters and
+// failures. It returns how many went.
 func (s *Store) PruneJobs(ctx context.Context, retention time.Duration) (int64, error) {
 	var total int64
 	for {
@@ -346,7 +373,7 @@ func (s *Store) PruneJobs(ctx context.Context, retention time.Duration) (int64, 
 			WITH gone AS (
 				DELETE FROM spool_jobs WHERE job_id IN (
 					SELECT job_id FROM spool_jobs
-					WHERE state IN ('completed', 'completed_with_errors', 'failed')
+					WHERE state IN ('completed', 'completed_with_errors', 'failed', 'aborted')
 					  AND coalesce(completed_at, updated_at) < now() - $1::interval
 					LIMIT $2)
 				RETURNING job_id),

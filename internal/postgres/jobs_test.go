@@ -98,6 +98,47 @@ func TestJobStateMachine(t *testing.T) {
 	require.ErrorIs(t, b.store.Failures(ctx, "other-tenant", "job-2", nil), pipeline.ErrJobNotFound)
 }
 
+// TestAbortJob: a job can be aborted while receiving, queued or
+// processing, only by its tenant; its upload finishing afterwards records
+// the counts and keeps it aborted; its state never settles again; a
+// finished job answers JobFinishedError.
+func TestAbortJob(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant"))
+	_, err := b.store.AbortJob(ctx, "other-tenant", "job-1")
+	require.ErrorIs(t, err, pipeline.ErrJobNotFound)
+	j, err := b.store.AbortJob(ctx, "tenant", "job-1")
+	require.NoError(t, err)
+	require.Equal(t, pipeline.JobAborted, j.State)
+	require.NotNil(t, j.CompletedAt)
+	require.NoError(t, b.store.ProgressJob(ctx, "job-1", pipeline.UploadResult{Received: 1, Accepted: 1}))
+	require.NoError(t, b.store.FinishUpload(ctx, "job-1", pipeline.UploadResult{Received: 2, Accepted: 2}))
+	j = b.job(t)
+	require.Equal(t, pipeline.JobAborted, j.State, "the upload's end keeps the abort")
+	require.Equal(t, int64(2), j.Accepted)
+
+	out := b.writeMessages(t, 0, func(int, *pipeline.Message) {}, cust("c-0", "k0", 1, "a"), cust("c-1", "k1", 1, "b"))
+	require.Equal(t, []pipeline.Outcome{pipeline.OutcomeAborted, pipeline.OutcomeAborted}, out)
+	j = b.job(t)
+	require.Equal(t, pipeline.JobAborted, j.State, "settling leaves an aborted job alone")
+	require.Equal(t, pipeline.Counts{Aborted: 2}, j.Counts)
+	require.Equal(t, 1.0, j.Progress())
+
+	var finished *pipeline.JobFinishedError
+	_, err = b.store.AbortJob(ctx, "tenant", "job-1")
+	require.ErrorAs(t, err, &finished)
+	require.Equal(t, pipeline.JobAborted, finished.State)
+
+	require.NoError(t, b.store.CreateJob(ctx, "job-2", "tenant"))
+	require.NoError(t, b.store.FinishUpload(ctx, "job-2", pipeline.UploadResult{Received: 0, Accepted: 0}))
+	_, err = b.store.AbortJob(ctx, "tenant", "job-2")
+	require.ErrorAs(t, err, &finished, "an empty job completes at once")
+	require.Equal(t, pipeline.JobCompleted, finished.State)
+	_, err = b.store.AbortJob(ctx, "tenant", "nope")
+	require.ErrorIs(t, err, pipeline.ErrJobNotFound)
+}
+
 // TestPruneJobs removes finished jobs past the retention with their counts
 // and failures, and keeps open and recent ones.
 func TestPruneJobs(t *testing.T) {

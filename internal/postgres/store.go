@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -28,7 +29,15 @@ type Store struct {
 	// 2^columns of them per entity, so the cache is bounded: a miss only
 	// costs building the text again.
 	sqlCache *lru.Cache[string, string]
+	// aborted holds jobs known to be aborted (a job never comes back from
+	// it): their commands are taken out of a batch before it is written.
+	// Each batch also asks for its other jobs; one found aborted then
+	// restarts the batch. Bounded: an evicted job is found again.
+	aborted *lru.Cache[pipeline.JobID, struct{}]
 }
+
+// abortedCacheSize bounds the jobs a store remembers as aborted.
+const abortedCacheSize = 4096
 
 // sqlCacheSize bounds the statement cache: room for every shape a few
 // busy entities use, far below what a client choosing column sets can ask.
@@ -45,7 +54,11 @@ func newStore(pool *pgxpool.Pool, entities pipeline.Entities, group string, logg
 	if err != nil {
 		panic(err) // only for a size <= 0
 	}
-	return &Store{pool: pool, entities: entities, group: group, logger: logger, sqlCache: cache}
+	aborted, err := lru.New[pipeline.JobID, struct{}](abortedCacheSize)
+	if err != nil {
+		panic(err)
+	}
+	return &Store{pool: pool, entities: entities, group: group, logger: logger, sqlCache: cache, aborted: aborted}
 }
 
 // LoadOffset returns the partition's next offset as stored, or -1.
@@ -75,8 +88,28 @@ func (s *Store) LoadOffset(ctx context.Context, topic string, partition int32) (
 // ids it did not insert. So a batch is three round trips and the commit,
 // and a row written by the batch stays locked for the last of them and the
 // commit only.
+//
+// The commands of an aborted job (but replays, an operator's own decision)
+// end aborted: they claim nothing, so that their ids can be sent again.
+// The first round trip asks which of the batch's jobs are aborted; one
+// that is and was not known to be restarts the batch without its commands.
 func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.Deduped) ([]pipeline.Outcome, error) {
-	outcomes, candidates, repeats := d.Outcomes, d.Candidates, d.Repeats
+	jobs := jobsOf(b)
+	for range 3 {
+		outcomes, err := s.writeBatch(ctx, b, d, jobs)
+		if !errors.Is(err, errAbortedMeanwhile) {
+			return outcomes, err
+		}
+	}
+	return nil, errAbortedMeanwhile // aborted jobs evicted as fast as found: the worker retries
+}
+
+// errAbortedMeanwhile restarts a batch one of whose jobs was found aborted.
+var errAbortedMeanwhile = pipeline.Errorf(pipeline.ClassTransient, "a job of the batch was aborted while the batch was written")
+
+func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.Deduped, jobs []pipeline.JobID) ([]pipeline.Outcome, error) {
+	d, unknown := s.skipAborted(b, d, jobs)
+	outcomes, candidates := slices.Clone(d.Outcomes), d.Candidates
 	index := make(map[*pipeline.Message]int, len(b.Messages))
 	for i, m := range b.Messages {
 		index[m] = i
@@ -85,6 +118,14 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 
 	var q pgx.Batch
 	q.BeginTx(pgx.TxOptions{})
+	var abortedNow []pipeline.JobID
+	if len(unknown) > 0 {
+		q.Queue(`SELECT job_id FROM spool_jobs WHERE job_id = ANY ($1) AND state = 'aborted'`, unknown).Query(func(rows pgx.Rows) error {
+			var err error
+			abortedNow, err = pgx.CollectRows(rows, pgx.RowTo[pipeline.JobID])
+			return err
+		})
+	}
 	c := queueClaim(&q, candidates)
 	br := s.pool.SendBatch(ctx, &q)
 	tx := br.Tx()
@@ -92,6 +133,13 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	if err := br.Close(); err != nil {
 		return nil, classify(fmt.Errorf("claiming %d command ids: %w", len(candidates), err))
 	}
+	if len(abortedNow) > 0 {
+		for _, j := range abortedNow {
+			s.aborted.Add(j, struct{}{})
+		}
+		return nil, errAbortedMeanwhile
+	}
+	repeats := d.Repeats
 	if err := c.settleRepeats(repeats, set); err != nil {
 		return nil, err
 	}
@@ -110,9 +158,11 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	}
 
 	q = pgx.Batch{}
-	// Redeliveries are among duplicates, conflicts and dead letters, all
-	// known by now; what the groups' writes find stale is not among them.
+	// Redeliveries are among duplicates, conflicts, dead letters and
+	// aborted commands, all known by now; what the groups' writes find
+	// stale is not among them.
 	queueRedeliveries(&q, b, outcomes)
+	queueAbortedRedeliveries(&q, b, outcomes)
 	var repairs []keys
 	for _, g := range groups {
 		for _, m := range g.Messages {
@@ -161,8 +211,30 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 		s.afterCommit(after, b.Partition, repairs, nil)
 		return nil, classify(fmt.Errorf("committing batch of %d: %w", len(b.Messages), err))
 	}
-	s.afterCommit(after, b.Partition, repairs, jobsOf(b))
+	s.afterCommit(after, b.Partition, repairs, jobs)
 	return outcomes, nil
+}
+
+// skipAborted settles as aborted the commands of the jobs known to be
+// aborted (but replays), dedupe done again without them, and returns the
+// batch's jobs not known to be aborted.
+func (s *Store) skipAborted(b *pipeline.Batch, d *pipeline.Deduped, jobs []pipeline.JobID) (*pipeline.Deduped, []pipeline.JobID) {
+	var known map[pipeline.JobID]bool
+	var unknown []pipeline.JobID
+	for _, j := range jobs {
+		if s.aborted.Contains(j) {
+			if known == nil {
+				known = map[pipeline.JobID]bool{}
+			}
+			known[j] = true
+		} else {
+			unknown = append(unknown, j)
+		}
+	}
+	if known == nil {
+		return d, unknown
+	}
+	return b.DedupeAborting(func(m *pipeline.Message) bool { return m.ReplayOf == "" && known[m.JobID] }), unknown
 }
 
 // afterCommit repairs the keys of a committed batch's versioned groups and

@@ -30,6 +30,9 @@ type Backend struct {
 	Counts func(ctx context.Context, job pipeline.JobID) (pipeline.Counts, error)
 	// Failures lists a job's failures.
 	Failures func(ctx context.Context, job pipeline.JobID) ([]pipeline.Failure, error)
+	// Abort aborts a job (creating it first where the store keeps jobs
+	// apart from their counters), as an operator's abort does.
+	Abort func(ctx context.Context, job pipeline.JobID) error
 }
 
 // Run runs every test of the suite, each on a backend of its own.
@@ -50,6 +53,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) *Backend) {
 		{"RedeliveredRecordCountsOnce", testRedeliveredRecordCountsOnce},
 		{"DeadLettersCountedAndListed", testDeadLettersCountedAndListed},
 		{"ReplayedDeadLetterRedeliveredCountsOnce", testReplayedDeadLetterRedeliveredCountsOnce},
+		{"AbortedJobSkipped", testAbortedJobSkipped},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -73,6 +77,7 @@ const (
 	redelivered  = pipeline.OutcomeRedelivered
 	exists       = pipeline.OutcomeExists
 	missing      = pipeline.OutcomeMissing
+	aborted      = pipeline.OutcomeAborted
 )
 
 type suite struct {
@@ -96,10 +101,16 @@ func (s *suite) write(t *testing.T, p int32, lines ...string) ([]pipeline.Outcom
 // message decodes line as the record of the job's command at index.
 func (s *suite) message(t *testing.T, line string, index int64) *pipeline.Message {
 	t.Helper()
+	return s.messageOf(t, job, line, index)
+}
+
+// messageOf decodes line as the record of job j's command at index.
+func (s *suite) messageOf(t *testing.T, j pipeline.JobID, line string, index int64) *pipeline.Message {
+	t.Helper()
 	cmd, err := pipeline.DecodeCommand([]byte(line))
 	require.NoError(t, err)
 	require.NoError(t, s.Entities.Validate(&cmd, ""))
-	rec, err := pipeline.NewRecord(&cmd, job, "tenant", index)
+	rec, err := pipeline.NewRecord(&cmd, j, "tenant", index)
 	require.NoError(t, err)
 	m := pipeline.DecodeRecord(rec, s.Entities)
 	return &m
@@ -134,7 +145,12 @@ func (s *suite) customers(t *testing.T) map[string]string {
 
 func (s *suite) counts(t *testing.T) pipeline.Counts {
 	t.Helper()
-	c, err := s.Counts(t.Context(), job)
+	return s.countsOf(t, job)
+}
+
+func (s *suite) countsOf(t *testing.T, j pipeline.JobID) pipeline.Counts {
+	t.Helper()
+	c, err := s.Counts(t.Context(), j)
 	require.NoError(t, err)
 	return c
 }
@@ -355,6 +371,40 @@ func testRedeliveredRecordCountsOnce(t *testing.T, s *suite) {
 	require.NoError(t, err)
 	require.Equal(t, []pipeline.Outcome{duplicate}, out)
 	require.Equal(t, pipeline.Counts{Applied: 1, Duplicate: 1}, s.counts(t))
+}
+
+// testAbortedJobSkipped: once a job is aborted its commands not applied
+// yet end aborted, repeats of its ids among them, and claim nothing (the
+// same id in another job applies); a record Kafka delivers again counts
+// once, whether it first came before the abort or after; a replay still
+// applies.
+func testAbortedJobSkipped(t *testing.T, s *suite) {
+	first := s.message(t, cust("c1", "a", 1, "a"), 0)
+	out, err := s.writeMessages(t, 0, []*pipeline.Message{first})
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{applied}, out)
+
+	require.NoError(t, s.Abort(t.Context(), job))
+	skipped := s.message(t, cust("c2", "b", 1, "b"), 1)
+	out, err = s.writeMessages(t, 0, []*pipeline.Message{
+		s.message(t, cust("c1", "a", 1, "a"), 0), // the first record again: counted already
+		skipped,
+		s.message(t, cust("c2", "b", 1, "b"), 2), // a repeat of c2 in the batch
+		s.message(t, cust("c1", "a", 1, "a"), 3), // a repeat of the applied c1
+	})
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{redelivered, aborted, aborted, aborted}, out)
+
+	out, err = s.writeMessages(t, 1, []*pipeline.Message{
+		s.message(t, cust("c2", "b", 1, "b"), 1),            // the aborted record again
+		s.messageOf(t, "job-2", cust("c2", "b", 1, "b"), 0), // its id in another job
+		s.messageOf(t, "job-2", cust("c3", "c", 1, "c"), 1), // another job goes on
+	})
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{redelivered, applied, applied}, out)
+	require.Equal(t, map[string]string{"a": "a@1", "b": "b@1", "c": "c@1"}, s.customers(t))
+	require.Equal(t, pipeline.Counts{Applied: 1, Aborted: 3}, s.counts(t))
+	require.Equal(t, pipeline.Counts{Applied: 2}, s.countsOf(t, "job-2"))
 }
 
 // testDeadLettersCountedAndListed: a message that failed before the store

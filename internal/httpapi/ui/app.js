@@ -59,7 +59,7 @@ function progressBar(job, big) {
 
 const num = (n) => Number(n).toLocaleString("en");
 const when = (t) => (t ? new Date(t).toLocaleString() : "");
-const finished = (s) => s === "completed" || s === "completed_with_errors" || s === "failed";
+const finished = (s) => s === "completed" || s === "completed_with_errors" || s === "failed" || s === "aborted";
 
 function classTable(tbody, empty, counts) {
   tbody.replaceChildren();
@@ -110,7 +110,7 @@ async function loadJobs(append, refresh) {
     const dead = await (await api("/v1/dead-letters")).json();
     classTable($("#dead-letters tbody"), $("#no-dead"), dead.by_error_class);
   }
-  return olderPages === 0 && page.jobs.some((j) => !finished(j.state));
+  return olderPages === 0 && page.jobs.some((j) => !finished(j.state) || j.progress < 1);
 }
 
 // One job. Its failures are read again only when their count changed.
@@ -142,7 +142,7 @@ async function loadJob(id) {
     await loadFailures(path + "/failures");
     failuresShownFor = key;
   }
-  return !finished(j.state);
+  return !finished(j.state) || j.progress < 1; // an aborted or failed job counts in still
 }
 
 // loadFailures reads the NDJSON listing as it streams, shows the first
