@@ -77,21 +77,19 @@ func (c *Client) Upload(ctx context.Context, body io.Reader, o UploadOptions) (*
 
 // Job returns a job's status.
 func (c *Client) Job(ctx context.Context, id pipeline.JobID) (*httpapi.JobView, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/v1/jobs/"+url.PathEscape(string(id))), nil)
-	if err != nil {
-		return nil, err
-	}
-	var v httpapi.JobView
-	if err := c.do(req, &v); err != nil {
-		return nil, err
-	}
-	return &v, nil
+	return c.jobCall(ctx, http.MethodGet, id, "")
 }
 
 // AbortJob aborts a job and returns it, aborted; a finished job is an
 // *Error with Status 409.
 func (c *Client) AbortJob(ctx context.Context, id pipeline.JobID) (*httpapi.JobView, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url("/v1/jobs/"+url.PathEscape(string(id))+"/abort"), nil)
+	return c.jobCall(ctx, http.MethodPost, id, "/abort")
+}
+
+// jobCall sends method to the job's path (plus suffix) and reads the job
+// it answers.
+func (c *Client) jobCall(ctx context.Context, method string, id pipeline.JobID, suffix string) (*httpapi.JobView, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.url("/v1/jobs/"+url.PathEscape(string(id))+suffix), nil)
 	if err != nil {
 		return nil, err
 	}

@@ -112,6 +112,7 @@ func TestDevUploadWait(t *testing.T) {
 		{[]string{"upload", "data.txt", "--server", dev.server}, cli.ExitUsage},
 		{[]string{"jobs", "get", "x", "--server", "http://127.0.0.1:1"}, cli.ExitUnreachable},
 		{[]string{"jobs", "get", id[1], "--server", dev.server}, cli.ExitOK},
+		{[]string{"jobs", "abort", id[1], "--server", dev.server}, cli.ExitFailed}, // completed already: 409
 	} {
 		c := cli.New()
 		c.SetArgs(tt.args)
