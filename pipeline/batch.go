@@ -34,6 +34,9 @@ var ErrFenced = errors.New("partition offset was moved by another processor")
 // another tenant: the two are indistinguishable on purpose.
 var ErrJobNotFound = errors.New("job not found")
 
+// ErrNoResults is returned for the results of a job created without them.
+var ErrNoResults = errors.New("the job keeps no results: upload it with results=true")
+
 // JobFinishedError is returned for a change a finished job does not take
 // (an abort of a completed job).
 type JobFinishedError struct {

@@ -212,11 +212,19 @@ func (s JobState) Finished() bool {
 	return false
 }
 
+// JobOptions are what a job is created with.
+type JobOptions struct {
+	// Results keeps each command's outcome for the results listing, at the
+	// cost of a row a command.
+	Results bool
+}
+
 // Job is a job's status as the API shows it.
 type Job struct {
 	ID          JobID
 	Tenant      string
 	State       JobState
+	Results     bool
 	Received    int64
 	Accepted    int64
 	Rejected    int64
@@ -270,6 +278,17 @@ type Failure struct {
 	// with, which a replay checks a dead letter against; nil otherwise.
 	ValueHash []byte `json:"-"`
 }
+
+// Result is one command's outcome, by its place in the upload.
+type Result struct {
+	Index   int64     `json:"index"`
+	ID      CommandID `json:"id"`
+	Outcome Outcome   `json:"outcome"`
+}
+
+// ResultOutcomes are the outcomes a results listing shows: every counted
+// one, and rejected.
+var ResultOutcomes = append(slices.Clone(CountedOutcomes), OutcomeRejected)
 
 // DeadLetterRecord is what spool recorded when it dead-lettered a command:
 // its job's failure row. A replay checks each dead letter against it.

@@ -37,10 +37,12 @@ func (e *Error) Error() string {
 
 // UploadOptions qualify an upload.
 type UploadOptions struct {
-	ContentType     string
-	Gzip            bool
-	Entity          string
-	IdempotencyKey  string
+	ContentType    string
+	Gzip           bool
+	Entity         string
+	IdempotencyKey string
+	// Results asks the job to keep each command's outcome.
+	Results         bool
 	ExtraParameters url.Values
 }
 
@@ -49,6 +51,9 @@ func (c *Client) Upload(ctx context.Context, body io.Reader, o UploadOptions) (*
 	q := url.Values{}
 	for k, v := range o.ExtraParameters {
 		q[k] = v
+	}
+	if o.Results {
+		q.Set("results", "true")
 	}
 	if o.Entity != "" {
 		q.Set("entity", o.Entity)
@@ -139,6 +144,20 @@ func (c *Client) Jobs(ctx context.Context, o JobsOptions) (*httpapi.JobList, err
 func (c *Client) Failures(ctx context.Context, id pipeline.JobID, format string, w io.Writer) error {
 	u := c.url("/v1/jobs/" + url.PathEscape(string(id)) + "/failures?format=" + url.QueryEscape(format))
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	return c.do(req, w)
+}
+
+// Results copies a job's results listing (format ndjson or csv; only the
+// given outcomes, when some are) to w as it streams in.
+func (c *Client) Results(ctx context.Context, id pipeline.JobID, outcomes []string, format string, w io.Writer) error {
+	q := url.Values{"format": {format}}
+	if len(outcomes) > 0 {
+		q.Set("outcome", strings.Join(outcomes, ","))
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/v1/jobs/"+url.PathEscape(string(id))+"/results?"+q.Encode()), nil)
 	if err != nil {
 		return err
 	}

@@ -1,9 +1,13 @@
 package app_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -106,4 +110,80 @@ func TestInsertAndUpdateThroughTheAPI(t *testing.T) {
 	}
 	require.NoError(t, rows.Err())
 	require.Equal(t, map[string]string{"a": "updated", "b": "created"}, names)
+}
+
+// TestResultsThroughTheAPI: a job uploaded with results=true lists every
+// place of its upload once, in order, with the outcome its counts hold
+// (over 2,500 commands, so several chunks): rejected by ingress, applied,
+// duplicate, exists; as NDJSON, as CSV and filtered. A job uploaded without
+// them answers 409.
+func TestResultsThroughTheAPI(t *testing.T) {
+	t.Parallel()
+	s := startStack(t)
+	const n = 2500
+	var lines []string
+	want := map[int64]pipeline.Outcome{}
+	for i := range n {
+		switch {
+		case i%500 == 7:
+			lines = append(lines, `{"id":"bad","entity":"customers","data":{}}`) // no version, no key: rejected
+			want[int64(i)] = pipeline.OutcomeRejected
+		case i%100 == 3 && i > 100:
+			lines = append(lines, lines[1]) // a repeat of place 1
+			want[int64(i)] = pipeline.OutcomeDuplicate
+		case i%250 == 11:
+			lines = append(lines, fmt.Sprintf(`{"id":"i-%d","entity":"customers","op":"insert","version":2,"data":{"customer_id":"k-0","name":"x"}}`, i))
+			want[int64(i)] = pipeline.OutcomeExists
+		default:
+			lines = append(lines, fmt.Sprintf(`{"id":"c-%d","entity":"customers","version":1,"data":{"customer_id":"k-%d","name":"n"}}`, i, i))
+			want[int64(i)] = pipeline.OutcomeApplied
+		}
+	}
+	// k-0 is written by place 0 before any insert of it can run: send it
+	// first, alone.
+	first := s.upload(t, lines[:1])
+	s.wait(t, first.id)
+	res, err := s.client.Upload(t.Context(), strings.NewReader(strings.Join(lines, "\n")),
+		apiclient.UploadOptions{ContentType: "application/x-ndjson", Results: true})
+	require.NoError(t, err)
+	want[0] = pipeline.OutcomeDuplicate // place 0's id was applied by the first upload
+	j := s.wait(t, res.JobID)
+	require.Equal(t, pipeline.JobCompletedWithErrors, j.state) // the rejections
+
+	var ndjson bytes.Buffer
+	require.NoError(t, s.client.Results(t.Context(), res.JobID, nil, "ndjson", &ndjson))
+	got := map[int64]pipeline.Outcome{}
+	var counts pipeline.Counts
+	last := int64(-1)
+	dec := json.NewDecoder(&ndjson)
+	for dec.More() {
+		var r pipeline.Result
+		require.NoError(t, dec.Decode(&r))
+		require.Greater(t, r.Index, last, "in input order, each place once")
+		last = r.Index
+		got[r.Index] = r.Outcome
+		if r.Outcome != pipeline.OutcomeRejected {
+			counts.Add(r.Outcome)
+		}
+	}
+	require.Equal(t, want, got)
+	require.Equal(t, j.c, counts, "the results agree with the counts")
+
+	var table bytes.Buffer
+	require.NoError(t, s.client.Results(t.Context(), res.JobID, []string{"exists", "rejected"}, "csv", &table))
+	rows, err := csv.NewReader(&table).ReadAll()
+	require.NoError(t, err)
+	require.Equal(t, []string{"index", "id", "outcome"}, rows[0])
+	for _, row := range rows[1:] {
+		i, err := strconv.ParseInt(row[0], 10, 64)
+		require.NoError(t, err)
+		require.Contains(t, []pipeline.Outcome{pipeline.OutcomeExists, pipeline.OutcomeRejected}, want[i])
+		require.Equal(t, string(want[i]), row[2])
+	}
+	require.Len(t, rows, 1+5+10, "five rejections, ten inserts of a present key")
+
+	err = s.client.Results(t.Context(), first.id, nil, "ndjson", &bytes.Buffer{})
+	var apiErr *apiclient.Error
+	require.ErrorAs(t, err, &apiErr)
+	require.Equal(t, 409, apiErr.Status)
 }

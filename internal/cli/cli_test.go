@@ -100,6 +100,28 @@ func TestDevUploadWait(t *testing.T) {
 	require.Equal(t, 25, doc.Upload.Accepted)
 	require.Equal(t, "completed", doc.Job.State)
 
+	// --results keeps each command's outcome; jobs results lists them.
+	var kept bytes.Buffer
+	withResults := cli.New()
+	withResults.SetArgs([]string{"upload", "../../examples/customers.ndjson", "--results", "--wait", "-o", "json", "--server", dev.server})
+	withResults.SetOut(&kept)
+	withResults.SetErr(io.Discard)
+	require.NoError(t, withResults.ExecuteContext(uctx), kept.String())
+	var keptDoc struct {
+		Job struct {
+			ID      string `json:"job_id"`
+			Results bool   `json:"results"`
+		} `json:"job"`
+	}
+	require.NoError(t, json.Unmarshal(kept.Bytes(), &keptDoc))
+	require.True(t, keptDoc.Job.Results)
+	var listed bytes.Buffer
+	results := cli.New()
+	results.SetArgs([]string{"jobs", "results", keptDoc.Job.ID, "--outcome", "duplicate", "--server", dev.server})
+	results.SetOut(&listed)
+	require.NoError(t, results.ExecuteContext(uctx))
+	require.Contains(t, listed.String(), "25 commands", "every command of the example again, each a duplicate")
+
 	// Exit codes a script can tell apart.
 	for _, tt := range []struct {
 		args []string
@@ -112,7 +134,9 @@ func TestDevUploadWait(t *testing.T) {
 		{[]string{"upload", "data.txt", "--server", dev.server}, cli.ExitUsage},
 		{[]string{"jobs", "get", "x", "--server", "http://127.0.0.1:1"}, cli.ExitUnreachable},
 		{[]string{"jobs", "get", id[1], "--server", dev.server}, cli.ExitOK},
-		{[]string{"jobs", "abort", id[1], "--server", dev.server}, cli.ExitFailed}, // completed already: 409
+		{[]string{"jobs", "abort", id[1], "--server", dev.server}, cli.ExitFailed},   // completed already: 409
+		{[]string{"jobs", "results", id[1], "--server", dev.server}, cli.ExitFailed}, // uploaded without --results: 409
+		{[]string{"jobs", "results", id[1], "--outcome", "done", "--server", dev.server}, cli.ExitUsage},
 	} {
 		c := cli.New()
 		c.SetArgs(tt.args)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -40,7 +42,10 @@ func newJobsCmd() *cobra.Command {
 			}
 			return printJob(cmd.OutOrStdout(), j, out)
 		})
-	cmd.AddCommand(get, newJobsListCmd(), failures, wait, abort)
+	results := jobCmd("results", "List a job's commands with their outcomes, by input index (json: NDJSON; the job must have been uploaded with --results)",
+		[]string{"text", "json", "csv"}, printResults)
+	results.Flags().StringSlice("outcome", nil, "only these outcomes ("+outcomeNames()+")")
+	cmd.AddCommand(get, newJobsListCmd(), failures, results, wait, abort)
 	return cmd
 }
 
@@ -166,28 +171,62 @@ func writeJSONOut(w io.Writer, v any) error {
 // printFailures writes a job's failures: NDJSON or CSV as the API sends
 // them, or a table written as the listing streams in.
 func printFailures(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error {
+	return printListing(cmd, out, "failures", "INDEX\tID\tSTAGE\tOUTCOME\tCLASS\tERROR",
+		func(format string, w io.Writer) error { return client.Failures(cmd.Context(), id, format, w) },
+		func(tw io.Writer, f pipeline.Failure) {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", f.Index, field(string(f.ID)), field(f.Stage), field(string(f.Outcome)),
+				field(string(f.Class)), shown(f.Error, 100))
+		})
+}
+
+// printResults writes a job's results, as printFailures its failures.
+func printResults(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error {
+	outcomes, _ := cmd.Flags().GetStringSlice("outcome")
+	for _, o := range outcomes {
+		if !slices.Contains(pipeline.ResultOutcomes, pipeline.Outcome(o)) {
+			return withCode(ExitUsage, fmt.Errorf("--outcome %s: use %s", o, outcomeNames()))
+		}
+	}
+	return printListing(cmd, out, "commands", "INDEX\tID\tOUTCOME",
+		func(format string, w io.Writer) error { return client.Results(cmd.Context(), id, outcomes, format, w) },
+		func(tw io.Writer, r pipeline.Result) {
+			fmt.Fprintf(tw, "%d\t%s\t%s\n", r.Index, field(string(r.ID)), field(string(r.Outcome)))
+		})
+}
+
+func outcomeNames() string {
+	names := make([]string, len(pipeline.ResultOutcomes))
+	for i, o := range pipeline.ResultOutcomes {
+		names[i] = string(o)
+	}
+	return strings.Join(names, ", ")
+}
+
+// printListing writes a job's listing: NDJSON or CSV as the API sends it
+// (list copies it in a format), or a table of rows written as the listing
+// streams in, then how many (what) it held.
+func printListing[T any](cmd *cobra.Command, out, what, header string, list func(format string, w io.Writer) error, row func(io.Writer, T)) error {
 	w := cmd.OutOrStdout()
 	switch out {
 	case "json":
-		return client.Failures(cmd.Context(), id, "ndjson", w)
+		return list("ndjson", w)
 	case "csv":
-		return client.Failures(cmd.Context(), id, "csv", w)
+		return list("csv", w)
 	}
-	// The table is written as the listing streams in.
 	pr, pw := io.Pipe()
 	errc := make(chan error, 1)
 	go func() {
-		err := client.Failures(cmd.Context(), id, "ndjson", pw)
+		err := list("ndjson", pw)
 		pw.CloseWithError(err)
 		errc <- err
 	}()
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "INDEX\tID\tSTAGE\tOUTCOME\tCLASS\tERROR")
+	fmt.Fprintln(tw, header)
 	dec := json.NewDecoder(pr)
 	n := 0
 	for {
-		var f pipeline.Failure
-		if err := dec.Decode(&f); err == io.EOF {
+		var v T
+		if err := dec.Decode(&v); err == io.EOF {
 			break
 		} else if err != nil {
 			_ = pr.CloseWithError(err)
@@ -197,8 +236,7 @@ func printFailures(cmd *cobra.Command, client *apiclient.Client, id pipeline.Job
 			return err
 		}
 		n++
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", f.Index, field(string(f.ID)), field(f.Stage), field(string(f.Outcome)),
-			field(string(f.Class)), shown(f.Error, 100))
+		row(tw, v)
 		if n%1000 == 0 {
 			_ = tw.Flush()
 		}
@@ -209,6 +247,6 @@ func printFailures(cmd *cobra.Command, client *apiclient.Client, id pipeline.Job
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "%d failures\n", n)
+	fmt.Fprintf(w, "%d %s\n", n, what)
 	return nil
 }

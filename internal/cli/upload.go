@@ -48,7 +48,8 @@ a resend can send it again.
 	f.String("idempotency-key", "", "Idempotency-Key header")
 	f.String("id-column", "", "CSV: the column holding the command id (server default: id)")
 	f.String("version-column", "", "CSV: the column holding the version")
-	f.String("op", "", "CSV: upsert or delete for every row (server default: upsert)")
+	f.String("op", "", "CSV: "+pipeline.OpNames()+" for every row (server default: upsert)")
+	f.Bool("results", false, "keep each command's outcome, for spoolctl jobs results (a row a command on the server)")
 	f.Bool("gzip", false, "compress the file on the fly (a .gz file is sent as it is)")
 	f.Bool("wait", false, "follow the job to its end; exit non-zero if anything failed")
 	f.StringP("output", "o", "text", "text or json (with --wait: one document, the upload's answer and the job)")
@@ -96,7 +97,9 @@ func runUpload(cmd *cobra.Command, args []string) error {
 			params.Set(param, v)
 		}
 	}
-	opts := apiclient.UploadOptions{ContentType: format.MediaType, Gzip: gz, Entity: entity, IdempotencyKey: key, ExtraParameters: params}
+	results, _ := f.GetBool("results")
+	opts := apiclient.UploadOptions{ContentType: format.MediaType, Gzip: gz, Entity: entity, IdempotencyKey: key,
+		Results: results, ExtraParameters: params}
 	compress, _ := f.GetBool("gzip")
 	res, err := uploadWithRetry(cmd, client, path, format, compress, opts)
 	if err != nil {

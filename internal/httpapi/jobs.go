@@ -26,6 +26,9 @@ type JobView struct {
 	Counts      CountsView        `json:"counts"`
 	Progress    float64           `json:"progress"`
 	Error       string            `json:"error,omitempty"`
+	// Results tells whether the job keeps each command's outcome
+	// (GET /v1/jobs/{id}/results).
+	Results bool `json:"results"`
 }
 
 // CountsView is the counts object of a JobView.
@@ -40,7 +43,7 @@ func viewOf(j *pipeline.Job) JobView {
 	return JobView{
 		JobID: j.ID, State: j.State, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt, CompletedAt: j.CompletedAt,
 		Counts:   CountsView{Received: j.Received, Rejected: j.Rejected, Accepted: j.Accepted, Counts: j.Counts},
-		Progress: j.Progress(), Error: j.Error,
+		Progress: j.Progress(), Error: j.Error, Results: j.Results,
 	}
 }
 
@@ -176,7 +179,7 @@ func decodeCursor(s string) (*pipeline.JobCursor, error) {
 	return &pipeline.JobCursor{CreatedAt: t, ID: pipeline.JobID(id)}, nil
 }
 
-// flushEvery is how many failure rows are written between flushes, so that
+// flushEvery is how many listing rows are written between flushes, so that
 // a client sees a long listing arrive; each flush must be taken within
 // writeTimeout, so that a client that stops reading is cut off.
 const (
@@ -188,6 +191,41 @@ const (
 var failureColumns = []string{"index", "id", "stage", "outcome", "error_class", "error"}
 
 func (s *Server) listFailures(w http.ResponseWriter, r *http.Request) {
+	s.streamListing(w, r, "failures", failureColumns, func(lw *listingWriter) error {
+		return s.cfg.Jobs.Failures(r.Context(), tenantOf(r.Context()), pipeline.JobID(r.PathValue("job_id")), func(f pipeline.Failure) error {
+			return lw.write(f, strconv.FormatInt(f.Index, 10), string(f.ID), f.Stage, string(f.Outcome), string(f.Class), f.Error)
+		})
+	})
+}
+
+// resultColumns are the CSV header of the results listing.
+var resultColumns = []string{"index", "id", "outcome"}
+
+func (s *Server) listResults(w http.ResponseWriter, r *http.Request) {
+	var outcomes []pipeline.Outcome
+	if v := r.URL.Query().Get("outcome"); v != "" {
+		for _, o := range strings.Split(v, ",") {
+			if !slices.Contains(pipeline.ResultOutcomes, pipeline.Outcome(o)) {
+				names := make([]string, len(pipeline.ResultOutcomes))
+				for i, k := range pipeline.ResultOutcomes {
+					names[i] = string(k)
+				}
+				writeProblem(w, http.StatusBadRequest, fmt.Sprintf("outcome %s is not one of %s", pipeline.Quote(o), strings.Join(names, ", ")))
+				return
+			}
+			outcomes = append(outcomes, pipeline.Outcome(o))
+		}
+	}
+	s.streamListing(w, r, "results", resultColumns, func(lw *listingWriter) error {
+		return s.cfg.Jobs.Results(r.Context(), tenantOf(r.Context()), pipeline.JobID(r.PathValue("job_id")), outcomes, func(x pipeline.Result) error {
+			return lw.write(x, strconv.FormatInt(x.Index, 10), string(x.ID), string(x.Outcome))
+		})
+	})
+}
+
+// streamListing answers a job's listing (what, in columns for CSV) as
+// list writes it, however long: NDJSON or CSV by ?format=.
+func (s *Server) streamListing(w http.ResponseWriter, r *http.Request, what string, columns []string, list func(*listingWriter) error) {
 	format := r.URL.Query().Get("format")
 	switch format {
 	case "", "ndjson":
@@ -197,97 +235,102 @@ func (s *Server) listFailures(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusBadRequest, "format "+strconv.Quote(format)+" is not ndjson or csv")
 		return
 	}
-	id := pipeline.JobID(r.PathValue("job_id"))
-	fw := newFailureWriter(w, format)
-	err := s.cfg.Jobs.Failures(r.Context(), tenantOf(r.Context()), id, fw.write)
+	id := r.PathValue("job_id")
+	lw := newListingWriter(w, format, columns)
+	err := list(lw)
 	switch {
 	case errors.Is(err, pipeline.ErrJobNotFound):
-		writeProblem(w, http.StatusNotFound, "no job "+string(id))
+		writeProblem(w, http.StatusNotFound, "no job "+id)
 		return
-	case err != nil && !fw.started:
-		s.unavailable(w, r, "reading the failures", err)
+	case errors.Is(err, pipeline.ErrNoResults):
+		writeProblem(w, http.StatusConflict, "job "+id+" was uploaded without results=true, so its commands' outcomes were not kept; its counts and failures are")
+		return
+	case err != nil && !lw.started:
+		s.unavailable(w, r, "reading the "+what, err)
 		return
 	case err != nil:
 		// The status is sent: cutting the connection is the only way to
 		// tell the client that the listing is incomplete.
 		if r.Context().Err() != nil {
-			s.log(r.Context()).Debug("client left a failures listing", "job_id", id, "error", err)
+			s.log(r.Context()).Debug("client left a listing", "listing", what, "job_id", id, "error", err)
 		} else {
-			s.log(r.Context()).Error("streaming failures", "job_id", id, "error", err)
+			s.log(r.Context()).Error("streaming a listing", "listing", what, "job_id", id, "error", err)
 		}
 		panic(http.ErrAbortHandler)
 	}
-	fw.begin() // a job without failures still gets its (CSV) header
-	_ = fw.flush()
+	lw.begin() // an empty listing still gets its (CSV) header
+	_ = lw.flush()
 }
 
-// failureWriter writes a failures listing as NDJSON or CSV. The answer
-// starts with the first row, so that an error before it can still be a
-// problem+json answer.
-type failureWriter struct {
+// listingWriter writes a listing as NDJSON or CSV. The answer starts with
+// the first row, so that an error before it can still be a problem+json
+// answer.
+type listingWriter struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
 	bw      *bufio.Writer
 	format  string
+	columns []string
 	started bool
 	csv     *csv.Writer
 	enc     *json.Encoder
 	n       int
 }
 
-func newFailureWriter(w http.ResponseWriter, format string) *failureWriter {
+func newListingWriter(w http.ResponseWriter, format string, columns []string) *listingWriter {
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
-	return &failureWriter{w: w, rc: rc, bw: bufio.NewWriterSize(w, 64<<10), format: format}
+	return &listingWriter{w: w, rc: rc, bw: bufio.NewWriterSize(w, 64<<10), format: format, columns: columns}
 }
 
 // begin sends the status and, for CSV, the header row, once.
-func (fw *failureWriter) begin() {
-	if fw.started {
+func (lw *listingWriter) begin() {
+	if lw.started {
 		return
 	}
-	fw.started = true
+	lw.started = true
 	ct := "application/x-ndjson"
-	if fw.format == "csv" {
+	if lw.format == "csv" {
 		ct = "text/csv; charset=utf-8"
 	}
-	fw.w.Header().Set("Content-Type", ct)
-	fw.w.WriteHeader(http.StatusOK)
-	if fw.format == "csv" {
-		fw.csv = csv.NewWriter(fw.bw)
-		_ = fw.csv.Write(failureColumns)
+	lw.w.Header().Set("Content-Type", ct)
+	lw.w.WriteHeader(http.StatusOK)
+	if lw.format == "csv" {
+		lw.csv = csv.NewWriter(lw.bw)
+		_ = lw.csv.Write(lw.columns)
 	} else {
-		fw.enc = json.NewEncoder(fw.bw)
+		lw.enc = json.NewEncoder(lw.bw)
 	}
 }
 
-func (fw *failureWriter) write(f pipeline.Failure) error {
-	fw.begin()
+// write writes one row: v as JSON, or its CSV fields.
+func (lw *listingWriter) write(v any, fields ...string) error {
+	lw.begin()
 	var err error
-	if fw.csv != nil {
-		err = fw.csv.Write([]string{strconv.FormatInt(f.Index, 10), string(f.ID), f.Stage, string(f.Outcome), string(f.Class), f.Error})
+	if lw.csv != nil {
+		err = lw.csv.Write(fields)
 	} else {
-		err = fw.enc.Encode(f)
+		err = lw.enc.Encode(v)
 	}
-	if fw.n++; err == nil && fw.n%flushEvery == 0 {
-		err = fw.flush()
+	if lw.n++; err == nil && lw.n%flushEvery == 0 {
+		err = lw.flush()
 	}
 	return err
 }
 
 // flush sends what is buffered and gives the client writeTimeout more.
-func (fw *failureWriter) flush() error {
-	if fw.csv != nil {
-		fw.csv.Flush()
-		if err := fw.csv.Error(); err != nil {
+func (lw *listingWriter) flush() error {
+	if lw.csv != nil {
+		lw.csv.Flush()
+		if err := lw.csv.Error(); err != nil {
 			return err
 		}
 	}
-	if err := fw.bw.Flush(); err != nil {
+	if err := lw.bw.Flush(); err != nil {
 		return err
 	}
-	err := fw.rc.Flush()
-	_ = fw.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	err := lw.rc.Flush()
+	_ = lw.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 	return err
 }
 

@@ -33,10 +33,10 @@ type fakeJobs struct {
 	pingFail bool
 }
 
-func (f *fakeJobs) CreateJob(_ context.Context, id pipeline.JobID, tenant string) error {
+func (f *fakeJobs) CreateJob(_ context.Context, id pipeline.JobID, tenant string, o pipeline.JobOptions) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.jobs[id] = &pipeline.Job{ID: id, Tenant: tenant, State: pipeline.JobReceiving}
+	f.jobs[id] = &pipeline.Job{ID: id, Tenant: tenant, State: pipeline.JobReceiving, Results: o.Results}
 	return nil
 }
 func (f *fakeJobs) AddFailures(context.Context, pipeline.JobID, []pipeline.Failure) error { return nil }
@@ -90,6 +90,16 @@ func (f *fakeJobs) Failures(ctx context.Context, tenant string, id pipeline.JobI
 		return err
 	}
 	return fn(pipeline.Failure{Index: 3, ID: "c-3", Stage: pipeline.StageIngress, Outcome: pipeline.OutcomeRejected, Class: pipeline.ClassMissingKey, Error: "no id"})
+}
+func (f *fakeJobs) Results(ctx context.Context, tenant string, id pipeline.JobID, _ []pipeline.Outcome, fn func(pipeline.Result) error) error {
+	j, err := f.Job(ctx, tenant, id)
+	if err != nil {
+		return err
+	}
+	if !j.Results {
+		return pipeline.ErrNoResults
+	}
+	return fn(pipeline.Result{Index: 0, ID: "c-0", Outcome: pipeline.OutcomeApplied})
 }
 func (f *fakeJobs) DeadLetters(context.Context, string) (map[pipeline.ErrorClass]int64, error) {
 	f.mu.Lock()
@@ -257,11 +267,18 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 	do("GET", "/v1/jobs/job-1/failures?format=xml", "", "", "", 400)
 	do("GET", "/v1/jobs/nope/failures", "", "", "", 404)
 	do("GET", "/v1/dead-letters", "", "", "", 200)
+	jobs.jobs["kept"] = &pipeline.Job{ID: "kept", Tenant: "acme", State: pipeline.JobCompleted, Results: true}
+	do("GET", "/v1/jobs/kept/results?outcome=applied,rejected&format=csv", "", "", "", 200)
+	do("GET", "/v1/jobs/kept/results?outcome=done", "", "", "", 400)
+	do("GET", "/v1/jobs/job-1/results", "", "", "", 409)
+	do("GET", "/v1/jobs/nope/results", "", "", "", 404)
+	do("POST", "/v1/jobs?results=maybe", "application/x-ndjson", "", good, 400)
 	do("POST", "/v1/jobs/job-1/abort", "", "", "", 200)
 	do("POST", "/v1/jobs/job-1/abort", "", "", "", 409)
 	do("POST", "/v1/jobs/nope/abort", "", "", "", 404)
 	jobs.readFail = true
 	do("POST", "/v1/jobs/job-1/abort", "", "", "", 503)
+	do("GET", "/v1/jobs/kept/results", "", "", "", 503)
 	do("GET", "/v1/jobs/job-1", "", "", "", 503)
 	do("GET", "/v1/jobs", "", "", "", 503)
 	do("GET", "/v1/jobs/job-1/failures", "", "", "", 503)
@@ -273,7 +290,8 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 	do("GET", "/openapi.yaml", "", "", "", 200)
 	// Without a key: 401 on both API routes.
 	for _, r := range []struct{ method, path string }{{"POST", "/v1/jobs"}, {"GET", "/v1/jobs/job-1"}, {"GET", "/v1/jobs"},
-		{"GET", "/v1/jobs/job-1/failures"}, {"GET", "/v1/dead-letters"}, {"POST", "/v1/jobs/job-1/abort"}} {
+		{"GET", "/v1/jobs/job-1/failures"}, {"GET", "/v1/dead-letters"}, {"POST", "/v1/jobs/job-1/abort"},
+		{"GET", "/v1/jobs/job-1/results"}} {
 		req, err := http.NewRequest(r.method, srv.URL+r.path, strings.NewReader(good))
 		require.NoError(t, err)
 		resp, err := http.DefaultClient.Do(req)

@@ -27,7 +27,7 @@ var uiFiles embed.FS
 
 // Jobs is what the API needs of the job store.
 type Jobs interface {
-	CreateJob(ctx context.Context, id pipeline.JobID, tenant string) error
+	CreateJob(ctx context.Context, id pipeline.JobID, tenant string, o pipeline.JobOptions) error
 	AddFailures(ctx context.Context, id pipeline.JobID, fs []pipeline.Failure) error
 	ProgressJob(ctx context.Context, id pipeline.JobID, r pipeline.UploadResult) error
 	FinishUpload(ctx context.Context, id pipeline.JobID, r pipeline.UploadResult) error
@@ -37,6 +37,10 @@ type Jobs interface {
 	AbortJob(ctx context.Context, tenant string, id pipeline.JobID) (*pipeline.Job, error)
 	Jobs(ctx context.Context, tenant string, q pipeline.JobQuery) ([]*pipeline.Job, error)
 	Failures(ctx context.Context, tenant string, id pipeline.JobID, fn func(pipeline.Failure) error) error
+	// Results streams a job's commands with their outcomes in input order
+	// (only those outcomes, when some are given); pipeline.ErrNoResults
+	// for a job created without them.
+	Results(ctx context.Context, tenant string, id pipeline.JobID, outcomes []pipeline.Outcome, fn func(pipeline.Result) error) error
 	DeadLetters(ctx context.Context, tenant string) (map[pipeline.ErrorClass]int64, error)
 	Ping(ctx context.Context) error
 }
@@ -125,6 +129,7 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("GET /v1/jobs/{job_id}", s.authenticate(s.getJob))
 	s.mux.HandleFunc("GET /v1/jobs/{job_id}/failures", s.authenticate(s.listFailures))
 	s.mux.HandleFunc("POST /v1/jobs/{job_id}/abort", s.authenticate(s.abortJob))
+	s.mux.HandleFunc("GET /v1/jobs/{job_id}/results", s.authenticate(s.listResults))
 	s.mux.HandleFunc("GET /v1/dead-letters", s.authenticate(s.deadLetters))
 	handleHealth(s.mux, cfg.Logger, Dependency{"PostgreSQL", cfg.Jobs.Ping}, Dependency{"Kafka", cfg.Producer.Ping})
 	s.mux.HandleFunc("GET /openapi.yaml", func(w http.ResponseWriter, _ *http.Request) {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,6 +120,15 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusForbidden, fmt.Sprintf("this API key may not write entity %s", pipeline.Quote(defaultEntity)))
 		return
 	}
+	var opts pipeline.JobOptions
+	if v := q.Get("results"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			writeProblem(w, http.StatusBadRequest, fmt.Sprintf("results must be true or false, not %s", pipeline.Quote(v)))
+			return
+		}
+		opts.Results = b
+	}
 	records, err := upload.NewReader(mt, body, upload.Options{
 		MaxRecordBytes: s.cfg.Limits.MaxRecordBytes,
 		IDColumn:       q.Get("id_column"),
@@ -140,7 +150,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if key == "" {
-		s.runUpload(ctx, w, r.Header, who, defaultEntity, records, sent)
+		s.runUpload(ctx, w, r.Header, who, defaultEntity, opts, records, sent)
 		return
 	}
 	owned, rec, err := s.cfg.Idempotency.ClaimIdempotencyKey(ctx, tenant, key, s.cfg.IdempotencyWindow)
@@ -159,7 +169,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return s.cfg.Idempotency.HeartbeatIdempotencyKey(ctx, tenant, key)
 	})
 	answer := newCapture()
-	s.runUpload(ctx, answer, r.Header, who, defaultEntity, records, sent)
+	s.runUpload(ctx, answer, r.Header, who, defaultEntity, opts, records, sent)
 	stop()
 	_, drainErr := io.Copy(io.Discard, body)
 	var stored *pipeline.IdempotentRecord
@@ -177,7 +187,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 
 // runUpload creates the job, streams the records and answers.
 func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, header http.Header, who Principal, defaultEntity string,
-	records upload.Reader, sent *countingReader,
+	opts pipeline.JobOptions, records upload.Reader, sent *countingReader,
 ) {
 	job := s.cfg.NewJobID()
 	var traceparent string
@@ -187,7 +197,7 @@ func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, header ht
 		ctx, traceparent, end = s.cfg.Tracer.StartUpload(ctx, header, job)
 		defer func() { end(status) }()
 	}
-	if err := s.cfg.Jobs.CreateJob(ctx, job, who.Tenant); err != nil {
+	if err := s.cfg.Jobs.CreateJob(ctx, job, who.Tenant, opts); err != nil {
 		s.log(ctx).Error("creating job", "error", err)
 		status = http.StatusServiceUnavailable
 		writeUnavailable(w, 2*time.Second, "the job store is unavailable", "")

@@ -39,7 +39,7 @@ func TestStoreConformance(t *testing.T) {
 				return c, err
 			},
 			Abort: func(ctx context.Context, job pipeline.JobID) error {
-				if err := store.CreateJob(ctx, job, "tenant"); err != nil {
+				if err := store.CreateJob(ctx, job, "tenant", pipeline.JobOptions{}); err != nil {
 					return err
 				}
 				_, err := store.AbortJob(ctx, "tenant", job)

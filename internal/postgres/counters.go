@@ -53,6 +53,37 @@ func queueCounts(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
 		`+addCounts, args...)
 }
 
+// queueResults records the outcome of each command of the jobs that keep
+// results (results[job]), by its place: the first outcome a place gets
+// stays (a copy Kafka delivered again is redelivered and not recorded); a
+// replay's place moves with its count (queueMoves).
+func queueResults(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome, results map[pipeline.JobID]bool) {
+	var jobs, ids, outs []string
+	var idx []int64
+	for i, m := range b.Messages {
+		if !results[m.JobID] || m.ReplayOf != "" || m.Index < 0 || outcomes[i] == pipeline.OutcomeRedelivered {
+			continue
+		}
+		jobs, idx, outs = append(jobs, string(m.JobID)), append(idx, m.Index), append(outs, string(outcomes[i]))
+		ids = append(ids, clean(string(commandID(m))))
+	}
+	if len(jobs) == 0 {
+		return
+	}
+	q.Queue(`INSERT INTO spool_job_results (job_id, idx, command_id, outcome)
+		SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) ORDER BY 1, 2
+		ON CONFLICT DO NOTHING`, jobs, idx, ids, outs)
+}
+
+// commandID is a message's command id, or for one that could not be
+// decoded its record's key.
+func commandID(m *pipeline.Message) pipeline.CommandID {
+	if m.Command.ID == "" {
+		return pipeline.CommandID(m.Record.Key)
+	}
+	return m.Command.ID
+}
+
 // conflictError is the failure message of a conflicting command.
 const conflictError = "id was seen before with a different payload"
 
@@ -81,7 +112,9 @@ func queueMoves(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome) {
 			RETURNING r.job_id, r.idx, r.outcome),
 		moved AS (SELECT * FROM cleared UNION ALL SELECT * FROM conflicted),
 		remembered AS (INSERT INTO spool_job_replays (job_id, idx)
-			SELECT job_id, idx FROM moved ORDER BY job_id, idx ON CONFLICT DO NOTHING)
+			SELECT job_id, idx FROM moved ORDER BY job_id, idx ON CONFLICT DO NOTHING),
+		resulted AS (UPDATE spool_job_results x SET outcome = m.outcome
+			FROM moved m WHERE x.job_id = m.job_id AND x.idx = m.idx)
 		INSERT INTO spool_job_counts AS c (job_id, partition, `+countColumns+`)
 		SELECT job_id, $4,
 			count(*) FILTER (WHERE outcome = 'applied'), count(*) FILTER (WHERE outcome = 'duplicate'),
@@ -110,10 +143,7 @@ func queueFailures(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outcome)
 			f = pipeline.Failure{Index: m.Index, ID: m.Command.ID, Stage: pipeline.StageProcessor,
 				Outcome: pipeline.OutcomeConflict, Class: pipeline.ClassConflict, Error: conflictError}
 		case pipeline.OutcomeDeadLettered:
-			id := m.Command.ID
-			if id == "" {
-				id = pipeline.CommandID(m.Record.Key)
-			}
+			id := commandID(m)
 			sum := sha256.Sum256(m.Record.Value)
 			f = pipeline.Failure{Index: m.Index, ID: id, Stage: pipeline.StageProcessor,
 				Outcome: pipeline.OutcomeDeadLettered, Class: pipeline.ClassOf(m.Err), Error: m.Err.Error(),

@@ -13,9 +13,9 @@ import (
 )
 
 // CreateJob records a new job in state receiving.
-func (s *Store) CreateJob(ctx context.Context, id pipeline.JobID, tenant string) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO spool_jobs (job_id, tenant, state) VALUES ($1, $2, $3)`,
-		id, tenant, pipeline.JobReceiving)
+func (s *Store) CreateJob(ctx context.Context, id pipeline.JobID, tenant string, o pipeline.JobOptions) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO spool_jobs (job_id, tenant, state, results) VALUES ($1, $2, $3, $4)`,
+		id, tenant, pipeline.JobReceiving, o.Results)
 	if err != nil {
 		return classify(fmt.Errorf("creating job: %w", err))
 	}
@@ -217,7 +217,7 @@ const settleState = `
 
 // jobSelect reads jobs with their counters summed; scanJob reads a row of it.
 const jobSelect = `
-	SELECT j.job_id, j.tenant, j.state, j.received, j.accepted, j.rejected, j.error,
+	SELECT j.job_id, j.tenant, j.state, j.results, j.received, j.accepted, j.rejected, j.error,
 		j.created_at, j.updated_at, j.completed_at,
 		coalesce(c.applied, 0), coalesce(c.duplicate, 0), coalesce(c.stale, 0), coalesce(c.conflict, 0),
 		coalesce(c."exists", 0), coalesce(c.missing, 0), coalesce(c.aborted, 0), coalesce(c.dead_lettered, 0)
@@ -229,7 +229,7 @@ const jobSelect = `
 func scanJob(row pgx.Row) (*pipeline.Job, error) {
 	var j pipeline.Job
 	var errMsg *string
-	err := row.Scan(&j.ID, &j.Tenant, &j.State, &j.Received, &j.Accepted, &j.Rejected, &errMsg,
+	err := row.Scan(&j.ID, &j.Tenant, &j.State, &j.Results, &j.Received, &j.Accepted, &j.Rejected, &errMsg,
 		&j.CreatedAt, &j.UpdatedAt, &j.CompletedAt,
 		&j.Counts.Applied, &j.Counts.Duplicate, &j.Counts.Stale, &j.Counts.Conflict,
 		&j.Counts.Exists, &j.Counts.Missing, &j.Counts.Aborted, &j.Counts.DeadLettered)
@@ -286,8 +286,8 @@ func (s *Store) Jobs(ctx context.Context, tenant string, q pipeline.JobQuery) ([
 	return jobs, nil
 }
 
-// failuresChunk is how many failure rows one query of Failures reads.
-const failuresChunk = 1000
+// listingChunk is how many rows one query of a listing reads.
+const listingChunk = 1000
 
 // Failures streams a tenant's job's failures in input order to fn, a chunk
 // of rows at a time: a job with a million failures is never held in
@@ -295,40 +295,91 @@ const failuresChunk = 1000
 // slowly must not starve the pool). It returns pipeline.ErrJobNotFound,
 // before calling fn, when the tenant has no such job.
 func (s *Store) Failures(ctx context.Context, tenant string, id pipeline.JobID, fn func(pipeline.Failure) error) error {
-	var n int
-	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM spool_jobs WHERE job_id = $1 AND tenant = $2`, id, tenant).Scan(&n)
+	if _, err := s.jobResults(ctx, tenant, id); err != nil {
+		return err
+	}
+	var f pipeline.Failure
+	return listChunks(ctx, s, "failures of job "+string(id), func(after int64) (pgx.Rows, error) {
+		return s.pool.Query(ctx, `SELECT idx, command_id, stage, outcome, error_class, error
+			FROM spool_job_failures WHERE job_id = $1 AND idx > $2 ORDER BY idx LIMIT $3`, id, after, listingChunk)
+	}, []any{&f.Index, &f.ID, &f.Stage, &f.Outcome, &f.Class, &f.Error}, func() (int64, pipeline.Failure) { return f.Index, f }, fn)
+}
+
+// Results streams a tenant's job's commands with their outcomes in input
+// order to fn, as Failures does: the outcomes the processors recorded and
+// the records ingress rejected, only those with one of outcomes when any
+// are given. A command not settled yet is not listed. It returns
+// pipeline.ErrJobNotFound or pipeline.ErrNoResults before calling fn.
+func (s *Store) Results(ctx context.Context, tenant string, id pipeline.JobID, outcomes []pipeline.Outcome, fn func(pipeline.Result) error) error {
+	kept, err := s.jobResults(ctx, tenant, id)
 	if err != nil {
-		return classify(fmt.Errorf("reading job %s: %w", id, err))
+		return err
 	}
-	if n == 0 {
-		return pipeline.ErrJobNotFound
+	if !kept {
+		return pipeline.ErrNoResults
 	}
+	var filter []string // nil: every outcome
+	for _, o := range outcomes {
+		filter = append(filter, string(o))
+	}
+	var x pipeline.Result
+	return listChunks(ctx, s, "results of job "+string(id), func(after int64) (pgx.Rows, error) {
+		return s.pool.Query(ctx, `
+			SELECT idx, command_id, outcome FROM (
+				(SELECT idx, command_id, outcome FROM spool_job_results
+				WHERE job_id = $1 AND idx > $2 AND ($4::text[] IS NULL OR outcome = ANY ($4)) ORDER BY idx LIMIT $3)
+				UNION ALL
+				(SELECT idx, command_id, outcome FROM spool_job_failures
+				WHERE job_id = $1 AND idx > $2 AND outcome = 'rejected' AND ($4::text[] IS NULL OR outcome = ANY ($4))
+				ORDER BY idx LIMIT $3)) r
+			ORDER BY idx LIMIT $3`, id, after, listingChunk, filter)
+	}, []any{&x.Index, &x.ID, &x.Outcome}, func() (int64, pipeline.Result) { return x.Index, x }, fn)
+}
+
+// jobResults tells whether a tenant's job keeps results, or that it has no
+// such job (pipeline.ErrJobNotFound).
+func (s *Store) jobResults(ctx context.Context, tenant string, id pipeline.JobID) (bool, error) {
+	var kept bool
+	err := s.pool.QueryRow(ctx, `SELECT results FROM spool_jobs WHERE job_id = $1 AND tenant = $2`, id, tenant).Scan(&kept)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, pipeline.ErrJobNotFound
+	}
+	if err != nil {
+		return false, classify(fmt.Errorf("reading job %s: %w", id, err))
+	}
+	return kept, nil
+}
+
+// listChunks runs query for chunk after chunk of a listing ordered by
+// index, scanning each row into dest and handing row() to fn once the
+// chunk is read, so that no connection is held while fn runs.
+func listChunks[T any](ctx context.Context, s *Store, what string, query func(after int64) (pgx.Rows, error),
+	dest []any, row func() (int64, T), fn func(T) error,
+) error {
 	after := int64(-1)
-	chunk := make([]pipeline.Failure, 0, failuresChunk)
+	chunk := make([]T, 0, listingChunk)
 	for {
-		rows, err := s.pool.Query(ctx, `SELECT idx, command_id, stage, outcome, error_class, error
-			FROM spool_job_failures WHERE job_id = $1 AND idx > $2 ORDER BY idx LIMIT $3`, id, after, failuresChunk)
+		rows, err := query(after)
 		if err != nil {
-			return classify(fmt.Errorf("reading failures of job %s: %w", id, err))
+			return classify(fmt.Errorf("reading %s: %w", what, err))
 		}
 		chunk = chunk[:0]
-		var f pipeline.Failure
-		_, err = pgx.ForEachRow(rows, []any{&f.Index, &f.ID, &f.Stage, &f.Outcome, &f.Class, &f.Error}, func() error {
-			chunk = append(chunk, f)
+		_, err = pgx.ForEachRow(rows, dest, func() error {
+			idx, v := row()
+			chunk, after = append(chunk, v), idx
 			return nil
 		})
 		if err != nil {
-			return classify(fmt.Errorf("reading failures of job %s: %w", id, err))
+			return classify(fmt.Errorf("reading %s: %w", what, err))
 		}
-		for _, f := range chunk {
-			if err := fn(f); err != nil {
+		for _, v := range chunk {
+			if err := fn(v); err != nil {
 				return err
 			}
 		}
-		if len(chunk) < failuresChunk {
+		if len(chunk) < listingChunk {
 			return nil
 		}
-		after = chunk[len(chunk)-1].Index
 	}
 }
 
@@ -380,7 +431,8 @@ func (s *Store) PruneJobs(ctx context.Context, retention time.Duration) (int64, 
 			counts AS (DELETE FROM spool_job_counts WHERE job_id IN (SELECT job_id FROM gone)),
 			failures AS (DELETE FROM spool_job_failures WHERE job_id IN (SELECT job_id FROM gone)),
 			repeats AS (DELETE FROM spool_job_repeats WHERE job_id IN (SELECT job_id FROM gone)),
-			replays AS (DELETE FROM spool_job_replays WHERE job_id IN (SELECT job_id FROM gone))
+			replays AS (DELETE FROM spool_job_replays WHERE job_id IN (SELECT job_id FROM gone)),
+			results AS (DELETE FROM spool_job_results WHERE job_id IN (SELECT job_id FROM gone))
 			SELECT count(*) FROM gone`, retention, pruneBatch).Scan(&n)
 		if err != nil {
 			return total, classify(fmt.Errorf("pruning jobs: %w", err))

@@ -34,7 +34,7 @@ func (b *testBundle) job(t *testing.T) *pipeline.Job {
 func TestJobStateMachine(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
-	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant"))
+	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant", pipeline.JobOptions{}))
 	require.Equal(t, pipeline.JobReceiving, b.job(t).State)
 	require.NoError(t, b.store.FinishUpload(ctx, "job-1", pipeline.UploadResult{Received: 3, Accepted: 3}))
 	require.Equal(t, pipeline.JobQueued, b.job(t).State)
@@ -89,7 +89,7 @@ func TestJobStateMachine(t *testing.T) {
 	}
 	require.Equal(t, pipeline.Counts{Applied: 3}, b.job(t).Counts)
 
-	require.NoError(t, b.store.CreateJob(ctx, "job-2", "tenant"))
+	require.NoError(t, b.store.CreateJob(ctx, "job-2", "tenant", pipeline.JobOptions{}))
 	require.NoError(t, b.store.FinishUpload(ctx, "job-2", pipeline.UploadResult{Received: 5, Accepted: 2, Err: errors.New("broker away")}))
 	j2, err := b.store.Job(ctx, "tenant", "job-2")
 	require.NoError(t, err)
@@ -105,7 +105,7 @@ func TestJobStateMachine(t *testing.T) {
 func TestAbortJob(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
-	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant"))
+	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant", pipeline.JobOptions{}))
 	_, err := b.store.AbortJob(ctx, "other-tenant", "job-1")
 	require.ErrorIs(t, err, pipeline.ErrJobNotFound)
 	j, err := b.store.AbortJob(ctx, "tenant", "job-1")
@@ -130,7 +130,7 @@ func TestAbortJob(t *testing.T) {
 	require.ErrorAs(t, err, &finished)
 	require.Equal(t, pipeline.JobAborted, finished.State)
 
-	require.NoError(t, b.store.CreateJob(ctx, "job-2", "tenant"))
+	require.NoError(t, b.store.CreateJob(ctx, "job-2", "tenant", pipeline.JobOptions{}))
 	require.NoError(t, b.store.FinishUpload(ctx, "job-2", pipeline.UploadResult{Received: 0, Accepted: 0}))
 	_, err = b.store.AbortJob(ctx, "tenant", "job-2")
 	require.ErrorAs(t, err, &finished, "an empty job completes at once")
@@ -145,7 +145,7 @@ func TestPruneJobs(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	for _, id := range []pipeline.JobID{"old-done", "old-failed", "old-open", "new-done"} {
-		require.NoError(t, b.store.CreateJob(ctx, id, "tenant"))
+		require.NoError(t, b.store.CreateJob(ctx, id, "tenant", pipeline.JobOptions{}))
 		require.NoError(t, b.store.AddFailures(ctx, id, []pipeline.Failure{{Index: 0, ID: "x", Stage: pipeline.StageIngress,
 			Outcome: pipeline.OutcomeRejected, Class: pipeline.ClassMissingKey, Error: "no key"}}))
 	}
@@ -198,7 +198,7 @@ func TestSettleNeverWritesAnOlderState(t *testing.T) {
 func TestFailuresHoldNoConnection(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
-	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant"))
+	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant", pipeline.JobOptions{}))
 	b.db.Exec(t, `INSERT INTO spool_job_failures (job_id, idx, command_id, stage, outcome, error_class, error)
 		SELECT 'job-1', i, 'c-' || i, 'ingress', 'rejected', 'missing_key', 'no key' FROM generate_series(0, 2499) i`)
 	next := int64(0)
@@ -218,7 +218,7 @@ func TestAbandonJobs(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	for _, id := range []pipeline.JobID{"dead", "alive", "done"} {
-		require.NoError(t, b.store.CreateJob(ctx, id, "tenant"))
+		require.NoError(t, b.store.CreateJob(ctx, id, "tenant", pipeline.JobOptions{}))
 	}
 	require.NoError(t, b.store.ProgressJob(ctx, "dead", pipeline.UploadResult{Received: 7, Accepted: 6, Rejected: 1}))
 	require.NoError(t, b.store.FinishUpload(ctx, "done", pipeline.UploadResult{}))
@@ -253,7 +253,7 @@ func TestAbandonJobs(t *testing.T) {
 func TestRedeliveredRecordsCountOnce(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
-	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant"))
+	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant", pipeline.JobOptions{}))
 	require.NoError(t, b.store.FinishUpload(ctx, "job-1", pipeline.UploadResult{Received: 6, Accepted: 6}))
 	// Places 0-5 of the upload: applied, a repeat (duplicate), applied,
 	// stale, a poison (dead-lettered), a conflict.
@@ -292,6 +292,52 @@ func TestRedeliveredRecordsCountOnce(t *testing.T) {
 	require.Equal(t, 2, failures, "the dead letter and the conflict, once each")
 }
 
+// TestResults: a job uploaded with results lists each place once with its
+// outcome — the processors' (a copy Kafka delivered again changes nothing;
+// a replayed dead letter moves to its new outcome) and ingress's
+// rejections — in input order, filtered by outcome; a job without results
+// has none to list.
+func TestResults(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant", pipeline.JobOptions{Results: true}))
+	require.NoError(t, b.store.AddFailures(ctx, "job-1", []pipeline.Failure{{Index: 6, ID: "bad", Stage: pipeline.StageIngress,
+		Outcome: pipeline.OutcomeRejected, Class: pipeline.ClassMissingKey, Error: "no key"}}))
+	require.NoError(t, b.store.FinishUpload(ctx, "job-1", pipeline.UploadResult{Received: 7, Accepted: 6, Rejected: 1}))
+	lines := []string{cust("c1", "a", 2, "a2"), cust("c1", "a", 2, "a2"), cust("c2", "b", 1, "b1"),
+		cust("c3", "a", 1, "old"), cust("c4", "p", 1, "p"), cust("c2", "b", 5, "other")}
+	at := func(places ...int64) func(int, *pipeline.Message) {
+		return func(i int, m *pipeline.Message) {
+			m.Index = places[i]
+			if m.Index == 4 && m.ReplayOf == "" {
+				m.Err = pipeline.Errorf(pipeline.ClassConstraint, "refused")
+			}
+		}
+	}
+	b.writeMessages(t, 0, at(0, 1, 2, 3, 4, 5), lines...)
+	b.writeMessages(t, 1, at(5, 0), lines[5], lines[0]) // copies Kafka delivered again
+	b.writeMessages(t, 2, func(i int, m *pipeline.Message) { m.ReplayOf, m.Index = "spool.commands.dlq:0:0", 4 }, lines[4])
+
+	results := func(outcomes ...pipeline.Outcome) []string {
+		var got []string
+		require.NoError(t, b.store.Results(ctx, "tenant", "job-1", outcomes, func(r pipeline.Result) error {
+			got = append(got, fmt.Sprintf("%d %s %s", r.Index, r.ID, r.Outcome))
+			return nil
+		}))
+		return got
+	}
+	require.Equal(t, []string{"0 c1 applied", "1 c1 duplicate", "2 c2 applied", "3 c3 stale", "4 c4 applied",
+		"5 c2 conflict", "6 bad rejected"}, results())
+	require.Equal(t, []string{"3 c3 stale", "6 bad rejected"}, results(pipeline.OutcomeStale, pipeline.OutcomeRejected))
+	j := b.job(t)
+	require.True(t, j.Results)
+	require.Equal(t, pipeline.Counts{Applied: 3, Duplicate: 1, Stale: 1, Conflict: 1}, j.Counts, "the results agree with the counts")
+
+	require.NoError(t, b.store.CreateJob(ctx, "job-2", "tenant", pipeline.JobOptions{}))
+	require.ErrorIs(t, b.store.Results(ctx, "tenant", "job-2", nil, nil), pipeline.ErrNoResults)
+	require.ErrorIs(t, b.store.Results(ctx, "other-tenant", "job-1", nil, nil), pipeline.ErrJobNotFound)
+}
+
 // TestLookupDeadLetter: a dead-lettered command's failure row keeps the
 // SHA-256 of its value, and the whole value when the dead letter could not
 // carry it (KeepValue); a replay checks dead letters against it. Rows that
@@ -299,7 +345,7 @@ func TestRedeliveredRecordsCountOnce(t *testing.T) {
 func TestLookupDeadLetter(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
-	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant"))
+	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant", pipeline.JobOptions{}))
 	require.NoError(t, b.store.FinishUpload(ctx, "job-1", pipeline.UploadResult{Received: 3, Accepted: 3}))
 	values := map[int64][]byte{}
 	poison := func(i int, m *pipeline.Message) {

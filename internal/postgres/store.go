@@ -108,7 +108,7 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 var errAbortedMeanwhile = pipeline.Errorf(pipeline.ClassTransient, "a job of the batch was aborted while the batch was written")
 
 func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.Deduped, jobs []pipeline.JobID) ([]pipeline.Outcome, error) {
-	d, unknown := s.skipAborted(b, d, jobs)
+	d, skipped := s.skipAborted(b, d, jobs)
 	outcomes, candidates := slices.Clone(d.Outcomes), d.Candidates
 	index := make(map[*pipeline.Message]int, len(b.Messages))
 	for i, m := range b.Messages {
@@ -118,11 +118,22 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 
 	var q pgx.Batch
 	q.BeginTx(pgx.TxOptions{})
-	var abortedNow []pipeline.JobID
-	if len(unknown) > 0 {
-		q.Queue(`SELECT job_id FROM spool_jobs WHERE job_id = ANY ($1) AND state = 'aborted'`, unknown).Query(func(rows pgx.Rows) error {
-			var err error
-			abortedNow, err = pgx.CollectRows(rows, pgx.RowTo[pipeline.JobID])
+	// The batch's jobs that are aborted or keep results (a look-up by
+	// primary key, in the round trip the claim makes anyway).
+	abortedNow, results := false, map[pipeline.JobID]bool{}
+	if len(jobs) > 0 {
+		q.Queue(`SELECT job_id, state = 'aborted', results FROM spool_jobs
+			WHERE job_id = ANY ($1) AND (state = 'aborted' OR results)`, jobs).Query(func(rows pgx.Rows) error {
+			var id pipeline.JobID
+			var aborted, kept bool
+			_, err := pgx.ForEachRow(rows, []any{&id, &aborted, &kept}, func() error {
+				if aborted && !skipped[id] {
+					s.aborted.Add(id, struct{}{})
+					abortedNow = true
+				}
+				results[id] = kept
+				return nil
+			})
 			return err
 		})
 	}
@@ -133,10 +144,7 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	if err := br.Close(); err != nil {
 		return nil, classify(fmt.Errorf("claiming %d command ids: %w", len(candidates), err))
 	}
-	if len(abortedNow) > 0 {
-		for _, j := range abortedNow {
-			s.aborted.Add(j, struct{}{})
-		}
+	if abortedNow {
 		return nil, errAbortedMeanwhile
 	}
 	repeats := d.Repeats
@@ -182,6 +190,7 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 
 	q = pgx.Batch{}
 	queueCounts(&q, b, outcomes)
+	queueResults(&q, b, outcomes, results)
 	queueMoves(&q, b, outcomes)
 	queueFailures(&q, b, outcomes)
 	q.Queue(`INSERT INTO spool_offsets AS o (consumer_group, topic, partition, next_offset)
@@ -216,25 +225,22 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 }
 
 // skipAborted settles as aborted the commands of the jobs known to be
-// aborted (but replays), dedupe done again without them, and returns the
-// batch's jobs not known to be aborted.
-func (s *Store) skipAborted(b *pipeline.Batch, d *pipeline.Deduped, jobs []pipeline.JobID) (*pipeline.Deduped, []pipeline.JobID) {
+// aborted (but replays), dedupe done again without them, and returns
+// those jobs.
+func (s *Store) skipAborted(b *pipeline.Batch, d *pipeline.Deduped, jobs []pipeline.JobID) (*pipeline.Deduped, map[pipeline.JobID]bool) {
 	var known map[pipeline.JobID]bool
-	var unknown []pipeline.JobID
 	for _, j := range jobs {
 		if s.aborted.Contains(j) {
 			if known == nil {
 				known = map[pipeline.JobID]bool{}
 			}
 			known[j] = true
-		} else {
-			unknown = append(unknown, j)
 		}
 	}
 	if known == nil {
-		return d, unknown
+		return d, nil
 	}
-	return b.DedupeAborting(func(m *pipeline.Message) bool { return m.ReplayOf == "" && known[m.JobID] }), unknown
+	return b.DedupeAborting(func(m *pipeline.Message) bool { return m.ReplayOf == "" && known[m.JobID] }), known
 }
 
 // afterCommit repairs the keys of a committed batch's versioned groups and

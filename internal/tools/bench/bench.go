@@ -57,7 +57,10 @@ type Config struct {
 	// PostgreSQL's, than this many times the best reference's (0: no
 	// bound). Other load on the machine does not count against it.
 	MaxCPURatio float64
-	Out         io.Writer
+	// Results makes the backlog's job keep each command's outcome
+	// (?results=true), to measure what that costs the processor.
+	Results bool
+	Out     io.Writer
 }
 
 // The stage sets Config.Stages names.

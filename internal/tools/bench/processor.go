@@ -154,6 +154,11 @@ func (e *env) processorStages(ctx context.Context, w Workload) ([]Result, error)
 		return nil, err
 	}
 	results = append(results, produce)
+	if e.cfg.Results {
+		if err := e.db.KeepResults(ctx, backlogJob); err != nil {
+			return nil, err
+		}
+	}
 	if e.cfg.Stages == StagesProcessor {
 		system := sysProcessor
 		if e.cfg.Processors > 1 {
@@ -282,6 +287,16 @@ func (e *env) checkDrain(ctx context.Context, system string, w Workload, want ma
 	repeats := w.Repeats()
 	if got := c.Done(); got != int64(w.N) || c.Duplicate != repeats {
 		return fmt.Errorf("%s: the job counts %d commands (%+v), the workload has %d, %d of them repeats", system, got, c, w.N, repeats)
+	}
+	if !e.cfg.Results {
+		return nil
+	}
+	n, err := e.db.JobResults(ctx, backlogJob)
+	if err != nil {
+		return err
+	}
+	if n != int64(w.N) {
+		return fmt.Errorf("%s: the job kept %d results, the workload has %d commands", system, n, w.N)
 	}
 	return nil
 }

@@ -176,12 +176,27 @@ func (l *Limits) JobCounts(ctx context.Context, job string) (pipeline.Counts, er
 	return c, err
 }
 
+// KeepResults makes job (created if need be, queued) keep each command's
+// outcome, as an upload with results=true does.
+func (l *Limits) KeepResults(ctx context.Context, job string) error {
+	_, err := l.pool.Exec(ctx, `INSERT INTO spool_jobs (job_id, tenant, state, results) VALUES ($1, 'default', 'queued', true)
+		ON CONFLICT (job_id) DO UPDATE SET results = true`, job)
+	return err
+}
+
+// JobResults counts the results a job kept.
+func (l *Limits) JobResults(ctx context.Context, job string) (int64, error) {
+	var n int64
+	err := l.pool.QueryRow(ctx, `SELECT count(*) FROM spool_job_results WHERE job_id = $1`, job).Scan(&n)
+	return n, err
+}
+
 // ForgetWrites empties table and what spool's processors remember of
 // the commands they applied (ledger, counters, failures, tombstones), so
 // that another group of processors can drain the same backlog afresh.
 func (l *Limits) ForgetWrites(ctx context.Context, table string) error {
 	_, err := l.pool.Exec(ctx, `TRUNCATE `+pgx.Identifier{table}.Sanitize()+`, spool_ledger, spool_job_counts,
-		spool_job_failures, spool_job_repeats, spool_job_replays, spool_tombstones`)
+		spool_job_failures, spool_job_repeats, spool_job_replays, spool_job_results, spool_tombstones`)
 	return err
 }
 
