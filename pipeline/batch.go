@@ -34,6 +34,13 @@ var ErrFenced = errors.New("partition offset was moved by another processor")
 // another tenant: the two are indistinguishable on purpose.
 var ErrJobNotFound = errors.New("job not found")
 
+// Errors of jobs in parts: a part received already, and a job completed
+// while a part is still being received.
+var (
+	ErrPartReceived  = errors.New("the part was received already")
+	ErrPartsInFlight = errors.New("a part is still being received")
+)
+
 // ErrNoResults is returned for the results of a job created without them.
 var ErrNoResults = errors.New("the job keeps no results: upload it with results=true")
 

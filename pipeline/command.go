@@ -180,6 +180,9 @@ var CountedOutcomes = []Outcome{OutcomeApplied, OutcomeDuplicate, OutcomeStale, 
 type JobState string
 
 const (
+	// JobOpen means the job takes parts (PUT …/parts/{n}) until it is
+	// completed.
+	JobOpen JobState = "open"
 	// JobReceiving means the upload is still streaming in.
 	JobReceiving JobState = "receiving"
 	// JobQueued means every accepted command is in Kafka; none has an outcome yet.
@@ -200,7 +203,7 @@ const (
 )
 
 // JobStates lists every state, in the order a job goes through them.
-var JobStates = []JobState{JobReceiving, JobQueued, JobProcessing, JobCompleted, JobCompletedWithErrors, JobFailed, JobAborted}
+var JobStates = []JobState{JobOpen, JobReceiving, JobQueued, JobProcessing, JobCompleted, JobCompletedWithErrors, JobFailed, JobAborted}
 
 // Finished tells whether the state is final: no state follows it (though
 // a failed or aborted job's commands may still be counting in).
@@ -217,14 +220,51 @@ type JobOptions struct {
 	// Results keeps each command's outcome for the results listing, at the
 	// cost of a row a command.
 	Results bool
+	// Parts opens the job for parts: it takes them until completed.
+	Parts bool
 }
+
+// MaxParts bounds the parts of a job, numbered from 1.
+const MaxParts = 10000
+
+// PartBase is the index of part n's first record in its job: each part
+// has room for 2^32 records, so that indices follow the part order whatever
+// order the parts come in. Listings show a record's place in the whole
+// upload instead: its index in its part after the records of the parts
+// before it (Part.Received).
+func PartBase(n int) int64 { return int64(n-1) << 32 }
+
+// PartOf splits an index of a job in parts into its part (from 1) and its
+// index in that part.
+func PartOf(index int64) (part int, local int64) { return int(index>>32) + 1, index & (1<<32 - 1) }
+
+// Part is one part of a job uploaded in parts.
+type Part struct {
+	Number   int    `json:"part"`
+	State    string `json:"state"` // receiving or done
+	Received int64  `json:"received"`
+	Accepted int64  `json:"accepted"`
+	Rejected int64  `json:"rejected"`
+	// SHA256 is the hex SHA-256 of the part's decoded body, once done.
+	SHA256 string `json:"sha256,omitempty"`
+}
+
+// Part states.
+const (
+	PartReceiving = "receiving"
+	PartDone      = "done"
+)
 
 // Job is a job's status as the API shows it.
 type Job struct {
-	ID          JobID
-	Tenant      string
-	State       JobState
-	Results     bool
+	ID      JobID
+	Tenant  string
+	State   JobState
+	Results bool
+	// InParts tells whether the job was opened for parts; Parts lists the
+	// parts it received.
+	InParts     bool
+	Parts       []Part
 	Received    int64
 	Accepted    int64
 	Rejected    int64

@@ -3,9 +3,13 @@ package app_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/csv"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -15,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spoolhq/spool/internal/apiclient"
+	"github.com/spoolhq/spool/internal/httpapi"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -186,4 +191,91 @@ func TestResultsThroughTheAPI(t *testing.T) {
 	var apiErr *apiclient.Error
 	require.ErrorAs(t, err, &apiErr)
 	require.Equal(t, 409, apiErr.Status)
+}
+
+// TestJobInParts: a job opened for parts takes its parts in any order and
+// at once; a part sent again with the same bytes gets its first answer, with
+// others 409; records are placed across parts in part order, so listings
+// point into the whole upload; complete queues it and it settles as any job;
+// a job left open is failed after jobs.open_timeout.
+func TestJobInParts(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, nil)
+	s.startProcessor(t, map[string]any{"jobs.open_timeout": "1s"})
+	ctx := t.Context()
+	do := func(method, path, body string) (int, []byte) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, method, s.server+path, strings.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/x-ndjson")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, b
+	}
+	code, b := do("POST", "/v1/jobs?parts=true&results=true", "")
+	require.Equal(t, http.StatusCreated, code, string(b))
+	var opened httpapi.JobView
+	require.NoError(t, json.Unmarshal(b, &opened))
+	require.Equal(t, pipeline.JobOpen, opened.State)
+	require.NotNil(t, opened.Parts)
+	jobPath := "/v1/jobs/" + string(opened.JobID)
+
+	// Part 1: three records, the second rejected; part 2: two records, the
+	// first rejected. Part 2 comes first.
+	cmd := func(i int) string {
+		return fmt.Sprintf(`{"id":"p-%d","entity":"customers","version":1,"data":{"customer_id":"k-%d","name":"n"}}`, i, i)
+	}
+	bad := `{"id":"bad","entity":"customers","data":{}}`
+	part1 := strings.Join([]string{cmd(0), bad, cmd(2)}, "\n")
+	part2 := strings.Join([]string{bad, cmd(4)}, "\n")
+	code, b = do("PUT", jobPath+"/parts/2", part2)
+	require.Equal(t, http.StatusAccepted, code, string(b))
+	var p2 httpapi.PartView
+	require.NoError(t, json.Unmarshal(b, &p2))
+	require.Equal(t, httpapi.PartView{JobID: opened.JobID, Part: 2, Received: 2, Accepted: 1, Rejected: 1,
+		Rejections: p2.Rejections, StatusURL: jobPath}, p2)
+	require.Equal(t, int64(0), p2.Rejections[0].Index, "an answer's rejections count from the part's start")
+	code, b = do("PUT", jobPath+"/parts/1", part1)
+	require.Equal(t, http.StatusAccepted, code, string(b))
+	again, replayed := do("PUT", jobPath+"/parts/1", part1)
+	require.Equal(t, http.StatusAccepted, again)
+	require.JSONEq(t, string(b), string(replayed), "the same part again gets its first answer")
+	code, b = do("PUT", jobPath+"/parts/1", part1+"\n"+cmd(9))
+	require.Equal(t, http.StatusConflict, code, string(b))
+	require.Contains(t, string(b), "other bytes")
+
+	code, b = do("POST", jobPath+"/complete", "")
+	require.Equal(t, http.StatusOK, code, string(b))
+	j := s.wait(t, opened.JobID)
+	require.Equal(t, pipeline.JobCompletedWithErrors, j.state)
+	require.Equal(t, int64(5), j.received)
+	require.Equal(t, int64(2), j.rejected)
+	require.Equal(t, pipeline.Counts{Applied: 3}, j.c)
+	code, b = do("PUT", jobPath+"/parts/3", cmd(5))
+	require.Equal(t, http.StatusConflict, code, "a completed job takes no part: %s", b)
+
+	// Places run across the parts in part order: part 1 holds 0-2, part 2
+	// holds 3-4.
+	var results bytes.Buffer
+	require.NoError(t, s.client.Results(ctx, opened.JobID, nil, "csv", &results))
+	require.Equal(t, "index,id,outcome\n0,p-0,applied\n1,bad,rejected\n2,p-2,applied\n3,bad,rejected\n4,p-4,applied\n", results.String())
+	got, err := s.client.Job(ctx, opened.JobID)
+	require.NoError(t, err)
+	require.Len(t, *got.Parts, 2)
+	require.Equal(t, pipeline.PartDone, (*got.Parts)[0].State)
+	sum := sha256.Sum256([]byte(part1))
+	require.Equal(t, hex.EncodeToString(sum[:]), (*got.Parts)[0].SHA256, "the part's digest, for a client resuming")
+
+	// Left open: failed once jobs.open_timeout passes.
+	code, b = do("POST", "/v1/jobs?parts=true", "")
+	require.Equal(t, http.StatusCreated, code, string(b))
+	var idle httpapi.JobView
+	require.NoError(t, json.Unmarshal(b, &idle))
+	require.Eventually(t, func() bool {
+		j, err := s.client.Job(ctx, idle.JobID)
+		return err == nil && j.State == pipeline.JobFailed
+	}, 30*time.Second, 100*time.Millisecond)
 }

@@ -17,7 +17,7 @@ type Housekeeping interface {
 	RepairSince(ctx context.Context, since time.Time) (time.Time, error)
 	SettleOpenJobs(ctx context.Context) error
 	// AbandonJobs fails uploads whose ingress stopped mid-upload.
-	AbandonJobs(ctx context.Context) (int64, error)
+	AbandonJobs(ctx context.Context, openTimeout time.Duration) (int64, error)
 	SweepLedger(ctx context.Context, window time.Duration) (ids, tombstones int64, err error)
 	SweepIdempotencyKeys(ctx context.Context, window time.Duration) (int64, error)
 	PruneJobs(ctx context.Context, retention time.Duration) (int64, error)
@@ -42,6 +42,8 @@ type Maintenance struct {
 	DedupeWindow      time.Duration
 	IdempotencyWindow time.Duration
 	JobRetention      time.Duration
+	// OpenTimeout fails a job in parts left open this long.
+	OpenTimeout time.Duration
 }
 
 // Run does the housekeeping until ctx is done; it returns nil then.
@@ -72,10 +74,10 @@ func (mt *Maintenance) settle(ctx context.Context, repairFrom time.Time) time.Ti
 		repairFrom = started.Add(-time.Minute)
 		mt.warn(ctx, "settling open jobs", mt.Store.SettleOpenJobs(ctx))
 	}
-	abandoned, err := mt.Store.AbandonJobs(ctx)
+	abandoned, err := mt.Store.AbandonJobs(ctx, mt.OpenTimeout)
 	mt.warn(ctx, "marking abandoned uploads failed", err)
 	if abandoned > 0 {
-		mt.Logger.Warn("marked uploads failed whose ingress stopped mid-upload", "jobs", abandoned)
+		mt.Logger.Warn("marked failed uploads whose ingress stopped mid-upload, and jobs in parts left open", "jobs", abandoned)
 	}
 	return repairFrom
 }

@@ -78,7 +78,7 @@ func (h *housekeepingLog) RepairSince(_ context.Context, since time.Time) (time.
 }
 
 func (h *housekeepingLog) SettleOpenJobs(context.Context) error { h.log("settle"); return nil }
-func (h *housekeepingLog) AbandonJobs(context.Context) (int64, error) {
+func (h *housekeepingLog) AbandonJobs(context.Context, time.Duration) (int64, error) {
 	h.log("abandon")
 	return 0, nil
 }

@@ -134,7 +134,8 @@ func (p *Processor) run(ctx context.Context) error {
 
 	maintenance := &Maintenance{Store: store, Metrics: m, Logger: p.logger,
 		Interval: settleInterval, SweepEvery: ledgerSweepEvery,
-		DedupeWindow: c.Dedupe.Window, IdempotencyWindow: c.Ingress.IdempotencyWindow, JobRetention: c.Jobs.Retention}
+		DedupeWindow: c.Dedupe.Window, IdempotencyWindow: c.Ingress.IdempotencyWindow, JobRetention: c.Jobs.Retention,
+		OpenTimeout: c.Jobs.OpenTimeout}
 	// The parts run until one fails, the consumer ends or the stop comes;
 	// Run waits for all of them, so nothing outlives it.
 	ctx, cancel := context.WithCancel(ctx)

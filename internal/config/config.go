@@ -149,7 +149,8 @@ type Processor struct {
 
 // Jobs configures the job records.
 type Jobs struct {
-	Retention time.Duration `mapstructure:"retention"`
+	Retention   time.Duration `mapstructure:"retention"`
+	OpenTimeout time.Duration `mapstructure:"open_timeout"`
 }
 
 // Dedupe configures the command-id ledger.
@@ -492,6 +493,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Jobs.Retention < time.Minute {
 		bad("jobs.retention", "must be at least 1m, got %s", c.Jobs.Retention)
+	}
+	if c.Jobs.OpenTimeout < time.Second {
+		bad("jobs.open_timeout", "must be at least 1s, got %s", c.Jobs.OpenTimeout)
 	}
 	if c.Ingress.IdempotencyWindow < time.Minute {
 		bad("ingress.idempotency_window", "must be at least 1m, got %s", c.Ingress.IdempotencyWindow)

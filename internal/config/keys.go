@@ -55,6 +55,7 @@ var Keys = []Key{
 	{"dedupe.window", 168 * time.Hour, "how long a command id is remembered"},
 	{"dedupe.cache_size", 5000, "command ids each partition's worker keeps in memory to settle hot repeats without the database (0: off)"},
 	{"jobs.retention", 720 * time.Hour, "finished jobs, their counts and failures are pruned this long after they finished"},
+	{"jobs.open_timeout", time.Hour, "a job opened for parts that receives no part and is not completed for this long is failed"},
 	{"ingress.metrics_addr", ":9091", "ingress metrics, health and (with metrics.pprof) profiling listen address, apart from the API's http.addr"},
 	{"ingress.max_body_bytes", int64(10 << 30), "largest upload body in bytes (413 past it)"},
 	{"ingress.max_record_bytes", 1 << 20, "largest single record in bytes"},

@@ -48,7 +48,7 @@ func idempotencyKey(r *http.Request) (string, bool) {
 
 // replay answers a request whose key another request owns: 409 while that
 // one runs; once done, 422 if this body differs, else the first answer.
-func (s *Server) replay(w http.ResponseWriter, body io.Reader, fingerprint hash.Hash, rec *pipeline.IdempotentRecord) {
+func (s *Server) replay(w http.ResponseWriter, body io.Reader, fingerprint hash.Hash, rec *pipeline.IdempotentRecord, mismatch int, detail string) {
 	if rec.InFlight {
 		// Retry once the owner's lease has run out: if it died, the retry
 		// takes the key over; if it lives, the retry meets its answer.
@@ -62,7 +62,7 @@ func (s *Server) replay(w http.ResponseWriter, body io.Reader, fingerprint hash.
 		return
 	}
 	if !bytes.Equal(fingerprint.Sum(nil), rec.Fingerprint) {
-		writeProblem(w, http.StatusUnprocessableEntity, "this Idempotency-Key was used with a different request (body, format or parameters)")
+		writeProblem(w, mismatch, detail)
 		return
 	}
 	ct := "application/json"

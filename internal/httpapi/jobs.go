@@ -29,6 +29,9 @@ type JobView struct {
 	// Results tells whether the job keeps each command's outcome
 	// (GET /v1/jobs/{id}/results).
 	Results bool `json:"results"`
+	// Parts lists the parts received of a job opened for parts (absent
+	// for another job).
+	Parts *[]pipeline.Part `json:"parts,omitempty"`
 }
 
 // CountsView is the counts object of a JobView.
@@ -40,11 +43,19 @@ type CountsView struct {
 }
 
 func viewOf(j *pipeline.Job) JobView {
-	return JobView{
+	v := JobView{
 		JobID: j.ID, State: j.State, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt, CompletedAt: j.CompletedAt,
 		Counts:   CountsView{Received: j.Received, Rejected: j.Rejected, Accepted: j.Accepted, Counts: j.Counts},
 		Progress: j.Progress(), Error: j.Error, Results: j.Results,
 	}
+	if j.InParts {
+		parts := j.Parts
+		if parts == nil {
+			parts = []pipeline.Part{}
+		}
+		v.Parts = &parts
+	}
+	return v
 }
 
 // JobList is the JSON of GET /v1/jobs: a page of jobs, newest first, and

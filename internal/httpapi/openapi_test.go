@@ -36,7 +36,11 @@ type fakeJobs struct {
 func (f *fakeJobs) CreateJob(_ context.Context, id pipeline.JobID, tenant string, o pipeline.JobOptions) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.jobs[id] = &pipeline.Job{ID: id, Tenant: tenant, State: pipeline.JobReceiving, Results: o.Results}
+	state := pipeline.JobReceiving
+	if o.Parts {
+		state = pipeline.JobOpen
+	}
+	f.jobs[id] = &pipeline.Job{ID: id, Tenant: tenant, State: state, Results: o.Results, InParts: o.Parts}
 	return nil
 }
 func (f *fakeJobs) AddFailures(context.Context, pipeline.JobID, []pipeline.Failure) error { return nil }
@@ -69,6 +73,45 @@ func (f *fakeJobs) AbortJob(ctx context.Context, tenant string, id pipeline.JobI
 		return nil, &pipeline.JobFinishedError{ID: id, State: j.State}
 	}
 	j.State = pipeline.JobAborted
+	return j, nil
+}
+func (f *fakeJobs) StartPart(ctx context.Context, tenant string, id pipeline.JobID, n int) error {
+	j, err := f.Job(ctx, tenant, id)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if j.State != pipeline.JobOpen {
+		return &pipeline.JobFinishedError{ID: id, State: j.State}
+	}
+	for _, p := range j.Parts {
+		if p.Number == n {
+			return pipeline.ErrPartReceived
+		}
+	}
+	return nil
+}
+func (f *fakeJobs) HeartbeatPart(context.Context, pipeline.JobID, int) error { return nil }
+func (f *fakeJobs) FinishPart(_ context.Context, id pipeline.JobID, n int, r *pipeline.UploadResult, _ []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if r != nil {
+		f.jobs[id].Parts = append(f.jobs[id].Parts, pipeline.Part{Number: n, State: pipeline.PartDone, Received: r.Received})
+	}
+	return nil
+}
+func (f *fakeJobs) CompleteJob(ctx context.Context, tenant string, id pipeline.JobID) (*pipeline.Job, error) {
+	j, err := f.Job(ctx, tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if j.State != pipeline.JobOpen {
+		return nil, &pipeline.JobFinishedError{ID: id, State: j.State}
+	}
+	j.State = pipeline.JobQueued
 	return j, nil
 }
 func (f *fakeJobs) Jobs(_ context.Context, tenant string, q pipeline.JobQuery) ([]*pipeline.Job, error) {
@@ -273,12 +316,27 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 	do("GET", "/v1/jobs/job-1/results", "", "", "", 409)
 	do("GET", "/v1/jobs/nope/results", "", "", "", 404)
 	do("POST", "/v1/jobs?results=maybe", "application/x-ndjson", "", good, 400)
+	// Jobs in parts: open (the next job id), a part, its replay and a
+	// part with other bytes, completion.
+	do("POST", "/v1/jobs?parts=true", "", "", "", 201)
+	open := "/v1/jobs/job-" + strconv.Itoa(int(n.Load()))
+	do("POST", "/v1/jobs?parts=maybe", "", "", "", 400)
+	do("PUT", open+"/parts/1", "application/x-ndjson", "", good, 202)
+	do("PUT", open+"/parts/1", "application/x-ndjson", "", good, 202)
+	do("PUT", open+"/parts/1", "application/x-ndjson", "", good+"\n"+good, 409)
+	do("PUT", open+"/parts/0", "application/x-ndjson", "", good, 400)
+	do("PUT", "/v1/jobs/nope/parts/1", "application/x-ndjson", "", good, 404)
+	do("POST", open+"/complete", "", "", "", 200)
+	do("POST", open+"/complete", "", "", "", 409)
+	do("PUT", open+"/parts/2", "application/x-ndjson", "", good, 409)
+	do("POST", "/v1/jobs/nope/complete", "", "", "", 404)
 	do("POST", "/v1/jobs/job-1/abort", "", "", "", 200)
 	do("POST", "/v1/jobs/job-1/abort", "", "", "", 409)
 	do("POST", "/v1/jobs/nope/abort", "", "", "", 404)
 	jobs.readFail = true
 	do("POST", "/v1/jobs/job-1/abort", "", "", "", 503)
 	do("GET", "/v1/jobs/kept/results", "", "", "", 503)
+	do("POST", open+"/complete", "", "", "", 503)
 	do("GET", "/v1/jobs/job-1", "", "", "", 503)
 	do("GET", "/v1/jobs", "", "", "", 503)
 	do("GET", "/v1/jobs/job-1/failures", "", "", "", 503)
@@ -291,7 +349,7 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 	// Without a key: 401 on both API routes.
 	for _, r := range []struct{ method, path string }{{"POST", "/v1/jobs"}, {"GET", "/v1/jobs/job-1"}, {"GET", "/v1/jobs"},
 		{"GET", "/v1/jobs/job-1/failures"}, {"GET", "/v1/dead-letters"}, {"POST", "/v1/jobs/job-1/abort"},
-		{"GET", "/v1/jobs/job-1/results"}} {
+		{"GET", "/v1/jobs/job-1/results"}, {"PUT", "/v1/jobs/job-1/parts/1"}, {"POST", "/v1/jobs/job-1/complete"}} {
 		req, err := http.NewRequest(r.method, srv.URL+r.path, strings.NewReader(good))
 		require.NoError(t, err)
 		resp, err := http.DefaultClient.Do(req)

@@ -35,6 +35,7 @@ type Jobs interface {
 	// AbortJob aborts a tenant's job and returns it; a finished job is a
 	// *pipeline.JobFinishedError.
 	AbortJob(ctx context.Context, tenant string, id pipeline.JobID) (*pipeline.Job, error)
+	Parts
 	Jobs(ctx context.Context, tenant string, q pipeline.JobQuery) ([]*pipeline.Job, error)
 	Failures(ctx context.Context, tenant string, id pipeline.JobID, fn func(pipeline.Failure) error) error
 	// Results streams a job's commands with their outcomes in input order
@@ -129,6 +130,8 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("GET /v1/jobs/{job_id}", s.authenticate(s.getJob))
 	s.mux.HandleFunc("GET /v1/jobs/{job_id}/failures", s.authenticate(s.listFailures))
 	s.mux.HandleFunc("POST /v1/jobs/{job_id}/abort", s.authenticate(s.abortJob))
+	s.mux.HandleFunc("PUT /v1/jobs/{job_id}/parts/{n}", s.authenticate(s.putPart))
+	s.mux.HandleFunc("POST /v1/jobs/{job_id}/complete", s.authenticate(s.completeJob))
 	s.mux.HandleFunc("GET /v1/jobs/{job_id}/results", s.authenticate(s.listResults))
 	s.mux.HandleFunc("GET /v1/dead-letters", s.authenticate(s.deadLetters))
 	handleHealth(s.mux, cfg.Logger, Dependency{"PostgreSQL", cfg.Jobs.Ping}, Dependency{"Kafka", cfg.Producer.Ping})

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"mime"
 	"net/http"
@@ -56,27 +57,84 @@ var errStore = errors.New("job store unavailable")
 // createJob streams an upload: each record is validated on its own, good
 // ones are produced as they come, and the answer waits until Kafka has
 // acknowledged every accepted record. Memory stays bounded: records are not
-// kept once produced, and the producer blocks when its buffer is full.
+// kept once produced, and the producer blocks when its buffer is full. A
+// job opened for parts (?parts=true) takes no body: its parts come by PUT.
 func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
-	who := principalOf(ctx)
-	tenant := who.Tenant
+	if v := r.URL.Query().Get("parts"); v != "" {
+		s.openPartsJob(w, r, v)
+		return
+	}
+	s.withUpload(w, r, func(ctx context.Context, who Principal, in *uploadInput) {
+		key, ok := idempotencyKey(r)
+		if !ok {
+			writeProblem(w, http.StatusBadRequest, "Idempotency-Key must be 1 to 255 printable ASCII characters")
+			return
+		}
+		run := func(w http.ResponseWriter) { s.runUpload(ctx, w, r.Header, who, in) }
+		if key == "" {
+			run(w)
+			return
+		}
+		s.idempotent(ctx, w, who.Tenant, key, in, http.StatusUnprocessableEntity,
+			"this Idempotency-Key was used with a different request (body, format or parameters)", run, nil)
+	})
+}
+
+// withUpload runs an upload request's body through run, once admitted
+// (openUpload), and gives its slot back after.
+func (s *Server) withUpload(w http.ResponseWriter, r *http.Request, run func(ctx context.Context, who Principal, in *uploadInput)) {
+	in, release := s.openUpload(w, r)
+	if in == nil {
+		return
+	}
+	defer release()
+	run(r.Context(), principalOf(r.Context()), in)
+}
+
+// uploadInput is an upload's body, ready to stream as records.
+type uploadInput struct {
+	// body is the decoded, bounded body; what is read of it goes into
+	// fingerprint (with the media type and parameters: what an
+	// Idempotency-Key covers) and digest (the body alone).
+	body          io.Reader
+	fingerprint   hash.Hash
+	digest        hash.Hash
+	sent          *countingReader
+	records       upload.Reader
+	defaultEntity string
+	opts          pipeline.JobOptions
+}
+
+// openUpload admits an upload (the backlog bound, the upload slots), and
+// reads its format, encoding and parameters. It answers the request itself
+// and returns nil when it cannot go on; else release gives its slot back.
+func (s *Server) openUpload(w http.ResponseWriter, r *http.Request) (*uploadInput, func()) {
+	who := principalOf(r.Context())
 	if s.cfg.Backlog != nil && s.cfg.Limits.MaxLag > 0 {
 		if lag := s.cfg.Backlog(); lag > s.cfg.Limits.MaxLag {
 			w.Header().Set("Retry-After", "5")
 			writeProblem(w, http.StatusTooManyRequests,
 				fmt.Sprintf("the processors are %d commands behind, over the bound of %d; retry later", lag, s.cfg.Limits.MaxLag))
-			return
+			return nil, nil
 		}
 	}
-	release, busy := s.uploads.take(tenant, s.cfg.Limits)
+	take, busy := s.uploads.take(who.Tenant, s.cfg.Limits)
 	if busy != nil {
 		w.Header().Set("Retry-After", "2")
 		writeProblem(w, busy.Status, busy.Error())
-		return
+		return nil, nil
 	}
 	s.cfg.Observer.Uploading(1)
-	defer func() { release(); s.cfg.Observer.Uploading(-1) }()
+	release := func() { take(); s.cfg.Observer.Uploading(-1) }
+	in := s.readUpload(w, r, who)
+	if in == nil {
+		release()
+		return nil, nil
+	}
+	return in, release
+}
+
+func (s *Server) readUpload(w http.ResponseWriter, r *http.Request, who Principal) *uploadInput {
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	sent := &countingReader{r: r.Body}
 	body := io.Reader(http.MaxBytesReader(w, readCloser{sent, r.Body}, s.cfg.Limits.MaxBodyBytes))
@@ -94,42 +152,41 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		case errors.As(err, &bound):
 			status, detail := readStatus(err)
 			writeProblem(w, status, detail)
-			return
+			return nil
 		case err != nil:
 			writeProblem(w, http.StatusBadRequest, "body is not valid gzip: "+err.Error())
-			return
+			return nil
 		}
 		body, ratio = gz, s.cfg.Limits.MaxDecompressionRatio
 	default:
 		writeProblem(w, http.StatusUnsupportedMediaType, "Content-Encoding must be gzip or absent")
-		return
+		return nil
 	}
 	body = &inflateBound{r: body, sent: sent, max: s.cfg.Limits.MaxDecompressedBytes, ratio: ratio}
 	q := r.URL.Query()
+	in := &uploadInput{fingerprint: sha256.New(), digest: sha256.New(), sent: sent, defaultEntity: q.Get("entity")}
 	// The fingerprint of an Idempotency-Key covers what the upload means:
 	// its format, its parameters and its (decoded) body.
-	fingerprint := sha256.New()
-	fmt.Fprintf(fingerprint, "%s\n%s\n", mt, q.Encode())
-	body = io.TeeReader(body, fingerprint)
-	defaultEntity := q.Get("entity")
-	if defaultEntity != "" && s.cfg.Entities[defaultEntity] == nil {
-		writeProblem(w, http.StatusBadRequest, fmt.Sprintf("entity %s is not configured", pipeline.Quote(defaultEntity)))
-		return
+	fmt.Fprintf(in.fingerprint, "%s\n%s\n", mt, q.Encode())
+	in.body = io.TeeReader(body, io.MultiWriter(in.fingerprint, in.digest))
+	if in.defaultEntity != "" && s.cfg.Entities[in.defaultEntity] == nil {
+		writeProblem(w, http.StatusBadRequest, fmt.Sprintf("entity %s is not configured", pipeline.Quote(in.defaultEntity)))
+		return nil
 	}
-	if defaultEntity != "" && !who.MayWrite(defaultEntity) {
-		writeProblem(w, http.StatusForbidden, fmt.Sprintf("this API key may not write entity %s", pipeline.Quote(defaultEntity)))
-		return
+	if in.defaultEntity != "" && !who.MayWrite(in.defaultEntity) {
+		writeProblem(w, http.StatusForbidden, fmt.Sprintf("this API key may not write entity %s", pipeline.Quote(in.defaultEntity)))
+		return nil
 	}
-	var opts pipeline.JobOptions
 	if v := q.Get("results"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
 			writeProblem(w, http.StatusBadRequest, fmt.Sprintf("results must be true or false, not %s", pipeline.Quote(v)))
-			return
+			return nil
 		}
-		opts.Results = b
+		in.opts.Results = b
 	}
-	records, err := upload.NewReader(mt, body, upload.Options{
+	var err error
+	in.records, err = upload.NewReader(mt, in.body, upload.Options{
 		MaxRecordBytes: s.cfg.Limits.MaxRecordBytes,
 		IDColumn:       q.Get("id_column"),
 		VersionColumn:  q.Get("version_column"),
@@ -141,18 +198,20 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 			status = http.StatusBadRequest
 		}
 		writeProblem(w, status, err.Error())
-		return
+		return nil
 	}
+	return in
+}
 
-	key, ok := idempotencyKey(r)
-	if !ok {
-		writeProblem(w, http.StatusBadRequest, "Idempotency-Key must be 1 to 255 printable ASCII characters")
-		return
-	}
-	if key == "" {
-		s.runUpload(ctx, w, r.Header, who, defaultEntity, opts, records, sent)
-		return
-	}
+// idempotent runs a request under a tenant's key: the first request with
+// it runs (run writes its answer), the answer is kept unless it is a 5xx,
+// and a later request with the key gets it again — or 409 while the first
+// runs, or mismatch (with detail) when its body, format or parameters
+// differ. finished, when set, runs before a 202 is kept and sent; its
+// failure turns the answer into a 503, which is not kept.
+func (s *Server) idempotent(ctx context.Context, w http.ResponseWriter, tenant, key string, in *uploadInput,
+	mismatch int, detail string, run func(http.ResponseWriter), finished func(ctx context.Context) error,
+) {
 	owned, rec, err := s.cfg.Idempotency.ClaimIdempotencyKey(ctx, tenant, key, s.cfg.IdempotencyWindow)
 	if err != nil {
 		s.log(ctx).Error("claiming idempotency key", "error", err)
@@ -160,7 +219,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !owned {
-		s.replay(w, body, fingerprint, rec)
+		s.replay(w, in.body, in.fingerprint, rec, mismatch, detail)
 		return
 	}
 	// We own the key: run the upload into a buffer, read the body to its
@@ -169,16 +228,23 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return s.cfg.Idempotency.HeartbeatIdempotencyKey(ctx, tenant, key)
 	})
 	answer := newCapture()
-	s.runUpload(ctx, answer, r.Header, who, defaultEntity, opts, records, sent)
+	run(answer)
 	stop()
-	_, drainErr := io.Copy(io.Discard, body)
-	var stored *pipeline.IdempotentRecord
-	if answer.status < 500 && drainErr == nil {
-		stored = &pipeline.IdempotentRecord{Fingerprint: fingerprint.Sum(nil), Status: answer.status,
-			Location: answer.Header().Get("Location"), Body: answer.body.Bytes()}
-	}
+	_, drainErr := io.Copy(io.Discard, in.body)
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
+	if finished != nil && answer.status == http.StatusAccepted && drainErr == nil {
+		if err := finished(fctx); err != nil {
+			s.log(ctx).Error("recording the upload", "error", err)
+			answer = newCapture()
+			writeUnavailable(answer, 2*time.Second, "every record is in Kafka, but recording the upload failed; sending it again is safe", "")
+		}
+	}
+	var stored *pipeline.IdempotentRecord
+	if answer.status < 500 && drainErr == nil {
+		stored = &pipeline.IdempotentRecord{Fingerprint: in.fingerprint.Sum(nil), Status: answer.status,
+			Location: answer.Header().Get("Location"), Body: answer.body.Bytes()}
+	}
 	if err := s.cfg.Idempotency.FinishIdempotencyKey(fctx, tenant, key, stored); err != nil {
 		s.log(ctx).Error("storing idempotent answer; a retry after the lease runs anew", "error", err)
 	}
@@ -186,9 +252,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 }
 
 // runUpload creates the job, streams the records and answers.
-func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, header http.Header, who Principal, defaultEntity string,
-	opts pipeline.JobOptions, records upload.Reader, sent *countingReader,
-) {
+func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, header http.Header, who Principal, in *uploadInput) {
 	job := s.cfg.NewJobID()
 	var traceparent string
 	var status int
@@ -197,25 +261,18 @@ func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, header ht
 		ctx, traceparent, end = s.cfg.Tracer.StartUpload(ctx, header, job)
 		defer func() { end(status) }()
 	}
-	if err := s.cfg.Jobs.CreateJob(ctx, job, who.Tenant, opts); err != nil {
+	if err := s.cfg.Jobs.CreateJob(ctx, job, who.Tenant, in.opts); err != nil {
 		s.log(ctx).Error("creating job", "error", err)
 		status = http.StatusServiceUnavailable
 		writeUnavailable(w, 2*time.Second, "the job store is unavailable", "")
 		return
 	}
-	u := &uploadRun{s: s, job: job, who: who, defaultEntity: defaultEntity, traceparent: traceparent}
+	u := &uploadRun{s: s, job: job, who: who, defaultEntity: in.defaultEntity, traceparent: traceparent}
 	// The job's heartbeat: a job whose ingress dies stops beating and is
 	// marked failed after postgres.UploadLease.
-	stop := s.heartbeat(ctx, "recording upload progress", func(ctx context.Context) error {
+	res, readErr, produceErr := u.stream(ctx, in.records, func(ctx context.Context) error {
 		return s.cfg.Jobs.ProgressJob(ctx, job, u.result())
 	})
-	readErr := u.read(ctx, records)
-	u.acks.Wait()
-	stop()
-
-	res := u.result()
-	produceErr := u.produceErr()
-	res.Err = errors.Join(readErr, produceErr)
 	// The job record must outlive a client that hung up.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
@@ -223,43 +280,64 @@ func (s *Server) runUpload(ctx context.Context, w http.ResponseWriter, header ht
 	if storeErr != nil {
 		s.log(ctx).Error("finishing upload", "job_id", job, "error", storeErr)
 	}
-	var bodyErr *upload.BodyError
-	var bound *boundError
-	var tooLarge *http.MaxBytesError
-	status = http.StatusAccepted
-	defer func() {
-		s.cfg.Observer.Upload(status, res.Accepted, res.Rejected, sent.n)
-		s.log(ctx).Debug("upload answered", "job_id", job, "status", status, "received", res.Received,
-			"accepted", res.Accepted, "rejected", res.Rejected, "bytes", sent.n)
-	}()
-	switch {
-	case errors.As(readErr, &bound) || errors.As(readErr, &tooLarge):
-		var detail string
-		status, detail = readStatus(readErr)
-		writeProblemFor(w, status, fmt.Sprintf("%s; %d records were accepted before that and will be applied", detail, res.Accepted), string(job))
-	case errors.As(readErr, &bodyErr) && bodyErr.TooLarge:
-		status = http.StatusRequestEntityTooLarge
-		writeProblemFor(w, status, readErr.Error()+" (ingress.max_record_bytes)", string(job))
-	case errors.Is(readErr, errStore):
-		status = http.StatusServiceUnavailable
-		writeUnavailable(w, 2*time.Second, fmt.Sprintf("%v; %d records were accepted before that and will be applied; retrying the whole upload is safe", readErr, res.Accepted), string(job))
-	case produceErr != nil:
-		status = http.StatusServiceUnavailable
-		writeUnavailable(w, 5*time.Second, fmt.Sprintf("Kafka did not acknowledge the upload (%v); %d records were accepted before that and will be applied; retrying the whole upload is safe", produceErr, res.Accepted), string(job))
-	case readErr != nil:
-		status = http.StatusBadRequest
-		writeProblemFor(w, status, "reading the upload: "+readErr.Error(), string(job))
-	case storeErr != nil:
-		status = http.StatusServiceUnavailable
-		writeUnavailable(w, 2*time.Second, "every record is in Kafka, but recording the job failed; retrying the upload is safe", string(job))
-	default:
+	status = u.answer(ctx, w, in.sent, res, readErr, produceErr, storeErr, func() {
 		loc := "/v1/jobs/" + string(job)
 		w.Header().Set("Location", loc)
 		writeJSON(w, http.StatusAccepted, UploadView{
 			JobID: job, State: pipeline.JobQueued, Received: res.Received, Accepted: res.Accepted,
 			Rejected: res.Rejected, Rejections: u.shown, StatusURL: loc,
 		})
+	})
+}
+
+// stream reads and produces the records, beating every heartbeatEvery,
+// until the body ends or breaks, then waits for Kafka's acknowledgements.
+func (u *uploadRun) stream(ctx context.Context, records upload.Reader, beat func(context.Context) error) (pipeline.UploadResult, error, error) {
+	stop := u.s.heartbeat(ctx, "recording upload progress", beat)
+	readErr := u.read(ctx, records)
+	u.acks.Wait()
+	stop()
+	res := u.result()
+	produceErr := u.produceErr()
+	res.Err = errors.Join(readErr, produceErr)
+	return res, readErr, produceErr
+}
+
+// answer answers an upload that ended: a problem for what broke it, else
+// success writes the answer. It returns the status.
+func (u *uploadRun) answer(ctx context.Context, w http.ResponseWriter, sent *countingReader, res pipeline.UploadResult, readErr, produceErr, storeErr error, success func()) int {
+	var bodyErr *upload.BodyError
+	var bound *boundError
+	var tooLarge *http.MaxBytesError
+	job := string(u.job)
+	status := http.StatusAccepted
+	switch {
+	case errors.As(readErr, &bound) || errors.As(readErr, &tooLarge):
+		var detail string
+		status, detail = readStatus(readErr)
+		writeProblemFor(w, status, fmt.Sprintf("%s; %d records were accepted before that and will be applied", detail, res.Accepted), job)
+	case errors.As(readErr, &bodyErr) && bodyErr.TooLarge:
+		status = http.StatusRequestEntityTooLarge
+		writeProblemFor(w, status, readErr.Error()+" (ingress.max_record_bytes)", job)
+	case errors.Is(readErr, errStore):
+		status = http.StatusServiceUnavailable
+		writeUnavailable(w, 2*time.Second, fmt.Sprintf("%v; %d records were accepted before that and will be applied; retrying the whole upload is safe", readErr, res.Accepted), job)
+	case produceErr != nil:
+		status = http.StatusServiceUnavailable
+		writeUnavailable(w, 5*time.Second, fmt.Sprintf("Kafka did not acknowledge the upload (%v); %d records were accepted before that and will be applied; retrying the whole upload is safe", produceErr, res.Accepted), job)
+	case readErr != nil:
+		status = http.StatusBadRequest
+		writeProblemFor(w, status, "reading the upload: "+readErr.Error(), job)
+	case storeErr != nil:
+		status = http.StatusServiceUnavailable
+		writeUnavailable(w, 2*time.Second, "every record is in Kafka, but recording the job failed; retrying the upload is safe", job)
+	default:
+		success()
 	}
+	u.s.cfg.Observer.Upload(status, res.Accepted, res.Rejected, sent.n)
+	u.s.log(ctx).Debug("upload answered", "job_id", job, "status", status, "received", res.Received,
+		"accepted", res.Accepted, "rejected", res.Rejected, "bytes", sent.n)
+	return status
 }
 
 // uploadRun is the state of one streaming upload.
@@ -271,6 +349,10 @@ type uploadRun struct {
 	// traceparent, when the upload is traced, is carried by each record
 	// (pipeline.HeaderTraceparent).
 	traceparent string
+	// base is the index of the upload's first record in its job: a part's
+	// records are placed after the parts before it (pipeline.PartBase).
+	// Rejections in the answer count from the upload's own start.
+	base int64
 
 	received, rejected atomic.Int64
 	// rejMu guards shown and pending: a record Kafka refuses as too large
@@ -325,7 +407,7 @@ func (u *uploadRun) read(ctx context.Context, records upload.Reader) error {
 // add validates one record (decodeErr: the reader already refused it) and
 // produces it, or rejects it.
 func (u *uploadRun) add(ctx context.Context, cmd pipeline.Command, decodeErr error) {
-	index := u.received.Add(1) - 1
+	index := u.base + u.received.Add(1) - 1
 	err := decodeErr
 	if err == nil {
 		err = u.s.cfg.Entities.Validate(&cmd, u.defaultEntity)
@@ -402,7 +484,7 @@ func (u *uploadRun) reject(index int64, id pipeline.CommandID, err error) {
 	msg := pipeline.BoundError(err)
 	size := len(id) + len(msg)
 	if len(u.shown) < u.s.cfg.Limits.MaxRejections && u.shownBytes+size <= maxShownBytes {
-		u.shown = append(u.shown, Rejection{Index: index, ID: id, Class: class, Error: msg})
+		u.shown = append(u.shown, Rejection{Index: index - u.base, ID: id, Class: class, Error: msg})
 		u.shownBytes += size
 	}
 	u.pending = append(u.pending, pipeline.Failure{Index: index, ID: id, Stage: pipeline.StageIngress, Outcome: pipeline.OutcomeRejected, Class: class, Error: msg})

@@ -8,14 +8,19 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/spoolhq/spool/pipeline"
 )
 
-// CreateJob records a new job in state receiving.
+// CreateJob records a new job in state receiving, or open for parts.
 func (s *Store) CreateJob(ctx context.Context, id pipeline.JobID, tenant string, o pipeline.JobOptions) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO spool_jobs (job_id, tenant, state, results) VALUES ($1, $2, $3, $4)`,
-		id, tenant, pipeline.JobReceiving, o.Results)
+	state := pipeline.JobReceiving
+	if o.Parts {
+		state = pipeline.JobOpen
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO spool_jobs (job_id, tenant, state, results, parts) VALUES ($1, $2, $3, $4, $5)`,
+		id, tenant, state, o.Results, o.Parts)
 	if err != nil {
 		return classify(fmt.Errorf("creating job: %w", err))
 	}
@@ -82,7 +87,7 @@ func (s *Store) AbortJob(ctx context.Context, tenant string, id pipeline.JobID) 
 	err := s.pool.QueryRow(ctx, `
 		WITH j AS (SELECT job_id, state FROM spool_jobs WHERE job_id = $1 AND tenant = $2 FOR UPDATE),
 		a AS (UPDATE spool_jobs t SET state = 'aborted', completed_at = now(), updated_at = now()
-			FROM j WHERE t.job_id = j.job_id AND j.state IN ('receiving', 'queued', 'processing'))
+			FROM j WHERE t.job_id = j.job_id AND j.state IN ('open', 'receiving', 'queued', 'processing'))
 		SELECT state FROM j`, id, tenant).Scan(&state)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, pipeline.ErrJobNotFound
@@ -101,17 +106,33 @@ const abandonedError = "the upload was abandoned: the ingress receiving it stopp
 	"Counts show what was accepted by the upload's last heartbeat; what Kafka took is still applied and counted. " +
 	"Retrying the upload (with its Idempotency-Key) is safe"
 
+// openTimedOutError is the error of a job in parts left open.
+const openTimedOutError = "the job was opened for parts and neither received a part nor was completed for jobs.open_timeout. " +
+	"What its parts sent is still applied and counted"
+
 // AbandonJobs marks failed the jobs still receiving whose ingress has not
 // been heard from for UploadLease: it died mid-upload, and no answer will
-// ever finish them. It returns how many it marked.
-func (s *Store) AbandonJobs(ctx context.Context) (int64, error) {
-	tag, err := s.pool.Exec(ctx, `UPDATE spool_jobs SET state = $1, error = $2, updated_at = now()
+// ever finish them; and the jobs in parts left open, with no part
+// received, for openTimeout. It returns how many it marked.
+func (s *Store) AbandonJobs(ctx context.Context, openTimeout time.Duration) (int64, error) {
+	var q pgx.Batch
+	var n int64
+	count := func(tag pgconn.CommandTag) error { n += tag.RowsAffected(); return nil }
+	q.Queue(`UPDATE spool_jobs SET state = $1, error = $2, updated_at = now()
 		WHERE state = $3 AND updated_at < now() - $4::interval`,
-		pipeline.JobFailed, abandonedError, pipeline.JobReceiving, UploadLease)
-	if err != nil {
+		pipeline.JobFailed, abandonedError, pipeline.JobReceiving, UploadLease).Exec(count)
+	q.Queue(`UPDATE spool_jobs j SET state = $1, error = $2, updated_at = now(),
+			received = p.received, accepted = p.accepted, rejected = p.rejected
+		FROM (SELECT o.job_id, coalesce(sum(p.received), 0) AS received, coalesce(sum(p.accepted), 0) AS accepted,
+				coalesce(sum(p.rejected), 0) AS rejected
+			FROM spool_jobs o LEFT JOIN spool_job_parts p ON p.job_id = o.job_id AND p.state = 'done'
+			WHERE o.state = $3 AND o.updated_at < now() - $4::interval GROUP BY o.job_id) p
+		WHERE j.job_id = p.job_id`,
+		pipeline.JobFailed, openTimedOutError, pipeline.JobOpen, openTimeout).Exec(count)
+	if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
 		return 0, classify(fmt.Errorf("marking abandoned uploads failed: %w", err))
 	}
-	return tag.RowsAffected(), nil
+	return n, nil
 }
 
 // SettleJobs moves the named queued and processing jobs forward by their
@@ -217,7 +238,7 @@ const settleState = `
 
 // jobSelect reads jobs with their counters summed; scanJob reads a row of it.
 const jobSelect = `
-	SELECT j.job_id, j.tenant, j.state, j.results, j.received, j.accepted, j.rejected, j.error,
+	SELECT j.job_id, j.tenant, j.state, j.results, j.parts, j.received, j.accepted, j.rejected, j.error,
 		j.created_at, j.updated_at, j.completed_at,
 		coalesce(c.applied, 0), coalesce(c.duplicate, 0), coalesce(c.stale, 0), coalesce(c.conflict, 0),
 		coalesce(c."exists", 0), coalesce(c.missing, 0), coalesce(c.aborted, 0), coalesce(c.dead_lettered, 0)
@@ -229,7 +250,7 @@ const jobSelect = `
 func scanJob(row pgx.Row) (*pipeline.Job, error) {
 	var j pipeline.Job
 	var errMsg *string
-	err := row.Scan(&j.ID, &j.Tenant, &j.State, &j.Results, &j.Received, &j.Accepted, &j.Rejected, &errMsg,
+	err := row.Scan(&j.ID, &j.Tenant, &j.State, &j.Results, &j.InParts, &j.Received, &j.Accepted, &j.Rejected, &errMsg,
 		&j.CreatedAt, &j.UpdatedAt, &j.CompletedAt,
 		&j.Counts.Applied, &j.Counts.Duplicate, &j.Counts.Stale, &j.Counts.Conflict,
 		&j.Counts.Exists, &j.Counts.Missing, &j.Counts.Aborted, &j.Counts.DeadLettered)
@@ -250,6 +271,11 @@ func (s *Store) Job(ctx context.Context, tenant string, id pipeline.JobID) (*pip
 	}
 	if err != nil {
 		return nil, classify(fmt.Errorf("reading job %s: %w", id, err))
+	}
+	if j.InParts {
+		if j.Parts, err = s.parts(ctx, id); err != nil {
+			return nil, err
+		}
 	}
 	return j, nil
 }
@@ -295,14 +321,19 @@ const listingChunk = 1000
 // slowly must not starve the pool). It returns pipeline.ErrJobNotFound,
 // before calling fn, when the tenant has no such job.
 func (s *Store) Failures(ctx context.Context, tenant string, id pipeline.JobID, fn func(pipeline.Failure) error) error {
-	if _, err := s.jobResults(ctx, tenant, id); err != nil {
+	_, pl, err := s.jobListing(ctx, tenant, id)
+	if err != nil {
 		return err
 	}
 	var f pipeline.Failure
 	return listChunks(ctx, s, "failures of job "+string(id), func(after int64) (pgx.Rows, error) {
 		return s.pool.Query(ctx, `SELECT idx, command_id, stage, outcome, error_class, error
 			FROM spool_job_failures WHERE job_id = $1 AND idx > $2 ORDER BY idx LIMIT $3`, id, after, listingChunk)
-	}, []any{&f.Index, &f.ID, &f.Stage, &f.Outcome, &f.Class, &f.Error}, func() (int64, pipeline.Failure) { return f.Index, f }, fn)
+	}, []any{&f.Index, &f.ID, &f.Stage, &f.Outcome, &f.Class, &f.Error}, func() (int64, pipeline.Failure) {
+		stored := f.Index
+		f.Index = pl.place(stored)
+		return stored, f
+	}, fn)
 }
 
 // Results streams a tenant's job's commands with their outcomes in input
@@ -311,7 +342,7 @@ func (s *Store) Failures(ctx context.Context, tenant string, id pipeline.JobID, 
 // are given. A command not settled yet is not listed. It returns
 // pipeline.ErrJobNotFound or pipeline.ErrNoResults before calling fn.
 func (s *Store) Results(ctx context.Context, tenant string, id pipeline.JobID, outcomes []pipeline.Outcome, fn func(pipeline.Result) error) error {
-	kept, err := s.jobResults(ctx, tenant, id)
+	kept, pl, err := s.jobListing(ctx, tenant, id)
 	if err != nil {
 		return err
 	}
@@ -333,21 +364,27 @@ func (s *Store) Results(ctx context.Context, tenant string, id pipeline.JobID, o
 				WHERE job_id = $1 AND idx > $2 AND outcome = 'rejected' AND ($4::text[] IS NULL OR outcome = ANY ($4))
 				ORDER BY idx LIMIT $3)) r
 			ORDER BY idx LIMIT $3`, id, after, listingChunk, filter)
-	}, []any{&x.Index, &x.ID, &x.Outcome}, func() (int64, pipeline.Result) { return x.Index, x }, fn)
+	}, []any{&x.Index, &x.ID, &x.Outcome}, func() (int64, pipeline.Result) {
+		stored := x.Index
+		x.Index = pl.place(stored)
+		return stored, x
+	}, fn)
 }
 
-// jobResults tells whether a tenant's job keeps results, or that it has no
-// such job (pipeline.ErrJobNotFound).
-func (s *Store) jobResults(ctx context.Context, tenant string, id pipeline.JobID) (bool, error) {
-	var kept bool
-	err := s.pool.QueryRow(ctx, `SELECT results FROM spool_jobs WHERE job_id = $1 AND tenant = $2`, id, tenant).Scan(&kept)
+// jobListing tells whether a tenant's job keeps results and how its
+// indices become places in its upload, or that it has no such job
+// (pipeline.ErrJobNotFound).
+func (s *Store) jobListing(ctx context.Context, tenant string, id pipeline.JobID) (bool, placer, error) {
+	var kept, inParts bool
+	err := s.pool.QueryRow(ctx, `SELECT results, parts FROM spool_jobs WHERE job_id = $1 AND tenant = $2`, id, tenant).Scan(&kept, &inParts)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return false, pipeline.ErrJobNotFound
+		return false, nil, pipeline.ErrJobNotFound
 	}
 	if err != nil {
-		return false, classify(fmt.Errorf("reading job %s: %w", id, err))
+		return false, nil, classify(fmt.Errorf("reading job %s: %w", id, err))
 	}
-	return kept, nil
+	pl, err := s.placer(ctx, id, inParts)
+	return kept, pl, err
 }
 
 // listChunks runs query for chunk after chunk of a listing ordered by
@@ -432,7 +469,8 @@ func (s *Store) PruneJobs(ctx context.Context, retention time.Duration) (int64, 
 			failures AS (DELETE FROM spool_job_failures WHERE job_id IN (SELECT job_id FROM gone)),
 			repeats AS (DELETE FROM spool_job_repeats WHERE job_id IN (SELECT job_id FROM gone)),
 			replays AS (DELETE FROM spool_job_replays WHERE job_id IN (SELECT job_id FROM gone)),
-			results AS (DELETE FROM spool_job_results WHERE job_id IN (SELECT job_id FROM gone))
+			results AS (DELETE FROM spool_job_results WHERE job_id IN (SELECT job_id FROM gone)),
+			parts AS (DELETE FROM spool_job_parts WHERE job_id IN (SELECT job_id FROM gone))
 			SELECT count(*) FROM gone`, retention, pruneBatch).Scan(&n)
 		if err != nil {
 			return total, classify(fmt.Errorf("pruning jobs: %w", err))

@@ -139,6 +139,48 @@ func TestAbortJob(t *testing.T) {
 	require.ErrorIs(t, err, pipeline.ErrJobNotFound)
 }
 
+// TestJobInParts: an open job takes parts; completing waits for a part
+// still streaming, and forgets one that failed; the completed job has its
+// parts' counts and takes no more; its failures are placed across the
+// parts in part order.
+func TestJobInParts(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant", pipeline.JobOptions{Parts: true}))
+	require.Equal(t, pipeline.JobOpen, b.job(t).State)
+	require.ErrorIs(t, b.store.StartPart(ctx, "other-tenant", "job-1", 1), pipeline.ErrJobNotFound)
+	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-1", 1))
+	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-1", 2))
+	require.NoError(t, b.store.FinishPart(ctx, "job-1", 1, &pipeline.UploadResult{Received: 3, Accepted: 2, Rejected: 1}, []byte{1}))
+	require.ErrorIs(t, b.store.StartPart(ctx, "tenant", "job-1", 1), pipeline.ErrPartReceived)
+	_, err := b.store.CompleteJob(ctx, "tenant", "job-1")
+	require.ErrorIs(t, err, pipeline.ErrPartsInFlight, "part 2 still streams")
+	require.NoError(t, b.store.FinishPart(ctx, "job-1", 2, nil, nil)) // its upload failed
+	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-1", 3))
+	require.NoError(t, b.store.FinishPart(ctx, "job-1", 3, &pipeline.UploadResult{Received: 2, Accepted: 1, Rejected: 1}, []byte{3}))
+	require.NoError(t, b.store.AddFailures(ctx, "job-1", []pipeline.Failure{
+		{Index: pipeline.PartBase(1) + 1, ID: "a", Stage: pipeline.StageIngress, Outcome: pipeline.OutcomeRejected, Class: pipeline.ClassMissingKey, Error: "x"},
+		{Index: pipeline.PartBase(3) + 0, ID: "b", Stage: pipeline.StageIngress, Outcome: pipeline.OutcomeRejected, Class: pipeline.ClassMissingKey, Error: "x"},
+	}))
+
+	j, err := b.store.CompleteJob(ctx, "tenant", "job-1")
+	require.NoError(t, err)
+	require.Equal(t, pipeline.JobQueued, j.State)
+	require.Equal(t, [3]int64{5, 3, 2}, [3]int64{j.Received, j.Accepted, j.Rejected})
+	require.Len(t, j.Parts, 2, "the failed part 2 is forgotten")
+	var finished *pipeline.JobFinishedError
+	require.ErrorAs(t, b.store.StartPart(ctx, "tenant", "job-1", 4), &finished)
+	_, err = b.store.CompleteJob(ctx, "tenant", "job-1")
+	require.ErrorAs(t, err, &finished)
+
+	var places []int64
+	require.NoError(t, b.store.Failures(ctx, "tenant", "job-1", func(f pipeline.Failure) error {
+		places = append(places, f.Index)
+		return nil
+	}))
+	require.Equal(t, []int64{1, 3}, places, "part 3 follows part 1's three records")
+}
+
 // TestPruneJobs removes finished jobs past the retention with their counts
 // and failures, and keeps open and recent ones.
 func TestPruneJobs(t *testing.T) {
@@ -226,7 +268,7 @@ func TestAbandonJobs(t *testing.T) {
 	require.NoError(t, b.store.ProgressJob(ctx, "alive", pipeline.UploadResult{Received: 1, Accepted: 1}))
 	require.NoError(t, b.store.ProgressJob(ctx, "done", pipeline.UploadResult{Received: 9}), "a finished job's progress is ignored")
 
-	n, err := b.store.AbandonJobs(ctx)
+	n, err := b.store.AbandonJobs(ctx, time.Hour)
 	require.NoError(t, err)
 	require.EqualValues(t, 1, n)
 	dead, err := b.store.Job(ctx, "tenant", "dead")

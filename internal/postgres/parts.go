@@ -1,0 +1,161 @@
+package postgres
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// StartPart records that part n of a tenant's job opened for parts starts
+// streaming. The job must be open: pipeline.ErrJobNotFound when the tenant
+// has no such job, a *pipeline.JobFinishedError (with the job's state) when
+// it is not open or not in parts, pipeline.ErrPartReceived when the part was received.
+// The job's row is share-locked meanwhile, so that a CompleteJob either
+// waits for this or is seen here.
+func (s *Store) StartPart(ctx context.Context, tenant string, id pipeline.JobID, n int) error {
+	var state pipeline.JobState
+	var inParts, started bool
+	err := s.pool.QueryRow(ctx, `
+		WITH j AS (SELECT state, parts FROM spool_jobs WHERE job_id = $1 AND tenant = $2 FOR SHARE),
+		p AS (INSERT INTO spool_job_parts (job_id, part, state)
+			SELECT $1, $3, 'receiving' FROM j WHERE j.state = 'open' AND j.parts
+			ON CONFLICT (job_id, part) DO UPDATE SET updated_at = now()
+			WHERE spool_job_parts.state = 'receiving'
+			RETURNING 1)
+		SELECT state, parts, EXISTS (SELECT 1 FROM p) FROM j`, id, tenant, n).Scan(&state, &inParts, &started)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return pipeline.ErrJobNotFound
+	case err != nil:
+		return classify(fmt.Errorf("starting part %d of job %s: %w", n, id, err))
+	case state != pipeline.JobOpen || !inParts:
+		return &pipeline.JobFinishedError{ID: id, State: state}
+	case !started:
+		return pipeline.ErrPartReceived
+	}
+	return nil
+}
+
+// HeartbeatPart keeps part n of a job, and the job, from looking abandoned
+// while the part streams.
+func (s *Store) HeartbeatPart(ctx context.Context, id pipeline.JobID, n int) error {
+	var q pgx.Batch
+	q.Queue(`UPDATE spool_job_parts SET updated_at = now() WHERE job_id = $1 AND part = $2 AND state = 'receiving'`, id, n)
+	q.Queue(`UPDATE spool_jobs SET updated_at = now() WHERE job_id = $1 AND state = 'open'`, id)
+	if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
+		return classify(fmt.Errorf("recording the progress of part %d of job %s: %w", n, id, err))
+	}
+	return nil
+}
+
+// FinishPart records part n of a job as received, with its counts and the
+// SHA-256 of its body; with r nil, it forgets a part whose upload failed,
+// so that the part can be sent again.
+func (s *Store) FinishPart(ctx context.Context, id pipeline.JobID, n int, r *pipeline.UploadResult, sha256 []byte) error {
+	var q pgx.Batch
+	if r == nil {
+		q.Queue(`DELETE FROM spool_job_parts WHERE job_id = $1 AND part = $2 AND state = 'receiving'`, id, n)
+	} else {
+		q.Queue(`UPDATE spool_job_parts SET state = 'done', received = $3, accepted = $4, rejected = $5, sha256 = $6,
+			updated_at = now() WHERE job_id = $1 AND part = $2`, id, n, r.Received, r.Accepted, r.Rejected, sha256)
+	}
+	q.Queue(`UPDATE spool_jobs SET updated_at = now() WHERE job_id = $1 AND state = 'open'`, id)
+	if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
+		return classify(fmt.Errorf("recording part %d of job %s: %w", n, id, err))
+	}
+	return nil
+}
+
+// CompleteJob closes a tenant's job opened for parts: it is queued from
+// then on, with the counts of the parts it received, and settles as any
+// job. pipeline.ErrJobNotFound, a *pipeline.JobFinishedError when the job
+// is not open, pipeline.ErrPartsInFlight while a part streams (a part whose ingress
+// stopped beating for UploadLease no longer counts as streaming).
+func (s *Store) CompleteJob(ctx context.Context, tenant string, id pipeline.JobID) (*pipeline.Job, error) {
+	var state pipeline.JobState
+	var inFlight bool
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `SELECT state, EXISTS (SELECT 1 FROM spool_job_parts
+				WHERE job_id = $1 AND state = 'receiving' AND updated_at > now() - $3::interval)
+			FROM spool_jobs WHERE job_id = $1 AND tenant = $2 AND parts FOR UPDATE`, id, tenant, UploadLease).Scan(&state, &inFlight)
+		if err != nil || state != pipeline.JobOpen || inFlight {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE spool_jobs j SET state = 'queued', updated_at = now(),
+				received = p.received, accepted = p.accepted, rejected = p.rejected
+			FROM (SELECT coalesce(sum(received), 0) AS received, coalesce(sum(accepted), 0) AS accepted,
+				coalesce(sum(rejected), 0) AS rejected FROM spool_job_parts WHERE job_id = $1 AND state = 'done') p
+			WHERE j.job_id = $1`, id)
+		return err
+	})
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, pipeline.ErrJobNotFound
+	case err != nil:
+		return nil, classify(fmt.Errorf("completing job %s: %w", id, err))
+	case state != pipeline.JobOpen:
+		return nil, &pipeline.JobFinishedError{ID: id, State: state}
+	case inFlight:
+		return nil, pipeline.ErrPartsInFlight
+	}
+	if err := s.SettleJobs(ctx, []pipeline.JobID{id}); err != nil {
+		return nil, err
+	}
+	return s.Job(ctx, tenant, id)
+}
+
+// parts reads a job's parts, in order.
+func (s *Store) parts(ctx context.Context, id pipeline.JobID) ([]pipeline.Part, error) {
+	rows, err := s.pool.Query(ctx, `SELECT part, state, received, accepted, rejected, sha256
+		FROM spool_job_parts WHERE job_id = $1 ORDER BY part`, id)
+	if err != nil {
+		return nil, classify(fmt.Errorf("reading the parts of job %s: %w", id, err))
+	}
+	out := []pipeline.Part{}
+	var p pipeline.Part
+	var sum []byte
+	_, err = pgx.ForEachRow(rows, []any{&p.Number, &p.State, &p.Received, &p.Accepted, &p.Rejected, &sum}, func() error {
+		p.SHA256 = hex.EncodeToString(sum)
+		out = append(out, p)
+		return nil
+	})
+	if err != nil {
+		return nil, classify(fmt.Errorf("reading the parts of job %s: %w", id, err))
+	}
+	return out, nil
+}
+
+// placer turns the indices of a job in parts into places in the whole
+// upload: a record's index in its part after the records of the received
+// parts before it. For a job not in parts it keeps them.
+type placer map[int]int64
+
+func (s *Store) placer(ctx context.Context, id pipeline.JobID, inParts bool) (placer, error) {
+	if !inParts {
+		return nil, nil
+	}
+	ps, err := s.parts(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	bases := placer{}
+	var before int64
+	for _, p := range ps {
+		bases[p.Number] = before
+		before += p.Received
+	}
+	return bases, nil
+}
+
+func (pl placer) place(index int64) int64 {
+	if pl == nil {
+		return index
+	}
+	part, local := pipeline.PartOf(index)
+	return pl[part] + local
+}
