@@ -48,6 +48,40 @@ type UploadOptions struct {
 
 // Upload streams body to POST /v1/jobs.
 func (c *Client) Upload(ctx context.Context, body io.Reader, o UploadOptions) (*httpapi.UploadView, error) {
+	var v httpapi.UploadView
+	if err := c.send(ctx, http.MethodPost, "/v1/jobs", body, o, &v); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// OpenJob opens a job for parts (o.Results asks it to keep results).
+func (c *Client) OpenJob(ctx context.Context, o UploadOptions) (*httpapi.JobView, error) {
+	q := url.Values{"parts": {"true"}}
+	if o.Results {
+		q.Set("results", "true")
+	}
+	return call[httpapi.JobView](ctx, c, http.MethodPost, "/v1/jobs?"+q.Encode())
+}
+
+// PutPart streams body as part n of a job opened for parts.
+func (c *Client) PutPart(ctx context.Context, id pipeline.JobID, n int, body io.Reader, o UploadOptions) (*httpapi.PartView, error) {
+	var v httpapi.PartView
+	path := "/v1/jobs/" + url.PathEscape(string(id)) + "/parts/" + strconv.Itoa(n)
+	if err := c.send(ctx, http.MethodPut, path, body, o, &v); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// CompleteJob closes a job opened for parts: queued from then on.
+func (c *Client) CompleteJob(ctx context.Context, id pipeline.JobID) (*httpapi.JobView, error) {
+	return c.jobCall(ctx, http.MethodPost, id, "/complete")
+}
+
+// send streams an upload's body to path with o's parameters and headers
+// and reads the answer into out.
+func (c *Client) send(ctx context.Context, method, path string, body io.Reader, o UploadOptions, out any) error {
 	q := url.Values{}
 	for k, v := range o.ExtraParameters {
 		q[k] = v
@@ -58,13 +92,13 @@ func (c *Client) Upload(ctx context.Context, body io.Reader, o UploadOptions) (*
 	if o.Entity != "" {
 		q.Set("entity", o.Entity)
 	}
-	u := c.url("/v1/jobs")
+	u := c.url(path)
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, body)
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	req.Header.Set("Content-Type", o.ContentType)
 	if o.Gzip {
@@ -73,11 +107,7 @@ func (c *Client) Upload(ctx context.Context, body io.Reader, o UploadOptions) (*
 	if o.IdempotencyKey != "" {
 		req.Header.Set("Idempotency-Key", o.IdempotencyKey)
 	}
-	var v httpapi.UploadView
-	if err := c.do(req, &v); err != nil {
-		return nil, err
-	}
-	return &v, nil
+	return c.do(req, out)
 }
 
 // Job returns a job's status.
@@ -94,11 +124,16 @@ func (c *Client) AbortJob(ctx context.Context, id pipeline.JobID) (*httpapi.JobV
 // jobCall sends method to the job's path (plus suffix) and reads the job
 // it answers.
 func (c *Client) jobCall(ctx context.Context, method string, id pipeline.JobID, suffix string) (*httpapi.JobView, error) {
-	req, err := http.NewRequestWithContext(ctx, method, c.url("/v1/jobs/"+url.PathEscape(string(id))+suffix), nil)
+	return call[httpapi.JobView](ctx, c, method, "/v1/jobs/"+url.PathEscape(string(id))+suffix)
+}
+
+// call sends method to path, without a body, and reads the answer.
+func call[T any](ctx context.Context, c *Client, method, path string) (*T, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.url(path), nil)
 	if err != nil {
 		return nil, err
 	}
-	var v httpapi.JobView
+	var v T
 	if err := c.do(req, &v); err != nil {
 		return nil, err
 	}

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-
-	"github.com/spoolhq/spool/internal/httpapi"
 )
 
 // ResendFor bounds how long Resend keeps sending an upload. It outlasts an
@@ -45,7 +43,7 @@ func Resendable(err error) bool {
 // every resend safe: the server replays the answer of an upload that did
 // go through. notify, when set, hears of each failed attempt before its
 // wait.
-func Resend(ctx context.Context, send func(context.Context) (*httpapi.UploadView, error), notify func(attempt int, err error, wait time.Duration)) (*httpapi.UploadView, error) {
+func Resend[T any](ctx context.Context, send func(context.Context) (T, error), notify func(attempt int, err error, wait time.Duration)) (T, error) {
 	deadline := time.Now().Add(ResendFor)
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval, b.MaxInterval, b.RandomizationFactor, b.MaxElapsedTime = time.Second, 5*time.Second, 0.3, 0
@@ -71,7 +69,8 @@ func Resend(ctx context.Context, send func(context.Context) (*httpapi.UploadView
 		}
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			var none T
+			return none, ctx.Err()
 		case <-time.After(wait):
 		}
 	}

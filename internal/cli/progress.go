@@ -102,7 +102,7 @@ func (g *gunzipWriter) Close() error {
 type progress struct {
 	name    string
 	size    int64
-	counter *recordCounter
+	records func() int64
 	sent    atomic.Int64
 	bar     *progressbar.ProgressBar
 	out     io.Writer
@@ -114,8 +114,8 @@ type progress struct {
 // plainEvery is how often a non-terminal upload prints its progress.
 var plainEvery = 10 * time.Second
 
-func newProgress(out io.Writer, terminal bool, name string, size int64, counter *recordCounter) *progress {
-	p := &progress{name: name, size: size, counter: counter, out: out, start: time.Now(), stop: make(chan struct{})}
+func newProgress(out io.Writer, terminal bool, name string, size int64, records func() int64) *progress {
+	p := &progress{name: name, size: size, records: records, out: out, start: time.Now(), stop: make(chan struct{})}
 	if terminal {
 		p.bar = progressbar.NewOptions64(size,
 			progressbar.OptionSetWriter(out),
@@ -139,7 +139,7 @@ func newProgress(out io.Writer, terminal bool, name string, size int64, counter 
 			case <-p.stop:
 				return
 			case <-t.C:
-				fmt.Fprintf(out, "uploading %s: %d of %d bytes, %d records\n", name, p.sent.Load(), size, counter.Count())
+				fmt.Fprintf(out, "uploading %s: %d of %d bytes, %d records\n", name, p.sent.Load(), size, records())
 			}
 		}
 	}()
@@ -147,17 +147,22 @@ func newProgress(out io.Writer, terminal bool, name string, size int64, counter 
 }
 
 func (p *progress) describe() string {
-	return fmt.Sprintf("%s: %d records", p.name, p.counter.Count())
+	return fmt.Sprintf("%s: %d records", p.name, p.records())
 }
 
 // Write implements io.Writer for the file's bytes as they are sent.
 func (p *progress) Write(b []byte) (int, error) {
-	p.sent.Add(int64(len(b)))
+	p.add(int64(len(b)))
+	return len(b), nil
+}
+
+// add counts n bytes sent.
+func (p *progress) add(n int64) {
+	p.sent.Add(n)
 	if p.bar != nil {
 		p.bar.Describe(p.describe())
-		_ = p.bar.Add(len(b))
+		_ = p.bar.Add64(n)
 	}
-	return len(b), nil
 }
 
 // Finish ends the progress with the totals.
@@ -169,6 +174,6 @@ func (p *progress) Finish() {
 	}
 	close(p.stop)
 	p.done.Wait()
-	fmt.Fprintf(p.out, "sent %s: %d bytes, %d records in %s\n", p.name, p.sent.Load(), p.counter.Count(),
+	fmt.Fprintf(p.out, "sent %s: %d bytes, %d records in %s\n", p.name, p.sent.Load(), p.records(),
 		time.Since(p.start).Round(time.Millisecond))
 }

@@ -36,6 +36,10 @@ FILE - reads standard input (with --format), kept in a temporary file so that
 a resend can send it again.
 --wait follows the job to its end and exits non-zero if anything failed
 (--timeout bounds the wait).
+--part-size 64MiB sends a large file as a job in parts, split on record
+boundaries, --parallel at once, each resent on its own when its connection
+breaks; if the whole command stops, --resume JOB (with the same file and
+--part-size) sends only the parts the job has not received.
 
 ` + exitCodes,
 		Args: usageArgs(cobra.ExactArgs(1)),
@@ -50,6 +54,9 @@ a resend can send it again.
 	f.String("version-column", "", "CSV: the column holding the version")
 	f.String("op", "", "CSV: "+pipeline.OpNames()+" for every row (server default: upsert)")
 	f.Bool("results", false, "keep each command's outcome, for spoolctl jobs results (a row a command on the server)")
+	f.String("part-size", "", "send the file as a job in parts of about this size (64MiB, 512k…), split on record boundaries (NDJSON, CSV)")
+	f.Int("parallel", 4, "with --part-size: parts sent at once")
+	f.String("resume", "", "with --part-size: the job an interrupted upload of this file opened; the parts it received are not sent again")
 	f.Bool("gzip", false, "compress the file on the fly (a .gz file is sent as it is)")
 	f.Bool("wait", false, "follow the job to its end; exit non-zero if anything failed")
 	f.StringP("output", "o", "text", "text or json (with --wait: one document, the upload's answer and the job)")
@@ -100,13 +107,19 @@ func runUpload(cmd *cobra.Command, args []string) error {
 	results, _ := f.GetBool("results")
 	opts := apiclient.UploadOptions{ContentType: format.MediaType, Gzip: gz, Entity: entity, IdempotencyKey: key,
 		Results: results, ExtraParameters: params}
+	w := cmd.OutOrStdout()
+	wait, _ := f.GetBool("wait")
+	if size, _ := f.GetString("part-size"); size != "" {
+		return uploadParts(cmd, client, path, format, opts, size, out, wait)
+	}
+	if resume, _ := f.GetString("resume"); resume != "" {
+		return withCode(ExitUsage, errors.New("--resume needs the --part-size the upload was split with"))
+	}
 	compress, _ := f.GetBool("gzip")
 	res, err := uploadWithRetry(cmd, client, path, format, compress, opts)
 	if err != nil {
 		return err
 	}
-	w := cmd.OutOrStdout()
-	wait, _ := f.GetBool("wait")
 	switch {
 	case out == "json" && wait: // one document, with the job, once it ends
 	case out == "json":
@@ -125,6 +138,38 @@ func runUpload(cmd *cobra.Command, args []string) error {
 	}
 	if res.Rejected > 0 {
 		return fmt.Errorf("%d records rejected", res.Rejected)
+	}
+	return nil
+}
+
+// uploadParts sends the file as a job in parts and prints the completed
+// job, or follows it to its end with wait.
+func uploadParts(cmd *cobra.Command, client *apiclient.Client, path string, format upload.Format, o apiclient.UploadOptions,
+	size, out string, wait bool,
+) error {
+	f := cmd.Flags()
+	n, err := parseSize(size)
+	if err != nil {
+		return err
+	}
+	parallel, _ := f.GetInt("parallel")
+	if parallel < 1 {
+		return withCode(ExitUsage, errors.New("--parallel must be at least 1"))
+	}
+	resume, _ := f.GetString("resume")
+	o.IdempotencyKey = "" // each part is its own idempotent request
+	job, err := uploadInParts(cmd, client, path, format, o, n, parallel, resume)
+	if err != nil {
+		return err
+	}
+	if wait {
+		return waitJob(cmd, client, job.JobID, out, nil)
+	}
+	if err := printJob(cmd.OutOrStdout(), job, out); err != nil {
+		return err
+	}
+	if job.Counts.Rejected > 0 {
+		return fmt.Errorf("%d records rejected", job.Counts.Rejected)
 	}
 	return nil
 }
@@ -156,7 +201,7 @@ func uploadOnce(cmd *cobra.Command, client *apiclient.Client, path string, forma
 	if o.Gzip {
 		sink = gunzipTo(counter)
 	}
-	prog := newProgress(cmd.ErrOrStderr(), term.IsTerminal(int(os.Stderr.Fd())), filepath.Base(path), st.Size(), counter)
+	prog := newProgress(cmd.ErrOrStderr(), term.IsTerminal(int(os.Stderr.Fd())), filepath.Base(path), st.Size(), counter.Count)
 	body := io.TeeReader(file, io.MultiWriter(sink, prog))
 	stop := func() {}
 	if compress && !o.Gzip {
