@@ -245,16 +245,19 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 		sql = fmt.Sprintf(`WITH v AS (%s) DELETE FROM %s t USING v WHERE %s`,
 			input, tbl, strings.Join(keyJoin, " AND "))
 	case g.Op.Conditional():
-		// Both list the rows that did not apply with their outcome. The
-		// final SELECT sees the snapshot from before the statement: a row
-		// or a tombstone at least as new going in makes the command stale,
-		// else it is exists (insert) or missing (update).
-		newer := "false"
-		if e.Versioned() {
-			newer = fmt.Sprintf("EXISTS (SELECT 1 FROM %s t WHERE %s AND t.%s >= v.ver) OR %s",
-				tbl, strings.Join(keyJoin, " AND "), ident(e.VersionColumn), tombstoned)
-		}
+		// Both list the rows that did not apply with their outcome: stale
+		// where a row or a tombstone at least as new was there, else
+		// exists (insert) or missing (update). The final SELECT reads the
+		// snapshot from before the statement: a row another batch inserts
+		// meanwhile (one it waited for) is not in it, so an insert that
+		// conflicts with it is told exists even where its version is not
+		// newer; an update reads what it locked instead, which is current.
 		if g.Op == pipeline.OpInsert {
+			newer := "false"
+			if e.Versioned() {
+				newer = fmt.Sprintf("EXISTS (SELECT 1 FROM %s t WHERE %s AND t.%s >= v.ver) OR %s",
+					tbl, strings.Join(keyJoin, " AND "), ident(e.VersionColumn), tombstoned)
+			}
 			returning := idents(e.Key)
 			for i, k := range returning {
 				returning[i] = "t." + k
@@ -271,8 +274,9 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 		// An update locks its rows in key order first, as an upsert takes
 		// them, so that concurrent batches wait for each other instead of
 		// deadlocking; a row it locked and the guard let through is
-		// updated. With nothing to set (the key alone, unversioned), the
-		// lock is the whole update.
+		// updated, one it locked and the guard stopped is stale. With
+		// nothing to set (the key alone, unversioned), the lock is the
+		// whole update.
 		var set []string
 		for i, c := range targetCols[len(e.Key):] {
 			set = append(set, fmt.Sprintf("%s = l.%s", c, strings.TrimPrefix(values[len(e.Key)+i], "v.")))
@@ -286,12 +290,16 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 			written = fmt.Sprintf("UPDATE %s t SET %s FROM l WHERE %s%s RETURNING l.spool_ord",
 				tbl, strings.Join(set, ", "), strings.Join(lockedJoin, " AND "), guard)
 		}
+		stale := "false"
+		if e.Versioned() {
+			stale = "v.spool_ord IN (SELECT spool_ord FROM l) OR " + tombstoned
+		}
 		sql = fmt.Sprintf(`WITH v AS (%s),
 			l AS (SELECT v.* FROM %s t JOIN v ON %s ORDER BY %s FOR UPDATE OF t),
 			w AS (%s)
 			SELECT v.spool_ord, CASE WHEN %s THEN 'stale' ELSE 'missing' END FROM v
 			WHERE v.spool_ord NOT IN (SELECT spool_ord FROM w)`,
-			input, tbl, strings.Join(keyJoin, " AND "), strings.Join(keyOrder, ", "), written, newer)
+			input, tbl, strings.Join(keyJoin, " AND "), strings.Join(keyOrder, ", "), written, stale)
 	default:
 		var set []string
 		for _, c := range targetCols[len(e.Key):] {

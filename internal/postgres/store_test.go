@@ -350,3 +350,40 @@ func TestStaleToldWhateverTheKey(t *testing.T) {
 		})
 	}
 }
+
+// TestUpdateWaitingOnANewerWriteIsStale: an update that waits for another
+// transaction's lock on its row sees what that one committed: a newer
+// version makes it stale (not missing, as the row was not in its
+// snapshot's version), and it does not apply.
+func TestUpdateWaitingOnANewerWriteIsStale(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	_, err := b.write(t, 0, cust("c1", "a", 1, "first"))
+	require.NoError(t, err)
+
+	holder, err := b.db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer holder.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+	_, err = holder.Exec(ctx, `UPDATE customers SET name = 'newer', version = 3 WHERE customer_id = 'a'`)
+	require.NoError(t, err)
+
+	type result struct {
+		out []pipeline.Outcome
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := b.write(t, 1, `{"id":"u1","entity":"customers","op":"update","version":2,"data":{"customer_id":"a","name":"older"}}`)
+		done <- result{out, err}
+	}()
+	require.Eventually(t, func() bool { // the update waits on the holder's row lock
+		var waiting int
+		_ = b.db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`).Scan(&waiting)
+		return waiting > 0
+	}, 10*time.Second, 10*time.Millisecond)
+	require.NoError(t, holder.Commit(ctx))
+	r := <-done
+	require.NoError(t, r.err)
+	require.Equal(t, []pipeline.Outcome{pipeline.OutcomeStale}, r.out)
+	require.Equal(t, map[string]string{"a": "newer@3"}, b.rows(t))
+}
