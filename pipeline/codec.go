@@ -333,6 +333,8 @@ type Message struct {
 	// parked is set once the dead-letter topic acknowledged the message, so
 	// that retrying or splitting its batch does not publish it again.
 	parked bool
+	// catalog is the Catalog version the command was last checked against.
+	catalog uint64
 }
 
 // Origin is a record's place in its upload: its job and index. Kafka may

@@ -63,6 +63,9 @@ type Entity struct {
 	// text Column.AppendValue makes canonical). A store can then tell the
 	// rows a statement wrote by the keys it returns.
 	KeysRoundTrip bool
+	// Generation is the Catalog version this definition came with: a
+	// statement built for it is built again for the next one.
+	Generation uint64
 }
 
 // Versioned reports whether the entity guards writes by version.

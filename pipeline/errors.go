@@ -42,6 +42,12 @@ const (
 	// ClassTransient covers connection loss, timeout, serialization failure,
 	// deadlock, broker unavailable. Retried, never dead-lettered.
 	ClassTransient ErrorClass = "transient"
+	// ClassSchema means the table changed under spool: a statement met a
+	// column that is gone or retyped (retried once the catalog is read
+	// again, never dead-lettered for that), or a command accepted before the
+	// change names such a column (dead-lettered, to replay once the table
+	// takes it again).
+	ClassSchema ErrorClass = "schema"
 	// ClassInternal is anything unclassified. Treated as transient by the
 	// processor, since retrying is safe and dead-lettering is not reversible
 	// without an operator.
@@ -88,7 +94,7 @@ func ClassOf(err error) ErrorClass {
 // IsPermanent reports whether retrying err cannot help.
 func IsPermanent(err error) bool {
 	switch ClassOf(err) {
-	case ClassTransient, ClassInternal:
+	case ClassTransient, ClassInternal, ClassSchema:
 		return false
 	default:
 		return true

@@ -61,9 +61,16 @@ type WorkerConfig struct {
 	// FlushTimeout bounds the last flush on shutdown, which runs even though
 	// the worker's context is done so that a nearly done batch is kept.
 	FlushTimeout time.Duration
-	Entities     Entities
-	Store        Store
-	DeadLetters  DeadLetterer
+	// Catalog is the entities the records are decoded and checked against.
+	Catalog *Catalog
+	// Refresh, when set, reads an entity's table from the database again
+	// into the catalog (as often as it allows: it may do nothing). The
+	// worker asks for it when a command names a column the catalog lacks
+	// or a value its column refuses, and when the database says a table
+	// changed under a statement.
+	Refresh     func(ctx context.Context, entity string)
+	Store       Store
+	DeadLetters DeadLetterer
 	// Limiter, when set, is waited on for each batch's rows before it is
 	// written; the wait holds the partition's records, so fetching stops
 	// rather than memory growing.
@@ -247,8 +254,10 @@ func (w *Worker) flush(ctx context.Context, n int) error {
 	// One allocation for the batch's messages, not one each.
 	slab, msgs := make([]Message, len(recs)), make([]*Message, len(recs))
 	var prev *Message
+	es, version := w.cfg.Catalog.Entities(), w.cfg.Catalog.Version()
 	for i := range recs {
-		slab[i] = decodeRecord(recs[i], w.cfg.Entities, prev)
+		slab[i] = decodeRecord(recs[i], es, prev)
+		slab[i].catalog = version
 		prev, msgs[i] = &slab[i], &slab[i]
 	}
 	err := w.apply(ctx, msgs)
@@ -335,12 +344,6 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) (err error) {
 		Messages:   msgs,
 		Recent:     w.cfg.Recent,
 	}
-	var dead []*Message
-	for _, m := range msgs {
-		if m.Err != nil && !m.parked {
-			dead = append(dead, m)
-		}
-	}
 	if w.cfg.Limiter != nil {
 		if err := w.cfg.Limiter.WaitN(ctx, len(msgs)); err != nil {
 			return err
@@ -349,6 +352,15 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) (err error) {
 	}
 	var outcomes []Outcome
 	op := func() error {
+		// Each attempt checks the commands against the catalog as it is
+		// now: a table may have changed since they were decoded.
+		w.recheck(ctx, msgs)
+		var dead []*Message
+		for _, m := range msgs {
+			if m.Err != nil && !m.parked {
+				dead = append(dead, m)
+			}
+		}
 		if len(dead) > 0 {
 			if err := w.cfg.DeadLetters.DeadLetter(ctx, dead); err != nil {
 				return err
@@ -357,7 +369,6 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) (err error) {
 				m.parked = true
 				obs.DeadLettered(ClassOf(m.Err))
 			}
-			dead = nil
 		}
 		// Repeats the worker can tell without the database are settled
 		// before each attempt: the pre-filter learns from each commit.
@@ -368,6 +379,9 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) (err error) {
 		}
 		if err != nil && (IsPermanent(err) || errors.Is(err, ErrFenced)) {
 			return backoff.Permanent(err)
+		}
+		if ClassOf(err) == ClassSchema {
+			w.refresh(ctx, msgs, func(*Message) bool { return true })
 		}
 		if err != nil && ctx.Err() == nil {
 			obs.Retried(ClassOf(err))
@@ -384,6 +398,57 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) (err error) {
 		w.cfg.Committed(w.next)
 	}
 	return nil
+}
+
+// recheck checks the commands not parked yet against the catalog as it is
+// now, where it changed since they were checked, or where they failed for
+// a column (the catalog is read again first: the table may have gained the
+// column). A column a command accepted by ingress names but the table no
+// longer has, or a value its column now refuses, is a schema error: the
+// command is dead-lettered, to replay once the table takes it again.
+func (w *Worker) recheck(ctx context.Context, msgs []*Message) {
+	w.refresh(ctx, msgs, func(m *Message) bool { return !m.parked && columnError(m.Err) })
+	es, version := w.cfg.Catalog.Entities(), w.cfg.Catalog.Version()
+	for _, m := range msgs {
+		if m.parked || m.Command.ID == "" || (m.catalog == version && !columnError(m.Err)) {
+			continue
+		}
+		if m.Err != nil && !columnError(m.Err) && ClassOf(m.Err) != ClassSchema {
+			continue // failed for another reason, which a table change does not mend
+		}
+		m.catalog = version
+		err := es.validateFields(m.Command.ID, &m.Command.Entity, &m.Command.Op, m.Command.Version, m.Command.Data)
+		if columnError(err) && m.JobID != "" {
+			err = Errorf(ClassSchema, "%v: the table changed after ingress accepted the command; replay it once the table takes it", err)
+		}
+		m.Err = err
+	}
+}
+
+// refresh asks for the catalog of each entity of the messages that need
+// it to be read again, once an entity.
+func (w *Worker) refresh(ctx context.Context, msgs []*Message, need func(*Message) bool) {
+	if w.cfg.Refresh == nil {
+		return
+	}
+	var asked map[string]bool
+	for _, m := range msgs {
+		if m.Command.Entity == "" || !need(m) || asked[m.Command.Entity] {
+			continue
+		}
+		if asked == nil {
+			asked = map[string]bool{}
+		}
+		asked[m.Command.Entity] = true
+		w.cfg.Refresh(ctx, m.Command.Entity)
+	}
+}
+
+// columnError tells whether err is a command's column failing the catalog:
+// a column it lacks, or a value its type refuses.
+func columnError(err error) bool {
+	c := ClassOf(err)
+	return err != nil && (c == ClassUnknownColumn || c == ClassTypeMismatch)
 }
 
 // TryFeed hands records to the worker if its queue has room (or drops

@@ -106,7 +106,7 @@ func waitNext(t *testing.T, store *fakeStore, next int64, msgAndArgs ...any) {
 func testWorkerConfig(store *fakeStore, dl *fakeDLQ, batch int, wait time.Duration) WorkerConfig {
 	return WorkerConfig{
 		NextOffset: store.next, BatchSize: batch, BatchMaxWait: wait, FlushTimeout: time.Second,
-		Entities: testEntities(), Store: store, DeadLetters: dl,
+		Catalog: NewCatalog(testEntities()), Store: store, DeadLetters: dl,
 		Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) },
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}

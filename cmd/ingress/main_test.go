@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -64,10 +65,15 @@ entities:
   customers: {table: %s.customers, key: [customer_id], version_column: version}
   events: {table: %s.events, key: [event_id]}
 `, sum("acme-key"), sum("other-key"), db.Schema, db.Schema)), 0o600))
-	p, err := harness.Start(filepath.Dir(bin), "ingress",
-		[]string{"SPOOL_DATABASE_URL=" + db.URL, "SPOOL_KAFKA_BROKERS=" + b.Addr(), "SPOOL_KAFKA_PARTITIONS=2",
-			"SPOOL_HTTP_ADDR=" + addr, "SPOOL_LOG_LEVEL=warn"},
-		"--config", cfg)
+	return startIngress(t, bin, addr, cfg, "SPOOL_DATABASE_URL="+db.URL, "SPOOL_KAFKA_BROKERS="+b.Addr(), "SPOOL_KAFKA_PARTITIONS=2",
+		"SPOOL_LOG_LEVEL=warn")
+}
+
+// startIngress runs the binary bin on addr with the config file cfg and
+// the environment env, and waits until it is ready.
+func startIngress(t *testing.T, bin, addr, cfg string, env ...string) *hostile {
+	t.Helper()
+	p, err := harness.Start(filepath.Dir(bin), "ingress", append(env, "SPOOL_HTTP_ADDR="+addr), "--config", cfg)
 	require.NoError(t, err)
 	t.Cleanup(p.Kill)
 	h := &hostile{url: "http://" + addr, proc: p}
@@ -353,4 +359,47 @@ func TestHostileUploads(t *testing.T) {
 		}
 		require.False(t, busy("acme-key"), "the slots are free again")
 	})
+}
+
+// TestSIGHUPReloadsEntities: the real binary reads its configuration's
+// entities again on SIGHUP: an entity added to the file is written from
+// then on, without a restart; a file that does not load leaves them as
+// they were.
+func TestSIGHUPReloadsEntities(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "ingress")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	require.NoError(t, err, string(out))
+	db := pgtest.New(t)
+	db.Exec(t, `CREATE TABLE customers (customer_id text PRIMARY KEY, name text, version bigint NOT NULL)`)
+	db.Exec(t, `CREATE TABLE events (event_id text PRIMARY KEY, payload text)`)
+	b := kafkatest.NewCluster(t)
+	addr, err := harness.FreeAddr()
+	require.NoError(t, err)
+	cfg := filepath.Join(t.TempDir(), "spool.yaml")
+	entities := func(extra string) []byte {
+		return []byte(fmt.Sprintf("ingress:\n  metrics_addr: \"127.0.0.1:0\"\nentities:\n  customers: {table: %s.customers, key: [customer_id], version_column: version}\n%s",
+			db.Schema, extra))
+	}
+	require.NoError(t, os.WriteFile(cfg, entities(""), 0o600))
+	h := startIngress(t, bin, addr, cfg, "SPOOL_DATABASE_URL="+db.URL, "SPOOL_KAFKA_BROKERS="+b.Addr(), "SPOOL_KAFKA_PARTITIONS=1",
+		"SPOOL_AUTH_DISABLED=true")
+	p := h.proc
+	event := `{"id":"e1","entity":"events","data":{"event_id":"e1","payload":"x"}}`
+	accepted := func() float64 {
+		a := h.post(t, "", "/v1/jobs", "application/x-ndjson", false, strings.NewReader(event))
+		require.Equal(t, http.StatusAccepted, a.status, "%s", a.body)
+		return a.json(t)["accepted"].(float64)
+	}
+	require.Zero(t, accepted(), "events is not configured yet")
+
+	require.NoError(t, os.WriteFile(cfg, entities("  events: {table: nowhere.events, key: [event_id]}\n"), 0o600))
+	require.NoError(t, syscall.Kill(p.Pid(), syscall.SIGHUP))
+	require.Eventually(t, func() bool { return strings.Contains(p.Log(), "SIGHUP: loading the entities again") },
+		10*time.Second, 50*time.Millisecond, "a table that does not exist keeps the entities as they were")
+	require.Zero(t, accepted())
+
+	require.NoError(t, os.WriteFile(cfg, entities(fmt.Sprintf("  events: {table: %s.events, key: [event_id]}\n", db.Schema)), 0o600))
+	require.NoError(t, syscall.Kill(p.Pid(), syscall.SIGHUP))
+	require.Eventually(t, func() bool { return accepted() == 1 }, 10*time.Second, 100*time.Millisecond,
+		"events is configured after SIGHUP; ingress's log:\n%s", p.Log())
 }

@@ -68,7 +68,7 @@ func (in *Ingress) run(ctx context.Context) error {
 		return err
 	}
 	defer stopTracing()
-	pool, entities, err := openDatabase(ctx, c, tracer.statements, in.logger)
+	pool, catalog, err := openDatabase(ctx, c, tracer.statements, in.logger)
 	if err != nil {
 		return err
 	}
@@ -115,13 +115,13 @@ func (in *Ingress) run(ctx context.Context) error {
 	if len(keys) == 0 {
 		in.logger.Warn("auth is disabled: every request acts as tenant " + httpapi.DefaultTenant)
 	}
-	store := postgres.NewStore(pool, entities, c.Kafka.Group, in.logger)
+	store := postgres.NewStore(pool, catalog.Catalog, c.Kafka.Group, in.logger)
 	api := httpapi.New(httpapi.Config{
 		Jobs:              store,
 		Idempotency:       store,
 		IdempotencyWindow: c.Ingress.IdempotencyWindow,
 		Producer:          producer,
-		Entities:          entities,
+		Catalog:           refresher{catalog, ingressRefreshEvery},
 		Topic:             c.Kafka.Topic,
 		Keys:              keys,
 		Backlog:           backlog,
@@ -154,6 +154,7 @@ func (in *Ingress) run(ctx context.Context) error {
 	if lag != nil {
 		g.Go(func() error { lag.Run(gctx); return nil })
 	}
+	g.Go(func() error { catalog.reloadOnSIGHUP(gctx, c); return nil })
 	g.Go(func() error {
 		if err := srv.Serve(in.ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serving http: %w", err)

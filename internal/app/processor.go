@@ -63,12 +63,12 @@ func (p *Processor) run(ctx context.Context) error {
 		return err
 	}
 	defer stopTracing()
-	pool, entities, err := openDatabase(ctx, c, tracer.statements, p.logger)
+	pool, catalog, err := openDatabase(ctx, c, tracer.statements, p.logger)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	store := postgres.NewStore(pool, entities, c.Kafka.Group, p.logger)
+	store := postgres.NewStore(pool, catalog.Catalog, c.Kafka.Group, p.logger)
 	cluster, err := KafkaCluster(c.Kafka)
 	if err != nil {
 		return err
@@ -111,7 +111,7 @@ func (p *Processor) run(ctx context.Context) error {
 				Topic: c.Kafka.Topic, Partition: partition, NextOffset: next,
 				BatchSize: c.Processor.BatchSize, BatchMaxWait: c.Processor.BatchMaxWait,
 				FlushTimeout: c.Processor.FlushTimeout,
-				Entities:     entities, Store: store, DeadLetters: deadLetters, Limiter: limiter, Committed: committed,
+				Catalog:      catalog.Catalog, Refresh: func(ctx context.Context, e string) { catalog.refresh(ctx, e, 0) }, Store: store, DeadLetters: deadLetters, Limiter: limiter, Committed: committed,
 				LoadOffset: func(ctx context.Context) (int64, error) { return store.LoadOffset(ctx, c.Kafka.Topic, partition) },
 				Recent:     pipeline.NewRecent(c.Dedupe.CacheSize, c.Dedupe.Window),
 				Backoff:    retryBackoff, Observer: m, Tracer: tracer.batches, Logger: p.logger.With("partition", partition),
@@ -142,6 +142,7 @@ func (p *Processor) run(ctx context.Context) error {
 	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return maintenance.Run(ctx) })
+	g.Go(func() error { catalog.reloadOnSIGHUP(ctx, c); return nil })
 	g.Go(func() error {
 		every(ctx, lagEvery, func() {
 			if byPartition, err := lag.MeasurePartitions(ctx); err == nil {

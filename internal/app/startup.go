@@ -26,7 +26,7 @@ import (
 // catalog, waiting with backoff while PostgreSQL is starting or its
 // connections fail; a configuration error (a missing table, say) fails at
 // once.
-func openDatabase(ctx context.Context, c *config.Config, spans postgres.Spans, logger *slog.Logger) (*postgres.DB, pipeline.Entities, error) {
+func openDatabase(ctx context.Context, c *config.Config, spans postgres.Spans, logger *slog.Logger) (*postgres.DB, *entityCatalog, error) {
 	specs, err := entitySpecs(c.Entities)
 	if err != nil {
 		return nil, nil, err
@@ -57,7 +57,7 @@ func openDatabase(ctx context.Context, c *config.Config, spans postgres.Spans, l
 	if len(es) == 0 {
 		logger.Warn("no entities configured: every command will be rejected; add an entities: section to spool.yaml")
 	}
-	return pool, es, nil
+	return pool, newEntityCatalog(pool, specs, es, logger), nil
 }
 
 // ensureTopics creates spool's topics that are missing, with room for a

@@ -18,6 +18,9 @@ import (
 
 // Config is the whole configuration of spool.
 type Config struct {
+	// source is how Load read it, for Reload.
+	source Options
+
 	Database  Database                `mapstructure:"database"`
 	Kafka     Kafka                   `mapstructure:"kafka"`
 	HTTP      HTTP                    `mapstructure:"http"`
@@ -280,6 +283,10 @@ func lookup(name string) (Key, bool) {
 	return Key{}, false
 }
 
+// Reload reads the configuration again from where Load read it (the file,
+// the environment, the flags).
+func (c *Config) Reload() (*Config, error) { return Load(c.source) }
+
 // Load reads, merges and validates the configuration.
 func Load(opts Options) (*Config, error) {
 	v := viper.New()
@@ -345,6 +352,7 @@ func Load(opts Options) (*Config, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
+	c.source = opts
 	return &c, nil
 }
 

@@ -228,7 +228,7 @@ func TestOpenAPIDescribesEveryRouteAndStatus(t *testing.T) {
 	seen := &routeRecorder{seen: map[served]bool{}}
 	s := New(Config{
 		Jobs: jobs, Producer: producer, Idempotency: idem, IdempotencyWindow: time.Hour,
-		Entities: pipeline.Entities{"customers": {Name: "customers", Schema: "public", Table: "customers",
+		Catalog: FixedCatalog{"customers": {Name: "customers", Schema: "public", Table: "customers",
 			Key: []string{"id"}, Columns: map[string]pipeline.Column{"id": {Name: "id", Type: "text"}}}},
 		Topic: "t", Keys: Keys{hex.EncodeToString(sum[:]): {Tenant: "acme"},
 			hex.EncodeToString(limited[:]): {Tenant: "acme", Entities: map[string]bool{"orders": true}}},

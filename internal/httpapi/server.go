@@ -46,6 +46,25 @@ type Jobs interface {
 	Ping(ctx context.Context) error
 }
 
+// Catalog is the entities uploads are checked against. Refresh reads an
+// entity's table again (as often as it allows) and reports whether it
+// changed: a command naming a column the catalog lacks, or a value its
+// column refuses, is checked once more after it before it is rejected, as
+// the table may have changed since spool read it.
+type Catalog interface {
+	Entities() pipeline.Entities
+	Refresh(ctx context.Context, entity string) bool
+}
+
+// FixedCatalog is a Catalog that never changes.
+type FixedCatalog pipeline.Entities
+
+// Entities implements Catalog.
+func (f FixedCatalog) Entities() pipeline.Entities { return pipeline.Entities(f) }
+
+// Refresh implements Catalog: nothing changes.
+func (FixedCatalog) Refresh(context.Context, string) bool { return false }
+
 // Producer is what the API needs of Kafka: an asynchronous produce whose
 // callback reports the broker's acknowledgement.
 type Producer interface {
@@ -92,7 +111,7 @@ type Config struct {
 	Idempotency       IdempotencyStore
 	IdempotencyWindow time.Duration
 	Producer          Producer
-	Entities          pipeline.Entities
+	Catalog           Catalog
 	Topic             string
 	Keys              Keys
 	Limits            Limits
@@ -120,6 +139,9 @@ type Server struct {
 func New(cfg Config) *Server {
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
+	}
+	if cfg.Catalog == nil {
+		cfg.Catalog = FixedCatalog(nil)
 	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux()}
 	if cfg.Metrics != nil {

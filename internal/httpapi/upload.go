@@ -169,7 +169,7 @@ func (s *Server) readUpload(w http.ResponseWriter, r *http.Request, who Principa
 	// its format, its parameters and its (decoded) body.
 	fmt.Fprintf(in.fingerprint, "%s\n%s\n", mt, q.Encode())
 	in.body = io.TeeReader(body, io.MultiWriter(in.fingerprint, in.digest))
-	if in.defaultEntity != "" && s.cfg.Entities[in.defaultEntity] == nil {
+	if in.defaultEntity != "" && s.cfg.Catalog.Entities()[in.defaultEntity] == nil {
 		writeProblem(w, http.StatusBadRequest, fmt.Sprintf("entity %s is not configured", pipeline.Quote(in.defaultEntity)))
 		return nil
 	}
@@ -410,7 +410,11 @@ func (u *uploadRun) add(ctx context.Context, cmd pipeline.Command, decodeErr err
 	index := u.base + u.received.Add(1) - 1
 	err := decodeErr
 	if err == nil {
-		err = u.s.cfg.Entities.Validate(&cmd, u.defaultEntity)
+		err = u.s.cfg.Catalog.Entities().Validate(&cmd, u.defaultEntity)
+		if c := pipeline.ClassOf(err); (c == pipeline.ClassUnknownColumn || c == pipeline.ClassTypeMismatch) &&
+			u.s.cfg.Catalog.Refresh(ctx, cmd.Entity) {
+			err = u.s.cfg.Catalog.Entities().Validate(&cmd, u.defaultEntity)
+		}
 	}
 	if err == nil && !u.who.MayWrite(cmd.Entity) {
 		err = pipeline.Errorf(pipeline.ClassForbidden, "this API key may not write entity %s", pipeline.Quote(cmd.Entity))

@@ -89,7 +89,7 @@ func BenchmarkWriteBatch(b *testing.B) {
 	for _, size := range []int{2000, 10000} {
 		b.Run(fmt.Sprintf("spool/batch=%d", size), func(b *testing.B) {
 			db, es := benchSetup(b)
-			store := postgres.NewStore(db.Postgres, es, "bench", slog.New(slog.NewTextHandler(io.Discard, nil)))
+			store := postgres.NewStore(db.Postgres, pipeline.NewCatalog(es), "bench", slog.New(slog.NewTextHandler(io.Discard, nil)))
 			batches := benchBatches(b, es, b.N, size)
 			b.ResetTimer()
 			done := measure(b, b.N*size)

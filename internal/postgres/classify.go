@@ -23,9 +23,11 @@ import (
 //     the row;
 //   - 21000 (a statement touched one row twice) is permanent for the batch:
 //     splitting it resolves it;
-//   - anything else, e.g. 42 (a table or column changed under us), is
-//     internal: retried with backoff and logged loudly, because
-//     dead-lettering every command over a schema mistake would be worse.
+//   - 42703 (undefined column), 42804 (datatype mismatch) and 42P01
+//     (undefined table) mean the table changed under us: schema, retried
+//     once the processor has read the catalog again;
+//   - anything else is internal: retried with backoff and logged loudly,
+//     because dead-lettering every command over a mistake would be worse.
 func classify(err error) error {
 	if err == nil {
 		return nil
@@ -51,6 +53,8 @@ func classOfSQLState(code string) pipeline.ErrorClass {
 		return pipeline.ClassTransient
 	case code == "21000":
 		return pipeline.ClassConstraint
+	case code == "42703" || code == "42804" || code == "42P01":
+		return pipeline.ClassSchema
 	case len(code) < 2:
 		return pipeline.ClassInternal
 	}

@@ -32,7 +32,9 @@ func TestClassify(t *testing.T) {
 		{&pgconn.PgError{Code: "23505"}, pipeline.ClassConstraint}, // unique
 		{&pgconn.PgError{Code: "23502"}, pipeline.ClassConstraint}, // not null
 		{&pgconn.PgError{Code: "21000"}, pipeline.ClassConstraint}, // row touched twice: split
-		{&pgconn.PgError{Code: "42P01"}, pipeline.ClassInternal},   // schema changed: retry, never dead-letter
+		{&pgconn.PgError{Code: "42P01"}, pipeline.ClassSchema},     // the table changed: retry once the catalog is read again
+		{&pgconn.PgError{Code: "42703"}, pipeline.ClassSchema},
+		{&pgconn.PgError{Code: "42601"}, pipeline.ClassInternal}, // a syntax error: retried, logged
 		{fmt.Errorf("wrapped: %w", io.ErrUnexpectedEOF), pipeline.ClassTransient},
 		{context.DeadlineExceeded, pipeline.ClassTransient},
 		{errors.New("conn closed"), pipeline.ClassTransient},

@@ -75,7 +75,7 @@ func newSuiteStore(t *testing.T) (*pgtest.DB, pipeline.Entities, *postgres.Store
 		{Name: "lines", Schema: db.Schema, Table: "lines", Key: []string{"order_id", "line"}},
 	})
 	require.NoError(t, err)
-	return db, es, postgres.NewStore(db.Postgres, es, "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return db, es, postgres.NewStore(db.Postgres, pipeline.NewCatalog(es), "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
 }
 
 // collect reads rows of a key and a value into a map.

@@ -77,8 +77,9 @@ func (s *Store) repairSQL(e *pipeline.Entity) string {
 // started at: the next call passes that, less a margin, so that no
 // tombstone falls between two calls however long one of them was delayed.
 func (s *Store) RepairSince(ctx context.Context, since time.Time) (time.Time, error) {
-	byTarget := make(map[string]*pipeline.Entity, len(s.entities))
-	for _, e := range s.entities {
+	es := s.catalog.Entities()
+	byTarget := make(map[string]*pipeline.Entity, len(es))
+	for _, e := range es {
 		if e.Versioned() {
 			byTarget[e.QualifiedName()] = e
 		}

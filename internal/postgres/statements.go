@@ -3,6 +3,7 @@ package postgres
 import (
 	"bytes"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -175,8 +176,9 @@ func matchWritten(rows pgx.Rows, cols []texts, listed []bool) error {
 // rows (upsert) or of the stale ones (delete); inserts and updates return
 // the ordinals of the rows that did not apply, with their outcome.
 func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
-	// The statement depends on entity, op and columns, not the generation.
-	sig := g.Entity.Name + "\x00" + string(g.Op) + "\x00" + strings.Join(g.Columns, "\x00")
+	// The statement depends on the entity (as the catalog last read it),
+	// op and columns, not the group's generation.
+	sig := g.Entity.Name + "\x00" + strconv.FormatUint(g.Entity.Generation, 10) + "\x00" + string(g.Op) + "\x00" + strings.Join(g.Columns, "\x00")
 	if sql, ok := s.sqlCache.Get(sig); ok {
 		return sql
 	}

@@ -28,7 +28,7 @@ func TestStatementCacheIsBounded(t *testing.T) {
 		c := fmt.Sprintf("c%d", i)
 		e.Columns[c] = pipeline.Column{Name: c, Type: "text", CastType: "text"}
 	}
-	s := newStore(nil, pipeline.Entities{e.Name: e}, "g", slog.New(slog.NewTextHandler(io.Discard, nil)), bound)
+	s := newStore(nil, pipeline.NewCatalog(pipeline.Entities{e.Name: e}), "g", slog.New(slog.NewTextHandler(io.Discard, nil)), bound)
 	group := func(set int) (*pipeline.Group, []string) {
 		g := &pipeline.Group{Entity: e, Op: pipeline.OpUpsert}
 		for i := range width {
@@ -48,7 +48,7 @@ func TestStatementCacheIsBounded(t *testing.T) {
 	first := s.groupSQL(g, cols)
 	require.Contains(t, first, `"c7"`)
 	require.Equal(t, first, s.groupSQL(g, cols), "a hit returns the statement the miss built")
-	require.True(t, s.sqlCache.Contains(e.Name+"\x00"+string(pipeline.OpUpsert)+"\x00c0\x00c1\x00c2\x00c3\x00c4\x00c5\x00c6\x00c7"))
+	require.True(t, s.sqlCache.Contains(e.Name+"\x001\x00"+string(pipeline.OpUpsert)+"\x00c0\x00c1\x00c2\x00c3\x00c4\x00c5\x00c6\x00c7"))
 }
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/ with what the code builds")
@@ -75,7 +75,7 @@ func TestStatementShapes(t *testing.T) {
 			"rev": col("rev", "integer", "integer")}}
 	counters := &pipeline.Entity{Name: "counters", Schema: "public", Table: "counters", Key: []string{"id"},
 		Columns: map[string]pipeline.Column{"id": col("id", "bigint", "bigint"), "n": col("n", "bigint", "bigint")}}
-	s := newStore(nil, pipeline.Entities{customers.Name: customers, events.Name: events, counters.Name: counters}, "g",
+	s := newStore(nil, pipeline.NewCatalog(pipeline.Entities{customers.Name: customers, events.Name: events, counters.Name: counters}), "g",
 		slog.New(slog.NewTextHandler(io.Discard, nil)), sqlCacheSize)
 
 	shapes := []struct {

@@ -20,10 +20,10 @@ import (
 // Store applies batches and keeps jobs. It is safe for concurrent use by
 // every partition's worker.
 type Store struct {
-	logger   *slog.Logger
-	pool     *pgxpool.Pool
-	entities pipeline.Entities
-	group    string
+	logger  *slog.Logger
+	pool    *pgxpool.Pool
+	catalog *pipeline.Catalog
+	group   string
 	// sqlCache holds the statements built at run time, by signature
 	// (entity, op, column set). The column set is the client's choice, up to
 	// 2^columns of them per entity, so the cache is bounded: a miss only
@@ -43,13 +43,16 @@ const abortedCacheSize = 4096
 // busy entities use, far below what a client choosing column sets can ask.
 const sqlCacheSize = 1024
 
-// NewStore returns a store writing the given entities; group names the
+// NewStore returns a store writing the catalog's entities; group names the
 // consumer group whose offsets it keeps.
-func NewStore(db *DB, entities pipeline.Entities, group string, logger *slog.Logger) *Store {
-	return newStore(db.pool, entities, group, logger, sqlCacheSize)
+func NewStore(db *DB, catalog *pipeline.Catalog, group string, logger *slog.Logger) *Store {
+	return newStore(db.pool, catalog, group, logger, sqlCacheSize)
 }
 
-func newStore(pool *pgxpool.Pool, entities pipeline.Entities, group string, logger *slog.Logger, cacheSize int) *Store {
+func newStore(pool *pgxpool.Pool, catalog *pipeline.Catalog, group string, logger *slog.Logger, cacheSize int) *Store {
+	if catalog == nil {
+		catalog = pipeline.NewCatalog(nil)
+	}
 	cache, err := lru.New[string, string](cacheSize)
 	if err != nil {
 		panic(err) // only for a size <= 0
@@ -58,7 +61,7 @@ func newStore(pool *pgxpool.Pool, entities pipeline.Entities, group string, logg
 	if err != nil {
 		panic(err)
 	}
-	return &Store{pool: pool, entities: entities, group: group, logger: logger, sqlCache: cache, aborted: aborted}
+	return &Store{pool: pool, catalog: catalog, group: group, logger: logger, sqlCache: cache, aborted: aborted}
 }
 
 // LoadOffset returns the partition's next offset as stored, or -1.
@@ -157,7 +160,7 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 			fresh = append(fresh, m)
 		}
 	}
-	groups, superseded, err := pipeline.Plan(fresh, s.entities)
+	groups, superseded, err := pipeline.Plan(fresh, s.catalog.Entities())
 	if err != nil {
 		return nil, err
 	}

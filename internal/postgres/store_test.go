@@ -161,7 +161,7 @@ func TestTombstoneNamesTheValueNotTheSpelling(t *testing.T) {
 		{Name: "things", Schema: b.db.Schema, Table: "things", Key: []string{"id"}, VersionColumn: "version"}})
 	require.NoError(t, err)
 	b.es = es
-	b.store = postgres.NewStore(b.db.Postgres, es, "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b.store = postgres.NewStore(b.db.Postgres, pipeline.NewCatalog(es), "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	out, err := b.write(t, 0, `{"id":"d","entity":"things","op":"delete","version":5,"data":{"id":"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"}}`)
 	require.NoError(t, err)
 	require.Equal(t, []pipeline.Outcome{applied}, out)
@@ -268,7 +268,7 @@ func TestWriteBatchRefusesWhatACastWouldCut(t *testing.T) {
 	require.Equal(t, 3, cols["tag"].MaxChars)
 	require.Equal(t, pipeline.KindText, cols["tag"].Kind)
 	db.Exec(t, `ALTER TABLE codes ALTER COLUMN code TYPE varchar(3), ALTER COLUMN label TYPE char(2)`)
-	store := postgres.NewStore(db.Postgres, es, "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	store := postgres.NewStore(db.Postgres, pipeline.NewCatalog(es), "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	write := func(offset int64, line string) error {
 		cmd, err := pipeline.DecodeCommand([]byte(line))
 		require.NoError(t, err)
@@ -333,7 +333,7 @@ func TestStaleToldWhateverTheKey(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, tt.roundTrip, es[tt.table].KeysRoundTrip)
 			b := &testBundle{db: db, es: es, next: map[int32]int64{},
-				store: postgres.NewStore(db.Postgres, es, "g-"+tt.table, slog.New(slog.NewTextHandler(io.Discard, nil)))}
+				store: postgres.NewStore(db.Postgres, pipeline.NewCatalog(es), "g-"+tt.table, slog.New(slog.NewTextHandler(io.Discard, nil)))}
 			cmd := func(id, key string, version int) string {
 				return fmt.Sprintf(`{"id":"%s-%s","entity":%q,"version":%d,"data":{%s,"v":"%s@%d"}}`, tt.table, id, tt.table, version, key, id, version)
 			}
