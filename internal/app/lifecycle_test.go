@@ -238,8 +238,10 @@ func TestJobInParts(t *testing.T) {
 	require.Equal(t, httpapi.PartView{JobID: opened.JobID, Part: 2, Received: 2, Accepted: 1, Rejected: 1,
 		Rejections: p2.Rejections, StatusURL: jobPath}, p2)
 	require.Equal(t, int64(0), p2.Rejections[0].Index, "an answer's rejections count from the part's start")
+	code, b = do("PUT", jobPath+"/parts/1", strings.Repeat("x", 2<<20)) // over ingress.max_record_bytes
+	require.Equal(t, http.StatusRequestEntityTooLarge, code, "%s", b)
 	code, b = do("PUT", jobPath+"/parts/1", part1)
-	require.Equal(t, http.StatusAccepted, code, string(b))
+	require.Equal(t, http.StatusAccepted, code, "a part refused is sent again corrected: %s", b)
 	again, replayed := do("PUT", jobPath+"/parts/1", part1)
 	require.Equal(t, http.StatusAccepted, again)
 	require.JSONEq(t, string(b), string(replayed), "the same part again gets its first answer")

@@ -207,8 +207,10 @@ func (s *Server) readUpload(w http.ResponseWriter, r *http.Request, who Principa
 // it runs (run writes its answer), the answer is kept unless it is a 5xx,
 // and a later request with the key gets it again — or 409 while the first
 // runs, or mismatch (with detail) when its body, format or parameters
-// differ. finished, when set, runs before a 202 is kept and sent; its
-// failure turns the answer into a 503, which is not kept.
+// differ. finished, when set (a part), runs before a 202 is kept and
+// sent; its failure turns the answer into a 503, which is not kept; and
+// only a 202 is kept then, so that a part refused (a bad CSV header, say)
+// can be sent again corrected.
 func (s *Server) idempotent(ctx context.Context, w http.ResponseWriter, tenant, key string, in *uploadInput,
 	mismatch int, detail string, run func(http.ResponseWriter), finished func(ctx context.Context) error,
 ) {
@@ -240,8 +242,12 @@ func (s *Server) idempotent(ctx context.Context, w http.ResponseWriter, tenant, 
 			writeUnavailable(answer, 2*time.Second, "every record is in Kafka, but recording the upload failed; sending it again is safe", "")
 		}
 	}
+	keep := answer.status < 500
+	if finished != nil {
+		keep = answer.status == http.StatusAccepted
+	}
 	var stored *pipeline.IdempotentRecord
-	if answer.status < 500 && drainErr == nil {
+	if keep && drainErr == nil {
 		stored = &pipeline.IdempotentRecord{Fingerprint: in.fingerprint.Sum(nil), Status: answer.status,
 			Location: answer.Header().Get("Location"), Body: answer.body.Bytes()}
 	}
