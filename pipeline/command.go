@@ -294,7 +294,7 @@ type JobQuery struct {
 // Progress is the share of accepted commands that have an outcome, 0 to 1.
 func (j *Job) Progress() float64 {
 	if j.Accepted == 0 {
-		if j.State == JobCompleted || j.State == JobCompletedWithErrors {
+		if j.State.Finished() {
 			return 1
 		}
 		return 0

@@ -16,8 +16,9 @@ import (
 const ResendFor = 3 * time.Minute
 
 // Resendable reports whether an upload that failed with err may be sent
-// again under the same Idempotency-Key: its answer was 409 (the same key
-// still in progress), 429, 503, or lost on the network. A file that cannot
+// again under the same Idempotency-Key: its answer was 409 with a
+// Retry-After (the same key still in progress), 429, 503, or lost on the
+// network. A file that cannot
 // be opened or read is not the network's fault: sending it again cannot
 // help.
 func Resendable(err error) bool {
@@ -27,8 +28,11 @@ func Resendable(err error) bool {
 	}
 	var apiErr *Error
 	if errors.As(err, &apiErr) {
-		return apiErr.Status == http.StatusConflict || apiErr.Status == http.StatusTooManyRequests ||
-			apiErr.Status == http.StatusServiceUnavailable
+		// A 409 is worth waiting out only with a Retry-After: the same key
+		// (or part) still in flight. Without one it is final (other bytes,
+		// a job no longer open).
+		return (apiErr.Status == http.StatusConflict && apiErr.RetryAfter > 0) ||
+			apiErr.Status == http.StatusTooManyRequests || apiErr.Status == http.StatusServiceUnavailable
 	}
 	return true
 }

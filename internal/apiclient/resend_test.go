@@ -21,8 +21,10 @@ import (
 	"github.com/spoolhq/spool/pipeline"
 )
 
-// TestResend: an upload answered 409 (its key still in flight) is sent
-// again with the same key and body until it goes through; a 422 is final.
+// TestResend: an upload answered 409 with a Retry-After (its key still in
+// flight) is sent again with the same key and body until it goes through;
+// a 422, and a 409 without Retry-After (other bytes for a part, a job no
+// longer open), are final.
 func TestResend(t *testing.T) {
 	var calls atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -31,12 +33,15 @@ func TestResend(t *testing.T) {
 		require.Equal(t, "{}\n", string(body))
 		switch calls.Add(1) {
 		case 1:
+			w.Header().Set("Retry-After", "1")
 			w.WriteHeader(http.StatusConflict)
 		case 2:
 			w.WriteHeader(http.StatusAccepted)
 			_, _ = io.WriteString(w, `{"job_id":"j-1","accepted":1}`)
-		default:
+		case 3:
 			w.WriteHeader(http.StatusUnprocessableEntity)
+		default:
+			w.WriteHeader(http.StatusConflict)
 		}
 	}))
 	defer srv.Close()
@@ -58,6 +63,10 @@ func TestResend(t *testing.T) {
 	require.True(t, errors.As(err, &apiErr))
 	require.Equal(t, http.StatusUnprocessableEntity, apiErr.Status)
 	require.EqualValues(t, 3, calls.Load(), "a 422 is not sent again")
+	_, err = apiclient.Resend(context.Background(), send, nil)
+	require.True(t, errors.As(err, &apiErr))
+	require.Equal(t, http.StatusConflict, apiErr.Status)
+	require.EqualValues(t, 4, calls.Load(), "a 409 without Retry-After is not sent again")
 	require.True(t, apiclient.Resendable(errors.New("connection reset by peer")))
 	_, openErr := os.Open(filepath.Join(t.TempDir(), "missing.ndjson"))
 	require.False(t, apiclient.Resendable(fmt.Errorf("uploading: %w", openErr)), "a missing file is not sent again")

@@ -33,6 +33,7 @@ type entityCatalog struct {
 
 	mu    sync.Mutex
 	specs map[string]postgres.EntitySpec
+	epoch int                  // moves with each Reload, so that a refresh begun before it is dropped
 	last  map[string]time.Time // each entity's last refresh
 }
 
@@ -71,11 +72,17 @@ func (c *entityCatalog) refresh(ctx context.Context, entity string, minAge time.
 		return false
 	}
 	c.last[entity] = time.Now()
+	epoch := c.epoch
 	c.mu.Unlock()
 	es, err := postgres.LoadEntities(ctx, c.db, []postgres.EntitySpec{spec})
 	if err != nil {
 		c.logger.Warn("reading an entity's table again", "entity", entity, "error", err)
 		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.epoch != epoch {
+		return false // a reload came meanwhile, with what the configuration says now
 	}
 	changed := c.Update(es[entity])
 	if changed {
@@ -94,6 +101,7 @@ func (c *entityCatalog) Reload(ctx context.Context, specs []postgres.EntitySpec)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.setSpecs(specs)
+	c.epoch++
 	c.Replace(es)
 	return nil
 }

@@ -200,7 +200,7 @@ func TestResultsThroughTheAPI(t *testing.T) {
 // a job left open is failed after jobs.open_timeout.
 func TestJobInParts(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, nil)
+	s := newStack(t, map[string]any{"ingress.max_records": 3})
 	s.startProcessor(t, map[string]any{"jobs.open_timeout": "1s"})
 	ctx := t.Context()
 	do := func(method, path, body string) (int, []byte) {
@@ -275,6 +275,28 @@ func TestJobInParts(t *testing.T) {
 	require.Equal(t, pipeline.PartDone, (*got.Parts)[0].State)
 	sum := sha256.Sum256([]byte(part1))
 	require.Equal(t, hex.EncodeToString(sum[:]), (*got.Parts)[0].SHA256, "the part's digest, for a client resuming")
+
+	// A part refused after some of its records went to Kafka (over
+	// ingress.max_records) is kept as it came: those are applied and
+	// counted, sending it again with other bytes is refused, and the rest
+	// goes in another part.
+	code, b = do("POST", "/v1/jobs?parts=true", "")
+	require.Equal(t, http.StatusCreated, code, string(b))
+	var cut httpapi.JobView
+	require.NoError(t, json.Unmarshal(b, &cut))
+	cutPath := "/v1/jobs/" + string(cut.JobID)
+	four := strings.Join([]string{cmd(10), cmd(11), cmd(12), cmd(13)}, "\n")
+	code, b = do("PUT", cutPath+"/parts/1", four)
+	require.Equal(t, http.StatusRequestEntityTooLarge, code, string(b))
+	code, b = do("PUT", cutPath+"/parts/1", cmd(13))
+	require.Equal(t, http.StatusConflict, code, "the part is final: %s", b)
+	code, b = do("PUT", cutPath+"/parts/2", cmd(13))
+	require.Equal(t, http.StatusAccepted, code, string(b))
+	code, b = do("POST", cutPath+"/complete", "")
+	require.Equal(t, http.StatusOK, code, string(b))
+	k := s.wait(t, cut.JobID)
+	require.Equal(t, int64(4), k.accepted)
+	require.Equal(t, pipeline.Counts{Applied: 4}, k.c)
 
 	// Left open: failed once jobs.open_timeout passes.
 	code, b = do("POST", "/v1/jobs?parts=true", "")

@@ -87,7 +87,7 @@ func splitFile(file *os.File, format upload.Format, size int64) ([]filePart, err
 		cut(off)
 	case upload.CSV.Name:
 		cr := csv.NewReader(bufio.NewReaderSize(file, 1<<20))
-		cr.FieldsPerRecord, cr.ReuseRecord, cr.LazyQuotes = -1, true, true
+		cr.FieldsPerRecord, cr.ReuseRecord = -1, true
 		if _, err := cr.Read(); err != nil {
 			return nil, fmt.Errorf("reading the CSV header: %w", err)
 		}

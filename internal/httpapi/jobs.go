@@ -99,7 +99,7 @@ func (s *Server) abortJob(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, pipeline.ErrJobNotFound):
 		writeProblem(w, http.StatusNotFound, "no job "+r.PathValue("job_id"))
 	case errors.As(err, &finished):
-		writeProblem(w, http.StatusConflict, fmt.Sprintf("job %s is %s already: only a job receiving, queued or processing can be aborted",
+		writeProblem(w, http.StatusConflict, fmt.Sprintf("job %s is %s already: only a job open, receiving, queued or processing can be aborted",
 			r.PathValue("job_id"), finished.State))
 	case err != nil:
 		s.unavailable(w, r, "aborting the job", err)
@@ -154,7 +154,9 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
 			out.NextCursor = encodeCursor(pipeline.JobCursor{CreatedAt: last.CreatedAt, ID: last.ID})
 			break
 		}
-		out.Jobs = append(out.Jobs, viewOf(j))
+		v := viewOf(j)
+		v.Parts = nil // the listing does not read them: GET the job for its parts
+		out.Jobs = append(out.Jobs, v)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

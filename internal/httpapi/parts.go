@@ -86,7 +86,12 @@ func (s *Server) putPart(w http.ResponseWriter, r *http.Request) {
 	s.withUpload(w, r, func(ctx context.Context, who Principal, in *uploadInput) {
 		var done *pipeline.UploadResult
 		run := func(w http.ResponseWriter) { done = s.runPart(ctx, w, who, id, n, in) }
-		finished := func(ctx context.Context) error { return s.cfg.Jobs.FinishPart(ctx, id, n, done, in.digest.Sum(nil)) }
+		finished := func(ctx context.Context) (bool, error) {
+			if done == nil {
+				return false, nil // forgotten: the part may be sent again, corrected
+			}
+			return true, s.cfg.Jobs.FinishPart(ctx, id, n, done, in.digest.Sum(nil))
+		}
 		// A key no client can send (a tab is not printable): the part's own.
 		key := fmt.Sprintf("\tpart/%s/%d", id, n)
 		s.idempotent(ctx, w, who.Tenant, key, in, http.StatusConflict,
@@ -94,8 +99,14 @@ func (s *Server) putPart(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// runPart streams a part and answers; it returns the part's counts when it
-// was received whole (202), for FinishPart.
+// runPart streams a part and answers; it returns the part's counts when
+// the part is final, for FinishPart: received whole (202), or refused
+// (4xx) after some of its records went to Kafka — those are applied and
+// counted, as an upload's are, so the part is kept as it came and its
+// answer replayed, and the rest goes in another part. A part refused
+// before any record, or cut off (5xx, a lost connection), is forgotten:
+// sent again — a cut-off one with the same bytes, so that what reached
+// Kafka of it is redelivered and counted once — it runs anew.
 func (s *Server) runPart(ctx context.Context, w http.ResponseWriter, who Principal, id pipeline.JobID, n int, in *uploadInput) *pipeline.UploadResult {
 	var finished *pipeline.JobFinishedError
 	switch err := s.cfg.Jobs.StartPart(ctx, who.Tenant, id, n); {
@@ -127,9 +138,7 @@ func (s *Server) runPart(ctx context.Context, w http.ResponseWriter, who Princip
 		writeJSON(w, http.StatusAccepted, PartView{JobID: id, Part: n, Received: res.Received, Accepted: res.Accepted,
 			Rejected: res.Rejected, Rejections: u.shown, StatusURL: loc})
 	})
-	if status != http.StatusAccepted {
-		// Sent again, the part runs anew; what reached Kafka of this
-		// attempt is redelivered then, and counted once.
+	if status != http.StatusAccepted && (status >= 500 || res.Received == 0) {
 		if err := s.cfg.Jobs.FinishPart(fctx, id, n, nil, nil); err != nil {
 			s.log(ctx).Error("forgetting a failed part", "job_id", id, "part", n, "error", err)
 		}

@@ -207,12 +207,11 @@ func (s *Server) readUpload(w http.ResponseWriter, r *http.Request, who Principa
 // it runs (run writes its answer), the answer is kept unless it is a 5xx,
 // and a later request with the key gets it again — or 409 while the first
 // runs, or mismatch (with detail) when its body, format or parameters
-// differ. finished, when set (a part), runs before a 202 is kept and
-// sent; its failure turns the answer into a 503, which is not kept; and
-// only a 202 is kept then, so that a part refused (a bad CSV header, say)
-// can be sent again corrected.
+// differ. finished, when set (a part), decides instead whether the answer
+// is kept, once the body is read whole, recording what it must first; its
+// failure turns the answer into a 503, which is not kept.
 func (s *Server) idempotent(ctx context.Context, w http.ResponseWriter, tenant, key string, in *uploadInput,
-	mismatch int, detail string, run func(http.ResponseWriter), finished func(ctx context.Context) error,
+	mismatch int, detail string, run func(http.ResponseWriter), finished func(ctx context.Context) (bool, error),
 ) {
 	owned, rec, err := s.cfg.Idempotency.ClaimIdempotencyKey(ctx, tenant, key, s.cfg.IdempotencyWindow)
 	if err != nil {
@@ -235,19 +234,17 @@ func (s *Server) idempotent(ctx context.Context, w http.ResponseWriter, tenant, 
 	_, drainErr := io.Copy(io.Discard, in.body)
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if finished != nil && answer.status == http.StatusAccepted && drainErr == nil {
-		if err := finished(fctx); err != nil {
+	keep := answer.status < 500 && drainErr == nil
+	if finished != nil && drainErr == nil {
+		var err error
+		if keep, err = finished(fctx); err != nil {
 			s.log(ctx).Error("recording the upload", "error", err)
-			answer = newCapture()
+			answer, keep = newCapture(), false
 			writeUnavailable(answer, 2*time.Second, "every record is in Kafka, but recording the upload failed; sending it again is safe", "")
 		}
 	}
-	keep := answer.status < 500
-	if finished != nil {
-		keep = answer.status == http.StatusAccepted
-	}
 	var stored *pipeline.IdempotentRecord
-	if keep && drainErr == nil {
+	if keep {
 		stored = &pipeline.IdempotentRecord{Fingerprint: in.fingerprint.Sum(nil), Status: answer.status,
 			Location: answer.Header().Get("Location"), Body: answer.body.Bytes()}
 	}

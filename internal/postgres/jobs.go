@@ -77,7 +77,8 @@ func (s *Store) ProgressJob(ctx context.Context, id pipeline.JobID, r pipeline.U
 	return nil
 }
 
-// AbortJob aborts a tenant's job that is receiving, queued or processing:
+// AbortJob aborts a tenant's job that is open (in parts: it keeps the
+// counts of the parts received), receiving, queued or processing:
 // the processors skip its commands not applied yet, which end aborted
 // (counted as such, so the job's counts still add up), and it is aborted
 // from now on. Commands applied before stay applied. A finished job is a
@@ -86,8 +87,13 @@ func (s *Store) AbortJob(ctx context.Context, tenant string, id pipeline.JobID) 
 	var state pipeline.JobState
 	err := s.pool.QueryRow(ctx, `
 		WITH j AS (SELECT job_id, state FROM spool_jobs WHERE job_id = $1 AND tenant = $2 FOR UPDATE),
-		a AS (UPDATE spool_jobs t SET state = 'aborted', completed_at = now(), updated_at = now()
-			FROM j WHERE t.job_id = j.job_id AND j.state IN ('open', 'receiving', 'queued', 'processing'))
+		p AS (SELECT coalesce(sum(received), 0) AS received, coalesce(sum(accepted), 0) AS accepted,
+			coalesce(sum(rejected), 0) AS rejected FROM spool_job_parts WHERE job_id = $1 AND state = 'done'),
+		a AS (UPDATE spool_jobs t SET state = 'aborted', completed_at = now(), updated_at = now(),
+				received = CASE WHEN j.state = 'open' THEN p.received ELSE t.received END,
+				accepted = CASE WHEN j.state = 'open' THEN p.accepted ELSE t.accepted END,
+				rejected = CASE WHEN j.state = 'open' THEN p.rejected ELSE t.rejected END
+			FROM j, p WHERE t.job_id = j.job_id AND j.state IN ('open', 'receiving', 'queued', 'processing'))
 		SELECT state FROM j`, id, tenant).Scan(&state)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, pipeline.ErrJobNotFound
@@ -127,7 +133,7 @@ func (s *Store) AbandonJobs(ctx context.Context, openTimeout time.Duration) (int
 				coalesce(sum(p.rejected), 0) AS rejected
 			FROM spool_jobs o LEFT JOIN spool_job_parts p ON p.job_id = o.job_id AND p.state = 'done'
 			WHERE o.state = $3 AND o.updated_at < now() - $4::interval GROUP BY o.job_id) p
-		WHERE j.job_id = p.job_id`,
+		WHERE j.job_id = p.job_id AND j.state = $3 AND j.updated_at < now() - $4::interval`,
 		pipeline.JobFailed, openTimedOutError, pipeline.JobOpen, openTimeout).Exec(count)
 	if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
 		return 0, classify(fmt.Errorf("marking abandoned uploads failed: %w", err))

@@ -179,6 +179,19 @@ func TestJobInParts(t *testing.T) {
 		return nil
 	}))
 	require.Equal(t, []int64{1, 3}, places, "part 3 follows part 1's three records")
+
+	// Aborted while open, a job keeps its parts' counts, and with nothing
+	// left to count its progress is whole.
+	require.NoError(t, b.store.CreateJob(ctx, "job-2", "tenant", pipeline.JobOptions{Parts: true}))
+	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-2", 1))
+	require.NoError(t, b.store.FinishPart(ctx, "job-2", 1, &pipeline.UploadResult{Received: 2, Accepted: 2}, []byte{1}))
+	j2, err := b.store.AbortJob(ctx, "tenant", "job-2")
+	require.NoError(t, err)
+	require.Equal(t, [2]int64{2, 2}, [2]int64{j2.Received, j2.Accepted})
+	require.NoError(t, b.store.CreateJob(ctx, "job-3", "tenant", pipeline.JobOptions{Parts: true}))
+	j3, err := b.store.AbortJob(ctx, "tenant", "job-3")
+	require.NoError(t, err)
+	require.Equal(t, 1.0, j3.Progress(), "an aborted job with nothing accepted is done")
 }
 
 // TestPruneJobs removes finished jobs past the retention with their counts

@@ -80,10 +80,16 @@ func (s *Store) CompleteJob(ctx context.Context, tenant string, id pipeline.JobI
 	var state pipeline.JobState
 	var inFlight bool
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `SELECT state, EXISTS (SELECT 1 FROM spool_job_parts
-				WHERE job_id = $1 AND state = 'receiving' AND updated_at > now() - $3::interval)
-			FROM spool_jobs WHERE job_id = $1 AND tenant = $2 AND parts FOR UPDATE`, id, tenant, UploadLease).Scan(&state, &inFlight)
-		if err != nil || state != pipeline.JobOpen || inFlight {
+		err := tx.QueryRow(ctx, `SELECT state FROM spool_jobs WHERE job_id = $1 AND tenant = $2 AND parts FOR UPDATE`,
+			id, tenant).Scan(&state)
+		if err != nil || state != pipeline.JobOpen {
+			return err
+		}
+		// Its own statement, so its own snapshot: taken once the lock is
+		// held, it sees every part a StartPart recorded before.
+		err = tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM spool_job_parts
+			WHERE job_id = $1 AND state = 'receiving' AND updated_at > now() - $2::interval)`, id, UploadLease).Scan(&inFlight)
+		if err != nil || inFlight {
 			return err
 		}
 		_, err = tx.Exec(ctx, `UPDATE spool_jobs j SET state = 'queued', updated_at = now(),

@@ -25,7 +25,7 @@ type Store struct {
 	catalog *pipeline.Catalog
 	group   string
 	// sqlCache holds the statements built at run time, by signature
-	// (entity, op, column set). The column set is the client's choice, up to
+	// (entity and its catalog generation, op, column set). The column set is the client's choice, up to
 	// 2^columns of them per entity, so the cache is bounded: a miss only
 	// costs building the text again.
 	sqlCache *lru.Cache[string, string]
