@@ -447,8 +447,11 @@ func (w *Worker) refresh(ctx context.Context, msgs []*Message, need func(*Messag
 // columnError tells whether err is a command's column failing the catalog:
 // a column it lacks, or a value its type refuses.
 func columnError(err error) bool {
+	if err == nil {
+		return false // most commands: without ClassOf's allocation
+	}
 	c := ClassOf(err)
-	return err != nil && (c == ClassUnknownColumn || c == ClassTypeMismatch)
+	return c == ClassUnknownColumn || c == ClassTypeMismatch
 }
 
 // TryFeed hands records to the worker if its queue has room (or drops
