@@ -517,9 +517,6 @@ func (c *Config) Validate() error {
 	if c.Ingress.MaxBodyBytes < 1 || c.Ingress.MaxRecordBytes < 64 || c.Ingress.MaxRecords < 1 || c.Ingress.MaxRejections < 0 {
 		bad("ingress", "max_body_bytes, max_records must be positive, max_record_bytes at least 64")
 	}
-	if c.Ingress.MaxRecords > 1<<32-1 {
-		bad("ingress.max_records", "must be at most %d (a part of a job is indexed within 2^32 records), got %d", int64(1<<32-1), c.Ingress.MaxRecords)
-	}
 	if c.Ingress.MaxDecompressedBytes < int64(c.Ingress.MaxRecordBytes) {
 		bad("ingress.max_decompressed_bytes", "must be at least ingress.max_record_bytes (%d), got %d", c.Ingress.MaxRecordBytes, c.Ingress.MaxDecompressedBytes)
 	}

@@ -125,7 +125,7 @@ func (s *Server) runPart(ctx context.Context, w http.ResponseWriter, who Princip
 		writeUnavailable(w, 2*time.Second, "the job store is unavailable", "")
 		return nil
 	}
-	u := &uploadRun{s: s, job: id, who: who, defaultEntity: in.defaultEntity, base: pipeline.PartBase(n)}
+	u := &uploadRun{s: s, job: id, who: who, defaultEntity: in.defaultEntity, base: pipeline.PartBase(n), inPart: true}
 	res, readErr, produceErr := u.stream(ctx, in.records, func(ctx context.Context) error {
 		return s.cfg.Jobs.HeartbeatPart(ctx, id, n)
 	})

@@ -355,7 +355,8 @@ type uploadRun struct {
 	// base is the index of the upload's first record in its job: a part's
 	// records are placed after the parts before it (pipeline.PartBase).
 	// Rejections in the answer count from the upload's own start.
-	base int64
+	base   int64
+	inPart bool
 
 	received, rejected atomic.Int64
 	// rejMu guards shown and pending: a record Kafka refuses as too large
@@ -370,6 +371,15 @@ type uploadRun struct {
 	accepted atomic.Int64
 	errMu    sync.Mutex
 	err      error
+}
+
+// maxRecords bounds the upload's records: ingress.max_records, and for a
+// part the 2^32 places a part has (pipeline.PartBase).
+func (u *uploadRun) maxRecords() int64 {
+	if u.inPart {
+		return min(u.s.cfg.Limits.MaxRecords, 1<<32-1)
+	}
+	return u.s.cfg.Limits.MaxRecords
 }
 
 // result is the upload's counts so far.
@@ -394,8 +404,8 @@ func (u *uploadRun) read(ctx context.Context, records upload.Reader) error {
 		if errors.As(err, &bodyErr) {
 			return err
 		}
-		if u.received.Load() >= u.s.cfg.Limits.MaxRecords {
-			return overBound("ingress.max_records", "the upload holds more than %d records", u.s.cfg.Limits.MaxRecords)
+		if limit := u.maxRecords(); u.received.Load() >= limit {
+			return overBound("ingress.max_records", "the upload holds more than %d records", limit)
 		}
 		if u.produceErr() != nil {
 			return nil
