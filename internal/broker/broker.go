@@ -4,7 +4,9 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 )
@@ -51,6 +53,14 @@ type Broker struct {
 	c *kfake.Cluster
 }
 
+// GroupSessionTimeout and GroupHeartbeatInterval are the embedded
+// broker's defaults for KIP-848 groups: processor.session_timeout's
+// default and the processors' heartbeat.
+const (
+	GroupSessionTimeout    = 10 * time.Second
+	GroupHeartbeatInterval = time.Second
+)
+
 // Start listens on cfg.Addr and serves the Kafka protocol.
 func Start(cfg Config) (*Broker, error) {
 	// Listen here rather than in kfake, which binds 127.0.0.1 only, so that
@@ -64,6 +74,15 @@ func Start(cfg Config) (*Broker, error) {
 		kfake.Ports(ln.Addr().(*net.TCPAddr).Port),
 		kfake.ListenFn(func(string, string) (net.Listener, error) { return ln, nil }),
 		kfake.ClusterID("spool-dev"),
+		// The processors set their group's session timeout as a group
+		// config; the embedded broker keeps group configs in memory only
+		// and forgets them when it is killed, where Kafka keeps them. Its
+		// own defaults are spool's, so that a group it forgot falls back
+		// to the same timeout rather than Kafka's 45 s.
+		kfake.BrokerConfigs(map[string]string{
+			"group.consumer.session.timeout.ms":    strconv.FormatInt(GroupSessionTimeout.Milliseconds(), 10),
+			"group.consumer.heartbeat.interval.ms": strconv.FormatInt(GroupHeartbeatInterval.Milliseconds(), 10),
+		}),
 	}
 	if cfg.Partitions > 0 {
 		opts = append(opts, kfake.DefaultNumPartitions(cfg.Partitions))
