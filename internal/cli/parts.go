@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/csv"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -28,17 +29,18 @@ import (
 )
 
 // filePart is one part of a file split on record boundaries: its bytes
-// are the file's from offset for length, after head (a CSV file's header
-// row, which every part repeats).
+// are the file's from offset for length, between head and tail (a CSV
+// file's header row, which every part repeats; a JSON array's brackets
+// around its run of elements).
 type filePart struct {
 	n              int
 	offset, length int64
-	head           []byte
+	head, tail     []byte
 }
 
 // body opens the part's bytes anew (a resend reads them again).
 func (p filePart) body(file *os.File) io.Reader {
-	return io.MultiReader(bytes.NewReader(p.head), io.NewSectionReader(file, p.offset, p.length))
+	return io.MultiReader(bytes.NewReader(p.head), io.NewSectionReader(file, p.offset, p.length), bytes.NewReader(p.tail))
 }
 
 // digest is the hex SHA-256 of the part's bytes: what the server records
@@ -51,15 +53,16 @@ func (p filePart) digest(file *os.File) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// splitFile cuts a file of NDJSON or CSV into parts of at least size bytes
-// (the last may be smaller), each ending on a record's end.
+// splitFile cuts a file of NDJSON, CSV or a JSON array into parts of at
+// least size bytes (the last may be smaller), each ending on a record's
+// end.
 func splitFile(file *os.File, format upload.Format, size int64) ([]filePart, error) {
 	var parts []filePart
-	var head []byte
+	var head, tail []byte
 	start := int64(0)
 	cut := func(end int64) {
 		if end > start {
-			parts = append(parts, filePart{n: len(parts) + 1, offset: start, length: end - start, head: head})
+			parts = append(parts, filePart{n: len(parts) + 1, offset: start, length: end - start, head: head, tail: tail})
 			start = end
 		}
 	}
@@ -109,8 +112,35 @@ func splitFile(file *os.File, format upload.Format, size int64) ([]filePart, err
 			}
 		}
 		cut(cr.InputOffset())
+	case upload.JSON.Name:
+		// Each part is the run of elements from the first's start to the
+		// last's end, commas between them included, in brackets.
+		head, tail = []byte("["), []byte("]")
+		dec := json.NewDecoder(bufio.NewReaderSize(file, 1<<20))
+		if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+			return nil, withCode(ExitUsage, errors.New("a .json file is sent as a JSON array of commands: it does not start with ["))
+		}
+		start = -1 // the part's first element's start, once read
+		var end int64
+		for dec.More() {
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err != nil {
+				return nil, fmt.Errorf("splitting the JSON array: %w", err)
+			}
+			end = dec.InputOffset()
+			if start < 0 {
+				start = end - int64(len(raw))
+			}
+			if end-start >= size {
+				cut(end)
+				start = -1
+			}
+		}
+		if start >= 0 {
+			cut(end)
+		}
 	default:
-		return nil, withCode(ExitUsage, fmt.Errorf("--part-size splits NDJSON and CSV files, not %s (make NDJSON of a JSON array with jq -c '.[]')", format.Name))
+		return nil, withCode(ExitUsage, fmt.Errorf("--part-size does not split %s files", format.Name))
 	}
 	if len(parts) > pipeline.MaxParts {
 		return nil, withCode(ExitUsage, fmt.Errorf("the file makes %d parts, over the %d a job takes: use a larger --part-size", len(parts), pipeline.MaxParts))

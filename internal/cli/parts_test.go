@@ -20,9 +20,10 @@ import (
 	"github.com/spoolhq/spool/pipeline"
 )
 
-// TestUploadInParts: spoolctl upload --part-size splits an NDJSON file and
-// a CSV file (its header repeated in each part) on record boundaries and
-// sends the parts at once; an upload that stopped after some parts is
+// TestUploadInParts: spoolctl upload --part-size splits an NDJSON file, a
+// CSV file (its header repeated in each part) and a JSON array (each part
+// an array of its elements) on record boundaries and sends the parts at
+// once; an upload that stopped after some parts is
 // resumed with --resume, which sends only the rest, and a file that
 // changed since is refused.
 func TestUploadInParts(t *testing.T) {
@@ -31,12 +32,18 @@ func TestUploadInParts(t *testing.T) {
 	defer cancel()
 	dev := startDev(ctx, t, db)
 	dir := t.TempDir()
-	var ndjson, csv strings.Builder
+	var ndjson, csv, array strings.Builder
 	csv.WriteString("id,customer_id,name,version\n")
+	array.WriteString("[\n")
 	for i := range 300 {
 		fmt.Fprintf(&ndjson, `{"id":"n-%d","entity":"customers","version":1,"data":{"customer_id":"n%d","name":"line, %d"}}`+"\n", i, i, i)
 		fmt.Fprintf(&csv, "c-%d,c%d,\"a name\nover two lines %d\",1\n", i, i, i)
+		if i > 0 {
+			array.WriteString(",\n  ")
+		}
+		fmt.Fprintf(&array, `{"id":"a-%d","version":1,"data":{"customer_id":"a%d","name":"[%d], {}"}}`, i, i, i)
 	}
+	array.WriteString("\n]\n")
 	write := func(name, body string) string {
 		p := filepath.Join(dir, name)
 		require.NoError(t, os.WriteFile(p, []byte(body), 0o644))
@@ -61,7 +68,7 @@ func TestUploadInParts(t *testing.T) {
 		Parts []pipeline.Part `json:"parts"`
 	}
 	for _, tt := range []struct{ file, format string }{{write("c.ndjson", ndjson.String()), "ndjson"},
-		{write("c.csv", csv.String()), "csv"}} {
+		{write("c.csv", csv.String()), "csv"}, {write("c.json", array.String()), "json"}} {
 		args := []string{"upload", tt.file, "--part-size", "4k", "--parallel", "3", "--wait", "-o", "json", "--entity", "customers"}
 		if tt.format == "csv" {
 			args = append(args, "--version-column", "version")

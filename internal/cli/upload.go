@@ -54,7 +54,7 @@ breaks; if the whole command stops, --resume JOB (with the same file and
 	f.String("version-column", "", "CSV: the column holding the version")
 	f.String("op", "", "CSV: "+pipeline.OpNames()+" for every row (server default: upsert)")
 	f.Bool("results", false, "keep each command's outcome, for spoolctl jobs results (a row a command on the server)")
-	f.String("part-size", "", "send the file as a job in parts of about this size (64MiB, 512k…), split on record boundaries (NDJSON, CSV)")
+	f.String("part-size", "", "send the file as a job in parts of about this size (64MiB, 512k…), split on record boundaries (NDJSON, CSV, a JSON array)")
 	f.Int("parallel", 4, "with --part-size: parts sent at once")
 	f.String("resume", "", "with --part-size: the job an interrupted upload of this file opened; the parts it received are not sent again")
 	f.Bool("gzip", false, "compress the file on the fly (a .gz file is sent as it is)")
