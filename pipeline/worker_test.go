@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -300,4 +301,55 @@ func TestWorkerCountsTheWaitFromTheHandOver(t *testing.T) {
 		// BatchMaxWait.
 		require.Equal(t, wait, store.starts[1].Sub(store.starts[0]))
 	})
+}
+
+// TestWorkerRechecksAgainstTheCatalog: before an attempt, a command that
+// failed for a column is checked again once its entity was read again (the
+// table gained the column), and one checked against an older catalog is
+// checked against the new one: a column since dropped is a schema error
+// for a command ingress accepted (it has a job), unknown_column for one
+// another producer wrote.
+func TestWorkerRechecksAgainstTheCatalog(t *testing.T) {
+	t.Parallel()
+	catalog := NewCatalog(testEntities())
+	without := func(drop, add string) *Entity {
+		e := *catalog.Entities()["customers"]
+		e.Columns = maps.Clone(e.Columns)
+		delete(e.Columns, drop)
+		if add != "" {
+			e.Columns[add] = Column{Name: add, Type: "text", Kind: KindText}
+		}
+		return &e
+	}
+	var refreshed []string
+	w := NewWorker(WorkerConfig{Catalog: catalog, Refresh: func(_ context.Context, entity string) {
+		refreshed = append(refreshed, entity)
+		catalog.Update(without("", "tier")) // the table gained tier
+	}}, 1)
+	message := func(line string, job JobID) *Message {
+		cmd, err := DecodeCommand([]byte(line))
+		require.NoError(t, err)
+		rec, err := NewRecord(&cmd, job, "t", 0)
+		require.NoError(t, err)
+		m := DecodeRecord(rec, catalog.Entities())
+		m.catalog = catalog.Version()
+		return &m
+	}
+	tier := message(`{"id":"a","entity":"customers","version":1,"data":{"customer_id":"k","tier":"gold"}}`, "job")
+	require.Equal(t, ClassUnknownColumn, ClassOf(tier.Err))
+	visits := message(`{"id":"b","entity":"customers","version":1,"data":{"customer_id":"k","visits":3}}`, "job")
+	foreign := message(`{"id":"c","entity":"customers","version":1,"data":{"customer_id":"k","visits":3}}`, "")
+	require.NoError(t, visits.Err)
+
+	w.recheck(t.Context(), []*Message{tier, visits, foreign})
+	require.Equal(t, []string{"customers"}, refreshed, "read again once for the entity")
+	require.NoError(t, tier.Err, "the table has tier now")
+	require.NoError(t, visits.Err)
+
+	catalog.Update(without("visits", "tier")) // visits dropped
+	w.recheck(t.Context(), []*Message{tier, visits, foreign})
+	require.NoError(t, tier.Err)
+	require.Equal(t, ClassSchema, ClassOf(visits.Err), "%v", visits.Err)
+	require.Contains(t, visits.Err.Error(), "the table changed after ingress accepted the command")
+	require.Equal(t, ClassUnknownColumn, ClassOf(foreign.Err), "a record from another producer")
 }
