@@ -34,6 +34,12 @@ func NewCatalog(es Entities) *Catalog {
 // Entities returns the entities now; the map must not be changed.
 func (c *Catalog) Entities() Entities { return c.current.Load().entities }
 
+// Snapshot returns the entities now and their version, read together.
+func (c *Catalog) Snapshot() (Entities, uint64) {
+	st := c.current.Load()
+	return st.entities, st.version
+}
+
 // Version is the catalog's version now.
 func (c *Catalog) Version() uint64 { return c.current.Load().version }
 

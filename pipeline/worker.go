@@ -254,7 +254,7 @@ func (w *Worker) flush(ctx context.Context, n int) error {
 	// One allocation for the batch's messages, not one each.
 	slab, msgs := make([]Message, len(recs)), make([]*Message, len(recs))
 	var prev *Message
-	es, version := w.cfg.Catalog.Entities(), w.cfg.Catalog.Version()
+	es, version := w.cfg.Catalog.Snapshot()
 	for i := range recs {
 		slab[i] = decodeRecord(recs[i], es, prev)
 		slab[i].catalog = version
@@ -408,7 +408,7 @@ func (w *Worker) write(ctx context.Context, msgs []*Message) (err error) {
 // command is dead-lettered, to replay once the table takes it again.
 func (w *Worker) recheck(ctx context.Context, msgs []*Message) {
 	w.refresh(ctx, msgs, func(m *Message) bool { return !m.parked && columnError(m.Err) })
-	es, version := w.cfg.Catalog.Entities(), w.cfg.Catalog.Version()
+	es, version := w.cfg.Catalog.Snapshot()
 	for _, m := range msgs {
 		if m.parked || m.Command.ID == "" || (m.catalog == version && !columnError(m.Err)) {
 			continue

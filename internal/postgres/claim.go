@@ -140,17 +140,7 @@ func queueRedeliveries(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeline.Outc
 		WHERE (b.outcome = 'duplicate' AND NOT EXISTS (SELECT 1 FROM fresh WHERE fresh.job_id = b.job_id AND fresh.idx = b.idx))
 		   OR (b.outcome <> 'duplicate' AND EXISTS (SELECT 1 FROM spool_job_failures f
 				WHERE f.job_id = b.job_id AND f.idx = b.idx AND f.outcome = b.outcome))
-		   OR EXISTS (SELECT 1 FROM spool_job_replays p WHERE p.job_id = b.job_id AND p.idx = b.idx)`, jobs, idx, outs).Query(func(rows pgx.Rows) error {
-		var o pipeline.Origin
-		_, err := pgx.ForEachRow(rows, []any{&o.Job, &o.Index}, func() error {
-			outcomes[at[o]] = pipeline.OutcomeRedelivered
-			return nil
-		})
-		if err != nil {
-			return classify(fmt.Errorf("looking for redelivered records: %w", err))
-		}
-		return nil
-	})
+		   OR EXISTS (SELECT 1 FROM spool_job_replays p WHERE p.job_id = b.job_id AND p.idx = b.idx)`, jobs, idx, outs).Query(markRedelivered(outcomes, at, "looking for redelivered records"))
 }
 
 // queueAbortedRedeliveries queues the turning into redelivered of the
@@ -190,15 +180,22 @@ func queueAbortedRedeliveries(q *pgx.Batch, b *pipeline.Batch, outcomes []pipeli
 			ON CONFLICT DO NOTHING
 			RETURNING job_id, idx)
 		SELECT a.job_id, a.idx FROM a WHERE (a.job_id, a.idx) NOT IN (SELECT job_id, idx FROM fresh)`,
-		jobs, idx, tenants, ids, origins).Query(func(rows pgx.Rows) error {
+		jobs, idx, tenants, ids, origins).Query(markRedelivered(outcomes, at, "looking for redelivered aborted records"))
+}
+
+// markRedelivered reads the places (job, index) a redelivery check
+// returns and turns the outcome of the record at each (at) into
+// redelivered.
+func markRedelivered(outcomes []pipeline.Outcome, at map[pipeline.Origin]int, what string) func(pgx.Rows) error {
+	return func(rows pgx.Rows) error {
 		var o pipeline.Origin
 		_, err := pgx.ForEachRow(rows, []any{&o.Job, &o.Index}, func() error {
 			outcomes[at[o]] = pipeline.OutcomeRedelivered
 			return nil
 		})
 		if err != nil {
-			return classify(fmt.Errorf("looking for redelivered aborted records: %w", err))
+			return classify(fmt.Errorf("%s: %w", what, err))
 		}
 		return nil
-	})
+	}
 }

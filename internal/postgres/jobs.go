@@ -87,8 +87,7 @@ func (s *Store) AbortJob(ctx context.Context, tenant string, id pipeline.JobID) 
 	var state pipeline.JobState
 	err := s.pool.QueryRow(ctx, `
 		WITH j AS (SELECT job_id, state FROM spool_jobs WHERE job_id = $1 AND tenant = $2 FOR UPDATE),
-		p AS (SELECT coalesce(sum(received), 0) AS received, coalesce(sum(accepted), 0) AS accepted,
-			coalesce(sum(rejected), 0) AS rejected FROM spool_job_parts WHERE job_id = $1 AND state = 'done'),
+		p AS (`+partsTotals+`),
 		a AS (UPDATE spool_jobs t SET state = 'aborted', completed_at = now(), updated_at = now(),
 				received = CASE WHEN j.state = 'open' THEN p.received ELSE t.received END,
 				accepted = CASE WHEN j.state = 'open' THEN p.accepted ELSE t.accepted END,

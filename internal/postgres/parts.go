@@ -94,8 +94,7 @@ func (s *Store) CompleteJob(ctx context.Context, tenant string, id pipeline.JobI
 		}
 		_, err = tx.Exec(ctx, `UPDATE spool_jobs j SET state = 'queued', updated_at = now(),
 				received = p.received, accepted = p.accepted, rejected = p.rejected
-			FROM (SELECT coalesce(sum(received), 0) AS received, coalesce(sum(accepted), 0) AS accepted,
-				coalesce(sum(rejected), 0) AS rejected FROM spool_job_parts WHERE job_id = $1 AND state = 'done') p
+			FROM (`+partsTotals+`) p
 			WHERE j.job_id = $1`, id)
 		return err
 	})
@@ -114,6 +113,11 @@ func (s *Store) CompleteJob(ctx context.Context, tenant string, id pipeline.JobI
 	}
 	return s.Job(ctx, tenant, id)
 }
+
+// partsTotals sums the counts of the parts job $1 received: what it
+// accepted when it is completed, aborted or timed out.
+const partsTotals = `SELECT coalesce(sum(received), 0) AS received, coalesce(sum(accepted), 0) AS accepted,
+	coalesce(sum(rejected), 0) AS rejected FROM spool_job_parts WHERE job_id = $1 AND state = 'done'`
 
 // parts reads a job's parts, in order.
 func (s *Store) parts(ctx context.Context, id pipeline.JobID) ([]pipeline.Part, error) {

@@ -281,7 +281,7 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 		// whole update.
 		var set []string
 		for i, c := range targetCols[len(e.Key):] {
-			set = append(set, fmt.Sprintf("%s = l.%s", c, strings.TrimPrefix(values[len(e.Key)+i], "v.")))
+			set = append(set, fmt.Sprintf("%s = l.%s", c, aliases[len(e.Key)+i]))
 		}
 		written := "SELECT l.spool_ord FROM l"
 		if len(set) > 0 {
