@@ -107,14 +107,14 @@ const (
 
 // Counts tallies outcomes. The processor adds one Counts per job and batch.
 type Counts struct {
-	Applied      int64 `json:"applied"`
-	Duplicate    int64 `json:"duplicate"`
-	Stale        int64 `json:"stale"`
-	Conflict     int64 `json:"conflict"`
-	Exists       int64 `json:"exists"`
-	Missing      int64 `json:"missing"`
-	Aborted      int64 `json:"aborted"`
-	DeadLettered int64 `json:"dead_lettered"`
+	Applied      int64
+	Duplicate    int64
+	Stale        int64
+	Conflict     int64
+	Exists       int64
+	Missing      int64
+	Aborted      int64
+	DeadLettered int64
 }
 
 // Add counts one outcome.
@@ -240,13 +240,13 @@ func PartOf(index int64) (part int, local int64) { return int(index>>32) + 1, in
 
 // Part is one part of a job uploaded in parts.
 type Part struct {
-	Number   int    `json:"part"`
-	State    string `json:"state"` // receiving or done
-	Received int64  `json:"received"`
-	Accepted int64  `json:"accepted"`
-	Rejected int64  `json:"rejected"`
+	Number   int
+	State    string // receiving or done
+	Received int64
+	Accepted int64
+	Rejected int64
 	// SHA256 is the hex SHA-256 of the part's decoded body, once done.
-	SHA256 string `json:"sha256,omitempty"`
+	SHA256 string
 }
 
 // Part states.
@@ -305,25 +305,25 @@ func (j *Job) Progress() float64 {
 // Failure is one command of a job that did not apply: rejected at ingress,
 // conflicting, or dead-lettered by the processor.
 type Failure struct {
-	Index   int64      `json:"index"`
-	ID      CommandID  `json:"id"`
-	Stage   string     `json:"stage"`
-	Outcome Outcome    `json:"outcome"`
-	Class   ErrorClass `json:"error_class"`
-	Error   string     `json:"error"`
+	Index   int64
+	ID      CommandID
+	Stage   string
+	Outcome Outcome
+	Class   ErrorClass
+	Error   string
 	// Command is the whole command (the record's value), kept for a dead
 	// letter that could not carry it whole; nil otherwise.
-	Command []byte `json:"-"`
+	Command []byte
 	// ValueHash is the SHA-256 of the value a command was dead-lettered
 	// with, which a replay checks a dead letter against; nil otherwise.
-	ValueHash []byte `json:"-"`
+	ValueHash []byte
 }
 
 // Result is one command's outcome, by its place in the upload.
 type Result struct {
-	Index   int64     `json:"index"`
-	ID      CommandID `json:"id"`
-	Outcome Outcome   `json:"outcome"`
+	Index   int64
+	ID      CommandID
+	Outcome Outcome
 }
 
 // ResultOutcomes are the outcomes a results listing shows: every counted

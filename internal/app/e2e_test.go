@@ -182,7 +182,7 @@ func (s *stack) wait(t *testing.T, id pipeline.JobID) *jobCounts {
 	defer cancel()
 	j, err := s.client.WaitJob(ctx, id, 100*time.Millisecond, nil)
 	require.NoError(t, err, "job %s did not finish", id)
-	return &jobCounts{state: j.State, c: j.Counts.Counts, accepted: j.Counts.Accepted, rejected: j.Counts.Rejected, received: j.Counts.Received}
+	return &jobCounts{state: j.State, c: j.Counts.Outcomes(), accepted: j.Counts.Accepted, rejected: j.Counts.Rejected, received: j.Counts.Received}
 }
 
 type jobCounts struct {

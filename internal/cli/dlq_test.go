@@ -105,7 +105,7 @@ func TestDLQReplay(t *testing.T) {
 	wait := func(id pipeline.JobID) *pipelineJob {
 		j, err := client.WaitJob(ctx, id, 50*time.Millisecond, nil)
 		require.NoError(t, err)
-		return &pipelineJob{state: j.State, counts: j.Counts.Counts}
+		return &pipelineJob{state: j.State, counts: j.Counts.Outcomes()}
 	}
 	require.Equal(t, &pipelineJob{pipeline.JobCompletedWithErrors, pipeline.Counts{Applied: 80, DeadLettered: 20}}, wait(jobA))
 	require.Equal(t, &pipelineJob{pipeline.JobCompletedWithErrors, pipeline.Counts{Applied: 7, DeadLettered: 3}}, wait(jobB))

@@ -149,8 +149,9 @@ func printJob(w io.Writer, j *httpapi.JobView, out string) error {
 	fmt.Fprintf(tw, "progress\t%.1f%%\n", j.Progress*100)
 	c := j.Counts
 	fmt.Fprintf(tw, "received\t%d\naccepted\t%d\nrejected\t%d\n", c.Received, c.Accepted, c.Rejected)
+	cv := c.Outcomes()
 	for _, o := range pipeline.CountedOutcomes {
-		fmt.Fprintf(tw, "%s\t%d\n", o, c.Get(o))
+		fmt.Fprintf(tw, "%s\t%d\n", o, cv.Get(o))
 	}
 	fmt.Fprintf(tw, "created\t%s\n", j.CreatedAt.Format(time.RFC3339))
 	if j.CompletedAt != nil {
@@ -173,7 +174,7 @@ func writeJSONOut(w io.Writer, v any) error {
 func printFailures(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobID, out string) error {
 	return printListing(cmd, out, "failures", "INDEX\tID\tSTAGE\tOUTCOME\tCLASS\tERROR",
 		func(format string, w io.Writer) error { return client.Failures(cmd.Context(), id, format, w) },
-		func(tw io.Writer, f pipeline.Failure) {
+		func(tw io.Writer, f httpapi.FailureView) {
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", f.Index, field(string(f.ID)), field(f.Stage), field(string(f.Outcome)),
 				field(string(f.Class)), shown(f.Error, 100))
 		})
@@ -189,7 +190,7 @@ func printResults(cmd *cobra.Command, client *apiclient.Client, id pipeline.JobI
 	}
 	return printListing(cmd, out, "commands", "INDEX\tID\tOUTCOME",
 		func(format string, w io.Writer) error { return client.Results(cmd.Context(), id, outcomes, format, w) },
-		func(tw io.Writer, r pipeline.Result) {
+		func(tw io.Writer, r httpapi.ResultView) {
 			fmt.Fprintf(tw, "%d\t%s\t%s\n", r.Index, field(string(r.ID)), field(string(r.Outcome)))
 		})
 }

@@ -180,7 +180,7 @@ func uploadInParts(cmd *cobra.Command, client *apiclient.Client, path string, fo
 	if job.State != pipeline.JobOpen {
 		return nil, fmt.Errorf("job %s is %s, not open for parts", field(string(job.JobID)), field(string(job.State)))
 	}
-	received := map[int]pipeline.Part{}
+	received := map[int]httpapi.PartStatus{}
 	if job.Parts != nil {
 		for _, p := range *job.Parts {
 			if p.State == pipeline.PartDone {

@@ -31,27 +31,79 @@ type JobView struct {
 	Results bool `json:"results"`
 	// Parts lists the parts received of a job opened for parts (absent
 	// for another job).
-	Parts *[]pipeline.Part `json:"parts,omitempty"`
+	Parts *[]PartStatus `json:"parts,omitempty"`
 }
 
-// CountsView is the counts object of a JobView.
+// CountsView is the counts object of a JobView: what ingress counted, then
+// one count per outcome of pipeline.CountedOutcomes.
 type CountsView struct {
-	Received int64 `json:"received"`
-	Rejected int64 `json:"rejected"`
-	Accepted int64 `json:"accepted"`
-	pipeline.Counts
+	Received     int64 `json:"received"`
+	Rejected     int64 `json:"rejected"`
+	Accepted     int64 `json:"accepted"`
+	Applied      int64 `json:"applied"`
+	Duplicate    int64 `json:"duplicate"`
+	Stale        int64 `json:"stale"`
+	Conflict     int64 `json:"conflict"`
+	Exists       int64 `json:"exists"`
+	Missing      int64 `json:"missing"`
+	Aborted      int64 `json:"aborted"`
+	DeadLettered int64 `json:"dead_lettered"`
+}
+
+// Outcomes returns the view's outcome counts.
+func (c CountsView) Outcomes() pipeline.Counts {
+	return pipeline.Counts{
+		Applied: c.Applied, Duplicate: c.Duplicate, Stale: c.Stale, Conflict: c.Conflict,
+		Exists: c.Exists, Missing: c.Missing, Aborted: c.Aborted, DeadLettered: c.DeadLettered,
+	}
+}
+
+func countsViewOf(j *pipeline.Job) CountsView {
+	c := j.Counts
+	return CountsView{
+		Received: j.Received, Rejected: j.Rejected, Accepted: j.Accepted,
+		Applied: c.Applied, Duplicate: c.Duplicate, Stale: c.Stale, Conflict: c.Conflict,
+		Exists: c.Exists, Missing: c.Missing, Aborted: c.Aborted, DeadLettered: c.DeadLettered,
+	}
+}
+
+// PartStatus is one part of a JobView's parts.
+type PartStatus struct {
+	Number   int    `json:"part"`
+	State    string `json:"state"` // receiving or done
+	Received int64  `json:"received"`
+	Accepted int64  `json:"accepted"`
+	Rejected int64  `json:"rejected"`
+	// SHA256 is the hex SHA-256 of the part's decoded body, once done.
+	SHA256 string `json:"sha256,omitempty"`
+}
+
+// FailureView is one line of GET /v1/jobs/{job_id}/failures.
+type FailureView struct {
+	Index   int64               `json:"index"`
+	ID      pipeline.CommandID  `json:"id"`
+	Stage   string              `json:"stage"`
+	Outcome pipeline.Outcome    `json:"outcome"`
+	Class   pipeline.ErrorClass `json:"error_class"`
+	Error   string              `json:"error"`
+}
+
+// ResultView is one line of GET /v1/jobs/{job_id}/results.
+type ResultView struct {
+	Index   int64              `json:"index"`
+	ID      pipeline.CommandID `json:"id"`
+	Outcome pipeline.Outcome   `json:"outcome"`
 }
 
 func viewOf(j *pipeline.Job) JobView {
 	v := JobView{
 		JobID: j.ID, State: j.State, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt, CompletedAt: j.CompletedAt,
-		Counts:   CountsView{Received: j.Received, Rejected: j.Rejected, Accepted: j.Accepted, Counts: j.Counts},
-		Progress: j.Progress(), Error: j.Error, Results: j.Results,
+		Counts: countsViewOf(j), Progress: j.Progress(), Error: j.Error, Results: j.Results,
 	}
 	if j.InParts {
-		parts := j.Parts
-		if parts == nil {
-			parts = []pipeline.Part{}
+		parts := make([]PartStatus, len(j.Parts))
+		for i, p := range j.Parts {
+			parts[i] = PartStatus{Number: p.Number, State: p.State, Received: p.Received, Accepted: p.Accepted, Rejected: p.Rejected, SHA256: p.SHA256}
 		}
 		v.Parts = &parts
 	}
@@ -206,7 +258,7 @@ var failureColumns = []string{"index", "id", "stage", "outcome", "error_class", 
 func (s *Server) listFailures(w http.ResponseWriter, r *http.Request) {
 	s.streamListing(w, r, "failures", failureColumns, func(lw *listingWriter) error {
 		return s.cfg.Jobs.Failures(r.Context(), tenantOf(r.Context()), pipeline.JobID(r.PathValue("job_id")), func(f pipeline.Failure) error {
-			return lw.write(f, strconv.FormatInt(f.Index, 10), string(f.ID), f.Stage, string(f.Outcome), string(f.Class), f.Error)
+			return lw.write(FailureView{Index: f.Index, ID: f.ID, Stage: f.Stage, Outcome: f.Outcome, Class: f.Class, Error: f.Error}, strconv.FormatInt(f.Index, 10), string(f.ID), f.Stage, string(f.Outcome), string(f.Class), f.Error)
 		})
 	})
 }
@@ -231,7 +283,7 @@ func (s *Server) listResults(w http.ResponseWriter, r *http.Request) {
 	}
 	s.streamListing(w, r, "results", resultColumns, func(lw *listingWriter) error {
 		return s.cfg.Jobs.Results(r.Context(), tenantOf(r.Context()), pipeline.JobID(r.PathValue("job_id")), outcomes, func(x pipeline.Result) error {
-			return lw.write(x, strconv.FormatInt(x.Index, 10), string(x.ID), string(x.Outcome))
+			return lw.write(ResultView(x), strconv.FormatInt(x.Index, 10), string(x.ID), string(x.Outcome))
 		})
 	})
 }
