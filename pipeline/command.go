@@ -240,20 +240,47 @@ func PartOf(index int64) (part int, local int64) { return int(index>>32) + 1, in
 
 // Part is one part of a job uploaded in parts.
 type Part struct {
-	Number   int
-	State    string // receiving or done
+	Number int
+	// State is one of the Part states below.
+	State string
+	// Received, Accepted and Rejected count the part's records; for a
+	// part receiving or broken, those that reached Kafka so far.
 	Received int64
 	Accepted int64
 	Rejected int64
 	// SHA256 is the hex SHA-256 of the part's decoded body, once done.
 	SHA256 string
+	// Error tells why a part refused or broken ended so.
+	Error string
 }
 
-// Part states.
+// Part states. A part that ends before any of its records reached Kafka
+// leaves no state: it is forgotten, and may be sent again corrected.
 const (
+	// PartReceiving is a part streaming in.
 	PartReceiving = "receiving"
-	PartDone      = "done"
+	// PartDone is a part received whole.
+	PartDone = "done"
+	// PartRefused is a part refused for what it holds (a 4xx) after some of
+	// its records reached Kafka: it is final, and those records count.
+	PartRefused = "refused"
+	// PartBroken is a part cut off (a lost connection, a timeout, a 5xx)
+	// after some of its records reached Kafka: it must be sent again with
+	// the same bytes before the job completes, and what reached Kafka of it
+	// is then counted once.
+	PartBroken = "broken"
 )
+
+// PartsBrokenError is CompleteJob's refusal while parts are broken, or
+// were receiving when their ingress stopped: they must be sent again.
+type PartsBrokenError struct {
+	ID    JobID
+	Parts []int
+}
+
+func (e *PartsBrokenError) Error() string {
+	return fmt.Sprintf("parts %v of job %s broke off after some of their records reached Kafka", e.Parts, e.ID)
+}
 
 // Job is a job's status as the API shows it.
 type Job struct {

@@ -17,8 +17,8 @@ const ResendFor = 3 * time.Minute
 
 // Resendable reports whether an upload that failed with err may be sent
 // again under the same Idempotency-Key: its answer was 409 with a
-// Retry-After (the same key still in progress), 429, 503, or lost on the
-// network. A file that cannot
+// Retry-After (the same key still in progress), 408 with a Retry-After (a
+// part cut off), 429, 503, or lost on the network. A file that cannot
 // be opened or read is not the network's fault: sending it again cannot
 // help.
 func Resendable(err error) bool {
@@ -30,8 +30,9 @@ func Resendable(err error) bool {
 	if errors.As(err, &apiErr) {
 		// A 409 is worth waiting out only with a Retry-After: the same key
 		// (or part) still in flight. Without one it is final (other bytes,
-		// a job no longer open).
-		return (apiErr.Status == http.StatusConflict && apiErr.RetryAfter > 0) ||
+		// a job no longer open). So is a 408: with a Retry-After it is a
+		// part cut off, to be sent again; without, an upload's kept answer.
+		return ((apiErr.Status == http.StatusConflict || apiErr.Status == http.StatusRequestTimeout) && apiErr.RetryAfter > 0) ||
 			apiErr.Status == http.StatusTooManyRequests || apiErr.Status == http.StatusServiceUnavailable
 	}
 	return true

@@ -68,6 +68,8 @@ func TestResend(t *testing.T) {
 	require.Equal(t, http.StatusConflict, apiErr.Status)
 	require.EqualValues(t, 4, calls.Load(), "a 409 without Retry-After is not sent again")
 	require.True(t, apiclient.Resendable(errors.New("connection reset by peer")))
+	require.True(t, apiclient.Resendable(&apiclient.Error{Status: http.StatusRequestTimeout, RetryAfter: time.Second}), "a part cut off")
+	require.False(t, apiclient.Resendable(&apiclient.Error{Status: http.StatusRequestTimeout}), "an upload's kept 408")
 	_, openErr := os.Open(filepath.Join(t.TempDir(), "missing.ndjson"))
 	require.False(t, apiclient.Resendable(fmt.Errorf("uploading: %w", openErr)), "a missing file is not sent again")
 }

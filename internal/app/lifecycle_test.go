@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -200,7 +201,7 @@ func TestResultsThroughTheAPI(t *testing.T) {
 // a job left open is failed after jobs.open_timeout.
 func TestJobInParts(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, map[string]any{"ingress.max_records": 3})
+	s := newStack(t, map[string]any{"ingress.max_records": 3, "ingress.read_idle_timeout": "1s"})
 	s.startProcessor(t, map[string]any{"jobs.open_timeout": "1s"})
 	ctx := t.Context()
 	do := func(method, path, body string) (int, []byte) {
@@ -297,6 +298,74 @@ func TestJobInParts(t *testing.T) {
 	k := s.wait(t, cut.JobID)
 	require.Equal(t, int64(4), k.accepted)
 	require.Equal(t, pipeline.Counts{Applied: 4}, k.c)
+
+	// Parts cut off after some of their records reached Kafka — the
+	// connection lost, the client too slow (408) — are broken: the job does
+	// not complete until they are sent again with the same bytes, and then
+	// every command counts once, in its place.
+	code, b = do("POST", "/v1/jobs?parts=true&results=true", "")
+	require.Equal(t, http.StatusCreated, code, string(b))
+	var torn httpapi.JobView
+	require.NoError(t, json.Unmarshal(b, &torn))
+	tornPath := "/v1/jobs/" + string(torn.JobID)
+	partOne := strings.Join([]string{cmd(20), cmd(21), cmd(22)}, "\n")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.server, "http://"))
+	require.NoError(t, err)
+	head := cmd(20) + "\n" + cmd(21) + "\n"
+	_, err = fmt.Fprintf(conn, "PUT %s/parts/1 HTTP/1.1\r\nHost: spool\r\nContent-Type: application/x-ndjson\r\n"+
+		"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n", tornPath, len(head), head)
+	require.NoError(t, err)
+	require.NoError(t, conn.Close(), "the connection is lost mid-part")
+	brokenPart := func(n int) httpapi.PartStatus {
+		t.Helper()
+		var found httpapi.PartStatus
+		require.Eventually(t, func() bool {
+			j, err := s.client.Job(ctx, torn.JobID)
+			require.NoError(t, err)
+			for _, p := range *j.Parts {
+				if p.Number == n && p.State == pipeline.PartBroken {
+					found = p
+					return true
+				}
+			}
+			return false
+		}, 10*time.Second, 50*time.Millisecond)
+		return found
+	}
+	p1 := brokenPart(1)
+	require.EqualValues(t, 2, p1.Received, "what ingress read of it (some may have reached Kafka)")
+	require.NotEmpty(t, p1.Error)
+
+	pr, pw := io.Pipe()
+	req, err = http.NewRequestWithContext(ctx, "PUT", s.server+tornPath+"/parts/2", pr)
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	go func() { _, _ = io.WriteString(pw, cmd(23)+"\n") }() // then nothing
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	b, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	pw.Close()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusRequestTimeout, resp.StatusCode, string(b))
+	require.NotEmpty(t, resp.Header.Get("Retry-After"), "a part cut off is worth sending again")
+	require.EqualValues(t, 1, brokenPart(2).Accepted)
+
+	code, b = do("POST", tornPath+"/complete", "")
+	require.Equal(t, http.StatusConflict, code, string(b))
+	require.Contains(t, string(b), "parts 1, 2 of job")
+	code, b = do("PUT", tornPath+"/parts/1", partOne)
+	require.Equal(t, http.StatusAccepted, code, string(b))
+	code, b = do("PUT", tornPath+"/parts/2", cmd(23))
+	require.Equal(t, http.StatusAccepted, code, string(b))
+	code, b = do("POST", tornPath+"/complete", "")
+	require.Equal(t, http.StatusOK, code, string(b))
+	tj := s.wait(t, torn.JobID)
+	require.Equal(t, [2]int64{4, 4}, [2]int64{tj.received, tj.accepted})
+	require.Equal(t, pipeline.Counts{Applied: 4}, tj.c, "the first copies of the cut-off records count once")
+	results.Reset()
+	require.NoError(t, s.client.Results(ctx, torn.JobID, nil, "csv", &results))
+	require.Equal(t, "index,id,outcome\n0,p-20,applied\n1,p-21,applied\n2,p-22,applied\n3,p-23,applied\n", results.String())
 
 	// Left open: failed once jobs.open_timeout passes.
 	code, b = do("POST", "/v1/jobs?parts=true", "")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -153,6 +154,9 @@ func printJob(w io.Writer, j *httpapi.JobView, out string) error {
 	for _, o := range pipeline.CountedOutcomes {
 		fmt.Fprintf(tw, "%s\t%d\n", o, cv.Get(o))
 	}
+	if j.Parts != nil {
+		fmt.Fprintf(tw, "parts\t%s\n", partsLine(*j.Parts))
+	}
 	fmt.Fprintf(tw, "created\t%s\n", j.CreatedAt.Format(time.RFC3339))
 	if j.CompletedAt != nil {
 		fmt.Fprintf(tw, "completed\t%s\n", j.CompletedAt.Format(time.RFC3339))
@@ -161,6 +165,29 @@ func printJob(w io.Writer, j *httpapi.JobView, out string) error {
 		fmt.Fprintf(tw, "error\t%s\n", shown(j.Error, pipeline.MaxErrorBytes))
 	}
 	return tw.Flush()
+}
+
+// partsLine sums up a job's parts by state: "3 done; broken: 2, 5".
+func partsLine(parts []httpapi.PartStatus) string {
+	if len(parts) == 0 {
+		return "none yet"
+	}
+	var done int
+	byState := map[string][]string{}
+	for _, p := range parts {
+		if p.State == pipeline.PartDone {
+			done++
+		} else {
+			byState[p.State] = append(byState[p.State], strconv.Itoa(p.Number))
+		}
+	}
+	line := fmt.Sprintf("%d done", done)
+	for _, st := range []string{pipeline.PartReceiving, pipeline.PartBroken, pipeline.PartRefused} {
+		if ns := byState[st]; len(ns) > 0 {
+			line += fmt.Sprintf("; %s: %s", st, strings.Join(ns, ", "))
+		}
+	}
+	return line
 }
 
 func writeJSONOut(w io.Writer, v any) error {

@@ -183,9 +183,15 @@ func uploadInParts(cmd *cobra.Command, client *apiclient.Client, path string, fo
 	received := map[int]httpapi.PartStatus{}
 	if job.Parts != nil {
 		for _, p := range *job.Parts {
-			if p.State == pipeline.PartDone {
+			switch p.State {
+			case pipeline.PartDone:
 				received[p.Number] = p
+			case pipeline.PartRefused:
+				return nil, fmt.Errorf("part %d of job %s was refused after %d of its records (%s): a refused part is final, so the job cannot hold the whole file; "+
+					"abort it (spoolctl jobs abort %s) and send the file, corrected, as a new job",
+					p.Number, field(string(job.JobID)), p.Received, shown(p.Error, pipeline.MaxErrorBytes), field(string(job.JobID)))
 			}
+			// A part broken or still receiving is sent again.
 		}
 	}
 	var total int64

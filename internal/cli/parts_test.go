@@ -2,10 +2,12 @@ package cli_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/spoolhq/spool/internal/apiclient"
 	"github.com/spoolhq/spool/internal/cli"
+	"github.com/spoolhq/spool/internal/httpapi"
 	"github.com/spoolhq/spool/internal/pgtest"
 	"github.com/spoolhq/spool/pipeline"
 )
@@ -65,7 +68,7 @@ func TestUploadInParts(t *testing.T) {
 			Accepted int64 `json:"accepted"`
 			Applied  int64 `json:"applied"`
 		} `json:"counts"`
-		Parts []pipeline.Part `json:"parts"`
+		Parts []httpapi.PartStatus `json:"parts"`
 	}
 	for _, tt := range []struct{ file, format string }{{write("c.ndjson", ndjson.String()), "ndjson"},
 		{write("c.csv", csv.String()), "csv"}, {write("c.json", array.String()), "json"}} {
@@ -111,4 +114,28 @@ func TestUploadInParts(t *testing.T) {
 	require.ErrorContains(t, err, "received with other bytes")
 	_, err = run("upload", file, "--resume", string(reopened.JobID))
 	require.Equal(t, cli.ExitUsage, cli.ExitCode(err), "--resume needs --part-size")
+
+	// A part refused after some of its records (its gzip stream broken
+	// before its end) is final: resuming says so, and sends nothing.
+	refused, err := client.OpenJob(ctx, apiclient.UploadOptions{})
+	require.NoError(t, err)
+	var zipped bytes.Buffer
+	zw := gzip.NewWriter(&zipped)
+	_, err = zw.Write(first)
+	require.NoError(t, err)
+	require.NoError(t, zw.Close())
+	torn := zipped.Bytes()[:zipped.Len()-8] // no trailer
+	_, err = client.PutPart(ctx, refused.JobID, 1, bytes.NewReader(torn), apiclient.UploadOptions{ContentType: "application/x-ndjson", Gzip: true})
+	var apiErr *apiclient.Error
+	require.ErrorAs(t, err, &apiErr)
+	require.Equal(t, http.StatusBadRequest, apiErr.Status, apiErr.Error())
+	_, err = run("upload", file, "--part-size", "4k", "--resume", string(refused.JobID))
+	require.ErrorContains(t, err, "part 1 of job "+string(refused.JobID)+" was refused after")
+	got, err := client.Job(ctx, refused.JobID)
+	require.NoError(t, err)
+	require.Len(t, *got.Parts, 1, "nothing more was sent")
+	require.Equal(t, pipeline.PartRefused, (*got.Parts)[0].State)
+	shown, err := run("jobs", "get", string(refused.JobID))
+	require.NoError(t, err)
+	require.Regexp(t, `parts\s+0 done; refused: 1\n`, shown)
 }

@@ -70,12 +70,14 @@ func countsViewOf(j *pipeline.Job) CountsView {
 // PartStatus is one part of a JobView's parts.
 type PartStatus struct {
 	Number   int    `json:"part"`
-	State    string `json:"state"` // receiving or done
+	State    string `json:"state"` // receiving, done, refused or broken (pipeline.PartDone…)
 	Received int64  `json:"received"`
 	Accepted int64  `json:"accepted"`
 	Rejected int64  `json:"rejected"`
 	// SHA256 is the hex SHA-256 of the part's decoded body, once done.
 	SHA256 string `json:"sha256,omitempty"`
+	// Error tells why a part refused or broken ended so.
+	Error string `json:"error,omitempty"`
 }
 
 // FailureView is one line of GET /v1/jobs/{job_id}/failures.
@@ -103,7 +105,7 @@ func viewOf(j *pipeline.Job) JobView {
 	if j.InParts {
 		parts := make([]PartStatus, len(j.Parts))
 		for i, p := range j.Parts {
-			parts[i] = PartStatus{Number: p.Number, State: p.State, Received: p.Received, Accepted: p.Accepted, Rejected: p.Rejected, SHA256: p.SHA256}
+			parts[i] = PartStatus{Number: p.Number, State: p.State, Received: p.Received, Accepted: p.Accepted, Rejected: p.Rejected, SHA256: p.SHA256, Error: p.Error}
 		}
 		v.Parts = &parts
 	}

@@ -92,12 +92,14 @@ func (f *fakeJobs) StartPart(ctx context.Context, tenant string, id pipeline.Job
 	}
 	return nil
 }
-func (f *fakeJobs) HeartbeatPart(context.Context, pipeline.JobID, int) error { return nil }
-func (f *fakeJobs) FinishPart(_ context.Context, id pipeline.JobID, n int, r *pipeline.UploadResult, _ []byte) error {
+func (f *fakeJobs) HeartbeatPart(context.Context, pipeline.JobID, int, pipeline.UploadResult) error {
+	return nil
+}
+func (f *fakeJobs) FinishPart(_ context.Context, id pipeline.JobID, p pipeline.Part, _ []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if r != nil {
-		f.jobs[id].Parts = append(f.jobs[id].Parts, pipeline.Part{Number: n, State: pipeline.PartDone, Received: r.Received})
+	if p.State != "" {
+		f.jobs[id].Parts = append(f.jobs[id].Parts, p)
 	}
 	return nil
 }

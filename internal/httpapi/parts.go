@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spoolhq/spool/pipeline"
@@ -18,13 +19,16 @@ type Parts interface {
 	// pipeline.ErrJobNotFound, a *pipeline.JobFinishedError when the job is
 	// not open for parts, pipeline.ErrPartReceived when the part was received.
 	StartPart(ctx context.Context, tenant string, id pipeline.JobID, n int) error
-	HeartbeatPart(ctx context.Context, id pipeline.JobID, n int) error
-	// FinishPart records the part as received (r and its body's SHA-256),
-	// or forgets a part whose upload failed (r nil).
-	FinishPart(ctx context.Context, id pipeline.JobID, n int, r *pipeline.UploadResult, sha256 []byte) error
+	// HeartbeatPart records the part's counts so far.
+	HeartbeatPart(ctx context.Context, id pipeline.JobID, n int, r pipeline.UploadResult) error
+	// FinishPart records how the part ended (p.State done, refused or
+	// broken, and its body's SHA-256 when done), or forgets it (p.State
+	// empty) when none of its records reached Kafka.
+	FinishPart(ctx context.Context, id pipeline.JobID, p pipeline.Part, sha256 []byte) error
 	// CompleteJob closes an open job: pipeline.ErrJobNotFound, a
 	// *pipeline.JobFinishedError when it is not open, pipeline.ErrPartsInFlight
-	// while a part streams.
+	// while a part streams, a *pipeline.PartsBrokenError while parts are
+	// broken.
 	CompleteJob(ctx context.Context, tenant string, id pipeline.JobID) (*pipeline.Job, error)
 }
 
@@ -84,13 +88,22 @@ func (s *Server) putPart(w http.ResponseWriter, r *http.Request) {
 	}
 	id := pipeline.JobID(r.PathValue("job_id"))
 	s.withUpload(w, r, func(ctx context.Context, who Principal, in *uploadInput) {
-		var done *pipeline.UploadResult
-		run := func(w http.ResponseWriter) { done = s.runPart(ctx, w, who, id, n, in) }
-		finished := func(ctx context.Context) (bool, error) {
-			if done == nil {
-				return false, nil // forgotten: the part may be sent again, corrected
+		var started bool
+		var status int
+		var res pipeline.UploadResult
+		run := func(w http.ResponseWriter) { started, status, res = s.runPart(ctx, w, who, id, n, in) }
+		finished := func(ctx context.Context, drainErr error) (bool, error) {
+			if !started {
+				return false, nil
 			}
-			return true, s.cfg.Jobs.FinishPart(ctx, id, n, done, in.digest.Sum(nil))
+			p := partEnd(n, status, res, drainErr, in.sent.err)
+			var sum []byte
+			if p.State == pipeline.PartDone {
+				sum = in.digest.Sum(nil)
+			}
+			// Only a final part's answer is kept: a part forgotten or
+			// broken runs anew when sent again.
+			return p.State == pipeline.PartDone || p.State == pipeline.PartRefused, s.cfg.Jobs.FinishPart(ctx, id, p, sum)
 		}
 		// A key no client can send (a tab is not printable): the part's own.
 		key := fmt.Sprintf("\tpart/%s/%d", id, n)
@@ -99,52 +112,76 @@ func (s *Server) putPart(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// runPart streams a part and answers; it returns the part's counts when
-// the part is final, for FinishPart: received whole (202), or refused
-// (4xx) after some of its records went to Kafka — those are applied and
-// counted, as an upload's are, so the part is kept as it came and its
-// answer replayed, and the rest goes in another part. A part refused
-// before any record, or cut off (5xx, a lost connection), is forgotten:
-// sent again — a cut-off one with the same bytes, so that what reached
-// Kafka of it is redelivered and counted once — it runs anew.
-func (s *Server) runPart(ctx context.Context, w http.ResponseWriter, who Principal, id pipeline.JobID, n int, in *uploadInput) *pipeline.UploadResult {
+// runPart streams a part and answers; started tells whether the part
+// started (StartPart), status and res how its upload ended, for partEnd.
+func (s *Server) runPart(ctx context.Context, w http.ResponseWriter, who Principal, id pipeline.JobID, n int, in *uploadInput) (started bool, status int, res pipeline.UploadResult) {
 	var finished *pipeline.JobFinishedError
 	switch err := s.cfg.Jobs.StartPart(ctx, who.Tenant, id, n); {
 	case errors.Is(err, pipeline.ErrJobNotFound):
 		writeProblem(w, http.StatusNotFound, "no job "+string(id))
-		return nil
+		return false, 0, res
 	case errors.As(err, &finished):
 		writeProblem(w, http.StatusConflict, fmt.Sprintf("job %s is %s: only a job opened for parts (POST /v1/jobs?parts=true) and not completed takes parts",
 			id, finished.State))
-		return nil
+		return false, 0, res
 	case errors.Is(err, pipeline.ErrPartReceived):
 		writeProblem(w, http.StatusConflict, fmt.Sprintf("part %d of job %s was received already", n, id))
-		return nil
+		return false, 0, res
 	case err != nil:
 		s.log(ctx).Error("starting a part", "job_id", id, "part", n, "error", err)
 		writeUnavailable(w, 2*time.Second, "the job store is unavailable", "")
-		return nil
+		return false, 0, res
 	}
 	u := &uploadRun{s: s, job: id, who: who, defaultEntity: in.defaultEntity, base: pipeline.PartBase(n), inPart: true}
 	res, readErr, produceErr := u.stream(ctx, in.records, func(ctx context.Context) error {
-		return s.cfg.Jobs.HeartbeatPart(ctx, id, n)
+		return s.cfg.Jobs.HeartbeatPart(ctx, id, n, u.result())
 	})
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	storeErr := s.cfg.Jobs.AddFailures(fctx, id, u.pending)
-	status := u.answer(ctx, w, in.sent, res, readErr, produceErr, storeErr, func() {
+	status = u.answer(ctx, w, in.sent, res, readErr, produceErr, storeErr, func() {
 		loc := "/v1/jobs/" + string(id)
 		w.Header().Set("Location", loc)
 		writeJSON(w, http.StatusAccepted, PartView{JobID: id, Part: n, Received: res.Received, Accepted: res.Accepted,
 			Rejected: res.Rejected, Rejections: u.shown, StatusURL: loc})
 	})
-	if status != http.StatusAccepted && (status >= 500 || res.Received == 0) {
-		if err := s.cfg.Jobs.FinishPart(fctx, id, n, nil, nil); err != nil {
-			s.log(ctx).Error("forgetting a failed part", "job_id", id, "part", n, "error", err)
+	return true, status, res
+}
+
+// partEnd tells how part n ended, from its answer's status, its counts,
+// whether its (decoded) body was read to the end (drainErr nil) and
+// whether the connection broke (cutErr, reading the body as sent):
+//   - received whole (202): done, its answer replayed to a resend;
+//   - none of its records read: forgotten (no state), so that it may be
+//     sent again, corrected;
+//   - cut off — the connection lost, the client too slow (408), ingress,
+//     Kafka or the job store failing (5xx): broken, to be sent again with
+//     the same bytes before the job completes; what reached Kafka of it is
+//     then redelivered and counted once;
+//   - refused for what it holds (another 4xx, or a body whose encoding
+//     breaks after its last record): refused, final; the records before the
+//     refusal are applied and counted, as an upload's are.
+func partEnd(n, status int, res pipeline.UploadResult, drainErr, cutErr error) pipeline.Part {
+	p := pipeline.Part{Number: n, Received: res.Received, Accepted: res.Accepted, Rejected: res.Rejected}
+	err := errors.Join(res.Err, drainErr)
+	switch {
+	case status == http.StatusAccepted && drainErr == nil:
+		p.State = pipeline.PartDone
+		return p
+	case res.Received == 0:
+		return p // forgotten
+	case cutErr != nil || status == http.StatusRequestTimeout || status >= 500:
+		p.State = pipeline.PartBroken
+		if cutErr != nil {
+			err = fmt.Errorf("the connection broke: %w", cutErr)
 		}
-		return nil
+	default:
+		p.State = pipeline.PartRefused
 	}
-	return &res
+	if err != nil {
+		p.Error = err.Error()
+	}
+	return p
 }
 
 // completeJob closes a job opened for parts: queued from then on.
@@ -152,6 +189,7 @@ func (s *Server) completeJob(w http.ResponseWriter, r *http.Request) {
 	id := pipeline.JobID(r.PathValue("job_id"))
 	j, err := s.cfg.Jobs.CompleteJob(r.Context(), tenantOf(r.Context()), id)
 	var finished *pipeline.JobFinishedError
+	var broken *pipeline.PartsBrokenError
 	switch {
 	case errors.Is(err, pipeline.ErrJobNotFound):
 		writeProblem(w, http.StatusNotFound, "no job "+string(id)+" opened for parts")
@@ -160,9 +198,21 @@ func (s *Server) completeJob(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, pipeline.ErrPartsInFlight):
 		w.Header().Set("Retry-After", "2")
 		writeProblem(w, http.StatusConflict, fmt.Sprintf("a part of job %s is still being received; complete it once every part has its answer", id))
+	case errors.As(err, &broken):
+		writeProblem(w, http.StatusConflict, fmt.Sprintf("parts %s of job %s broke off after some of their records reached Kafka: "+
+			"send each again with the same bytes (spoolctl upload --resume %s), or abort the job", partList(broken.Parts), id, id))
 	case err != nil:
 		s.unavailable(w, r, "completing the job", err)
 	default:
 		writeJSON(w, http.StatusOK, viewOf(j))
 	}
+}
+
+// partList writes part numbers as "1, 4, 7".
+func partList(ps []int) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = strconv.Itoa(p)
+	}
+	return strings.Join(s, ", ")
 }

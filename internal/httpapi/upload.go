@@ -208,10 +208,11 @@ func (s *Server) readUpload(w http.ResponseWriter, r *http.Request, who Principa
 // and a later request with the key gets it again — or 409 while the first
 // runs, or mismatch (with detail) when its body, format or parameters
 // differ. finished, when set (a part), decides instead whether the answer
-// is kept, once the body is read whole, recording what it must first; its
-// failure turns the answer into a 503, which is not kept.
+// is kept, once the body is read to its end or broke off (drainErr),
+// recording what it must first; its failure turns the answer into a 503,
+// which is not kept.
 func (s *Server) idempotent(ctx context.Context, w http.ResponseWriter, tenant, key string, in *uploadInput,
-	mismatch int, detail string, run func(http.ResponseWriter), finished func(ctx context.Context) (bool, error),
+	mismatch int, detail string, run func(http.ResponseWriter), finished func(ctx context.Context, drainErr error) (bool, error),
 ) {
 	owned, rec, err := s.cfg.Idempotency.ClaimIdempotencyKey(ctx, tenant, key, s.cfg.IdempotencyWindow)
 	if err != nil {
@@ -235,9 +236,9 @@ func (s *Server) idempotent(ctx context.Context, w http.ResponseWriter, tenant, 
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	keep := answer.status < 500 && drainErr == nil
-	if finished != nil && drainErr == nil {
+	if finished != nil {
 		var err error
-		if keep, err = finished(fctx); err != nil {
+		if keep, err = finished(fctx, drainErr); err != nil {
 			s.log(ctx).Error("recording the upload", "error", err)
 			answer, keep = newCapture(), false
 			writeUnavailable(answer, 2*time.Second, "every record is in Kafka, but recording the upload failed; sending it again is safe", "")
@@ -318,6 +319,11 @@ func (u *uploadRun) answer(ctx context.Context, w http.ResponseWriter, sent *cou
 	case errors.As(readErr, &bound) || errors.As(readErr, &tooLarge):
 		var detail string
 		status, detail = readStatus(readErr)
+		if status == http.StatusRequestTimeout && u.inPart {
+			// A part cut off is broken (partEnd): sending it again is
+			// what the client should do, and Retry-After says so.
+			w.Header().Set("Retry-After", "1")
+		}
 		writeProblemFor(w, status, fmt.Sprintf("%s; %d records were accepted before that and will be applied", detail, res.Accepted), job)
 	case errors.As(readErr, &bodyErr) && bodyErr.TooLarge:
 		status = http.StatusRequestEntityTooLarge
@@ -512,11 +518,17 @@ func (u *uploadRun) reject(index int64, id pipeline.CommandID, err error) {
 type countingReader struct {
 	r io.Reader
 	n int64
+	// err is the first error reading the request's body other than its
+	// end: the connection broke (the body as sent, before any decoding).
+	err error
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	if err != nil && err != io.EOF && c.err == nil {
+		c.err = err
+	}
 	return n, err
 }
 

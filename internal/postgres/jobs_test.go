@@ -140,36 +140,80 @@ func TestAbortJob(t *testing.T) {
 }
 
 // TestJobInParts: an open job takes parts; completing waits for a part
-// still streaming, and forgets one that failed; the completed job has its
-// parts' counts and takes no more; its failures are placed across the
-// parts in part order.
+// still streaming, forgets one none of whose records reached Kafka, and
+// refuses while a part is broken (cut off, or receiving when its ingress
+// stopped) until it is sent again; a refused part is final; the completed
+// job has its parts' counts and takes no more; its failures are placed
+// across the parts in part order.
 func TestJobInParts(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
+	done := func(n int, counts ...int64) pipeline.Part {
+		return pipeline.Part{Number: n, State: pipeline.PartDone, Received: counts[0], Accepted: counts[1], Rejected: counts[2]}
+	}
 	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant", pipeline.JobOptions{Parts: true}))
 	require.Equal(t, pipeline.JobOpen, b.job(t).State)
 	require.ErrorIs(t, b.store.StartPart(ctx, "other-tenant", "job-1", 1), pipeline.ErrJobNotFound)
 	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-1", 1))
 	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-1", 2))
-	require.NoError(t, b.store.FinishPart(ctx, "job-1", 1, &pipeline.UploadResult{Received: 3, Accepted: 2, Rejected: 1}, []byte{1}))
+	require.NoError(t, b.store.FinishPart(ctx, "job-1", done(1, 3, 2, 1), []byte{1}))
 	require.ErrorIs(t, b.store.StartPart(ctx, "tenant", "job-1", 1), pipeline.ErrPartReceived)
 	_, err := b.store.CompleteJob(ctx, "tenant", "job-1")
 	require.ErrorIs(t, err, pipeline.ErrPartsInFlight, "part 2 still streams")
-	require.NoError(t, b.store.FinishPart(ctx, "job-1", 2, nil, nil)) // its upload failed
+	require.NoError(t, b.store.FinishPart(ctx, "job-1", pipeline.Part{Number: 2}, nil)) // refused before any record
 	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-1", 3))
-	require.NoError(t, b.store.FinishPart(ctx, "job-1", 3, &pipeline.UploadResult{Received: 2, Accepted: 1, Rejected: 1}, []byte{3}))
+	require.NoError(t, b.store.FinishPart(ctx, "job-1", done(3, 2, 1, 1), []byte{3}))
+
+	// Part 4 is cut off after 5 records reached Kafka: broken until sent
+	// again, which it may be.
+	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-1", 4))
+	require.NoError(t, b.store.HeartbeatPart(ctx, "job-1", 4, pipeline.UploadResult{Received: 4, Accepted: 4}))
+	require.NoError(t, b.store.FinishPart(ctx, "job-1", pipeline.Part{Number: 4, State: pipeline.PartBroken, Received: 5, Accepted: 5,
+		Error: "the connection broke"}, nil))
+	var broken *pipeline.PartsBrokenError
+	_, err = b.store.CompleteJob(ctx, "tenant", "job-1")
+	require.ErrorAs(t, err, &broken)
+	require.Equal(t, []int{4}, broken.Parts)
+	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-1", 4), "a broken part is sent again")
+	require.NoError(t, b.store.FinishPart(ctx, "job-1", done(4, 7, 7, 0), []byte{4}))
+
+	// Part 5 is refused for what it holds after 4 records: final.
+	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-1", 5))
+	require.NoError(t, b.store.FinishPart(ctx, "job-1", pipeline.Part{Number: 5, State: pipeline.PartRefused, Received: 4, Accepted: 3, Rejected: 1,
+		Error: "the body is larger than 100 bytes"}, nil))
+	require.ErrorIs(t, b.store.StartPart(ctx, "tenant", "job-1", 5), pipeline.ErrPartReceived, "a refused part is final")
+
+	// Part 6's ingress stops beating mid-part: broken, with the counts of
+	// its last heartbeat.
+	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-1", 6))
+	require.NoError(t, b.store.HeartbeatPart(ctx, "job-1", 6, pipeline.UploadResult{Received: 1, Accepted: 1}))
+	b.db.Exec(t, `UPDATE spool_job_parts SET updated_at = now() - interval '1 hour' WHERE job_id = 'job-1' AND part = 6`)
+	_, err = b.store.CompleteJob(ctx, "tenant", "job-1")
+	require.ErrorAs(t, err, &broken, "a part whose ingress stopped is broken")
+	require.Equal(t, []int{6}, broken.Parts)
+	parts := b.job(t).Parts
+	require.Equal(t, pipeline.PartReceiving, parts[len(parts)-1].State)
+	require.EqualValues(t, 1, parts[len(parts)-1].Accepted, "the heartbeat's counts")
+	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-1", 6))
+	require.NoError(t, b.store.FinishPart(ctx, "job-1", done(6, 2, 2, 0), []byte{6}))
+
 	require.NoError(t, b.store.AddFailures(ctx, "job-1", []pipeline.Failure{
 		{Index: pipeline.PartBase(1) + 1, ID: "a", Stage: pipeline.StageIngress, Outcome: pipeline.OutcomeRejected, Class: pipeline.ClassMissingKey, Error: "x"},
 		{Index: pipeline.PartBase(3) + 0, ID: "b", Stage: pipeline.StageIngress, Outcome: pipeline.OutcomeRejected, Class: pipeline.ClassMissingKey, Error: "x"},
+		{Index: pipeline.PartBase(5) + 2, ID: "c", Stage: pipeline.StageIngress, Outcome: pipeline.OutcomeRejected, Class: pipeline.ClassMissingKey, Error: "x"},
 	}))
-
 	j, err := b.store.CompleteJob(ctx, "tenant", "job-1")
 	require.NoError(t, err)
 	require.Equal(t, pipeline.JobQueued, j.State)
-	require.Equal(t, [3]int64{5, 3, 2}, [3]int64{j.Received, j.Accepted, j.Rejected})
-	require.Len(t, j.Parts, 2, "the failed part 2 is forgotten")
+	require.Equal(t, [3]int64{3 + 2 + 7 + 4 + 2, 2 + 1 + 7 + 3 + 2, 1 + 1 + 0 + 1 + 0}, [3]int64{j.Received, j.Accepted, j.Rejected})
+	var states []string
+	for _, p := range j.Parts {
+		states = append(states, fmt.Sprintf("%d %s %s", p.Number, p.State, p.Error))
+	}
+	require.Equal(t, []string{"1 done ", "3 done ", "4 done ", "5 refused the body is larger than 100 bytes", "6 done "}, states,
+		"part 2 is forgotten; part 4, sent again, is done")
 	var finished *pipeline.JobFinishedError
-	require.ErrorAs(t, b.store.StartPart(ctx, "tenant", "job-1", 4), &finished)
+	require.ErrorAs(t, b.store.StartPart(ctx, "tenant", "job-1", 7), &finished)
 	_, err = b.store.CompleteJob(ctx, "tenant", "job-1")
 	require.ErrorAs(t, err, &finished)
 
@@ -178,16 +222,19 @@ func TestJobInParts(t *testing.T) {
 		places = append(places, f.Index)
 		return nil
 	}))
-	require.Equal(t, []int64{1, 3}, places, "part 3 follows part 1's three records")
+	require.Equal(t, []int64{1, 3, 3 + 2 + 7 + 2}, places, "each part follows the records of the parts before it")
 
-	// Aborted while open, a job keeps its parts' counts, and with nothing
-	// left to count its progress is whole.
+	// Aborted while open, a job keeps its parts' counts, a broken part's
+	// included (its records reached Kafka), and with nothing left to count
+	// its progress is whole.
 	require.NoError(t, b.store.CreateJob(ctx, "job-2", "tenant", pipeline.JobOptions{Parts: true}))
 	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-2", 1))
-	require.NoError(t, b.store.FinishPart(ctx, "job-2", 1, &pipeline.UploadResult{Received: 2, Accepted: 2}, []byte{1}))
+	require.NoError(t, b.store.FinishPart(ctx, "job-2", done(1, 2, 2, 0), []byte{1}))
+	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-2", 2))
+	require.NoError(t, b.store.FinishPart(ctx, "job-2", pipeline.Part{Number: 2, State: pipeline.PartBroken, Received: 3, Accepted: 3}, nil))
 	j2, err := b.store.AbortJob(ctx, "tenant", "job-2")
 	require.NoError(t, err)
-	require.Equal(t, [2]int64{2, 2}, [2]int64{j2.Received, j2.Accepted})
+	require.Equal(t, [2]int64{5, 5}, [2]int64{j2.Received, j2.Accepted})
 	require.NoError(t, b.store.CreateJob(ctx, "job-3", "tenant", pipeline.JobOptions{Parts: true}))
 	j3, err := b.store.AbortJob(ctx, "tenant", "job-3")
 	require.NoError(t, err)
