@@ -229,20 +229,30 @@ func (s *Store) groupSQL(g *pipeline.Group, cols []string) string {
 	var sql string
 	switch {
 	case g.Op == pipeline.OpDelete && e.Versioned():
-		ver := ident(e.VersionColumn)
-		// Every sub-statement sees the snapshot from before the statement,
-		// so the final SELECT finds what was stale going in: a row or a
-		// tombstone at least as new.
+		// The statement's snapshot is from before it, and a row or a
+		// tombstone another batch commits while this one waits for its
+		// lock is not in it; so staleness is told from what the statement
+		// locked, which is current. A delete locks its rows in key order
+		// (as an upsert takes them, so that batches wait for each other
+		// instead of deadlocking) and deletes those the guard lets
+		// through: one it locked and did not delete holds a version at
+		// least as new. Its tombstone is written unless one at least as
+		// new is there (INSERT … ON CONFLICT waits for, and sees, the
+		// newest): one not written means a newer delete. Either is stale
+		// (TestDeleteWaitingOnANewerWriteIsStale).
 		sql = fmt.Sprintf(`WITH v AS (%s),
-			d AS (DELETE FROM %s t USING v WHERE %s AND t.%s < v.ver),
+			l AS (SELECT v.* FROM %s t JOIN v ON %s ORDER BY %s FOR UPDATE OF t),
+			d AS (DELETE FROM %s t USING l WHERE %s AND t.%s < l.ver RETURNING l.spool_ord),
 			ts AS (INSERT INTO spool_tombstones AS x (target, key, version)
 				SELECT %s, v.spool_key, v.ver FROM v ORDER BY v.spool_key
 				ON CONFLICT (target, key) DO UPDATE SET version = EXCLUDED.version, deleted_at = now()
-				WHERE x.version < EXCLUDED.version)
+				WHERE x.version < EXCLUDED.version
+				RETURNING x.key)
 			SELECT v.spool_ord FROM v
-			WHERE EXISTS (SELECT 1 FROM %s t WHERE %s AND t.%s >= v.ver) OR %s`,
-			input, tbl, strings.Join(keyJoin, " AND "), ver, target,
-			tbl, strings.Join(keyJoin, " AND "), ver, tombstoned)
+			WHERE (v.spool_ord IN (SELECT spool_ord FROM l) AND v.spool_ord NOT IN (SELECT spool_ord FROM d))
+				OR NOT EXISTS (SELECT 1 FROM ts WHERE ts.key = v.spool_key)`,
+			input, tbl, strings.Join(keyJoin, " AND "), strings.Join(keyOrder, ", "),
+			tbl, strings.Join(lockedJoin, " AND "), ident(e.VersionColumn), target)
 	case g.Op == pipeline.OpDelete:
 		sql = fmt.Sprintf(`WITH v AS (%s) DELETE FROM %s t USING v WHERE %s`,
 			input, tbl, strings.Join(keyJoin, " AND "))

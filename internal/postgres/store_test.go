@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -386,4 +387,65 @@ func TestUpdateWaitingOnANewerWriteIsStale(t *testing.T) {
 	require.NoError(t, r.err)
 	require.Equal(t, []pipeline.Outcome{pipeline.OutcomeStale}, r.out)
 	require.Equal(t, map[string]string{"a": "newer@3"}, b.rows(t))
+}
+
+// TestDeleteWaitingOnANewerWriteIsStale: a delete that waits for another
+// transaction's lock on its row sees what that one committed — a newer
+// version of the row, or a newer delete — and is stale, not applied (its
+// snapshot held the older row); and one whose row another, older delete
+// removed meanwhile still applies, its tombstone the newest.
+func TestDeleteWaitingOnANewerWriteIsStale(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		holder string // what another transaction does to row a (version 1) while the delete waits
+		want   pipeline.Outcome
+		rows   map[string]string
+		tomb   int64
+	}{
+		{"a newer upsert", `UPDATE customers SET name = 'newer', version = 3 WHERE customer_id = 'a'`,
+			pipeline.OutcomeStale, map[string]string{"a": "newer@3"}, 2},
+		{"a newer delete", `WITH d AS (DELETE FROM customers WHERE customer_id = 'a')
+			INSERT INTO spool_tombstones (target, key, version) VALUES ($1, '["a"]', 3)`,
+			pipeline.OutcomeStale, map[string]string{}, 3},
+		{"an older delete", `WITH d AS (DELETE FROM customers WHERE customer_id = 'a')
+			INSERT INTO spool_tombstones (target, key, version) VALUES ($1, '["a"]', 1)`,
+			pipeline.OutcomeApplied, map[string]string{}, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := setup(t)
+			ctx := context.Background()
+			_, err := b.write(t, 0, cust("c1", "a", 1, "first"))
+			require.NoError(t, err)
+			target := b.es["customers"].QualifiedName()
+			holder, err := b.db.Pool.Begin(ctx)
+			require.NoError(t, err)
+			defer holder.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+			args := []any{}
+			if strings.Contains(tt.holder, "$1") {
+				args = append(args, target)
+			}
+			_, err = holder.Exec(ctx, tt.holder, args...)
+			require.NoError(t, err)
+
+			done := make(chan error, 1)
+			var out []pipeline.Outcome
+			go func() {
+				var err error
+				out, err = b.write(t, 1, `{"id":"d1","entity":"customers","op":"delete","version":2,"data":{"customer_id":"a"}}`)
+				done <- err
+			}()
+			require.Eventually(t, func() bool { // the delete waits on the holder's row lock
+				var waiting int
+				_ = b.db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`).Scan(&waiting)
+				return waiting > 0
+			}, 10*time.Second, 10*time.Millisecond)
+			require.NoError(t, holder.Commit(ctx))
+			require.NoError(t, <-done)
+			require.Equal(t, []pipeline.Outcome{tt.want}, out)
+			require.Equal(t, tt.rows, b.rows(t))
+			var tomb int64
+			require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT version FROM spool_tombstones WHERE target = $1 AND key = '["a"]'`, target).Scan(&tomb))
+			require.Equal(t, tt.tomb, tomb, "the newest delete's tombstone")
+		})
+	}
 }
