@@ -223,7 +223,8 @@ func (s *Store) settleChanging(ctx context.Context, ids []string) error {
 }
 
 // settleState computes the state of each job {{filter}} selects from its
-// counts: CTE c holds the sums, n the state.
+// counts: CTE c holds the sums, n the state. A job a batch's repair still
+// waits for (spool_repairs_pending) is processing, whatever its counts.
 const settleState = `
 	WITH c AS (
 		SELECT j.job_id, j.state, j.accepted, j.rejected,
@@ -236,6 +237,7 @@ const settleState = `
 		SELECT job_id, CASE
 			WHEN done < accepted AND done = 0 AND state = 'queued' THEN 'queued'
 			WHEN done < accepted THEN 'processing'
+			WHEN EXISTS (SELECT 1 FROM spool_repairs_pending r WHERE c.job_id = ANY (r.jobs)) THEN 'processing'
 			WHEN bad > 0 OR rejected > 0 THEN 'completed_with_errors'
 			ELSE 'completed' END AS state
 		FROM c

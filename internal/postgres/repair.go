@@ -31,6 +31,17 @@ func (s *Store) repair(ctx context.Context, e *pipeline.Entity, ks []string) err
 	return nil
 }
 
+// repairsPending tells whether any of a batch's repairs has a statement
+// (queueRepair): the batch then marks its jobs as waiting for it.
+func repairsPending(repairs []keys) bool {
+	for _, k := range repairs {
+		if k.entity.Versioned() && len(k.cols) > 0 && len(k.cols[0]) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // queueRepair queues repair's statement, for versioned entities only.
 func (s *Store) queueRepair(q *pgx.Batch, k keys) {
 	e := k.entity
@@ -76,7 +87,55 @@ func (s *Store) repairSQL(e *pipeline.Entity) string {
 // away) between a commit and its repair. It returns the database time it
 // started at: the next call passes that, less a margin, so that no
 // tombstone falls between two calls however long one of them was delayed.
+//
+// A batch whose own repair did not run left its mark in
+// spool_repairs_pending, which keeps its jobs from completing. Marks older
+// than pendingGrace (younger ones are most likely being repaired by their
+// batch) make this call repair the keys of every tombstone, whenever
+// written, and then remove them: each was committed before the tombstones
+// were read, so its rows are among those repaired.
 func (s *Store) RepairSince(ctx context.Context, since time.Time) (time.Time, error) {
+	var groups, topics []string
+	var partitions []int32
+	var offsets []int64
+	rows, err := s.pool.Query(ctx, `SELECT consumer_group, topic, partition, next_offset FROM spool_repairs_pending
+		WHERE created_at < now() - $1::interval`, pendingGrace)
+	if err != nil {
+		return since, classify(fmt.Errorf("reading pending repairs: %w", err))
+	}
+	var group, topic string
+	var partition int32
+	var offset int64
+	_, err = pgx.ForEachRow(rows, []any{&group, &topic, &partition, &offset}, func() error {
+		groups, topics, partitions, offsets = append(groups, group), append(topics, topic), append(partitions, partition), append(offsets, offset)
+		return nil
+	})
+	if err != nil {
+		return since, classify(fmt.Errorf("reading pending repairs: %w", err))
+	}
+	if len(offsets) > 0 {
+		s.logger.Warn("batches' repairs did not run after their commits; repairing the rows behind every tombstone", "batches", len(offsets))
+		since = time.Time{}
+	}
+	started, err := s.repairSince(ctx, since)
+	if err != nil || len(offsets) == 0 {
+		return started, err
+	}
+	_, err = s.pool.Exec(ctx, `DELETE FROM spool_repairs_pending
+		WHERE (consumer_group, topic, partition, next_offset) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::bigint[]))`,
+		groups, topics, partitions, offsets)
+	if err != nil {
+		return since, classify(fmt.Errorf("clearing pending repairs: %w", err))
+	}
+	return started, nil
+}
+
+// pendingGrace is how long a batch's mark in spool_repairs_pending is left
+// to the repair that follows its commit (afterCommitTimeout, and the
+// commit's own wait) before RepairSince takes it over.
+const pendingGrace = 30 * time.Second
+
+func (s *Store) repairSince(ctx context.Context, since time.Time) (time.Time, error) {
 	es := s.catalog.Entities()
 	byTarget := make(map[string]*pipeline.Entity, len(es))
 	for _, e := range es {

@@ -196,6 +196,15 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	queueResults(&q, b, outcomes, results)
 	queueMoves(&q, b, outcomes)
 	queueFailures(&q, b, outcomes)
+	pending := repairsPending(repairs)
+	if pending {
+		ids := make([]string, len(jobs))
+		for i, j := range jobs {
+			ids[i] = string(j)
+		}
+		q.Queue(`INSERT INTO spool_repairs_pending (consumer_group, topic, partition, next_offset, jobs)
+			VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`, s.group, b.Topic, b.Partition, b.NextOffset, ids)
+	}
 	q.Queue(`INSERT INTO spool_offsets AS o (consumer_group, topic, partition, next_offset)
 		VALUES ($1, $2, $3, $5)
 		ON CONFLICT (consumer_group, topic, partition) DO UPDATE
@@ -220,10 +229,10 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	if err := tx.Commit(ctx); err != nil {
 		// The commit may have happened with its answer lost: repair anyway,
 		// which is always safe.
-		s.afterCommit(after, b.Partition, repairs, nil)
+		s.afterCommit(after, b, repairs, pending, nil)
 		return nil, classify(fmt.Errorf("committing batch of %d: %w", len(b.Messages), err))
 	}
-	s.afterCommit(after, b.Partition, repairs, jobs)
+	s.afterCommit(after, b, repairs, pending, jobs)
 	return outcomes, nil
 }
 
@@ -251,11 +260,13 @@ func (s *Store) skipAborted(b *pipeline.Batch, d *pipeline.Deduped, jobs []pipel
 // changes). After the commit, so that the last of two racing transactions
 // sees both: the later of a delete and an older upsert of one key sees the
 // tombstone and the row, and the last batch of a job sees all its
-// counters. The repairs and the settle's search are one implicit
-// transaction, so a job is settled only once its batch's repair succeeded;
-// what fails here (briefly retried) the periodic sweep (repair, then
-// settle) catches.
-func (s *Store) afterCommit(ctx context.Context, partition int32, repairs []keys, jobs []pipeline.JobID) {
+// counters. The repairs, the removal of the batch's pending mark (pending:
+// spool_repairs_pending) and the settle's search are one implicit
+// transaction, so the mark goes only with the repair it stands for, and a
+// job is settled only once its batch's repair succeeded; what fails here
+// (briefly retried) the periodic sweep (repair, then settle) catches, and
+// until then the mark keeps the batch's jobs from completing.
+func (s *Store) afterCommit(ctx context.Context, b *pipeline.Batch, repairs []keys, pending bool, jobs []pipeline.JobID) {
 	ids := make([]string, len(jobs))
 	for i, id := range jobs {
 		ids[i] = string(id)
@@ -264,6 +275,10 @@ func (s *Store) afterCommit(ctx context.Context, partition int32, repairs []keys
 		var q pgx.Batch
 		for _, r := range repairs {
 			s.queueRepair(&q, r)
+		}
+		if pending {
+			q.Queue(`DELETE FROM spool_repairs_pending WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $4`,
+				s.group, b.Topic, b.Partition, b.NextOffset)
 		}
 		var changing []string
 		if len(ids) > 0 {
@@ -278,7 +293,7 @@ func (s *Store) afterCommit(ctx context.Context, partition int32, repairs []keys
 		return s.settleChanging(ctx, changing)
 	})
 	if err != nil {
-		s.logger.Warn("repairing and settling after a batch; the periodic sweep will retry", "partition", partition, "error", err)
+		s.logger.Warn("repairing and settling after a batch; the periodic sweep will retry", "partition", b.Partition, "error", err)
 	}
 }
 

@@ -134,6 +134,54 @@ func TestRepairRemovesRowBehindTombstone(t *testing.T) {
 	require.Equal(t, map[string]string{"k2": "newer@9"}, b.rows(t))
 }
 
+// TestJobWaitsForItsRepair: a batch whose repair after its commit fails
+// leaves a durable mark, and its job does not read completed — by its own
+// settle or any later one — until the periodic sweep has repaired every
+// tombstone's rows and taken the mark away.
+func TestJobWaitsForItsRepair(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	require.NoError(t, b.store.CreateJob(ctx, "job-1", "tenant", pipeline.JobOptions{}))
+	require.NoError(t, b.store.FinishUpload(ctx, "job-1", pipeline.UploadResult{Received: 1, Accepted: 1}))
+	// Every repair (a DELETE on the table; the batch itself only upserts)
+	// fails until the trigger goes.
+	b.db.Exec(t, `CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'no repair now'; END$$`)
+	b.db.Exec(t, `CREATE TRIGGER refuse BEFORE DELETE ON customers FOR EACH STATEMENT EXECUTE FUNCTION refuse()`)
+	// The race the repair is for: a delete on another partition that
+	// missed the row this batch writes.
+	b.db.Exec(t, `INSERT INTO spool_tombstones (target, key, version) VALUES ($1, '["a"]', 5)`, b.db.Schema+".customers")
+	out, err := b.write(t, 0, cust("c1", "b", 1, "first"))
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{applied}, out)
+	b.db.Exec(t, `INSERT INTO customers (customer_id, name, version) VALUES ('a', 'raced', 3)`)
+
+	require.NoError(t, b.store.SettleJobs(ctx, []pipeline.JobID{"job-1"}))
+	require.NoError(t, b.store.SettleOpenJobs(ctx))
+	require.Equal(t, pipeline.JobProcessing, b.job(t).State, "its repair is pending")
+	_, err = b.store.RepairSince(ctx, time.Now())
+	require.NoError(t, err)
+	require.NoError(t, b.store.SettleOpenJobs(ctx))
+	require.Equal(t, pipeline.JobProcessing, b.job(t).State, "a young mark is left to its batch's own repair")
+
+	b.db.Exec(t, `DROP TRIGGER refuse ON customers`)
+	b.db.Exec(t, `UPDATE spool_repairs_pending SET created_at = now() - interval '1 minute'`)
+	_, err = b.store.RepairSince(ctx, time.Now())
+	require.NoError(t, err, "an old mark makes the sweep repair every tombstone, however old")
+	require.Equal(t, map[string]string{"b": "first@1"}, b.rows(t))
+	require.NoError(t, b.store.SettleOpenJobs(ctx))
+	require.Equal(t, pipeline.JobCompleted, b.job(t).State)
+	var marks int
+	require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT count(*) FROM spool_repairs_pending`).Scan(&marks))
+	require.Zero(t, marks)
+
+	// A batch whose repair runs leaves no mark.
+	_, err = b.write(t, 0, cust("c2", "c", 1, "second"))
+	require.NoError(t, err)
+	require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT count(*) FROM spool_repairs_pending`).Scan(&marks))
+	require.Zero(t, marks)
+}
+
 func TestSweepLedgerForgetsOnlyExpiredIDs(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
