@@ -55,12 +55,14 @@ const fetchMaxWait = 250 * time.Millisecond
 //
 // Partitions are assigned by the brokers under KIP-848 (Protocol
 // "consumer"), or by franz-go's cooperative-sticky balancer under the
-// classic protocol, with plain callbacks either way: on revoke the worker
+// classic protocol, with the same callbacks either way: on revoke the worker
 // finishes its in-flight batch before the partition moves on; on loss it is
-// abandoned without a flush. Correctness does not depend on either: every
-// batch moves the stored offset by compare-and-set, so a worker that lost
-// its partition cannot commit over the new owner's work, and a fenced
-// worker reloads the stored offset.
+// abandoned without a flush. Every batch moves the stored offset by
+// compare-and-set, so a worker that lost its partition cannot commit over
+// the new owner's work, and a fenced worker reloads the stored offset. The
+// callbacks wait for a poll's records to be dispatched (BlockRebalanceOnPoll),
+// so records never reach a worker of a later assignment than they were
+// fetched under.
 type Consumer struct {
 	cfg ConsumerConfig
 	cl  *kgo.Client
@@ -72,6 +74,10 @@ type Consumer struct {
 	failMu   sync.Mutex
 	failErr  error
 	stopPoll context.CancelFunc
+
+	// polled, when set (by a test), is called with a poll's records in
+	// hand, before they are dispatched.
+	polled func()
 }
 
 // running is one partition's worker and its feeder. When the worker's queue
@@ -114,6 +120,11 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 		// record could sit that long in a broker that does not wake waiting
 		// fetches at once (seen with the embedded broker under load).
 		kgo.FetchMaxWait(fetchMaxWait),
+		// Rebalances wait for a poll's records to be dispatched (Run).
+		kgo.BlockRebalanceOnPoll(),
+		kgo.OnPartitionsCallbackBlocked(func(context.Context, *kgo.Client) {
+			cfg.Logger.Debug("a rebalance waits for the records polled to reach their workers")
+		}),
 		kgo.OnPartitionsAssigned(c.assigned),
 		kgo.AdjustFetchOffsetsFn(c.startOffsets),
 		kgo.OnPartitionsRevoked(c.revoked),
@@ -144,20 +155,32 @@ func (c *Consumer) Run(ctx context.Context) error {
 	c.failMu.Unlock()
 	for {
 		fetches := c.cl.PollFetches(pollCtx)
-		if err := c.failure(); err != nil {
+		err, stopped := c.failure(), pollCtx.Err() != nil
+		if err == nil && !stopped {
+			fetches.EachError(func(t string, p int32, err error) {
+				c.cfg.Logger.Warn("fetching", "topic", t, "partition", p, "error", err)
+			})
+			if c.polled != nil && !fetches.Empty() {
+				c.polled()
+			}
+			fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+				if len(p.Records) > 0 {
+					c.dispatch(p.Partition, p.Records)
+				}
+			})
+		}
+		// Under kgo.BlockRebalanceOnPoll no rebalance callback runs from
+		// a poll until here: the records polled are with the workers that
+		// owned their partitions when they were fetched (or dropped), never
+		// with a worker a later assignment made, which would take them for
+		// its own start and skip what lies between.
+		c.cl.AllowRebalance()
+		if err != nil {
 			return err
 		}
-		if pollCtx.Err() != nil {
+		if stopped {
 			return nil
 		}
-		fetches.EachError(func(t string, p int32, err error) {
-			c.cfg.Logger.Warn("fetching", "topic", t, "partition", p, "error", err)
-		})
-		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
-			if len(p.Records) > 0 {
-				c.dispatch(p.Partition, p.Records)
-			}
-		})
 	}
 }
 

@@ -1,0 +1,121 @@
+package kafka
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spoolhq/spool/internal/kafkatest"
+	"github.com/spoolhq/spool/pipeline"
+)
+
+// noOffsets has nothing stored: every partition starts at its beginning.
+type noOffsets struct{}
+
+func (noOffsets) LoadOffset(context.Context, string, int32) (int64, error) { return -1, nil }
+
+// acceptAll applies every batch and takes every dead letter.
+type acceptAll struct{}
+
+func (acceptAll) WriteBatch(_ context.Context, b *pipeline.Batch, _ *pipeline.Deduped) ([]pipeline.Outcome, error) {
+	out := make([]pipeline.Outcome, len(b.Messages))
+	for i := range out {
+		out[i] = pipeline.OutcomeApplied
+	}
+	return out, nil
+}
+
+func (acceptAll) DeadLetter(context.Context, []*pipeline.Message) error { return nil }
+
+// logLines is a slog handler's output, read while it is written.
+type logLines struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (l *logLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logLines) has(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Contains(l.buf.String(), s)
+}
+
+// TestRebalanceWaitsForPolledRecords: records a member has polled reach the
+// workers of the assignment they were fetched under before any rebalance
+// callback runs. A second member joins while the first holds a poll's
+// records; the revocation it needs waits (franz-go says the callback is
+// blocked) until the records are dispatched. Were it to run first, the
+// records could reach a worker made by a later assignment of their
+// partition, which would take them for its start and skip what lies
+// between.
+func TestRebalanceWaitsForPolledRecords(t *testing.T) {
+	t.Parallel()
+	b := kafkatest.NewCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cluster := Plaintext(b.Addr())
+	require.NoError(t, EnsureTopics(ctx, cluster, 2, -1, "t"))
+	producer, err := NewProducer(ProducerConfig{Cluster: cluster})
+	require.NoError(t, err)
+	defer producer.Close()
+	for i := range 20 {
+		require.NoError(t, producer.ProduceSync(ctx, "t", pipeline.Record{Key: fmt.Appendf(nil, "k%d", i), Value: []byte("{}")}))
+	}
+
+	member := func(name string, logs io.Writer) *Consumer {
+		logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("member", name)
+		c, err := NewConsumer(ConsumerConfig{
+			Cluster: cluster, Topic: "t", Group: "g", FetchMaxBytes: 1 << 20, FetchMaxPartitionBytes: 1 << 20,
+			SessionTimeout: 10 * time.Second, RebalanceTimeout: 30 * time.Second, Protocol: ProtocolConsumer,
+			Offsets: noOffsets{}, Logger: logger,
+			NewWorker: func(p int32, next int64, committed func(int64)) *pipeline.Worker {
+				return pipeline.NewWorker(pipeline.WorkerConfig{Topic: "t", Partition: p, NextOffset: next, BatchSize: 1000,
+					BatchMaxWait: 10 * time.Millisecond, FlushTimeout: time.Second, Catalog: pipeline.NewCatalog(nil),
+					Store: acceptAll{}, DeadLetters: acceptAll{}, Committed: committed,
+					LoadOffset: func(context.Context) (int64, error) { return -1, nil }, Logger: logger,
+					Backoff: func() backoff.BackOff { return &backoff.StopBackOff{} }}, 1)
+			},
+		})
+		require.NoError(t, err)
+		return c
+	}
+	var first logLines
+	a := member("a", &first)
+	holding, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	a.polled = func() {
+		once.Do(func() {
+			close(holding)
+			<-release
+		})
+	}
+	runs := make(chan error, 2)
+	go func() { runs <- a.Run(ctx) }()
+	<-holding // a has its first records in hand
+
+	second := member("b", io.Discard)
+	go func() { runs <- second.Run(ctx) }()
+	require.Eventually(t, func() bool { return first.has("a rebalance waits for the records polled") },
+		30*time.Second, 10*time.Millisecond, "b's join asks a to give a partition up")
+	require.False(t, first.has("partitions revoked"), "no revocation while a's records are in hand")
+	close(release)
+	require.Eventually(t, func() bool { return first.has("partitions revoked") }, 30*time.Second, 10*time.Millisecond,
+		"once dispatched, the revocation runs")
+	cancel()
+	for range 2 {
+		require.NoError(t, <-runs)
+	}
+}
