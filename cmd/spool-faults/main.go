@@ -37,6 +37,11 @@ func run() int {
 	flag.IntVar(&cfg.PostgresFaults, "postgres-faults", 6, "PostgreSQL restarts (half, when -postgres-restart is set) and backend terminations")
 	flag.StringVar(&cfg.PostgresRestart, "postgres-restart", "", "shell command that restarts PostgreSQL (empty: terminate backends only)")
 	flag.IntVar(&cfg.BrokerKills, "broker-kills", 5, "broker SIGKILLs (and restarts on the same data)")
+	flag.IntVar(&cfg.Slowdowns, "slowdowns", 2, "stretches of 4-8 s in which every write statement waits 0.2-0.6 s first")
+	flag.IntVar(&cfg.Freezes, "freezes", 2, "processors frozen (SIGSTOP) 12-14 s, past their session timeout, then let go on")
+	flag.IntVar(&cfg.Exhaustions, "exhaustions", 2, "stretches of 2-5 s in which another client holds every PostgreSQL connection (spool's ended)")
+	maxRSS := flag.Int64("max-rss", 384, "fail the run when a processor's peak RSS passes this many MiB (0: no bound)")
+	flag.Float64Var(&cfg.RateLimit, "rate-limit", 5_000, "each processor's processor.rate_limit, checked against the audit's busiest 5 s (0: none)")
 	verbose := flag.Bool("v", false, "log each fault and each resend as it happens, and the processes at level info")
 	flag.BoolVar(&cfg.Keep, "keep", false, "keep the run's directory (broker data, process logs)")
 	flag.DurationVar(&cfg.MaxStall, "max-stall", 30*time.Second, "fail the run when the processors commit nothing for longer while records wait (0: no bound)")
@@ -45,6 +50,7 @@ func run() int {
 		cfg.Log = os.Stderr
 	}
 	cfg.Seed = *seed
+	cfg.MaxRSS = *maxRSS << 20
 	if cfg.Seed == 0 {
 		cfg.Seed = uint64(time.Now().UnixNano())
 	}

@@ -34,6 +34,10 @@ type Config struct {
 	Processors int
 	// How many faults of each kind to inject.
 	ProcessorKills, Rebalances, IngressKills, PostgresFaults, BrokerKills int
+	// Slowdowns slow every write statement for seconds; Freezes freeze a
+	// processor past its session timeout; Exhaustions take every
+	// PostgreSQL connection for seconds.
+	Slowdowns, Freezes, Exhaustions int
 	// PostgresRestart is a shell command restarting PostgreSQL; half the
 	// PostgreSQL faults use it, the rest terminate spool's backends. Empty:
 	// only terminations.
@@ -48,7 +52,17 @@ type Config struct {
 	// MaxStall fails a run whose processors committed nothing for longer
 	// while records waited (0: no bound).
 	MaxStall time.Duration
+	// MaxRSS fails a run in which a processor's peak RSS passed it (0: no
+	// bound): memory must hold under slow writes and backlogs.
+	MaxRSS int64
+	// RateLimit is each processor's processor.rate_limit (0: none). The
+	// run fails when the writes of any rateWindow pass what the processors
+	// running at most at once could write under it.
+	RateLimit float64
 }
+
+// rateWindow is the stretch over which the rate limit is checked.
+const rateWindow = 5 * time.Second
 
 // Report is a run's outcome.
 type Report struct {
@@ -66,6 +80,11 @@ type Report struct {
 	// PartitionStallAt. Reported, not bounded.
 	PartitionStall, PartitionStallAt time.Duration
 	StallPartition                   int32
+	// PeakRSS is the largest peak RSS of any processor.
+	PeakRSS int64
+	// BusiestWindow is the most writes the audit saw in a rateWindow;
+	// RateBound what the rate limit allowed in one (0: no limit).
+	BusiestWindow, RateBound int64
 }
 
 // Run runs the stack, the clients and the faults, then checks. It fails
@@ -149,6 +168,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep := &Report{Faults: in.summary(), Uploads: len(answers), Elapsed: time.Since(start), Drain: time.Since(quiet)}
 	rep.Stall, rep.StallAt = stalls.result()
 	rep.PartitionStall, rep.StallPartition, rep.PartitionStallAt = stalls.partitionResult()
+	rep.PeakRSS = s.processorsPeakRSS()
+	if rep.BusiestWindow, err = audit.BusiestWindow(ctx, rateWindow); err != nil {
+		return nil, err
+	}
+	if cfg.RateLimit > 0 {
+		rep.RateBound = int64(s.mostProcessors) * (int64(cfg.RateLimit*rateWindow.Seconds()) + rateBurst)
+	}
 	for _, a := range answers {
 		rep.Resent += a.Attempts - 1
 	}
@@ -162,6 +188,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.MaxStall > 0 && rep.Stall > cfg.MaxStall {
 		return rep, fmt.Errorf("the processors committed nothing for %s while records waited (from %s into the run), over -max-stall %s",
 			rep.Stall.Round(100*time.Millisecond), rep.StallAt.Round(100*time.Millisecond), cfg.MaxStall)
+	}
+	if rep.RateBound > 0 && rep.BusiestWindow > rep.RateBound {
+		return rep, fmt.Errorf("%d writes in %s, over the %d the processors' rate limit allows", rep.BusiestWindow, rateWindow, rep.RateBound)
+	}
+	if cfg.MaxRSS > 0 && rep.PeakRSS > cfg.MaxRSS {
+		return rep, fmt.Errorf("a processor's peak RSS was %d MiB, over -max-rss %d MiB", rep.PeakRSS>>20, cfg.MaxRSS>>20)
 	}
 	if err := selfCheck(ctx, audit, []string{s.brokerAddr}, w, answers); err != nil {
 		return rep, err
@@ -233,6 +265,9 @@ func prepare(ctx context.Context, cfg Config) (audit *tooldb.Audit, procURL stri
 	}
 	if err = audit.Exec(ctx, tables); err == nil {
 		err = audit.InstallAudit(ctx, customers, events)
+	}
+	if err == nil {
+		err = audit.InstallSlowdown(ctx, customers, events)
 	}
 	if err != nil {
 		audit.Close()
@@ -315,6 +350,11 @@ func (r *Report) print(out io.Writer) {
 		r.Stall.Round(100*time.Millisecond), r.StallAt.Round(100*time.Millisecond))
 	fmt.Fprintf(out, "longest stall of one partition (its records waiting, none of them committed): %s, partition %d, from %s into the run\n",
 		r.PartitionStall.Round(100*time.Millisecond), r.StallPartition, r.PartitionStallAt.Round(100*time.Millisecond))
+	fmt.Fprintf(out, "processors' peak RSS: %d MiB; busiest %s: %d writes", r.PeakRSS>>20, rateWindow, r.BusiestWindow)
+	if r.RateBound > 0 {
+		fmt.Fprintf(out, " (the rate limit allows %d)", r.RateBound)
+	}
+	fmt.Fprintln(out)
 	for _, p := range r.Problems {
 		fmt.Fprintln(out, "  -", p)
 	}

@@ -21,7 +21,15 @@ const (
 	restartPostgres  = "PostgreSQL restart"
 	terminateBackend = "PostgreSQL backends terminated"
 	killBroker       = "broker SIGKILL (restarted)"
+	slowDatabase     = "PostgreSQL slow (every write statement delayed)"
+	freezeProcessor  = "processor frozen past its session timeout"
+	exhaustDatabase  = "PostgreSQL out of connections"
 )
+
+// frozenFor is how long a frozen processor stays frozen: past
+// processor.session_timeout (10 s), so that its partitions move on, and it
+// comes back to find them gone, with batches in hand.
+const frozenFor = 12 * time.Second
 
 // fault is one injected fault.
 type fault struct {
@@ -58,6 +66,9 @@ func plan(cfg Config, r *rand.Rand) []string {
 	add(restartPostgres, restarts)
 	add(terminateBackend, cfg.PostgresFaults-restarts)
 	add(killBroker, cfg.BrokerKills)
+	add(slowDatabase, cfg.Slowdowns)
+	add(freezeProcessor, cfg.Freezes)
+	add(exhaustDatabase, cfg.Exhaustions)
 	r.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
 	return kinds
 }
@@ -160,6 +171,42 @@ func (in *injector) inject(ctx context.Context, f *fault) error {
 		s.killBroker()
 		waitAfter(ctx, in.r, 100*time.Millisecond, 2*time.Second)
 		return s.startBroker(ctx)
+	case slowDatabase:
+		// Every statement writing the tables sleeps first, inside its
+		// batch's transaction: batches take seconds, holding their locks.
+		delay := 200*time.Millisecond + time.Duration(in.r.Int64N(int64(400*time.Millisecond)))
+		if err := in.audit.SetSlowdown(ctx, delay); err != nil {
+			return err
+		}
+		began := time.Now()
+		waitAfter(ctx, in.r, 4*time.Second, 8*time.Second)
+		f.Detail = fmt.Sprintf("%s a statement for %s", delay.Round(time.Millisecond), time.Since(began).Round(100*time.Millisecond))
+		return in.audit.SetSlowdown(context.WithoutCancel(ctx), 0)
+	case freezeProcessor:
+		// A stand-in for a partition between a processor and the broker
+		// (which cannot be cut alone here: the broker's metadata names its
+		// own address, so no proxy can stand between them): the processor
+		// stops answering everyone, its partitions move on, and it wakes
+		// with batches in hand that it then tries to commit.
+		name, thaw, err := s.freezeProcessor(in.r)
+		if err != nil {
+			return err
+		}
+		waitAfter(ctx, in.r, frozenFor, frozenFor+2*time.Second)
+		f.Detail = name
+		return thaw()
+	case exhaustDatabase:
+		// Another client takes every connection; the run's own are ended,
+		// so that spool must connect again, and is refused until it ends.
+		release, held, ended, err := tooldb.HoldConnections(ctx, s.dbURL, 1000, in.s.cfg.appName())
+		if err != nil {
+			return err
+		}
+		defer release()
+		began := time.Now()
+		waitAfter(ctx, in.r, 2*time.Second, 5*time.Second)
+		f.Detail = fmt.Sprintf("%d connections held, %d backends ended, for %s", held, ended, time.Since(began).Round(100*time.Millisecond))
+		return nil
 	}
 	return fmt.Errorf("unknown fault %q", f.Kind)
 }

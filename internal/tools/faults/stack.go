@@ -47,7 +47,15 @@ type stack struct {
 	// gone are processes that were stopped or killed: their logs are kept
 	// for a failed run.
 	gone []*harness.Proc
+	// peakRSS is the largest peak RSS of a processor seen (notePeak).
+	peakRSS int64
+	// mostProcessors is the most processors that ran at once.
+	mostProcessors int
 }
+
+// rateBurst is the processors' batch size under a rate limit, which is
+// also their limiter's burst: what a processor may write at once.
+const rateBurst = 3000
 
 func newStack(cfg Config, dir, dbURL string) (*stack, error) {
 	s := &stack{cfg: cfg, dir: dir, dbURL: dbURL, processors: map[string]*harness.Proc{}}
@@ -74,6 +82,9 @@ entities:
   events: {table: %[8]s.events, key: [event_id]}
 log: {level: %s}
 `, dbURL, s.brokerAddr, cfg.Partitions, topic, dlqTopic, group, s.ingressAddr, cfg.Schema, level)
+	if cfg.RateLimit > 0 {
+		text += fmt.Sprintf("processor: {rate_limit: %g, batch_size: %d}\n", cfg.RateLimit, rateBurst)
+	}
 	return s, os.WriteFile(s.config, []byte(text), 0o600)
 }
 
@@ -139,6 +150,7 @@ func (s *stack) startProcessor(name string) error {
 	p.Name = name
 	s.mu.Lock()
 	s.processors[name] = p
+	s.mostProcessors = max(s.mostProcessors, len(s.processors))
 	s.mu.Unlock()
 	return nil
 }
@@ -161,6 +173,27 @@ func (s *stack) processorCount() int {
 	return len(s.processors)
 }
 
+// freezeProcessor freezes a running processor, picked at random, and
+// returns its name and what thaws it. Until then it counts as stopped:
+// no other fault picks it.
+func (s *stack) freezeProcessor(r *rand.Rand) (string, func() error, error) {
+	name := s.pickProcessor(r)
+	s.mu.Lock()
+	p := s.processors[name]
+	delete(s.processors, name)
+	s.mu.Unlock()
+	if err := p.Freeze(); err != nil {
+		return "", nil, err
+	}
+	return name, func() error {
+		err := p.Thaw()
+		s.mu.Lock()
+		s.processors[name] = p
+		s.mu.Unlock()
+		return err
+	}, nil
+}
+
 // removeProcessor stops name, SIGKILL or SIGTERM.
 func (s *stack) removeProcessor(name string, kill bool) {
 	s.mu.Lock()
@@ -168,11 +201,40 @@ func (s *stack) removeProcessor(name string, kill bool) {
 	delete(s.processors, name)
 	s.gone = append(s.gone, p)
 	s.mu.Unlock()
+	s.notePeak(p)
 	if kill {
 		p.Kill()
 	} else {
 		p.Stop()
 	}
+}
+
+// notePeak keeps the largest peak RSS of a processor seen so far.
+func (s *stack) notePeak(p *harness.Proc) {
+	u, err := p.Usage()
+	if err != nil {
+		return // exited already
+	}
+	s.mu.Lock()
+	s.peakRSS = max(s.peakRSS, u.PeakRSS)
+	s.mu.Unlock()
+}
+
+// processorsPeakRSS is the largest peak RSS of any processor of the run
+// (each stopped one read before it stopped).
+func (s *stack) processorsPeakRSS() int64 {
+	s.mu.Lock()
+	live := make([]*harness.Proc, 0, len(s.processors))
+	for _, p := range s.processors {
+		live = append(live, p)
+	}
+	s.mu.Unlock()
+	for _, p := range live {
+		s.notePeak(p)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peakRSS
 }
 
 // killIngress SIGKILLs ingress, and killBroker the broker.

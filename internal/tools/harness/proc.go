@@ -78,6 +78,13 @@ func (p *Proc) Stop() {
 	}
 }
 
+// Freeze stops the process where it is (SIGSTOP), as a long pause would,
+// or a partition from everything it talks to; Thaw lets it go on (SIGCONT).
+func (p *Proc) Freeze() error { return p.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Thaw lets a frozen process go on.
+func (p *Proc) Thaw() error { return p.cmd.Process.Signal(syscall.SIGCONT) }
+
 // Kill ends the process with SIGKILL and waits for it.
 func (p *Proc) Kill() {
 	_ = p.cmd.Process.Kill()

@@ -50,12 +50,47 @@ func (a *Audit) InstallAudit(ctx context.Context, tables ...string) error {
 			INSERT INTO audit (cmd, tbl, op) VALUES (NEW.cmd, TG_TABLE_NAME, TG_OP);
 			RETURN NULL;
 		END $$;`
+	return a.withTriggers(ctx, sql, "CREATE TRIGGER audit AFTER INSERT OR UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION audit_write();", tables)
+}
+
+// withTriggers runs sql and then trigger (a CREATE TRIGGER with %s for
+// the table) for each of tables, in one round trip.
+func (a *Audit) withTriggers(ctx context.Context, sql, trigger string, tables []string) error {
 	for _, t := range tables {
-		sql += fmt.Sprintf("\nCREATE TRIGGER audit AFTER INSERT OR UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION audit_write();",
-			pgx.Identifier{t}.Sanitize())
+		sql += "\n" + fmt.Sprintf(trigger, pgx.Identifier{t}.Sanitize())
 	}
 	_, err := a.pool.Exec(ctx, sql)
 	return err
+}
+
+// InstallSlowdown adds to each of tables a trigger that, before every
+// statement writing it, sleeps for the delay SetSlowdown last set (none at
+// first): a database slow to write, as under another load or a slow disk.
+func (a *Audit) InstallSlowdown(ctx context.Context, tables ...string) error {
+	sql := `CREATE TABLE slowdown (delay float8 NOT NULL);
+		INSERT INTO slowdown VALUES (0);
+		CREATE FUNCTION slowdown() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			PERFORM pg_sleep(delay) FROM slowdown WHERE delay > 0;
+			RETURN NULL;
+		END $$;`
+	return a.withTriggers(ctx, sql, "CREATE TRIGGER slowdown BEFORE INSERT OR UPDATE OR DELETE ON %s FOR EACH STATEMENT EXECUTE FUNCTION slowdown();", tables)
+}
+
+// SetSlowdown sets the delay of every statement writing the tables
+// InstallSlowdown named (0: none).
+func (a *Audit) SetSlowdown(ctx context.Context, d time.Duration) error {
+	_, err := a.pool.Exec(ctx, `UPDATE slowdown SET delay = $1`, d.Seconds())
+	return err
+}
+
+// BusiestWindow is the most writes the audit saw in one window (windows
+// aligned on the epoch).
+func (a *Audit) BusiestWindow(ctx context.Context, window time.Duration) (int64, error) {
+	var n int64
+	err := a.pool.QueryRow(ctx, `SELECT coalesce(max(n), 0) FROM (
+		SELECT count(*) AS n FROM audit GROUP BY floor(extract(epoch FROM at) / $1)) w`, window.Seconds()).Scan(&n)
+	return n, err
 }
 
 // AuditWrites is each command's number of committed writes.

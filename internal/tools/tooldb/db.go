@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -125,4 +126,61 @@ func sumOffsets(ctx context.Context, pool *pgxpool.Pool, group, topic string) (i
 	err := pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM spool_offsets WHERE consumer_group = $1 AND topic = $2`,
 		group, topic).Scan(&n)
 	return n, err
+}
+
+// HoldConnections takes every connection PostgreSQL at url will give
+// (until it refuses one for want of slots, 53300 too many clients; a
+// superuser's connections take the reserved slots too), at most most, and
+// ends the backends whose application_name is app, taking the slots they
+// free as well, until app holds none: the server out of connections to
+// app, as when another client takes them all. It holds them until
+// release, and returns how many it holds and how many backends it ended.
+func HoldConnections(ctx context.Context, url string, most int, app string) (release func(), held, ended int, err error) {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, 0, 0, errUnreadableURL
+	}
+	cfg.RuntimeParams["application_name"] = app + ":held" // not app's: ending app's backends spares these
+	var conns []*pgx.Conn
+	release = func() {
+		for _, c := range conns {
+			_ = c.Close(context.WithoutCancel(ctx))
+		}
+	}
+	grab := func() error {
+		for len(conns) < most {
+			c, err := pgx.ConnectConfig(ctx, cfg)
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && pgErr.Code == "53300" {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("holding connection %d: %w", len(conns)+1, err)
+			}
+			conns = append(conns, c)
+		}
+		return nil
+	}
+	// app reconnects as soon as its backends end, so end and take in
+	// rounds until it holds none.
+	for round := 0; ; round++ {
+		if err := grab(); err != nil {
+			release()
+			return nil, 0, 0, err
+		}
+		if len(conns) == 0 {
+			return release, 0, ended, errors.New("holding connections: PostgreSQL gave none")
+		}
+		var n int
+		err := conns[0].QueryRow(ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int
+			FROM pg_stat_activity WHERE application_name = $1`, app).Scan(&n)
+		if err != nil {
+			release()
+			return nil, 0, 0, fmt.Errorf("ending %s's backends: %w", app, err)
+		}
+		ended += n
+		if n == 0 || round == 20 {
+			return release, len(conns), ended, nil
+		}
+	}
 }
