@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spoolhq/spool/internal/apiclient"
+	"github.com/spoolhq/spool/internal/httpapi"
 	"github.com/spoolhq/spool/internal/tooltest"
 	"github.com/spoolhq/spool/pipeline"
 )
@@ -103,9 +104,9 @@ func TestJobListingAndFailures(t *testing.T) {
 
 	var nd strings.Builder
 	require.NoError(t, s.client.Failures(ctx, mixed, "ndjson", &nd))
-	var fs []pipeline.Failure
+	var fs []httpapi.FailureView
 	for _, l := range strings.Split(strings.TrimSpace(nd.String()), "\n") {
-		var f pipeline.Failure
+		var f httpapi.FailureView
 		require.NoError(t, json.Unmarshal([]byte(l), &f))
 		fs = append(fs, f)
 	}

@@ -163,7 +163,7 @@ func TestResultsThroughTheAPI(t *testing.T) {
 	last := int64(-1)
 	dec := json.NewDecoder(&ndjson)
 	for dec.More() {
-		var r pipeline.Result
+		var r httpapi.ResultView
 		require.NoError(t, dec.Decode(&r))
 		require.Greater(t, r.Index, last, "in input order, each place once")
 		last = r.Index
