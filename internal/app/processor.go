@@ -105,7 +105,7 @@ func (p *Processor) run(ctx context.Context) error {
 		// A rebalance waits for revoked partitions' last flushes.
 		SessionTimeout: c.Processor.SessionTimeout, RebalanceTimeout: c.Processor.FlushTimeout + 30*time.Second,
 		Protocol: c.Kafka.GroupProtocol,
-		Offsets:  store, Hooks: []any{m.KafkaHooks("consumer")}, Logger: p.logger,
+		Offsets:  store, Hooks: []any{m.KafkaHooks("consumer")}, FetchFailed: m.FetchFailed, Logger: p.logger,
 		NewWorker: func(partition int32, next int64, committed func(int64)) *pipeline.Worker {
 			return pipeline.NewWorker(pipeline.WorkerConfig{
 				Topic: c.Kafka.Topic, Partition: partition, NextOffset: next,

@@ -39,8 +39,11 @@ type ConsumerConfig struct {
 	// worker's WorkerConfig.Committed.
 	NewWorker func(partition int32, next int64, committed func(next int64)) *pipeline.Worker
 	// Hooks are franz-go hooks (client metrics) for the consumer's client.
-	Hooks  []any
-	Logger *slog.Logger
+	Hooks []any
+	// FetchFailed, when set, hears of each fetch error, classified
+	// (pipeline.ClassOf tells transient from internal).
+	FetchFailed func(err error)
+	Logger      *slog.Logger
 }
 
 // heartbeatInterval is how often a member tells the group it lives, and
@@ -158,7 +161,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 		err, stopped := c.failure(), pollCtx.Err() != nil
 		if err == nil && !stopped {
 			fetches.EachError(func(t string, p int32, err error) {
-				c.cfg.Logger.Warn("fetching", "topic", t, "partition", p, "error", err)
+				err = classify(err)
+				c.cfg.Logger.Warn("fetching", "topic", t, "partition", p, "error_class", pipeline.ClassOf(err), "error", err)
+				if c.cfg.FetchFailed != nil {
+					c.cfg.FetchFailed(err)
+				}
 			})
 			if c.polled != nil && !fetches.Empty() {
 				c.polled()

@@ -28,6 +28,7 @@ type Metrics struct {
 	uploadBytes    prometheus.Counter
 	produceLatency prometheus.Histogram
 	produceErrors  *prometheus.CounterVec
+	fetchErrors    *prometheus.CounterVec
 	uploading      prometheus.Gauge
 
 	batchSize     prometheus.Histogram
@@ -88,6 +89,8 @@ func New(reg *prometheus.Registry) *Metrics {
 	m.produceErrors = counter("spool_ingress_produce_errors_total",
 		"Records the producer could not get acknowledged, by error class: too_large (refused alone), transient (broker away, timeout), internal.", "class")
 
+	m.fetchErrors = counter("spool_processor_fetch_errors_total",
+		"Fetches of the commands topic that failed, by error class: transient (broker away, leader moved, timeout), internal (refused: ACLs, a topic gone).", "class")
 	m.batchSize = histogram("spool_processor_batch_size", "Records per committed batch.", prometheus.ExponentialBuckets(1, 4, 9))
 	m.batchDuration = histogram("spool_processor_batch_duration_seconds",
 		"From taking a batch up to its commit, rate-limit wait and retries included.", prometheus.ExponentialBuckets(0.005, 2, 14))
@@ -162,6 +165,12 @@ func (m *Metrics) Produced(d time.Duration, err error) {
 		return
 	}
 	m.produceLatency.Observe(d.Seconds())
+}
+
+// FetchFailed counts a fetch error of the processor's consumer
+// (kafka.ConsumerConfig.FetchFailed).
+func (m *Metrics) FetchFailed(err error) {
+	m.fetchErrors.WithLabelValues(string(pipeline.ClassOf(err))).Inc()
 }
 
 // BatchWritten implements pipeline.Observer.

@@ -91,6 +91,7 @@ func TestNamesFollowConventions(t *testing.T) {
 	m.Swept(metrics.SweepLedger, 1)
 	m.ObservePool(func() metrics.PoolStats { return metrics.PoolStats{Acquired: 2, Idle: 1, Max: 8} })
 	m.Produced(time.Millisecond, pipeline.Errorf(pipeline.ClassTransient, "broker away"))
+	m.FetchFailed(pipeline.Errorf(pipeline.ClassInternal, "not authorized"))
 
 	problems, err := testutil.GatherAndLint(reg)
 	require.NoError(t, err)
@@ -107,7 +108,7 @@ func TestNamesFollowConventions(t *testing.T) {
 			require.Contains(t, string(docs), "`"+f.GetName()+"`", "docs/metrics.md must list %s", f.GetName())
 		}
 	}
-	require.Equal(t, 24, n, "every spool metric was gathered")
+	require.Equal(t, 25, n, "every spool metric was gathered")
 }
 
 // TestHelpNamesWhatIsEmitted: a help text that lists a label's values
