@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -204,6 +205,39 @@ func TestWorkerAbandonDropsTheBuffer(t *testing.T) {
 	require.NoError(t, <-done)
 	require.Empty(t, store.applied)
 	require.Error(t, w.Feed(context.Background(), records(1, 10)), "a stopped worker takes nothing")
+}
+
+// slowLimiter refuses any wait its context's deadline would not allow, as
+// golang.org/x/time/rate's does: it never has room.
+type slowLimiter struct{}
+
+func (slowLimiter) WaitN(ctx context.Context, n int) error {
+	if _, ok := ctx.Deadline(); ok {
+		return errors.New("rate: Wait(n) would exceed context deadline")
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestWorkerGivesUpALastFlushItCannotMake: a worker leaving its partition
+// whose last flush cannot get through in processor.flush_timeout (here the
+// rate limiter asks for longer) gives it up and ends cleanly: its records
+// are the next owner's, and ending the processor over them would stop every
+// other partition (a processor stopped so under the fault suite).
+func TestWorkerGivesUpALastFlushItCannotMake(t *testing.T) {
+	t.Parallel()
+	store := &fakeStore{}
+	cfg := testWorkerConfig(store, &fakeDLQ{}, 100, time.Hour)
+	cfg.Limiter, cfg.FlushTimeout = slowLimiter{}, time.Second
+	w := NewWorker(cfg, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+	require.NoError(t, w.Feed(ctx, records(10, 0)))
+	cancel()
+	require.NoError(t, <-done)
+	require.Empty(t, store.applied)
+	require.Zero(t, store.next, "the stored offset stays where the next owner starts")
 }
 
 // TestWorkerQueueBoundsWaitingSlices: with queue 1 the one slice that may

@@ -86,6 +86,8 @@ kafka:
 			"certificate is not trusted"},
 		{"plaintext to TLS", map[string]any{"kafka.tls.ca_file": "", "kafka.sasl.mechanism": ""},
 			"the brokers speak TLS and spool does not"},
+		{"a mechanism the broker does not take for the user", map[string]any{"kafka.sasl.mechanism": "SCRAM-SHA-256"},
+			"refused the SASL credentials or mechanism"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p, err := app.NewProcessor(s.config(t, tt.set), testLogger(t))
