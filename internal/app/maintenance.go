@@ -72,8 +72,11 @@ func (mt *Maintenance) settle(ctx context.Context, repairFrom time.Time) time.Ti
 	mt.warn(ctx, "repairing rows behind recent tombstones", err)
 	if err == nil {
 		repairFrom = started.Add(-time.Minute)
-		mt.warn(ctx, "settling open jobs", mt.Store.SettleOpenJobs(ctx))
 	}
+	// Settled whatever the repair did: a job whose batch's repair has not
+	// run is marked (spool_repairs_pending) and stays processing, so a
+	// failing repair holds back only the jobs that wait for it.
+	mt.warn(ctx, "settling open jobs", mt.Store.SettleOpenJobs(ctx))
 	abandoned, err := mt.Store.AbandonJobs(ctx, mt.OpenTimeout)
 	mt.warn(ctx, "marking abandoned uploads failed", err)
 	if abandoned > 0 {

@@ -16,8 +16,8 @@ import (
 )
 
 // TestMaintenanceSchedule: on each interval the repair comes before the
-// settle, and a failed repair skips the settle and is retried from the same
-// time; sweeps come every SweepEvery intervals, from the first; the stop
+// settle; a failed repair is retried from the same time, and the settle
+// runs anyway (a job waiting for a repair is marked, and stays processing); sweeps come every SweepEvery intervals, from the first; the stop
 // ends Run at once, with nil.
 func TestMaintenanceSchedule(t *testing.T) {
 	t.Parallel()
@@ -37,7 +37,7 @@ func TestMaintenanceSchedule(t *testing.T) {
 
 		require.Equal(t, []string{
 			"repair", "settle", "abandon", "sweep ledger", "sweep keys", "prune", "ledger rows",
-			"repair (failed)", "abandon",
+			"repair (failed)", "settle", "abandon",
 			"repair", "settle", "abandon", "sweep ledger", "sweep keys", "prune", "ledger rows",
 			"repair", "settle", "abandon",
 		}, store.calls)

@@ -77,6 +77,12 @@ type Consumer struct {
 	failMu   sync.Mutex
 	failErr  error
 	stopPoll context.CancelFunc
+	// life ends when Run is told to stop (its context, or a failure): a
+	// callback waiting on the database (assigned's offset load) gives up
+	// then, since polls — and so Run's return — wait for callbacks
+	// (BlockRebalanceOnPoll).
+	life    context.Context
+	endLife context.CancelFunc
 
 	// polled, when set (by a test), is called with a poll's records in
 	// hand, before they are dispatched.
@@ -100,6 +106,7 @@ type running struct {
 // NewConsumer connects a group member; Run starts consuming.
 func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	c := &Consumer{cfg: cfg, workers: make(map[int32]*running), offsets: make(map[int32]int64)}
+	c.life, c.endLife = context.WithCancel(context.Background())
 	var protocol []kgo.Opt
 	if cfg.Protocol == ProtocolConsumer {
 		// The cooperative-sticky balancer is what franz-go asks for under
@@ -148,6 +155,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer c.close()
 	pollCtx, stopPoll := context.WithCancel(ctx)
 	defer stopPoll()
+	context.AfterFunc(pollCtx, c.endLife) // pollCtx ends with Run
 	if c.cfg.Protocol == ProtocolConsumer && c.configureGroup(ctx) {
 		var configuring sync.WaitGroup
 		configuring.Go(func() { c.keepGroupConfigured(pollCtx) })
@@ -268,6 +276,9 @@ func (c *Consumer) assigned(ctx context.Context, cl *kgo.Client, assigned map[st
 	// A pause left from an earlier ownership must not outlive it. (The
 	// callback's client, since c.cl may not be set yet on the first call.)
 	cl.ResumeFetchPartitions(map[string][]int32{c.cfg.Topic: ps})
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(c.life, cancel)()
 	for _, p := range ps {
 		next, err := c.loadOffset(ctx, p)
 		if err != nil {

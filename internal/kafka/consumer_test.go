@@ -6,8 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/spoolhq/spool/pipeline"
 )
@@ -50,4 +52,32 @@ func TestLoadOffsetRetriesTransientErrors(t *testing.T) {
 	c.cfg.Offsets = &flakyOffsets{fails: 100, err: errors.New("unclassified: retried")}
 	_, err = c.loadOffset(ctx, 0)
 	require.Error(t, err, "a closing client ends the retries")
+}
+
+// TestAssignmentEndsWithTheConsumer: an assignment waiting for a database
+// that is away ends once the consumer is told to stop, and fails it: polls
+// wait for the callback (BlockRebalanceOnPoll), so Run could not return
+// otherwise, and a stopped processor would hang until the database came
+// back.
+func TestAssignmentEndsWithTheConsumer(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	away := &flakyOffsets{fails: 1 << 30, err: pipeline.Errorf(pipeline.ClassTransient, "connection refused")}
+	c := &Consumer{cfg: ConsumerConfig{Topic: "t", Offsets: away, Logger: logger},
+		workers: map[int32]*running{}, offsets: map[int32]int64{}}
+	c.life, c.endLife = context.WithCancel(context.Background())
+	cl, err := kgo.NewClient(kgo.SeedBrokers("127.0.0.1:1"))
+	require.NoError(t, err)
+	defer cl.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.assigned(context.Background(), cl, map[string][]int32{"t": {0}})
+	}()
+	c.endLife()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the assignment still waits for the database")
+	}
+	require.ErrorContains(t, c.failure(), "loading offset of partition 0")
 }

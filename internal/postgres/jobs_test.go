@@ -197,6 +197,22 @@ func TestJobInParts(t *testing.T) {
 	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-1", 6))
 	require.NoError(t, b.store.FinishPart(ctx, "job-1", done(6, 2, 2, 0), []byte{6}))
 
+	// Part 7 breaks after 3 records; sent again, it ends before any record
+	// (the connection drops at once): it stays broken, with the 3 records
+	// that reached Kafka, rather than being forgotten.
+	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-1", 7))
+	require.NoError(t, b.store.FinishPart(ctx, "job-1", pipeline.Part{Number: 7, State: pipeline.PartBroken, Received: 3, Accepted: 3}, nil))
+	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-1", 7))
+	require.NoError(t, b.store.HeartbeatPart(ctx, "job-1", 7, pipeline.UploadResult{Received: 1, Accepted: 1}))
+	require.NoError(t, b.store.FinishPart(ctx, "job-1", pipeline.Part{Number: 7}, nil))
+	_, err = b.store.CompleteJob(ctx, "tenant", "job-1")
+	require.ErrorAs(t, err, &broken, "a broken part sent again without a record is still broken")
+	require.Equal(t, []int{7}, broken.Parts)
+	parts = b.job(t).Parts
+	require.EqualValues(t, 3, parts[len(parts)-1].Accepted, "the most records any attempt got into Kafka")
+	require.NoError(t, b.store.StartPart(ctx, "tenant", "job-1", 7))
+	require.NoError(t, b.store.FinishPart(ctx, "job-1", done(7, 3, 3, 0), []byte{7}))
+
 	require.NoError(t, b.store.AddFailures(ctx, "job-1", []pipeline.Failure{
 		{Index: pipeline.PartBase(1) + 1, ID: "a", Stage: pipeline.StageIngress, Outcome: pipeline.OutcomeRejected, Class: pipeline.ClassMissingKey, Error: "x"},
 		{Index: pipeline.PartBase(3) + 0, ID: "b", Stage: pipeline.StageIngress, Outcome: pipeline.OutcomeRejected, Class: pipeline.ClassMissingKey, Error: "x"},
@@ -205,15 +221,15 @@ func TestJobInParts(t *testing.T) {
 	j, err := b.store.CompleteJob(ctx, "tenant", "job-1")
 	require.NoError(t, err)
 	require.Equal(t, pipeline.JobQueued, j.State)
-	require.Equal(t, [3]int64{3 + 2 + 7 + 4 + 2, 2 + 1 + 7 + 3 + 2, 1 + 1 + 0 + 1 + 0}, [3]int64{j.Received, j.Accepted, j.Rejected})
+	require.Equal(t, [3]int64{3 + 2 + 7 + 4 + 2 + 3, 2 + 1 + 7 + 3 + 2 + 3, 1 + 1 + 0 + 1 + 0 + 0}, [3]int64{j.Received, j.Accepted, j.Rejected})
 	var states []string
 	for _, p := range j.Parts {
 		states = append(states, fmt.Sprintf("%d %s %s", p.Number, p.State, p.Error))
 	}
-	require.Equal(t, []string{"1 done ", "3 done ", "4 done ", "5 refused the body is larger than 100 bytes", "6 done "}, states,
+	require.Equal(t, []string{"1 done ", "3 done ", "4 done ", "5 refused the body is larger than 100 bytes", "6 done ", "7 done "}, states,
 		"part 2 is forgotten; part 4, sent again, is done")
 	var finished *pipeline.JobFinishedError
-	require.ErrorAs(t, b.store.StartPart(ctx, "tenant", "job-1", 7), &finished)
+	require.ErrorAs(t, b.store.StartPart(ctx, "tenant", "job-1", 8), &finished)
 	_, err = b.store.CompleteJob(ctx, "tenant", "job-1")
 	require.ErrorAs(t, err, &finished)
 

@@ -47,7 +47,8 @@ func (s *Store) StartPart(ctx context.Context, tenant string, id pipeline.JobID,
 // ingress stops keeps those counts: a broken part's.
 func (s *Store) HeartbeatPart(ctx context.Context, id pipeline.JobID, n int, r pipeline.UploadResult) error {
 	var q pgx.Batch
-	q.Queue(`UPDATE spool_job_parts SET updated_at = now(), received = $3, accepted = $4, rejected = $5
+	q.Queue(`UPDATE spool_job_parts SET updated_at = now(), received = greatest(received, $3), accepted = greatest(accepted, $4),
+			rejected = greatest(rejected, $5)
 		WHERE job_id = $1 AND part = $2 AND state = 'receiving'`, id, n, r.Received, r.Accepted, r.Rejected)
 	q.Queue(`UPDATE spool_jobs SET updated_at = now() WHERE job_id = $1 AND state = 'open'`, id)
 	if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
@@ -59,19 +60,24 @@ func (s *Store) HeartbeatPart(ctx context.Context, id pipeline.JobID, n int, r p
 // FinishPart records how part p.Number of a job ended: p.State done
 // (with the SHA-256 of its body), refused or broken (with p.Error), with
 // its counts; with p.State empty, it forgets a part none of whose records
-// reached Kafka, so that the part can be sent again, corrected.
+// reached Kafka, so that the part can be sent again, corrected. A part
+// sent again after it broke keeps the most records any attempt got into
+// Kafka, which are applied whatever the later attempts do: one that ends
+// before any record leaves it broken, not forgotten.
 func (s *Store) FinishPart(ctx context.Context, id pipeline.JobID, p pipeline.Part, sha256 []byte) error {
 	var q pgx.Batch
 	if p.State == "" {
-		q.Queue(`DELETE FROM spool_job_parts WHERE job_id = $1 AND part = $2 AND state = 'receiving'`, id, p.Number)
+		q.Queue(`UPDATE spool_job_parts SET state = 'broken', updated_at = now()
+			WHERE job_id = $1 AND part = $2 AND state = 'receiving' AND received > 0`, id, p.Number)
+		q.Queue(`DELETE FROM spool_job_parts WHERE job_id = $1 AND part = $2 AND state = 'receiving' AND received = 0`, id, p.Number)
 	} else {
 		var msg *string
 		if p.Error != "" {
 			m := clean(p.Error)
 			msg = &m
 		}
-		q.Queue(`UPDATE spool_job_parts SET state = $3, received = $4, accepted = $5, rejected = $6, sha256 = $7,
-			error = $8, updated_at = now() WHERE job_id = $1 AND part = $2`,
+		q.Queue(`UPDATE spool_job_parts SET state = $3, received = greatest(received, $4), accepted = greatest(accepted, $5),
+			rejected = greatest(rejected, $6), sha256 = $7, error = $8, updated_at = now() WHERE job_id = $1 AND part = $2`,
 			id, p.Number, p.State, p.Received, p.Accepted, p.Rejected, sha256, msg)
 	}
 	q.Queue(`UPDATE spool_jobs SET updated_at = now() WHERE job_id = $1 AND state = 'open'`, id)

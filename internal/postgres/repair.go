@@ -16,20 +16,42 @@ import (
 // COMMITTED a delete and an older upsert of one key, committing
 // concurrently, can each miss the other's write; run after each commit, the
 // later of the two repairs what both missed.
+//
+// It works repairChunk keys at a time, so that a sweep over every
+// tombstone is many bounded statements, and leaves out (with a warning) a
+// key that no longer parses as the entity's key (its type changed since
+// the tombstone), so that one old tombstone cannot stop every repair.
 func (s *Store) repair(ctx context.Context, e *pipeline.Entity, ks []string) error {
-	k, err := parseKeys(e, ks)
-	if err != nil {
-		return err
-	}
-	var q pgx.Batch
-	if s.queueRepair(&q, k); q.Len() == 0 {
-		return nil
-	}
-	if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
-		return classify(fmt.Errorf("repairing %d keys of %s: %w", len(ks), e.Name, err))
+	for len(ks) > 0 {
+		chunk := ks[:min(len(ks), repairChunk)]
+		ks = ks[len(chunk):]
+		k, err := parseKeys(e, chunk)
+		if err != nil {
+			var good []string
+			for _, key := range chunk {
+				if _, err := parseKeys(e, []string{key}); err == nil {
+					good = append(good, key)
+				}
+			}
+			s.logger.Warn("left out of a repair: tombstone keys that are not keys of the entity now", "entity", e.Name,
+				"keys", len(chunk)-len(good), "error", err)
+			if k, err = parseKeys(e, good); err != nil {
+				return err
+			}
+		}
+		var q pgx.Batch
+		if s.queueRepair(&q, k); q.Len() == 0 {
+			continue
+		}
+		if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
+			return classify(fmt.Errorf("repairing %d keys of %s: %w", len(chunk), e.Name, err))
+		}
 	}
 	return nil
 }
+
+// repairChunk bounds the keys of one repair statement.
+const repairChunk = 10000
 
 // repairsPending tells whether any of a batch's repairs has a statement
 // (queueRepair): the batch then marks its jobs as waiting for it.
