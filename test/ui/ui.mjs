@@ -36,6 +36,9 @@ try {
 
   await page.click(`#jobs tr[data-job="${failedJob}"] a`);
   await page.locator("#failures tbody tr").first().waitFor({ timeout: 10000 });
+  // Rows show as the listing streams; the note and the dead letters by
+  // class come once it has ended.
+  await page.locator("#failures-note", { hasText: /failures\./ }).waitFor({ timeout: 10000 });
   seen.failed_state = (await page.locator("#job-state").textContent()).trim();
   seen.failures = await page.locator("#failures tbody tr").evaluateAll((rows) =>
     rows.map((r) => Array.from(r.cells, (c) => c.textContent)));
