@@ -202,8 +202,10 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 		for i, j := range jobs {
 			ids[i] = string(j)
 		}
-		q.Queue(`INSERT INTO spool_repairs_pending (consumer_group, topic, partition, next_offset, jobs)
-			VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`, s.group, b.Topic, b.Partition, b.NextOffset, ids)
+		// clock_timestamp, not the transaction's start: the mark's age is
+		// counted from about its commit (pendingGrace).
+		q.Queue(`INSERT INTO spool_repairs_pending (consumer_group, topic, partition, next_offset, jobs, created_at)
+			VALUES ($1, $2, $3, $4, $5, clock_timestamp()) ON CONFLICT DO NOTHING`, s.group, b.Topic, b.Partition, b.NextOffset, ids)
 	}
 	q.Queue(`INSERT INTO spool_offsets AS o (consumer_group, topic, partition, next_offset)
 		VALUES ($1, $2, $3, $5)
