@@ -37,9 +37,16 @@ type JobView struct {
 // CountsView is the counts object of a JobView: what ingress counted, then
 // one count per outcome of pipeline.CountedOutcomes.
 type CountsView struct {
-	Received     int64 `json:"received"`
-	Rejected     int64 `json:"rejected"`
-	Accepted     int64 `json:"accepted"`
+	Received int64 `json:"received"`
+	Rejected int64 `json:"rejected"`
+	Accepted int64 `json:"accepted"`
+	OutcomeCounts
+}
+
+// OutcomeCounts are pipeline.Counts as the API names them: the same
+// fields, so that each converts to the other (and the compiler holds them
+// alike).
+type OutcomeCounts struct {
 	Applied      int64 `json:"applied"`
 	Duplicate    int64 `json:"duplicate"`
 	Stale        int64 `json:"stale"`
@@ -51,23 +58,10 @@ type CountsView struct {
 }
 
 // Outcomes returns the view's outcome counts.
-func (c CountsView) Outcomes() pipeline.Counts {
-	return pipeline.Counts{
-		Applied: c.Applied, Duplicate: c.Duplicate, Stale: c.Stale, Conflict: c.Conflict,
-		Exists: c.Exists, Missing: c.Missing, Aborted: c.Aborted, DeadLettered: c.DeadLettered,
-	}
-}
+func (c CountsView) Outcomes() pipeline.Counts { return pipeline.Counts(c.OutcomeCounts) }
 
-func countsViewOf(j *pipeline.Job) CountsView {
-	c := j.Counts
-	return CountsView{
-		Received: j.Received, Rejected: j.Rejected, Accepted: j.Accepted,
-		Applied: c.Applied, Duplicate: c.Duplicate, Stale: c.Stale, Conflict: c.Conflict,
-		Exists: c.Exists, Missing: c.Missing, Aborted: c.Aborted, DeadLettered: c.DeadLettered,
-	}
-}
-
-// PartStatus is one part of a JobView's parts.
+// PartStatus is one part of a JobView's parts: pipeline.Part as the API
+// names it.
 type PartStatus struct {
 	Number   int    `json:"part"`
 	State    string `json:"state"` // receiving, done, refused or broken (pipeline.PartDone…)
@@ -100,12 +94,13 @@ type ResultView struct {
 func viewOf(j *pipeline.Job) JobView {
 	v := JobView{
 		JobID: j.ID, State: j.State, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt, CompletedAt: j.CompletedAt,
-		Counts: countsViewOf(j), Progress: j.Progress(), Error: j.Error, Results: j.Results,
+		Counts:   CountsView{Received: j.Received, Rejected: j.Rejected, Accepted: j.Accepted, OutcomeCounts: OutcomeCounts(j.Counts)},
+		Progress: j.Progress(), Error: j.Error, Results: j.Results,
 	}
 	if j.InParts {
 		parts := make([]PartStatus, len(j.Parts))
 		for i, p := range j.Parts {
-			parts[i] = PartStatus{Number: p.Number, State: p.State, Received: p.Received, Accepted: p.Accepted, Rejected: p.Rejected, SHA256: p.SHA256, Error: p.Error}
+			parts[i] = PartStatus(p)
 		}
 		v.Parts = &parts
 	}

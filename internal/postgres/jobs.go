@@ -149,10 +149,7 @@ func (s *Store) SettleJobs(ctx context.Context, ids []pipeline.JobID) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	arg := make([]string, len(ids))
-	for i, id := range ids {
-		arg[i] = string(id)
-	}
+	arg := jobStrings(ids)
 	return briefly(ctx, func() error { return s.settle(ctx, arg) })
 }
 

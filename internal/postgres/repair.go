@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -53,23 +54,24 @@ func (s *Store) repair(ctx context.Context, e *pipeline.Entity, ks []string) err
 // repairChunk bounds the keys of one repair statement.
 const repairChunk = 10000
 
+// repairable tells whether k has a repair to run: keys of a versioned
+// entity (only those have tombstones).
+func (k keys) repairable() bool {
+	return k.entity.Versioned() && len(k.cols) > 0 && len(k.cols[0]) > 0
+}
+
 // repairsPending tells whether any of a batch's repairs has a statement
 // (queueRepair): the batch then marks its jobs as waiting for it.
 func repairsPending(repairs []keys) bool {
-	for _, k := range repairs {
-		if k.entity.Versioned() && len(k.cols) > 0 && len(k.cols[0]) > 0 {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(repairs, keys.repairable)
 }
 
 // queueRepair queues repair's statement, for versioned entities only.
 func (s *Store) queueRepair(q *pgx.Batch, k keys) {
-	e := k.entity
-	if !e.Versioned() || len(k.cols) == 0 || len(k.cols[0]) == 0 {
+	if !k.repairable() {
 		return
 	}
+	e := k.entity
 	args := make([]any, 0, len(k.cols)+1)
 	for _, c := range k.cols {
 		args = append(args, c)

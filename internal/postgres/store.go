@@ -198,14 +198,10 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	queueFailures(&q, b, outcomes)
 	pending := repairsPending(repairs)
 	if pending {
-		ids := make([]string, len(jobs))
-		for i, j := range jobs {
-			ids[i] = string(j)
-		}
 		// clock_timestamp, not the transaction's start: the mark's age is
 		// counted from about its commit (pendingGrace).
 		q.Queue(`INSERT INTO spool_repairs_pending (consumer_group, topic, partition, next_offset, jobs, created_at)
-			VALUES ($1, $2, $3, $4, $5, clock_timestamp()) ON CONFLICT DO NOTHING`, s.group, b.Topic, b.Partition, b.NextOffset, ids)
+			VALUES ($1, $2, $3, $4, $5, clock_timestamp()) ON CONFLICT DO NOTHING`, s.group, b.Topic, b.Partition, b.NextOffset, jobStrings(jobs))
 	}
 	q.Queue(`INSERT INTO spool_offsets AS o (consumer_group, topic, partition, next_offset)
 		VALUES ($1, $2, $3, $5)
@@ -269,10 +265,7 @@ func (s *Store) skipAborted(b *pipeline.Batch, d *pipeline.Deduped, jobs []pipel
 // (briefly retried) the periodic sweep (repair, then settle) catches, and
 // until then the mark keeps the batch's jobs from completing.
 func (s *Store) afterCommit(ctx context.Context, b *pipeline.Batch, repairs []keys, pending bool, jobs []pipeline.JobID) {
-	ids := make([]string, len(jobs))
-	for i, id := range jobs {
-		ids[i] = string(id)
-	}
+	ids := jobStrings(jobs)
 	err := briefly(ctx, func() error {
 		var q pgx.Batch
 		for _, r := range repairs {
@@ -297,6 +290,15 @@ func (s *Store) afterCommit(ctx context.Context, b *pipeline.Batch, repairs []ke
 	if err != nil {
 		s.logger.Warn("repairing and settling after a batch; the periodic sweep will retry", "partition", b.Partition, "error", err)
 	}
+}
+
+// jobStrings is ids as text, for a text[] parameter.
+func jobStrings(ids []pipeline.JobID) []string {
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = string(id)
+	}
+	return out
 }
 
 // afterCommitTimeout bounds the repair and settling that follow a commit.

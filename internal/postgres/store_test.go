@@ -400,40 +400,50 @@ func TestStaleToldWhateverTheKey(t *testing.T) {
 	}
 }
 
-// TestUpdateWaitingOnANewerWriteIsStale: an update that waits for another
-// transaction's lock on its row sees what that one committed: a newer
-// version makes it stale (not missing, as the row was not in its
-// snapshot's version), and it does not apply.
-func TestUpdateWaitingOnANewerWriteIsStale(t *testing.T) {
-	b := setup(t)
+// writeBehind writes line as a batch of partition 1 while another
+// transaction that ran holder (with args) holds the lock the batch waits
+// for, and commits that transaction once the batch waits: the batch's
+// statements then see what holder committed only through what they lock.
+func (b *testBundle) writeBehind(t *testing.T, line, holder string, args ...any) []pipeline.Outcome {
+	t.Helper()
 	ctx := context.Background()
-	_, err := b.write(t, 0, cust("c1", "a", 1, "first"))
+	tx, err := b.db.Pool.Begin(ctx)
 	require.NoError(t, err)
-
-	holder, err := b.db.Pool.Begin(ctx)
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+	_, err = tx.Exec(ctx, holder, args...)
 	require.NoError(t, err)
-	defer holder.Rollback(ctx) //nolint:errcheck // a no-op after Commit
-	_, err = holder.Exec(ctx, `UPDATE customers SET name = 'newer', version = 3 WHERE customer_id = 'a'`)
-	require.NoError(t, err)
-
 	type result struct {
 		out []pipeline.Outcome
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		out, err := b.write(t, 1, `{"id":"u1","entity":"customers","op":"update","version":2,"data":{"customer_id":"a","name":"older"}}`)
+		out, err := b.write(t, 1, line)
 		done <- result{out, err}
 	}()
-	require.Eventually(t, func() bool { // the update waits on the holder's row lock
+	require.Eventually(t, func() bool { // the batch waits on the holder's lock
 		var waiting int
 		_ = b.db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`).Scan(&waiting)
 		return waiting > 0
 	}, 10*time.Second, 10*time.Millisecond)
-	require.NoError(t, holder.Commit(ctx))
+	require.NoError(t, tx.Commit(ctx))
 	r := <-done
 	require.NoError(t, r.err)
-	require.Equal(t, []pipeline.Outcome{pipeline.OutcomeStale}, r.out)
+	return r.out
+}
+
+// TestUpdateWaitingOnANewerWriteIsStale: an update that waits for another
+// transaction's lock on its row sees what that one committed: a newer
+// version makes it stale (not missing, as the row was not in its
+// snapshot's version), and it does not apply.
+func TestUpdateWaitingOnANewerWriteIsStale(t *testing.T) {
+	b := setup(t)
+	_, err := b.write(t, 0, cust("c1", "a", 1, "first"))
+	require.NoError(t, err)
+
+	out := b.writeBehind(t, `{"id":"u1","entity":"customers","op":"update","version":2,"data":{"customer_id":"a","name":"older"}}`,
+		`UPDATE customers SET name = 'newer', version = 3 WHERE customer_id = 'a'`)
+	require.Equal(t, []pipeline.Outcome{pipeline.OutcomeStale}, out)
 	require.Equal(t, map[string]string{"a": "newer@3"}, b.rows(t))
 }
 
@@ -465,30 +475,11 @@ func TestDeleteWaitingOnANewerWriteIsStale(t *testing.T) {
 			_, err := b.write(t, 0, cust("c1", "a", 1, "first"))
 			require.NoError(t, err)
 			target := b.es["customers"].QualifiedName()
-			holder, err := b.db.Pool.Begin(ctx)
-			require.NoError(t, err)
-			defer holder.Rollback(ctx) //nolint:errcheck // a no-op after Commit
-			args := []any{}
+			var args []any
 			if strings.Contains(tt.holder, "$1") {
 				args = append(args, target)
 			}
-			_, err = holder.Exec(ctx, tt.holder, args...)
-			require.NoError(t, err)
-
-			done := make(chan error, 1)
-			var out []pipeline.Outcome
-			go func() {
-				var err error
-				out, err = b.write(t, 1, `{"id":"d1","entity":"customers","op":"delete","version":2,"data":{"customer_id":"a"}}`)
-				done <- err
-			}()
-			require.Eventually(t, func() bool { // the delete waits on the holder's row lock
-				var waiting int
-				_ = b.db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`).Scan(&waiting)
-				return waiting > 0
-			}, 10*time.Second, 10*time.Millisecond)
-			require.NoError(t, holder.Commit(ctx))
-			require.NoError(t, <-done)
+			out := b.writeBehind(t, `{"id":"d1","entity":"customers","op":"delete","version":2,"data":{"customer_id":"a"}}`, tt.holder, args...)
 			require.Equal(t, []pipeline.Outcome{tt.want}, out)
 			require.Equal(t, tt.rows, b.rows(t))
 			var tomb int64
