@@ -87,7 +87,7 @@ func (s *Store) AbortJob(ctx context.Context, tenant string, id pipeline.JobID) 
 	var state pipeline.JobState
 	err := s.pool.QueryRow(ctx, `
 		WITH j AS (SELECT job_id, state FROM spool_jobs WHERE job_id = $1 AND tenant = $2 FOR UPDATE),
-		p AS (`+partsTotals+`),
+		p AS (`+partsTotals("$1")+`),
 		a AS (UPDATE spool_jobs t SET state = 'aborted', completed_at = now(), updated_at = now(),
 				received = CASE WHEN j.state = 'open' THEN p.received ELSE t.received END,
 				accepted = CASE WHEN j.state = 'open' THEN p.accepted ELSE t.accepted END,
@@ -128,11 +128,9 @@ func (s *Store) AbandonJobs(ctx context.Context, openTimeout time.Duration) (int
 		pipeline.JobFailed, abandonedError, pipeline.JobReceiving, UploadLease).Exec(count)
 	q.Queue(`UPDATE spool_jobs j SET state = $1, error = $2, updated_at = now(),
 			received = p.received, accepted = p.accepted, rejected = p.rejected
-		FROM (SELECT o.job_id, coalesce(sum(p.received), 0) AS received, coalesce(sum(p.accepted), 0) AS accepted,
-				coalesce(sum(p.rejected), 0) AS rejected
-			FROM spool_jobs o LEFT JOIN spool_job_parts p ON p.job_id = o.job_id AND p.state = 'done'
-			WHERE o.state = $3 AND o.updated_at < now() - $4::interval GROUP BY o.job_id) p
-		WHERE j.job_id = p.job_id AND j.state = $3 AND j.updated_at < now() - $4::interval`,
+		FROM spool_jobs o, LATERAL (`+partsTotals("o.job_id")+`) p
+		WHERE o.state = $3 AND o.updated_at < now() - $4::interval
+			AND j.job_id = o.job_id AND j.state = $3 AND j.updated_at < now() - $4::interval`,
 		pipeline.JobFailed, openTimedOutError, pipeline.JobOpen, openTimeout).Exec(count)
 	if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
 		return 0, classify(fmt.Errorf("marking abandoned uploads failed: %w", err))

@@ -361,6 +361,22 @@ func TestAbandonJobs(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, pipeline.JobCompleted, done.State)
 	require.Zero(t, done.Received)
+
+	// A job in parts left open past the timeout counts what its parts got
+	// into Kafka, a broken part's included, as an abort and a completion do.
+	require.NoError(t, b.store.CreateJob(ctx, "open", "tenant", pipeline.JobOptions{Parts: true}))
+	require.NoError(t, b.store.StartPart(ctx, "tenant", "open", 1))
+	require.NoError(t, b.store.FinishPart(ctx, "open", pipeline.Part{Number: 1, State: pipeline.PartDone, Received: 2, Accepted: 2}, []byte{1}))
+	require.NoError(t, b.store.StartPart(ctx, "tenant", "open", 2))
+	require.NoError(t, b.store.FinishPart(ctx, "open", pipeline.Part{Number: 2, State: pipeline.PartBroken, Received: 3, Accepted: 3}, nil))
+	b.db.Exec(t, `UPDATE spool_jobs SET updated_at = now() - interval '2 hours' WHERE job_id = 'open'`)
+	n, err = b.store.AbandonJobs(ctx, time.Hour)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n)
+	open, err := b.store.Job(ctx, "tenant", "open")
+	require.NoError(t, err)
+	require.Equal(t, pipeline.JobFailed, open.State)
+	require.Equal(t, [2]int64{5, 5}, [2]int64{open.Received, open.Accepted})
 }
 
 // TestRedeliveredRecordsCountOnce: Kafka may deliver one record twice (a

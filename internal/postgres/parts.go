@@ -114,7 +114,7 @@ func (s *Store) CompleteJob(ctx context.Context, tenant string, id pipeline.JobI
 		}
 		_, err = tx.Exec(ctx, `UPDATE spool_jobs j SET state = 'queued', updated_at = now(),
 				received = p.received, accepted = p.accepted, rejected = p.rejected
-			FROM (`+partsTotals+`) p
+			FROM (`+partsTotals("$1")+`) p
 			WHERE j.job_id = $1`, id)
 		return err
 	})
@@ -136,12 +136,15 @@ func (s *Store) CompleteJob(ctx context.Context, tenant string, id pipeline.JobI
 	return s.Job(ctx, tenant, id)
 }
 
-// partsTotals sums the counts of job $1's parts: what it accepted when it
-// is completed, aborted or timed out. A part broken, or receiving when the
-// job is aborted or times out, counts the records of it that reached
-// Kafka (as its last heartbeat knew them), since they are applied.
-const partsTotals = `SELECT coalesce(sum(received), 0) AS received, coalesce(sum(accepted), 0) AS accepted,
-	coalesce(sum(rejected), 0) AS rejected FROM spool_job_parts WHERE job_id = $1`
+// partsTotals sums the counts of the parts of job (an SQL expression: a
+// parameter, or a column of an outer query): what it accepted when it is
+// completed, aborted or timed out. A part broken, or receiving when the job
+// is aborted or times out, counts the records of it that reached Kafka (as
+// its last heartbeat knew them), since they are applied.
+func partsTotals(job string) string {
+	return `SELECT coalesce(sum(received), 0) AS received, coalesce(sum(accepted), 0) AS accepted,
+	coalesce(sum(rejected), 0) AS rejected FROM spool_job_parts WHERE job_id = ` + job
+}
 
 // parts reads a job's parts, in order.
 func (s *Store) parts(ctx context.Context, id pipeline.JobID) ([]pipeline.Part, error) {
