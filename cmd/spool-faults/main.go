@@ -39,6 +39,8 @@ func run() int {
 	flag.IntVar(&cfg.BrokerKills, "broker-kills", 5, "broker SIGKILLs (and restarts on the same data)")
 	flag.IntVar(&cfg.Slowdowns, "slowdowns", 2, "stretches of 4-8 s in which every write statement waits 0.2-0.6 s first")
 	flag.IntVar(&cfg.Freezes, "freezes", 2, "processors frozen (SIGSTOP) 12-14 s, past their session timeout, then let go on")
+	flag.IntVar(&cfg.Cuts, "cuts", 2, "processors cut off from the broker 12-14 s, past their session timeout (a network partition: their connections go silent; PostgreSQL stays reachable), then let back")
+	flag.Float64Var(&cfg.Alone, "alone", 0.5, "share of the faults injected alone: once every earlier one was followed by a write, and the next only once this one was")
 	flag.IntVar(&cfg.Exhaustions, "exhaustions", 2, "stretches of 2-5 s in which another client holds every PostgreSQL connection (spool's ended)")
 	maxRSS := flag.Int64("max-rss", 384, "fail the run when a processor's peak RSS passes this many MiB (0: no bound)")
 	flag.Float64Var(&cfg.RateLimit, "rate-limit", 5_000, "each processor's processor.rate_limit, checked against the audit's busiest 5 s (0: none)")

@@ -105,7 +105,7 @@ func (p *Processor) run(ctx context.Context) error {
 		// A rebalance waits for revoked partitions' last flushes.
 		SessionTimeout: c.Processor.SessionTimeout, RebalanceTimeout: c.Processor.FlushTimeout + 30*time.Second,
 		Protocol: c.Kafka.GroupProtocol,
-		Offsets:  store, Hooks: []any{m.KafkaHooks("consumer")}, FetchFailed: m.FetchFailed, Logger: p.logger,
+		Offsets:  store, Backoff: retryBackoff, Hooks: []any{m.KafkaHooks("consumer")}, FetchFailed: m.FetchFailed, Logger: p.logger,
 		NewWorker: func(partition int32, next int64, committed func(int64)) *pipeline.Worker {
 			return pipeline.NewWorker(pipeline.WorkerConfig{
 				Topic: c.Kafka.Topic, Partition: partition, NextOffset: next,
@@ -160,11 +160,14 @@ func (p *Processor) run(ctx context.Context) error {
 }
 
 // retryBackoff is the policy for transient errors while processing: it
-// never gives up on its own; the context ends it.
+// never gives up on its own; the context ends it. Attempts are at most 2 s
+// apart, so that writes resume within about 2 s of PostgreSQL's return
+// (a restart, connections freed); an attempt is one batch a partition,
+// which costs a database that is down nothing to refuse.
 func retryBackoff() backoff.BackOff {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = 100 * time.Millisecond
-	b.MaxInterval = 10 * time.Second
+	b.MaxInterval = 2 * time.Second
 	b.MaxElapsedTime = 0
 	return b
 }

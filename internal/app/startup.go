@@ -84,7 +84,7 @@ func ensureTopics(ctx context.Context, c *config.Config, cluster kafka.Cluster, 
 // with the credentials of kafka.sasl.*. A file that cannot be read or holds
 // no certificate is an error naming its key.
 func KafkaCluster(k config.Kafka) (kafka.Cluster, error) {
-	cluster := kafka.Cluster{Brokers: k.Brokers,
+	cluster := kafka.Cluster{Brokers: k.Brokers, ClientID: k.ClientID,
 		SASL: kafka.SASL{Mechanism: k.SASL.Mechanism, Username: k.SASL.Username, Password: k.SASL.Password, Token: k.SASL.Token}}
 	if !k.TLS.On() {
 		return cluster, nil

@@ -15,6 +15,10 @@ import (
 type Config struct {
 	// Addr is host:port to listen on; port 0 picks a free one.
 	Addr string
+	// Advertise is host:port the broker tells clients to connect to, as
+	// Kafka's advertised.listeners: the address of a proxy or NAT in front
+	// of it. Empty: the address it listens on.
+	Advertise string
 	// DataDir persists topics, offsets and groups; empty keeps all in memory.
 	DataDir string
 	// Partitions is the default for auto-created topics.
@@ -50,7 +54,8 @@ func ParseUser(s string) (User, error) {
 
 // Broker is a running embedded broker.
 type Broker struct {
-	c *kfake.Cluster
+	c  *kfake.Cluster
+	ln net.Listener
 }
 
 // GroupSessionTimeout and GroupHeartbeatInterval are the embedded
@@ -69,10 +74,20 @@ func Start(cfg Config) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", cfg.Addr, err)
 	}
+	served := ln
+	if cfg.Advertise != "" {
+		addr, err := net.ResolveTCPAddr("tcp", cfg.Advertise)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("advertised address %s: %w", cfg.Advertise, err)
+		}
+		// kfake advertises its listener's address.
+		served = advertised{Listener: ln, addr: addr}
+	}
 	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
 		kfake.Ports(ln.Addr().(*net.TCPAddr).Port),
-		kfake.ListenFn(func(string, string) (net.Listener, error) { return ln, nil }),
+		kfake.ListenFn(func(string, string) (net.Listener, error) { return served, nil }),
 		kfake.ClusterID("spool-dev"),
 		// The processors set their group's session timeout as a group
 		// config; the embedded broker keeps group configs in memory only
@@ -107,11 +122,22 @@ func Start(cfg Config) (*Broker, error) {
 		ln.Close()
 		return nil, fmt.Errorf("starting embedded broker: %w", err)
 	}
-	return &Broker{c: c}, nil
+	return &Broker{c: c, ln: ln}, nil
 }
 
-// Addr is the address clients connect to.
+// advertised is a listener that names another address as its own.
+type advertised struct {
+	net.Listener
+	addr net.Addr
+}
+
+func (a advertised) Addr() net.Addr { return a.addr }
+
+// Addr is the address clients connect to: the advertised one, if any.
 func (b *Broker) Addr() string { return b.c.ListenAddrs()[0] }
+
+// ListenAddr is the address the broker listens on.
+func (b *Broker) ListenAddr() string { return b.ln.Addr().String() }
 
 // Cluster exposes kfake's controls (fault injection) to tests.
 func (b *Broker) Cluster() *kfake.Cluster { return b.c }

@@ -19,7 +19,8 @@ func newBrokerCmd() *cobra.Command {
 			dir, _ := cmd.Flags().GetString("data-dir")
 			parts, _ := cmd.Flags().GetInt("partitions")
 			sync, _ := cmd.Flags().GetBool("sync-writes")
-			cfg := broker.Config{Addr: addr, DataDir: dir, Partitions: parts, SyncWrites: sync}
+			advertise, _ := cmd.Flags().GetString("advertise")
+			cfg := broker.Config{Addr: addr, Advertise: advertise, DataDir: dir, Partitions: parts, SyncWrites: sync}
 			cert, _ := cmd.Flags().GetString("tls-cert")
 			key, _ := cmd.Flags().GetString("tls-key")
 			if (cert == "") != (key == "") {
@@ -52,12 +53,16 @@ func newBrokerCmd() *cobra.Command {
 			if len(cfg.Users) > 0 {
 				how += fmt.Sprintf(", SASL (%d users)", len(cfg.Users))
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "broker listening on %s (%s), data in %s\n", b.Addr(), how, dir)
+			if advertise != "" {
+				how += ", advertised as " + b.Addr()
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "broker listening on %s (%s), data in %s\n", b.ListenAddr(), how, dir)
 			<-cmd.Context().Done()
 			return nil
 		},
 	}
 	cmd.Flags().String("addr", "127.0.0.1:9092", "listen address")
+	cmd.Flags().String("advertise", "", "host:port clients are told to connect to, as Kafka's advertised.listeners (a proxy or NAT in front; empty: the listen address)")
 	cmd.Flags().String("data-dir", ".spool-broker", "where the broker keeps its data")
 	cmd.Flags().Int("partitions", 12, "partitions of auto-created topics")
 	cmd.Flags().Bool("sync-writes", false, "fsync every produce before acknowledging it")

@@ -73,6 +73,7 @@ type Kafka struct {
 	MaxMessageBytes   int       `mapstructure:"max_message_bytes"`
 	Group             string    `mapstructure:"group"`
 	GroupProtocol     string    `mapstructure:"group_protocol"`
+	ClientID          string    `mapstructure:"client_id"`
 	TLS               KafkaTLS  `mapstructure:"tls"`
 	SASL              KafkaSASL `mapstructure:"sasl"`
 }

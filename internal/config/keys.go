@@ -34,6 +34,7 @@ var Keys = []Key{
 	{"kafka.sasl.password_file", "", "file holding kafka.sasl.password (a mounted secret)"},
 	{"kafka.sasl.token", "", "OAUTHBEARER token; the session token of temporary AWS_MSK_IAM credentials; never logged"},
 	{"kafka.sasl.token_file", "", "file holding kafka.sasl.token (a mounted secret, refreshed by its owner: read at start-up)"},
+	{"kafka.client_id", "spool", "client.id spool's Kafka clients send with every request: what brokers log requests and apply client quotas by"},
 	{"kafka.group_protocol", "consumer", "consumer: KIP-848, the brokers assign partitions and a member joins or leaves without stopping the others (Kafka 4.0+; older brokers get classic); classic: the client-side cooperative rebalance"},
 	{"http.addr", ":8080", "ingress listen address"},
 	{"tracing.enabled", false, "export OpenTelemetry spans over OTLP/HTTP: an upload's, continuing its request's traceparent, and each processor batch's, linked to its uploads"},

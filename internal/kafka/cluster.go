@@ -24,6 +24,9 @@ import (
 // addresses and, where the cluster requires them, TLS and SASL.
 type Cluster struct {
 	Brokers []string
+	// ClientID is the client.id sent with every request (empty: franz-go's
+	// "kgo"): what brokers log requests and apply quotas by.
+	ClientID string
 	// TLS, when set, encrypts every connection (and, with a client
 	// certificate in it, authenticates by it).
 	TLS *tls.Config
@@ -80,6 +83,9 @@ const dialTimeout = 10 * time.Second
 // opts are the client options that reach the cluster.
 func (c Cluster) opts() ([]kgo.Opt, error) {
 	opts := []kgo.Opt{kgo.SeedBrokers(c.Brokers...)}
+	if c.ClientID != "" {
+		opts = append(opts, kgo.ClientID(c.ClientID))
+	}
 	if c.TLS != nil {
 		opts = append(opts, kgo.DialTLSConfig(c.TLS.Clone()), kgo.DialTimeout(dialTimeout))
 	}

@@ -34,6 +34,9 @@ type ConsumerConfig struct {
 	// brokers support it) or "classic".
 	Protocol string
 	Offsets  OffsetStore
+	// Backoff makes the retry policy for transient errors loading a
+	// partition's stored offset (the workers' own, WorkerConfig.Backoff).
+	Backoff func() backoff.BackOff
 	// NewWorker builds the worker of a newly assigned partition, starting
 	// at next (the stored offset, or -1). committed must be wired to the
 	// worker's WorkerConfig.Committed.
@@ -255,11 +258,8 @@ func (c *Consumer) feed(partition int32, r *running) {
 // what is not permanent (a database restart, a terminated backend) until
 // ctx ends: a processor must not stop over a transient error (SPEC §4.5).
 func (c *Consumer) loadOffset(ctx context.Context, p int32) (int64, error) {
-	policy := backoff.NewExponentialBackOff()
-	policy.InitialInterval, policy.MaxInterval, policy.MaxElapsedTime = 100*time.Millisecond, 5*time.Second, 0
-	policy.Reset()
 	var next int64
-	err := pipeline.RetryTransient(ctx, policy, func(err error) {
+	err := pipeline.RetryTransient(ctx, c.cfg.Backoff(), func(err error) {
 		c.cfg.Logger.Warn("loading a partition's stored offset; retrying", "partition", p, "error", err)
 	}, func() (err error) {
 		next, err = c.cfg.Offsets.LoadOffset(ctx, c.cfg.Topic, p)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -29,13 +30,16 @@ func (f *flakyOffsets) LoadOffset(context.Context, string, int32) (int64, error)
 	return 42, nil
 }
 
+// fastRetries retries every 10 ms, for ever.
+func fastRetries() backoff.BackOff { return backoff.NewConstantBackOff(10 * time.Millisecond) }
+
 // TestLoadOffsetRetriesTransientErrors: a backend terminated while a
 // partition is assigned is retried, not the end of the processor; a
 // permanent error is not retried.
 func TestLoadOffsetRetriesTransientErrors(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	flaky := &flakyOffsets{fails: 2, err: pipeline.Errorf(pipeline.ClassTransient, "terminating connection due to administrator command")}
-	c := &Consumer{cfg: ConsumerConfig{Topic: "t", Offsets: flaky, Logger: logger}}
+	c := &Consumer{cfg: ConsumerConfig{Topic: "t", Offsets: flaky, Logger: logger, Backoff: fastRetries}}
 	next, err := c.loadOffset(context.Background(), 0)
 	require.NoError(t, err)
 	require.EqualValues(t, 42, next)
@@ -62,7 +66,7 @@ func TestLoadOffsetRetriesTransientErrors(t *testing.T) {
 func TestAssignmentEndsWithTheConsumer(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	away := &flakyOffsets{fails: 1 << 30, err: pipeline.Errorf(pipeline.ClassTransient, "connection refused")}
-	c := &Consumer{cfg: ConsumerConfig{Topic: "t", Offsets: away, Logger: logger},
+	c := &Consumer{cfg: ConsumerConfig{Topic: "t", Offsets: away, Logger: logger, Backoff: fastRetries},
 		workers: map[int32]*running{}, offsets: map[int32]int64{}}
 	c.life, c.endLife = context.WithCancel(context.Background())
 	cl, err := kgo.NewClient(kgo.SeedBrokers("127.0.0.1:1"))

@@ -76,7 +76,7 @@ func newTestMember(t *testing.T, cluster Cluster, name string, logs io.Writer, f
 	c, err := NewConsumer(ConsumerConfig{
 		Cluster: cluster, Topic: "t", Group: "g", FetchMaxBytes: 1 << 20, FetchMaxPartitionBytes: 1 << 20,
 		SessionTimeout: 10 * time.Second, RebalanceTimeout: 30 * time.Second, Protocol: ProtocolConsumer,
-		Offsets: noOffsets{}, Logger: logger, FetchFailed: fetchFailed,
+		Offsets: noOffsets{}, Backoff: fastRetries, Logger: logger, FetchFailed: fetchFailed,
 		NewWorker: func(p int32, next int64, committed func(int64)) *pipeline.Worker {
 			return pipeline.NewWorker(pipeline.WorkerConfig{Topic: "t", Partition: p, NextOffset: next, BatchSize: 1000,
 				BatchMaxWait: 10 * time.Millisecond, FlushTimeout: time.Second, Catalog: pipeline.NewCatalog(nil),

@@ -7,7 +7,10 @@
 // under the same Idempotency-Key), restarts PostgreSQL or terminates its
 // backends, SIGKILLs the broker and restarts it on the same data, slows
 // every write statement for seconds, freezes a processor past its session
-// timeout, and takes every PostgreSQL connection for seconds.
+// timeout, cuts one off from the broker alone (a proxy every client passes
+// through), and takes every PostgreSQL connection for seconds. Half the
+// faults come alone, so that one fault's recovery is measured apart from
+// the storms the others make.
 //
 // Its checker trusts none of spool's counters: a trigger records every
 // committed write per command id; at the end every accepted command must

@@ -36,8 +36,13 @@ type Config struct {
 	ProcessorKills, Rebalances, IngressKills, PostgresFaults, BrokerKills int
 	// Slowdowns slow every write statement for seconds; Freezes freeze a
 	// processor past its session timeout; Exhaustions take every
-	// PostgreSQL connection for seconds.
-	Slowdowns, Freezes, Exhaustions int
+	// PostgreSQL connection for seconds; Cuts cut a processor off from the
+	// broker past its session timeout.
+	Slowdowns, Freezes, Exhaustions, Cuts int
+	// Alone is the share of faults injected alone, each once every earlier
+	// one was followed by a write and before the next: their recovery is
+	// one fault's, not a storm's.
+	Alone float64
 	// PostgresRestart is a shell command restarting PostgreSQL; half the
 	// PostgreSQL faults use it, the rest terminate spool's backends. Empty:
 	// only terminations.
@@ -134,7 +139,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	measuring, stopMeasuring := context.WithCancel(ctx)
 	defer stopMeasuring()
 	in := &injector{s: s, audit: audit, cl: cl, r: rand.New(rand.NewPCG(cfg.Seed, 2)), start: start, gate: g, events: evlog,
-		measuring: measuring, gap: max(300*time.Millisecond, planned/time.Duration(len(kinds)+1))}
+		measuring: measuring, gap: max(300*time.Millisecond, planned/time.Duration(len(kinds)+1)), alone: cfg.Alone}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stalls := &stallWatch{audit: audit, brokers: []string{s.brokerAddr}, start: start}
@@ -336,10 +341,11 @@ func (e *eventLog) log(format string, args ...any) {
 
 func (r *Report) print(out io.Writer) {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "fault\tinjected\tfollowed by a write\tnext write after (median)\t(max)\twith records waiting\ttheir next commit after (median)\t(max)")
+	fmt.Fprintln(tw, "fault\tinjected\tfollowed by a write\tnext write after (median)\t(max)\twith records waiting\ttheir next commit after (median)\t(max)\talone\tnext write after its end (median)\t(max)")
 	for _, k := range r.Faults {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%d\t%s\t%s\n", k.Kind, k.Count, k.Measured, k.Median.Round(time.Millisecond), k.Max.Round(time.Millisecond),
-			k.CommitMeasured, k.CommitMedian.Round(time.Millisecond), k.CommitMax.Round(time.Millisecond))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%d\t%s\t%s\n", k.Kind, k.Count, k.Measured, k.Median.Round(time.Millisecond), k.Max.Round(time.Millisecond),
+			k.CommitMeasured, k.CommitMedian.Round(time.Millisecond), k.CommitMax.Round(time.Millisecond),
+			k.Alone, k.AloneMedian.Round(time.Millisecond), k.AloneMax.Round(time.Millisecond))
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(out, "%d commands (%d rejected by ingress, %d poison) in %d uploads, %d resent; %d writes audited; %d jobs abandoned by a killed ingress or a 5xx, all failed; %d finished with their answer lost to a killed ingress\n",

@@ -24,11 +24,12 @@ const (
 	slowDatabase     = "PostgreSQL slow (every write statement delayed)"
 	freezeProcessor  = "processor frozen past its session timeout"
 	exhaustDatabase  = "PostgreSQL out of connections"
+	cutProcessor     = "processor cut off from the broker"
 )
 
-// frozenFor is how long a frozen processor stays frozen: past
-// processor.session_timeout (10 s), so that its partitions move on, and it
-// comes back to find them gone, with batches in hand.
+// frozenFor is how long a frozen processor stays frozen, and a cut one cut
+// off: past processor.session_timeout (10 s), so that its partitions move
+// on, and it comes back to find them gone, with batches in hand.
 const frozenFor = 12 * time.Second
 
 // fault is one injected fault.
@@ -38,6 +39,11 @@ type fault struct {
 	// Recovered is how long after the fault the audit saw the next write:
 	// the system made progress again. Zero when no write followed.
 	Recovered time.Duration
+	// Ended is when the fault was over: what crashed restarted, PostgreSQL
+	// back up, a stretch (slow, frozen, cut off, out of connections) past.
+	// RecoveredEnded is how long after that the audit saw the next write.
+	Ended          time.Time
+	RecoveredEnded time.Duration
 	// Committed is how long records that waited after the fault (before
 	// the next one) waited for the processors' next commit
 	// (stallWatch.recovery): their recovery, apart from the uploads'.
@@ -69,6 +75,7 @@ func plan(cfg Config, r *rand.Rand) []string {
 	add(slowDatabase, cfg.Slowdowns)
 	add(freezeProcessor, cfg.Freezes)
 	add(exhaustDatabase, cfg.Exhaustions)
+	add(cutProcessor, cfg.Cuts)
 	r.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
 	return kinds
 }
@@ -93,13 +100,23 @@ type injector struct {
 	// few more) may start.
 	gate   *gate
 	events *eventLog
+	// alone is the share of faults injected alone: once every earlier
+	// fault was followed by a write, and the next one only once this one
+	// was.
+	alone float64
 }
 
 func (in *injector) run(ctx context.Context, kinds []string) error {
 	defer in.gate.open()
 	for i, kind := range kinds {
 		in.gate.allow(float64(i) / float64(len(kinds)))
-		waitAfter(ctx, in.r, in.gap/2, in.gap*3/2)
+		alone := in.r.Float64() < in.alone
+		if alone {
+			in.awaitRecovery(ctx)
+			waitAfter(ctx, in.r, 200*time.Millisecond, time.Second)
+		} else {
+			waitAfter(ctx, in.r, in.gap/2, in.gap*3/2)
+		}
 		if kind == killIngress {
 			// Mid-upload: let uploads start until a body is on the wire.
 			for in.cl.inFlight.Load() == 0 && !in.gate.exhausted() && ctx.Err() == nil {
@@ -115,6 +132,7 @@ func (in *injector) run(ctx context.Context, kinds []string) error {
 		if err := in.inject(ctx, f); err != nil {
 			return fmt.Errorf("%s at %s: %w", kind, f.At.Round(time.Millisecond), err)
 		}
+		f.Ended = time.Now()
 		in.events.log("%s %s", kind, f.Detail)
 		in.mu.Lock()
 		in.faults = append(in.faults, f)
@@ -122,10 +140,35 @@ func (in *injector) run(ctx context.Context, kinds []string) error {
 		in.wg.Add(1)
 		go func() {
 			defer in.wg.Done()
-			in.measure(f, began)
+			in.measure(f)
 		}()
+		if alone {
+			in.awaitRecovery(ctx)
+		}
 	}
 	return nil
+}
+
+// awaitRecovery waits, for up to a minute, until every fault so far was
+// followed by a write after its end, letting uploads start meanwhile so
+// that there is something to write.
+func (in *injector) awaitRecovery(ctx context.Context) {
+	deadline := time.Now().Add(time.Minute)
+	for ctx.Err() == nil && time.Now().Before(deadline) {
+		in.mu.Lock()
+		recovered := true
+		for _, f := range in.faults {
+			recovered = recovered && f.RecoveredEnded > 0
+		}
+		in.mu.Unlock()
+		if recovered {
+			return
+		}
+		if in.cl.inFlight.Load() == 0 && !in.gate.exhausted() {
+			in.gate.more()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // inject causes one fault and, where the fault is a crash, restarts what
@@ -183,9 +226,7 @@ func (in *injector) inject(ctx context.Context, f *fault) error {
 		f.Detail = fmt.Sprintf("%s a statement for %s", delay.Round(time.Millisecond), time.Since(began).Round(100*time.Millisecond))
 		return in.audit.SetSlowdown(context.WithoutCancel(ctx), 0)
 	case freezeProcessor:
-		// A stand-in for a partition between a processor and the broker
-		// (which cannot be cut alone here: the broker's metadata names its
-		// own address, so no proxy can stand between them): the processor
+		// A long pause (a stalled VM, a stopped container): the processor
 		// stops answering everyone, its partitions move on, and it wakes
 		// with batches in hand that it then tries to commit.
 		name, thaw, err := s.freezeProcessor(in.r)
@@ -195,6 +236,19 @@ func (in *injector) inject(ctx context.Context, f *fault) error {
 		waitAfter(ctx, in.r, frozenFor, frozenFor+2*time.Second)
 		f.Detail = name
 		return thaw()
+	case cutProcessor:
+		// A network partition between one processor and the broker: its
+		// connections go silent, it still reaches PostgreSQL, and writes
+		// what it holds while its partitions move on to the others; once
+		// let back, it rejoins. Its writes behind the new owners must be
+		// fenced (nothing doubled, nothing lost).
+		name := s.pickProcessor(in.r)
+		n := s.proxy.Cut(name)
+		began := time.Now()
+		waitAfter(ctx, in.r, frozenFor, frozenFor+2*time.Second)
+		s.proxy.Restore(name)
+		f.Detail = fmt.Sprintf("%s (%d connections) for %s", name, n, time.Since(began).Round(100*time.Millisecond))
+		return nil
 	case exhaustDatabase:
 		// Another client takes every connection; the run's own are ended,
 		// so that spool must connect again, and is refused until it ends.
@@ -212,53 +266,85 @@ func (in *injector) inject(ctx context.Context, f *fault) error {
 }
 
 // measure waits until the audit has seen a write after the fault began,
-// or measuring ends.
-func (in *injector) measure(f *fault, began time.Time) {
-	for in.measuring.Err() == nil {
-		if at, ok, err := in.audit.FirstWriteAfter(in.measuring, began); err == nil && ok {
-			in.mu.Lock()
-			f.Recovered = at.Sub(began)
-			in.mu.Unlock()
-			in.events.log("the first write after %s at %.1fs came %s later", f.Kind, f.At.Seconds(), f.Recovered.Round(time.Millisecond))
-			return
-		}
-		select {
-		case <-in.measuring.Done():
-		case <-time.After(100 * time.Millisecond):
+// and one after it ended, or measuring ends.
+func (in *injector) measure(f *fault) {
+	for _, m := range []struct {
+		from time.Time
+		into *time.Duration
+		what string
+	}{{f.began, &f.Recovered, "at"}, {f.Ended, &f.RecoveredEnded, "ended"}} {
+		for {
+			if in.measuring.Err() != nil {
+				return
+			}
+			if at, ok, err := in.audit.FirstWriteAfter(in.measuring, m.from); err == nil && ok {
+				in.mu.Lock()
+				*m.into = at.Sub(m.from)
+				in.mu.Unlock()
+				in.events.log("the first write after %s %s %.1fs came %s later", f.Kind, m.what, m.from.Sub(in.start).Seconds(), m.into.Round(time.Millisecond))
+				break
+			}
+			select {
+			case <-in.measuring.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
 	}
 }
 
 // summary is the faults by kind: how many, and the median and worst
-// recovery.
+// recovery, of all and of those alone.
 func (in *injector) summary() []kindSummary {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	by := map[string][]time.Duration{}
 	var order []string
-	count := map[string]int{}
-	committed := map[string][]time.Duration{}
-	for _, f := range in.faults {
-		if count[f.Kind] == 0 {
+	by := map[string]*kindSummary{}
+	var recovered, committed, alone = map[string][]time.Duration{}, map[string][]time.Duration{}, map[string][]time.Duration{}
+	for i, f := range in.faults {
+		k := by[f.Kind]
+		if k == nil {
+			k = &kindSummary{Kind: f.Kind}
+			by[f.Kind] = k
 			order = append(order, f.Kind)
 		}
-		count[f.Kind]++
+		k.Count++
 		if f.Recovered > 0 {
-			by[f.Kind] = append(by[f.Kind], f.Recovered)
+			recovered[f.Kind] = append(recovered[f.Kind], f.Recovered)
 		}
 		if f.Committed > 0 {
 			committed[f.Kind] = append(committed[f.Kind], f.Committed)
 		}
+		if in.isAlone(i) {
+			alone[f.Kind] = append(alone[f.Kind], f.RecoveredEnded)
+		}
 	}
 	sort.Strings(order)
-	var out []kindSummary
-	for _, k := range order {
-		s := kindSummary{Kind: k, Count: count[k], Measured: len(by[k]), CommitMeasured: len(committed[k])}
-		s.Median, s.Max = medianMax(by[k])
-		s.CommitMedian, s.CommitMax = medianMax(committed[k])
-		out = append(out, s)
+	out := make([]kindSummary, 0, len(order))
+	for _, kind := range order {
+		k := by[kind]
+		k.Measured, k.CommitMeasured, k.Alone = len(recovered[kind]), len(committed[kind]), len(alone[kind])
+		k.Median, k.Max = medianMax(recovered[kind])
+		k.CommitMedian, k.CommitMax = medianMax(committed[kind])
+		k.AloneMedian, k.AloneMax = medianMax(alone[kind])
+		out = append(out, *k)
 	}
 	return out
+}
+
+// isAlone tells whether fault i met no other: every earlier fault was
+// followed by a write after its end before it began, and the next began
+// only after a write followed its own end. (in.mu is held.)
+func (in *injector) isAlone(i int) bool {
+	f := in.faults[i]
+	if f.RecoveredEnded == 0 {
+		return false
+	}
+	for _, e := range in.faults[:i] {
+		if e.RecoveredEnded == 0 || e.Ended.Add(e.RecoveredEnded).After(f.began) {
+			return false
+		}
+	}
+	return i+1 == len(in.faults) || !in.faults[i+1].began.Before(f.Ended.Add(f.RecoveredEnded))
 }
 
 // medianMax is the median and the largest of ds (zero for none).
@@ -279,6 +365,10 @@ type kindSummary struct {
 	Count, Measured, CommitMeasured int
 	Median, Max                     time.Duration
 	CommitMedian, CommitMax         time.Duration
+	// Alone of them met no other fault (injector.isAlone): the median and
+	// worst time from their end to the next write are given.
+	Alone                 int
+	AloneMedian, AloneMax time.Duration
 }
 
 // gate lets uploads start up to an allowance.

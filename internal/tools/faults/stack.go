@@ -38,6 +38,9 @@ type stack struct {
 	brokerAddr  string
 	ingressAddr string
 	config      string
+	// proxy stands between every client and the broker, which advertises
+	// it: it cuts processors off from the broker (cutProcessor).
+	proxy *harness.KafkaProxy
 
 	mu         sync.Mutex
 	broker     *harness.Proc
@@ -66,6 +69,9 @@ func newStack(cfg Config, dir, dbURL string) (*stack, error) {
 	if s.ingressAddr, err = harness.FreeAddr(); err != nil {
 		return nil, err
 	}
+	if s.proxy, err = harness.NewKafkaProxy(s.brokerAddr); err != nil {
+		return nil, err
+	}
 	s.config = filepath.Join(dir, "spool.yaml")
 	level := "warn"
 	if cfg.Log != nil {
@@ -81,7 +87,7 @@ entities:
   customers: {table: %s.customers, key: [customer_id], version_column: version}
   events: {table: %[8]s.events, key: [event_id]}
 log: {level: %s}
-`, dbURL, s.brokerAddr, cfg.Partitions, topic, dlqTopic, group, s.ingressAddr, cfg.Schema, level)
+`, dbURL, s.proxy.Addr(), cfg.Partitions, topic, dlqTopic, group, s.ingressAddr, cfg.Schema, level)
 	if cfg.RateLimit > 0 {
 		text += fmt.Sprintf("processor: {rate_limit: %g, batch_size: %d}\n", cfg.RateLimit, rateBurst)
 	}
@@ -104,13 +110,18 @@ func (s *stack) start(ctx context.Context) error {
 }
 
 func (s *stack) run(name string, args ...string) (*harness.Proc, error) {
-	return harness.Start(s.cfg.BinDir, name, []string{"SPOOL_CONFIG=" + s.config}, args...)
+	return s.runWith(nil, name, args...)
+}
+
+func (s *stack) runWith(env []string, name string, args ...string) (*harness.Proc, error) {
+	return harness.Start(s.cfg.BinDir, name, append([]string{"SPOOL_CONFIG=" + s.config}, env...), args...)
 }
 
 // startBroker starts the broker on its address and data directory, with
-// every produce synced to disk before it is acknowledged.
+// every produce synced to disk before it is acknowledged. It advertises the
+// proxy, so that every client reaches it through the proxy.
 func (s *stack) startBroker(ctx context.Context) error {
-	p, err := s.run("spoolctl", "broker", "--addr", s.brokerAddr, "--data-dir", filepath.Join(s.dir, "broker"),
+	p, err := s.run("spoolctl", "broker", "--addr", s.brokerAddr, "--advertise", s.proxy.Addr(), "--data-dir", filepath.Join(s.dir, "broker"),
 		"--partitions", fmt.Sprint(s.cfg.Partitions), "--sync-writes")
 	if err != nil {
 		return err
@@ -142,8 +153,10 @@ func (s *stack) addProcessor(context.Context) (string, error) {
 	return name, s.startProcessor(name)
 }
 
+// startProcessor starts a processor whose Kafka client.id is its name, by
+// which the proxy knows its connections.
 func (s *stack) startProcessor(name string) error {
-	p, err := s.run("processor")
+	p, err := s.runWith([]string{"SPOOL_KAFKA_CLIENT_ID=" + name}, "processor")
 	if err != nil {
 		return err
 	}
@@ -306,11 +319,13 @@ func (s *stack) saveLogs() {
 	}
 }
 
-// stop ends every running process with SIGTERM, the broker last.
+// stop ends every running process with SIGTERM, the broker last, then
+// the proxy.
 func (s *stack) stop() {
 	for _, p := range s.live(false) {
 		p.Stop()
 	}
+	s.proxy.Close()
 }
 
 // tail is the last n lines of log.
