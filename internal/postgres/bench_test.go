@@ -21,7 +21,8 @@ import (
 
 // benchBatches makes n batches of size fresh commands over keys drawn from
 // 0.6 of the total, with random versions: the shape of a backlog drain.
-func benchBatches(b *testing.B, es pipeline.Entities, n, size int) []*pipeline.Batch {
+// deletes of every 100 commands are deletes.
+func benchBatches(b *testing.B, es pipeline.Entities, n, size, deletes int) []*pipeline.Batch {
 	rng := rand.New(rand.NewPCG(9, 9))
 	keys := max(1, n*size*6/10)
 	var out []*pipeline.Batch
@@ -36,6 +37,10 @@ func benchBatches(b *testing.B, es pipeline.Entities, n, size int) []*pipeline.B
 		for j := range size {
 			line := fmt.Sprintf(`{"id":"b-%d-%d","entity":"customers","version":%d,"data":{"customer_id":"cust-%d","name":"Name %d","email":"user%d@example.com","balance":"%d.%02d"}}`,
 				i, j, rng.IntN(1_000_000), rng.IntN(keys), j, j, rng.IntN(10000), rng.IntN(100))
+			if rng.IntN(100) < deletes {
+				line = fmt.Sprintf(`{"id":"b-%d-%d","entity":"customers","op":"delete","version":%d,"data":{"customer_id":"cust-%d"}}`,
+					i, j, rng.IntN(1_000_000), rng.IntN(keys))
+			}
 			cmd, err := pipeline.DecodeCommand([]byte(line))
 			require.NoError(b, err)
 			require.NoError(b, es.Validate(&cmd, ""))
@@ -82,15 +87,17 @@ func benchSetup(b *testing.B) (*pgtest.DB, pipeline.Entities) {
 // repair after commit) against the limit measured in the same run on the
 // same rows: COPY into a temp table, a version-guarded INSERT … ON CONFLICT
 // and a ledger insert in one transaction. Each reports the CPU a row cost
-// the client and PostgreSQL, one caller at a time.
+// the client and PostgreSQL, one caller at a time. spool-deletes is spool
+// with a fifth of the commands versioned deletes (row locks, tombstones,
+// the repair after commit), which the limit does not do.
 //
 //	go test ./internal/postgres -run '^$' -bench WriteBatch -benchtime 100x
 func BenchmarkWriteBatch(b *testing.B) {
-	for _, size := range []int{2000, 10000} {
-		b.Run(fmt.Sprintf("spool/batch=%d", size), func(b *testing.B) {
+	spool := func(size, deletes int) func(*testing.B) {
+		return func(b *testing.B) {
 			db, es := benchSetup(b)
 			store := postgres.NewStore(db.Postgres, pipeline.NewCatalog(es), "bench", slog.New(slog.NewTextHandler(io.Discard, nil)))
-			batches := benchBatches(b, es, b.N, size)
+			batches := benchBatches(b, es, b.N, size, deletes)
 			b.ResetTimer()
 			done := measure(b, b.N*size)
 			for _, batch := range batches {
@@ -99,10 +106,14 @@ func BenchmarkWriteBatch(b *testing.B) {
 				}
 			}
 			done()
-		})
+		}
+	}
+	for _, size := range []int{2000, 10000} {
+		b.Run(fmt.Sprintf("spool/batch=%d", size), spool(size, 0))
+		b.Run(fmt.Sprintf("spool-deletes/batch=%d", size), spool(size, 20))
 		b.Run(fmt.Sprintf("copy-limit/batch=%d", size), func(b *testing.B) {
 			db, es := benchSetup(b)
-			batches := benchBatches(b, es, b.N, size)
+			batches := benchBatches(b, es, b.N, size, 0)
 			ctx := context.Background()
 			conn, err := db.Pool.Acquire(ctx)
 			require.NoError(b, err)
