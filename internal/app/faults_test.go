@@ -17,6 +17,7 @@ import (
 
 	"github.com/spoolhq/spool/dlq"
 	"github.com/spoolhq/spool/internal/broker"
+	"github.com/spoolhq/spool/internal/tools/harness"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -310,4 +311,80 @@ func TestCleanStopHandsOverAtOnce(t *testing.T) {
 	}
 	require.Less(t, time.Since(stopped), 15*time.Second,
 		"the stopped processor's partitions waited for its session to time out")
+}
+
+// TestPartitionedProcessorIsFenced: a processor cut off from the broker
+// alone (a proxy silences its connections; PostgreSQL stays reachable)
+// keeps writing the records it holds while its partitions move to another
+// processor after its session timeout; the other finishes the jobs while
+// it is still cut off, and once let back it rejoins, and alone (the other
+// stopped) applies the next upload. Nothing is lost or applied twice, every count is right,
+// and the table is the oracle's. No stored offset ever moves back: the cut
+// processor's batches behind the new owner are fenced (the offset
+// compare-and-set), not committed.
+func TestPartitionedProcessorIsFenced(t *testing.T) {
+	t.Parallel()
+	addr, err := harness.FreeAddr()
+	require.NoError(t, err)
+	proxy, err := harness.NewKafkaProxy(addr)
+	require.NoError(t, err)
+	t.Cleanup(proxy.Close)
+	b, err := broker.Start(broker.Config{Addr: addr, Advertise: proxy.Addr()})
+	require.NoError(t, err)
+	t.Cleanup(b.Close)
+	s := newStackOn(t, b, map[string]any{"processor.batch_size": 200, "processor.session_timeout": "6s"}, nil)
+	w := newWorkload(11, 9_000, 2_000, 300, 3)
+	upload := func(us [][]string) (jobs []pipeline.JobID) {
+		for _, u := range us {
+			jobs = append(jobs, s.upload(t, u).id)
+		}
+		return jobs
+	}
+	jobs := upload(w.uploads[:2])
+	// The first is slow, so that it holds records when cut off and could
+	// not finish the jobs alone for many seconds.
+	const slow = 200
+	s.startProcessor(t, map[string]any{"kafka.client_id": "cut-off", "processor.rate_limit": slow})
+	progress := func() int64 {
+		var n int64
+		require.NoError(t, s.db.Pool.QueryRow(context.Background(),
+			`SELECT coalesce(sum(applied + duplicate + stale), 0) FROM spool_job_counts`).Scan(&n))
+		return n
+	}
+	require.Eventually(t, func() bool { return progress() > 500 }, 60*time.Second, 20*time.Millisecond)
+	require.Positive(t, proxy.Cut("cut-off"))
+	cut, cutAt := time.Now(), progress()
+	watching, stopWatching := context.WithCancel(context.Background())
+	backwards := make(chan string, 1)
+	go func() {
+		defer close(backwards)
+		highest := map[int32]int64{}
+		for watching.Err() == nil {
+			for p, o := range s.storedOffsets(t) {
+				if o < highest[p] {
+					backwards <- fmt.Sprintf("partition %d's stored offset moved back from %d to %d", p, highest[p], o)
+					return
+				}
+				highest[p] = o
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	stopOther := s.startProcessor(t, map[string]any{"kafka.client_id": "other"})
+	for _, id := range jobs {
+		require.Equal(t, pipeline.JobCompleted, s.wait(t, id).state, "the jobs finish while the first processor is cut off")
+	}
+	alone := time.Duration(float64(int64(w.commands*2/3)-cutAt) / slow * float64(time.Second))
+	require.Less(t, time.Since(cut), alone*3/4, "the other processor took the partitions over")
+
+	// The cut-off processor still holds records it fetched, and writes
+	// them behind the new owner for a while (fenced) before it is let back.
+	time.Sleep(3 * time.Second)
+	proxy.Restore("cut-off")
+	stopOther()
+	w.check(t, s, append(jobs, upload(w.uploads[2:])...))
+	stopWatching()
+	for msg := range backwards {
+		t.Error(msg)
+	}
 }
