@@ -77,9 +77,11 @@ func check(ctx context.Context, a *tooldb.Audit, brokers []string, w *workload, 
 	if err != nil {
 		return nil, fmt.Errorf("reading the dead-letter topic: %w", err)
 	}
-	failed := map[string]string{} // command id → outcome
+	failed := map[string]string{}       // command id → outcome
+	jobFailed := map[[2]string]string{} // job and command id → outcome
 	for _, f := range failures {
 		failed[f.ID] = f.Outcome
+		jobFailed[[2]string{f.Job, f.ID}] = f.Outcome
 	}
 
 	// Each command id at most once; the newest version of a key written.
@@ -158,14 +160,20 @@ func check(ctx context.Context, a *tooldb.Audit, brokers []string, w *workload, 
 		}
 	}
 
-	v.checkJobs(w, answers, jobs, writes, failed)
+	v.checkJobs(w, answers, jobs, writes, jobFailed, newest)
 	return v, nil
 }
 
 // checkJobs checks each answered job's counts against its upload and the
 // audit, that every other job failed, and that all jobs together counted
-// exactly the audit's writes as applied.
-func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*tooldb.AuditJob, writes map[string]int, failed map[string]string) {
+// exactly the audit's writes as applied. A poison command is dead-lettered
+// by the job, with a failure row of its own, unless a newer version of its
+// key superseded it: a resent upload's copy of one may meet that newer
+// version in its batch, where the first copy did not, and be stale there
+// (failed holds each job's failures; newest, each key's newest version
+// written).
+func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*tooldb.AuditJob, writes map[string]int,
+	failed map[[2]string]string, newest map[string]int64) {
 	uploadsOf := map[string]int{} // command id → uploads it is in
 	for _, u := range w.uploads {
 		for _, i := range u {
@@ -184,15 +192,19 @@ func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*tool
 			v.problem(&v.Jobs, "job %s of upload %d is missing", id, ans.Upload)
 			continue
 		}
-		var n, rejects, poison, sure, maybe int64
+		var n, rejects, poison, superseded, sure, maybe int64
 		for _, i := range w.uploads[ans.Upload] {
 			c := &w.cmds[i]
 			n++
 			switch {
 			case c.Reject:
 				rejects++
-			case c.Poison && failed[c.ID] == string(pipeline.OutcomeDeadLettered):
+			case c.Poison && failed[[2]string{id, c.ID}] == string(pipeline.OutcomeDeadLettered):
 				poison++ // dead-lettered, not stale (whatever orphans the topic holds)
+			case c.Poison && c.Entity == customers && newest[c.Key] > c.Version:
+				superseded++ // stale: counted so below
+			case c.Poison:
+				v.problem(&v.Jobs, "job %s (upload %d): poison command %s was neither dead-lettered by it nor superseded", id, ans.Upload, c.ID)
 			case writes[c.ID] > 0 && uploadsOf[c.ID] == 1 && ans.Attempts == 1:
 				sure++ // written, and by no other job
 			case writes[c.ID] > 0:
@@ -207,9 +219,9 @@ func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*tool
 			Counts: pipeline.Counts{DeadLettered: poison}, Failed: rejects + poison}
 		got := *j
 		got.Applied, got.Duplicate, got.Stale, got.Conflict, got.Error = 0, 0, 0, 0, ""
-		if got != want || j.Outcomes() != n-rejects || j.Applied < sure || j.Applied > sure+maybe || j.Conflict != 0 {
-			v.problem(&v.Jobs, "job %s (upload %d, %d attempts): %+v; expected %+v with outcomes = accepted and %d to %d applied by the audit",
-				id, ans.Upload, ans.Attempts, *j, want, sure, sure+maybe)
+		if got != want || j.Outcomes() != n-rejects || j.Applied < sure || j.Applied > sure+maybe || j.Conflict != 0 || j.Stale < superseded {
+			v.problem(&v.Jobs, "job %s (upload %d, %d attempts): %+v; expected %+v with outcomes = accepted, %d to %d applied by the audit and at least %d stale",
+				id, ans.Upload, ans.Attempts, *j, want, sure, sure+maybe, superseded)
 		}
 	}
 	var applied int64
