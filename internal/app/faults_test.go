@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -356,16 +357,27 @@ func TestPartitionedProcessorIsFenced(t *testing.T) {
 	cut, cutAt := time.Now(), progress()
 	watching, stopWatching := context.WithCancel(context.Background())
 	backwards := make(chan string, 1)
+	watched := make(chan struct{})
+	t.Cleanup(func() { stopWatching(); <-watched }) // before the database goes
 	go func() {
+		defer close(watched)
 		defer close(backwards)
 		highest := map[int32]int64{}
 		for watching.Err() == nil {
-			for p, o := range s.storedOffsets(t) {
-				if o < highest[p] {
-					backwards <- fmt.Sprintf("partition %d's stored offset moved back from %d to %d", p, highest[p], o)
-					return
-				}
-				highest[p] = o
+			var p int32
+			var o int64
+			if rows, err := s.db.Pool.Query(watching, `SELECT partition, next_offset FROM spool_offsets`); err == nil {
+				_, _ = pgx.ForEachRow(rows, []any{&p, &o}, func() error {
+					if o < highest[p] {
+						select {
+						case backwards <- fmt.Sprintf("partition %d's stored offset moved back from %d to %d", p, highest[p], o):
+						default: // one is enough
+						}
+						stopWatching()
+					}
+					highest[p] = max(highest[p], o)
+					return nil
+				})
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -384,6 +396,7 @@ func TestPartitionedProcessorIsFenced(t *testing.T) {
 	stopOther()
 	w.check(t, s, append(jobs, upload(w.uploads[2:])...))
 	stopWatching()
+	<-watched
 	for msg := range backwards {
 		t.Error(msg)
 	}

@@ -160,10 +160,12 @@ func (p *Processor) run(ctx context.Context) error {
 }
 
 // retryBackoff is the policy for transient errors while processing: it
-// never gives up on its own; the context ends it. Attempts are at most 2 s
-// apart, so that writes resume within about 2 s of PostgreSQL's return
-// (a restart, connections freed); an attempt is one batch a partition,
-// which costs a database that is down nothing to refuse.
+// never gives up on its own; the context ends it. Once the interval reaches
+// its 2 s cap, attempts are 1-3 s apart (the default jitter of ±50%, so
+// that partitions do not retry in step), and writes resume within about
+// that of PostgreSQL's return (a restart, connections freed); an attempt is
+// one batch a partition, which costs a database that is down nothing to
+// refuse.
 func retryBackoff() backoff.BackOff {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = 100 * time.Millisecond

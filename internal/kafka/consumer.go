@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -108,6 +109,9 @@ type running struct {
 
 // NewConsumer connects a group member; Run starts consuming.
 func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
+	if cfg.Backoff == nil {
+		return nil, errors.New("kafka: ConsumerConfig.Backoff is required")
+	}
 	c := &Consumer{cfg: cfg, workers: make(map[int32]*running), offsets: make(map[int32]int64)}
 	c.life, c.endLife = context.WithCancel(context.Background())
 	var protocol []kgo.Opt

@@ -120,7 +120,7 @@ func (in *injector) run(ctx context.Context, kinds []string) error {
 		if kind == killIngress {
 			// Mid-upload: let uploads start until a body is on the wire.
 			for in.cl.inFlight.Load() == 0 && !in.gate.exhausted() && ctx.Err() == nil {
-				in.gate.more()
+				in.letUploadStart()
 				time.Sleep(50 * time.Millisecond)
 			}
 		}
@@ -151,7 +151,8 @@ func (in *injector) run(ctx context.Context, kinds []string) error {
 
 // awaitRecovery waits, for up to a minute, until every fault so far was
 // followed by a write after its end, letting uploads start meanwhile so
-// that there is something to write.
+// that there is something to write. It gives up at once when no upload is
+// left to send and none is on the wire: nothing would be written.
 func (in *injector) awaitRecovery(ctx context.Context) {
 	deadline := time.Now().Add(time.Minute)
 	for ctx.Err() == nil && time.Now().Before(deadline) {
@@ -161,13 +162,18 @@ func (in *injector) awaitRecovery(ctx context.Context) {
 			recovered = recovered && f.RecoveredEnded > 0
 		}
 		in.mu.Unlock()
-		if recovered {
+		if recovered || (in.gate.exhausted() && in.cl.inFlight.Load() == 0) {
 			return
 		}
-		if in.cl.inFlight.Load() == 0 && !in.gate.exhausted() {
-			in.gate.more()
-		}
+		in.letUploadStart()
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// letUploadStart lets one more upload start when none is on the wire.
+func (in *injector) letUploadStart() {
+	if in.cl.inFlight.Load() == 0 && !in.gate.exhausted() {
+		in.gate.more()
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // KafkaProxy stands between Kafka clients and a plaintext broker that
@@ -115,6 +116,9 @@ func (p *KafkaProxy) accept() {
 	}
 }
 
+// firstRequestWait bounds the wait for a connection's first request.
+const firstRequestWait = 10 * time.Second
+
 // maxFirstRequest bounds the first request read to learn its client.id
 // (ApiVersions or a SASL handshake: small).
 const maxFirstRequest = 1 << 20
@@ -130,7 +134,10 @@ func (p *KafkaProxy) serve(down net.Conn) {
 		down.Close()
 		return
 	}
+	// A client that sends nothing must not keep Close waiting.
+	_ = down.SetReadDeadline(time.Now().Add(firstRequestWait))
 	first, client, err := readFirstRequest(down)
+	_ = down.SetReadDeadline(time.Time{})
 	if err != nil {
 		down.Close()
 		up.Close()
@@ -158,8 +165,10 @@ func (p *KafkaProxy) serve(down net.Conn) {
 		_, _ = io.Copy(io.Discard, down)
 		return
 	}
-	if _, err := up.Write(first); err != nil {
-		return
+	if !c.silent.Load() { // cut since it was registered: drop it too
+		if _, err := up.Write(first); err != nil {
+			return
+		}
 	}
 	done := make(chan struct{}, 2)
 	go func() { c.pump(up, down); done <- struct{}{} }()
