@@ -262,8 +262,15 @@ func newWorkload(seed uint64, commands, keys, repeats, n int) *workload {
 // run uploads every part and returns the job ids.
 func (w *workload) run(t *testing.T, s *stack) []pipeline.JobID {
 	t.Helper()
+	return s.uploadAll(t, w.uploads)
+}
+
+// uploadAll uploads each of us, every command accepted, and returns the
+// job ids.
+func (s *stack) uploadAll(t *testing.T, us [][]string) []pipeline.JobID {
+	t.Helper()
 	var jobs []pipeline.JobID
-	for _, u := range w.uploads {
+	for _, u := range us {
 		up := s.upload(t, u)
 		require.Equal(t, int64(len(u)), up.accepted)
 		jobs = append(jobs, up.id)

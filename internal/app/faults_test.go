@@ -25,16 +25,35 @@ import (
 // storedOffsets reads the processors' offsets from PostgreSQL.
 func (s *stack) storedOffsets(t *testing.T) map[int32]int64 {
 	t.Helper()
-	rows, err := s.db.Pool.Query(context.Background(), `SELECT partition, next_offset FROM spool_offsets`)
+	got, err := s.readOffsets(context.Background())
 	require.NoError(t, err)
-	got := map[int32]int64{}
-	for rows.Next() {
-		var p int32
-		var o int64
-		require.NoError(t, rows.Scan(&p, &o))
-		got[p] = o
-	}
 	return got
+}
+
+// readOffsets is storedOffsets for a goroutine other than the test's.
+func (s *stack) readOffsets(ctx context.Context) (map[int32]int64, error) {
+	rows, err := s.db.Pool.Query(ctx, `SELECT partition, next_offset FROM spool_offsets`)
+	if err != nil {
+		return nil, err
+	}
+	got := map[int32]int64{}
+	var p int32
+	var o int64
+	_, err = pgx.ForEachRow(rows, []any{&p, &o}, func() error {
+		got[p] = o
+		return nil
+	})
+	return got, err
+}
+
+// progress is how many commands the processors have settled, by the jobs'
+// counters.
+func (s *stack) progress(t *testing.T) int64 {
+	t.Helper()
+	var n int64
+	require.NoError(t, s.db.Pool.QueryRow(context.Background(),
+		`SELECT coalesce(sum(applied + duplicate + stale), 0) FROM spool_job_counts`).Scan(&n))
+	return n
 }
 
 // dlqRecords reads the whole dead-letter topic.
@@ -184,12 +203,7 @@ func TestRebalanceLosesNothing(t *testing.T) {
 	w := newWorkload(3, 6_000, 2_000, 300, 3)
 	jobs := w.run(t, s)
 	stopFirst := s.startProcessor(t, nil)
-	progress := func() int64 {
-		var n int64
-		require.NoError(t, s.db.Pool.QueryRow(context.Background(),
-			`SELECT coalesce(sum(applied + duplicate + stale), 0) FROM spool_job_counts`).Scan(&n))
-		return n
-	}
+	progress := func() int64 { return s.progress(t) }
 	total := int64(w.commands + w.repeats)
 	require.Eventually(t, func() bool { return progress() > total/5 }, 60*time.Second, 20*time.Millisecond)
 	s.startProcessor(t, nil)
@@ -319,10 +333,10 @@ func TestCleanStopHandsOverAtOnce(t *testing.T) {
 // keeps writing the records it holds while its partitions move to another
 // processor after its session timeout; the other finishes the jobs while
 // it is still cut off, and once let back it rejoins, and alone (the other
-// stopped) applies the next upload. Nothing is lost or applied twice, every count is right,
-// and the table is the oracle's. No stored offset ever moves back: the cut
-// processor's batches behind the new owner are fenced (the offset
-// compare-and-set), not committed.
+// stopped) applies the next upload. Nothing is lost or applied twice,
+// every count is right, and the table is the oracle's. No stored offset
+// ever moves back: the cut processor's batches behind the new owner are
+// fenced (the offset compare-and-set), not committed.
 func TestPartitionedProcessorIsFenced(t *testing.T) {
 	t.Parallel()
 	addr, err := harness.FreeAddr()
@@ -335,26 +349,14 @@ func TestPartitionedProcessorIsFenced(t *testing.T) {
 	t.Cleanup(b.Close)
 	s := newStackOn(t, b, map[string]any{"processor.batch_size": 200, "processor.session_timeout": "6s"}, nil)
 	w := newWorkload(11, 9_000, 2_000, 300, 3)
-	upload := func(us [][]string) (jobs []pipeline.JobID) {
-		for _, u := range us {
-			jobs = append(jobs, s.upload(t, u).id)
-		}
-		return jobs
-	}
-	jobs := upload(w.uploads[:2])
+	jobs := s.uploadAll(t, w.uploads[:2])
 	// The first is slow, so that it holds records when cut off and could
 	// not finish the jobs alone for many seconds.
 	const slow = 200
 	s.startProcessor(t, map[string]any{"kafka.client_id": "cut-off", "processor.rate_limit": slow})
-	progress := func() int64 {
-		var n int64
-		require.NoError(t, s.db.Pool.QueryRow(context.Background(),
-			`SELECT coalesce(sum(applied + duplicate + stale), 0) FROM spool_job_counts`).Scan(&n))
-		return n
-	}
-	require.Eventually(t, func() bool { return progress() > 500 }, 60*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return s.progress(t) > 500 }, 60*time.Second, 20*time.Millisecond)
 	require.Positive(t, proxy.Cut("cut-off"))
-	cut, cutAt := time.Now(), progress()
+	cut, cutAt := time.Now(), s.progress(t)
 	watching, stopWatching := context.WithCancel(context.Background())
 	backwards := make(chan string, 1)
 	watched := make(chan struct{})
@@ -364,20 +366,16 @@ func TestPartitionedProcessorIsFenced(t *testing.T) {
 		defer close(backwards)
 		highest := map[int32]int64{}
 		for watching.Err() == nil {
-			var p int32
-			var o int64
-			if rows, err := s.db.Pool.Query(watching, `SELECT partition, next_offset FROM spool_offsets`); err == nil {
-				_, _ = pgx.ForEachRow(rows, []any{&p, &o}, func() error {
-					if o < highest[p] {
-						select {
-						case backwards <- fmt.Sprintf("partition %d's stored offset moved back from %d to %d", p, highest[p], o):
-						default: // one is enough
-						}
-						stopWatching()
+			offsets, _ := s.readOffsets(watching) // an error: the watch is stopping
+			for p, o := range offsets {
+				if o < highest[p] {
+					select {
+					case backwards <- fmt.Sprintf("partition %d's stored offset moved back from %d to %d", p, highest[p], o):
+					default: // one is enough
 					}
-					highest[p] = max(highest[p], o)
-					return nil
-				})
+					stopWatching()
+				}
+				highest[p] = max(highest[p], o)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -394,7 +392,7 @@ func TestPartitionedProcessorIsFenced(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	proxy.Restore("cut-off")
 	stopOther()
-	w.check(t, s, append(jobs, upload(w.uploads[2:])...))
+	w.check(t, s, append(jobs, s.uploadAll(t, w.uploads[2:])...))
 	stopWatching()
 	<-watched
 	for msg := range backwards {

@@ -91,7 +91,11 @@ log: {level: %s}
 	if cfg.RateLimit > 0 {
 		text += fmt.Sprintf("processor: {rate_limit: %g, batch_size: %d}\n", cfg.RateLimit, rateBurst)
 	}
-	return s, os.WriteFile(s.config, []byte(text), 0o600)
+	if err := os.WriteFile(s.config, []byte(text), 0o600); err != nil {
+		s.proxy.Close()
+		return nil, err
+	}
+	return s, nil
 }
 
 func (s *stack) start(ctx context.Context) error {
@@ -109,11 +113,8 @@ func (s *stack) start(ctx context.Context) error {
 	return nil
 }
 
-func (s *stack) run(name string, args ...string) (*harness.Proc, error) {
-	return s.runWith(nil, name, args...)
-}
-
-func (s *stack) runWith(env []string, name string, args ...string) (*harness.Proc, error) {
+// run starts binary name of the run's configuration, with env besides.
+func (s *stack) run(env []string, name string, args ...string) (*harness.Proc, error) {
 	return harness.Start(s.cfg.BinDir, name, append([]string{"SPOOL_CONFIG=" + s.config}, env...), args...)
 }
 
@@ -121,7 +122,7 @@ func (s *stack) runWith(env []string, name string, args ...string) (*harness.Pro
 // every produce synced to disk before it is acknowledged. It advertises the
 // proxy, so that every client reaches it through the proxy.
 func (s *stack) startBroker(ctx context.Context) error {
-	p, err := s.run("spoolctl", "broker", "--addr", s.brokerAddr, "--advertise", s.proxy.Addr(), "--data-dir", filepath.Join(s.dir, "broker"),
+	p, err := s.run(nil, "spoolctl", "broker", "--addr", s.brokerAddr, "--advertise", s.proxy.Addr(), "--data-dir", filepath.Join(s.dir, "broker"),
 		"--partitions", fmt.Sprint(s.cfg.Partitions), "--sync-writes")
 	if err != nil {
 		return err
@@ -133,7 +134,7 @@ func (s *stack) startBroker(ctx context.Context) error {
 }
 
 func (s *stack) startIngress(ctx context.Context) error {
-	p, err := s.run("ingress")
+	p, err := s.run(nil, "ingress")
 	if err != nil {
 		return err
 	}
@@ -156,7 +157,7 @@ func (s *stack) addProcessor(context.Context) (string, error) {
 // startProcessor starts a processor whose Kafka client.id is its name, by
 // which the proxy knows its connections.
 func (s *stack) startProcessor(name string) error {
-	p, err := s.runWith([]string{"SPOOL_KAFKA_CLIENT_ID=" + name}, "processor")
+	p, err := s.run([]string{"SPOOL_KAFKA_CLIENT_ID=" + name}, "processor")
 	if err != nil {
 		return err
 	}
