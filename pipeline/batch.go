@@ -192,7 +192,13 @@ func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) 
 		data Fields
 	}
 	current := make(map[rowKey]*slot, len(fresh))
-	var slots []*slot // in order of creation
+	// In order of creation, one allocation for all: a message makes at most
+	// one slot, so the pointers into it stay valid.
+	slots := make([]slot, 0, len(fresh))
+	add := func(sl slot) *slot {
+		slots = append(slots, sl)
+		return &slots[len(slots)-1]
+	}
 	superseded := make(map[*Message]Outcome)
 	for _, m := range fresh {
 		e := es[m.Command.Entity]
@@ -207,17 +213,13 @@ func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) 
 		cur, ok := current[rk]
 		switch {
 		case !ok:
-			cur = &slot{key: key, msg: m, data: m.Command.Data}
-			current[rk] = cur
-			slots = append(slots, cur)
+			current[rk] = add(slot{key: key, msg: m, data: m.Command.Data})
 		case m.Command.Op.Conditional() || cur.msg.Command.Op.Conditional():
 			// An insert or an update, or a command after one: its effect
 			// depends on whether the row is there, which only the database
 			// knows once the command before has run. It runs after that
 			// one, in a generation of its own.
-			next := &slot{gen: cur.gen + 1, key: key, msg: m, data: m.Command.Data}
-			current[rk] = next
-			slots = append(slots, next)
+			current[rk] = add(slot{gen: cur.gen + 1, key: key, msg: m, data: m.Command.Data})
 		case e.Versioned():
 			if *m.Command.Version > *cur.msg.Command.Version {
 				superseded[cur.msg] = OutcomeStale
@@ -232,9 +234,7 @@ func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) 
 			superseded[cur.msg] = OutcomeApplied
 			cur.msg, cur.data = m, merge(cur.data, m.Command.Data)
 		default: // an upsert after a delete: the delete must run first
-			next := &slot{gen: cur.gen + 1, key: key, msg: m, data: m.Command.Data}
-			current[rk] = next
-			slots = append(slots, next)
+			current[rk] = add(slot{gen: cur.gen + 1, key: key, msg: m, data: m.Command.Data})
 		}
 	}
 
@@ -248,7 +248,8 @@ func Plan(fresh []*Message, es Entities) ([]Group, map[*Message]Outcome, error) 
 	var sigs []sigKey
 	var sig []byte
 	var cols []string
-	for _, sl := range slots {
+	for i := range slots {
+		sl := &slots[i]
 		m := sl.msg
 		e := es[m.Command.Entity]
 		cols = cols[:0]

@@ -67,7 +67,7 @@ func (r *Record) header(key string) ([]byte, bool) {
 // DecodeCommand parses one uploaded JSON object into a Command. Unknown
 // fields are refused so that a typo ("verison") is reported, not ignored.
 func DecodeCommand(line []byte) (Command, error) {
-	if d, ok := decodePlainCommand(line, false); ok {
+	if d, ok := decodePlainCommand(line, false, nil); ok {
 		cmd := Command{ID: d.ID, Entity: d.Entity, Op: d.Op, Version: d.Version}
 		if d.Data != nil {
 			cmd.Data = make(map[string]json.RawMessage, len(d.Data))
@@ -86,9 +86,10 @@ func DecodeCommand(line []byte) (Command, error) {
 
 // decodeCommandValue parses a command record's value as DecodeCommand does,
 // into a DecodedCommand whose data are parts of value (a record's value
-// lives as long as its Message).
-func decodeCommandValue(value []byte) (DecodedCommand, error) {
-	if cmd, ok := decodePlainCommand(value, true); ok {
+// lives as long as its Message) and whose entity, op and column names are
+// es's own strings where they name what es knows.
+func decodeCommandValue(value []byte, es Entities) (DecodedCommand, error) {
+	if cmd, ok := decodePlainCommand(value, true, es); ok {
 		return cmd, nil
 	}
 	var cmd DecodedCommand
@@ -112,8 +113,11 @@ func decodeCommandValue(value []byte) (DecodedCommand, error) {
 // (another spelling, a duplicate, an escape, a wrong type), which
 // decodeCommand then decodes or refuses in its own words; so it never
 // decides differently (FuzzDecodeCommand holds it to encoding/json). With
-// alias the data's values are parts of b; without, of a copy.
-func decodePlainCommand(b []byte, alias bool) (DecodedCommand, bool) {
+// alias the data's values are parts of b; without, of a copy. An entity
+// es knows (and, when the entity comes before the data, as ingress writes
+// it, its column names) takes es's string instead of a copy, and so does
+// an op spool knows: one string for all a batch's commands.
+func decodePlainCommand(b []byte, alias bool, es Entities) (DecodedCommand, bool) {
 	var cmd DecodedCommand
 	if !validJSON(b) {
 		return cmd, false
@@ -122,6 +126,7 @@ func decodePlainCommand(b []byte, alias bool) (DecodedCommand, bool) {
 		return cmd, false
 	}
 	var seen uint8
+	var e *Entity // the command's, once known
 	for name, v := range members(b) {
 		var bit uint8
 		var ok bool
@@ -131,20 +136,30 @@ func decodePlainCommand(b []byte, alias bool) (DecodedCommand, bool) {
 			cmd.ID, ok = plainAs[CommandID](v)
 		case `"entity"`:
 			bit = 1 << 1
-			cmd.Entity, ok = plainAs[string](v)
+			var inner []byte
+			if inner, ok = plainBytes(v); ok {
+				if e = es[string(inner)]; e != nil {
+					cmd.Entity = e.Name
+				} else {
+					cmd.Entity = string(inner)
+				}
+			}
 		case `"op"`:
 			bit = 1 << 2
-			cmd.Op, ok = plainAs[Op](v)
+			var inner []byte
+			if inner, ok = plainBytes(v); ok {
+				cmd.Op = knownOp(inner)
+			}
 		case `"version"`:
 			bit = 1 << 3
-			n, err := strconv.ParseInt(string(v), 10, 64)
+			n, err := parseIndex(v)
 			cmd.Version, ok = &n, err == nil
 		case `"data"`:
 			bit = 1 << 4
 			if !alias {
 				v = bytes.Clone(v)
 			}
-			ok = cmd.Data.decode(v) == nil
+			ok = cmd.Data.decode(v, e) == nil
 			if ok && cmd.Data == nil && v[0] == '{' {
 				cmd.Data = Fields{} // an empty object, not null: DecodeCommand's map is empty, not nil
 			}
@@ -393,7 +408,7 @@ func decodeRecord(r Record, es Entities, prev *Message) Message {
 		}
 		m.Index = n
 	}
-	cmd, err := decodeCommandValue(r.Value)
+	cmd, err := decodeCommandValue(r.Value, es)
 	if err != nil {
 		m.Err = err
 		return m

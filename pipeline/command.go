@@ -34,6 +34,17 @@ const (
 // Ops lists every op, upsert (the default) first.
 var Ops = []Op{OpUpsert, OpDelete, OpInsert, OpUpdate}
 
+// knownOp is op as its constant when it is one of Ops (no copy), a copy
+// otherwise.
+func knownOp(op []byte) Op {
+	for _, o := range Ops {
+		if string(op) == string(o) {
+			return o
+		}
+	}
+	return Op(op)
+}
+
 // OpNames lists the ops for messages: "upsert, delete, insert, update".
 func OpNames() string {
 	names := make([]string, len(Ops))

@@ -280,6 +280,9 @@ func (c Column) convert(dst []byte, v json.RawMessage, keep bool) (out []byte, n
 	}
 	switch c.Kind {
 	case KindInteger:
+		if canonicalInteger(s) {
+			return append(dst, s...), false, nil // what big.Int would print
+		}
 		n, ok := new(big.Int).SetString(string(bytes.TrimSpace(s)), 10)
 		if !ok {
 			return dst, false, c.mismatch(Quote(string(s)))
@@ -301,6 +304,21 @@ func (c Column) convert(dst []byte, v json.RawMessage, keep bool) (out []byte, n
 		}
 	}
 	return append(dst, s...), false, nil
+}
+
+// canonicalInteger reports whether s is an integer as big.Int prints it:
+// an optional minus, then digits without a leading zero (or 0 alone).
+func canonicalInteger(s []byte) bool {
+	digits := bytes.TrimPrefix(s, []byte("-"))
+	if len(digits) == 0 || (digits[0] == '0' && len(s) > 1) {
+		return false // empty, a leading zero, or -0
+	}
+	for _, c := range digits {
+		if !isDigit(c) {
+			return false
+		}
+	}
+	return true
 }
 
 // checkLength refuses a text longer than MaxChars characters, as
@@ -407,11 +425,11 @@ func (c Column) mismatch(got string) error {
 // refuses an upsert that touches one row twice), and tombstones can name
 // the row. ParseKey inverts it.
 func (e *Entity) KeyOf(data Fields) (string, error) {
-	var buf [128]byte
+	var buf, text [128]byte // a column's text converted into its own buffer, then appended
 	out := append(buf[:0], '[')
 	for i, k := range e.Key {
 		v, _ := data.Get(k)
-		t, null, err := e.Columns[k].Value(v)
+		t, null, err := e.Columns[k].AppendValue(text[:0], v)
 		if err != nil {
 			return "", err
 		}
@@ -449,13 +467,13 @@ func (e *Entity) marshalKey(data Fields) (string, error) {
 // appendPlainJSON appends s as json.Marshal writes it when that is s
 // between quotes (no byte it escapes); otherwise it returns nil, and the
 // caller asks encoding/json.
-func appendPlainJSON(out []byte, s string) []byte {
+func appendPlainJSON(out, s []byte) []byte {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' || separatorAt(s, i) {
 			return nil
 		}
 	}
-	if !utf8.ValidString(s) {
+	if !utf8.Valid(s) {
 		return nil
 	}
 	out = append(out, '"')

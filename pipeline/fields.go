@@ -66,12 +66,13 @@ var errNotObject = errors.New("data is not a JSON object")
 // object given twice) keeps the last value. encoding/json hands it one
 // complete, valid value.
 func (fs *Fields) UnmarshalJSON(b []byte) error {
-	return fs.decode(bytes.Clone(b)) // encoding/json may reuse b
+	return fs.decode(bytes.Clone(b), nil) // encoding/json may reuse b
 }
 
 // decode is UnmarshalJSON keeping the values inside b, for a caller whose
 // b lives as long as the Fields (a record's value, which its Message keeps).
-func (fs *Fields) decode(b []byte) error {
+// A name that is a column of e (when set) is the column's own string.
+func (fs *Fields) decode(b []byte, e *Entity) error {
 	if string(b) == "null" {
 		*fs = nil
 		return nil
@@ -85,7 +86,7 @@ func (fs *Fields) decode(b []byte) error {
 	}
 	got := slices.Grow(slices.Clip(*fs), n)
 	for quoted, v := range members(b) {
-		name, err := unquoteName(quoted)
+		name, err := unquoteName(quoted, e)
 		if err != nil {
 			return err
 		}
@@ -115,10 +116,17 @@ func members(b []byte) iter.Seq2[[]byte, json.RawMessage] {
 }
 
 // unquoteName decodes a member name, through encoding/json only when it
-// holds escapes.
-func unquoteName(quoted []byte) (string, error) {
+// holds escapes; a name that is a column of e (when set) is the column's
+// own string, not a copy.
+func unquoteName(quoted []byte, e *Entity) (string, error) {
 	if bytes.IndexByte(quoted, '\\') < 0 {
-		return string(quoted[1 : len(quoted)-1]), nil
+		inner := quoted[1 : len(quoted)-1]
+		if e != nil {
+			if c, ok := e.Columns[string(inner)]; ok {
+				return c.Name, nil
+			}
+		}
+		return string(inner), nil
 	}
 	var s string
 	err := json.Unmarshal(quoted, &s)

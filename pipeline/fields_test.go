@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"encoding/json"
+	"math/big"
 	"strings"
 	"testing"
 
@@ -9,11 +10,12 @@ import (
 )
 
 // requireSameAsCommand checks that decodeCommandValue reads value as
-// DecodeCommand does: the same error, or the same fields with the same data.
+// DecodeCommand does: the same error, or the same fields with the same data
+// (the processor's decoding takes the names it knows from its entities).
 func requireSameAsCommand(t *testing.T, value []byte) {
 	t.Helper()
 	cmd, cerr := DecodeCommand(value)
-	w, werr := decodeCommandValue(value)
+	w, werr := decodeCommandValue(value, testEntities())
 	if cerr != nil {
 		require.EqualError(t, werr, cerr.Error())
 		return
@@ -162,6 +164,24 @@ func FuzzColumnCheck(f *testing.F) {
 			if (want == nil) != (got == nil) || (want != nil && want.Error() != got.Error()) {
 				t.Fatalf("kind %d, %q: Value says %v, check says %v", kind, v, want, got)
 			}
+		}
+	})
+}
+
+// FuzzCanonicalInteger holds the integer text spool writes without big.Int
+// to big.Int's: what canonicalInteger passes, big.Int parses and prints
+// byte for byte the same.
+func FuzzCanonicalInteger(f *testing.F) {
+	for _, s := range []string{`0`, `-0`, `007`, `-12`, `123456789012345678901234567890`, ` 1`, `1 `, `+1`, `-`, ``, `1e3`, `٣`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, s []byte) {
+		if !canonicalInteger(s) {
+			return
+		}
+		n, ok := new(big.Int).SetString(string(s), 10)
+		if !ok || n.String() != string(s) {
+			t.Fatalf("%q passes as canonical; big.Int reads %v (ok %v)", s, n, ok)
 		}
 	})
 }

@@ -176,14 +176,21 @@ func (w *Worker) Run(ctx context.Context) error {
 				}
 			}
 		case <-timer.C:
-			if err := w.flush(ctx, len(w.buf)); err != nil {
+			last := w.topUp()
+			if err := w.flush(ctx, min(len(w.buf), w.cfg.BatchSize)); err != nil {
 				return w.ended(ctx, err)
 			}
-			// A fenced flush keeps the records above the reloaded offset:
-			// they are due again in BatchMaxWait. Without the timer they
-			// would wait for a full batch, forever at a partition's end.
+			// What is left came with the last slice topped up (due
+			// BatchMaxWait after its hand-over), or a fenced flush kept
+			// it (the records above the reloaded offset, due again in
+			// BatchMaxWait). Without the timer they would wait for a full
+			// batch, forever at a partition's end.
 			if len(w.buf) > 0 {
-				timer.Reset(w.cfg.BatchMaxWait)
+				due := w.cfg.BatchMaxWait
+				if !last.IsZero() {
+					due -= time.Since(last)
+				}
+				timer.Reset(max(0, due))
 			}
 		case <-ctx.Done():
 			return w.drain()
@@ -193,6 +200,25 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // take buffers records in offset order, dropping any the worker already
 // has (a refetch after a pause can repeat them).
+// topUp takes in the slices already waiting for the worker while it holds
+// less than a batch, and returns the hand-over of the last one taken (zero
+// if none). A batch due for its age then goes out with the records fetched
+// meanwhile instead of leaving them for a small batch of their own: under
+// a backlog, records wait for the worker's write, and batches flushed for
+// age would hold only what one write's time let in.
+func (w *Worker) topUp() (last time.Time) {
+	for len(w.buf) < w.cfg.BatchSize {
+		select {
+		case f := <-w.in:
+			w.take(f.recs)
+			last = f.at
+		default:
+			return last
+		}
+	}
+	return last
+}
+
 func (w *Worker) take(recs []Record) {
 	for _, r := range recs {
 		if r.Offset > w.tail {

@@ -307,6 +307,23 @@ func (s *slowStore) WriteBatch(ctx context.Context, b *Batch, d *Deduped) ([]Out
 	return s.fakeStore.WriteBatch(ctx, b, d)
 }
 
+// runSlowWorker runs a worker whose store takes wait over each batch, the
+// worker's BatchMaxWait too; stop ends it and checks it ended cleanly.
+func runSlowWorker(t *testing.T, batch int, wait time.Duration) (store *slowStore, w *Worker, ctx context.Context, stop func()) {
+	t.Helper()
+	store = &slowStore{took: wait}
+	cfg := testWorkerConfig(&store.fakeStore, &fakeDLQ{}, batch, wait)
+	cfg.Store = store
+	w = NewWorker(cfg, 1)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+	return store, w, ctx, func() {
+		cancel()
+		require.NoError(t, <-done)
+	}
+}
+
 // Records handed over while a batch is written have waited from then on:
 // their batch is due BatchMaxWait after the hand-over, not after the write.
 // On synctest's clock, so the gap is exact.
@@ -314,13 +331,7 @@ func TestWorkerCountsTheWaitFromTheHandOver(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		const wait = 400 * time.Millisecond
-		store := &slowStore{took: wait}
-		cfg := testWorkerConfig(&store.fakeStore, &fakeDLQ{}, 100, wait)
-		cfg.Store = store
-		w := NewWorker(cfg, 1)
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan error)
-		go func() { done <- w.Run(ctx) }()
+		store, w, ctx, stop := runSlowWorker(t, 100, wait)
 		recs := records(20, 0)
 		require.NoError(t, w.Feed(ctx, recs[:10])) // fewer than a batch: flushed for its age
 		time.Sleep(wait)
@@ -328,13 +339,34 @@ func TestWorkerCountsTheWaitFromTheHandOver(t *testing.T) {
 		require.Len(t, store.starts, 1, "the first batch is being written")
 		require.NoError(t, w.Feed(ctx, recs[10:])) // handed over now, taken once the write ends
 		waitNext(t, &store.fakeStore, 20)
-		cancel()
-		require.NoError(t, <-done)
+		stop()
 		// Handed over at the first write's start, due BatchMaxWait later: as
 		// the first write ends. Counted from the take, it would be one more
 		// BatchMaxWait.
 		require.Equal(t, wait, store.starts[1].Sub(store.starts[0]))
 	})
+}
+
+// TestWorkerTopsUpADueBatch: a batch due for its age takes in the slice
+// that waits for the worker as it falls due, rather than going out without
+// it and leaving it a small batch of its own. The worker's select between
+// its timer and the waiting slice picks either, so the scenario runs 20
+// times: without the top-up it comes out as three batches in about half.
+func TestWorkerTopsUpADueBatch(t *testing.T) {
+	t.Parallel()
+	for range 20 {
+		synctest.Test(t, func(t *testing.T) {
+			const wait = 400 * time.Millisecond
+			store, w, ctx, stop := runSlowWorker(t, 10, wait)
+			recs := records(18, 0)
+			require.NoError(t, w.Feed(ctx, recs[:15])) // a full batch written at once, 5 left, due as it ends
+			time.Sleep(wait / 4)
+			go func() { _ = w.Feed(ctx, recs[15:]) }() // waits for the worker through the write
+			waitNext(t, &store.fakeStore, 18)
+			stop()
+			require.Len(t, store.starts, 2, "the last 8 records in one batch")
+		})
+	}
 }
 
 // TestWorkerRechecksAgainstTheCatalog: before an attempt, a command that
