@@ -148,6 +148,7 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 		kgo.OnPartitionsLost(c.lost),
 		kgo.WithLogger(slogLogger{cfg.Logger}),
 		kgo.WithHooks(hooks(cfg.Hooks)...),
+		kgo.WithPools(&fetchPools{}),
 	)...)
 	if err != nil {
 		return nil, fmt.Errorf("creating kafka consumer: %w", err)
