@@ -103,7 +103,7 @@ type Worker struct {
 	abandoned atomic.Bool
 	next      int64 // the stored offset: where the next batch starts
 	tail      int64 // the offset of the last record taken in
-	buf       []Record
+	buf       []*Record // into the fetched slices, which hold the records anyway
 }
 
 // NewWorker returns a worker; queue (at least 1) bounds how many fetched
@@ -123,7 +123,8 @@ type fed struct {
 
 // Feed hands fetched records to the worker, blocking while its queue is full
 // so that a slow database slows fetching instead of growing memory. It
-// fails once the worker has stopped.
+// fails once the worker has stopped. The records are the worker's from then
+// on: it keeps pointers to them until they are written.
 func (w *Worker) Feed(ctx context.Context, recs []Record) error {
 	if w.stopped() {
 		return errWorkerStopped
@@ -220,8 +221,8 @@ func (w *Worker) topUp() (last time.Time) {
 }
 
 func (w *Worker) take(recs []Record) {
-	for _, r := range recs {
-		if r.Offset > w.tail {
+	for i := range recs {
+		if r := &recs[i]; r.Offset > w.tail {
 			w.buf = append(w.buf, r)
 			w.tail = r.Offset
 		}
@@ -288,7 +289,7 @@ func (w *Worker) flush(ctx context.Context, n int) error {
 	var prev *Message
 	es, version := w.cfg.Catalog.Snapshot()
 	for i := range recs {
-		slab[i] = decodeRecord(recs[i], es, prev)
+		slab[i] = decodeRecord(*recs[i], es, prev)
 		slab[i].catalog = version
 		prev, msgs[i] = &slab[i], &slab[i]
 	}
