@@ -101,8 +101,8 @@ type Worker struct {
 	in        chan fed
 	done      chan struct{}
 	abandoned atomic.Bool
-	next      int64 // the stored offset: where the next batch starts
-	tail      int64 // the offset of the last record taken in
+	next      int64     // the stored offset: where the next batch starts
+	tail      int64     // the offset of the last record taken in
 	buf       []*Record // into the fetched slices, which hold the records anyway
 }
 

@@ -254,16 +254,20 @@ func (s *Store) skipAborted(b *pipeline.Batch, d *pipeline.Deduped, jobs []pipel
 }
 
 // afterCommit repairs the keys of a committed batch's versioned groups and
-// settles its jobs, in one round trip (and a second when a job's state
-// changes). After the commit, so that the last of two racing transactions
-// sees both: the later of a delete and an older upsert of one key sees the
-// tombstone and the row, and the last batch of a job sees all its
-// counters. The repairs, the removal of the batch's pending mark (pending:
-// spool_repairs_pending) and the settle's search are one implicit
-// transaction, so the mark goes only with the repair it stands for, and a
-// job is settled only once its batch's repair succeeded; what fails here
-// (briefly retried) the periodic sweep (repair, then settle) catches, and
-// until then the mark keeps the batch's jobs from completing.
+// settles its jobs. After the commit, so that the last of two racing
+// transactions sees both: the later of a delete and an older upsert of one
+// key sees the tombstone and the row, and the last batch of a job sees all
+// its counters. The repairs and the removal of the batch's pending mark
+// (pending: spool_repairs_pending) are one implicit transaction, so the mark
+// goes only with the repair it stands for; the settle follows once that
+// committed, for the same reason as the counters: of two batches of one job
+// removing their marks at once, each settling inside its own removal would
+// see the other's mark and leave the job processing until the periodic
+// sweep (a lost wake-up that held jobs seconds past their last batch),
+// while settled after its removal commits, the later settle sees both gone.
+// What fails here (briefly retried) the periodic sweep (repair, then
+// settle) catches, and until then the mark keeps the batch's jobs from
+// completing.
 func (s *Store) afterCommit(ctx context.Context, b *pipeline.Batch, repairs []keys, pending bool, jobs []pipeline.JobID) {
 	ids := jobStrings(jobs)
 	err := briefly(ctx, func() error {
@@ -275,24 +279,21 @@ func (s *Store) afterCommit(ctx context.Context, b *pipeline.Batch, repairs []ke
 			q.Queue(`DELETE FROM spool_repairs_pending WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $4`,
 				s.group, b.Topic, b.Partition, b.NextOffset)
 		}
-		var changing []string
-		if len(ids) > 0 {
-			queueSettleCheck(&q, ids, &changing)
+		if q.Len() > 0 {
+			if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
+				return classify(fmt.Errorf("repairing rows behind tombstones: %w", err))
+			}
 		}
-		if q.Len() == 0 {
+		if len(ids) == 0 {
 			return nil
 		}
-		if err := s.pool.SendBatch(ctx, &q).Close(); err != nil {
-			return classify(fmt.Errorf("repairing rows behind tombstones and settling jobs: %w", err))
-		}
-		return s.settleChanging(ctx, changing)
+		return s.settle(ctx, ids)
 	})
 	if err != nil {
 		s.logger.Warn("repairing and settling after a batch; the periodic sweep will retry", "partition", b.Partition, "error", err)
 	}
 }
 
-// jobStrings is ids as text, for a text[] parameter.
 func jobStrings(ids []pipeline.JobID) []string {
 	out := make([]string, len(ids))
 	for i, id := range ids {

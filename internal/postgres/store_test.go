@@ -6,9 +6,11 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/spoolhq/spool/internal/pgtest"
@@ -39,6 +41,17 @@ func (b *testBundle) write(t *testing.T, p int32, lines ...string) ([]pipeline.O
 // batch is written (mark a replay, poison one).
 func (b *testBundle) writeEdited(t *testing.T, p int32, edit func(i int, m *pipeline.Message), lines ...string) ([]pipeline.Outcome, error) {
 	t.Helper()
+	batch := b.batch(t, p, "job-1", edit, lines...)
+	out, err := b.store.WriteBatch(context.Background(), batch, batch.Dedupe())
+	if err == nil {
+		b.next[p] = batch.NextOffset
+	}
+	return out, err
+}
+
+// batch makes lines a batch of job on partition p, continuing its offsets.
+func (b *testBundle) batch(t *testing.T, p int32, job pipeline.JobID, edit func(i int, m *pipeline.Message), lines ...string) *pipeline.Batch {
+	t.Helper()
 	prev, ok := b.next[p]
 	if !ok {
 		prev = -1
@@ -49,7 +62,7 @@ func (b *testBundle) writeEdited(t *testing.T, p int32, edit func(i int, m *pipe
 		cmd, err := pipeline.DecodeCommand([]byte(l))
 		require.NoError(t, err)
 		require.NoError(t, b.es.Validate(&cmd, ""))
-		rec, err := pipeline.NewRecord(&cmd, "job-1", "tenant", start+int64(i))
+		rec, err := pipeline.NewRecord(&cmd, job, "tenant", start+int64(i))
 		require.NoError(t, err)
 		rec.Offset = start + int64(i)
 		m := pipeline.DecodeRecord(rec, b.es)
@@ -58,11 +71,7 @@ func (b *testBundle) writeEdited(t *testing.T, p int32, edit func(i int, m *pipe
 		}
 		batch.Messages = append(batch.Messages, &m)
 	}
-	out, err := b.store.WriteBatch(context.Background(), batch, batch.Dedupe())
-	if err == nil {
-		b.next[p] = batch.NextOffset
-	}
-	return out, err
+	return batch
 }
 
 func (b *testBundle) rows(t *testing.T) map[string]string {
@@ -180,6 +189,55 @@ func TestJobWaitsForItsRepair(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT count(*) FROM spool_repairs_pending`).Scan(&marks))
 	require.Zero(t, marks)
+}
+
+// TestLastBatchesRacingCompleteTheirJob: a job's last two batches, on two
+// partitions and committing at once, complete it at once. Each settles
+// after its repair's mark removal committed, so the later of the two
+// settles sees both marks gone. Triggers slow each removal and hold its
+// commit back, so that both batches have committed and both removals are
+// made before either removal commits: settled inside their removals, each
+// saw the other's mark and, the job being processing already, changed
+// nothing, which left it processing until the periodic sweep, seconds
+// later (it failed so in every run).
+func TestLastBatchesRacingCompleteTheirJob(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	b.db.Exec(t, `CREATE FUNCTION slowly() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(0.2); RETURN OLD; END$$`)
+	b.db.Exec(t, `CREATE TRIGGER slow_removal BEFORE DELETE ON spool_repairs_pending FOR EACH ROW EXECUTE FUNCTION slowly()`)
+	b.db.Exec(t, `CREATE CONSTRAINT TRIGGER slow_commit AFTER DELETE ON spool_repairs_pending
+		DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slowly()`)
+	for i := range 3 {
+		job := pipeline.JobID(fmt.Sprintf("job-race-%d", i))
+		require.NoError(t, b.store.CreateJob(ctx, job, "tenant", pipeline.JobOptions{}))
+		require.NoError(t, b.store.FinishUpload(ctx, job, pipeline.UploadResult{Received: 3, Accepted: 3}))
+		first := b.batch(t, 0, job, nil, cust(fmt.Sprintf("f%d", i), fmt.Sprintf("f%d", i), 1, "f"))
+		_, err := b.store.WriteBatch(ctx, first, first.Dedupe())
+		require.NoError(t, err)
+		b.next[0] = first.NextOffset // the job is processing: a settle that finds it so changes nothing
+		batches := []*pipeline.Batch{
+			b.batch(t, 0, job, nil, cust(fmt.Sprintf("a%d", i), fmt.Sprintf("a%d", i), 1, "a")),
+			b.batch(t, 1, job, nil, cust(fmt.Sprintf("b%d", i), fmt.Sprintf("b%d", i), 1, "b")),
+		}
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for _, batch := range batches {
+			wg.Go(func() {
+				<-start
+				_, err := b.store.WriteBatch(ctx, batch, batch.Dedupe())
+				assert.NoError(t, err)
+			})
+		}
+		close(start)
+		wg.Wait()
+		for _, batch := range batches {
+			b.next[batch.Partition] = batch.NextOffset
+		}
+		j, err := b.store.Job(ctx, "tenant", job)
+		require.NoError(t, err)
+		require.Equal(t, pipeline.JobCompleted, j.State, "round %d: both batches are committed and repaired", i)
+	}
 }
 
 func TestSweepLedgerForgetsOnlyExpiredIDs(t *testing.T) {
