@@ -40,7 +40,7 @@ func TestEnvelopeKeepsOriginalAndCountsAttempts(t *testing.T) {
 	p.now = func() time.Time { return first }
 	src := pipeline.Record{Topic: "spool.commands", Partition: 3, Offset: 42, Key: []byte("c-1"), Value: []byte(`{"id":"c-1"}`),
 		Headers: []pipeline.Header{{Key: pipeline.HeaderJobID, Value: []byte("job-9")}}}
-	m := &pipeline.Message{Record: src, Err: pipeline.Errorf(pipeline.ClassConstraint, "violates check constraint")}
+	m := &pipeline.Message{Record: &src, Err: pipeline.Errorf(pipeline.ClassConstraint, "violates check constraint")}
 	require.NoError(t, p.DeadLetter(context.Background(), []*pipeline.Message{m}))
 	require.Equal(t, "spool.commands.dlq", out.topic)
 	r := out.recs[0]
@@ -75,7 +75,7 @@ func TestEnvelopeKeepsOriginalAndCountsAttempts(t *testing.T) {
 
 	p.now = func() time.Time { return first.Add(time.Hour) }
 	replay.Partition, replay.Offset = 1, 7
-	again := &pipeline.Message{Record: replay, Err: pipeline.Errorf(pipeline.ClassConstraint, "still bad")}
+	again := &pipeline.Message{Record: &replay, Err: pipeline.Errorf(pipeline.ClassConstraint, "still bad")}
 	require.NoError(t, p.DeadLetter(context.Background(), []*pipeline.Message{again}))
 	r2 := out.recs[1]
 	hs2 := headers(r2)
@@ -203,12 +203,12 @@ func TestDeadLetterAlwaysFits(t *testing.T) {
 		{Key: pipeline.HeaderTenant, Value: []byte("acme")},
 		{Key: pipeline.HeaderIndex, Value: []byte("3")},
 	}
-	small := &pipeline.Message{Record: pipeline.Record{Topic: "spool.commands", Key: []byte("c-0"), Value: []byte(`{"id":"c-0"}`), Headers: hs},
+	small := &pipeline.Message{Record: &pipeline.Record{Topic: "spool.commands", Key: []byte("c-0"), Value: []byte(`{"id":"c-0"}`), Headers: hs},
 		Err: pipeline.Errorf(pipeline.ClassConstraint, "violates check constraint")}
-	big := &pipeline.Message{Record: pipeline.Record{Topic: "spool.commands", Key: []byte("c-1"), Value: value, Headers: hs},
+	big := &pipeline.Message{Record: &pipeline.Record{Topic: "spool.commands", Key: []byte("c-1"), Value: value, Headers: hs},
 		Err: pipeline.Errorf(pipeline.ClassConstraint, "violates check constraint: %s", strings.Repeat("\x1b[31m", 1000))}
 	// Another producer's record: a huge key and headers of its own.
-	hostile := &pipeline.Message{Record: pipeline.Record{Topic: "spool.commands", Key: []byte(strings.Repeat("k\n", 40_000)),
+	hostile := &pipeline.Message{Record: &pipeline.Record{Topic: "spool.commands", Key: []byte(strings.Repeat("k\n", 40_000)),
 		Value: value, Headers: []pipeline.Header{
 			{Key: "trace", Value: make([]byte, 70_000)},
 			{Key: pipeline.HeaderTenant, Value: []byte(strings.Repeat("\x1b", 5000))},
@@ -274,7 +274,7 @@ func TestDeadLetterTooLargeIsSentMinimal(t *testing.T) {
 	out := &tooLarge{limit: 8 << 10}
 	p := NewPublisher(out, "spool.commands.dlq", "host/1")
 	p.MaxRecordBytes = 1 << 20 // what it was told; the topic takes less
-	m := &pipeline.Message{Record: pipeline.Record{Topic: "spool.commands", Key: []byte("c-1"), Value: make([]byte, 100_000)},
+	m := &pipeline.Message{Record: &pipeline.Record{Topic: "spool.commands", Key: []byte("c-1"), Value: make([]byte, 100_000)},
 		Err: pipeline.Errorf(pipeline.ClassConstraint, "violates check constraint")}
 	require.NoError(t, p.DeadLetter(context.Background(), []*pipeline.Message{m}))
 	require.Equal(t, 2, out.calls)

@@ -329,7 +329,7 @@ type PayloadHash [16]byte
 
 // Message is a decoded command record with its job context.
 type Message struct {
-	Record  Record
+	Record  *Record
 	Command DecodedCommand
 	JobID   JobID
 	Tenant  string
@@ -385,20 +385,21 @@ func (m *Message) Origin() (Origin, bool) {
 // DecodeRecord turns a commands-topic record into a Message, validating it
 // against the entities this processor knows. It never fails: a bad record
 // comes back with Err set, so that it is dead-lettered on its own.
-func DecodeRecord(r Record, es Entities) Message { return decodeRecord(r, es, nil) }
+func DecodeRecord(r Record, es Entities) Message { return decodeRecord(&r, es, nil) }
 
 // decodeRecord is DecodeRecord; a batch's records mostly share their job
 // and tenant, so each takes prev's strings (when set) where its headers
-// hold the same, rather than a copy of its own.
-func decodeRecord(r Record, es Entities, prev *Message) Message {
+// hold the same, rather than a copy of its own. The message points at r,
+// which must live as long as it does.
+func decodeRecord(r *Record, es Entities, prev *Message) Message {
 	var prevJob, prevTenant string
 	if prev != nil {
 		prevJob, prevTenant = string(prev.JobID), prev.Tenant
 	}
 	m := Message{Record: r, Hash: hashPayload(r.Value)}
-	m.JobID = JobID(headerLike(&r, HeaderJobID, prevJob))
-	m.Tenant = headerLike(&r, HeaderTenant, prevTenant)
-	m.ReplayOf = headerLike(&r, HeaderReplayOf, "")
+	m.JobID = JobID(headerLike(r, HeaderJobID, prevJob))
+	m.Tenant = headerLike(r, HeaderTenant, prevTenant)
+	m.ReplayOf = headerLike(r, HeaderReplayOf, "")
 	m.Index = -1 // unknown, and no origin, unless the header says
 	if v, ok := r.header(HeaderIndex); ok {
 		n, err := parseIndex(v)

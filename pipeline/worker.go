@@ -289,7 +289,7 @@ func (w *Worker) flush(ctx context.Context, n int) error {
 	var prev *Message
 	es, version := w.cfg.Catalog.Snapshot()
 	for i := range recs {
-		slab[i] = decodeRecord(*recs[i], es, prev)
+		slab[i] = decodeRecord(recs[i], es, prev)
 		slab[i].catalog = version
 		prev, msgs[i] = &slab[i], &slab[i]
 	}
