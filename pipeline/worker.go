@@ -177,9 +177,17 @@ func (w *Worker) Run(ctx context.Context) error {
 				}
 			}
 		case <-timer.C:
+			if len(w.buf) == 0 {
+				continue // due for records a full batch took: a slice waiting now arms its own wait
+			}
 			last := w.topUp()
 			if err := w.flush(ctx, min(len(w.buf), w.cfg.BatchSize)); err != nil {
 				return w.ended(ctx, err)
+			}
+			for len(w.buf) >= w.cfg.BatchSize { // a large slice topped up
+				if err := w.flush(ctx, w.cfg.BatchSize); err != nil {
+					return w.ended(ctx, err)
+				}
 			}
 			// What is left came with the last slice topped up (due
 			// BatchMaxWait after its hand-over), or a fenced flush kept
@@ -199,8 +207,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 }
 
-// take buffers records in offset order, dropping any the worker already
-// has (a refetch after a pause can repeat them).
 // topUp takes in the slices already waiting for the worker while it holds
 // less than a batch, and returns the hand-over of the last one taken (zero
 // if none). A batch due for its age then goes out with the records fetched
@@ -220,6 +226,8 @@ func (w *Worker) topUp() (last time.Time) {
 	return last
 }
 
+// take buffers records in offset order, dropping any the worker already
+// has (a refetch after a pause can repeat them).
 func (w *Worker) take(recs []Record) {
 	for i := range recs {
 		if r := &recs[i]; r.Offset > w.tail {

@@ -349,23 +349,30 @@ func TestWorkerCountsTheWaitFromTheHandOver(t *testing.T) {
 
 // TestWorkerTopsUpADueBatch: a batch due for its age takes in the slice
 // that waits for the worker as it falls due, rather than going out without
-// it and leaving it a small batch of its own. The worker's select between
-// its timer and the waiting slice picks either, so the scenario runs 20
-// times: without the top-up it comes out as three batches in about half.
+// it and leaving it a small batch of its own; a slice that brings more than
+// a batch is written batch after batch, none left to wait another
+// BatchMaxWait. The worker's select between its timer and the waiting
+// slice picks either, so each case runs 20 times: without the top-up the
+// first comes out as three batches in about half of them.
 func TestWorkerTopsUpADueBatch(t *testing.T) {
 	t.Parallel()
-	for range 20 {
-		synctest.Test(t, func(t *testing.T) {
-			const wait = 400 * time.Millisecond
-			store, w, ctx, stop := runSlowWorker(t, 10, wait)
-			recs := records(18, 0)
-			require.NoError(t, w.Feed(ctx, recs[:15])) // a full batch written at once, 5 left, due as it ends
-			time.Sleep(wait / 4)
-			go func() { _ = w.Feed(ctx, recs[15:]) }() // waits for the worker through the write
-			waitNext(t, &store.fakeStore, 18)
-			stop()
-			require.Len(t, store.starts, 2, "the last 8 records in one batch")
-		})
+	for _, waiting := range []int{3, 25} {
+		for range 20 {
+			synctest.Test(t, func(t *testing.T) {
+				const wait = 400 * time.Millisecond
+				store, w, ctx, stop := runSlowWorker(t, 10, wait)
+				recs := records(15+waiting, 0)
+				require.NoError(t, w.Feed(ctx, recs[:15])) // a full batch written at once, 5 left, due as it ends
+				time.Sleep(wait / 4)
+				go func() { _ = w.Feed(ctx, recs[15:]) }() // waits for the worker through the write
+				waitNext(t, &store.fakeStore, int64(len(recs)))
+				stop()
+				require.Len(t, store.starts, (len(recs)+9)/10, "%d waiting: full batches", waiting)
+				for i := 1; i < len(store.starts); i++ {
+					require.Equal(t, wait, store.starts[i].Sub(store.starts[i-1]), "%d waiting: batch %d waited after the one before", waiting, i)
+				}
+			})
+		}
 	}
 }
 

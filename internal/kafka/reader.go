@@ -175,12 +175,12 @@ func (r Reader) readPartition(ctx context.Context, topic string, p int32, from k
 				done = true
 				return
 			}
+			next = rec.Offset + 1 // read before fromKgo, which recycles rec
+			if next >= end {
+				done = true
+			}
 			if !rec.Attrs.IsControl() {
 				cbErr = fn(fromKgo([]*kgo.Record{rec})[0])
-			}
-			next = rec.Offset + 1
-			if rec.Offset+1 >= end {
-				done = true
 			}
 		})
 		if cbErr != nil {

@@ -294,6 +294,7 @@ func (s *Store) afterCommit(ctx context.Context, b *pipeline.Batch, repairs []ke
 	}
 }
 
+// jobStrings is ids as text, for a text[] parameter.
 func jobStrings(ids []pipeline.JobID) []string {
 	out := make([]string, len(ids))
 	for i, id := range ids {
