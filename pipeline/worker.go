@@ -171,23 +171,20 @@ func (w *Worker) Run(ctx context.Context) error {
 				timer.Reset(max(0, w.cfg.BatchMaxWait-time.Since(f.at)))
 			}
 			w.take(f.recs)
-			for len(w.buf) >= w.cfg.BatchSize {
-				if err := w.flush(ctx, w.cfg.BatchSize); err != nil {
-					return w.ended(ctx, err)
-				}
+			if err := w.flushFull(ctx); err != nil {
+				return w.ended(ctx, err)
 			}
 		case <-timer.C:
 			if len(w.buf) == 0 {
 				continue // due for records a full batch took: a slice waiting now arms its own wait
 			}
 			last := w.topUp()
-			if err := w.flush(ctx, min(len(w.buf), w.cfg.BatchSize)); err != nil {
-				return w.ended(ctx, err)
+			err := w.flush(ctx, min(len(w.buf), w.cfg.BatchSize))
+			if err == nil {
+				err = w.flushFull(ctx) // a large slice topped up
 			}
-			for len(w.buf) >= w.cfg.BatchSize { // a large slice topped up
-				if err := w.flush(ctx, w.cfg.BatchSize); err != nil {
-					return w.ended(ctx, err)
-				}
+			if err != nil {
+				return w.ended(ctx, err)
 			}
 			// What is left came with the last slice topped up (due
 			// BatchMaxWait after its hand-over), or a fenced flush kept
@@ -205,6 +202,16 @@ func (w *Worker) Run(ctx context.Context) error {
 			return w.drain()
 		}
 	}
+}
+
+// flushFull flushes full batches while the buffer holds one.
+func (w *Worker) flushFull(ctx context.Context) error {
+	for len(w.buf) >= w.cfg.BatchSize {
+		if err := w.flush(ctx, w.cfg.BatchSize); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // topUp takes in the slices already waiting for the worker while it holds
