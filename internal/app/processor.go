@@ -69,6 +69,7 @@ func (p *Processor) run(ctx context.Context) error {
 	}
 	defer pool.Close()
 	store := postgres.NewStore(pool, catalog.Catalog, c.Kafka.Group, p.logger)
+	store.LimitWrites(c.Processor.WriteConcurrency)
 	cluster, err := KafkaCluster(c.Kafka)
 	if err != nil {
 		return err

@@ -139,6 +139,8 @@ type Processor struct {
 	BatchSize    int           `mapstructure:"batch_size"`
 	BatchMaxWait time.Duration `mapstructure:"batch_max_wait"`
 	FlushTimeout time.Duration `mapstructure:"flush_timeout"`
+	// WriteConcurrency bounds the batch transactions in flight at once.
+	WriteConcurrency int `mapstructure:"write_concurrency"`
 	// SessionTimeout is how long the group waits for a processor that
 	// stopped heartbeating before its partitions move on.
 	SessionTimeout time.Duration `mapstructure:"session_timeout"`
@@ -475,6 +477,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Processor.BatchMaxWait <= 0 {
 		bad("processor.batch_max_wait", "must be positive, got %s", c.Processor.BatchMaxWait)
+	}
+	if c.Processor.WriteConcurrency < 1 {
+		bad("processor.write_concurrency", "must be at least 1, got %d", c.Processor.WriteConcurrency)
 	}
 	if c.Processor.FlushTimeout <= 0 {
 		bad("processor.flush_timeout", "must be positive, got %s", c.Processor.FlushTimeout)

@@ -12,17 +12,19 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/spoolhq/spool/internal/pgtest"
 	"github.com/spoolhq/spool/internal/postgres"
 	"github.com/spoolhq/spool/internal/tools/harness"
+	"github.com/spoolhq/spool/internal/tools/tooldb"
 	"github.com/spoolhq/spool/pipeline"
 )
 
 // benchBatches makes n batches of size fresh commands over keys drawn from
 // 0.6 of the total, with random versions: the shape of a backlog drain.
 // deletes of every 100 commands are deletes.
-func benchBatches(b *testing.B, es pipeline.Entities, n, size, deletes int) []*pipeline.Batch {
+func benchBatches(b testing.TB, es pipeline.Entities, n, size, deletes int) []*pipeline.Batch {
 	rng := rand.New(rand.NewPCG(9, 9))
 	keys := max(1, n*size*6/10)
 	var out []*pipeline.Batch
@@ -72,7 +74,7 @@ func measure(b *testing.B, rows int) (done func()) {
 	}
 }
 
-func benchSetup(b *testing.B) (*pgtest.DB, pipeline.Entities) {
+func benchSetup(b testing.TB) (*pgtest.DB, pipeline.Entities) {
 	db := pgtest.New(b)
 	db.Exec(b, `CREATE TABLE customers (customer_id text PRIMARY KEY, name text, email text,
 		balance numeric(18,2), version bigint NOT NULL, updated_at timestamptz)`)
@@ -169,4 +171,95 @@ func BenchmarkWriteBatch(b *testing.B) {
 			done()
 		})
 	}
+}
+
+// BenchmarkWriteConcurrency measures what writers running side by side
+// cost PostgreSQL a row, each writing its own partition's batches of
+// 3,000 (keys drawn from a common range, as partitions' are): spool's
+// WriteBatch, and the plain COPY+upsert+ledger reference of spool-bench
+// (tooldb.CopyUpsertLedger) over as many connections. Both pay for
+// concurrency alike, which is why the processor bounds its writes
+// (processor.write_concurrency).
+//
+//	go test ./internal/postgres -run '^$' -bench WriteConcurrency -benchtime 96x
+func BenchmarkWriteConcurrency(b *testing.B) {
+	const size = 3000
+	for _, writers := range []int{1, 2, 4, 8} {
+		b.Run(fmt.Sprintf("spool/writers=%d", writers), func(b *testing.B) {
+			db, es := benchSetup(b)
+			store := postgres.NewStore(db.Postgres, pipeline.NewCatalog(es), "bench", slog.New(slog.NewTextHandler(io.Discard, nil)))
+			batches := spread(benchBatches(b, es, b.N, size, 0), writers)
+			b.ResetTimer()
+			done := measure(b, b.N*size)
+			side(b, writers, len(batches), func(i int) error {
+				_, err := store.WriteBatch(context.Background(), batches[i], batches[i].Dedupe())
+				return err
+			})
+			done()
+		})
+		b.Run(fmt.Sprintf("copy-limit/writers=%d", writers), func(b *testing.B) {
+			db, es := benchSetup(b)
+			ctx := context.Background()
+			limits, err := tooldb.OpenLimits(ctx, db.URL)
+			require.NoError(b, err)
+			defer limits.Close()
+			require.NoError(b, limits.CreateTables(ctx, "limit_customers"))
+			var rows [][]tooldb.LimitRow
+			for _, batch := range benchBatches(b, es, b.N, size, 0) {
+				part := make([]tooldb.LimitRow, len(batch.Messages))
+				for i, m := range batch.Messages {
+					text := func(c string) string {
+						raw, _ := m.Command.Data.Get(c)
+						v, _, _ := es["customers"].Columns[c].Value(raw)
+						return v
+					}
+					part[i] = tooldb.LimitRow{Tenant: m.Tenant, ID: string(m.Command.ID), Hash: m.Hash[:], Key: text("customer_id"),
+						Name: text("name"), Email: text("email"), Balance: text("balance"), Version: *m.Command.Version}
+				}
+				rows = append(rows, part)
+			}
+			feed := make(chan []tooldb.LimitRow, len(rows))
+			for _, part := range rows {
+				feed <- part
+			}
+			close(feed)
+			b.ResetTimer()
+			done := measure(b, b.N*size)
+			require.NoError(b, limits.CopyUpsertLedger(ctx, "limit_customers", feed, writers))
+			done()
+		})
+	}
+}
+
+// spread deals batches (made for partition 0) to n partitions in turn,
+// each continuing its own offsets.
+func spread(batches []*pipeline.Batch, n int) []*pipeline.Batch {
+	next := map[int32]int64{}
+	for i, batch := range batches {
+		p := int32(i % n)
+		prev, ok := next[p]
+		if !ok {
+			prev = -1
+		}
+		batch.Partition, batch.PrevOffset, batch.NextOffset = p, prev, max(prev, 0)+int64(len(batch.Messages))
+		next[p] = batch.NextOffset
+	}
+	return batches
+}
+
+// side runs write(i) for i < n on writers goroutines, writer w taking the
+// batches of partition w (i ≡ w mod writers) in order.
+func side(b *testing.B, writers, n int, write func(i int) error) {
+	var g errgroup.Group
+	for w := range writers {
+		g.Go(func() error {
+			for i := w; i < n; i += writers {
+				if err := write(i); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	require.NoError(b, g.Wait())
 }

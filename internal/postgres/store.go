@@ -34,6 +34,9 @@ type Store struct {
 	// Each batch also asks for its other jobs; one found aborted then
 	// restarts the batch. Bounded: an evicted job is found again.
 	aborted *lru.Cache[pipeline.JobID, struct{}]
+	// writes holds a token for each batch transaction in flight, when
+	// LimitWrites bounds them; nil: only the pool bounds them.
+	writes chan struct{}
 }
 
 // abortedCacheSize bounds the jobs a store remembers as aborted.
@@ -62,6 +65,20 @@ func newStore(pool *pgxpool.Pool, catalog *pipeline.Catalog, group string, logge
 		panic(err)
 	}
 	return &Store{pool: pool, catalog: catalog, group: group, logger: logger, sqlCache: cache, aborted: aborted}
+}
+
+// LimitWrites bounds the batch transactions the store runs at once, all
+// partitions together, to n (n <= 0: only the pool bounds them); a batch
+// past the bound waits its turn. Concurrent bulk writes contend inside
+// PostgreSQL (for index pages, the WAL, each other's rows): past the cores
+// the database gives them, more at once only makes each command dearer
+// (docs/benchmarks.md, "Concurrent writes"). The work that follows a
+// commit (repair, settle) is not counted. Call it before the store is used.
+func (s *Store) LimitWrites(n int) {
+	s.writes = nil
+	if n > 0 {
+		s.writes = make(chan struct{}, n)
+	}
 }
 
 // LoadOffset returns the partition's next offset as stored, or -1.
@@ -99,7 +116,20 @@ func (s *Store) LoadOffset(ctx context.Context, topic string, partition int32) (
 func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.Deduped) ([]pipeline.Outcome, error) {
 	jobs := jobsOf(b)
 	for range 3 {
-		outcomes, err := s.writeBatch(ctx, b, d, jobs)
+		if s.writes != nil {
+			select {
+			case s.writes <- struct{}{}:
+			case <-ctx.Done():
+				return nil, classify(fmt.Errorf("waiting for a turn to write a batch of %d: %w", len(b.Messages), ctx.Err()))
+			}
+		}
+		outcomes, after, err := s.writeBatch(ctx, b, d, jobs)
+		if s.writes != nil {
+			<-s.writes
+		}
+		if after != nil {
+			after()
+		}
 		if !errors.Is(err, errAbortedMeanwhile) {
 			return outcomes, err
 		}
@@ -110,7 +140,10 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 // errAbortedMeanwhile restarts a batch one of whose jobs was found aborted.
 var errAbortedMeanwhile = pipeline.Errorf(pipeline.ClassTransient, "a job of the batch was aborted while the batch was written")
 
-func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.Deduped, jobs []pipeline.JobID) ([]pipeline.Outcome, error) {
+// writeBatch runs b's transaction. What must follow a commit (or a commit
+// whose answer was lost) it returns as after, for WriteBatch to run once
+// the batch's turn to write is over.
+func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.Deduped, jobs []pipeline.JobID) (outcomes []pipeline.Outcome, after func(), err error) {
 	d, skipped := s.skipAborted(b, d, jobs)
 	outcomes, candidates := slices.Clone(d.Outcomes), d.Candidates
 	index := make(map[*pipeline.Message]int, len(b.Messages))
@@ -145,14 +178,14 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	tx := br.Tx()
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
 	if err := br.Close(); err != nil {
-		return nil, classify(fmt.Errorf("claiming %d command ids: %w", len(candidates), err))
+		return nil, nil, classify(fmt.Errorf("claiming %d command ids: %w", len(candidates), err))
 	}
 	if abortedNow {
-		return nil, errAbortedMeanwhile
+		return nil, nil, errAbortedMeanwhile
 	}
 	repeats := d.Repeats
 	if err := c.settleRepeats(repeats, set); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	fresh := make([]*pipeline.Message, 0, c.inserted)
 	for _, m := range candidates {
@@ -162,7 +195,7 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	}
 	groups, superseded, err := pipeline.Plan(fresh, s.catalog.Entities())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for m, o := range superseded {
 		set(m, o)
@@ -181,14 +214,14 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 		}
 		written, err := s.queueGroup(&q, &g, set)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if g.Entity.Versioned() {
 			repairs = append(repairs, written)
 		}
 	}
 	if err := tx.SendBatch(ctx, &q).Close(); err != nil {
-		return nil, classify(err)
+		return nil, nil, classify(err)
 	}
 
 	q = pgx.Batch{}
@@ -216,22 +249,25 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	})
 	if err := tx.SendBatch(ctx, &q).Close(); err != nil {
 		if errors.Is(err, pipeline.ErrFenced) {
-			return nil, err
+			return nil, nil, err
 		}
-		return nil, classify(fmt.Errorf("recording batch of %d: %w", len(b.Messages), err))
+		return nil, nil, classify(fmt.Errorf("recording batch of %d: %w", len(b.Messages), err))
 	}
 	// What follows the commit must not be cut short by a worker being
 	// stopped (a revoke cancels its context right after a commit).
-	after, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterCommitTimeout)
-	defer cancel()
+	afterCommit := func(jobs []pipeline.JobID) func() {
+		return func() {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterCommitTimeout)
+			defer cancel()
+			s.afterCommit(ctx, b, repairs, pending, jobs)
+		}
+	}
 	if err := tx.Commit(ctx); err != nil {
 		// The commit may have happened with its answer lost: repair anyway,
 		// which is always safe.
-		s.afterCommit(after, b, repairs, pending, nil)
-		return nil, classify(fmt.Errorf("committing batch of %d: %w", len(b.Messages), err))
+		return nil, afterCommit(nil), classify(fmt.Errorf("committing batch of %d: %w", len(b.Messages), err))
 	}
-	s.afterCommit(after, b, repairs, pending, jobs)
-	return outcomes, nil
+	return outcomes, afterCommit(jobs), nil
 }
 
 // skipAborted settles as aborted the commands of the jobs known to be

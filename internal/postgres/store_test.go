@@ -546,3 +546,68 @@ func TestDeleteWaitingOnANewerWriteIsStale(t *testing.T) {
 		})
 	}
 }
+
+// TestLimitWritesBoundsBatchesInFlight: past LimitWrites' bound a batch
+// waits its turn before it reaches the database, and one that waits
+// gives up when its context ends; within the bound batches of other
+// partitions write side by side.
+func TestLimitWritesBoundsBatchesInFlight(t *testing.T) {
+	for _, limit := range []int{1, 2} {
+		t.Run(fmt.Sprintf("limit=%d", limit), func(t *testing.T) {
+			b := setup(t)
+			b.store.LimitWrites(limit)
+			ctx := context.Background()
+			_, err := b.write(t, 0, cust("c1", "a", 1, "first"))
+			require.NoError(t, err)
+			blocked, other := b.batch(t, 0, "job-1", nil, cust("c2", "a", 2, "second")), b.batch(t, 1, "job-1", nil, cust("c3", "b", 1, "other"))
+
+			// Another transaction holds row a: the first batch waits on it,
+			// holding its turn.
+			holder, err := b.db.Pool.Begin(ctx)
+			require.NoError(t, err)
+			defer holder.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+			_, err = holder.Exec(ctx, `SELECT 1 FROM customers WHERE customer_id = 'a' FOR UPDATE`)
+			require.NoError(t, err)
+			write := func(batch *pipeline.Batch) <-chan error {
+				done := make(chan error, 1)
+				go func() {
+					_, err := b.store.WriteBatch(ctx, batch, batch.Dedupe())
+					done <- err
+				}()
+				return done
+			}
+			first := write(blocked)
+			require.Eventually(t, func() bool {
+				var waiting int
+				_ = b.db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`).Scan(&waiting)
+				return waiting > 0
+			}, 10*time.Second, 10*time.Millisecond)
+
+			second := write(other)
+			if limit == 1 {
+				select {
+				case err := <-second:
+					t.Fatalf("the second batch wrote while the first held the only turn (err %v)", err)
+				case <-time.After(500 * time.Millisecond):
+				}
+				gone, cancel := context.WithCancel(ctx)
+				cancel()
+				_, err := b.store.WriteBatch(gone, other, other.Dedupe())
+				require.ErrorIs(t, err, context.Canceled, "a batch waiting for its turn gives up with its context")
+			} else {
+				select {
+				case err := <-second:
+					require.NoError(t, err)
+				case <-time.After(10 * time.Second):
+					t.Fatal("the second batch did not write beside the first")
+				}
+			}
+			require.NoError(t, holder.Commit(ctx))
+			require.NoError(t, <-first)
+			if limit == 1 {
+				require.NoError(t, <-second)
+			}
+			require.Equal(t, map[string]string{"a": "second@2", "b": "other@1"}, b.rows(t))
+		})
+	}
+}

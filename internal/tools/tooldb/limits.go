@@ -20,7 +20,7 @@ type Limits struct{ pool *pgxpool.Pool }
 
 // OpenLimits connects for the limits (and spool's own tables there).
 func OpenLimits(ctx context.Context, url string) (*Limits, error) {
-	pool, err := open(ctx, url, 4)
+	pool, err := open(ctx, url, 8) // the most writers BenchmarkWriteConcurrency runs
 	if err != nil {
 		return nil, err
 	}
