@@ -1,12 +1,16 @@
 package kafka
 
 import (
+	"context"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/spoolhq/spool/internal/kafkatest"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -33,4 +37,70 @@ func TestFromKgoCopies(t *testing.T) {
 	clear(fetched) // franz-go reuses its buffers
 	require.Equal(t, `{"id":"c-1"}`, string(recs[0].Value))
 	require.Equal(t, "job-1", string(recs[0].Headers[0].Value))
+}
+
+// countedPools counts what franz-go hands back to fetchPools.
+type countedPools struct {
+	fetchPools
+	bytesBack, recordsBack atomic.Int64
+}
+
+func (p *countedPools) PutDecompressBytes(b []byte) {
+	p.bytesBack.Add(1)
+	p.fetchPools.PutDecompressBytes(b)
+}
+
+func (p *countedPools) PutRecords(r []kgo.Record) {
+	p.recordsBack.Add(1)
+	p.fetchPools.PutRecords(r)
+}
+
+// TestPooledFetchesKeepTheirRecords: with fetchPools lending a consumer
+// its fetches' buffers, and fromKgo recycling every record it copied, the
+// buffers do serve one fetch after another, and the records copied out of
+// earlier fetches keep their bytes while later fetches reuse the buffers
+// (compressed batches of distinct records, read over many small fetches).
+func TestPooledFetchesKeepTheirRecords(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := kafkatest.NewCluster(t)
+	require.NoError(t, EnsureTopics(ctx, Plaintext(b.Addr()), 1, -1, "pooled"))
+	const n = 3000
+	producer, err := kgo.NewClient(kgo.SeedBrokers(b.Addr()), kgo.DefaultProduceTopic("pooled"),
+		kgo.ProducerBatchCompression(kgo.ZstdCompression()))
+	require.NoError(t, err)
+	defer producer.Close()
+	value := func(i int) string { return fmt.Sprintf(`{"id":"c-%05d","data":{"n":%d}}`, i, i*7) }
+	for i := range n {
+		producer.Produce(ctx, &kgo.Record{Key: []byte(fmt.Sprintf("k-%d", i)), Value: []byte(value(i)),
+			Headers: []kgo.RecordHeader{{Key: pipeline.HeaderJobID, Value: []byte(fmt.Sprintf("job-%d", i%5))}}}, nil)
+		if i%100 == 99 { // batches of 100, so that a small fetch holds a few
+			require.NoError(t, producer.Flush(ctx))
+		}
+	}
+
+	pools := &countedPools{}
+	consumer, err := kgo.NewClient(kgo.SeedBrokers(b.Addr()), kgo.ConsumeTopics("pooled"), kgo.WithPools(pools),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxBytes(4<<10), kgo.FetchMaxPartitionBytes(4<<10))
+	require.NoError(t, err)
+	defer consumer.Close()
+	var got []pipeline.Record
+	fetches := 0
+	for len(got) < n {
+		fs := consumer.PollFetches(ctx)
+		require.NoError(t, fs.Err())
+		got = append(got, fromKgo(fs.Records())...)
+		fetches++
+	}
+	require.Len(t, got, n)
+	require.Greater(t, fetches, 2, "the records came in several fetches")
+	require.Positive(t, pools.bytesBack.Load(), "decompressed buffers came back to the pool")
+	require.Positive(t, pools.recordsBack.Load(), "record slices came back to the pool")
+	for i, r := range got {
+		require.Equal(t, int64(i), r.Offset)
+		require.Equal(t, value(i), string(r.Value), "record %d", i)
+		require.Equal(t, fmt.Sprintf("k-%d", i), string(r.Key))
+		require.Equal(t, fmt.Sprintf("job-%d", i%5), string(r.Headers[0].Value))
+	}
 }
