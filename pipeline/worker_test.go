@@ -426,3 +426,28 @@ func TestWorkerRechecksAgainstTheCatalog(t *testing.T) {
 	require.Contains(t, visits.Err.Error(), "the table changed after ingress accepted the command")
 	require.Equal(t, ClassUnknownColumn, ClassOf(foreign.Err), "a record from another producer")
 }
+
+// TestWorkerTimerDueForWrittenRecordsWritesNothing: a timer due for
+// records a full batch already wrote finds the buffer empty and leaves a
+// slice waiting then to its own wait, BatchMaxWait from its hand-over,
+// instead of writing it at once. (The worker's select takes the timer or
+// the slice first at random, so the scenario runs 20 times.)
+func TestWorkerTimerDueForWrittenRecordsWritesNothing(t *testing.T) {
+	t.Parallel()
+	for range 20 {
+		synctest.Test(t, func(t *testing.T) {
+			const wait = 400 * time.Millisecond
+			store, w, ctx, stop := runSlowWorker(t, 10, wait)
+			store.took = wait * 12 / 10 // the full batch's write outlasts the timer its first records armed
+			recs := records(13, 0)
+			require.NoError(t, w.Feed(ctx, recs[:10])) // due at wait; written at once, as a full batch
+			time.Sleep(wait * 11 / 10)
+			handedOver := time.Now()
+			go func() { _ = w.Feed(ctx, recs[10:]) }() // waits for the worker through the write
+			waitNext(t, &store.fakeStore, int64(len(recs)))
+			stop()
+			require.Len(t, store.starts, 2)
+			require.Equal(t, wait, store.starts[1].Sub(handedOver), "the slice waited BatchMaxWait from its hand-over")
+		})
+	}
+}
