@@ -58,6 +58,8 @@ func TestMetricsFollowTheWork(t *testing.T) {
 	require.Positive(t, scrape(t, processor, `spool_processor_batch_size_count`))
 	require.Positive(t, scrape(t, processor, `spool_db_connections{state="idle"}`)+scrape(t, processor, `spool_db_connections{state="acquired"}`))
 	require.Equal(t, 0.0, scrape(t, processor, `spool_processor_batches_in_flight`))
+	require.Equal(t, 2.0, scrape(t, processor, `spool_processor_write_concurrency`))
+	require.Equal(t, 0.0, scrape(t, processor, `spool_processor_writes_in_flight`))
 	deadline := time.Now().Add(30 * time.Second)
 	for scrape(t, processor, `spool_processor_consumer_lag{partition="0"}`) != 0 ||
 		scrape(t, processor, `spool_processor_consumer_lag{partition="1"}`) != 0 {

@@ -79,6 +79,7 @@ func (p *Processor) run(ctx context.Context) error {
 	}
 	m := metrics.New(metrics.NewRegistry())
 	m.ObservePool(func() metrics.PoolStats { return metrics.PoolStats(pool.Stats()) })
+	m.ObserveWrites(func() metrics.WriteStats { return metrics.WriteStats(store.WriteStats()) })
 	// Dead letters are bounded by what the dead-letter topic takes, and the
 	// producer's batch limit agrees, so that a dead letter always fits.
 	dlqLimit := recordLimit(ctx, cluster, c.Kafka.DLQTopic, p.logger)

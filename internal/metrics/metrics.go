@@ -254,6 +254,34 @@ var (
 
 type poolCollector struct{ stats func() PoolStats }
 
+// WriteStats is the processor's bound on batch transactions at a moment
+// (postgres.Store.WriteStats).
+type WriteStats struct {
+	InFlight, Limit int
+	Waited          int64
+	WaitTime        time.Duration
+}
+
+// ObserveWrites reports the processor's batch transactions, read at each
+// scrape: how many run, their bound, and how often and how long a batch
+// waited for its turn.
+func (m *Metrics) ObserveWrites(stats func() WriteStats) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "spool_processor_writes_in_flight",
+			Help: "Batch transactions the processor runs now."},
+			func() float64 { return float64(stats().InFlight) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "spool_processor_write_concurrency",
+			Help: "The processor's bound on batch transactions at once, processor.write_concurrency."},
+			func() float64 { return float64(stats().Limit) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "spool_processor_write_waits_total",
+			Help: "Batches that waited for a turn to write because the bound was reached."},
+			func() float64 { return float64(stats().Waited) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "spool_processor_write_wait_seconds_total",
+			Help: "Time batches spent waiting for a turn to write."},
+			func() float64 { return stats().WaitTime.Seconds() }),
+	)
+}
+
 func (poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- poolConns
 	ch <- poolMax

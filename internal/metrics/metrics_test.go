@@ -90,6 +90,9 @@ func TestNamesFollowConventions(t *testing.T) {
 	m.SetLag(map[int32]int64{0: 1})
 	m.Swept(metrics.SweepLedger, 1)
 	m.ObservePool(func() metrics.PoolStats { return metrics.PoolStats{Acquired: 2, Idle: 1, Max: 8} })
+	m.ObserveWrites(func() metrics.WriteStats {
+		return metrics.WriteStats{InFlight: 2, Limit: 2, Waited: 3, WaitTime: time.Second}
+	})
 	m.Produced(time.Millisecond, pipeline.Errorf(pipeline.ClassTransient, "broker away"))
 	m.FetchFailed(pipeline.Errorf(pipeline.ClassInternal, "not authorized"))
 

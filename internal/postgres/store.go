@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -35,8 +36,12 @@ type Store struct {
 	// restarts the batch. Bounded: an evicted job is found again.
 	aborted *lru.Cache[pipeline.JobID, struct{}]
 	// writes holds a token for each batch transaction in flight, when
-	// LimitWrites bounds them; nil: only the pool bounds them.
-	writes chan struct{}
+	// LimitWrites bounds them; nil: only the pool bounds them. waited and
+	// waitedFor count the batches that found no turn free and how long
+	// they waited (WriteStats).
+	writes    chan struct{}
+	waited    atomic.Int64
+	waitedFor atomic.Int64
 }
 
 // abortedCacheSize bounds the jobs a store remembers as aborted.
@@ -116,12 +121,8 @@ func (s *Store) LoadOffset(ctx context.Context, topic string, partition int32) (
 func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.Deduped) ([]pipeline.Outcome, error) {
 	jobs := jobsOf(b)
 	for range 3 {
-		if s.writes != nil {
-			select {
-			case s.writes <- struct{}{}:
-			case <-ctx.Done():
-				return nil, classify(fmt.Errorf("waiting for a turn to write a batch of %d: %w", len(b.Messages), ctx.Err()))
-			}
+		if err := s.takeTurn(ctx); err != nil {
+			return nil, classify(fmt.Errorf("waiting for a turn to write a batch of %d: %w", len(b.Messages), err))
 		}
 		outcomes, after, err := s.writeBatch(ctx, b, d, jobs)
 		if s.writes != nil {
@@ -135,6 +136,47 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 		}
 	}
 	return nil, errAbortedMeanwhile // aborted jobs evicted as fast as found: the worker retries
+}
+
+// takeTurn waits for a batch transaction's turn (LimitWrites).
+func (s *Store) takeTurn(ctx context.Context) error {
+	if s.writes == nil {
+		return nil
+	}
+	select {
+	case s.writes <- struct{}{}:
+		return nil
+	default:
+	}
+	start := time.Now()
+	defer func() {
+		s.waited.Add(1)
+		s.waitedFor.Add(int64(time.Since(start)))
+	}()
+	select {
+	case s.writes <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// WriteStats is the store's bound on batch transactions at a moment, for
+// metrics.
+type WriteStats struct {
+	// InFlight is the batch transactions running; Limit is their bound
+	// (processor.write_concurrency), 0 when only the pool bounds them.
+	InFlight, Limit int
+	// Waited counts the batches that found no turn free; WaitTime is how
+	// long they waited, all together.
+	Waited   int64
+	WaitTime time.Duration
+}
+
+// WriteStats reads the bound's statistics.
+func (s *Store) WriteStats() WriteStats {
+	return WriteStats{InFlight: len(s.writes), Limit: cap(s.writes), Waited: s.waited.Load(),
+		WaitTime: time.Duration(s.waitedFor.Load())}
 }
 
 // errAbortedMeanwhile restarts a batch one of whose jobs was found aborted.

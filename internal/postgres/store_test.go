@@ -594,6 +594,11 @@ func TestLimitWritesBoundsBatchesInFlight(t *testing.T) {
 				cancel()
 				_, err := b.store.WriteBatch(gone, other, other.Dedupe())
 				require.ErrorIs(t, err, context.Canceled, "a batch waiting for its turn gives up with its context")
+				stats := b.store.WriteStats()
+				require.Equal(t, 1, stats.InFlight)
+				require.Equal(t, 1, stats.Limit)
+				require.Equal(t, int64(1), stats.Waited, "the batch given up waited (the second one is counted once it has its turn)")
+				require.GreaterOrEqual(t, stats.WaitTime, 0*time.Second)
 			} else {
 				select {
 				case err := <-second:
@@ -608,6 +613,9 @@ func TestLimitWritesBoundsBatchesInFlight(t *testing.T) {
 				require.NoError(t, <-second)
 			}
 			require.Equal(t, map[string]string{"a": "second@2", "b": "other@1"}, b.rows(t))
+			stats := b.store.WriteStats()
+			require.Zero(t, stats.InFlight, "every turn given back")
+			require.Equal(t, int64(2*(2-limit)), stats.Waited, "with one turn the second batch waited too")
 		})
 	}
 }
