@@ -111,7 +111,7 @@ func TestNamesFollowConventions(t *testing.T) {
 			require.Contains(t, string(docs), "`"+f.GetName()+"`", "docs/metrics.md must list %s", f.GetName())
 		}
 	}
-	require.Equal(t, 25, n, "every spool metric was gathered")
+	require.Equal(t, 29, n, "every spool metric was gathered")
 }
 
 // TestHelpNamesWhatIsEmitted: a help text that lists a label's values
