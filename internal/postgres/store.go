@@ -118,6 +118,9 @@ func (s *Store) LoadOffset(ctx context.Context, topic string, partition int32) (
 // end aborted: they claim nothing, so that their ids can be sent again.
 // The first round trip asks which of the batch's jobs are aborted; one
 // that is and was not known to be restarts the batch without its commands.
+//
+// Under LimitWrites the transaction waits for its turn, and gives it back
+// before the repair and settle that follow its commit.
 func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.Deduped) ([]pipeline.Outcome, error) {
 	jobs := jobsOf(b)
 	for range 3 {
