@@ -24,7 +24,7 @@ import (
 // benchBatches makes n batches of size fresh commands over keys drawn from
 // 0.6 of the total, with random versions: the shape of a backlog drain.
 // deletes of every 100 commands are deletes.
-func benchBatches(b testing.TB, es pipeline.Entities, n, size, deletes int) []*pipeline.Batch {
+func benchBatches(b *testing.B, es pipeline.Entities, n, size, deletes int) []*pipeline.Batch {
 	rng := rand.New(rand.NewPCG(9, 9))
 	keys := max(1, n*size*6/10)
 	var out []*pipeline.Batch
@@ -74,7 +74,7 @@ func measure(b *testing.B, rows int) (done func()) {
 	}
 }
 
-func benchSetup(b testing.TB) (*pgtest.DB, pipeline.Entities) {
+func benchSetup(b *testing.B) (*pgtest.DB, pipeline.Entities) {
 	db := pgtest.New(b)
 	db.Exec(b, `CREATE TABLE customers (customer_id text PRIMARY KEY, name text, email text,
 		balance numeric(18,2), version bigint NOT NULL, updated_at timestamptz)`)

@@ -128,9 +128,7 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 			return nil, classify(fmt.Errorf("waiting for a turn to write a batch of %d: %w", len(b.Messages), err))
 		}
 		outcomes, after, err := s.writeBatch(ctx, b, d, jobs)
-		if s.writes != nil {
-			<-s.writes
-		}
+		s.giveTurn()
 		if after != nil {
 			after()
 		}
@@ -161,6 +159,13 @@ func (s *Store) takeTurn(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// giveTurn ends the turn takeTurn gave.
+func (s *Store) giveTurn() {
+	if s.writes != nil {
+		<-s.writes
 	}
 }
 
