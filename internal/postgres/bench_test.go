@@ -2,15 +2,18 @@ package postgres_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/errgroup"
 
@@ -179,24 +182,42 @@ func BenchmarkWriteBatch(b *testing.B) {
 // WriteBatch, and the plain COPY+upsert+ledger reference of spool-bench
 // (tooldb.CopyUpsertLedger) over as many connections. Both pay for
 // concurrency alike, which is why the processor bounds its writes
-// (processor.write_concurrency).
+// (processor.write_concurrency). spool-deletes is spool with a fifth of
+// the commands deletes, whose batches write with two statements and lock
+// their rows first, in key order (Store.queueLocks).
 //
 //	go test ./internal/postgres -run '^$' -bench WriteConcurrency -benchtime 96x
 func BenchmarkWriteConcurrency(b *testing.B) {
 	const size = 3000
 	for _, writers := range []int{1, 2, 4, 8} {
-		b.Run(fmt.Sprintf("spool/writers=%d", writers), func(b *testing.B) {
-			db, es := benchSetup(b)
-			store := postgres.NewStore(db.Postgres, pipeline.NewCatalog(es), "bench", slog.New(slog.NewTextHandler(io.Discard, nil)))
-			batches := spread(benchBatches(b, es, b.N, size, 0), writers)
-			b.ResetTimer()
-			done := measure(b, b.N*size)
-			side(b, writers, len(batches), func(i int) error {
-				_, err := store.WriteBatch(context.Background(), batches[i], batches[i].Dedupe())
-				return err
-			})
-			done()
-		})
+		spool := func(deletes int) func(*testing.B) {
+			return func(b *testing.B) {
+				db, es := benchSetup(b)
+				store := postgres.NewStore(db.Postgres, pipeline.NewCatalog(es), "bench", slog.New(slog.NewTextHandler(io.Discard, nil)))
+				batches := spread(benchBatches(b, es, b.N, size, deletes), writers)
+				var deadlocks atomic.Int64
+				b.ResetTimer()
+				done := measure(b, b.N*size)
+				side(b, writers, len(batches), func(i int) error {
+					for {
+						// A deadlock fails the batch; the worker would
+						// retry it, and so does this.
+						_, err := store.WriteBatch(context.Background(), batches[i], batches[i].Dedupe())
+						if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "40P01" {
+							deadlocks.Add(1)
+							continue
+						}
+						return err
+					}
+				})
+				done()
+				b.ReportMetric(float64(deadlocks.Load())/float64(b.N), "deadlocks/batch")
+			}
+		}
+		b.Run(fmt.Sprintf("spool/writers=%d", writers), spool(0))
+		// A fifth deletes: each batch writes its entity with two
+		// statements, its rows locked first (Store.queueLocks).
+		b.Run(fmt.Sprintf("spool-deletes/writers=%d", writers), spool(20))
 		b.Run(fmt.Sprintf("copy-limit/writers=%d", writers), func(b *testing.B) {
 			db, es := benchSetup(b)
 			ctx := context.Background()

@@ -81,29 +81,17 @@ func (s *Store) queueRepair(q *pgx.Batch, k keys) {
 }
 
 func (s *Store) repairSQL(e *pipeline.Entity) string {
-	sig := e.Name + "\x00repair"
-	if sql, ok := s.sqlCache.Get(sig); ok {
-		return sql
-	}
-	var aliases, params, casts, keyJoin []string
-	for i, k := range e.Key {
-		a := fmt.Sprintf("a%d", i)
-		aliases = append(aliases, a)
-		params = append(params, fmt.Sprintf("$%d::text[]", i+1))
-		casts = append(casts, fmt.Sprintf("u.%s::%s AS %s", a, castType(e.Columns[k]), a))
-		keyJoin = append(keyJoin, fmt.Sprintf("t.%s = v.%s", ident(k), a))
-	}
-	n := len(e.Key)
-	// The uncorrelated EXISTS runs once: a target without tombstones (no
-	// delete yet, or all swept) costs no key computed or probed.
-	sql := fmt.Sprintf(`WITH v AS (SELECT %s, %s AS spool_key FROM unnest(%s) AS u(%s)
-			WHERE EXISTS (SELECT 1 FROM spool_tombstones WHERE target = $%[5]d))
-		DELETE FROM %s t USING v, spool_tombstones x
-		WHERE x.target = $%[5]d AND x.key = v.spool_key AND %[7]s AND t.%[8]s < x.version`,
-		strings.Join(casts, ", "), tombstoneKey(e, "u."), strings.Join(params, ", "), strings.Join(aliases, ", "),
-		n+1, table(e), strings.Join(keyJoin, " AND "), ident(e.VersionColumn))
-	s.sqlCache.Add(sig, sql)
-	return sql
+	return s.entitySQL(e, "repair", func() string {
+		in := keyInput(e)
+		// The uncorrelated EXISTS runs once: a target without tombstones
+		// (no delete yet, or all swept) costs no key computed or probed.
+		return fmt.Sprintf(`WITH v AS (SELECT %s, %s AS spool_key FROM unnest(%s) AS u(%s)
+				WHERE EXISTS (SELECT 1 FROM spool_tombstones WHERE target = $%[5]d))
+			DELETE FROM %s t USING v, spool_tombstones x
+			WHERE x.target = $%[5]d AND x.key = v.spool_key AND %[7]s AND t.%[8]s < x.version`,
+			strings.Join(in.casts, ", "), tombstoneKey(e, "u."), strings.Join(in.params, ", "), strings.Join(in.aliases, ", "),
+			len(e.Key)+1, table(e), strings.Join(in.join, " AND "), ident(e.VersionColumn))
+	})
 }
 
 // RepairSince repairs the keys of tombstones written since the given

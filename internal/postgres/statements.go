@@ -3,6 +3,7 @@ package postgres
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -124,6 +125,96 @@ func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, skipped func(*pipeli
 		return nil
 	})
 	return written, nil
+}
+
+// queueLocks queues, for each entity that a batch writes with more than
+// one statement (a delete and an upsert, upserts of different columns,
+// generations), one statement that locks the entity's rows of all of them
+// in key order, before any of them runs. Each statement takes its own rows
+// in key order, but two batches' statements, one after the other, would
+// not: one batch's delete holding a row another's upsert waits for, while
+// that one's delete holds a row the first one's upsert waits for, is a
+// deadlock PostgreSQL breaks only after deadlock_timeout, failing a batch.
+// Locked first, in one order, the second batch waits for the first.
+// Rows that do not exist yet are not locked (inserting them takes the
+// unique index's order), nor are rows another transaction commits after
+// the lock: with more than two batches at once a cycle through one of
+// those remains possible, and is retried. Inserts alone lock nothing
+// (ON CONFLICT DO NOTHING), and a role that may only insert may not lock;
+// an entity only inserted is left to them. written holds each group's
+// keys.
+func (s *Store) queueLocks(q *pgx.Batch, groups []pipeline.Group, written []keys) {
+	byEntity := map[*pipeline.Entity][]int{}
+	locking := map[*pipeline.Entity]bool{}
+	var entities []*pipeline.Entity
+	for i, g := range groups {
+		if _, ok := byEntity[g.Entity]; !ok {
+			entities = append(entities, g.Entity)
+		}
+		byEntity[g.Entity] = append(byEntity[g.Entity], i)
+		locking[g.Entity] = locking[g.Entity] || g.Op != pipeline.OpInsert
+	}
+	// In the entities' order, as their groups run.
+	slices.SortFunc(entities, func(a, b *pipeline.Entity) int { return strings.Compare(a.Name, b.Name) })
+	for _, e := range entities {
+		idx := byEntity[e]
+		if len(idx) < 2 || !locking[e] {
+			continue
+		}
+		args := make([]any, len(e.Key))
+		for c := range e.Key {
+			var col texts
+			for _, i := range idx {
+				col = append(col, written[i].cols[c]...)
+			}
+			args[c] = col
+		}
+		q.Queue(s.lockSQL(e), args...)
+	}
+}
+
+func (s *Store) lockSQL(e *pipeline.Entity) string {
+	return s.entitySQL(e, "lock", func() string {
+		in := keyInput(e)
+		return fmt.Sprintf(`SELECT count(*) FROM (SELECT 1 FROM %s t JOIN (SELECT %s FROM unnest(%s) AS u(%s)) v ON %s
+			ORDER BY %s FOR UPDATE OF t) l`,
+			table(e), strings.Join(in.casts, ", "), strings.Join(in.params, ", "), strings.Join(in.aliases, ", "),
+			strings.Join(in.join, " AND "), strings.Join(in.order, ", "))
+	})
+}
+
+// entitySQL returns the statement of the given kind for the entity's
+// current definition, built once.
+func (s *Store) entitySQL(e *pipeline.Entity, kind string, build func() string) string {
+	sig := e.Name + "\x00" + strconv.FormatUint(e.Generation, 10) + "\x00" + kind
+	if sql, ok := s.sqlCache.Get(sig); ok {
+		return sql
+	}
+	sql := build()
+	s.sqlCache.Add(sig, sql)
+	return sql
+}
+
+// keyInputSQL is the SQL of a statement whose input is an entity's keys,
+// one text array a key column ($1, $2, … in the order of Entity.Key),
+// unnested as u(a0, a1, …) and cast to the columns' types as v.a0, v.a1, …:
+// the parameters, aliases and casts, the join of the target t to v, and
+// the key order.
+type keyInputSQL struct {
+	params, aliases, casts, join, order []string
+}
+
+func keyInput(e *pipeline.Entity) keyInputSQL {
+	var in keyInputSQL
+	for i, k := range e.Key {
+		a := fmt.Sprintf("a%d", i)
+		in.aliases = append(in.aliases, a)
+		in.params = append(in.params, fmt.Sprintf("$%d::text[]", i+1))
+		in.casts = append(in.casts, fmt.Sprintf("u.%s::%s AS %s", a, castType(e.Columns[k]), a))
+		in.join = append(in.join, fmt.Sprintf("t.%s = v.%s", ident(k), a))
+		in.order = append(in.order, "v."+a)
+	}
+	return in
 }
 
 // matchWritten marks in listed the group's rows whose keys the statement

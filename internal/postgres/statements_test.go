@@ -56,7 +56,8 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/ w
 // TestStatementShapes shows every shape of statement built at run time,
 // as golden files (testdata/*.sql; go test -run TestStatementShapes
 // -update rewrites them): upserts, inserts and updates with columns to
-// set and with the key alone, deletes, and the repair, for a versioned entity whose keys round
+// set and with the key alone, deletes, the repair and the lock a batch of
+// several statements takes first, for a versioned entity whose keys round
 // trip, a versioned one with a composite key that does not (so the
 // statement joins its input), and an unversioned one.
 func TestStatementShapes(t *testing.T) {
@@ -107,6 +108,8 @@ func TestStatementShapes(t *testing.T) {
 	}
 	golden(t, "customers_repair", s.repairSQL(customers))
 	golden(t, "events_repair", s.repairSQL(events))
+	golden(t, "customers_lock", s.lockSQL(customers))
+	golden(t, "events_lock", s.lockSQL(events))
 }
 
 // golden compares sql with testdata/name.sql, or writes it there with

@@ -258,18 +258,21 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	queueRedeliveries(&q, b, outcomes)
 	queueAbortedRedeliveries(&q, b, outcomes)
 	var repairs []keys
-	for _, g := range groups {
+	var writes pgx.Batch
+	written := make([]keys, len(groups))
+	for i, g := range groups {
 		for _, m := range g.Messages {
 			set(m, pipeline.OutcomeApplied)
 		}
-		written, err := s.queueGroup(&q, &g, set)
-		if err != nil {
+		if written[i], err = s.queueGroup(&writes, &g, set); err != nil {
 			return nil, nil, err
 		}
 		if g.Entity.Versioned() {
-			repairs = append(repairs, written)
+			repairs = append(repairs, written[i])
 		}
 	}
+	s.queueLocks(&q, groups, written)
+	q.QueuedQueries = append(q.QueuedQueries, writes.QueuedQueries...)
 	if err := tx.SendBatch(ctx, &q).Close(); err != nil {
 		return nil, nil, classify(err)
 	}

@@ -547,6 +547,37 @@ func TestDeleteWaitingOnANewerWriteIsStale(t *testing.T) {
 	}
 }
 
+// TestBatchesOfDeletesAndUpsertsDoNotDeadlock: two batches, each deleting
+// a row the other upserts, run side by side. Each statement takes its rows
+// in key order, but a batch's delete holds its row while its upsert waits
+// for the other's: without the batch's rows locked first in one order,
+// PostgreSQL finds a deadlock and fails one of them.
+func TestBatchesOfDeletesAndUpsertsDoNotDeadlock(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	_, err := b.write(t, 0, cust("c1", "a", 1, "first"), cust("c2", "b", 1, "first"))
+	require.NoError(t, err)
+	// Each delete holds its row a while, so that both batches hold one
+	// before either reaches its upsert.
+	b.db.Exec(t, `CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN OLD; END $$;
+		CREATE TRIGGER slow_delete BEFORE DELETE ON customers FOR EACH ROW EXECUTE FUNCTION slow_delete()`)
+	batches := []*pipeline.Batch{
+		b.batch(t, 1, "job-1", nil, del("d1", "b", 5), cust("u1", "a", 5, "one")),
+		b.batch(t, 2, "job-1", nil, del("d2", "a", 6), cust("u2", "b", 6, "two")),
+	}
+	errs := make([]error, len(batches))
+	var wg sync.WaitGroup
+	for i, batch := range batches {
+		wg.Go(func() { _, errs[i] = b.store.WriteBatch(ctx, batch, batch.Dedupe()) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		require.NoError(t, err)
+	}
+	// Whichever committed first, the newer delete and upsert win.
+	require.Equal(t, map[string]string{"b": "two@6"}, b.rows(t))
+}
+
 // TestLimitWritesBoundsBatchesInFlight: past LimitWrites' bound a batch
 // waits its turn before it reaches the database, and one that waits
 // gives up when its context ends; within the bound batches of other

@@ -1,4 +1,4 @@
 WITH v AS (SELECT u.a0::text AS a0, json_build_array((u.a0::text)::text)::text AS spool_key FROM unnest($1::text[]) AS u(a0)
-			WHERE EXISTS (SELECT 1 FROM spool_tombstones WHERE target = $2))
-		DELETE FROM "public"."customers" t USING v, spool_tombstones x
-		WHERE x.target = $2 AND x.key = v.spool_key AND t."customer_id" = v.a0 AND t."version" < x.version
+				WHERE EXISTS (SELECT 1 FROM spool_tombstones WHERE target = $2))
+			DELETE FROM "public"."customers" t USING v, spool_tombstones x
+			WHERE x.target = $2 AND x.key = v.spool_key AND t."customer_id" = v.a0 AND t."version" < x.version
