@@ -169,7 +169,14 @@ func (s *Store) queueLocks(q *pgx.Batch, groups []pipeline.Group, written []keys
 			}
 			args[c] = col
 		}
-		q.Queue(s.lockSQL(e), args...)
+		n := len(args[0].(texts))
+		q.Queue(s.lockSQL(e), args...).QueryRow(func(row pgx.Row) error {
+			var locked int64
+			if err := row.Scan(&locked); err != nil {
+				return classify(fmt.Errorf("locking %d rows of %s: %w", n, e.Name, err))
+			}
+			return nil
+		})
 	}
 }
 
