@@ -578,6 +578,49 @@ func TestBatchesOfDeletesAndUpsertsDoNotDeadlock(t *testing.T) {
 	require.Equal(t, map[string]string{"b": "two@6"}, b.rows(t))
 }
 
+// TestDeadlockIsTransient: a batch PostgreSQL picks as a deadlock's victim
+// fails as transient (retried, never dead-lettered: SPEC §4.5), and the
+// same batch written again applies.
+func TestDeadlockIsTransient(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	_, err := b.write(t, 0, cust("c1", "a", 1, "first"), cust("c2", "b", 1, "first"))
+	require.NoError(t, err)
+	other, err := b.db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer other.Rollback(ctx) //nolint:errcheck // after the deadlock, a no-op
+	_, err = other.Exec(ctx, `SELECT 1 FROM customers WHERE customer_id = 'b' FOR UPDATE`)
+	require.NoError(t, err)
+
+	// The batch locks a, then waits for b; the other transaction then
+	// waits for a. The batch waited first, so its deadlock check runs
+	// first and makes it the victim.
+	batch := b.batch(t, 1, "job-1", nil, cust("c3", "a", 2, "second"), cust("c4", "b", 2, "second"))
+	failed := make(chan error, 1)
+	go func() {
+		_, err := b.store.WriteBatch(ctx, batch, batch.Dedupe())
+		failed <- err
+	}()
+	require.Eventually(t, func() bool {
+		var waiting bool
+		err := b.db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO%customers%')`).Scan(&waiting)
+		return err == nil && waiting
+	}, 5*time.Second, 10*time.Millisecond)
+	_, err = other.Exec(ctx, `SELECT 1 FROM customers WHERE customer_id = 'a' FOR UPDATE`)
+	require.NoError(t, err, "the batch, not this transaction, is the victim")
+	err = <-failed
+	require.ErrorContains(t, err, "deadlock detected")
+	require.Equal(t, pipeline.ClassTransient, pipeline.ClassOf(err))
+	require.False(t, pipeline.IsPermanent(err))
+
+	require.NoError(t, other.Rollback(ctx))
+	out, err := b.store.WriteBatch(ctx, batch, batch.Dedupe())
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{applied, applied}, out)
+	require.Equal(t, map[string]string{"a": "second@2", "b": "second@2"}, b.rows(t))
+}
+
 // TestLimitWritesBoundsBatchesInFlight: past LimitWrites' bound a batch
 // waits its turn before it reaches the database, and one that waits
 // gives up when its context ends; within the bound batches of other
