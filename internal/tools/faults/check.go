@@ -2,6 +2,7 @@ package faults
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"github.com/spoolhq/spool/dlq"
@@ -12,7 +13,7 @@ import (
 
 // verdict is what the checker found.
 type verdict struct {
-	Commands, Rejects, Poison int
+	Commands, Rejects, Poison, Deletes int
 	// Writes is the audit's count of committed writes.
 	Writes int64
 	// Lost are accepted commands neither written (nor superseded by a
@@ -84,7 +85,8 @@ func check(ctx context.Context, a *tooldb.Audit, brokers []string, w *workload, 
 		jobFailed[[2]string{f.Job, f.ID}] = f.Outcome
 	}
 
-	// Each command id at most once; the newest version of a key written.
+	// Each command id at most once; the newest version of a key written,
+	// by an upsert or a delete (its tombstone).
 	known := map[string]*command{}
 	newest := map[string]int64{} // customers key → highest written version
 	for i := range w.cmds {
@@ -93,6 +95,17 @@ func check(ctx context.Context, a *tooldb.Audit, brokers []string, w *workload, 
 		if c.Entity == customers && writes[c.ID] > 0 {
 			newest[c.Key] = max(newest[c.Key], c.Version)
 		}
+	}
+	tombstones, err := a.Tombstones(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading tombstones: %w", err)
+	}
+	for key, version := range tombstones {
+		var values []string
+		if err := json.Unmarshal([]byte(key), &values); err != nil || len(values) != 1 {
+			return nil, fmt.Errorf("tombstone key %q is not one customer id", key)
+		}
+		newest[values[0]] = max(newest[values[0]], version)
 	}
 	for id, n := range writes {
 		v.Writes += int64(n)
@@ -133,6 +146,13 @@ func check(ctx context.Context, a *tooldb.Audit, brokers []string, w *workload, 
 			if n > 0 || !dead[c.ID] || failed[c.ID] != string(pipeline.OutcomeDeadLettered) {
 				v.problem(&v.Misplaced, "poison command %s: %d writes, in the DLQ %t, failure outcome %q", c.ID, n, dead[c.ID], failed[c.ID])
 			}
+		case c.Delete:
+			// Its write is the row's absence (the oracle) and its
+			// tombstone: the audit sees neither.
+			v.Deletes++
+			if failed[c.ID] != "" {
+				v.problem(&v.Misplaced, "good delete %s is in its job's failures as %s", c.ID, failed[c.ID])
+			}
 		case n == 0 && (c.Entity == events || newest[c.Key] <= c.Version):
 			v.problem(&v.Lost, "command %s (%s %s) was accepted and never written, nor superseded", c.ID, c.Entity, c.Key)
 		case failed[c.ID] != "":
@@ -166,12 +186,13 @@ func check(ctx context.Context, a *tooldb.Audit, brokers []string, w *workload, 
 
 // checkJobs checks each answered job's counts against its upload and the
 // audit, that every other job failed, and that all jobs together counted
-// exactly the audit's writes as applied. A poison command is dead-lettered
-// by the job, with a failure row of its own, unless a newer version of its
-// key superseded it: a resent upload's copy of one may meet that newer
-// version in its batch, where the first copy did not, and be stale there
-// (failed holds each job's failures; newest, each key's newest version
-// written).
+// the audit's writes as applied, and each delete at most once besides. A
+// poison command is dead-lettered by the job, with a failure row of its
+// own, unless a newer version of its key superseded it: a resent upload's
+// copy of one may meet that newer version in its batch, where the first
+// copy did not, and be stale there, or be a duplicate of an earlier
+// attempt's copy that was stale (failed holds each job's failures; newest,
+// each key's newest version written, by an upsert or a delete).
 func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*tooldb.AuditJob, writes map[string]int,
 	failed map[[2]string]string, newest map[string]int64) {
 	uploadsOf := map[string]int{} // command id → uploads it is in
@@ -202,9 +223,11 @@ func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*tool
 			case c.Poison && failed[[2]string{id, c.ID}] == string(pipeline.OutcomeDeadLettered):
 				poison++ // dead-lettered, not stale (whatever orphans the topic holds)
 			case c.Poison && c.Entity == customers && newest[c.Key] > c.Version:
-				superseded++ // stale: counted so below
+				superseded++ // stale, or a duplicate of an earlier attempt's copy that was: counted so below
 			case c.Poison:
 				v.problem(&v.Jobs, "job %s (upload %d): poison command %s was neither dead-lettered by it nor superseded", id, ans.Upload, c.ID)
+			case c.Delete:
+				maybe++ // applied or stale: the audit does not see deletes
 			case writes[c.ID] > 0 && uploadsOf[c.ID] == 1 && ans.Attempts == 1:
 				sure++ // written, and by no other job
 			case writes[c.ID] > 0:
@@ -219,12 +242,17 @@ func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*tool
 			Counts: pipeline.Counts{DeadLettered: poison}, Failed: rejects + poison}
 		got := *j
 		got.Applied, got.Duplicate, got.Stale, got.Conflict, got.Error = 0, 0, 0, 0, ""
-		if got != want || j.Outcomes() != n-rejects || j.Applied < sure || j.Applied > sure+maybe || j.Conflict != 0 || j.Stale < superseded {
-			v.problem(&v.Jobs, "job %s (upload %d, %d attempts): %+v; expected %+v with outcomes = accepted, %d to %d applied by the audit and at least %d stale",
+		if got != want || j.Outcomes() != n-rejects || j.Applied < sure || j.Applied > sure+maybe || j.Conflict != 0 || j.Stale+j.Duplicate < superseded {
+			v.problem(&v.Jobs, "job %s (upload %d, %d attempts): %+v; expected %+v with outcomes = accepted, %d to %d applied by the audit and at least %d stale or duplicate",
 				id, ans.Upload, ans.Attempts, *j, want, sure, sure+maybe, superseded)
 		}
 	}
-	var applied int64
+	var applied, deletes int64
+	for i := range w.cmds {
+		if c := &w.cmds[i]; c.Delete && !c.Reject && c.Repeat < 0 {
+			deletes++
+		}
+	}
 	for id, j := range jobs {
 		applied += j.Applied
 		if answered[id] {
@@ -241,7 +269,8 @@ func (v *verdict) checkJobs(w *workload, answers []answer, jobs map[string]*tool
 			v.problem(&v.Jobs, "job %s, which no client got an answer for, is %s, neither failed nor finished: %+v", id, j.State, *j)
 		}
 	}
-	if applied != v.Writes {
-		v.problem(&v.Jobs, "the jobs count %d commands applied, the audit saw %d writes", applied, v.Writes)
+	// Deletes count applied without an audited write, each at most once.
+	if applied < v.Writes || applied > v.Writes+deletes {
+		v.problem(&v.Jobs, "the jobs count %d commands applied, the audit saw %d writes besides %d deletes", applied, v.Writes, deletes)
 	}
 }

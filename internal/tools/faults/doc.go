@@ -17,7 +17,8 @@
 // have been written at most once, every one not superseded by a newer
 // version exactly once unless it is a poison command, which must be in the
 // dead-letter topic and its job's failures instead; the tables must equal
-// an oracle; every job's counts must add up and agree with the audit; and
-// no processor may pass its rate limit or a bound on its memory.
+// an oracle (a key whose newest command is a delete has no row); every
+// job's counts must add up and agree with the audit; and no processor may
+// pass its rate limit or a bound on its memory.
 // cmd/spool-faults is its command line; `make faults` runs it.
 package faults

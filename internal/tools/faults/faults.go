@@ -7,6 +7,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -203,7 +205,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := selfCheck(ctx, audit, []string{s.brokerAddr}, w, answers); err != nil {
 		return rep, err
 	}
-	fmt.Fprintln(cfg.Out, "self-check: after a write doubled, a command lost and a job miscounted on purpose, the checker finds all three")
+	fmt.Fprintln(cfg.Out, "self-check: after a write doubled, a command lost, a job miscounted and a deleted row put back on purpose, the checker finds all four")
 	return rep, nil
 }
 
@@ -222,13 +224,31 @@ func selfCheck(ctx context.Context, audit *tooldb.Audit, brokers []string, w *wo
 	if err := audit.Sabotage(ctx, evs[0], evs[1], string(answers[0].View.JobID)); err != nil {
 		return fmt.Errorf("self-check: %w", err)
 	}
+	// And a row back that a delete removed.
+	custs, _ := w.oracle()
+	var deleted string
+	for _, c := range w.cmds {
+		if _, live := custs[c.Key]; c.Delete && !live && !c.Reject {
+			deleted = c.Key
+			break
+		}
+	}
+	if deleted != "" {
+		if err := audit.Exec(ctx, fmt.Sprintf(`INSERT INTO customers (customer_id, name, balance, version, cmd)
+			VALUES ('%s', 'back', 0, 0, 'self-check')`, deleted)); err != nil {
+			return fmt.Errorf("self-check: %w", err)
+		}
+	}
 	v, err := check(ctx, audit, brokers, w, answers)
 	if err != nil {
 		return fmt.Errorf("self-check: %w", err)
 	}
-	if v.Doubled == 0 || v.Lost == 0 || v.Rows == 0 || v.Jobs == 0 {
-		return fmt.Errorf("self-check: the checker missed what was broken on purpose: doubled %d, lost %d, rows %d, jobs %d",
-			v.Doubled, v.Lost, v.Rows, v.Jobs)
+	back := deleted == "" || slices.ContainsFunc(v.Problems, func(p string) bool {
+		return strings.HasPrefix(p, "customers "+deleted+" is") && strings.HasSuffix(p, "should not exist")
+	})
+	if v.Doubled == 0 || v.Lost == 0 || v.Rows == 0 || v.Jobs == 0 || !back {
+		return fmt.Errorf("self-check: the checker missed what was broken on purpose: doubled %d, lost %d, rows %d, jobs %d, deleted row back found %t",
+			v.Doubled, v.Lost, v.Rows, v.Jobs, back)
 	}
 	return nil
 }
@@ -348,8 +368,8 @@ func (r *Report) print(out io.Writer) {
 			k.Alone, k.AloneMedian.Round(time.Millisecond), k.AloneMax.Round(time.Millisecond))
 	}
 	_ = tw.Flush()
-	fmt.Fprintf(out, "%d commands (%d rejected by ingress, %d poison) in %d uploads, %d resent; %d writes audited; %d jobs abandoned by a killed ingress or a 5xx, all failed; %d finished with their answer lost to a killed ingress\n",
-		r.Commands, r.Rejects, r.Poison, r.Uploads, r.Resent, r.Writes, r.Abandoned, r.Unanswered)
+	fmt.Fprintf(out, "%d commands (%d rejected by ingress, %d poison, %d deletes) in %d uploads, %d resent; %d writes audited; %d jobs abandoned by a killed ingress or a 5xx, all failed; %d finished with their answer lost to a killed ingress\n",
+		r.Commands, r.Rejects, r.Poison, r.Deletes, r.Uploads, r.Resent, r.Writes, r.Abandoned, r.Unanswered)
 	fmt.Fprintf(out, "lost %d, doubled %d, misplaced %d, rows off the oracle %d, jobs wrong %d; run %s, drained %s after the last answer and fault\n",
 		r.Lost, r.Doubled, r.Misplaced, r.Rows, r.Jobs, r.Elapsed.Round(time.Second), r.Drain.Round(100*time.Millisecond))
 	fmt.Fprintf(out, "longest stall (records waiting, none committed): %s, from %s into the run\n",

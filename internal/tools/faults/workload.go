@@ -7,8 +7,8 @@ import (
 )
 
 // The two entities of the workload: customers is versioned (convergence to
-// the highest version), events is not (every command is its own row, so
-// that a lost command shows as a missing row).
+// the highest version, deletes leaving tombstones), events is not (every
+// command is its own row, so that a lost command shows as a missing row).
 const (
 	customers = "customers"
 	events    = "events"
@@ -19,6 +19,7 @@ const (
 	repeatShare = 0.02  // a whole earlier command again, in a later upload (a client's retry)
 	poisonShare = 0.005 // a negative amount the table's CHECK refuses: dead-lettered
 	rejectShare = 0.003 // no key column: rejected by ingress
+	deleteShare = 0.1   // of the customers commands that are not poison: versioned deletes
 )
 
 // command is one command of the workload, with what the checker needs to
@@ -28,7 +29,8 @@ type command struct {
 	Entity  string
 	Key     string // customer_id or event_id
 	Version int64  // customers only
-	Row     string // the row it writes, as the checker dumps it
+	Row     string // the row it writes, as the checker dumps it; none for a delete
+	Delete  bool   // a customers delete
 	Poison  bool
 	Reject  bool
 	// Repeat is the index of the earlier command this one repeats, or -1.
@@ -78,6 +80,9 @@ func newWorkload(n, uploadSize int, seed uint64) *workload {
 			name := fmt.Sprintf("Customer %s v%d", c.Key, c.Version)
 			c.Row = fmt.Sprintf("%s|%s|%d|%s", name, money, c.Version, id)
 			data = map[string]any{"customer_id": c.Key, "name": name, "balance": money, "cmd": id}
+			if c.Delete = !c.Poison && r.Float64() < deleteShare; c.Delete {
+				c.Row, data = "", map[string]any{"customer_id": c.Key}
+			}
 		} else {
 			c.Entity, c.Key = events, "ev-"+id
 			cust := fmt.Sprintf("cust-%07d", r.IntN(keys))
@@ -87,7 +92,11 @@ func newWorkload(n, uploadSize int, seed uint64) *workload {
 		if c.Reject {
 			delete(data, map[string]string{customers: "customer_id", events: "event_id"}[c.Entity])
 		}
-		line := map[string]any{"id": id, "entity": c.Entity, "op": "upsert", "data": data}
+		op := "upsert"
+		if c.Delete {
+			op = "delete"
+		}
+		line := map[string]any{"id": id, "entity": c.Entity, "op": op, "data": data}
 		if c.Version > 0 {
 			line["version"] = c.Version
 		}
@@ -121,21 +130,28 @@ func (w *workload) body(u int) []byte {
 }
 
 // oracle is each table's expected rows: customers at each key's highest
-// version of a command that was not poison, events every good command.
+// version of a command that was not poison (no row where that is a
+// delete), events every good command.
 func (w *workload) oracle() (custs, evs map[string]string) {
 	custs, evs = map[string]string{}, map[string]string{}
-	best := map[string]int64{}
-	for _, c := range w.cmds {
+	best := map[string]*command{}
+	for i := range w.cmds {
+		c := &w.cmds[i]
 		if c.Poison || c.Reject {
 			continue
 		}
 		switch c.Entity {
 		case customers:
-			if c.Version > best[c.Key] {
-				best[c.Key], custs[c.Key] = c.Version, c.Row
+			if b := best[c.Key]; b == nil || c.Version > b.Version {
+				best[c.Key] = c
 			}
 		case events:
 			evs[c.Key] = c.Row
+		}
+	}
+	for k, c := range best {
+		if !c.Delete {
+			custs[k] = c.Row
 		}
 	}
 	return custs, evs

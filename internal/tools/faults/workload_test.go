@@ -7,8 +7,9 @@ import (
 )
 
 // TestWorkload: the same seed gives the same commands; every command is in
-// exactly one upload; repeats copy an earlier good command whole; the
-// oracle keeps each key's highest good version.
+// exactly one upload; repeats copy an earlier good command whole; a tenth
+// of the customers commands are deletes; the oracle keeps each key's
+// highest good version, and no row where that is a delete.
 func TestWorkload(t *testing.T) {
 	w := newWorkload(20_000, 700, 5)
 	require.Equal(t, w.cmds, newWorkload(20_000, 700, 5).cmds)
@@ -41,11 +42,28 @@ func TestWorkload(t *testing.T) {
 	require.InDelta(t, 20_000*rejectShare, reject, 30)
 
 	custs, _ := w.oracle()
-	best := map[string]int64{}
+	best := map[string]command{}
+	var deletes int
 	for _, c := range w.cmds {
 		if c.Entity == customers && !c.Poison && !c.Reject {
-			best[c.Key] = max(best[c.Key], c.Version)
+			if c.Delete && c.Repeat < 0 {
+				deletes++
+			}
+			if c.Version > best[c.Key].Version {
+				best[c.Key] = c
+			}
 		}
 	}
-	require.Len(t, custs, len(best))
+	require.InDelta(t, 20_000*0.5*deleteShare, deletes, 150)
+	var live int
+	for k, c := range best {
+		if c.Delete {
+			require.NotContains(t, custs, k, "a key whose newest command is a delete has no row")
+		} else {
+			live++
+			require.Equal(t, c.Row, custs[k])
+		}
+	}
+	require.Len(t, custs, live)
+	require.Less(t, live, len(best))
 }

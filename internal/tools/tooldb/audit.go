@@ -98,6 +98,12 @@ func (a *Audit) AuditWrites(ctx context.Context) (map[string]int, error) {
 	return pairs[int](ctx, a.pool, `SELECT cmd, count(*)::int FROM audit GROUP BY cmd`)
 }
 
+// Tombstones is the version of each tombstone spool keeps, by its key as
+// spool_tombstones names it (a JSON array of the key's values).
+func (a *Audit) Tombstones(ctx context.Context) (map[string]int64, error) {
+	return pairs[int64](ctx, a.pool, `SELECT key, version FROM spool_tombstones`)
+}
+
 // FirstWriteAfter is the time of the first audited write after t, if any.
 func (a *Audit) FirstWriteAfter(ctx context.Context, t time.Time) (at time.Time, ok bool, err error) {
 	var first *time.Time
