@@ -143,6 +143,41 @@ func TestRepairRemovesRowBehindTombstone(t *testing.T) {
 	require.Equal(t, map[string]string{"k2": "newer@9"}, b.rows(t))
 }
 
+// TestRepairCatchesADeleteItsUpsertMissed: the race the repair after each
+// commit is for. An upsert of a key that does not exist yet and a newer
+// delete of it run at once on two partitions: the upsert's snapshot, taken
+// before the delete commits, misses the delete's tombstone; the delete
+// finds no row to remove (the upsert's is not committed) and commits, and
+// its own repair finds nothing either. The upsert's repair after its
+// commit sees both and removes the row.
+func TestRepairCatchesADeleteItsUpsertMissed(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	// The upsert's row waits a while before it is inserted, its
+	// statement's snapshot already taken.
+	b.db.Exec(t, `CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF NEW.customer_id = 'race' THEN PERFORM pg_sleep(0.5); END IF; RETURN NEW; END $$;
+		CREATE TRIGGER slow_insert BEFORE INSERT ON customers FOR EACH ROW EXECUTE FUNCTION slow_insert()`)
+	upsert := b.batch(t, 0, "job-1", nil, cust("u", "race", 1, "older"))
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.store.WriteBatch(ctx, upsert, upsert.Dedupe())
+		done <- err
+	}()
+	require.Eventually(t, func() bool {
+		var sleeping bool
+		err := b.db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event = 'PgSleep')`).Scan(&sleeping)
+		return err == nil && sleeping
+	}, 5*time.Second, 5*time.Millisecond)
+	out, err := b.write(t, 1, del("d", "race", 5))
+	require.NoError(t, err)
+	require.Equal(t, []pipeline.Outcome{applied}, out, "the delete found no row, and wrote its tombstone")
+	require.NoError(t, <-done)
+	require.Empty(t, b.rows(t), "the upsert's repair removed the row its snapshot let through")
+}
+
 // TestJobWaitsForItsRepair: a batch whose repair after its commit fails
 // leaves a durable mark, and its job does not read completed — by its own
 // settle or any later one — until the periodic sweep has repaired every
