@@ -63,13 +63,18 @@ func (s *stack) dlqRecords(t *testing.T, want int) []*kgo.Record {
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	require.NoError(t, err)
 	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	// Up to 30 s for the first want records (a loaded machine can take
+	// seconds to join and fetch), then 2 s more for any beyond them.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var recs []*kgo.Record
-	for ctx.Err() == nil {
-		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) { recs = append(recs, r) })
-		if len(recs) > want {
-			break
+	wait := ctx
+	for wait.Err() == nil && len(recs) <= want {
+		cl.PollFetches(wait).EachRecord(func(r *kgo.Record) { recs = append(recs, r) })
+		if len(recs) == want && wait == ctx {
+			var more context.CancelFunc
+			wait, more = context.WithTimeout(ctx, 2*time.Second)
+			defer more()
 		}
 	}
 	return recs
