@@ -72,25 +72,50 @@ func (s *Store) queueRepair(q *pgx.Batch, k keys) {
 		return
 	}
 	e := k.entity
-	args := make([]any, 0, len(k.cols)+1)
+	args := make([]any, 0, len(k.cols)+2)
 	for _, c := range k.cols {
 		args = append(args, c)
 	}
 	args = append(args, e.QualifiedName())
-	q.Queue(s.repairSQL(e), args...)
+	if k.snapshot != "" {
+		args = append(args, k.snapshot, k.xid)
+	}
+	q.Queue(s.repairSQL(e, k.snapshot != ""), args...)
 }
 
-func (s *Store) repairSQL(e *pipeline.Entity) string {
-	return s.entitySQL(e, "repair", func() string {
+// repairSQL is the repair of an entity's keys. The uncorrelated EXISTS
+// runs once: a target without tombstones (no delete yet, or all swept)
+// costs no key computed or probed. After a batch's commit, the keys its
+// upserts, inserts and updates wrote are repaired only if a delete of
+// another transaction, which the snapshot taken before those statements
+// could not see, has committed since (gated: the snapshot and the batch's
+// transaction id are the last parameters; its own deletes ran before its
+// other statements, which saw them): a delete they could
+// see was in the tombstone check of their statements already, and one
+// that commits after this repair finds the rows in its own repair (the
+// later of the two repairs, as above). The look-up reads spool_delete_log
+// from the snapshot's xmin on, a few recent rows. A delete's own keys are
+// repaired without the gate: what it may have missed is an upsert, which
+// logs nothing.
+func (s *Store) repairSQL(e *pipeline.Entity, gated bool) string {
+	kind, gate := "repair", ""
+	n := len(e.Key)
+	if gated {
+		kind = "repair-gated"
+		gate = fmt.Sprintf(`
+				AND EXISTS (SELECT 1 FROM spool_delete_log l WHERE l.target = $%[1]d
+					AND l.xid >= pg_snapshot_xmin($%[2]d::pg_snapshot) AND NOT pg_visible_in_snapshot(l.xid, $%[2]d::pg_snapshot)
+					AND l.xid <> $%[3]d::xid8)`,
+			n+1, n+2, n+3)
+	}
+	return s.entitySQL(e, kind, func() string {
 		in := keyInput(e)
-		// The uncorrelated EXISTS runs once: a target without tombstones
-		// (no delete yet, or all swept) costs no key computed or probed.
 		return fmt.Sprintf(`WITH v AS (SELECT %s, %s AS spool_key FROM unnest(%s) AS u(%s)
-				WHERE EXISTS (SELECT 1 FROM spool_tombstones WHERE target = $%[5]d))
-			DELETE FROM %s t USING v, spool_tombstones x
+				WHERE EXISTS (SELECT 1 FROM spool_tombstones WHERE target = $%[5]d)%[9]s)
+			DELETE FROM %[6]s t USING v, spool_tombstones x
 			WHERE x.target = $%[5]d AND x.key = v.spool_key AND %[7]s AND t.%[8]s < x.version`,
 			strings.Join(in.casts, ", "), tombstoneKey(e, "u."), strings.Join(in.params, ", "), strings.Join(in.aliases, ", "),
-			len(e.Key)+1, table(e), strings.Join(in.join, " AND "), ident(e.VersionColumn))
+			n+1, table(e), strings.Join(in.join, " AND "), ident(e.VersionColumn), gate)
 	})
 }
 

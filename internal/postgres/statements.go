@@ -17,6 +17,12 @@ import (
 type keys struct {
 	entity *pipeline.Entity
 	cols   []texts
+	// snapshot, when set, is the snapshot (pg_snapshot as text) taken
+	// before the statements that wrote the keys, and xid their
+	// transaction's id: their repair runs only if a delete of the entity's
+	// target by another transaction, which that snapshot could not see,
+	// has logged itself in spool_delete_log (repairSQL).
+	snapshot, xid string
 }
 
 // parseKeys turns keys made by KeyOf (or read from spool_tombstones) into

@@ -106,8 +106,10 @@ func TestStatementShapes(t *testing.T) {
 		g := &pipeline.Group{Entity: sh.entity, Op: sh.op, Columns: sh.columns}
 		golden(t, sh.name, s.groupSQL(g, append(append([]string{}, sh.entity.Key...), sh.columns...)))
 	}
-	golden(t, "customers_repair", s.repairSQL(customers))
-	golden(t, "events_repair", s.repairSQL(events))
+	golden(t, "customers_repair", s.repairSQL(customers, false))
+	golden(t, "events_repair", s.repairSQL(events, false))
+	golden(t, "customers_repair_gated", s.repairSQL(customers, true))
+	golden(t, "events_repair_gated", s.repairSQL(events, true))
 	golden(t, "customers_lock", s.lockSQL(customers))
 	golden(t, "events_lock", s.lockSQL(events))
 }

@@ -258,8 +258,10 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	queueRedeliveries(&q, b, outcomes)
 	queueAbortedRedeliveries(&q, b, outcomes)
 	var repairs []keys
+	var gated []int // of repairs: the keys of upserts, inserts and updates
 	var writes pgx.Batch
 	written := make([]keys, len(groups))
+	logged := map[*pipeline.Entity]bool{}
 	for i, g := range groups {
 		for _, m := range g.Messages {
 			set(m, pipeline.OutcomeApplied)
@@ -267,14 +269,35 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 		if written[i], err = s.queueGroup(&writes, &g, set); err != nil {
 			return nil, nil, err
 		}
-		if g.Entity.Versioned() {
-			repairs = append(repairs, written[i])
+		if !g.Entity.Versioned() {
+			continue
 		}
+		if g.Op != pipeline.OpDelete {
+			gated = append(gated, len(repairs))
+		} else if !logged[g.Entity] {
+			// The transaction's id, with its tombstones: batches that
+			// wrote the target without seeing them repair their keys.
+			writes.Queue(`INSERT INTO spool_delete_log (target) VALUES ($1)`, g.Entity.QualifiedName())
+			logged[g.Entity] = true
+		}
+		repairs = append(repairs, written[i])
 	}
 	s.queueLocks(&q, groups, written)
+	var snapshot, xid string
+	if len(gated) > 0 {
+		// Before the writes, so that no delete they could not see is
+		// visible in it (taken later, it might see one they missed); and
+		// the transaction's own id, whose deletes its writes see.
+		q.Queue(`SELECT pg_current_snapshot()::text, pg_current_xact_id()::text`).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&snapshot, &xid)
+		})
+	}
 	q.QueuedQueries = append(q.QueuedQueries, writes.QueuedQueries...)
 	if err := tx.SendBatch(ctx, &q).Close(); err != nil {
 		return nil, nil, classify(err)
+	}
+	for _, i := range gated {
+		repairs[i].snapshot, repairs[i].xid = snapshot, xid
 	}
 
 	q = pgx.Batch{}

@@ -11,7 +11,7 @@ import (
 const sweepBatch = 5000
 
 // SweepLedger forgets command ids claimed longer ago than window, and
-// tombstones older than it, in small autocommitted batches. Several
+// tombstones (and the deletes' log) older than it, in small autocommitted batches. Several
 // processors may sweep at once: SKIP LOCKED keeps them out of each other's
 // way. It returns how many ledger rows and tombstones it removed.
 func (s *Store) SweepLedger(ctx context.Context, window time.Duration) (ids, tombstones int64, err error) {
@@ -24,6 +24,11 @@ func (s *Store) SweepLedger(ctx context.Context, window time.Duration) (ids, tom
 		SELECT ctid FROM spool_tombstones WHERE deleted_at < now() - $1::interval LIMIT $2 FOR UPDATE SKIP LOCKED))`, window)
 	if err != nil {
 		return ids, tombstones, fmt.Errorf("sweeping tombstones: %w", err)
+	}
+	// The deletes' log goes with their tombstones.
+	if _, err = s.sweep(ctx, `DELETE FROM spool_delete_log WHERE ctid = ANY (ARRAY(
+		SELECT ctid FROM spool_delete_log WHERE logged_at < now() - $1::interval LIMIT $2 FOR UPDATE SKIP LOCKED))`, window); err != nil {
+		return ids, tombstones, fmt.Errorf("sweeping the deletes' log: %w", err)
 	}
 	return ids, tombstones, nil
 }
