@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -282,10 +283,18 @@ func TestSweepLedgerForgetsOnlyExpiredIDs(t *testing.T) {
 	require.NoError(t, err)
 	b.db.Exec(t, `UPDATE spool_ledger SET claimed_at = now() - interval '8 days' WHERE command_id IN ('old', 'old-del')`)
 	b.db.Exec(t, `UPDATE spool_tombstones SET deleted_at = now() - interval '8 days'`)
+	// The batch logged its delete; a younger entry stays.
+	b.db.Exec(t, `UPDATE spool_delete_log SET logged_at = now() - interval '8 days'`)
+	b.db.Exec(t, `INSERT INTO spool_delete_log (target) VALUES ('young')`)
 	ids, tombs, err := b.store.SweepLedger(context.Background(), 168*time.Hour)
 	require.NoError(t, err)
 	require.Equal(t, int64(2), ids)
 	require.Equal(t, int64(1), tombs)
+	rows, err := b.db.Pool.Query(context.Background(), `SELECT target FROM spool_delete_log`)
+	require.NoError(t, err)
+	logged, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Equal(t, []string{"young"}, logged, "the deletes' log is swept with the tombstones")
 
 	// Past the window the id is new again; inside it, still a duplicate.
 	out, err := b.write(t, 0, cust("old", "a", 2, "a"), cust("fresh", "b", 1, "b"))
