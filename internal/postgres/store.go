@@ -261,7 +261,6 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	var gated []int // of repairs: the keys of upserts, inserts and updates
 	var writes pgx.Batch
 	written := make([]keys, len(groups))
-	logged := map[*pipeline.Entity]bool{}
 	for i, g := range groups {
 		for _, m := range g.Messages {
 			set(m, pipeline.OutcomeApplied)
@@ -273,12 +272,10 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 			continue
 		}
 		if g.Op != pipeline.OpDelete {
+			// A delete's tombstones log its transaction (triggers of
+			// spool_delete_log); the other writes repair their keys only
+			// if one they could not see did (repairSQL).
 			gated = append(gated, len(repairs))
-		} else if !logged[g.Entity] {
-			// The transaction's id, with its tombstones: batches that
-			// wrote the target without seeing them repair their keys.
-			writes.Queue(`INSERT INTO spool_delete_log (target) VALUES ($1)`, g.Entity.QualifiedName())
-			logged[g.Entity] = true
 		}
 		repairs = append(repairs, written[i])
 	}
