@@ -89,8 +89,8 @@ func (s *Store) queueRepair(q *pgx.Batch, k keys) {
 // upserts, inserts and updates wrote are repaired only if a delete of
 // another transaction, which the snapshot taken before those statements
 // could not see, has committed since (gated: the snapshot and the batch's
-// transaction id are the last parameters; its own deletes ran before its
-// other statements, which saw them): a delete they could
+// transaction id are the last parameters; its own deletes are ordered with
+// its other statements, not racing them): a delete they could
 // see was in the tombstone check of their statements already, and one
 // that commits after this repair finds the rows in its own repair (the
 // later of the two repairs, as above). The look-up reads spool_delete_log
