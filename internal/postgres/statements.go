@@ -168,14 +168,14 @@ func (s *Store) queueLocks(q *pgx.Batch, groups []pipeline.Group, written []keys
 			continue
 		}
 		args := make([]any, len(e.Key))
+		var n int // rows to lock
 		for c := range e.Key {
 			var col texts
 			for _, i := range idx {
 				col = append(col, written[i].cols[c]...)
 			}
-			args[c] = col
+			args[c], n = col, len(col)
 		}
-		n := len(args[0].(texts))
 		q.Queue(s.lockSQL(e), args...).QueryRow(func(row pgx.Row) error {
 			var locked int64
 			if err := row.Scan(&locked); err != nil {

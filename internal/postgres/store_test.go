@@ -75,6 +75,30 @@ func (b *testBundle) batch(t *testing.T, p int32, job pipeline.JobID, edit func(
 	return batch
 }
 
+// writeAside writes batch on a goroutine of its own; its error comes on
+// the channel.
+func (b *testBundle) writeAside(batch *pipeline.Batch) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.store.WriteBatch(context.Background(), batch, batch.Dedupe())
+		done <- err
+	}()
+	return done
+}
+
+// waitForBackend waits until a backend running a statement on this test's
+// schema (other tests run beside it) is as cond, a condition on
+// pg_stat_activity, says.
+func (b *testBundle) waitForBackend(t *testing.T, cond string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		var found bool
+		err := b.db.Pool.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND position($1 in query) > 0 AND `+cond+`)`, b.db.Schema).Scan(&found)
+		return err == nil && found
+	}, 5*time.Second, 5*time.Millisecond)
+}
+
 func (b *testBundle) rows(t *testing.T) map[string]string {
 	t.Helper()
 	rows, err := b.db.Pool.Query(context.Background(), `SELECT customer_id, coalesce(name, '') || '@' || version FROM customers`)
@@ -154,24 +178,13 @@ func TestRepairRemovesRowBehindTombstone(t *testing.T) {
 func TestRepairCatchesADeleteItsUpsertMissed(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	ctx := context.Background()
 	// The upsert's row waits a while before it is inserted, its
 	// statement's snapshot already taken.
 	b.db.Exec(t, `CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN IF NEW.customer_id = 'race' THEN PERFORM pg_sleep(0.5); END IF; RETURN NEW; END $$;
 		CREATE TRIGGER slow_insert BEFORE INSERT ON customers FOR EACH ROW EXECUTE FUNCTION slow_insert()`)
-	upsert := b.batch(t, 0, "job-1", nil, cust("u", "race", 1, "older"))
-	done := make(chan error, 1)
-	go func() {
-		_, err := b.store.WriteBatch(ctx, upsert, upsert.Dedupe())
-		done <- err
-	}()
-	require.Eventually(t, func() bool {
-		var sleeping bool
-		err := b.db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event = 'PgSleep')`).Scan(&sleeping)
-		return err == nil && sleeping
-	}, 5*time.Second, 5*time.Millisecond)
+	done := b.writeAside(b.batch(t, 0, "job-1", nil, cust("u", "race", 1, "older")))
+	b.waitForBackend(t, `wait_event = 'PgSleep'`)
 	out, err := b.write(t, 1, del("d", "race", 5))
 	require.NoError(t, err)
 	require.Equal(t, []pipeline.Outcome{applied}, out, "the delete found no row, and wrote its tombstone")
@@ -640,17 +653,8 @@ func TestDeadlockIsTransient(t *testing.T) {
 	// waits for a. The batch waited first, so its deadlock check runs
 	// first and makes it the victim.
 	batch := b.batch(t, 1, "job-1", nil, cust("c3", "a", 2, "second"), cust("c4", "b", 2, "second"))
-	failed := make(chan error, 1)
-	go func() {
-		_, err := b.store.WriteBatch(ctx, batch, batch.Dedupe())
-		failed <- err
-	}()
-	require.Eventually(t, func() bool {
-		var waiting bool
-		err := b.db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO%customers%')`).Scan(&waiting)
-		return err == nil && waiting
-	}, 5*time.Second, 10*time.Millisecond)
+	failed := b.writeAside(batch)
+	b.waitForBackend(t, `wait_event_type = 'Lock'`)
 	_, err = other.Exec(ctx, `SELECT 1 FROM customers WHERE customer_id = 'a' FOR UPDATE`)
 	require.NoError(t, err, "the batch, not this transaction, is the victim")
 	err = <-failed
