@@ -260,11 +260,12 @@ type WriteStats struct {
 	InFlight, Limit int
 	Waited          int64
 	WaitTime        time.Duration
+	WaitsCut        int64
 }
 
 // ObserveWrites reports the processor's batch transactions, read at each
-// scrape: how many run, their bound, and how often and how long a batch
-// waited for its turn.
+// scrape: how many run, their bound, how often and how long a batch
+// waited for its turn, and how many gave way over a lock.
 func (m *Metrics) ObserveWrites(stats func() WriteStats) {
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "spool_processor_writes_in_flight",
@@ -279,6 +280,9 @@ func (m *Metrics) ObserveWrites(stats func() WriteStats) {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "spool_processor_write_wait_seconds_total",
 			Help: "Time batches spent waiting for a turn to write."},
 			func() float64 { return stats().WaitTime.Seconds() }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "spool_processor_lock_waits_cut_total",
+			Help: "Batches whose writes, their rows locked first, waited for a lock past 100 ms, gave way and were written again."},
+			func() float64 { return float64(stats().WaitsCut) }),
 	)
 }
 

@@ -91,7 +91,7 @@ func TestNamesFollowConventions(t *testing.T) {
 	m.Swept(metrics.SweepLedger, 1)
 	m.ObservePool(func() metrics.PoolStats { return metrics.PoolStats{Acquired: 2, Idle: 1, Max: 8} })
 	m.ObserveWrites(func() metrics.WriteStats {
-		return metrics.WriteStats{InFlight: 2, Limit: 2, Waited: 3, WaitTime: time.Second}
+		return metrics.WriteStats{InFlight: 2, Limit: 2, Waited: 3, WaitTime: time.Second, WaitsCut: 1}
 	})
 	m.Produced(time.Millisecond, pipeline.Errorf(pipeline.ClassTransient, "broker away"))
 	m.FetchFailed(pipeline.Errorf(pipeline.ClassInternal, "not authorized"))
@@ -111,7 +111,7 @@ func TestNamesFollowConventions(t *testing.T) {
 			require.Contains(t, string(docs), "`"+f.GetName()+"`", "docs/metrics.md must list %s", f.GetName())
 		}
 	}
-	require.Equal(t, 29, n, "every spool metric was gathered")
+	require.Equal(t, 30, n, "every spool metric was gathered")
 }
 
 // TestHelpNamesWhatIsEmitted: a help text that lists a label's values

@@ -212,6 +212,7 @@ func BenchmarkWriteConcurrency(b *testing.B) {
 				})
 				done()
 				b.ReportMetric(float64(deadlocks.Load())/float64(b.N), "deadlocks/batch")
+				b.ReportMetric(float64(store.WriteStats().WaitsCut)/float64(b.N), "waits-cut/batch")
 			}
 		}
 		b.Run(fmt.Sprintf("spool/writers=%d", writers), spool(0))

@@ -145,11 +145,12 @@ func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, skipped func(*pipeli
 // Rows that do not exist yet are not locked (inserting them takes the
 // unique index's order), nor are rows another transaction commits after
 // the lock: with more than two batches at once a cycle through one of
-// those remains possible, and is retried. Inserts alone lock nothing
+// those remains possible: the writes that follow wait for a lock only
+// briefly (lockedWaitTimeout), and the batch gives way. Inserts alone lock nothing
 // (ON CONFLICT DO NOTHING), and a role that may only insert may not lock;
 // an entity only inserted is left to them. written holds each group's
-// keys.
-func (s *Store) queueLocks(q *pgx.Batch, groups []pipeline.Group, written []keys) {
+// keys. It tells whether it queued a lock.
+func (s *Store) queueLocks(q *pgx.Batch, groups []pipeline.Group, written []keys) (locked bool) {
 	byEntity := map[*pipeline.Entity][]int{}
 	locking := map[*pipeline.Entity]bool{}
 	var entities []*pipeline.Entity
@@ -177,13 +178,15 @@ func (s *Store) queueLocks(q *pgx.Batch, groups []pipeline.Group, written []keys
 			args[c], n = col, len(col)
 		}
 		q.Queue(s.lockSQL(e), args...).QueryRow(func(row pgx.Row) error {
-			var locked int64
-			if err := row.Scan(&locked); err != nil {
+			var count int64
+			if err := row.Scan(&count); err != nil {
 				return classify(fmt.Errorf("locking %d rows of %s: %w", n, e.Name, err))
 			}
 			return nil
 		})
+		locked = true
 	}
+	return locked
 }
 
 func (s *Store) lockSQL(e *pipeline.Entity) string {

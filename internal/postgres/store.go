@@ -42,6 +42,9 @@ type Store struct {
 	writes    chan struct{}
 	waited    atomic.Int64
 	waitedFor atomic.Int64
+	// waitsCut counts the batches whose writes waited for a lock past
+	// lockedWaitTimeout and were written again (WriteStats).
+	waitsCut atomic.Int64
 }
 
 // abortedCacheSize bounds the jobs a store remembers as aborted.
@@ -123,20 +126,29 @@ func (s *Store) LoadOffset(ctx context.Context, topic string, partition int32) (
 // before the repair and settle that follow its commit.
 func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.Deduped) ([]pipeline.Outcome, error) {
 	jobs := jobsOf(b)
-	for range 3 {
+	cuts, restarts := 0, 0
+	for {
 		if err := s.takeTurn(ctx); err != nil {
 			return nil, classify(fmt.Errorf("waiting for a turn to write a batch of %d: %w", len(b.Messages), err))
 		}
-		outcomes, after, err := s.writeBatch(ctx, b, d, jobs)
+		patient := cuts == maxWaitCuts
+		outcomes, after, err := s.writeBatch(ctx, b, d, jobs, patient)
 		s.giveTurn()
 		if after != nil {
 			after()
 		}
-		if !errors.Is(err, errAbortedMeanwhile) {
+		switch {
+		case errors.Is(err, errGaveWay):
+			cuts++
+			s.waitsCut.Add(1)
+		case errors.Is(err, errAbortedMeanwhile) && restarts < 2:
+			restarts++
+		default:
+			// Aborted jobs evicted as fast as they are found, too: the
+			// worker retries.
 			return outcomes, err
 		}
 	}
-	return nil, errAbortedMeanwhile // aborted jobs evicted as fast as found: the worker retries
 }
 
 // takeTurn waits for a batch transaction's turn (LimitWrites).
@@ -179,13 +191,33 @@ type WriteStats struct {
 	// long they waited, all together.
 	Waited   int64
 	WaitTime time.Duration
+	// WaitsCut counts the batches that, their rows locked, waited for a
+	// lock past lockedWaitTimeout: each gave way and was written again.
+	WaitsCut int64
 }
 
 // WriteStats reads the bound's statistics.
 func (s *Store) WriteStats() WriteStats {
 	return WriteStats{InFlight: len(s.writes), Limit: cap(s.writes), Waited: s.waited.Load(),
-		WaitTime: time.Duration(s.waitedFor.Load())}
+		WaitTime: time.Duration(s.waitedFor.Load()), WaitsCut: s.waitsCut.Load()}
 }
+
+// lockedWaitTimeout bounds a wait for a lock by the writes of a batch
+// whose rows were locked first (queueLocks). Such a wait is rare (a key
+// another batch inserted or committed since the lock) and, when it closes
+// a cycle, would last deadlock_timeout (1 s by default) before PostgreSQL
+// failed a batch.
+const lockedWaitTimeout = "100ms"
+
+// maxWaitCuts bounds how often a batch gives way (lockedWaitTimeout) in a
+// row; the next attempt waits as long as it takes, so that a wait that is
+// no cycle (a trigger of the table's that locks rows elsewhere, say)
+// cannot keep a batch from ever committing.
+const maxWaitCuts = 3
+
+// errGaveWay is a batch whose writes, its rows locked, waited for a lock
+// past lockedWaitTimeout: rolled back, and written again at once.
+var errGaveWay = pipeline.Errorf(pipeline.ClassTransient, "a batch's writes waited for a lock past %s after its rows were locked", lockedWaitTimeout)
 
 // errAbortedMeanwhile restarts a batch one of whose jobs was found aborted.
 var errAbortedMeanwhile = pipeline.Errorf(pipeline.ClassTransient, "a job of the batch was aborted while the batch was written")
@@ -193,7 +225,7 @@ var errAbortedMeanwhile = pipeline.Errorf(pipeline.ClassTransient, "a job of the
 // writeBatch runs b's transaction. What must follow a commit (or a commit
 // whose answer was lost) it returns as after, for WriteBatch to run once
 // the batch's turn to write is over.
-func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.Deduped, jobs []pipeline.JobID) (outcomes []pipeline.Outcome, after func(), err error) {
+func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.Deduped, jobs []pipeline.JobID, patient bool) (outcomes []pipeline.Outcome, after func(), err error) {
 	d, skipped := s.skipAborted(b, d, jobs)
 	outcomes, candidates := slices.Clone(d.Outcomes), d.Candidates
 	index := make(map[*pipeline.Message]int, len(b.Messages))
@@ -279,7 +311,15 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 		}
 		repairs = append(repairs, written[i])
 	}
-	s.queueLocks(&q, groups, written)
+	// Once its rows are locked, a batch's writes wait only for keys
+	// committed or inserted since by others (queueLocks): a cycle through
+	// one of those is a deadlock PostgreSQL breaks only after
+	// deadlock_timeout, so such a wait is cut short, and the batch,
+	// rolled back, written again, patient this time (WriteBatch).
+	timed := s.queueLocks(&q, groups, written) && !patient
+	if timed {
+		q.Queue(`SELECT set_config('lock_timeout', $1, true)`, lockedWaitTimeout)
+	}
 	var snapshot, xid string
 	if len(gated) > 0 {
 		// Before the writes, so that no delete they could not see is
@@ -291,6 +331,9 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	}
 	q.QueuedQueries = append(q.QueuedQueries, writes.QueuedQueries...)
 	if err := tx.SendBatch(ctx, &q).Close(); err != nil {
+		if pgErr := (*pgconn.PgError)(nil); timed && errors.As(err, &pgErr) && pgErr.Code == "55P03" {
+			return nil, nil, errGaveWay
+		}
 		return nil, nil, classify(err)
 	}
 	for _, i := range gated {
@@ -298,6 +341,9 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	}
 
 	q = pgx.Batch{}
+	if timed {
+		q.Queue(`SET LOCAL lock_timeout TO DEFAULT`)
+	}
 	queueCounts(&q, b, outcomes)
 	queueResults(&q, b, outcomes, results)
 	queueMoves(&q, b, outcomes)

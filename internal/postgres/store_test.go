@@ -99,6 +99,13 @@ func (b *testBundle) waitForBackend(t *testing.T, cond string) {
 	}, 5*time.Second, 5*time.Millisecond)
 }
 
+// slowDeletes makes each delete of a customers row sleep for seconds.
+func (b *testBundle) slowDeletes(t *testing.T, seconds float64) {
+	t.Helper()
+	b.db.Exec(t, fmt.Sprintf(`CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(%g); RETURN OLD; END $$;
+		CREATE TRIGGER slow_delete BEFORE DELETE ON customers FOR EACH ROW EXECUTE FUNCTION slow_delete()`, seconds))
+}
+
 func (b *testBundle) rows(t *testing.T) map[string]string {
 	t.Helper()
 	rows, err := b.db.Pool.Query(context.Background(), `SELECT customer_id, coalesce(name, '') || '@' || version FROM customers`)
@@ -616,8 +623,7 @@ func TestBatchesOfDeletesAndUpsertsDoNotDeadlock(t *testing.T) {
 	require.NoError(t, err)
 	// Each delete holds its row a while, so that both batches hold one
 	// before either reaches its upsert.
-	b.db.Exec(t, `CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN OLD; END $$;
-		CREATE TRIGGER slow_delete BEFORE DELETE ON customers FOR EACH ROW EXECUTE FUNCTION slow_delete()`)
+	b.slowDeletes(t, 0.3)
 	batches := []*pipeline.Batch{
 		b.batch(t, 1, "job-1", nil, del("d1", "b", 5), cust("u1", "a", 5, "one")),
 		b.batch(t, 2, "job-1", nil, del("d2", "a", 6), cust("u2", "b", 6, "two")),
@@ -633,6 +639,41 @@ func TestBatchesOfDeletesAndUpsertsDoNotDeadlock(t *testing.T) {
 	}
 	// Whichever committed first, the newer delete and upsert win.
 	require.Equal(t, map[string]string{"b": "two@6"}, b.rows(t))
+}
+
+// TestALockedBatchGivesWayOverAKeyCommittedSince: a batch that locks its
+// rows first (it deletes and upserts) can still close a cycle through a
+// key committed after its lock: another transaction locks that key and
+// waits for a row the batch locked, while the batch's upsert waits for the
+// key. The batch gives way after lockedWaitTimeout, long before
+// PostgreSQL's deadlock check would fail the other transaction, and is
+// written again once the key is free.
+func TestALockedBatchGivesWayOverAKeyCommittedSince(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	_, err := b.write(t, 0, cust("c1", "a", 1, "first"), cust("c2", "m", 1, "first"))
+	require.NoError(t, err)
+	// The batch's delete holds it between its lock and its upsert.
+	b.slowDeletes(t, 0.5)
+	batch := b.batch(t, 1, "job-1", nil, del("d1", "a", 5), cust("u1", "c", 5, "batch"), cust("u2", "m", 5, "batch"))
+	done := b.writeAside(batch)
+	b.waitForBackend(t, `wait_event = 'PgSleep'`)
+
+	// Meanwhile key c is committed, and another transaction locks it, then
+	// waits for m, which the batch holds.
+	b.db.Exec(t, `INSERT INTO customers (customer_id, name, version) VALUES ('c', 'since', 1)`)
+	other, err := b.db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer other.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+	_, err = other.Exec(ctx, `SELECT 1 FROM customers WHERE customer_id = 'c' FOR UPDATE`)
+	require.NoError(t, err)
+	_, err = other.Exec(ctx, `SELECT 1 FROM customers WHERE customer_id = 'm' FOR UPDATE`)
+	require.NoError(t, err, "the batch gave way, rather than PostgreSQL breaking a deadlock")
+	require.NoError(t, other.Commit(ctx))
+
+	require.NoError(t, <-done)
+	require.Equal(t, map[string]string{"c": "batch@5", "m": "batch@5"}, b.rows(t))
+	require.EqualValues(t, 1, b.store.WriteStats().WaitsCut)
 }
 
 // TestDeadlockIsTransient: a batch PostgreSQL picks as a deadlock's victim
