@@ -46,7 +46,7 @@ var Keys = []Key{
 	{"metrics.pprof", false, "serve Go's /debug/pprof/ on the metrics listeners (metrics.addr, ingress.metrics_addr), never on the API port, for profiling"},
 	{"processor.rate_limit", 0.0, "rows/s per processor, 0 = unlimited"},
 	{"processor.batch_size", 3000, "flush a partition's batch at this many records"},
-	{"processor.batch_max_wait", 200 * time.Millisecond, "flush a partition's batch when its oldest record is this old"},
+	{"processor.batch_max_wait", 100 * time.Millisecond, "flush a partition's batch when its oldest record is this old: below a backlog (which fills batches to batch_size), about how long a command waits before its write; shorter makes more, smaller batches"},
 	{"processor.write_concurrency", 2, "batches one processor writes to PostgreSQL at once, its partitions together (the others wait their turn): about the cores PostgreSQL gives it, since concurrent bulk writes contend inside the database and more at once makes each command dearer; database.max_conns bounds it too"},
 	{"processor.flush_timeout", 30 * time.Second, "how long the last flush on shutdown may take"},
 	{"processor.session_timeout", 10 * time.Second, "how long the group waits for a processor that stopped heartbeating (it crashed) before its partitions move to the others"},
