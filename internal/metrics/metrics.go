@@ -281,7 +281,7 @@ func (m *Metrics) ObserveWrites(stats func() WriteStats) {
 			Help: "Time batches spent waiting for a turn to write."},
 			func() float64 { return stats().WaitTime.Seconds() }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "spool_processor_lock_waits_cut_total",
-			Help: "Batches whose writes, their rows locked first, waited for a lock past 100 ms, gave way and were written again."},
+			Help: "Times a batch whose rows were locked first (it deletes and upserts a table) waited for a lock in its writes past the bound on such waits, gave way and was written again."},
 			func() float64 { return float64(stats().WaitsCut) }),
 	)
 }

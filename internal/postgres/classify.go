@@ -47,6 +47,13 @@ func classify(err error) error {
 	return pipeline.Classify(pipeline.ClassInternal, err)
 }
 
+// isLockTimeout tells a statement that waited for a lock past
+// lock_timeout (55P03).
+func isLockTimeout(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "55P03"
+}
+
 func classOfSQLState(code string) pipeline.ErrorClass {
 	switch {
 	case code == "55P03":

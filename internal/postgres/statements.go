@@ -47,8 +47,10 @@ func parseKeys(e *pipeline.Entity, ks []string) (keys, error) {
 // queueGroup queues one group's statement; once it has run, skipped is
 // called with each command that did not apply and its outcome: stale where
 // the version guard skipped it, exists or missing where an insert found its
-// row or an update did not. It returns the group's keys.
-func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, skipped func(*pipeline.Message, pipeline.Outcome)) (keys, error) {
+// row or an update did not. bounded says it runs under lockedWaitTimeout
+// (queueLockTimeout), whose expiry is errGaveWay. It returns the group's
+// keys.
+func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, skipped func(*pipeline.Message, pipeline.Outcome), bounded bool) (keys, error) {
 	e := g.Entity
 	cols := append(append([]string{}, e.Key...), g.Columns...)
 	args := make([]any, 0, len(cols)+1)
@@ -89,6 +91,12 @@ func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, skipped func(*pipeli
 		}
 		args = append(args, vers, e.QualifiedName())
 	}
+	failed := func(err error) error {
+		if bounded && isLockTimeout(err) {
+			return errGaveWay
+		}
+		return classify(fmt.Errorf("%s %d rows of %s: %w", gerund(g.Op), len(g.Messages), e.Name, err))
+	}
 	q.Queue(s.groupSQL(g, cols), args...).Query(func(rows pgx.Rows) error {
 		if g.Op.Conditional() {
 			// The statement lists the rows that did not apply, by their
@@ -100,7 +108,7 @@ func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, skipped func(*pipeli
 				return nil
 			})
 			if err != nil {
-				return classify(fmt.Errorf("%s %d rows of %s: %w", gerund(g.Op), len(g.Messages), e.Name, err))
+				return failed(err)
 			}
 			return nil
 		}
@@ -119,7 +127,7 @@ func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, skipped func(*pipeli
 			})
 		}
 		if err != nil {
-			return classify(fmt.Errorf("%s %d rows of %s: %w", gerund(g.Op), len(g.Messages), e.Name, err))
+			return failed(err)
 		}
 		if e.Versioned() {
 			for i, m := range g.Messages {
@@ -133,41 +141,56 @@ func (s *Store) queueGroup(q *pgx.Batch, g *pipeline.Group, skipped func(*pipeli
 	return written, nil
 }
 
-// queueLocks queues, for each entity that a batch writes with more than
-// one statement (a delete and an upsert, upserts of different columns,
-// generations), one statement that locks the entity's rows of all of them
-// in key order, before any of them runs. Each statement takes its own rows
-// in key order, but two batches' statements, one after the other, would
-// not: one batch's delete holding a row another's upsert waits for, while
-// that one's delete holds a row the first one's upsert waits for, is a
-// deadlock PostgreSQL breaks only after deadlock_timeout, failing a batch.
-// Locked first, in one order, the second batch waits for the first.
-// Rows that do not exist yet are not locked (inserting them takes the
-// unique index's order), nor are rows another transaction commits after
-// the lock: with more than two batches at once a cycle through one of
-// those remains possible: the writes that follow wait for a lock only
-// briefly (lockedWaitTimeout), and the batch gives way. Inserts alone lock nothing
-// (ON CONFLICT DO NOTHING), and a role that may only insert may not lock;
-// an entity only inserted is left to them. written holds each group's
-// keys. It tells whether it queued a lock.
-func (s *Store) queueLocks(q *pgx.Batch, groups []pipeline.Group, written []keys) (locked bool) {
-	byEntity := map[*pipeline.Entity][]int{}
+// lockedEntities are the entities a batch writes with more than one
+// statement (a delete and an upsert, upserts of different columns,
+// generations), whose rows it locks before any of them runs (queueLocks).
+// Each statement takes its own rows in key order, but two batches'
+// statements, one after the other, would not: one batch's delete holding a
+// row another's upsert waits for, while that one's delete holds a row the
+// first one's upsert waits for, is a deadlock PostgreSQL breaks only after
+// deadlock_timeout, failing a batch. Locked first, in one order, the
+// second batch waits for the first. Inserts alone lock nothing (ON
+// CONFLICT DO NOTHING), and a role that may only insert may not lock: an
+// entity only inserted is left to them.
+func lockedEntities(groups []pipeline.Group) map[*pipeline.Entity]bool {
+	count := map[*pipeline.Entity]int{}
 	locking := map[*pipeline.Entity]bool{}
+	for _, g := range groups {
+		count[g.Entity]++
+		locking[g.Entity] = locking[g.Entity] || g.Op != pipeline.OpInsert
+	}
+	locked := map[*pipeline.Entity]bool{}
+	for e, n := range count {
+		if n > 1 && locking[e] {
+			locked[e] = true
+		}
+	}
+	return locked
+}
+
+// queueLocks queues, for each of the locked entities, one statement that
+// locks its existing rows of all the batch's groups in key order. Rows
+// that do not exist yet are not locked (inserting them takes the unique
+// index's order), nor are rows another transaction commits after the
+// lock: with more than two batches at once a cycle through one of those
+// remains possible, which the batch breaks by giving way (lockedWaitTimeout,
+// queueLockTimeout). written holds each group's keys.
+func (s *Store) queueLocks(q *pgx.Batch, groups []pipeline.Group, written []keys, locked map[*pipeline.Entity]bool) {
+	byEntity := map[*pipeline.Entity][]int{}
 	var entities []*pipeline.Entity
 	for i, g := range groups {
+		if !locked[g.Entity] {
+			continue
+		}
 		if _, ok := byEntity[g.Entity]; !ok {
 			entities = append(entities, g.Entity)
 		}
 		byEntity[g.Entity] = append(byEntity[g.Entity], i)
-		locking[g.Entity] = locking[g.Entity] || g.Op != pipeline.OpInsert
 	}
 	// In the entities' order, as their groups run.
 	slices.SortFunc(entities, func(a, b *pipeline.Entity) int { return strings.Compare(a.Name, b.Name) })
 	for _, e := range entities {
 		idx := byEntity[e]
-		if len(idx) < 2 || !locking[e] {
-			continue
-		}
 		args := make([]any, len(e.Key))
 		var n int // rows to lock
 		for c := range e.Key {
@@ -184,9 +207,22 @@ func (s *Store) queueLocks(q *pgx.Batch, groups []pipeline.Group, written []keys
 			}
 			return nil
 		})
-		locked = true
 	}
-	return locked
+}
+
+// queueLockTimeout bounds the lock waits of the statements queued after it
+// to lockedWaitTimeout (on), or gives them the session's bound back (off),
+// for the rest of the transaction. The groups of a locked entity run
+// bounded: their rows locked, what they can still wait for is mostly a key
+// another batch committed or inserted since, the one way left for them
+// into a cycle PostgreSQL would break only after deadlock_timeout; a wait
+// past the bound makes the batch give way (errGaveWay).
+func queueLockTimeout(q *pgx.Batch, on bool) {
+	if on {
+		q.Queue(`SELECT set_config('lock_timeout', $1, true)`, lockedWaitTimeout)
+		return
+	}
+	q.Queue(`SET LOCAL lock_timeout TO DEFAULT`)
 }
 
 func (s *Store) lockSQL(e *pipeline.Entity) string {

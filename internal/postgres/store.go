@@ -42,8 +42,8 @@ type Store struct {
 	writes    chan struct{}
 	waited    atomic.Int64
 	waitedFor atomic.Int64
-	// waitsCut counts the batches whose writes waited for a lock past
-	// lockedWaitTimeout and were written again (WriteStats).
+	// waitsCut counts the times a batch gave way (errGaveWay) and was
+	// written again (WriteStats).
 	waitsCut atomic.Int64
 }
 
@@ -138,7 +138,7 @@ func (s *Store) WriteBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 			after()
 		}
 		switch {
-		case errors.Is(err, errGaveWay):
+		case errors.Is(err, errGaveWay): // never from a patient attempt
 			cuts++
 			s.waitsCut.Add(1)
 		case errors.Is(err, errAbortedMeanwhile) && restarts < 2:
@@ -191,8 +191,9 @@ type WriteStats struct {
 	// long they waited, all together.
 	Waited   int64
 	WaitTime time.Duration
-	// WaitsCut counts the batches that, their rows locked, waited for a
-	// lock past lockedWaitTimeout: each gave way and was written again.
+	// WaitsCut counts the times a batch whose rows were locked first
+	// waited for a lock past lockedWaitTimeout in its writes: it gave way
+	// and was written again.
 	WaitsCut int64
 }
 
@@ -202,21 +203,22 @@ func (s *Store) WriteStats() WriteStats {
 		WaitTime: time.Duration(s.waitedFor.Load()), WaitsCut: s.waitsCut.Load()}
 }
 
-// lockedWaitTimeout bounds a wait for a lock by the writes of a batch
-// whose rows were locked first (queueLocks). Such a wait is rare (a key
-// another batch inserted or committed since the lock) and, when it closes
-// a cycle, would last deadlock_timeout (1 s by default) before PostgreSQL
-// failed a batch.
+// lockedWaitTimeout bounds a wait for a lock by the writes of a locked
+// entity (lockedEntities, queueLockTimeout). Its rows locked, such a write
+// waits for a key another batch inserted or committed since the lock, which
+// can close a cycle PostgreSQL would break only after deadlock_timeout (1 s
+// by default), or for what the lock does not cover: a tombstone another
+// batch writes, a foreign key's parent row, a trigger's lock elsewhere.
 const lockedWaitTimeout = "100ms"
 
 // maxWaitCuts bounds how often a batch gives way (lockedWaitTimeout) in a
-// row; the next attempt waits as long as it takes, so that a wait that is
-// no cycle (a trigger of the table's that locks rows elsewhere, say)
-// cannot keep a batch from ever committing.
+// row; the next attempt waits as long as it takes, so that a long wait
+// that is no cycle cannot keep a batch from ever committing.
 const maxWaitCuts = 3
 
 // errGaveWay is a batch whose writes, its rows locked, waited for a lock
-// past lockedWaitTimeout: rolled back, and written again at once.
+// past lockedWaitTimeout: rolled back, it is written again as soon as it
+// has a turn (WriteBatch).
 var errGaveWay = pipeline.Errorf(pipeline.ClassTransient, "a batch's writes waited for a lock past %s after its rows were locked", lockedWaitTimeout)
 
 // errAbortedMeanwhile restarts a batch one of whose jobs was found aborted.
@@ -293,11 +295,17 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	var gated []int // of repairs: the keys of upserts, inserts and updates
 	var writes pgx.Batch
 	written := make([]keys, len(groups))
+	locked := lockedEntities(groups)
+	bounded := false // the writes queued so far run under lockedWaitTimeout
 	for i, g := range groups {
 		for _, m := range g.Messages {
 			set(m, pipeline.OutcomeApplied)
 		}
-		if written[i], err = s.queueGroup(&writes, &g, set); err != nil {
+		if on := locked[g.Entity] && !patient; on != bounded {
+			queueLockTimeout(&writes, on)
+			bounded = on
+		}
+		if written[i], err = s.queueGroup(&writes, &g, set, bounded); err != nil {
 			return nil, nil, err
 		}
 		if !g.Entity.Versioned() {
@@ -311,15 +319,10 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 		}
 		repairs = append(repairs, written[i])
 	}
-	// Once its rows are locked, a batch's writes wait only for keys
-	// committed or inserted since by others (queueLocks): a cycle through
-	// one of those is a deadlock PostgreSQL breaks only after
-	// deadlock_timeout, so such a wait is cut short, and the batch,
-	// rolled back, written again, patient this time (WriteBatch).
-	timed := s.queueLocks(&q, groups, written) && !patient
-	if timed {
-		q.Queue(`SELECT set_config('lock_timeout', $1, true)`, lockedWaitTimeout)
+	if bounded {
+		queueLockTimeout(&writes, false)
 	}
+	s.queueLocks(&q, groups, written, locked)
 	var snapshot, xid string
 	if len(gated) > 0 {
 		// Before the writes, so that no delete they could not see is
@@ -331,8 +334,8 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	}
 	q.QueuedQueries = append(q.QueuedQueries, writes.QueuedQueries...)
 	if err := tx.SendBatch(ctx, &q).Close(); err != nil {
-		if pgErr := (*pgconn.PgError)(nil); timed && errors.As(err, &pgErr) && pgErr.Code == "55P03" {
-			return nil, nil, errGaveWay
+		if errors.Is(err, errGaveWay) {
+			return nil, nil, err
 		}
 		return nil, nil, classify(err)
 	}
@@ -341,9 +344,6 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	}
 
 	q = pgx.Batch{}
-	if timed {
-		q.Queue(`SET LOCAL lock_timeout TO DEFAULT`)
-	}
 	queueCounts(&q, b, outcomes)
 	queueResults(&q, b, outcomes, results)
 	queueMoves(&q, b, outcomes)

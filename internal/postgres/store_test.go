@@ -676,6 +676,32 @@ func TestALockedBatchGivesWayOverAKeyCommittedSince(t *testing.T) {
 	require.EqualValues(t, 1, b.store.WriteStats().WaitsCut)
 }
 
+// TestALockedBatchWaitsOutALongWait: a wait that is no cycle but lasts
+// (here another transaction holding the tombstone of a key the batch
+// deletes, which its lock does not cover) makes a locked batch give way
+// three times, then wait as long as it takes, and commit.
+func TestALockedBatchWaitsOutALongWait(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	_, err := b.write(t, 0, cust("c1", "a", 1, "first"))
+	require.NoError(t, err)
+	b.db.Exec(t, `INSERT INTO spool_tombstones (target, key, version) VALUES ($1, '["gone"]', 1)`, b.db.Schema+".customers")
+	holder, err := b.db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer holder.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+	_, err = holder.Exec(ctx, `SELECT 1 FROM spool_tombstones WHERE key = '["gone"]' FOR UPDATE`)
+	require.NoError(t, err)
+
+	batch := b.batch(t, 1, "job-1", nil, del("d1", "gone", 5), cust("u1", "a", 5, "batch"))
+	done := b.writeAside(batch)
+	require.Eventually(t, func() bool { return b.store.WriteStats().WaitsCut == 3 }, 5*time.Second, 10*time.Millisecond)
+	b.waitForBackend(t, `wait_event_type = 'Lock'`) // the fourth attempt, waiting
+	require.NoError(t, holder.Commit(ctx))
+	require.NoError(t, <-done)
+	require.Equal(t, map[string]string{"a": "batch@5"}, b.rows(t))
+	require.EqualValues(t, 3, b.store.WriteStats().WaitsCut)
+}
+
 // TestDeadlockIsTransient: a batch PostgreSQL picks as a deadlock's victim
 // fails as transient (retried, never dead-lettered: SPEC §4.5), and the
 // same batch written again applies.
