@@ -358,12 +358,14 @@ func plainBytes(v []byte) ([]byte, bool) {
 		return nil, false
 	}
 	inner := v[1 : len(v)-1]
+	var high byte // the bits of every byte or'ed: 0x80 set once one is not ASCII
 	for _, c := range inner {
 		if c == '"' || c == '\\' || c < 0x20 {
 			return nil, false
 		}
+		high |= c
 	}
-	if !utf8.Valid(inner) {
+	if high >= utf8.RuneSelf && !utf8.Valid(inner) {
 		return nil, false
 	}
 	return inner, true
