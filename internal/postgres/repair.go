@@ -93,8 +93,12 @@ func (s *Store) queueRepair(q *pgx.Batch, k keys) {
 // its other statements, not racing them): a delete they could
 // see was in the tombstone check of their statements already, and one
 // that commits after this repair finds the rows in its own repair (the
-// later of the two repairs, as above). The look-up reads spool_delete_log
-// from the snapshot's xmin on, a few recent rows. A delete's own keys are
+// later of the two repairs, as above). What the snapshot could not see
+// started at or after its xmax or was running then (its xip list), so
+// the look-up reads spool_delete_log from the xmax on and at each of
+// those ids: a few recent rows, however old the snapshot's xmin (a long
+// writing transaction anywhere holds it back; reading from it, the
+// look-up read every delete logged since). A delete's own keys are
 // repaired without the gate: what it may have missed is an upsert, which
 // logs nothing.
 func (s *Store) repairSQL(e *pipeline.Entity, gated bool) string {
@@ -103,9 +107,10 @@ func (s *Store) repairSQL(e *pipeline.Entity, gated bool) string {
 	if gated {
 		kind = "repair-gated"
 		gate = fmt.Sprintf(`
-				AND EXISTS (SELECT 1 FROM spool_delete_log l WHERE l.target = $%[1]d
-					AND l.xid >= pg_snapshot_xmin($%[2]d::pg_snapshot) AND NOT pg_visible_in_snapshot(l.xid, $%[2]d::pg_snapshot)
-					AND l.xid <> $%[3]d::xid8)`,
+				AND (EXISTS (SELECT 1 FROM spool_delete_log l WHERE l.target = $%[1]d
+						AND l.xid >= pg_snapshot_xmax($%[2]d::pg_snapshot) AND l.xid <> $%[3]d::xid8)
+					OR EXISTS (SELECT 1 FROM spool_delete_log l WHERE l.target = $%[1]d
+						AND l.xid = ANY (ARRAY(SELECT pg_snapshot_xip($%[2]d::pg_snapshot))) AND l.xid <> $%[3]d::xid8))`,
 			n+1, n+2, n+3)
 	}
 	return s.entitySQL(e, kind, func() string {

@@ -199,6 +199,34 @@ func TestRepairCatchesADeleteItsUpsertMissed(t *testing.T) {
 	require.Empty(t, b.rows(t), "the upsert's repair removed the row its snapshot let through")
 }
 
+// TestRepairCatchesADeleteRunningAtItsSnapshot: the same race, but the
+// delete had begun (its tombstone written, not committed) when the
+// upsert's batch took its snapshot: its transaction is among the
+// snapshot's running ones (xip), not at or past its xmax, and the gated
+// repair must find it there.
+func TestRepairCatchesADeleteRunningAtItsSnapshot(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	b.db.Exec(t, `CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF NEW.customer_id = 'race' THEN PERFORM pg_sleep(0.5); END IF; RETURN NEW; END $$;
+		CREATE TRIGGER slow_insert BEFORE INSERT ON customers FOR EACH ROW EXECUTE FUNCTION slow_insert()`)
+	deleting, err := b.db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer deleting.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+	_, err = deleting.Exec(ctx, `INSERT INTO spool_tombstones (target, key, version) VALUES ($1, '["race"]', 5)`, b.db.Schema+".customers")
+	require.NoError(t, err)
+	// A later transaction commits, so that the snapshot's xmax is past the
+	// delete's id.
+	b.db.Exec(t, `CREATE TABLE committed_since (x int)`)
+
+	done := b.writeAside(b.batch(t, 0, "job-1", nil, cust("u", "race", 1, "older")))
+	b.waitForBackend(t, `wait_event = 'PgSleep'`)
+	require.NoError(t, deleting.Commit(ctx))
+	require.NoError(t, <-done)
+	require.Empty(t, b.rows(t), "the upsert's repair removed the row its snapshot let through")
+}
+
 // TestJobWaitsForItsRepair: a batch whose repair after its commit fails
 // leaves a durable mark, and its job does not read completed — by its own
 // settle or any later one — until the periodic sweep has repaired every
