@@ -106,6 +106,16 @@ func (b *testBundle) slowDeletes(t *testing.T, seconds float64) {
 		CREATE TRIGGER slow_delete BEFORE DELETE ON customers FOR EACH ROW EXECUTE FUNCTION slow_delete()`, seconds))
 }
 
+// slowInsertOf makes the insert of the customers row of key sleep for
+// seconds.
+func (b *testBundle) slowInsertOf(t *testing.T, key string, seconds float64) {
+	t.Helper()
+	b.db.Exec(t, fmt.Sprintf(`CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF NEW.customer_id = '%s' THEN PERFORM pg_sleep(%g); END IF; RETURN NEW; END $$;
+		CREATE TRIGGER slow_insert BEFORE INSERT ON customers FOR EACH ROW EXECUTE FUNCTION slow_insert()`,
+		key, seconds))
+}
+
 func (b *testBundle) rows(t *testing.T) map[string]string {
 	t.Helper()
 	rows, err := b.db.Pool.Query(context.Background(), `SELECT customer_id, coalesce(name, '') || '@' || version FROM customers`)
@@ -187,9 +197,7 @@ func TestRepairCatchesADeleteItsUpsertMissed(t *testing.T) {
 	b := setup(t)
 	// The upsert's row waits a while before it is inserted, its
 	// statement's snapshot already taken.
-	b.db.Exec(t, `CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-		BEGIN IF NEW.customer_id = 'race' THEN PERFORM pg_sleep(0.5); END IF; RETURN NEW; END $$;
-		CREATE TRIGGER slow_insert BEFORE INSERT ON customers FOR EACH ROW EXECUTE FUNCTION slow_insert()`)
+	b.slowInsertOf(t, "race", 0.5)
 	done := b.writeAside(b.batch(t, 0, "job-1", nil, cust("u", "race", 1, "older")))
 	b.waitForBackend(t, `wait_event = 'PgSleep'`)
 	out, err := b.write(t, 1, del("d", "race", 5))
@@ -208,9 +216,7 @@ func TestRepairCatchesADeleteRunningAtItsSnapshot(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	b.db.Exec(t, `CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-		BEGIN IF NEW.customer_id = 'race' THEN PERFORM pg_sleep(0.5); END IF; RETURN NEW; END $$;
-		CREATE TRIGGER slow_insert BEFORE INSERT ON customers FOR EACH ROW EXECUTE FUNCTION slow_insert()`)
+	b.slowInsertOf(t, "race", 0.5)
 	deleting, err := b.db.Pool.Begin(ctx)
 	require.NoError(t, err)
 	defer deleting.Rollback(ctx) //nolint:errcheck // a no-op after Commit
