@@ -8,14 +8,11 @@ import (
 	"github.com/spoolhq/spool/pipeline"
 )
 
-// claim is a batch's ledger claim: the candidates by id, then, once the
-// claim's answer is read, how many of them it inserted and what the ledger
-// knew of the others.
+// claim is a batch's ledger claim: once the claim's answer is read, what
+// the ledger knew of the candidates it did not insert (it inserted every
+// other).
 type claim struct {
-	candidates []*pipeline.Message
-	byKey      map[pipeline.Key]*pipeline.Message
-	inserted   int
-	known      map[*pipeline.Message]ledgerEntry
+	known map[*pipeline.Message]ledgerEntry
 }
 
 // ledgerEntry is what the ledger knows of an id claimed before.
@@ -24,69 +21,78 @@ type ledgerEntry struct {
 	origin *int64
 }
 
-// queueClaim queues the insert of the candidates' ids into the ledger. Its
-// answer is how many ids it inserted and, for each of the others, the claim
-// already there: one row per repeat, not one per command. (The statement's
-// snapshot, taken before its insert, would not see the inserted rows
-// anyway; NOT IN skips looking for them, through a hash of what the insert
-// returned.)
+// queueClaim queues the claim of the candidates' ids in the ledger: each id
+// is looked up in the ledger's primary key, and those it does not hold are
+// inserted by a plain INSERT; the answer is one row per id the ledger held,
+// with its claim, not one per command.
+//
+// A plain INSERT, not INSERT … ON CONFLICT DO NOTHING: that one checks the
+// index for a conflict before each insert, and takes a speculative
+// insertion's lock and writes a WAL record confirming it for each row it
+// inserts; the look-up and a plain INSERT cost less (docs/benchmarks.md,
+// "The ledger claim without ON CONFLICT"). An id another transaction
+// claims after the look-up's snapshot, which the look-up cannot see (a
+// partition changing hands), fails the insert with a unique violation: a
+// transient error, whose retry finds the claim (errClaimedMeanwhile).
+// Under ON CONFLICT it would have failed the batch as well, neither
+// inserted nor found.
+//
+// The look-up is a scalar subquery, which PostgreSQL runs per id through
+// the index whatever it estimates, never a join over the whole ledger.
+// Inserts in the index's order take its locks in one order, so that two
+// batches claiming overlapping ids wait for each other instead of
+// deadlocking.
 func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
-	c := &claim{candidates: candidates, byKey: make(map[pipeline.Key]*pipeline.Message, len(candidates)),
-		known: map[*pipeline.Message]ledgerEntry{}}
+	c := &claim{known: map[*pipeline.Message]ledgerEntry{}}
 	if len(candidates) == 0 {
 		return c
 	}
 	n := len(candidates)
 	tenants, ids, hashes, origins := make(texts, n), make(texts, n), make(byteas, n), make(int8s, n)
 	hashSlices, sums := make([][]byte, n), make([]int64, n)
+	byKey := make(map[pipeline.Key]*pipeline.Message, n)
 	for i, m := range candidates {
 		tenants[i], ids[i] = &m.Tenant, (*string)(&m.Command.ID)
 		hashSlices[i], hashes[i] = m.Hash[:], &hashSlices[i]
 		if o, ok := m.Origin(); ok {
 			sums[i], origins[i] = o.Sum(), &sums[i]
 		}
-		c.byKey[pipeline.Key{Tenant: m.Tenant, ID: m.Command.ID}] = m
+		byKey[pipeline.Key{Tenant: m.Tenant, ID: m.Command.ID}] = m
 	}
-	// Sorted inserts take index locks in one order, so that two batches
-	// claiming overlapping ids wait for each other instead of deadlocking.
 	q.Queue(`
-		WITH u AS (SELECT t COLLATE "C" AS t, id COLLATE "C" AS id, h, o
-			FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[]) AS u(t, id, h, o)),
+		WITH u AS (
+			SELECT u.t, u.id, u.h, u.o, (SELECT l FROM spool_ledger l WHERE l.command_id = u.id AND l.tenant = u.t) AS known
+			FROM (SELECT t COLLATE "C" AS t, id COLLATE "C" AS id, h, o
+				FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[]) AS u(t, id, h, o)) u),
 		ins AS (
 			INSERT INTO spool_ledger (tenant, command_id, payload_hash, origin)
-			SELECT t, id, h, o FROM u ORDER BY t, id
-			ON CONFLICT DO NOTHING
-			RETURNING tenant, command_id),
-		known AS (
-			SELECT l.tenant, l.command_id, l.payload_hash, l.origin
-			FROM u JOIN spool_ledger l ON l.tenant = u.t AND l.command_id = u.id
-			WHERE (u.t, u.id) NOT IN (SELECT tenant, command_id FROM ins))
-		SELECT n.inserted, k.tenant, k.command_id, k.payload_hash, k.origin
-		FROM (SELECT count(*) AS inserted FROM ins) n LEFT JOIN known k ON true`,
+			SELECT t, id, h, o FROM u WHERE (known).claimed_at IS NULL ORDER BY t, id)
+		SELECT t, id, (known).payload_hash, (known).origin FROM u WHERE (known).claimed_at IS NOT NULL`,
 		tenants, ids, hashes, origins).Query(func(rows pgx.Rows) error {
-		var tenant, id *string
+		var tenant, id string
 		var e ledgerEntry
-		_, err := pgx.ForEachRow(rows, []any{&c.inserted, &tenant, &id, &e.hash, &e.origin}, func() error {
-			if tenant != nil {
-				c.known[c.byKey[pipeline.Key{Tenant: *tenant, ID: pipeline.CommandID(*id)}]] = e // pgx scans each row's hash and origin into new memory
-			}
+		_, err := pgx.ForEachRow(rows, []any{&tenant, &id, &e.hash, &e.origin}, func() error {
+			c.known[byKey[pipeline.Key{Tenant: tenant, ID: pipeline.CommandID(id)}]] = e // pgx scans each row's hash and origin into new memory
 			return nil
 		})
+		if isLedgerConflict(err) {
+			return fmt.Errorf("%w: %w", errClaimedMeanwhile, err)
+		}
 		return err
 	})
 	return c
 }
 
+// errClaimedMeanwhile is a claim that met, at its insert, a claim of one of
+// its ids that another transaction committed after the claim's look-up
+// (a partition changing hands), or while the claim waited for it: the
+// batch is retried, and its retry settles against that claim.
+var errClaimedMeanwhile = pipeline.Errorf(pipeline.ClassTransient, "a command id was claimed by another transaction while the batch ran")
+
 // settleRepeats settles the candidates the ledger knew, and their repeats
 // in the batch, against the ledger's claim: another payload is a conflict,
 // the claiming record itself redelivered, anything else a duplicate.
-func (c *claim) settleRepeats(repeats map[*pipeline.Message][]*pipeline.Message, set func(*pipeline.Message, pipeline.Outcome)) error {
-	if vanished := len(c.candidates) - c.inserted - len(c.known); vanished > 0 {
-		// Neither inserted nor there before the claim began: another
-		// transaction claimed the id meanwhile (a partition changing hands),
-		// or the sweeper removed the claim. A retry of the batch settles it.
-		return pipeline.Errorf(pipeline.ClassTransient, "%d command ids were claimed or swept by another transaction while the batch ran", vanished)
-	}
+func (c *claim) settleRepeats(repeats map[*pipeline.Message][]*pipeline.Message, set func(*pipeline.Message, pipeline.Outcome)) {
 	for m, e := range c.known {
 		for _, m := range append([]*pipeline.Message{m}, repeats[m]...) {
 			o, identified := m.Origin()
@@ -100,7 +106,6 @@ func (c *claim) settleRepeats(repeats map[*pipeline.Message][]*pipeline.Message,
 			}
 		}
 	}
-	return nil
 }
 
 // queueRedeliveries queues the turning into redelivered of the duplicates,

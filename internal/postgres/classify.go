@@ -54,6 +54,13 @@ func isLockTimeout(err error) bool {
 	return errors.As(err, &pgErr) && pgErr.Code == "55P03"
 }
 
+// isLedgerConflict tells a unique violation of the ledger's primary key:
+// an id claimed by another transaction since the claim looked it up.
+func isLedgerConflict(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.TableName == "spool_ledger"
+}
+
 func classOfSQLState(code string) pipeline.ErrorClass {
 	switch {
 	case code == "55P03":

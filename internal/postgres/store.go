@@ -267,11 +267,8 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	if abortedNow {
 		return nil, nil, errAbortedMeanwhile
 	}
-	repeats := d.Repeats
-	if err := c.settleRepeats(repeats, set); err != nil {
-		return nil, nil, err
-	}
-	fresh := make([]*pipeline.Message, 0, c.inserted)
+	c.settleRepeats(d.Repeats, set)
+	fresh := make([]*pipeline.Message, 0, len(candidates)-len(c.known))
 	for _, m := range candidates {
 		if _, known := c.known[m]; !known {
 			fresh = append(fresh, m)

@@ -409,8 +409,9 @@ func TestUnversionedPartialUpsertsMerge(t *testing.T) {
 }
 
 // A claim that waits on another transaction's claim of the same id (a
-// partition changing hands) cannot see that claim once it commits: the
-// batch fails transiently, and its retry settles against it.
+// partition changing hands) cannot see that claim once it commits: its
+// insert meets it, the batch fails transiently, and its retry settles
+// against it.
 func TestClaimRacingAnotherClaimIsRetried(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -442,6 +443,8 @@ func TestClaimRacingAnotherClaimIsRetried(t *testing.T) {
 	r := <-done
 	require.Error(t, r.err)
 	require.Equal(t, pipeline.ClassTransient, pipeline.ClassOf(r.err), r.err.Error())
+	require.ErrorContains(t, r.err, "a command id was claimed by another transaction while the batch ran")
+	require.ErrorContains(t, r.err, "spool_ledger_pkey", "the error names the constraint it met")
 	require.Empty(t, b.rows(t), "nothing of the failed batch may remain")
 
 	out, err := b.write(t, 0, cust("c1", "a", 1, "a1"), cust("c2", "b", 1, "b1"))
