@@ -42,7 +42,8 @@ var limitColumns = []string{"customer_id", "name", "email", "balance", "version"
 func (r *LimitRow) values() []any { return []any{r.Key, r.Name, r.Email, r.Balance, r.Version} }
 
 // CreateTables creates (anew) a customers-shaped table for each name,
-// and a ledger for each, name_ledger.
+// and a ledger for each, name_ledger, keyed as spool's is: tenant and id
+// compared bytewise (COLLATE "C"), not by the database's locale.
 func (l *Limits) CreateTables(ctx context.Context, names ...string) error {
 	for _, n := range names {
 		t := pgx.Identifier{n}.Sanitize()
@@ -50,7 +51,7 @@ func (l *Limits) CreateTables(ctx context.Context, names ...string) error {
 		_, err := l.pool.Exec(ctx, fmt.Sprintf(`DROP TABLE IF EXISTS %[1]s, %[2]s;
 			CREATE TABLE %[1]s (customer_id text PRIMARY KEY, name text, email text, balance numeric(18,2),
 				version bigint NOT NULL, updated_at timestamptz);
-			CREATE TABLE %[2]s (tenant text NOT NULL, command_id text NOT NULL, payload_hash bytea NOT NULL,
+			CREATE TABLE %[2]s (tenant text COLLATE "C" NOT NULL, command_id text COLLATE "C" NOT NULL, payload_hash bytea NOT NULL,
 				claimed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (tenant, command_id))`, t, ledger))
 		if err != nil {
 			return fmt.Errorf("creating limit table %s: %w", n, err)
@@ -99,7 +100,7 @@ func (l *Limits) CopyUpsertLedger(ctx context.Context, table string, batches <-c
 				return err
 			}
 			defer conn.Release()
-			if _, err := conn.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS limit_stage (tenant text, command_id text, payload_hash bytea,
+			if _, err := conn.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS limit_stage (tenant text COLLATE "C", command_id text COLLATE "C", payload_hash bytea,
 				customer_id text, name text, email text, balance text, version bigint) ON COMMIT DELETE ROWS`); err != nil {
 				return err
 			}
