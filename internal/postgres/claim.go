@@ -37,14 +37,17 @@ type ledgerEntry struct {
 // Under ON CONFLICT it would have failed the batch as well, neither
 // inserted nor found.
 //
-// The look-up is a scalar subquery, which PostgreSQL runs per id through
-// the index whatever it estimates, never a join over the whole ledger; its
-// LIMIT 1 makes that a plain index scan, whose start costs least, where
-// statistics from a smaller ledger (a growing one not analyzed since)
-// made the plan a bitmap scan per id, twice the look-up's cost.
-// Inserts in the index's order take its locks in one order, so that two
-// batches claiming overlapping ids wait for each other instead of
-// deadlocking.
+// The look-up is a scalar subquery, which PostgreSQL runs once per id.
+// How is the planner's choice, made from the ledger's statistics, which
+// lag a growing ledger until it is analyzed again; a plan cached from a
+// smaller ledger would scan all of it for each id (seconds a batch). So
+// the claim is planned for each batch (plan_cache_mode force_custom_plan,
+// for it alone), which sizes the table as it is, and its LIMIT 1 makes the
+// look-up a plain index scan, whose start costs least, where a ledger
+// grown since its statistics made it a bitmap scan per id, twice the
+// look-up's cost. Inserts in the index's order take its locks in one
+// order, so that two batches claiming overlapping ids wait for each other
+// instead of deadlocking.
 func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
 	c := &claim{known: map[*pipeline.Message]ledgerEntry{}}
 	if len(candidates) == 0 {
@@ -62,6 +65,7 @@ func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
 		}
 		byKey[pipeline.Key{Tenant: m.Tenant, ID: m.Command.ID}] = m
 	}
+	q.Queue(`SELECT set_config('plan_cache_mode', 'force_custom_plan', true)`)
 	q.Queue(`
 		WITH u AS (
 			SELECT u.t, u.id, u.h, u.o, (SELECT l FROM spool_ledger l WHERE l.command_id = u.id AND l.tenant = u.t LIMIT 1) AS known
@@ -83,6 +87,7 @@ func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
 		}
 		return err
 	})
+	q.Queue(`SET LOCAL plan_cache_mode TO DEFAULT`)
 	return c
 }
 

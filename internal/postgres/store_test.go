@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -450,6 +451,49 @@ func TestClaimRacingAnotherClaimIsRetried(t *testing.T) {
 	out, err := b.write(t, 0, cust("c1", "a", 1, "a1"), cust("c2", "b", 1, "b1"))
 	require.NoError(t, err)
 	require.Equal(t, []pipeline.Outcome{conflict, applied}, out, "c1 was claimed with another payload")
+}
+
+// The claim's look-up is planned for each batch: a plan cached while the
+// ledger was small (here forced, with plan_cache_mode force_generic_plan
+// on the store's connection, from an analyzed ledger of 100 ids) would
+// scan the whole ledger once for each id once it has grown. Counted by
+// PostgreSQL's statistics of the ledger's scans, flushed as the store's
+// connection ends.
+func TestClaimPlanFollowsTheLedgersSize(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	b.db.Exec(t, `INSERT INTO spool_ledger (tenant, command_id, payload_hash)
+		SELECT 'other', 'old-' || i, '\x00' FROM generate_series(1, 100) i`)
+	b.db.Exec(t, `ANALYZE spool_ledger`)
+	cfg, err := pgxpool.ParseConfig(b.db.URL + "&plan_cache_mode=force_generic_plan")
+	require.NoError(t, err)
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer pool.Close()
+	b.store = postgres.NewStore(postgres.FromPool(pool), pipeline.NewCatalog(b.es), "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
+
+	_, err = b.write(t, 0, cust("first", "k0", 1, "a")) // plans (and caches) the claim on the small ledger
+	require.NoError(t, err)
+	b.db.Exec(t, `INSERT INTO spool_ledger (tenant, command_id, payload_hash)
+		SELECT 'other', 'grown-' || i, '\x00' FROM generate_series(1, 100000) i`)
+	lines := make([]string, 300)
+	for i := range lines {
+		lines[i] = cust(fmt.Sprintf("c%d", i), fmt.Sprintf("n%d", i), 1, "a")
+	}
+	out, err := b.write(t, 0, lines...)
+	require.NoError(t, err)
+	require.Equal(t, applied, out[0])
+	pool.Close() // its backend's statistics are flushed as it exits
+
+	var seqScans, idxScans int64
+	require.Eventually(t, func() bool {
+		require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT coalesce(seq_scan, 0), coalesce(idx_scan, 0) FROM pg_stat_user_tables
+			WHERE schemaname = $1 AND relname = 'spool_ledger'`, b.db.Schema).Scan(&seqScans, &idxScans))
+		return seqScans+idxScans >= 301
+	}, 10*time.Second, 50*time.Millisecond, "the store's scans of the ledger are counted")
+	require.Less(t, seqScans, int64(10), "the 300 ids were looked up through the index, not by scanning the ledger (%d index scans)", idxScans)
 }
 
 // TestWriteBatchRefusesWhatACastWouldCut: values are cast to the column's
