@@ -82,7 +82,7 @@ func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
 			c.known[byKey[pipeline.Key{Tenant: tenant, ID: pipeline.CommandID(id)}]] = e // pgx scans each row's hash and origin into new memory
 			return nil
 		})
-		if isLedgerConflict(err) {
+		if isUniqueViolation(err) {
 			return fmt.Errorf("%w: %w", errClaimedMeanwhile, err)
 		}
 		return err

@@ -54,11 +54,12 @@ func isLockTimeout(err error) bool {
 	return errors.As(err, &pgErr) && pgErr.Code == "55P03"
 }
 
-// isLedgerConflict tells a unique violation of the ledger's primary key:
-// an id claimed by another transaction since the claim looked it up.
-func isLedgerConflict(err error) bool {
+// isUniqueViolation tells a unique violation (23505). In the ledger claim,
+// whose only write is to the ledger, it is an id another transaction
+// claimed since the claim looked it up.
+func isUniqueViolation(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.TableName == "spool_ledger"
+	return errors.As(err, &pgErr) && pgErr.Code == "23505"
 }
 
 func classOfSQLState(code string) pipeline.ErrorClass {
