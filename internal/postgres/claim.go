@@ -38,9 +38,10 @@ type ledgerEntry struct {
 // inserted nor found.
 //
 // The look-up is a scalar subquery, which PostgreSQL runs once per id.
-// How is the planner's choice, made from the ledger's statistics, which
-// lag a growing ledger until it is analyzed again; a plan cached from a
-// smaller ledger would scan all of it for each id (seconds a batch). So
+// The path it takes is the planner's choice, made from the ledger's
+// statistics, which lag a growing ledger until it is analyzed again; a
+// plan cached from a smaller ledger would scan all of it for each id
+// (seconds a batch). So
 // the claim is planned for each batch (plan_cache_mode force_custom_plan,
 // for it alone), which sizes the table as it is, and its LIMIT 1 makes the
 // look-up a plain index scan, whose start costs least, where a ledger
