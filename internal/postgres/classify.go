@@ -32,9 +32,8 @@ func classify(err error) error {
 	if err == nil {
 		return nil
 	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pipeline.Classify(classOfSQLState(pgErr.Code), err)
+	if code := sqlState(err); code != "" {
+		return pipeline.Classify(classOfSQLState(code), err)
 	}
 	if errors.Is(err, context.Canceled) {
 		return err
@@ -47,20 +46,24 @@ func classify(err error) error {
 	return pipeline.Classify(pipeline.ClassInternal, err)
 }
 
+// sqlState is the SQLSTATE of the PostgreSQL error in err's chain, or ""
+// when there is none.
+func sqlState(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
 // isLockTimeout tells a statement that waited for a lock past
 // lock_timeout (55P03).
-func isLockTimeout(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "55P03"
-}
+func isLockTimeout(err error) bool { return sqlState(err) == "55P03" }
 
 // isUniqueViolation tells a unique violation (23505). In the ledger claim,
 // whose only write is to the ledger, it is an id another transaction
 // claimed since the claim looked it up.
-func isUniqueViolation(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "23505"
-}
+func isUniqueViolation(err error) bool { return sqlState(err) == "23505" }
 
 func classOfSQLState(code string) pipeline.ErrorClass {
 	switch {
