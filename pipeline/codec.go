@@ -25,6 +25,10 @@ type Record struct {
 	Value     []byte
 	Headers   []Header
 	Timestamp time.Time
+	// Route, when set, places a produced record in its topic's partitions
+	// instead of its key: a command's entity and key (Entities.Route). It
+	// is not sent; a fetched record has none.
+	Route []byte
 }
 
 // Header is one Kafka record header.

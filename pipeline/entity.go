@@ -162,6 +162,29 @@ func (es Entities) entityOf(id CommandID, entity *string, op *Op, version *int64
 	return e, nil
 }
 
+// Route is what places a command among the partitions of the commands
+// topic: its entity and the texts of its key values, as KeyOf makes them.
+// Every command on one row then goes through one partition, so batches of
+// different partitions, written at once, do not wait for each other's row
+// locks. The record's key stays the command id. It is nil for a command Validate
+// refuses.
+func (es Entities) Route(cmd *Command) []byte {
+	e, ok := es[cmd.Entity]
+	if !ok {
+		return nil
+	}
+	route := append(make([]byte, 0, len(e.Name)+32), e.Name...)
+	for _, k := range e.Key {
+		var null bool
+		var err error
+		// A separator no text value holds (PostgreSQL's text has no NUL).
+		if route, null, err = e.Columns[k].AppendValue(append(route, 0), cmd.Data[k]); err != nil || null {
+			return nil
+		}
+	}
+	return route
+}
+
 // checkKey checks that the value of key column k is there.
 func (e *Entity) checkKey(k string, v json.RawMessage) error {
 	if isNull(v) {

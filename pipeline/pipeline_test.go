@@ -157,6 +157,34 @@ func TestColumnValue(t *testing.T) {
 	}
 }
 
+// TestRoute: a command's route is its entity and its key's texts as the
+// key columns take them, whatever else the command holds, so that every
+// spelling of one integer key goes one way; a command Validate refuses has
+// none.
+func TestRoute(t *testing.T) {
+	t.Parallel()
+	es := testEntities()
+	route := func(line string) []byte {
+		var c Command
+		require.NoError(t, json.Unmarshal([]byte(line), &c), line)
+		return es.Route(&c)
+	}
+	a := route(`{"id":"c-1","entity":"customers","version":1,"data":{"customer_id":"cust-1","name":"Ada"}}`)
+	require.Equal(t, "customers\x00cust-1", string(a))
+	require.Equal(t, a, route(`{"id":"c-2","entity":"customers","op":"delete","version":9,"data":{"customer_id":"cust-1"}}`))
+	require.NotEqual(t, a, route(`{"id":"c-1","entity":"customers","version":1,"data":{"customer_id":"cust-2","name":"Ada"}}`))
+
+	line := route(`{"id":"l-1","entity":"lines","data":{"order_id":"o-1","line":7,"qty":2}}`)
+	require.Equal(t, "lines\x00o-1\x007", string(line))
+	require.Equal(t, line, route(`{"id":"l-2","entity":"lines","data":{"order_id":"o-1","line":"007"}}`))
+	require.NotEqual(t, route(`{"id":"l-3","entity":"lines","data":{"order_id":"o-1","line":77}}`),
+		route(`{"id":"l-4","entity":"lines","data":{"order_id":"o-17","line":7}}`), "the separator keeps the key's parts apart")
+
+	require.Nil(t, route(`{"id":"x-1","entity":"orders","data":{"order_id":"o-1"}}`), "unknown entity")
+	require.Nil(t, route(`{"id":"x-2","entity":"lines","data":{"order_id":"o-1"}}`), "a key column missing")
+	require.Nil(t, route(`{"id":"x-3","entity":"lines","data":{"order_id":"o-1","line":"seven"}}`), "a key that does not fit")
+}
+
 func TestColumnValueRefusesWhatPostgreSQLRefuses(t *testing.T) {
 	t.Parallel()
 	for _, in := range []string{`"1/3"`, `"0x10"`, `"1_000"`, `"."`, `"e3"`, `"1e"`, `"1e+"`, `"--1"`, `"1.2.3"`, `"1 2"`, `""`, `"0x1p-2"`} {
@@ -425,10 +453,12 @@ func BenchmarkIngressRecord(b *testing.B) {
 		if err == nil {
 			err = es.Validate(&cmd, "")
 		}
+		var rec Record
 		if err == nil {
-			_, err = NewRecord(&cmd, "job-1", "default", 42)
+			rec, err = NewRecord(&cmd, "job-1", "default", 42)
+			rec.Route = es.Route(&cmd)
 		}
-		if err != nil {
+		if err != nil || rec.Route == nil {
 			b.Fatal(err)
 		}
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 
 	"github.com/spoolhq/spool/internal/apiclient"
+	"github.com/spoolhq/spool/internal/kafka"
 	"github.com/spoolhq/spool/pipeline"
 )
 
@@ -87,6 +88,44 @@ func TestUploadFormats(t *testing.T) {
 	require.Equal(t, "Lovelace, Ada", got["c1"].name)
 	require.Equal(t, "10.50", got["c1"].balance)
 	require.Equal(t, "", got["c2"].balance, "an empty CSV cell is NULL")
+}
+
+// TestUploadPlacesARowsCommandsInOnePartition: ingress places each
+// command by its entity and key, not its id (which stays the record key),
+// so that one row's commands go through one partition and batches of
+// different partitions never wait for each other's row locks.
+func TestUploadPlacesARowsCommandsInOnePartition(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, map[string]any{"kafka.partitions": 6})
+	const keys, perKey = 12, 8
+	var lines []string
+	for i := range keys * perKey {
+		lines = append(lines, fmt.Sprintf(`{"id":"c-%d","entity":"customers","version":%d,"data":{"customer_id":"cust-%d","name":"n%d"}}`,
+			i, i, i%keys, i))
+	}
+	u := s.upload(t, lines)
+	require.EqualValues(t, keys*perKey, u.accepted)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	at := map[string]int32{} // customer_id → partition
+	used := map[int32]bool{}
+	n := 0
+	require.NoError(t, kafka.Reader{Cluster: kafka.Plaintext(s.brokers...)}.Read(ctx, "spool.commands", -1, func(r pipeline.Record) error {
+		c, err := pipeline.DecodeCommand(r.Value)
+		require.NoError(t, err)
+		require.Equal(t, string(c.ID), string(r.Key), "the record key is the command id")
+		var key string
+		require.NoError(t, json.Unmarshal(c.Data["customer_id"], &key))
+		if p, ok := at[key]; ok {
+			require.Equal(t, p, r.Partition, "the commands of %s", key)
+		}
+		at[key], used[r.Partition] = r.Partition, true
+		n++
+		return nil
+	}))
+	require.Equal(t, keys*perKey, n)
+	require.Greater(t, len(used), 2, "rows spread over the partitions")
 }
 
 // TestUploadRefusesBadBodies: each answer is problem+json naming the

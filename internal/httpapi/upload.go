@@ -441,6 +441,7 @@ func (u *uploadRun) add(ctx context.Context, cmd pipeline.Command, decodeErr err
 	var rec pipeline.Record
 	if err == nil {
 		rec, err = pipeline.NewRecord(&cmd, u.job, u.who.Tenant, index)
+		rec.Route = u.s.cfg.Catalog.Entities().Route(&cmd)
 	}
 	if err == nil && u.traceparent != "" {
 		rec.Headers = append(rec.Headers, pipeline.Header{Key: pipeline.HeaderTraceparent, Value: []byte(u.traceparent)})

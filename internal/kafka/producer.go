@@ -54,6 +54,7 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(cfg.Linger),
 		kgo.RecordDeliveryTimeout(30 * time.Second),
+		kgo.RecordPartitioner(routePartitioner{}),
 		kgo.WithLogger(slogLogger{cfg.Logger}),
 		kgo.WithHooks(hooks(cfg.Hooks)...),
 	}
@@ -73,14 +74,14 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 // Produce sends r to topic; done is called once with the broker's verdict.
 // It blocks while the producer's buffer is full.
 func (p *Producer) Produce(ctx context.Context, topic string, r *pipeline.Record, done func(error)) {
-	p.cl.Produce(ctx, toKgo(r, topic), func(_ *kgo.Record, err error) { done(classify(err)) })
+	p.cl.Produce(ctx, toKgo(ctx, r, topic), func(_ *kgo.Record, err error) { done(classify(err)) })
 }
 
 // ProduceSync sends records to topic and returns once all are acknowledged.
 func (p *Producer) ProduceSync(ctx context.Context, topic string, recs ...pipeline.Record) error {
 	ks := make([]*kgo.Record, len(recs))
 	for i := range recs {
-		ks[i] = toKgo(&recs[i], topic)
+		ks[i] = toKgo(ctx, &recs[i], topic)
 	}
 	return classify(p.cl.ProduceSync(ctx, ks...).FirstErr())
 }

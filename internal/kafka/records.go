@@ -1,6 +1,8 @@
 package kafka
 
 import (
+	"context"
+	"hash/fnv"
 	"sync"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -8,12 +10,68 @@ import (
 	"github.com/spoolhq/spool/pipeline"
 )
 
-func toKgo(r *pipeline.Record, topic string) *kgo.Record {
+// toKgo makes r a record for topic; ctx becomes its Context, which carries
+// its route (routed) where it has one.
+func toKgo(ctx context.Context, r *pipeline.Record, topic string) *kgo.Record {
 	hs := make([]kgo.RecordHeader, len(r.Headers))
 	for i, h := range r.Headers {
 		hs[i] = kgo.RecordHeader{Key: h.Key, Value: h.Value}
 	}
-	return &kgo.Record{Topic: topic, Key: r.Key, Value: r.Value, Headers: hs}
+	if r.Route != nil {
+		ctx = &routed{Context: ctx, route: r.Route}
+	}
+	return &kgo.Record{Topic: topic, Key: r.Key, Value: r.Value, Headers: hs, Context: ctx}
+}
+
+// routed is a produced record's Context with its route
+// (pipeline.Record.Route), for routePartitioner.
+type routed struct {
+	context.Context
+	route []byte
+}
+
+// routePartitioner places a record by its route where it has one, else as
+// franz-go's key partitioner does: by Kafka's murmur2 hash of its key, as
+// any Kafka client places a keyed record, and a record without a key on
+// the partition of its batch.
+type routePartitioner struct{}
+
+func (routePartitioner) ForTopic(topic string) kgo.TopicPartitioner {
+	return routeTopicPartitioner{kgo.StickyKeyPartitioner(nil).ForTopic(topic).(keyTopicPartitioner)}
+}
+
+// keyTopicPartitioner is what franz-go's key partitioner is for a topic.
+type keyTopicPartitioner interface {
+	kgo.TopicPartitioner
+	kgo.TopicPartitionerOnNewBatch
+}
+
+type routeTopicPartitioner struct{ keyTopicPartitioner }
+
+// routeHash places a route: a stable hash (every ingress places one route
+// alike), mapped to a partition as Kafka maps its key hashes.
+var routeHash = kgo.KafkaHasher(func(b []byte) uint32 {
+	h := fnv.New32a()
+	h.Write(b)
+	return h.Sum32()
+})
+
+func (p routeTopicPartitioner) RequiresConsistency(r *kgo.Record) bool {
+	return routeOf(r) != nil || p.keyTopicPartitioner.RequiresConsistency(r)
+}
+
+func (p routeTopicPartitioner) Partition(r *kgo.Record, n int) int {
+	if route := routeOf(r); route != nil {
+		return routeHash(route, n)
+	}
+	return p.keyTopicPartitioner.Partition(r, n)
+}
+
+func routeOf(r *kgo.Record) []byte {
+	if rc, ok := r.Context.(*routed); ok {
+		return rc.route
+	}
+	return nil
 }
 
 // fromKgo copies fetched records out of franz-go's buffers, all of a

@@ -104,3 +104,57 @@ func TestPooledFetchesKeepTheirRecords(t *testing.T) {
 		require.Equal(t, fmt.Sprintf("job-%d", i%5), string(r.Headers[0].Value))
 	}
 }
+
+// TestProducerPlacesRecordsByRoute: records with a route (a command's
+// entity and key) share a partition whatever their keys, routes spread
+// over the partitions, and a record without one lands where any Kafka
+// client puts its key (franz-go's default partitioner, Kafka's murmur2).
+func TestProducerPlacesRecordsByRoute(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := kafkatest.NewCluster(t)
+	require.NoError(t, EnsureTopics(ctx, Plaintext(b.Addr()), 12, -1, "routed", "keyed"))
+	p, err := NewProducer(ProducerConfig{Cluster: Plaintext(b.Addr())})
+	require.NoError(t, err)
+	defer p.Close()
+	const routes, perRoute, unrouted = 24, 10, 100
+	var recs []pipeline.Record
+	for i := range routes * perRoute {
+		recs = append(recs, pipeline.Record{Key: fmt.Appendf(nil, "c-%d", i), Value: []byte("{}"),
+			Route: fmt.Appendf(nil, "customers\x00cust-%d", i%routes)})
+	}
+	for i := range unrouted {
+		recs = append(recs, pipeline.Record{Key: fmt.Appendf(nil, "u-%d", i), Value: []byte("{}")})
+	}
+	require.NoError(t, p.ProduceSync(ctx, "routed", recs...))
+
+	// The unrouted keys as a client with franz-go's defaults places them.
+	plain, err := kgo.NewClient(kgo.SeedBrokers(b.Addr()), kgo.DefaultProduceTopic("keyed"))
+	require.NoError(t, err)
+	defer plain.Close()
+	for _, r := range recs[routes*perRoute:] {
+		require.NoError(t, plain.ProduceSync(ctx, &kgo.Record{Key: r.Key, Value: r.Value}).FirstErr())
+	}
+
+	placed := func(topic string) map[string]int32 {
+		at := map[string]int32{}
+		require.NoError(t, Reader{Cluster: Plaintext(b.Addr())}.Read(ctx, topic, -1, func(r pipeline.Record) error {
+			at[string(r.Key)] = r.Partition
+			return nil
+		}))
+		return at
+	}
+	routed, keyed := placed("routed"), placed("keyed")
+	require.Len(t, routed, len(recs))
+	used := map[int32]bool{}
+	for i := range routes * perRoute {
+		require.Equal(t, routed[fmt.Sprintf("c-%d", i%routes)], routed[fmt.Sprintf("c-%d", i)], "record %d", i)
+		used[routed[fmt.Sprintf("c-%d", i)]] = true
+	}
+	require.GreaterOrEqual(t, len(used), 8, "24 routes over 12 partitions")
+	for i := range unrouted {
+		k := fmt.Sprintf("u-%d", i)
+		require.Equal(t, keyed[k], routed[k], "unrouted record %s", k)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/spoolhq/spool/internal/postgres"
 	"github.com/spoolhq/spool/internal/tools/harness"
 	"github.com/spoolhq/spool/internal/tools/tooldb"
+	"github.com/spoolhq/spool/pipeline"
 )
 
 // Config is one benchmark run.
@@ -115,8 +116,10 @@ type env struct {
 	db      *tooldb.Limits
 	unlock  func()
 	procs   []*harness.Proc
-	dir     string
-	logger  *slog.Logger
+	// entities are the workload's, as processors and ingress read them.
+	entities pipeline.Entities
+	dir      string
+	logger   *slog.Logger
 }
 
 // ErrOverCPUBound marks a run whose every check passed but whose
@@ -251,6 +254,12 @@ func setup(ctx context.Context, cfg Config) (e *env, err error) {
 		return e, err
 	}
 	if _, err := postgres.EnsureDemoCustomers(ctx, db); err != nil {
+		return e, err
+	}
+	// The backlog's records are routed as ingress routes them.
+	if e.entities, err = postgres.LoadEntities(ctx, db, []postgres.EntitySpec{{
+		Name: Entity, Schema: cfg.Schema, Table: "customers", Key: []string{"customer_id"}, VersionColumn: "version",
+	}}); err != nil {
 		return e, err
 	}
 	if e.db, err = tooldb.OpenLimits(ctx, e.dbURL); err != nil {

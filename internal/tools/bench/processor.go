@@ -425,6 +425,7 @@ func (e *env) produce(ctx context.Context, topic, system string, w Workload) (Re
 				once.Do(func() { failed = err })
 				break
 			}
+			rec.Route = e.entities.Route(&c)
 			wg.Add(1)
 			p.Produce(ctx, topic, &rec, func(err error) {
 				if err != nil {
@@ -551,7 +552,7 @@ func (e *env) drain(ctx context.Context, system, group string, n, procs int) (Re
 	var profiled sync.WaitGroup
 	waits := map[string]int64{}
 	pctx, stopProfiling := context.WithCancel(ctx)
-	profiling := e.cfg.Profile != "" && procs == 1
+	profiling := e.cfg.Profile != ""
 	if profiling {
 		profiled.Add(2)
 		go func() { defer profiled.Done(); e.profile(pctx, strings.TrimSuffix(urls[0], "/metrics")) }()
