@@ -462,12 +462,19 @@ func TestClaimRacingAnotherClaimIsRetried(t *testing.T) {
 func TestClaimPlanFollowsTheLedgersSize(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
+	ctx := context.Background()
 	b.db.Exec(t, `INSERT INTO spool_ledger (tenant, command_id, payload_hash)
 		SELECT 'other', 'old-' || i, '\x00' FROM generate_series(1, 100) i`)
 	b.db.Exec(t, `ANALYZE spool_ledger`)
-	stop := b.planGenerically(t)
+	cfg, err := pgxpool.ParseConfig(b.db.URL + "&plan_cache_mode=force_generic_plan")
+	require.NoError(t, err)
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer pool.Close()
+	b.store = postgres.NewStore(postgres.FromPool(pool), pipeline.NewCatalog(b.es), "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
 
-	_, err := b.write(t, 0, cust("first", "k0", 1, "a")) // plans (and caches) the claim on the small ledger
+	_, err = b.write(t, 0, cust("first", "k0", 1, "a")) // plans (and caches) the claim on the small ledger
 	require.NoError(t, err)
 	b.db.Exec(t, `INSERT INTO spool_ledger (tenant, command_id, payload_hash)
 		SELECT 'other', 'grown-' || i, '\x00' FROM generate_series(1, 100000) i`)
@@ -478,39 +485,15 @@ func TestClaimPlanFollowsTheLedgersSize(t *testing.T) {
 	out, err := b.write(t, 0, lines...)
 	require.NoError(t, err)
 	require.Equal(t, applied, out[0])
-	stop()
+	pool.Close() // its backend's statistics are flushed as it exits
 
-	seq, idx := b.scansCounted(t, "spool_ledger", 301)
-	require.Less(t, seq, int64(10), "the 300 ids were looked up through the index, not by scanning the ledger (%d index scans)", idx)
-}
-
-// planGenerically gives the bundle a store whose one connection plans
-// every statement generically (plan_cache_mode force_generic_plan), as
-// PostgreSQL does a prepared statement after five runs; stop closes it,
-// which flushes its backend's statistics (scansCounted).
-func (b *testBundle) planGenerically(t *testing.T) (stop func()) {
-	t.Helper()
-	cfg, err := pgxpool.ParseConfig(b.db.URL + "&plan_cache_mode=force_generic_plan")
-	require.NoError(t, err)
-	cfg.MaxConns = 1
-	pool, err := pgxpool.NewWithConfig(t.Context(), cfg)
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
-	b.store = postgres.NewStore(postgres.FromPool(pool), pipeline.NewCatalog(b.es), "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
-	return pool.Close
-}
-
-// scansCounted returns PostgreSQL's count of the sequential and index
-// scans of table, once they add up to at least n (a backend's statistics
-// reach the view some time after it exits).
-func (b *testBundle) scansCounted(t *testing.T, table string, n int64) (seq, idx int64) {
-	t.Helper()
+	var seqScans, idxScans int64
 	require.Eventually(t, func() bool {
-		require.NoError(t, b.db.Pool.QueryRow(t.Context(), `SELECT coalesce(seq_scan, 0), coalesce(idx_scan, 0) FROM pg_stat_user_tables
-			WHERE schemaname = $1 AND relname = $2`, b.db.Schema, table).Scan(&seq, &idx))
-		return seq+idx >= n
-	}, 10*time.Second, 50*time.Millisecond, "the store's scans of %s are counted", table)
-	return seq, idx
+		require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT coalesce(seq_scan, 0), coalesce(idx_scan, 0) FROM pg_stat_user_tables
+			WHERE schemaname = $1 AND relname = 'spool_ledger'`, b.db.Schema).Scan(&seqScans, &idxScans))
+		return seqScans+idxScans >= 301
+	}, 10*time.Second, 50*time.Millisecond, "the store's scans of the ledger are counted")
+	require.Less(t, seqScans, int64(10), "the 300 ids were looked up through the index, not by scanning the ledger (%d index scans)", idxScans)
 }
 
 // TestGroupPlansSurviveGrowth: a batch's writes go through the keys'
@@ -523,8 +506,15 @@ func (b *testBundle) scansCounted(t *testing.T, table string, n int64) (seq, idx
 func TestGroupPlansSurviveGrowth(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
+	ctx := context.Background()
 	b.db.Exec(t, `ANALYZE customers; ANALYZE spool_tombstones`)
-	stop := b.planGenerically(t)
+	cfg, err := pgxpool.ParseConfig(b.db.URL + "&plan_cache_mode=force_generic_plan")
+	require.NoError(t, err)
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer pool.Close()
+	b.store = postgres.NewStore(postgres.FromPool(pool), pipeline.NewCatalog(b.es), "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ops := map[string]func(id, key string, version int) string{
 		"upsert": func(id, key string, version int) string { return cust(id, key, version, "u") },
 		"insert": func(id, key string, version int) string {
@@ -552,10 +542,19 @@ func TestGroupPlansSurviveGrowth(t *testing.T) {
 		_, err := b.write(t, 0, lines...)
 		require.NoError(t, err, op)
 	}
-	stop()
+	pool.Close() // its backend's statistics are flushed as it exits
 
+	scans := func(table string) (seq, idx int64) {
+		require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT coalesce(seq_scan, 0), coalesce(idx_scan, 0) FROM pg_stat_user_tables
+			WHERE schemaname = $1 AND relname = $2`, b.db.Schema, table).Scan(&seq, &idx))
+		return seq, idx
+	}
+	require.Eventually(t, func() bool {
+		seq, idx := scans("spool_tombstones")
+		return seq+idx >= 300
+	}, 10*time.Second, 50*time.Millisecond, "the store's scans of spool_tombstones are counted")
 	for _, table := range []string{"spool_tombstones", "customers"} {
-		seq, idx := b.scansCounted(t, table, 300)
+		seq, idx := scans(table)
 		require.Less(t, seq, int64(10), "%s was probed through its index, not scanned for each row (%d index scans)", table, idx)
 	}
 }
