@@ -80,9 +80,7 @@ func (s *Store) queueRepair(q *pgx.Batch, k keys) {
 	if k.snapshot != "" {
 		args = append(args, k.snapshot, k.xid)
 	}
-	queuePlansByIndex(q, true)
 	q.Queue(s.repairSQL(e, k.snapshot != ""), args...)
-	queuePlansByIndex(q, false)
 }
 
 // repairSQL is the repair of an entity's keys. The uncorrelated EXISTS

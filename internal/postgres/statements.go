@@ -225,30 +225,6 @@ func queueLockTimeout(q *pgx.Batch, on bool) {
 	q.Queue(`SET LOCAL lock_timeout TO DEFAULT`)
 }
 
-// queuePlansByIndex has the statements queued after it planned with
-// sequential scans disfavoured (on), or gives the session's setting back
-// (off), for the rest of the transaction. A batch's writes and repairs are
-// prepared statements, which PostgreSQL plans generically after five runs
-// and keeps that plan until the tables' statistics change. Planned while
-// a table was a few pages (spool_tombstones before the first deletes, a
-// table spool is filling), a probe of it for each row, the tombstone check
-// or an insert's look-up of a newer row, is a scan of it; once the table
-// has grown, it is a scan of all of it for each row: 300 upserts against
-// 100,000 tombstones took 1.7 s (TestGroupPlansSurviveGrowth). Off, the
-// probe goes through the key's index whatever size the plan was made for.
-// Planning each batch instead (plan_cache_mode, as the claim is) would be
-// inherited by what the writes fire: a trigger's and a foreign key's
-// queries would be planned again for each row. What the writes fire is
-// planned with sequential scans disfavoured too, which changes a plan only
-// where an index could serve instead.
-func queuePlansByIndex(q *pgx.Batch, on bool) {
-	if on {
-		q.Queue(`SELECT set_config('enable_seqscan', 'off', true)`)
-		return
-	}
-	q.Queue(`SET LOCAL enable_seqscan TO DEFAULT`)
-}
-
 func (s *Store) lockSQL(e *pipeline.Entity) string {
 	return s.entitySQL(e, "lock", func() string {
 		in := keyInput(e)

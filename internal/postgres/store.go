@@ -319,9 +319,6 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 	if bounded {
 		queueLockTimeout(&writes, false)
 	}
-	if len(groups) > 0 {
-		queuePlansByIndex(&q, true)
-	}
 	s.queueLocks(&q, groups, written, locked)
 	var snapshot, xid string
 	if len(gated) > 0 {
@@ -333,9 +330,6 @@ func (s *Store) writeBatch(ctx context.Context, b *pipeline.Batch, d *pipeline.D
 		})
 	}
 	q.QueuedQueries = append(q.QueuedQueries, writes.QueuedQueries...)
-	if len(groups) > 0 {
-		queuePlansByIndex(&q, false)
-	}
 	if err := tx.SendBatch(ctx, &q).Close(); err != nil {
 		if errors.Is(err, errGaveWay) {
 			return nil, nil, err

@@ -496,69 +496,6 @@ func TestClaimPlanFollowsTheLedgersSize(t *testing.T) {
 	require.Less(t, seqScans, int64(10), "the 300 ids were looked up through the index, not by scanning the ledger (%d index scans)", idxScans)
 }
 
-// TestGroupPlansSurviveGrowth: a batch's writes go through the keys'
-// indexes however small the tables were when their plans were made (here
-// forced generic, with plan_cache_mode force_generic_plan on the store's
-// connection, from analyzed tables of a few rows): 100,000 tombstones and
-// rows later, an upsert's tombstone check and an insert's look-up of a
-// newer row would each scan a whole table once for each row (618
-// sequential scans of spool_tombstones without queuePlansByIndex).
-func TestGroupPlansSurviveGrowth(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	ctx := context.Background()
-	b.db.Exec(t, `ANALYZE customers; ANALYZE spool_tombstones`)
-	cfg, err := pgxpool.ParseConfig(b.db.URL + "&plan_cache_mode=force_generic_plan")
-	require.NoError(t, err)
-	cfg.MaxConns = 1
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	require.NoError(t, err)
-	defer pool.Close()
-	b.store = postgres.NewStore(postgres.FromPool(pool), pipeline.NewCatalog(b.es), "g", slog.New(slog.NewTextHandler(io.Discard, nil)))
-	ops := map[string]func(id, key string, version int) string{
-		"upsert": func(id, key string, version int) string { return cust(id, key, version, "u") },
-		"insert": func(id, key string, version int) string {
-			return fmt.Sprintf(`{"id":%q,"entity":"customers","op":"insert","version":%d,"data":{"customer_id":%q}}`, id, version, key)
-		},
-		"update": func(id, key string, version int) string {
-			return fmt.Sprintf(`{"id":%q,"entity":"customers","op":"update","version":%d,"data":{"customer_id":%q,"name":"n"}}`, id, version, key)
-		},
-		"delete": del,
-	}
-	order := []string{"upsert", "delete", "insert", "update"}
-	for _, op := range order { // each statement planned on the small tables
-		_, err := b.write(t, 0, ops[op]("small-"+op, "k-"+op, 1))
-		require.NoError(t, err)
-	}
-
-	b.db.Exec(t, `INSERT INTO spool_tombstones (target, key, version)
-		SELECT '`+b.es["customers"].QualifiedName()+`', json_build_array('gone-' || i)::text, 1 FROM generate_series(1, 100000) i`)
-	b.db.Exec(t, `INSERT INTO customers (customer_id, name, version) SELECT 'g-' || i, 'g', 1 FROM generate_series(1, 100000) i`)
-	for _, op := range order {
-		lines := make([]string, 300)
-		for i := range lines {
-			lines[i] = ops[op](fmt.Sprintf("%s-%d", op, i), fmt.Sprintf("g-%d", 7*i+1), 5)
-		}
-		_, err := b.write(t, 0, lines...)
-		require.NoError(t, err, op)
-	}
-	pool.Close() // its backend's statistics are flushed as it exits
-
-	scans := func(table string) (seq, idx int64) {
-		require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT coalesce(seq_scan, 0), coalesce(idx_scan, 0) FROM pg_stat_user_tables
-			WHERE schemaname = $1 AND relname = $2`, b.db.Schema, table).Scan(&seq, &idx))
-		return seq, idx
-	}
-	require.Eventually(t, func() bool {
-		seq, idx := scans("spool_tombstones")
-		return seq+idx >= 300
-	}, 10*time.Second, 50*time.Millisecond, "the store's scans of spool_tombstones are counted")
-	for _, table := range []string{"spool_tombstones", "customers"} {
-		seq, idx := scans(table)
-		require.Less(t, seq, int64(10), "%s was probed through its index, not scanned for each row (%d index scans)", table, idx)
-	}
-}
-
 // TestWriteBatchRefusesWhatACastWouldCut: values are cast to the column's
 // type without its modifier, so that storing them applies it: a value too
 // long for character varying(n) fails the batch (and is then dead-lettered
