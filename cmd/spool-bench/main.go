@@ -32,7 +32,7 @@ func run() int {
 	flag.Uint64Var(&cfg.Seed, "seed", 1, "workload seed")
 	flag.IntVar(&cfg.Partitions, "partitions", 12, "partitions of the topics")
 	flag.IntVar(&cfg.Processors, "processors", 1, "processors of the processor stages' drain")
-	flag.StringVar(&cfg.Stages, "stages", bench.StagesAll, "stages to run: all, write (the write path: backlog, references, naive consumer, processor) processor (the backlog and the processor's drain) or latency (the latency stage alone, on empty tables)")
+	flag.StringVar(&cfg.Stages, "stages", bench.StagesAll, "stages to run: all, write (the write path: backlog, references, naive consumer, processor) processor (the backlog and the processor's drain), latency (the latency stage alone, on empty tables) or ingress (the upload, produced straight and through ingress)")
 	flag.Float64Var(&cfg.MaxCPURatio, "max-cpu-ratio", 0, "fail when the processor's steady drain costs more CPU per command, its own and PostgreSQL's, than this many times the best reference's (0: no bound)")
 	flag.BoolVar(&cfg.Results, "results", false, "the backlog's job keeps each command's outcome (?results=true), to measure its cost")
 	flag.StringVar(&cfg.Profile, "profile", "", "directory for the drain's processor CPU profile; also samples PostgreSQL's wait events")

@@ -44,8 +44,9 @@ type Config struct {
 	// Stages picks what runs: StagesAll, StagesWrite (the write path's
 	// stages: backlog, references, naive consumer, processor) or
 	// StagesProcessor (the backlog and the processor's drain, for quick
-	// measurements while changing the processor) or StagesLatency (the
-	// latency stage alone, on empty tables).
+	// measurements while changing the processor), StagesLatency (the
+	// latency stage alone, on empty tables) or StagesIngress (the upload,
+	// produced straight and through ingress).
 	Stages string
 	// Processors is how many processors StagesProcessor's drain runs.
 	Processors int
@@ -70,6 +71,7 @@ const (
 	StagesWrite     = "write"
 	StagesProcessor = "processor"
 	StagesLatency   = "latency"
+	StagesIngress   = "ingress"
 )
 
 // Result is one system's run.
@@ -142,6 +144,13 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		e.reportLatency(lat)
 		return nil, nil
 	}
+	if cfg.Stages == StagesIngress {
+		results, err := e.ingressStages(ctx)
+		if err == nil {
+			Report(cfg.Out, results)
+		}
+		return results, err
+	}
 	var results []Result
 	backlog := Workload{N: cfg.N, Seed: cfg.Seed}
 	fmt.Fprintf(cfg.Out, "write path: %d commands, %d keys, seed %d, %d partitions\n", backlog.N, len(backlog.Final()), cfg.Seed, cfg.Partitions)
@@ -160,19 +169,11 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		return nil, fmt.Errorf("rate limit: %w", err)
 	}
 
-	up := e.uploadWorkload()
-	fmt.Fprintf(cfg.Out, "upload: %d commands, %.1f MiB as NDJSON\n", up.N, float64(up.N*up.AverageBytes())/(1<<20))
-	raw, err := e.produce(ctx, rawTopic, sysRawProduce, up)
+	upload, err := e.ingressStages(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("raw produce: %w", err)
+		return nil, err
 	}
-	results = append(results, raw)
-	ing, err := e.ingress(ctx, up)
-	if err != nil {
-		return nil, fmt.Errorf("ingress: %w", err)
-	}
-	ing.Limit = raw.System
-	results = append(results, ing)
+	results = append(results, upload...)
 	lat, err := e.latencyStage(ctx, cfg.LatencyRate, cfg.LatencyFor)
 	if err != nil {
 		return nil, fmt.Errorf("latency: %w", err)
@@ -182,6 +183,23 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		rate.Asked, rate.Held, (rate.Held/rate.Asked-1)*100, rate.Window.Seconds())
 	e.reportLatency(lat)
 	return results, guard
+}
+
+// ingressStages time an upload of Config.UploadMiB produced straight to
+// the broker as ingress would (raw produce), then uploaded through ingress.
+func (e *env) ingressStages(ctx context.Context) ([]Result, error) {
+	up := e.uploadWorkload()
+	fmt.Fprintf(e.cfg.Out, "upload: %d commands, %.1f MiB as NDJSON\n", up.N, float64(up.N*up.AverageBytes())/(1<<20))
+	raw, err := e.produce(ctx, rawTopic, sysRawProduce, up)
+	if err != nil {
+		return nil, fmt.Errorf("raw produce: %w", err)
+	}
+	ing, err := e.ingress(ctx, up)
+	if err != nil {
+		return nil, fmt.Errorf("ingress: %w", err)
+	}
+	ing.Limit = raw.System
+	return []Result{raw, ing}, nil
 }
 
 func (e *env) reportLatency(lat LatencyResult) {
