@@ -18,6 +18,9 @@ func toKgo(ctx context.Context, r *pipeline.Record, topic string) *kgo.Record {
 		hs[i] = kgo.RecordHeader{Key: h.Key, Value: h.Value}
 	}
 	if r.Route != nil {
+		if ctx == nil {
+			ctx = context.Background() // what franz-go would make a nil one
+		}
 		ctx = &routed{Context: ctx, route: r.Route}
 	}
 	return &kgo.Record{Topic: topic, Key: r.Key, Value: r.Value, Headers: hs, Context: ctx}
@@ -31,22 +34,25 @@ type routed struct {
 }
 
 // routePartitioner places a record by its route where it has one, else as
-// franz-go's key partitioner does: by Kafka's murmur2 hash of its key, as
-// any Kafka client places a keyed record, and a record without a key on
-// the partition of its batch.
+// franz-go's default partitioner does (UniformBytesPartitioner(64 KiB,
+// adaptive, keys)): a keyed record by Kafka's murmur2 hash of its key, as
+// any Kafka client places it, one without a key by the partitions' backlog.
+// It has no OnNewBatch, so that franz-go buffers records without holding
+// the topic's partitioning lock, as with its default.
 type routePartitioner struct{}
 
 func (routePartitioner) ForTopic(topic string) kgo.TopicPartitioner {
-	return routeTopicPartitioner{kgo.StickyKeyPartitioner(nil).ForTopic(topic).(keyTopicPartitioner)}
+	return routeTopicPartitioner{kgo.UniformBytesPartitioner(64<<10, true, true, nil).ForTopic(topic).(defaultTopicPartitioner)}
 }
 
-// keyTopicPartitioner is what franz-go's key partitioner is for a topic.
-type keyTopicPartitioner interface {
+// defaultTopicPartitioner is what franz-go's default partitioner is for a
+// topic.
+type defaultTopicPartitioner interface {
 	kgo.TopicPartitioner
-	kgo.TopicPartitionerOnNewBatch
+	kgo.TopicBackupPartitioner
 }
 
-type routeTopicPartitioner struct{ keyTopicPartitioner }
+type routeTopicPartitioner struct{ base defaultTopicPartitioner }
 
 // routeHash places a route: a stable hash (every ingress places one route
 // alike), mapped to a partition as Kafka maps its key hashes.
@@ -57,14 +63,19 @@ var routeHash = kgo.KafkaHasher(func(b []byte) uint32 {
 })
 
 func (p routeTopicPartitioner) RequiresConsistency(r *kgo.Record) bool {
-	return routeOf(r) != nil || p.keyTopicPartitioner.RequiresConsistency(r)
+	return routeOf(r) != nil || p.base.RequiresConsistency(r)
 }
 
+// Partition is not called: franz-go calls PartitionByBackup instead.
 func (p routeTopicPartitioner) Partition(r *kgo.Record, n int) int {
+	return p.PartitionByBackup(r, n, nil)
+}
+
+func (p routeTopicPartitioner) PartitionByBackup(r *kgo.Record, n int, backup kgo.TopicBackupIter) int {
 	if route := routeOf(r); route != nil {
 		return routeHash(route, n)
 	}
-	return p.keyTopicPartitioner.Partition(r, n)
+	return p.base.PartitionByBackup(r, n, backup)
 }
 
 func routeOf(r *kgo.Record) []byte {

@@ -32,7 +32,8 @@ type ledgerEntry struct {
 // inserts; the look-up and a plain INSERT cost less (docs/benchmarks.md,
 // "The ledger claim without ON CONFLICT"). An id another transaction
 // claims after the look-up's snapshot, which the look-up cannot see (a
-// partition changing hands), fails the insert with a unique violation: a
+// partition changing hands, or the id re-sent with another key and so
+// placed in another partition), fails the insert with a unique violation: a
 // transient error, whose retry finds the claim (errClaimedMeanwhile).
 // Under ON CONFLICT it would have failed the batch as well, neither
 // inserted nor found.
@@ -93,9 +94,9 @@ func queueClaim(q *pgx.Batch, candidates []*pipeline.Message) *claim {
 }
 
 // errClaimedMeanwhile is a claim that met, at its insert, a claim of one of
-// its ids that another transaction committed after the claim's look-up
-// (a partition changing hands), or while the claim waited for it: the
-// batch is retried, and its retry settles against that claim.
+// its ids that another transaction committed after the claim's look-up,
+// or while the claim waited for it: the batch is retried, and its retry
+// settles against that claim.
 var errClaimedMeanwhile = pipeline.Errorf(pipeline.ClassTransient, "a command id was claimed by another transaction while the batch ran")
 
 // settleRepeats settles the candidates the ledger knew, and their repeats
