@@ -166,8 +166,8 @@ func (es Entities) entityOf(id CommandID, entity *string, op *Op, version *int64
 // topic: its entity and the texts of its key values, as KeyOf makes them.
 // Every command on one row then goes through one partition, so batches of
 // different partitions, written at once, do not wait for each other's row
-// locks. The record's key stays the command id. It is nil for a command Validate
-// refuses.
+// locks. The record's key stays the command id. It is nil for a command
+// Validate refuses.
 func (es Entities) Route(cmd *Command) []byte {
 	e, ok := es[cmd.Entity]
 	if !ok {
